@@ -1,0 +1,25 @@
+"""atom_ao: Atom (MLSys 2024) W4A4 quantization for PyTorch, in torchao's style.
+
+    from torchao.quantization import quantize_
+    from atom_ao import atom_config
+    quantize_(model, atom_config())
+"""
+
+from atom_ao.config import AtomConfig, atom_config
+from atom_ao.tensor import AtomQuantTensor
+from atom_ao.observer import AtomObservedLinear
+import atom_ao.handler  # noqa: F401  (registers the quantize_ handler)
+from atom_ao.calibration import calibrate, quantize_calibrated
+from atom_ao.serialization import load_quantized, save_quantized
+
+__all__ = [
+    "AtomConfig",
+    "atom_config",
+    "AtomQuantTensor",
+    "AtomObservedLinear",
+    "calibrate",
+    "quantize_calibrated",
+    "save_quantized",
+    "load_quantized",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,82 @@
+"""The ``quantize_`` handler of ``AtomConfig``: data-free, prepare and convert steps."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import types
+
+import torch
+
+from torchao.quantization.transform_module import register_quantize_module_handler
+
+from atom_ao.config import AtomConfig
+from atom_ao.observer import AtomObservedLinear
+from atom_ao.tensor import AtomQuantTensor
+from atom_ao.weight import data_free_channel_score, outlier_permutation
+
+# Linears fed the same activation (q/k/v, gate/up) collect identical statistics; the convert
+# step hands them one and the same permutation tensor, so the activation is quantized once.
+_PERM_CACHE: dict[tuple, torch.Tensor] = {}
+_PERM_CACHE_SIZE = 64
+
+
+def _layer_name(module: torch.nn.Module) -> str:
+    """Best-effort fully qualified name of the layer quantize_ is visiting, for error messages."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        fqn = frame.f_locals.get("cur_fqn")
+        if isinstance(fqn, str):
+            return f"layer '{fqn.rstrip('.')}' ({module.__class__.__name__}, in={module.in_features}, out={module.out_features})"
+        frame = frame.f_back
+    return f"{module.__class__.__name__}(in={module.in_features}, out={module.out_features})"
+
+
+def _shared_permutation(score: torch.Tensor, n_outliers: int) -> torch.Tensor:
+    key = (str(score.device), n_outliers, hashlib.sha1(score.double().cpu().numpy().tobytes()).hexdigest())
+    perm = _PERM_CACHE.get(key)
+    if perm is None:
+        perm = outlier_permutation(score, n_outliers)
+        if len(_PERM_CACHE) >= _PERM_CACHE_SIZE:
+            _PERM_CACHE.pop(next(iter(_PERM_CACHE)))
+        _PERM_CACHE[key] = perm
+    return perm
+
+
+def _atom_linear_extra_repr(self) -> str:
+    return f"in_features={self.in_features}, out_features={self.out_features}, weight={self.weight!r}"
+
+
+def _quantize_into(linear: torch.nn.Linear, target: torch.nn.Linear, config: AtomConfig, score, importance, name):
+    """Quantize ``linear``'s weight into ``target`` (the same module for the data-free step,
+    which works in place as torchao's handlers do, so a bare nn.Linear can be quantized)."""
+    perm = _shared_permutation(score, config.n_outliers)
+    qw = AtomQuantTensor.from_hp(
+        linear.weight.detach(), perm, config.n_outliers, config.group_size, config.weight_clip_ratio,
+        config.act_clip_ratio, importance, what=name,
+    )
+    target.weight = torch.nn.Parameter(qw, requires_grad=False)
+    target.bias = linear.bias
+    target.extra_repr = types.MethodType(_atom_linear_extra_repr, target)
+    return target
+
+
+@register_quantize_module_handler(AtomConfig)
+def _atom_transform(module: torch.nn.Module, config: AtomConfig) -> torch.nn.Module:
+    if not isinstance(module, torch.nn.Linear):
+        return module
+    if isinstance(module.weight, AtomQuantTensor):
+        return module  # already quantized (e.g. a tied weight visited twice)
+    name = _layer_name(module)
+    if config.step == "prepare":
+        return AtomObservedLinear.from_float(module)
+    if config.step == "convert":
+        if not isinstance(module, AtomObservedLinear):
+            return module  # not prepared: leave it as it is, as torchao's AWQ does
+        tokens = int(module.act_tokens)
+        if tokens == 0:
+            raise RuntimeError(f"{name}: no calibration data reached this layer between prepare and convert")
+        importance = (module.act_sq_sum / tokens).float()
+        plain = torch.nn.Linear(module.in_features, module.out_features, bias=False, device="meta")
+        return _quantize_into(module, plain, config, module.act_sq_sum, importance, name)
+    return _quantize_into(module, module, config, data_free_channel_score(module.weight.detach()), None, name)

@@ -1,0 +1,83 @@
+"""Saving and loading Atom-quantized models: safetensors (flattened) and torch.save.
+
+safetensors holds plain tensors only, so each ``AtomQuantTensor`` is flattened into its
+constituent tensors under ``<key>:<part>`` and its attributes go to the file's JSON metadata.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from atom_ao.tensor import AtomQuantTensor, _check_consistent
+
+_META_KEY = "atom_ao"
+_FORMAT_VERSION = 1
+
+
+def flatten_state_dict(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """state dict (with AtomQuantTensors) -> (plain tensors, safetensors metadata)."""
+    tensors, quantized = {}, {}
+    for key, value in state_dict.items():
+        if isinstance(value, AtomQuantTensor):
+            names, attrs = value.__tensor_flatten__()
+            for part in names:
+                tensors[f"{key}:{part}"] = getattr(value, part).detach().contiguous().clone()
+            quantized[key] = {
+                "group_size": attrs["group_size"],
+                "act_clip_ratio": attrs["act_clip_ratio"],
+                "dtype": str(attrs["dtype"]).removeprefix("torch."),
+            }
+        else:
+            # safetensors refuses shared storage (tied weights): store each key on its own
+            tensors[key] = value.detach().contiguous().clone()
+    meta = {_META_KEY: json.dumps({"version": _FORMAT_VERSION, "quantized": quantized})}
+    return tensors, meta
+
+
+def unflatten_state_dict(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> dict:
+    """Inverse of ``flatten_state_dict``. Equal permutations come back as one shared tensor."""
+    info = json.loads((metadata or {}).get(_META_KEY, '{"version": 1, "quantized": {}}'))
+    if info.get("version") != _FORMAT_VERSION:
+        raise ValueError(f"unsupported atom_ao checkpoint version {info.get('version')}")
+    out = {k: v for k, v in tensors.items() if ":" not in k}
+    perms: list[torch.Tensor] = []
+    for key, attrs in info["quantized"].items():
+        parts = {p: tensors[f"{key}:{p}"] for p in AtomQuantTensor.tensor_data_names}
+        perm = parts["perm"]
+        parts["perm"] = next((p for p in perms if p.shape == perm.shape and torch.equal(p, perm)), perm)
+        if parts["perm"] is perm:
+            perms.append(perm)
+        t = AtomQuantTensor(
+            **parts, group_size=attrs["group_size"], act_clip_ratio=attrs["act_clip_ratio"],
+            dtype=getattr(torch, attrs["dtype"]),
+        )
+        _check_consistent(t)
+        out[key] = t
+    return out
+
+
+def save_quantized(model: torch.nn.Module, path: str) -> None:
+    """Write the model's state dict, quantized weights included, to one safetensors file."""
+    tensors, meta = flatten_state_dict(model.state_dict())
+    save_file(tensors, path, metadata=meta)
+
+
+def load_quantized(model: torch.nn.Module, path: str, strict: bool = True) -> torch.nn.Module:
+    """Load a ``save_quantized`` file into a float model of the same architecture.
+
+    No calibration data is needed: quantized weights replace the float ones as they are.
+    """
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        metadata = json.loads(f.read(header_len)).get("__metadata__")
+    state_dict = unflatten_state_dict(load_file(path), metadata)
+    for key, value in state_dict.items():
+        if isinstance(value, AtomQuantTensor):
+            module_name, _, param = key.rpartition(".")
+            module = model.get_submodule(module_name)
+            setattr(module, param, torch.nn.Parameter(value, requires_grad=False))
+    model.load_state_dict(state_dict, strict=strict, assign=True)
+    return model

@@ -1,0 +1,31 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def outlier_activations(m, k, n_outlier_channels=4, scale=(50.0, 100.0), dtype=torch.float32, seed=0):
+    """Random activations where a few channels are 50-100x larger, like real LLM activations."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(k, generator=g)[:n_outlier_channels]  # first: same seed, same channels
+    x = torch.randn(m, k, generator=g)
+    x[:, idx] *= torch.empty(n_outlier_channels).uniform_(*scale, generator=g)
+    # a token-independent seed for the outlier magnitudes would make them equal across calls;
+    # they differ, which is fine: channels, not magnitudes, are what calibration must find
+    return x.to(dtype), idx
+
+
+def sqnr(ref: torch.Tensor, x: torch.Tensor) -> float:
+    ref, x = ref.detach().double(), x.detach().double()
+    return float(10 * torch.log10(ref.pow(2).sum() / (ref - x).pow(2).sum()))

@@ -1,0 +1,116 @@
+"""AtomQuantTensor: construction, tensor ops, the linear path and its edge cases."""
+
+import copy
+
+import pytest
+import torch
+from torchao.quantization import quantize_
+
+import atom_ao
+from atom_ao import AtomQuantTensor, atom_config
+from atom_ao.weight import data_free_channel_score, outlier_permutation
+from conftest import outlier_activations, sqnr
+
+
+def _calibrated_linear(k, n, n_outliers, x, bias=True, seed=0):
+    torch.manual_seed(seed)
+    lin = torch.nn.Linear(k, n, bias=bias)
+    ref = copy.deepcopy(lin)
+    model = torch.nn.Sequential(lin)
+    atom_ao.quantize_calibrated(model, [x], atom_config(n_outliers=n_outliers), progress=False)
+    return model, ref
+
+
+def test_outlier_channels_matter_sqnr():
+    x, _ = outlier_activations(256, 1024, n_outlier_channels=8, seed=1)
+    xe, _ = outlier_activations(64, 1024, n_outlier_channels=8, seed=1)  # same channels
+    xe = xe + 0.1 * torch.randn_like(xe)  # new tokens
+    results = {}
+    for n_out in (0, 128):
+        model, ref = _calibrated_linear(1024, 512, n_out, x)
+        with torch.no_grad():
+            results[n_out] = sqnr(ref(xe), model(xe))
+    print(f"SQNR dB: n_outliers=0 {results[0]:.2f}, n_outliers=128 {results[128]:.2f}")
+    assert results[128] > 15.0
+    assert results[128] > results[0] + 6.0  # outliers in INT8: at least 4x less error power
+
+
+def test_dequantize_matches_weight():
+    w = torch.randn(64, 320) * 0.02
+    w[:, 5] *= 40  # an outlier column
+    perm = outlier_permutation(data_free_channel_score(w), 64)
+    assert 5 in perm[-64:].tolist()
+    t = AtomQuantTensor.from_hp(w, perm, n_outliers=64, group_size=128, weight_clip_ratio=1.0)
+    assert t.shape == (64, 320) and t.dtype == torch.float32
+    assert sqnr(w, t.dequantize()) > 17.0
+    # columns kept in INT8 are nearly exact
+    outl = perm[-64:].long()
+    assert sqnr(w[:, outl], t.dequantize()[:, outl]) > 30.0
+
+
+def test_repr_and_tensor_ops():
+    lin = torch.nn.Linear(256, 96)
+    quantize_(lin, atom_config(n_outliers=32))
+    w = lin.weight
+    assert "AtomQuantTensor(shape=(96, 256)" in repr(w) and "n_outliers=32" in repr(w)
+    for other in (w.detach(), w.clone()):
+        assert isinstance(other, AtomQuantTensor)
+        assert torch.equal(other.qdata, w.qdata) and torch.equal(other.perm, w.perm)
+    half = w.to(torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and torch.equal(half.qdata, w.qdata)
+    rows = w[16:48]
+    assert isinstance(rows, AtomQuantTensor) and rows.shape == (32, 256)
+    assert torch.equal(rows.dequantize(), w.dequantize()[16:48])
+    with pytest.raises(NotImplementedError, match="output dim"):
+        w[:, :128]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("shape", [(7,), (2, 5)])
+def test_linear_dtypes_bias_and_ranks(dtype, bias, shape):
+    x, _ = outlier_activations(64, 384, seed=3)
+    model, ref = _calibrated_linear(384, 128, 128, x, bias=bias)
+    model, ref = model.to(dtype), ref.to(dtype)
+    xe = torch.randn(*shape, 384).to(dtype)
+    with torch.no_grad():
+        y = model(xe)
+        r = ref(xe)
+    assert y.dtype == dtype and y.shape == (*shape, 128)
+    assert sqnr(r, y) > 12.0
+
+
+def test_non_contiguous_input():
+    lin = torch.nn.Linear(256, 64)
+    quantize_(lin, atom_config(n_outliers=32))
+    x = torch.randn(256, 6).t()  # (6, 256), strided
+    assert not x.is_contiguous()
+    with torch.no_grad():
+        assert torch.equal(lin(x), lin(x.contiguous()))
+
+
+def test_zero_nan_inf_and_huge_rows():
+    lin = torch.nn.Linear(256, 64)
+    quantize_(lin, atom_config(n_outliers=32))
+    x = torch.randn(5, 256, dtype=torch.float16)
+    x[0] = 0.0  # zero row: defined, equals the bias
+    x[1, 7] = float("nan")  # NaN in -> NaN out for that token
+    x[2, 9] = float("inf")  # inf in -> not finite out for that token
+    x[3, 11] = 60000.0  # huge outlier: finite out
+    with torch.no_grad():
+        y = lin(x)
+    torch.testing.assert_close(y[0], lin.bias.to(y.dtype))
+    assert y[1].isnan().all()
+    assert not y[2].isfinite().all()
+    assert y[3].isfinite().all() and y[4].isfinite().all()
+
+
+def test_bad_inputs_raise_clear_errors():
+    lin = torch.nn.Linear(256, 64)
+    quantize_(lin, atom_config(n_outliers=32))
+    with pytest.raises(ValueError, match="input has 128 features, weight expects 256"):
+        lin(torch.randn(3, 128))
+    with pytest.raises(TypeError, match="fp16/bf16/fp32"):
+        torch.nn.functional.linear(torch.ones(3, 256, dtype=torch.int32), lin.weight)
+    with pytest.raises(ValueError, match="2-D floating"):
+        AtomQuantTensor.from_hp(torch.randn(4, 4, 4), torch.arange(4, dtype=torch.int32))
