@@ -1,11 +1,182 @@
-"""``atom_ao::w4a4_gemm``: packed INT4 x INT4 over normal groups plus the INT8 outlier block."""
+"""``atom_ao::w4a4_gemm``: packed INT4 x INT4 over normal groups plus the INT8 outlier block.
+
+Hopper has no INT4 tensor cores, so the kernel unpacks INT4 to INT8 in registers and runs the
+INT8 tensor cores. Thanks to the packed layout (byte j of a group = element j | element
+j + gs/2), each group is two INT8 dots over half-groups, whose INT32 sums are exact; the
+group's FP32 scales are applied to that INT32 partial sum. The INT8 outlier block is the last
+K step, with its own per-row / per-token scales. One kernel, optional bias, fp16/bf16/fp32 out.
+"""
 
 from __future__ import annotations
 
+import os
+
 import torch
-from torch.library import triton_op
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
 
 from atom_ao.format import w4a4_gemm_ref
+
+
+def _configs():
+    if os.environ.get("TRITON_INTERPRET") == "1":  # the CPU interpreter: one config, no tuning
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "GROUP_M": 4}, num_warps=4, num_stages=1)]
+    shapes = [
+        # decode: weights dominate, many CTAs along N
+        (16, 32, 4, 4), (16, 64, 4, 4), (16, 128, 4, 4),
+        (32, 64, 4, 4),
+        # middle
+        (64, 64, 4, 4), (64, 128, 4, 4),
+        # prefill: compute-bound, big tiles
+        (128, 128, 8, 3), (128, 256, 8, 3), (128, 128, 4, 4),
+    ]
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": 8}, num_warps=w, num_stages=s)
+        for bm, bn, w, s in shapes
+    ]
+
+
+def _prune(configs, named_args, **kwargs):
+    # keep tiles whose M fits the bucket: a 128-row tile for M=1 only wastes the tensor cores
+    m = named_args["M_BUCKET"]
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, m)]
+    if m <= 32:
+        kept = [c for c in kept if c.kwargs["BLOCK_M"] <= 32]
+    return kept or configs[:1]
+
+
+@triton.autotune(
+    configs=_configs(),
+    key=["M_BUCKET", "N", "G", "N_OUT"],
+    prune_configs_by={"early_config_prune": _prune},
+)
+@triton.jit
+def _w4a4_gemm_kernel(
+    a_ptr, as_ptr, ao_ptr, aos_ptr,
+    w_ptr, ws_ptr, wo_ptr, wos_ptr,
+    bias_ptr, out_ptr,
+    M, N, G, N_OUT, M_BUCKET,
+    stride_am, stride_asm, stride_aom,
+    stride_wn, stride_wsn, stride_won,
+    stride_om,
+    HALF: tl.constexpr,  # group_size // 2: bytes per group and row
+    BLOCK_O: tl.constexpr,  # outlier channels per dot
+    HAS_OUT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # grouped tile order: neighbouring programs share weight tiles in L2
+    pid = tl.program_id(0)
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * grid_n
+    first_m = (pid // width) * GROUP_M
+    group_rows = tl.minimum(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % group_rows
+    pid_n = (pid % width) // group_rows
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    offs_k = tl.arange(0, HALF)
+    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :]
+    w_ptrs = w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None]  # (HALF, BLOCK_N): W^T tile
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for g in range(0, G):
+        a = tl.load(a_ptrs, mask=mask_m[:, None], other=0).to(tl.int8, bitcast=True)
+        w = tl.load(w_ptrs, mask=mask_n[None, :], other=0).to(tl.int8, bitcast=True)
+        # sign-extend the nibbles: low = (b << 4) >> 4, high = b >> 4 (arithmetic shifts)
+        dot = tl.dot((a << 4) >> 4, (w << 4) >> 4, out_dtype=tl.int32)
+        dot = tl.dot(a >> 4, w >> 4, dot, out_dtype=tl.int32)
+        sa = tl.load(as_ptr + offs_m * stride_asm + g, mask=mask_m, other=0.0)
+        sw = tl.load(ws_ptr + offs_n * stride_wsn + g, mask=mask_n, other=0.0)
+        acc += dot.to(tl.float32) * sa[:, None] * sw[None, :]
+        a_ptrs += HALF
+        w_ptrs += HALF
+
+    if HAS_OUT:
+        offs_o = tl.arange(0, BLOCK_O)
+        dot_o = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        for o0 in range(0, N_OUT, BLOCK_O):
+            mask_o = (o0 + offs_o) < N_OUT
+            ao = tl.load(ao_ptr + offs_m[:, None] * stride_aom + (o0 + offs_o)[None, :],
+                         mask=mask_m[:, None] & mask_o[None, :], other=0)
+            wo = tl.load(wo_ptr + offs_n[None, :] * stride_won + (o0 + offs_o)[:, None],
+                         mask=mask_n[None, :] & mask_o[:, None], other=0)
+            dot_o = tl.dot(ao, wo, dot_o, out_dtype=tl.int32)
+        sao = tl.load(aos_ptr + offs_m, mask=mask_m, other=0.0)
+        swo = tl.load(wos_ptr + offs_n, mask=mask_n, other=0.0)
+        acc += dot_o.to(tl.float32) * sao[:, None] * swo[None, :]
+
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+def _m_bucket(m: int) -> int:
+    # autotune key: powers of two up to 4096, so each decode batch size does not retune
+    return min(4096, triton.next_power_of_2(max(m, 1)))
+
+
+def check_gemm_args(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
+                    w_outlier_scale, bias, group_size) -> None:
+    """Shapes, dtypes and devices of the GEMM operands; a clear error for each mismatch."""
+    m, n = a_packed.shape[0], w_packed.shape[0]
+    groups = a_scale.shape[1]
+    n_out = a_outliers.shape[1]
+    expect = [
+        ("a_packed", a_packed, (m, groups * group_size // 2), torch.uint8),
+        ("a_scale", a_scale, (m, groups), torch.float32),
+        ("a_outliers", a_outliers, (m, n_out), torch.int8),
+        ("a_outlier_scale", a_outlier_scale, (m,), torch.float32),
+        ("w_packed", w_packed, (n, groups * group_size // 2), torch.uint8),
+        ("w_scale", w_scale, (n, groups), torch.float32),
+        ("w_outliers", w_outliers, (n, n_out), torch.int8),
+        ("w_outlier_scale", w_outlier_scale, (n,), torch.float32),
+    ]
+    if bias is not None:
+        expect.append(("bias", bias, (n,), bias.dtype))
+    for name, t, shape, dtype in expect:
+        if tuple(t.shape) != shape or t.dtype != dtype:
+            raise ValueError(f"w4a4_gemm: {name} is {tuple(t.shape)} {t.dtype}, expected {shape} {dtype}")
+        if t.device != a_packed.device:
+            raise ValueError(f"w4a4_gemm: {name} is on {t.device}, a_packed on {a_packed.device}")
+
+
+def w4a4_gemm_triton(
+    a_packed, a_scale, a_outliers, a_outlier_scale,
+    w_packed, w_scale, w_outliers, w_outlier_scale,
+    bias, group_size: int, out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """Launch the Triton kernel (CUDA, or CPU tensors under TRITON_INTERPRET=1)."""
+    m, n = a_packed.shape[0], w_packed.shape[0]
+    n_out = a_outliers.shape[1]
+    out = torch.empty((m, n), dtype=out_dtype, device=a_packed.device)
+    if m == 0 or n == 0:
+        return out
+    # inner dims must be unit-stride for the tile loads; the ops produce them that way
+    a_packed, w_packed = a_packed.contiguous(), w_packed.contiguous()
+    a_outliers, w_outliers = a_outliers.contiguous(), w_outliers.contiguous()
+    a_scale, w_scale = a_scale.contiguous(), w_scale.contiguous()
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    wrap_triton(_w4a4_gemm_kernel)[grid](
+        a_packed, a_scale, a_outliers, a_outlier_scale,
+        w_packed, w_scale, w_outliers, w_outlier_scale,
+        bias if bias is not None else a_scale, out,
+        m, n, a_scale.shape[1], n_out, _m_bucket(m),
+        a_packed.stride(0), a_scale.stride(0), max(a_outliers.stride(0), 1),
+        w_packed.stride(0), w_scale.stride(0), max(w_outliers.stride(0), 1),
+        out.stride(0),
+        HALF=group_size // 2,
+        BLOCK_O=max(32, min(128, triton.next_power_of_2(max(n_out, 1)))),
+        HAS_OUT=n_out > 0,
+        HAS_BIAS=bias is not None,
+    )
+    return out
 
 
 @triton_op("atom_ao::w4a4_gemm", mutates_args=())
@@ -22,9 +193,11 @@ def w4a4_gemm(
     group_size: int,
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
-    """(M, N) = activations (from ``quantize_activation``) x quantized weight^T (+ bias)."""
-    return w4a4_gemm_ref(
-        a_packed, a_scale, a_outliers, a_outlier_scale,
-        w_packed, w_scale, w_outliers, w_outlier_scale,
-        bias, group_size, out_dtype,
-    )
+    """(M, N) = activations (from ``quantize_activation``) x quantized weight^T (+ bias).
+
+    CUDA runs the Triton kernel; other devices run the reference (``atom_ao.format``)."""
+    args = (a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers, w_outlier_scale, bias)
+    check_gemm_args(*args, group_size)
+    if a_packed.is_cuda:
+        return w4a4_gemm_triton(*args, group_size, out_dtype)
+    return w4a4_gemm_ref(*args, group_size, out_dtype)

@@ -1,0 +1,60 @@
+"""Shared pieces of the benchmarks: timing, GPU name, and writing a results table."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+# Ceilings measured on the H100 of this project (see the brief): used for roofline %
+COPY_BYTES_PER_S = 3.0e12  # device-to-device copy, bytes read + written
+PEAK_OPS = {"bf16": 725e12, "fp8": 1250e12, "int8": 1300e12}
+
+
+def gpu_name() -> str:
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def gpu_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", gpu_name()).strip("-").lower()
+
+
+def bench_us(fn, use_graph: bool = True) -> float:
+    """Median microseconds of ``fn`` on the GPU; CUDA-graph replays remove launch gaps, as a
+    serving engine's decode loop does, so small kernels are compared on GPU time."""
+    import triton.testing
+
+    fn()  # compile / autotune outside the timed region and the graph capture
+    torch.cuda.synchronize()
+    if use_graph:
+        try:
+            return 1e3 * triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median")
+        except Exception as e:  # some library paths cannot be captured: time them plainly
+            print(f"  (no CUDA graph: {type(e).__name__}: {str(e)[:80]})")
+    return 1e3 * triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    def fmt(v):
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_results(name: str, rows: list[dict], columns: list[str], meta: dict) -> Path:
+    """JSON + markdown under benchmarks/results/, named after the benchmark and the GPU."""
+    out_dir = Path(os.environ.get("ATOM_AO_RESULTS", RESULTS))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"{name}_{gpu_tag()}"
+    meta = {"gpu": gpu_name(), "torch": torch.__version__, **meta}
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    header = f"{name} on {meta['gpu']} (torch {meta['torch']})\n\n"
+    stem.with_suffix(".md").write_text(header + markdown_table(rows, columns) + "\n")
+    return stem
