@@ -19,21 +19,27 @@ from torch.library import triton_op, wrap_triton
 from atom_ao.format import w4a4_gemm_ref
 
 
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _interpreter_meta(m: int) -> dict:
+    # the CPU interpreter cannot autotune (no driver): small tiles, and both loop forms covered
+    return {"BLOCK_M": 16 if m <= 16 else 32, "BLOCK_N": 32, "GROUP_M": 4, "PREFETCH": m <= 16}
+
+
 def _configs():
-    if os.environ.get("TRITON_INTERPRET") == "1":  # the CPU interpreter: one config, no tuning
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "GROUP_M": 4}, num_warps=4, num_stages=1)]
     shapes = [
-        # decode: weights dominate, many CTAs along N
-        (16, 32, 4, 4), (16, 64, 4, 4), (16, 128, 4, 4),
-        (32, 64, 4, 4),
+        # decode: weights dominate; many CTAs along N, next group's tiles prefetched in registers
+        # (the shifts between load and dot keep Triton's pipeliner off these loads)
+        (16, 64, 4, 3, True), (16, 128, 4, 3, True), (16, 64, 4, 3, False),
         # middle
-        (64, 64, 4, 4), (64, 128, 4, 4),
+        (64, 64, 4, 3, False), (64, 128, 4, 3, False),
         # prefill: compute-bound, big tiles
-        (128, 128, 8, 3), (128, 256, 8, 3), (128, 128, 4, 4),
+        (128, 128, 8, 3, False), (128, 256, 8, 3, False),
     ]
     return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": 8}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in shapes
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": 8, "PREFETCH": pf}, num_warps=w, num_stages=s)
+        for bm, bn, w, s, pf in shapes
     ]
 
 
@@ -46,13 +52,46 @@ def _prune(configs, named_args, **kwargs):
     return kept or configs[:1]
 
 
-@triton.autotune(
-    configs=_configs(),
-    key=["M_BUCKET", "N", "G", "N_OUT"],
-    prune_configs_by={"early_config_prune": _prune},
-)
+# Sign-extend the two nibbles of 4 bytes at once in 32-bit registers: unsigned nibble u -> byte
+# u | (u & 8) * 30 (0xF0 when bit 3 is set; 8 * 30 < 256, so no carry crosses a byte).
+_UNPACK_ASM = """
+{
+.reg .b32 lo, hi, t;
+and.b32 lo, $2, 0x0F0F0F0F;
+shr.u32 hi, $2, 4;
+and.b32 hi, hi, 0x0F0F0F0F;
+and.b32 t, lo, 0x08080808;
+mul.lo.u32 t, t, 30;
+or.b32 $0, lo, t;
+and.b32 t, hi, 0x08080808;
+mul.lo.u32 t, t, 30;
+or.b32 $1, hi, t;
+}
+"""
+
+
 @triton.jit
-def _w4a4_gemm_kernel(
+def _unpack_int4(packed, USE_ASM: tl.constexpr):
+    """uint8 tile -> (low nibbles, high nibbles) as sign-extended int8 tiles."""
+    if USE_ASM:
+        return tl.inline_asm_elementwise(_UNPACK_ASM, "=r,=r,r", [packed], dtype=(tl.int8, tl.int8),
+                                         is_pure=True, pack=4)
+    b = packed.to(tl.int8, bitcast=True)
+    return (b << 4) >> 4, b >> 4
+
+
+@triton.jit
+def _group_partial(a, w, sa, sw, acc, USE_ASM: tl.constexpr):
+    """acc += (INT32 dot of one group) * its token scales * its weight-row scales."""
+    a_lo, a_hi = _unpack_int4(a, USE_ASM)
+    w_lo, w_hi = _unpack_int4(w, USE_ASM)
+    dot = tl.dot(a_lo, w_lo, out_dtype=tl.int32)
+    dot = tl.dot(a_hi, w_hi, dot, out_dtype=tl.int32)
+    return acc + dot.to(tl.float32) * sa[:, None] * sw[None, :]
+
+
+@triton.jit
+def _w4a4_gemm_kernel_jit(
     a_ptr, as_ptr, ao_ptr, aos_ptr,
     w_ptr, ws_ptr, wo_ptr, wos_ptr,
     bias_ptr, out_ptr,
@@ -64,7 +103,8 @@ def _w4a4_gemm_kernel(
     BLOCK_O: tl.constexpr,  # outlier channels per dot
     HAS_OUT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
+    USE_ASM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     # grouped tile order: neighbouring programs share weight tiles in L2
     pid = tl.program_id(0)
@@ -84,18 +124,31 @@ def _w4a4_gemm_kernel(
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :]
     w_ptrs = w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None]  # (HALF, BLOCK_N): W^T tile
 
+    as_ptrs = as_ptr + offs_m * stride_asm
+    ws_ptrs = ws_ptr + offs_n * stride_wsn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for g in range(0, G):
-        a = tl.load(a_ptrs, mask=mask_m[:, None], other=0).to(tl.int8, bitcast=True)
-        w = tl.load(w_ptrs, mask=mask_n[None, :], other=0).to(tl.int8, bitcast=True)
-        # sign-extend the nibbles: low = (b << 4) >> 4, high = b >> 4 (arithmetic shifts)
-        dot = tl.dot((a << 4) >> 4, (w << 4) >> 4, out_dtype=tl.int32)
-        dot = tl.dot(a >> 4, w >> 4, dot, out_dtype=tl.int32)
-        sa = tl.load(as_ptr + offs_m * stride_asm + g, mask=mask_m, other=0.0)
-        sw = tl.load(ws_ptr + offs_n * stride_wsn + g, mask=mask_n, other=0.0)
-        acc += dot.to(tl.float32) * sa[:, None] * sw[None, :]
-        a_ptrs += HALF
-        w_ptrs += HALF
+    if PREFETCH:
+        # register double-buffering: group g+1's tiles are in flight while group g computes
+        a = tl.load(a_ptrs, mask=mask_m[:, None], other=0)
+        w = tl.load(w_ptrs, mask=mask_n[None, :], other=0)
+        sa = tl.load(as_ptrs, mask=mask_m, other=0.0)
+        sw = tl.load(ws_ptrs, mask=mask_n, other=0.0)
+        for g in range(1, G + 1):
+            more_m = mask_m & (offs_m * 0 + g < G)  # tensor-shaped: the interpreter wants it
+            more_n = mask_n & (offs_n * 0 + g < G)
+            a_next = tl.load(a_ptrs + g * HALF, mask=more_m[:, None], other=0)
+            w_next = tl.load(w_ptrs + g * HALF, mask=more_n[None, :], other=0)
+            sa_next = tl.load(as_ptrs + g, mask=more_m, other=0.0)
+            sw_next = tl.load(ws_ptrs + g, mask=more_n, other=0.0)
+            acc = _group_partial(a, w, sa, sw, acc, USE_ASM)
+            a, w, sa, sw = a_next, w_next, sa_next, sw_next
+    else:
+        for g in range(0, G):
+            a = tl.load(a_ptrs + g * HALF, mask=mask_m[:, None], other=0)
+            w = tl.load(w_ptrs + g * HALF, mask=mask_n[None, :], other=0)
+            sa = tl.load(as_ptrs + g, mask=mask_m, other=0.0)
+            sw = tl.load(ws_ptrs + g, mask=mask_n, other=0.0)
+            acc = _group_partial(a, w, sa, sw, acc, USE_ASM)
 
     if HAS_OUT:
         offs_o = tl.arange(0, BLOCK_O)
@@ -115,6 +168,13 @@ def _w4a4_gemm_kernel(
         acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+_w4a4_gemm_kernel = triton.autotune(
+    configs=_configs(),
+    key=["M_BUCKET", "N", "G", "N_OUT"],
+    prune_configs_by={"early_config_prune": _prune},
+)(_w4a4_gemm_kernel_jit)
 
 
 def _m_bucket(m: int) -> int:
@@ -163,7 +223,8 @@ def w4a4_gemm_triton(
     a_outliers, w_outliers = a_outliers.contiguous(), w_outliers.contiguous()
     a_scale, w_scale = a_scale.contiguous(), w_scale.contiguous()
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    wrap_triton(_w4a4_gemm_kernel)[grid](
+    kernel, meta = (_w4a4_gemm_kernel_jit, _interpreter_meta(m)) if INTERPRET else (_w4a4_gemm_kernel, {})
+    wrap_triton(kernel)[grid](
         a_packed, a_scale, a_outliers, a_outlier_scale,
         w_packed, w_scale, w_outliers, w_outlier_scale,
         bias if bias is not None else a_scale, out,
@@ -175,6 +236,8 @@ def w4a4_gemm_triton(
         BLOCK_O=max(32, min(128, triton.next_power_of_2(max(n_out, 1)))),
         HAS_OUT=n_out > 0,
         HAS_BIAS=bias is not None,
+        USE_ASM=not INTERPRET,
+        **meta,
     )
     return out
 
