@@ -24,7 +24,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 def _interpreter_meta(m: int) -> dict:
     # the CPU interpreter cannot autotune (no driver): small tiles, and both loop forms covered
-    return {"BLOCK_M": 16 if m <= 16 else 32, "BLOCK_N": 32, "GROUP_M": 4, "PREFETCH": m <= 16}
+    return {"BLOCK_M": 16 if m <= 16 else 32, "BLOCK_N": 32, "GROUP_M": 4, "PREFETCH": m <= 32}
 
 
 def _configs():
@@ -54,7 +54,7 @@ def _prune(configs, named_args, **kwargs):
 
 # Sign-extend the two nibbles of 4 bytes at once in 32-bit registers: unsigned nibble u -> byte
 # u | (u & 8) * 30 (0xF0 when bit 3 is set; 8 * 30 < 256, so no carry crosses a byte).
-_UNPACK_ASM = """
+_UNPACK_ASM = tl.constexpr("""
 {
 .reg .b32 lo, hi, t;
 and.b32 lo, $2, 0x0F0F0F0F;
@@ -67,7 +67,7 @@ and.b32 t, hi, 0x08080808;
 mul.lo.u32 t, t, 30;
 or.b32 $1, hi, t;
 }
-"""
+""")
 
 
 @triton.jit
@@ -170,6 +170,113 @@ def _w4a4_gemm_kernel_jit(
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
+# ---------------------------------------------------------------- decode (M <= 16)
+# A tensor-core tile wastes 15/16 of itself on one token, and Triton moves the unpacked INT8
+# operands through shared memory byte by byte. For decode the GEMM is a stream over the
+# weights: here every operand stays in 32-bit words (4 bytes = 8 nibbles), nibbles are
+# sign-extended with word-wide bit operations, and dp4a (4 INT8 products into INT32 per
+# instruction) does the group dots on the CUDA cores.
+
+
+@triton.jit
+def _nibbles(words):
+    """int32 words of packed INT4 -> (low nibbles, high nibbles) as words of 4 sign-extended bytes."""
+    lo = words & 0x0F0F0F0F
+    hi = (words >> 4) & 0x0F0F0F0F
+    # unsigned nibble u -> u | 0xF0 if u >= 8; (u & 8) * 30 == 0xF0 never carries into the next byte
+    return lo | ((lo & 0x08080808) * 30), hi | ((hi & 0x08080808) * 30)
+
+
+@triton.jit
+def _dp4a(a, b, c, USE_ASM: tl.constexpr):
+    """c + sum of the 4 products of the signed bytes of a and b (elementwise, broadcasting)."""
+    if USE_ASM:
+        return tl.inline_asm_elementwise("dp4a.s32.s32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c],
+                                         dtype=tl.int32, is_pure=True, pack=1)
+    return (c + ((a << 24) >> 24) * ((b << 24) >> 24) + ((a << 16) >> 24) * ((b << 16) >> 24)
+            + ((a << 8) >> 24) * ((b << 8) >> 24) + (a >> 24) * (b >> 24))
+
+
+@triton.jit
+def _w4a4_gemv_kernel_jit(
+    a_ptr, as_ptr, ao_ptr, aos_ptr,  # a_ptr, ao_ptr, w_ptr, wo_ptr: int32 views (4 bytes a word)
+    w_ptr, ws_ptr, wo_ptr, wos_ptr,
+    bias_ptr, out_ptr,
+    M, N, G, N_OUT_W, M_BUCKET,
+    stride_am, stride_asm, stride_aom,
+    stride_wn, stride_wsn, stride_won,
+    stride_om,
+    WORDS: tl.constexpr,  # int32 words per group and row (group_size / 8)
+    BLOCK_OW: tl.constexpr,  # outlier words per step
+    HAS_OUT: tl.constexpr, HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    offs_w = tl.arange(0, WORDS)
+    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_w[None, :]
+    w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_w[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # next group's weight words are loaded before this group's math: two groups in flight
+    w = tl.load(w_ptrs, mask=mask_n[:, None], other=0)
+    for g in range(0, G):
+        more_n = mask_n & (offs_n * 0 + g + 1 < G)
+        w_next = tl.load(w_ptrs + (g + 1) * WORDS, mask=more_n[:, None], other=0)
+        a = tl.load(a_ptrs + g * WORDS, mask=mask_m[:, None], other=0)
+        sa = tl.load(as_ptr + offs_m * stride_asm + g, mask=mask_m, other=0.0)
+        sw = tl.load(ws_ptr + offs_n * stride_wsn + g, mask=mask_n, other=0.0)
+        a_lo, a_hi = _nibbles(a)
+        w_lo, w_hi = _nibbles(w)
+        part = _dp4a(a_lo[:, None, :], w_lo[None, :, :], tl.zeros((BLOCK_M, BLOCK_N, WORDS), tl.int32), USE_ASM)
+        part = _dp4a(a_hi[:, None, :], w_hi[None, :, :], part, USE_ASM)
+        acc += tl.sum(part, axis=2).to(tl.float32) * sa[:, None] * sw[None, :]
+        w = w_next
+    if HAS_OUT:
+        offs_o = tl.arange(0, BLOCK_OW)
+        part_o = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_OW), tl.int32)
+        for o0 in range(0, N_OUT_W, BLOCK_OW):
+            mask_o = (o0 + offs_o) < N_OUT_W
+            ao = tl.load(ao_ptr + offs_m[:, None] * stride_aom + (o0 + offs_o)[None, :],
+                         mask=mask_m[:, None] & mask_o[None, :], other=0)
+            wo = tl.load(wo_ptr + offs_n[:, None] * stride_won + (o0 + offs_o)[None, :],
+                         mask=mask_n[:, None] & mask_o[None, :], other=0)
+            part_o = _dp4a(ao[:, None, :], wo[None, :, :], part_o, USE_ASM)
+        sao = tl.load(aos_ptr + offs_m, mask=mask_m, other=0.0)
+        swo = tl.load(wos_ptr + offs_n, mask=mask_n, other=0.0)
+        acc += tl.sum(part_o, axis=2).to(tl.float32) * sao[:, None] * swo[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+GEMV_MAX_M = 16
+
+
+def _gemv_configs():
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=1)
+        for bm in (1, 2, 4, 8) for bn, w in ((16, 2), (32, 4), (64, 4))
+    ]
+
+
+def _gemv_prune(configs, named_args, **kwargs):
+    m = named_args["M_BUCKET"]
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= m and c.kwargs["BLOCK_M"] * 8 >= min(m, 8)]
+    return kept or configs[:1]
+
+
+_w4a4_gemv_kernel = triton.autotune(
+    configs=_gemv_configs(),
+    key=["M_BUCKET", "N", "G", "N_OUT_W"],
+    prune_configs_by={"early_config_prune": _gemv_prune},
+)(_w4a4_gemv_kernel_jit)
+
+
 _w4a4_gemm_kernel = triton.autotune(
     configs=_configs(),
     key=["M_BUCKET", "N", "G", "N_OUT"],
@@ -222,6 +329,10 @@ def w4a4_gemm_triton(
     a_packed, w_packed = a_packed.contiguous(), w_packed.contiguous()
     a_outliers, w_outliers = a_outliers.contiguous(), w_outliers.contiguous()
     a_scale, w_scale = a_scale.contiguous(), w_scale.contiguous()
+    if m <= GEMV_MAX_M and group_size % 32 == 0 and n_out % 4 == 0:
+        _launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
+                     w_outlier_scale, bias, out, group_size)
+        return out
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
     kernel, meta = (_w4a4_gemm_kernel_jit, _interpreter_meta(m)) if INTERPRET else (_w4a4_gemm_kernel, {})
     wrap_triton(kernel)[grid](
@@ -240,6 +351,29 @@ def w4a4_gemm_triton(
         **meta,
     )
     return out
+
+
+def _launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
+                 w_outlier_scale, bias, out, group_size):
+    m, n = out.shape
+    n_out_w = a_outliers.shape[1] // 4
+    words = lambda t: t.view(torch.int32)  # noqa: E731  (4 packed bytes per word)
+    meta = {"BLOCK_M": min(4, triton.next_power_of_2(m)), "BLOCK_N": 16} if INTERPRET else {}
+    kernel = _w4a4_gemv_kernel_jit if INTERPRET else _w4a4_gemv_kernel
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_M"]))  # noqa: E731
+    wrap_triton(kernel)[grid](
+        words(a_packed), a_scale, words(a_outliers) if n_out_w else a_outliers, a_outlier_scale,
+        words(w_packed), w_scale, words(w_outliers) if n_out_w else w_outliers, w_outlier_scale,
+        bias if bias is not None else a_scale, out,
+        m, n, a_scale.shape[1], n_out_w, _m_bucket(m),
+        a_packed.stride(0) // 4, a_scale.stride(0), max(a_outliers.stride(0) // 4, 1),
+        w_packed.stride(0) // 4, w_scale.stride(0), max(w_outliers.stride(0) // 4, 1),
+        out.stride(0),
+        WORDS=group_size // 8,
+        BLOCK_OW=max(4, min(32, triton.next_power_of_2(max(n_out_w, 1)))),
+        HAS_OUT=n_out_w > 0, HAS_BIAS=bias is not None, USE_ASM=not INTERPRET,
+        **meta,
+    )
 
 
 @triton_op("atom_ao::w4a4_gemm", mutates_args=())

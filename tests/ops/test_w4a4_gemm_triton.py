@@ -38,10 +38,12 @@ def _check(m, n, k, n_out, gs, dtype, bias, device=DEVICE):
 @pytest.mark.parametrize(
     "m, n, k, n_out, gs",
     [
+        # M <= 16: the dp4a decode kernel; larger M: the tensor-core kernel (prefetching up to 32)
         (1, 40, 200, 32, 64),   # decode row, K padded, N not a multiple of the tile
-        (19, 33, 320, 64, 128),  # M and N off the tiles
         (16, 64, 256, 0, 64),   # no outliers
-        (3, 48, 192, 16, 64),   # 16 outliers: one masked BLOCK_O step
+        (3, 48, 192, 16, 64),   # 16 outliers: one masked outlier step
+        (19, 33, 320, 64, 128),  # M and N off the tiles
+        (40, 64, 256, 0, 64),   # no outliers, plain group loop
     ],
 )
 @pytest.mark.parametrize("dtype, bias", [(torch.bfloat16, True), (torch.float16, False), (torch.float32, True)])
