@@ -1,0 +1,120 @@
+"""``python -m atom_ao``: quantize a real model with Atom and show what it costs and gives.
+
+With no arguments: SmolLM2-135M (installed from the package index), calibration on the
+calibration part of the bundled Wikipedia text, Atom W4A4, perplexity FP vs Atom on the held-out
+part, a greedy sample, tokens/s bf16 vs Atom where a GPU is present, the quantized checkpoint
+(safetensors) and a JSON report in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def _lm_linears(module: torch.nn.Module, fqn: str) -> bool:
+    # the paper quantizes the decoder's linears; the LM head stays in full precision
+    return isinstance(module, torch.nn.Linear) and "lm_head" not in fqn
+
+
+@torch.no_grad()
+def _sample(model, tok, prompt: str, new_tokens: int) -> str:
+    ids = tok(prompt, return_tensors="pt").input_ids.to(next(model.parameters()).device)
+    out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.eos_token_id)
+    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+@torch.no_grad()
+def _tokens_per_s(model, tok, new_tokens: int = 64) -> float:
+    ids = tok("The history of", return_tensors="pt").input_ids.to("cuda")
+    kw = dict(do_sample=False, pad_token_id=tok.eos_token_id, min_new_tokens=new_tokens)
+    model.generate(ids, max_new_tokens=8, **kw | {"min_new_tokens": 8})  # warm-up / autotune
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    model.generate(ids, max_new_tokens=new_tokens, **kw)
+    torch.cuda.synchronize()
+    return new_tokens / (time.perf_counter() - t)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m atom_ao", description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2-135m", help="smollm2-135m, qwen2.5-0.5b, or a local HF folder / .gguf file")
+    ap.add_argument("--calib-samples", type=int, default=16, help="calibration windows (paper: 128)")
+    ap.add_argument("--calib-seq-len", type=int, default=512, help="tokens per calibration window (paper: 2048)")
+    ap.add_argument("--eval-windows", type=int, default=4, help="held-out windows for perplexity")
+    ap.add_argument("--seq-len", type=int, default=1024, help="tokens per perplexity window")
+    ap.add_argument("--n-outliers", type=int, default=128)
+    ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    ap.add_argument("--out", default="outputs/atom_ao", help="folder for the checkpoint and report")
+    ap.add_argument("--prompt", default="The Eiffel Tower is located in")
+    ap.add_argument("--new-tokens", type=int, default=32)
+    args = ap.parse_args(argv)
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import atom_ao
+    from atom_ao import data
+    from atom_ao.eval.perplexity import perplexity
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report: dict = {"model": args.model, "device": device, "dtype": str(dtype).removeprefix("torch."),
+                    "n_outliers": args.n_outliers}
+    if device == "cuda":
+        report["gpu"] = torch.cuda.get_device_name(0)
+
+    t = time.perf_counter()
+    model, tok = data.load_model(args.model, dtype=dtype, device=device)
+    report["load_s"] = round(time.perf_counter() - t, 1)
+    eval_ids = data.eval_tokens(tok, "wiki")
+    ppl_kw = dict(seq_len=args.seq_len, max_windows=args.eval_windows, device=device)
+    report["eval"] = {"text": "wiki held-out part (atom_ao.data.wiki_split)", "seq_len": args.seq_len,
+                      "windows": args.eval_windows, "method": "non-overlapping windows"}
+
+    print(f"[1/5] perplexity of the float model ({args.eval_windows} x {args.seq_len} held-out tokens)", file=sys.stderr)
+    report["ppl_fp"] = round(perplexity(model, eval_ids, **ppl_kw), 3)
+    sample_fp = _sample(model, tok, args.prompt, args.new_tokens)
+    if device == "cuda":
+        report["tokens_per_s_bf16"] = round(_tokens_per_s(model, tok), 1)
+
+    print(f"[2/5] calibrating on {args.calib_samples} x {args.calib_seq_len} tokens and quantizing", file=sys.stderr)
+    batches = data.calibration_batches(tok, n_samples=args.calib_samples, seq_len=args.calib_seq_len)
+    t = time.perf_counter()
+    atom_ao.quantize_calibrated(model, batches, atom_ao.atom_config(n_outliers=args.n_outliers),
+                                filter_fn=_lm_linears)
+    report["quantize_s"] = round(time.perf_counter() - t, 1)
+
+    print("[3/5] perplexity of the Atom W4A4 model", file=sys.stderr)
+    report["ppl_atom"] = round(perplexity(model, eval_ids, **ppl_kw), 3)
+    print("[4/5] greedy sample", file=sys.stderr)
+    report["prompt"] = args.prompt
+    report["sample_fp"] = sample_fp
+    report["sample_atom"] = _sample(model, tok, args.prompt, args.new_tokens)
+    if device == "cuda":
+        report["tokens_per_s_atom"] = round(_tokens_per_s(model, tok), 1)
+
+    print(f"[5/5] writing {out_dir}/model.safetensors and report.json", file=sys.stderr)
+    atom_ao.save_quantized(model, str(out_dir / "model.safetensors"))
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1))
+
+    print(f"\nmodel {args.model} on {device} ({report['dtype']}); perplexity on {args.eval_windows} x "
+          f"{args.seq_len} held-out wiki tokens")
+    print(f"  float : {report['ppl_fp']:.3f}")
+    print(f"  Atom  : {report['ppl_atom']:.3f}   (W4A4, {args.n_outliers} INT8 outliers, "
+          f"calibrated on {args.calib_samples} x {args.calib_seq_len} tokens in {report['quantize_s']} s)")
+    if device == "cuda":
+        print(f"  decode tokens/s (HF generate, batch 1): bf16 {report['tokens_per_s_bf16']}, "
+              f"Atom {report['tokens_per_s_atom']}")
+    print(f"  prompt: {args.prompt!r}\n  float : {sample_fp!r}\n  Atom  : {report['sample_atom']!r}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Generation throughput: bf16 vs torchao Float8 / Int8 vs atom_ao W4A4 (+ INT4 KV), one GPU.
+
+    python benchmarks/bench_generate.py --model llama2-7b --batches 1,8,32,64
+
+gpt-fast style (benchmarks/gpt.py): static KV cache of prompt + generated tokens, one decode step
+captured in a CUDA graph and replayed (no launch gaps, for every path alike; the paths run
+eagerly inside the graph, so torchao's activation quantization is not fused by Inductor here).
+Random weights: same shapes, same work. Reports prefill time, time per output token (median
+over --steps decode steps), decode tokens/s, peak memory, and the largest batch whose weights
++ KV cache fit --budget-gb (computed from the bytes per token of each KV format).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import gpu_name, markdown_table, write_results  # noqa: E402
+from gpt import SHAPES, Llama  # noqa: E402
+
+
+def _not_head(module, fqn):
+    return isinstance(module, torch.nn.Linear) and "lm_head" not in fqn
+
+
+def build(shape, path: str, n_layers: int | None):
+    from dataclasses import replace
+
+    from torchao.quantization import quantize_
+
+    s = replace(shape, n_layers=n_layers or shape.n_layers)
+    torch.manual_seed(0)
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = Llama(s)
+    torch.set_default_dtype(prev)
+    model.eval()
+    if path.startswith("atom"):
+        import atom_ao
+
+        quantize_(model, atom_ao.atom_config(), filter_fn=_not_head)
+    elif path == "fp8":
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+
+        quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=_not_head)
+    elif path == "int8":
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig
+
+        quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=_not_head)
+    return model
+
+
+def kv_bytes_per_token(s, path: str) -> float:
+    per_elem = 0.5 + 4 / s.head_dim if path == "atom-kv4" else 2.0  # INT4 + fp16 scale/zero per head
+    return 2 * s.n_layers * s.n_kv_heads * s.head_dim * per_elem
+
+
+def int4_cache_factory(model, batch, max_len):
+    from atom_ao.kv import make_static_cache  # the INT4 KV cache (issue 4)
+
+    return lambda layer: make_static_cache(batch, model.s.n_kv_heads, max_len, model.s.head_dim, device="cuda")
+
+
+@torch.no_grad()
+def run_batch(model, path, batch, prompt, gen, steps):
+    max_len = prompt + gen
+    model.setup_caches(batch, max_len, int4_cache_factory(model, batch, max_len) if path == "atom-kv4" else None)
+    torch.cuda.reset_peak_memory_stats()
+    ids = torch.randint(0, model.s.vocab, (batch, prompt), device="cuda")
+    pos = torch.arange(prompt, device="cuda")
+    model(ids, pos)  # warm-up: autotuning, lazy init
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    logits = model(ids, pos)
+    end.record()
+    torch.cuda.synchronize()
+    prefill_ms = start.elapsed_time(end)
+
+    tok = logits.argmax(-1, keepdim=True)
+    step_pos = torch.tensor([prompt], device="cuda")
+    for _ in range(2):  # warm the decode shapes before capture
+        model(tok, step_pos)
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        model(tok, step_pos)
+        torch.cuda.synchronize()
+        with torch.cuda.graph(graph):
+            out = model(tok, step_pos)
+    torch.cuda.current_stream().wait_stream(stream)
+    times = []
+    for i in range(steps):
+        step_pos.fill_(prompt + i)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+        tok.copy_(out.argmax(-1, keepdim=True))
+    tpot = sorted(times)[len(times) // 2]
+    return {"prefill_ms": round(prefill_ms, 2), "tpot_ms": round(tpot, 3),
+            "tokens_per_s": round(batch * 1e3 / tpot, 1),
+            "peak_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="llama2-7b", choices=sorted(SHAPES))
+    ap.add_argument("--batches", default="1,8,32,64")
+    ap.add_argument("--paths", default="bf16,fp8,int8,atom,atom-kv4")
+    ap.add_argument("--prompt", type=int, default=1024)
+    ap.add_argument("--gen", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=32, help="decode steps timed (of the --gen)")
+    ap.add_argument("--layers", type=int, default=None, help="fewer decoder layers (all layers are alike)")
+    ap.add_argument("--budget-gb", type=float, default=80.0)
+    args = ap.parse_args()
+    shape = SHAPES[args.model]
+    rows = []
+    for path in args.paths.split(","):
+        try:
+            model = build(shape, path, args.layers)
+        except Exception as e:
+            print(f"{path}: cannot build ({type(e).__name__}: {str(e)[:160]})")
+            continue
+        weight_gb = torch.cuda.memory_allocated() / 2**30
+        s = model.s
+        per_seq = kv_bytes_per_token(s, path) * (args.prompt + args.gen) / 2**30
+        fit = int(max(0.0, args.budget_gb * 0.9 - weight_gb) // per_seq)
+        for b in (int(x) for x in args.batches.split(",")):
+            try:
+                r = run_batch(model, path, b, args.prompt, args.gen, args.steps)
+            except Exception as e:
+                print(f"{path} batch {b}: failed ({type(e).__name__}: {str(e)[:160]})")
+                torch.cuda.empty_cache()
+                continue
+            row = {"model": args.model, "layers": s.n_layers, "path": path, "batch": b, **r,
+                   "weights_gb": round(weight_gb, 2), f"max_batch_{int(args.budget_gb)}gb": fit}
+            rows.append(row)
+            print(row, flush=True)
+        for layer in model.layers:
+            layer.cache = None
+        del model
+        gc.collect()
+        torch.cuda.empty_cache()
+    for r in rows:
+        base = next((x for x in rows if x["path"] == "bf16" and x["batch"] == r["batch"]), None)
+        r["speedup_vs_bf16"] = round(r["tokens_per_s"] / base["tokens_per_s"], 2) if base else None
+    cols = ["model", "layers", "path", "batch", "prefill_ms", "tpot_ms", "tokens_per_s", "speedup_vs_bf16",
+            "peak_gb", "weights_gb", f"max_batch_{int(args.budget_gb)}gb"]
+    print(markdown_table(rows, cols))
+    stem = write_results(f"bench_generate_{args.model}", rows, cols,
+                         {"command": " ".join(sys.argv), "prompt": args.prompt, "gen": args.gen,
+                          "timed_steps": args.steps, "gpu": gpu_name()})
+    _plot(rows, stem.with_suffix(".png"), args.model)
+    print(f"wrote {stem}.json/.md/.png")
+
+
+def _plot(rows, path, model):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for p in sorted({r["path"] for r in rows}):
+        pts = [(r["batch"], r["tokens_per_s"]) for r in rows if r["path"] == p]
+        ax.plot(*zip(*pts), marker="o", label=p)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch")
+    ax.set_ylabel("decode tokens/s")
+    ax.set_title(f"{model} decode throughput on {gpu_name()}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
