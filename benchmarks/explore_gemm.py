@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench_us  # noqa: E402
 
 from atom_ao.format import quantize_activation_ref  # noqa: E402
-from atom_ao.ops.w4a4_gemm import _w4a4_gemm_kernel, w4a4_gemm_ref  # noqa: E402
+from atom_ao.ops.w4a4_gemm import _GEMM_KERNELS, _w4a4_gemm_kernel_jit, w4a4_gemm_ref  # noqa: E402
 from atom_ao.weight import quantize_weight  # noqa: E402
 
 
@@ -89,8 +89,8 @@ def main():
         ref = w4a4_gemm_ref(*[t.cpu() for t in a], *[wq[key].cpu() for key in ("qdata", "scale", "outlier_qdata", "outlier_scale")], None, gs, torch.float32)
         print(f"\n== M={m} N={n} K={k}")
         # every config of the production kernel
-        for cfg in _w4a4_gemm_kernel.configs:
-            kern = _w4a4_gemm_kernel.fn
+        for cfg in [c for tuner in _GEMM_KERNELS.values() for c in tuner.configs]:
+            kern = _w4a4_gemm_kernel_jit
             bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
             grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
 

@@ -1,11 +1,337 @@
-"""``atom_ao::quantize_activation``: permute + dynamic per-token quantization of activations."""
+"""``atom_ao::quantize_activation``: permute + dynamic per-token quantization of activations.
+
+The Triton kernel does the whole quantizer in one pass over ``x`` (one launch). Its programs
+are (row split, column) pairs, columns innermost so that programs running together read the
+same rows: a column is ``GPB`` groups of the normal channels, or (the last one, when there are
+outliers) all the INT8 outlier channels. A program loads its part of ``perm`` once, then walks
+its rows ``BLOCK_M`` at a time, issuing the next row block's gathers before quantizing the
+current one (a register double buffer). Each half-group is a (J, BLOCK_M, GPB, LANES) tile
+(see ``_tile_index``): lanes run along consecutive permuted channels, so with the permutation
+``quantize_`` builds (normal channels in their original order) a warp's gather reads
+consecutive addresses; reductions stay inside warps. It writes the packed bytes (byte j of a
+group: element j | element j + group_size / 2 << 4, the ``pack_int4`` layout) and the scales.
+Decode (M <= 32) uses its own autotuned configs: one row block per program, many programs.
+
+It agrees with ``quantize_activation_ref`` bit for bit:
+
+* all arithmetic is float32, in the reference's order: ``scale = (amax * clip) / 7`` (clip
+  rounded to float32, as torch does for a Python scalar), ``inv = 1 / scale``, ``x * inv``;
+* both divisions are IEEE round-to-nearest (``tl.math.div_rn``; a plain ``/`` may be an
+  approximate division on the GPU);
+* rounding is half to even: on NVIDIA one ``cvt.rni.s32.f32`` (saturating, NaN -> 0), then an
+  integer clamp; in the interpreter ``(t + 1.5 * 2**23) - 1.5 * 2**23`` on the value already
+  clamped to the integer range (clamping then rounding equals rounding then clamping for
+  integer bounds; the clamp also keeps the multiply and the add from fusing into an FMA);
+* the absmax is an integer max over the float bits with the sign bit cleared: NaN bits sort
+  above +inf, so a NaN anywhere in a group makes its scale NaN (a float max may drop NaN);
+  NaN and inf * 0 products quantize to 0, as in the reference.
+"""
 
 from __future__ import annotations
 
-import torch
-from torch.library import triton_op
+import os
 
-from atom_ao.format import quantize_activation_ref
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from atom_ao.format import k_normal_padded, quantize_activation_ref
+
+_ROUND_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23: adding it rounds |t| <= 2**22 to an integer, half to even
+
+
+_SMALL_M = 32  # up to this many rows: the decode configs
+# read when the kernel is decorated, like Triton itself does
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# Triton 3.6 breaks ties in the memory-access order by the lowest dimension, 3.9 by the
+# highest (see _tile_index); results are identical either way, only coalescing changes
+_LANES_FIRST = tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 9)
+
+
+def _configs(small: bool):
+    """BLOCK_M rows per step, GPB groups per program, LANES lanes per half-group (each lane
+    takes HALF / LANES of its channels), PROGS: about how many programs to launch (the rows are
+    split among them), warps. BLOCK_M * GPB * LANES = 32 * warps keeps every reduction inside a
+    warp. No ``prune_configs_by``: torch's ``wrap_triton`` rebuilds a pruned autotuner on every
+    eager call (forgetting what it tuned), so the launcher picks one of two autotuners by M."""
+    if _INTERPRET:  # the CPU interpreter: few, large programs
+        return [triton.Config({"BLOCK_M": 4, "GPB": 2, "LANES": 16, "PROGS": 8}, num_warps=4, num_stages=1)]
+    if small:  # decode / small batches: latency-bound, one row block per program
+        shapes = [(1, 1, 32, 1), (2, 1, 16, 1), (4, 1, 8, 1), (2, 2, 8, 1), (4, 2, 8, 2), (8, 1, 8, 2)]
+        progs = [4096]
+    else:  # prefill: memory-bound; loop over row blocks, the next one's loads in flight
+        shapes = [(4, 1, 32, 4), (8, 1, 32, 8), (8, 1, 16, 4), (16, 1, 16, 8), (8, 2, 16, 8), (16, 1, 8, 4)]
+        progs = [1024, 4096]
+    return [
+        triton.Config({"BLOCK_M": bm, "GPB": gpb, "LANES": lanes, "PROGS": pr}, num_warps=w, num_stages=1)
+        for bm, gpb, lanes, w in shapes for pr in progs
+    ]
+
+
+@triton.jit
+def _round_clamp(t, lo: tl.constexpr, hi: tl.constexpr, PTX: tl.constexpr):
+    """float32 -> int32: round half to even, clamp to [lo, hi], NaN -> 0."""
+    if PTX:
+        # one instruction: round to nearest even, saturating, NaN -> 0 (PTX ISA, cvt)
+        r = tl.inline_asm_elementwise("cvt.rni.s32.f32 $0, $1;", "=r,r", [t], dtype=tl.int32, is_pure=True, pack=1)
+        return tl.minimum(tl.maximum(r, lo), hi)
+    else:
+        # portable (the interpreter): clamp first (equal to clamping after, for integer bounds),
+        # then 1.5 * 2**23 rounds half to even; the clamp also keeps x * inv + magic from fusing
+        is_nan = t != t
+        t = tl.minimum(tl.maximum(t, lo), hi)
+        r = (t + _ROUND_MAGIC) - _ROUND_MAGIC
+        return tl.where(is_nan, 0.0, r).to(tl.int32)
+
+
+@triton.jit
+def _safe_inverse(scale):
+    # IEEE 1 / scale where scale > 0, else 0 (zero, NaN scales); the divisor is kept nonzero
+    pos = scale > 0
+    return tl.where(pos, tl.math.div_rn(tl.full(scale.shape, 1.0, tl.float32), tl.where(pos, scale, 1.0)), 0.0)
+
+
+@triton.jit
+def _abs_bits(v):
+    # |v| as int32 bits: orders like |v| for non-negative floats, and NaN sorts above +inf
+    return v.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+
+
+@triton.jit
+def _gather(x_ptr, rows, ok_rows, stride_xm, cols, ok_cols, COL_MASK: tl.constexpr):
+    """x[rows, cols] as float32 over a (D0, BLOCK_M, C, D3) tile (``_tile_index``): rows
+    (BLOCK_M,), cols / ok_cols (D0, 1, C, D3) column offsets (already times stride_xk; valid even where not
+    ok). Masked-off rows are left undefined (their results are never stored); masked-off
+    columns (padding) read 0, and only when COL_MASK (per-element masks cost instructions)."""
+    row_ptr = x_ptr + rows.to(tl.int64) * stride_xm
+    v = tl.load(row_ptr[None, :, None, None] + cols, mask=ok_rows[None, :, None, None])
+    v = v.to(tl.float32)
+    if COL_MASK:
+        v = tl.where(ok_cols, v, 0.0)
+    return v
+
+
+@triton.jit
+def _tile_index(LANES: tl.constexpr, J: tl.constexpr, C: tl.constexpr, LANES_FIRST: tl.constexpr):
+    """Index parts of a (D0, BLOCK_M, C, D3) tile, {D0, D3} = {LANES, J}: the channel index
+    j = jj * LANES + lane (0 <= j < J * LANES) and c, both shaped (D0, 1, C, D3).
+
+    The gathers have no provable contiguity, so Triton orders their layout by dimension index,
+    and which end it starts from changed between releases: the lane dimension is put where
+    the installed Triton puts its threads first (``_LANES_FIRST``). Layout: lanes along
+    consecutive channels (LANES of them), warps along C and BLOCK_M, the J dimension inside
+    each thread; reductions over j are then in-thread plus warp shuffles (never through
+    shared memory), and a warp's gather of a near-identity perm reads consecutive addresses.
+    Only the layout differs between the two arrangements, never the results."""
+    if LANES_FIRST:
+        ll = tl.arange(0, LANES)[:, None, None, None]
+        jj = tl.arange(0, J)[None, None, None, :]
+    else:
+        jj = tl.arange(0, J)[:, None, None, None]
+        ll = tl.arange(0, LANES)[None, None, None, :]
+    cc = tl.arange(0, C)[None, None, :, None]
+    return jj * LANES + ll, cc
+
+
+@triton.jit
+def _int4_groups(x_ptr, perm_ptr, q_ptr, s_ptr, pid_c, rb_start, rb_end, M, K_NORMAL, G,
+                 stride_xm, stride_xk, stride_qm, stride_sm, unit, clip_ratio,
+                 HALF: tl.constexpr, HALF_P: tl.constexpr, GPB: tl.constexpr, BLOCK_M: tl.constexpr,
+                 LANES: tl.constexpr, PTX: tl.constexpr, IDX64: tl.constexpr, COL_MASK: tl.constexpr,
+                 LANES_FIRST: tl.constexpr):
+    # groups g of this program: each half-group is a tile of HALF_P // LANES x LANES channels
+    # (see _tile_index) by BLOCK_M rows by GPB groups; perm is loaded once, for all row blocks
+    j, gi = _tile_index(LANES, HALF_P // LANES, GPB, LANES_FIRST)
+    g = pid_c * GPB + gi
+    pos_lo = g * (2 * HALF) + j  # positions after perm
+    ok_j = j < HALF
+    m_lo = (pos_lo < K_NORMAL) & ok_j  # padding positions load 0, as the reference pads
+    m_hi = (pos_lo + HALF < K_NORMAL) & ok_j
+    c_lo = tl.load(perm_ptr + pos_lo, mask=m_lo, other=0)
+    c_hi = tl.load(perm_ptr + pos_lo + HALF, mask=m_hi, other=0)
+    if IDX64:
+        c_lo = c_lo.to(tl.int64)
+        c_hi = c_hi.to(tl.int64)
+    c_lo = c_lo * stride_xk
+    c_hi = c_hi * stride_xk
+    ok_gj = (g < G) & ok_j
+    # ``unit`` is 1 at run time; Triton cannot see it, so the byte store does not look
+    # contiguous and does not widen the gather's per-thread vector (it would spread the lanes)
+    q_cols = g * HALF + j * unit
+    offs_m = tl.arange(0, BLOCK_M)
+
+    # software pipeline over row blocks: the next block's gathers are issued before this one's math
+    row_end = tl.minimum(rb_end * BLOCK_M, M)  # rows of this program: [rb_start * BLOCK_M, row_end)
+    rows = rb_start * BLOCK_M + offs_m
+    xl = _gather(x_ptr, rows, rows < row_end, stride_xm, c_lo, m_lo, COL_MASK)
+    xh = _gather(x_ptr, rows, rows < row_end, stride_xm, c_hi, m_hi, COL_MASK)
+    for rb in range(rb_start, rb_end):
+        rows = rb * BLOCK_M + offs_m
+        ok_m = rows < M
+        nxt = rows + BLOCK_M
+        nxl = _gather(x_ptr, nxt, nxt < row_end, stride_xm, c_lo, m_lo, COL_MASK)
+        nxh = _gather(x_ptr, nxt, nxt < row_end, stride_xm, c_hi, m_hi, COL_MASK)
+
+        bits = tl.maximum(tl.max(_abs_bits(xl), axis=0), tl.max(_abs_bits(xh), axis=0))
+        amax = tl.max(bits, axis=2).to(tl.float32, bitcast=True)  # (BLOCK_M, GPB), NaN if any NaN
+        scale = tl.math.div_rn(amax * clip_ratio, 7.0)
+        inv = _safe_inverse(scale)[None, :, :, None]
+        ql = _round_clamp(xl * inv, -8, 7, PTX)
+        qh = _round_clamp(xh * inv, -8, 7, PTX)
+        packed = ((ql & 0xF) | (qh << 4)).to(tl.uint8)  # the cast drops the bits above 8
+
+        rows64 = rows.to(tl.int64)
+        q_ptrs = q_ptr + (rows64 * stride_qm)[None, :, None, None] + q_cols
+        tl.store(q_ptrs, packed, mask=ok_m[None, :, None, None] & ok_gj)
+        # the scales are stored from the tile's own layout (by the lane holding j = 0): a
+        # (BLOCK_M, GPB) store would get a layout of its own and a shared-memory round trip
+        s_ptrs = tl.broadcast_to(s_ptr + (rows64 * stride_sm)[None, :, None, None] + g, xl.shape)
+        tl.store(s_ptrs, scale[None, :, :, None] + tl.zeros_like(xl), mask=ok_m[None, :, None, None] & (g < G) & (j == 0))
+        xl = nxl
+        xh = nxh
+
+
+@triton.jit
+def _int8_outliers(x_ptr, perm_ptr, qo_ptr, so_ptr, rb_start, rb_end, M, K_NORMAL, N_OUT,
+                   stride_xm, stride_xk, stride_qom, unit,
+                   BLOCK_M: tl.constexpr, BLOCK_O: tl.constexpr, LANES: tl.constexpr,
+                   PTX: tl.constexpr, IDX64: tl.constexpr, N_OUT_C: tl.constexpr, LANES_FIRST: tl.constexpr):
+    # the INT8 outlier channels of these row blocks, all in one tile of BLOCK_O // LANES x LANES
+    # channels by BLOCK_M rows
+    o, _ = _tile_index(LANES, BLOCK_O // LANES, 1, LANES_FIRST)
+    ok_o = o < N_OUT
+    c = tl.load(perm_ptr + K_NORMAL + o, mask=ok_o, other=0)
+    if IDX64:
+        c = c.to(tl.int64)
+    c = c * stride_xk
+    o_cols = o * unit  # see _int4_groups
+    offs_m = tl.arange(0, BLOCK_M)
+    row_end = tl.minimum(rb_end * BLOCK_M, M)
+    rows = rb_start * BLOCK_M + offs_m
+    v = _gather(x_ptr, rows, rows < row_end, stride_xm, c, ok_o, BLOCK_O != N_OUT_C)
+    for rb in range(rb_start, rb_end):
+        rows = rb * BLOCK_M + offs_m
+        ok_m = rows < M
+        nxt = rows + BLOCK_M
+        nv = _gather(x_ptr, nxt, nxt < row_end, stride_xm, c, ok_o, BLOCK_O != N_OUT_C)
+
+        bits = tl.max(tl.max(_abs_bits(v), axis=0), axis=2)  # (BLOCK_M, 1)
+        scale = tl.math.div_rn(bits.to(tl.float32, bitcast=True), 127.0)
+        q = _round_clamp(v * _safe_inverse(scale)[None, :, :, None], -127, 127, PTX).to(tl.int8)
+        rows64 = rows.to(tl.int64)
+        tl.store(qo_ptr + (rows64 * stride_qom)[None, :, None, None] + o_cols, q,
+                 mask=ok_m[None, :, None, None] & ok_o)
+        tl.store(tl.broadcast_to(so_ptr + rows64[None, :, None, None], v.shape), scale[None, :, :, None] + tl.zeros_like(v),
+                 mask=ok_m[None, :, None, None] & (o == 0))
+        v = nv
+
+
+@triton.jit(do_not_specialize=["unit"])
+def _quantize_activation_kernel(
+    x_ptr, perm_ptr, q_ptr, s_ptr, qo_ptr, so_ptr,
+    M, K_NORMAL, G, N_OUT, M_BUCKET,
+    stride_xm, stride_xk, stride_qm, stride_sm, stride_qom, unit,
+    clip_ratio,
+    HALF: tl.constexpr,  # group_size // 2
+    HALF_P: tl.constexpr,  # HALF rounded up to a power of two
+    BLOCK_O: tl.constexpr,  # outlier channels, rounded up to a power of two
+    N_OUT_C: tl.constexpr,  # n_outliers (compile-time: tells whether the outlier tile is full)
+    COL_MASK: tl.constexpr,  # some half-group tiles have padding (K - n_outliers or HALF off)
+    LANES_FIRST: tl.constexpr,  # see _tile_index
+    HAS_OUT: tl.constexpr,
+    PTX: tl.constexpr,  # compiled for NVIDIA: PTX rounding (the interpreter runs the portable path)
+    IDX64: tl.constexpr,  # column offsets need 64 bits
+    BLOCK_M: tl.constexpr,
+    GPB: tl.constexpr,  # groups per program
+    PROGS: tl.constexpr,  # launch about this many programs (used by the grid)
+    LANES: tl.constexpr,  # lanes along consecutive channels of a half-group
+):
+    # programs: (row split, column), columns inner so that programs running together share
+    # rows; a column is GPB groups, or (last, with outliers) the outlier channels
+    pid = tl.program_id(0)
+    n_gb = tl.cdiv(G, GPB)
+    n_cols = n_gb + HAS_OUT
+    n_split = tl.num_programs(0) // n_cols
+    pid_r = pid // n_cols
+    pid_c = pid % n_cols
+    n_rb = tl.cdiv(M, BLOCK_M)
+    per = tl.cdiv(n_rb, n_split)
+    rb_start = pid_r * per
+    rb_end = tl.minimum(rb_start + per, n_rb)
+
+    if pid_c < n_gb:
+        _int4_groups(x_ptr, perm_ptr, q_ptr, s_ptr, pid_c, rb_start, rb_end, M, K_NORMAL, G,
+                     stride_xm, stride_xk, stride_qm, stride_sm, unit, clip_ratio,
+                     HALF, HALF_P, GPB, BLOCK_M, min(LANES, HALF_P), PTX, IDX64, COL_MASK, LANES_FIRST)
+    elif HAS_OUT:
+        _int8_outliers(x_ptr, perm_ptr, qo_ptr, so_ptr, rb_start, rb_end, M, K_NORMAL, N_OUT,
+                       stride_xm, stride_xk, stride_qom, unit, BLOCK_M, BLOCK_O, min(LANES, BLOCK_O), PTX, IDX64,
+                       N_OUT_C, LANES_FIRST)
+
+
+_TUNE_KEY = ["M_BUCKET", "K_NORMAL", "N_OUT", "HALF"]
+_tuned_small = triton.autotune(configs=_configs(small=True), key=_TUNE_KEY)(_quantize_activation_kernel)
+_tuned_large = triton.autotune(configs=_configs(small=False), key=_TUNE_KEY)(_quantize_activation_kernel)
+
+
+def _grid(m: int, groups: int, has_out: bool):
+    def grid(meta):
+        n_cols = triton.cdiv(groups, meta["GPB"]) + int(has_out)
+        n_split = max(1, min(triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(meta["PROGS"], n_cols)))
+        return (n_split * n_cols,)
+
+    return grid
+
+
+def _m_bucket(m: int) -> int:
+    # autotune key: powers of two up to 4096, so each decode batch size does not retune
+    return min(4096, triton.next_power_of_2(max(m, 1)))
+
+
+def quantize_activation_triton(
+    x: torch.Tensor, perm: torch.Tensor, n_outliers: int, group_size: int, clip_ratio: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the Triton kernel (CUDA, or CPU tensors under TRITON_INTERPRET=1).
+
+    Same contract as ``quantize_activation_ref``; ``x`` may have any strides."""
+    if x.dim() != 2:
+        raise ValueError(f"quantize_activation: x must be 2-D (M, K), got shape {tuple(x.shape)}")
+    m, k = x.shape
+    if perm.shape != (k,):
+        raise ValueError(f"quantize_activation: perm has shape {tuple(perm.shape)}, expected ({k},)")
+    if group_size <= 0 or group_size % 2 or not 0 <= n_outliers < k:
+        raise ValueError(f"quantize_activation: bad group_size={group_size} / n_outliers={n_outliers} for K={k}")
+    kp = k_normal_padded(k, n_outliers, group_size)
+    groups = kp // group_size
+    dev = x.device
+    q = torch.empty((m, kp // 2), dtype=torch.uint8, device=dev)
+    s = torch.empty((m, groups), dtype=torch.float32, device=dev)
+    qo = torch.empty((m, n_outliers), dtype=torch.int8, device=dev)
+    # no outlier channels: the reference's scale is 0 (and nothing is launched for them)
+    so = (torch.empty if n_outliers else torch.zeros)((m,), dtype=torch.float32, device=dev)
+    if m == 0:
+        return q, s, qo, so
+    perm = perm.to(device=dev, dtype=torch.int32).contiguous()
+    has_out = n_outliers > 0
+    half = group_size // 2
+    kernel = _tuned_small if m <= _SMALL_M else _tuned_large
+    wrap_triton(kernel)[_grid(m, groups, has_out)](
+        x, perm, q, s, qo, so,
+        m, k - n_outliers, groups, n_outliers, _m_bucket(m),
+        x.stride(0), x.stride(1), q.stride(0), s.stride(0), max(qo.stride(0), 1), 1,
+        float(clip_ratio),
+        HALF=half,
+        HALF_P=triton.next_power_of_2(half),
+        BLOCK_O=max(16, triton.next_power_of_2(max(n_outliers, 1))),
+        N_OUT_C=n_outliers,
+        LANES_FIRST=_LANES_FIRST,
+        COL_MASK=(k - n_outliers) % group_size != 0 or half & (half - 1) != 0,
+        HAS_OUT=has_out,
+        PTX=x.is_cuda and torch.version.hip is None and not _INTERPRET,
+        IDX64=(k - 1) * abs(x.stride(1)) >= 2**31,
+    )
+    return q, s, qo, so
 
 
 @triton_op("atom_ao::quantize_activation", mutates_args=())
@@ -14,6 +340,9 @@ def quantize_activation(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(M, K) -> (packed INT4 normal groups, their per-token scales, INT8 outliers, their scale).
 
-    See ``atom_ao.format`` for the layout. CPU runs the reference.
+    See ``atom_ao.format`` for the layout. CUDA runs the Triton kernel (one pass over ``x``);
+    other devices run the reference.
     """
+    if x.is_cuda:
+        return quantize_activation_triton(x, perm, n_outliers, group_size, clip_ratio)
     return quantize_activation_ref(x, perm, n_outliers, group_size, clip_ratio)

@@ -27,29 +27,24 @@ def _interpreter_meta(m: int) -> dict:
     return {"BLOCK_M": 16 if m <= 16 else 32, "BLOCK_N": 32, "GROUP_M": 4, "PREFETCH": m <= 32}
 
 
-def _configs():
-    shapes = [
-        # decode: weights dominate; many CTAs along N, next group's tiles prefetched in registers
-        # (the shifts between load and dot keep Triton's pipeliner off these loads)
-        (16, 64, 4, 3, True), (16, 128, 4, 3, True), (16, 64, 4, 3, False),
-        # middle
-        (64, 64, 4, 3, False), (64, 128, 4, 3, False),
-        # prefill: compute-bound, big tiles
-        (128, 128, 8, 3, False), (128, 256, 8, 3, False),
-    ]
+# (BLOCK_M, BLOCK_N, warps, stages, prefetch) per M regime. One autotuner per regime instead of
+# ``prune_configs_by``: torch's ``wrap_triton`` rebuilds a pruned autotuner on every eager call,
+# which would retune the kernel every time.
+_GEMM_REGIMES = {
+    # up to 64 rows: weights still dominate; the next group's tiles prefetched in registers
+    # (the shifts between load and dot keep Triton's pipeliner off these loads)
+    64: [(16, 64, 4, 3, True), (32, 64, 4, 3, True), (32, 128, 4, 3, False)],
+    512: [(64, 64, 4, 3, False), (64, 128, 4, 3, False), (128, 128, 8, 3, False)],
+    # prefill: compute-bound, big tiles
+    1 << 62: [(64, 128, 4, 3, False), (128, 128, 8, 3, False), (128, 256, 8, 3, False)],
+}
+
+
+def _configs(regime):
     return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": 8, "PREFETCH": pf}, num_warps=w, num_stages=s)
-        for bm, bn, w, s, pf in shapes
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": 8, "PREFETCH": pf}, num_warps=w, num_stages=st)
+        for bm, bn, w, st, pf in _GEMM_REGIMES[regime]
     ]
-
-
-def _prune(configs, named_args, **kwargs):
-    # keep tiles whose M fits the bucket: a 128-row tile for M=1 only wastes the tensor cores
-    m = named_args["M_BUCKET"]
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, m)]
-    if m <= 32:
-        kept = [c for c in kept if c.kwargs["BLOCK_M"] <= 32]
-    return kept or configs[:1]
 
 
 # Sign-extend the two nibbles of 4 bytes at once in 32-bit registers: unsigned nibble u -> byte
@@ -257,31 +252,27 @@ def _w4a4_gemv_kernel_jit(
 GEMV_MAX_M = 16
 
 
-def _gemv_configs():
+# BLOCK_M choices per decode batch size (one autotuner each, see _GEMM_REGIMES for why)
+_GEMV_REGIMES = {1: (1,), 4: (2, 4), 16: (4, 8)}
+
+
+def _gemv_configs(regime):
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=1)
-        for bm in (1, 2, 4, 8) for bn, w in ((16, 2), (32, 4), (64, 4))
+        for bm in _GEMV_REGIMES[regime] for bn, w in ((16, 2), (32, 4), (64, 4))
     ]
 
 
-def _gemv_prune(configs, named_args, **kwargs):
-    m = named_args["M_BUCKET"]
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= m and c.kwargs["BLOCK_M"] * 8 >= min(m, 8)]
-    return kept or configs[:1]
+_GEMV_KERNELS = {
+    regime: triton.autotune(configs=_gemv_configs(regime), key=["M_BUCKET", "N", "G", "N_OUT_W"])(_w4a4_gemv_kernel_jit)
+    for regime in _GEMV_REGIMES
+}
 
 
-_w4a4_gemv_kernel = triton.autotune(
-    configs=_gemv_configs(),
-    key=["M_BUCKET", "N", "G", "N_OUT_W"],
-    prune_configs_by={"early_config_prune": _gemv_prune},
-)(_w4a4_gemv_kernel_jit)
-
-
-_w4a4_gemm_kernel = triton.autotune(
-    configs=_configs(),
-    key=["M_BUCKET", "N", "G", "N_OUT"],
-    prune_configs_by={"early_config_prune": _prune},
-)(_w4a4_gemm_kernel_jit)
+_GEMM_KERNELS = {
+    regime: triton.autotune(configs=_configs(regime), key=["M_BUCKET", "N", "G", "N_OUT"])(_w4a4_gemm_kernel_jit)
+    for regime in _GEMM_REGIMES
+}
 
 
 def _m_bucket(m: int) -> int:
@@ -334,7 +325,10 @@ def w4a4_gemm_triton(
                      w_outlier_scale, bias, out, group_size)
         return out
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    kernel, meta = (_w4a4_gemm_kernel_jit, _interpreter_meta(m)) if INTERPRET else (_w4a4_gemm_kernel, {})
+    if INTERPRET:
+        kernel, meta = _w4a4_gemm_kernel_jit, _interpreter_meta(m)
+    else:
+        kernel, meta = _GEMM_KERNELS[min(r for r in _GEMM_REGIMES if m <= r)], {}
     wrap_triton(kernel)[grid](
         a_packed, a_scale, a_outliers, a_outlier_scale,
         w_packed, w_scale, w_outliers, w_outlier_scale,
@@ -359,7 +353,7 @@ def _launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_sca
     n_out_w = a_outliers.shape[1] // 4
     words = lambda t: t.view(torch.int32)  # noqa: E731  (4 packed bytes per word)
     meta = {"BLOCK_M": min(4, triton.next_power_of_2(m)), "BLOCK_N": 16} if INTERPRET else {}
-    kernel = _w4a4_gemv_kernel_jit if INTERPRET else _w4a4_gemv_kernel
+    kernel = _w4a4_gemv_kernel_jit if INTERPRET else _GEMV_KERNELS[min(r for r in _GEMV_REGIMES if m <= r)]
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_M"]))  # noqa: E731
     wrap_triton(kernel)[grid](
         words(a_packed), a_scale, words(a_outliers) if n_out_w else a_outliers, a_outlier_scale,
