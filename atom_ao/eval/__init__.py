@@ -1,0 +1,1 @@
+"""Evaluation: perplexity on real text (``atom_ao.eval.perplexity``)."""
