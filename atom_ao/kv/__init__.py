@@ -1,0 +1,20 @@
+"""INT4 KV cache (Atom): per-token, per-head asymmetric INT4 K/V, Triton kernels, transformers glue.
+
+    from atom_ao.kv import AtomKVCache
+    out = model.generate(**inputs, past_key_values=AtomKVCache(model))
+
+* ``atom_ao.kv.format``: the storage format and its plain-PyTorch quantizer (the spec);
+* ``atom_ao.kv.reference``: attention references (dequantize + softmax attention);
+* ``atom_ao.ops.kv_write`` / ``kv_decode_attention`` / ``kv_prefill_attention``: the
+  ``atom_ao::`` ops, each with its Triton kernel beside its reference;
+* ``atom_ao.kv.cache``: ``AtomKVCache``, a transformers ``Cache``;
+* ``atom_ao.kv.attention``: the ``"atom_int4"`` attention implementation (registered on import);
+* ``atom_ao.kv.accuracy``: greedy agreement and perplexity, INT4 vs float cache.
+"""
+
+from atom_ao.kv.attention import ATTN_IMPLEMENTATION, atom_int4_attention, enable
+from atom_ao.kv.cache import AtomKVCache, AtomKVLayer
+from atom_ao.kv.format import dequantize_kv, quantize_kv
+
+__all__ = ["ATTN_IMPLEMENTATION", "AtomKVCache", "AtomKVLayer", "atom_int4_attention", "dequantize_kv", "enable",
+           "quantize_kv"]

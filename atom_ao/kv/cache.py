@@ -1,0 +1,234 @@
+"""``AtomKVCache``: a transformers ``Cache`` that stores K/V as INT4 (``atom_ao.kv.format``).
+
+    model.generate(**inputs, past_key_values=AtomKVCache(model))        # eager, growing cache
+    model.generate(**inputs, past_key_values=AtomKVCache(model, max_cache_len=4096))  # static: compile
+
+Passing the model switches its attention to ``"atom_int4"`` (``atom_ao.kv.attention``), the
+attention function that reads this cache; any other cache still works under it.
+
+Each layer owns a paged pool, sequence ``b`` holding pages ``block_table[b]`` (``b * pages_per_seq``
+onwards: a contiguous cache expressed as pages, so the kernels are the paged ones). ``update``
+quantizes the new K/V into the pool in one ``kv_write`` launch (K after RoPE: what transformers
+passes in), then hands the attention function an ``AtomKVView`` in place of the key tensor: the
+layer (pool, block table, lengths) plus the new float K/V, which a first prefill attends to.
+
+Two modes: without ``max_cache_len`` the pool grows (doubling) and lengths are Python ints (eager
+only); with it, every buffer is allocated once and lengths live in device tensors, so a decode
+step has static shapes and static addresses (torch.compile, CUDA graphs).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from atom_ao.kv.format import check_head_dim, hadamard
+import atom_ao.ops.kv_write  # noqa: F401  (registers atom_ao::kv_write)
+
+PREFILL_MODES = ("float", "int4")
+
+
+class AtomKVView:
+    """What ``AtomKVLayer.update`` returns as "keys": the transformers attention function of
+    ``atom_ao.kv.attention`` reads the INT4 cache through it. ``first``: this forward wrote the
+    first tokens of the cache (a prefill from empty)."""
+
+    def __init__(self, layer: "AtomKVLayer", key: torch.Tensor, value: torch.Tensor, first: bool):
+        self.layer, self.key, self.value, self.first = layer, key, value, first
+
+    @property
+    def shape(self):  # what a model may look at between the update and the attention call
+        return self.key.shape
+
+
+class AtomKVLayer(CacheLayerMixin):
+    """One attention layer's INT4 cache (see the module docstring)."""
+
+    is_sliding = False
+
+    def __init__(self, max_cache_len: int | None = None, page_size: int = 64, meta_dtype: torch.dtype | None = None,
+                 prefill: str = "float", rotate: bool = False):
+        super().__init__()
+        if prefill not in PREFILL_MODES:
+            raise ValueError(f"AtomKVCache: prefill must be one of {PREFILL_MODES}, got {prefill!r}")
+        if page_size <= 0:
+            raise ValueError(f"AtomKVCache: page_size must be positive, got {page_size}")
+        self.max_cache_len = max_cache_len
+        self.page_size = page_size
+        self.meta_dtype = meta_dtype
+        self.prefill = prefill
+        self.rotate = rotate
+        self.rotation = None  # (D, D) Hadamard when rotate
+        self.is_compileable = max_cache_len is not None
+        self._length = 0  # growing mode only
+        self._empty = True
+
+    # ------------------------------------------------------------ storage
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.batch_size, self.num_heads, t, self.head_dim = key_states.shape
+        check_head_dim(self.head_dim, "AtomKVCache")
+        if value_states.shape[-1] != self.head_dim:
+            raise NotImplementedError("AtomKVCache: K and V head_dim must be equal")
+        self.dtype, self.device = key_states.dtype, key_states.device
+        if self.meta_dtype is None:  # bf16 models: bf16's range; others: fp16's precision
+            self.meta_dtype = torch.bfloat16 if self.dtype == torch.bfloat16 else torch.float16
+        if self.rotate:
+            self.rotation = hadamard(self.head_dim, self.dtype, self.device)
+        capacity = self.max_cache_len or max(t, self.page_size)
+        self._allocate(self.batch_size, -(-capacity // self.page_size))
+        self.seq_lens = torch.zeros(self.batch_size, dtype=torch.int32, device=self.device)
+        self.cumulative_length = torch.zeros((), dtype=torch.int64, device=self.device)
+        if self.is_compileable and not torch.compiler.is_compiling():
+            for buf in (self.k_cache, self.v_cache, self.k_meta, self.v_meta, self.block_table, self.seq_lens,
+                        self.cumulative_length):
+                torch._dynamo.mark_static_address(buf)
+        self.is_initialized = True
+
+    def _allocate(self, batch: int, pages_per_seq: int) -> None:
+        n, h, ps, d = batch * pages_per_seq, self.num_heads, self.page_size, self.head_dim
+        kw = {"device": self.device}
+        self.k_cache = torch.zeros(n, h, ps, d // 2, dtype=torch.uint8, **kw)
+        self.v_cache = torch.zeros(n, h, ps, d // 2, dtype=torch.uint8, **kw)
+        self.k_meta = torch.zeros(n, h, 2, ps, dtype=self.meta_dtype, **kw)
+        self.v_meta = torch.zeros(n, h, 2, ps, dtype=self.meta_dtype, **kw)
+        self.block_table = torch.arange(n, dtype=torch.int32, device=self.device).view(batch, pages_per_seq)
+        self.pages_per_seq = pages_per_seq
+
+    def _per_sequence(self):
+        """The four pools viewed (batch, pages_per_seq, ...): sequence b owns row b."""
+        b, p = self.block_table.shape
+        return [t.view(b, p, *t.shape[1:]) for t in (self.k_cache, self.v_cache, self.k_meta, self.v_meta)]
+
+    def _regroup(self, index: torch.Tensor | None = None, pages_per_seq: int | None = None) -> None:
+        """Rebuild the pools with sequences ``index`` (default: all) and ``pages_per_seq`` pages each."""
+        old = self._per_sequence()
+        index = torch.arange(old[0].shape[0], device=self.device) if index is None else index.to(self.device)
+        keep = min(self.pages_per_seq, pages_per_seq or self.pages_per_seq)
+        self._allocate(index.numel(), pages_per_seq or self.pages_per_seq)
+        for src, dst in zip(old, self._per_sequence()):
+            dst[:, :keep] = src.index_select(0, index)[:, :keep]
+        self.seq_lens = self.seq_lens.index_select(0, index)
+        self.batch_size = index.numel()
+
+    # ------------------------------------------------------------ the cache protocol
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        b, h, t, d = key_states.shape
+        first = self._empty
+        ps = self.page_size
+        if self.is_compileable:
+            pos = self.cumulative_length + torch.arange(t, device=self.device)
+        else:
+            need = -(-(self._length + t) // ps)
+            if need > self.pages_per_seq:
+                self._regroup(pages_per_seq=max(need, 2 * self.pages_per_seq))
+            pos = torch.arange(self._length, self._length + t, device=self.device)
+        slots = self.block_table[:, pos // ps].long() * ps + pos % ps  # (B, T)
+        k, v = (key_states @ self.rotation, value_states @ self.rotation) if self.rotate else (key_states, value_states)
+        torch.ops.atom_ao.kv_write(
+            k.transpose(1, 2).reshape(b * t, h, d), v.transpose(1, 2).reshape(b * t, h, d),
+            slots.reshape(-1), self.k_cache, self.v_cache, self.k_meta, self.v_meta,
+        )
+        self.seq_lens.add_(t)
+        if self.is_compileable:
+            self.cumulative_length.add_(t)
+        else:
+            self._length += t
+        self._empty = False
+        return AtomKVView(self, key_states, value_states, first), value_states
+
+    def max_len_hint(self) -> int:
+        """An upper bound on the cached length, a host int (sizes the decode grid, no sync)."""
+        return self.max_cache_len if self.is_compileable else self._length
+
+    def get_seq_length(self):
+        if not self.is_initialized:
+            return 0
+        return self.cumulative_length if self.is_compileable else self._length
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        if self.is_compileable:
+            return self.max_cache_len, 0
+        return self._length + query_length, 0
+
+    def get_max_length(self) -> int:
+        return self.max_cache_len if self.max_cache_len is not None else -1
+
+    def reset(self) -> None:
+        if self.is_initialized:
+            self.seq_lens.zero_()
+            self.cumulative_length.zero_()
+        self._length = 0
+        self._empty = True
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove > 0:
+            raise ValueError("AtomKVCache.crop takes a negative number of tokens to remove")
+        n = -tokens_to_remove
+        if n == 0 or not self.is_initialized:
+            return
+        self.seq_lens.sub_(n)
+        if self.is_compileable:
+            self.cumulative_length.sub_(n)
+        else:
+            self._length -= n
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        if self.is_initialized:
+            self._regroup(beam_idx)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            self._regroup(torch.as_tensor(indices, device=self.device))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.is_initialized:
+            self._regroup(torch.arange(self.batch_size, device=self.device).repeat_interleave(repeats))
+
+    def offload(self):
+        raise NotImplementedError("AtomKVCache does not offload")
+
+    def prefetch(self):
+        raise NotImplementedError("AtomKVCache does not offload")
+
+
+class AtomKVCache(Cache):
+    """INT4 KV cache for transformers models (Llama-style attention: full attention, GQA/MQA/MHA).
+
+    Args:
+        model_or_config: the model (its attention is switched to ``"atom_int4"``) or its config
+            (then call ``model.set_attn_implementation("atom_int4")`` yourself); None: layers
+            are created as they are first written.
+        max_cache_len: capacity per sequence; set it for torch.compile / CUDA graphs (static
+            buffers). None: the cache grows as needed (eager).
+        page_size: tokens per page of the pool.
+        meta_dtype: dtype of scales and zeros (default bf16 for bf16 models, fp16 otherwise).
+        prefill: ``"float"`` (default): a prompt written into an empty cache attends to its
+            own unquantized K/V, later tokens read INT4; ``"int4"``: every attention reads the
+            INT4 cache, the prompt's too (measures the cache's full effect, e.g. perplexity).
+        rotate: (default) store ``k @ H`` and ``v @ H`` (H: Hadamard, ``atom_ao.kv.format.hadamard``);
+            attention rotates its queries and un-rotates its output, so results are the same
+            function with a smaller quantization error (same kernels, two small matmuls more).
+    """
+
+    def __init__(self, model_or_config=None, max_cache_len: int | None = None, page_size: int = 64,
+                 meta_dtype: torch.dtype | None = None, prefill: str = "float", rotate: bool = True):
+        import atom_ao.kv.attention as attention  # registers "atom_int4" with transformers
+
+        def make():
+            return AtomKVLayer(max_cache_len, page_size, meta_dtype, prefill, rotate)
+
+        if model_or_config is None:
+            super().__init__(layer_class_to_replicate=make)
+            return
+        config = getattr(model_or_config, "config", model_or_config)
+        if isinstance(model_or_config, torch.nn.Module):
+            attention.enable(model_or_config)
+        text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+        types = getattr(text, "layer_types", None) or ["full_attention"] * text.num_hidden_layers
+        if any(t != "full_attention" for t in types):
+            raise NotImplementedError(f"AtomKVCache supports full-attention layers only, got {sorted(set(types))}")
+        super().__init__(layers=[make() for _ in types])

@@ -1,0 +1,231 @@
+"""``atom_ao::kv_decode_attention``: one query token per sequence against the INT4 (paged) cache.
+
+Flash-decoding. Grid (batch, kv_head, split): each program streams one slice of one
+sequence's cache for one KV head and serves *all* query heads of that KV group at once (GQA:
+the K/V bytes are read once, the group's G query rows are the M side of the tensor-core dots,
+padded to 16). Scores come straight from the packed codes (``kv_tiles``: two half-dots, one
+scale multiply, one zero correction), the softmax is streamed in base 2, and the program writes
+its un-normalized output with its running max and sum. A second small kernel combines the
+splits of each (sequence, head) by log-sum-exp. With one split the first kernel normalizes and
+writes the output itself (large batches: no second launch, no partials).
+
+Sequence lengths vary per sequence (``seq_lens``); each sequence divides its own length among
+the splits, so the split count is chosen on the host from an upper bound alone (``max_seq_len``,
+no device sync: CUDA-graph and torch.compile friendly) and splits past a short sequence's end
+return at once. ``kv_start`` (left padding) masks the positions before it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from atom_ao.kv.format import check_cache, check_head_dim
+from atom_ao.kv.reference import decode_attention_ref
+from atom_ao.ops.kv_tiles import (
+    dot_dtype, dot_precision, int4_pv, int4_scores, load_codes, magic_bits, online_softmax, paged_rows,
+)
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_LOG2E = 1.4426950408889634
+MIN_SPLIT_TOKENS = 256
+UNPACK_MAGIC = True  # codes -> floats by the mantissa trick (``kv_tiles.load_codes``); False: casts  # fewer tokens per split: the partials cost more than the extra programs give
+
+
+def _configs():
+    if _INTERPRET:
+        return [triton.Config({"BLOCK_N": 16}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=st)
+        for bn, w, st in ((32, 4, 3), (64, 4, 3), (64, 4, 4), (64, 8, 3), (128, 4, 3), (128, 8, 3), (128, 8, 4))
+    ]
+
+
+@triton.jit
+def _decode_split_kernel(
+    q_ptr, kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_ptr, len_ptr, start_ptr,
+    out_ptr, part_ptr, ml_ptr,
+    qk_scale, num_splits, H,
+    s_qb, s_qh,
+    s_cp, s_ch, s_ct, s_mp, s_mh, s_mw,  # K and V share cache strides, and meta strides
+    s_btb,
+    s_ob, s_oh,  # final output (one split); partials are contiguous (B, H, splits, D) and (.., 2)
+    G: tl.constexpr, BLOCK_G: tl.constexpr, HALF: tl.constexpr, PAGE: tl.constexpr, HAS_START: tl.constexpr,
+    ONE_SPLIT: tl.constexpr, DOT: tl.constexpr, MAGIC: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    b = tl.program_id(0)
+    hk = tl.program_id(1)
+    sp = tl.program_id(2)
+    seq_len = tl.load(len_ptr + b)
+    if HAS_START:
+        start = tl.load(start_ptr + b)
+    else:
+        start = 0
+    # this sequence's tiles split among num_splits programs: tiles [tile_lo, tile_hi)
+    per = tl.cdiv(tl.cdiv(seq_len, BLOCK_N), num_splits)
+    tile_lo = tl.maximum(sp * per, start // BLOCK_N)  # skip tiles wholly in the left padding
+    tile_hi = tl.minimum(tl.cdiv(seq_len, BLOCK_N), (sp + 1) * per)
+
+    g = tl.arange(0, BLOCK_G)
+    g_ok = g < G
+    heads = hk * G + g
+    d = tl.arange(0, HALF)
+    q_rows = q_ptr + b.to(tl.int64) * s_qb + heads[:, None] * s_qh + d[None, :]
+    q_lo = tl.load(q_rows, mask=g_ok[:, None], other=0.0).to(DOT)
+    q_hi = tl.load(q_rows + HALF, mask=g_ok[:, None], other=0.0).to(DOT)
+    q_sum = tl.sum(q_lo.to(tl.float32), axis=1) + tl.sum(q_hi.to(tl.float32), axis=1)
+
+    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    acc_lo = tl.zeros([BLOCK_G, HALF], tl.float32)
+    acc_hi = tl.zeros([BLOCK_G, HALF], tl.float32)
+    bt_row = bt_ptr + b.to(tl.int64) * s_btb
+    for i in range(tile_lo, tile_hi):
+        n0 = i * BLOCK_N  # a multiple of BLOCK_N the compiler can see
+        t = n0 + tl.arange(0, BLOCK_N)
+        ok = t < seq_len
+        row_c, row_m = paged_rows(bt_row, n0, ok, s_cp, s_ch, s_ct, s_mp, s_mh, hk, PAGE, BLOCK_N)
+        k_lo, k_hi, ks, kz = load_codes(kc_ptr, km_ptr, row_c, row_m, ok, s_mw, HALF, DOT, MAGIC)
+        v_lo, v_hi, vs, vz = load_codes(vc_ptr, vm_ptr, row_c, row_m, ok, s_mw, HALF, DOT, MAGIC)
+        s = int4_scores(q_lo, q_hi, q_sum, k_lo, k_hi, ks, kz, PREC) * qk_scale
+        if HAS_START:
+            ok = ok & (t >= start)
+        s = tl.where(ok[None, :], s, float("-inf"))
+        p, alpha, m_i, l_i = online_softmax(s, m_i, l_i)
+        acc_lo, acc_hi = int4_pv(p, acc_lo * alpha[:, None], acc_hi * alpha[:, None], v_lo, v_hi, vs, vz, PREC)
+
+    if ONE_SPLIT:
+        inv = tl.where(l_i > 0, 1.0 / tl.where(l_i > 0, l_i, 1.0), 0.0)  # no key at all (all padding): 0
+        o_rows = out_ptr + b.to(tl.int64) * s_ob + heads[:, None] * s_oh + d[None, :]
+        tl.store(o_rows, (acc_lo * inv[:, None]).to(out_ptr.dtype.element_ty), mask=g_ok[:, None])
+        tl.store(o_rows + HALF, (acc_hi * inv[:, None]).to(out_ptr.dtype.element_ty), mask=g_ok[:, None])
+    else:
+        row = (b.to(tl.int64) * H + heads) * num_splits + sp  # (BLOCK_G,) rows of the partials
+        tl.store(part_ptr + row[:, None] * (2 * HALF) + d[None, :], acc_lo, mask=g_ok[:, None])
+        tl.store(part_ptr + row[:, None] * (2 * HALF) + HALF + d[None, :], acc_hi, mask=g_ok[:, None])
+        tl.store(ml_ptr + row * 2, m_i, mask=g_ok)
+        tl.store(ml_ptr + row * 2 + 1, l_i, mask=g_ok)
+
+
+_decode_split_tuned = triton.autotune(configs=_configs(), key=["G", "HALF", "ONE_SPLIT", "num_splits"])(
+    _decode_split_kernel
+) if not _INTERPRET else None
+
+
+@triton.jit
+def _decode_reduce_kernel(part_ptr, ml_ptr, out_ptr, H, num_splits, s_ob, s_oh,
+                          D: tl.constexpr, SPLITS_P: tl.constexpr):
+    """Combine the splits of one (sequence, head): out = sum_s w_s acc_s / sum_s w_s l_s with
+    w_s = 2^(m_s - max m); empty splits (m = -inf, l = 0) weigh 0."""
+    pid = tl.program_id(0)
+    b = pid // H
+    h = pid % H
+    s = tl.arange(0, SPLITS_P)
+    s_ok = s < num_splits
+    row = pid.to(tl.int64) * num_splits + s  # partials are contiguous (B, H, splits, ...)
+    m = tl.load(ml_ptr + row * 2, mask=s_ok, other=float("-inf"))
+    l_s = tl.load(ml_ptr + row * 2 + 1, mask=s_ok, other=0.0)
+    m_max = tl.max(m, axis=0)
+    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
+    w = tl.exp2(m - m_max)
+    denom = tl.sum(w * l_s, axis=0)
+    d = tl.arange(0, D)
+    acc = tl.load(part_ptr + row[:, None] * D + d[None, :], mask=s_ok[:, None], other=0.0)
+    o = tl.sum(acc * w[:, None], axis=0)
+    o = tl.where(denom > 0, o / tl.where(denom > 0, denom, 1.0), 0.0)
+    tl.store(out_ptr + b.to(tl.int64) * s_ob + h * s_oh + d, o.to(out_ptr.dtype.element_ty))
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def num_splits(batch: int, kv_heads: int, max_seq_len: int, device: torch.device) -> int:
+    """Splits per (sequence, KV head): enough programs for ~4 per SM, none shorter than
+    MIN_SPLIT_TOKENS. Depends on host ints only."""
+    n_sm = 4 if device.type != "cuda" else _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    want = triton.cdiv(4 * n_sm, batch * kv_heads)
+    return max(1, min(want, triton.cdiv(max_seq_len, MIN_SPLIT_TOKENS)))
+
+
+def check_decode_args(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start) -> None:
+    check_cache(k_cache, k_meta, "kv_decode_attention: K cache")
+    check_cache(v_cache, v_meta, "kv_decode_attention: V cache")
+    if q.dim() != 3:
+        raise ValueError(f"kv_decode_attention: q must be (batch, heads, D), got {tuple(q.shape)}")
+    b, h, d = q.shape
+    check_head_dim(d, "kv_decode_attention")
+    hkv = k_cache.shape[1]
+    if k_cache.shape[3] * 2 != d or v_cache.shape != k_cache.shape or h % hkv:
+        raise ValueError(f"kv_decode_attention: q {tuple(q.shape)} does not fit caches {tuple(k_cache.shape)} / "
+                         f"{tuple(v_cache.shape)} (heads must be a multiple of kv_heads)")
+    if block_table.dim() != 2 or block_table.shape[0] != b or block_table.dtype != torch.int32:
+        raise ValueError(f"kv_decode_attention: block_table must be int32 ({b}, max_pages), got "
+                         f"{block_table.dtype} {tuple(block_table.shape)}")
+    for name, t in (("seq_lens", seq_lens), ("kv_start", kv_start)):
+        if t is not None and (t.shape != (b,) or t.dtype != torch.int32):
+            raise ValueError(f"kv_decode_attention: {name} must be int32 ({b},), got {t.dtype} {tuple(t.shape)}")
+
+
+def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start,
+                               sm_scale: float, max_seq_len: int = 0) -> torch.Tensor:
+    """Launch the Triton kernels (CUDA, or CPU tensors under TRITON_INTERPRET=1)."""
+    b, h, d = q.shape
+    hkv = k_cache.shape[1]
+    g = h // hkv
+    out = torch.empty((b, h, d), dtype=q.dtype, device=q.device)
+    if b == 0:
+        return out
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    if k_cache.stride() != v_cache.stride() or k_meta.stride() != v_meta.stride():
+        raise ValueError("kv_decode_attention: K and V caches (and metas) must have the same strides")
+    max_seq_len = max_seq_len or block_table.shape[1] * k_cache.shape[2]
+    splits = num_splits(b, hkv, max_seq_len, q.device)
+    one = splits == 1
+    part = torch.empty((b, h, 1 if one else splits, d), dtype=torch.float32, device=q.device)
+    ml = torch.empty((b, h, 1 if one else splits, 2), dtype=torch.float32, device=q.device)
+    args = (
+        q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start if kv_start is not None else seq_lens,
+        out, part, ml,
+        sm_scale * _LOG2E, splits, h,
+        q.stride(0), q.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), k_meta.stride(0), k_meta.stride(1), k_meta.stride(2),
+        block_table.stride(0),
+        out.stride(0), out.stride(1),
+    )
+    meta = dict(G=g, BLOCK_G=max(16, triton.next_power_of_2(g)), HALF=d // 2, PAGE=k_cache.shape[2],
+                HAS_START=kv_start is not None, ONE_SPLIT=one, DOT=dot_dtype(q.dtype, _INTERPRET),
+                MAGIC=magic_bits(q.dtype, _INTERPRET) if UNPACK_MAGIC else 0, PREC=dot_precision(q.dtype))
+    if _INTERPRET:
+        wrap_triton(_decode_split_kernel)[(b, hkv, splits)](*args, **meta, BLOCK_N=16)
+    else:
+        wrap_triton(_decode_split_tuned)[(b, hkv, splits)](*args, **meta)
+    if not one:
+        wrap_triton(_decode_reduce_kernel)[(b * h,)](
+            part, ml, out, h, splits, out.stride(0), out.stride(1),
+            D=d, SPLITS_P=triton.next_power_of_2(splits), num_warps=4,
+        )
+    return out
+
+
+@triton_op("atom_ao::kv_decode_attention", mutates_args=())
+def kv_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_meta: torch.Tensor,
+                        v_meta: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
+                        kv_start: torch.Tensor | None, sm_scale: float, max_seq_len: int = 0) -> torch.Tensor:
+    """(batch, heads, D) queries, one per sequence, against the INT4 paged cache -> (batch, heads, D).
+
+    ``seq_lens`` counts the cached tokens (the query's own K/V already written); ``max_seq_len``
+    is an upper bound on them (0: the block table's capacity), used only to size the grid.
+    CUDA runs the Triton kernels; other devices run the reference."""
+    check_decode_args(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start)
+    if q.is_cuda:
+        return kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start,
+                                          sm_scale, max_seq_len)
+    return decode_attention_ref(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, sm_scale)

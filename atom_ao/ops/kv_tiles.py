@@ -1,0 +1,110 @@
+"""Triton pieces shared by the INT4 KV attention kernels (decode and prefill).
+
+Scores and values are never dequantized element by element. With a K row stored as codes
+``c`` (0..15), scale ``s`` and zero ``z`` (``atom_ao.kv.format``), and a query ``q``:
+
+    q . k  =  s * (q . c)  +  z * sum(q)
+
+so a tile's scores are two tensor-core half-dots over the raw codes (exact in bf16/fp16: small
+integers), one multiply by the per-token scale and one rank-1 correction. Likewise the value
+side: ``sum_t p_t v_t = (p * s_v) @ c_v + sum_t (p_t z_v,t)``. The codes come out of a byte tile
+as ``b & 15`` (first half of head_dim) and ``b >> 4`` (second half).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def load_codes(c_ptr, m_ptr, row_c, row_m, ok, s_mw, HALF: tl.constexpr, DOT: tl.constexpr, MAGIC: tl.constexpr):
+    """(BLOCK_N,) row offsets -> (low codes, high codes) (BLOCK_N, HALF) in DOT, scale, zero
+    (BLOCK_N,) float32. Masked rows read code 0, scale 0, zero 0 (they are masked later).
+
+    MAGIC (``magic_bits``): the 16-bit pattern of 1024.0 (fp16) or 128.0 (bf16). A code c OR'ed
+    into its mantissa is exactly that number + c, and one exact subtraction leaves c: no
+    int -> float conversion instruction. MAGIC = 0: through an int -> float32 cast (float32
+    operands, and the interpreter, which cannot cast integers to bf16)."""
+    cols = tl.arange(0, HALF)
+    b = tl.load(c_ptr + row_c[:, None] + cols[None, :], mask=ok[:, None], other=0)
+    scale = tl.load(m_ptr + row_m, mask=ok, other=0.0).to(tl.float32)
+    zero = tl.load(m_ptr + row_m + s_mw, mask=ok, other=0.0).to(tl.float32)
+    if MAGIC != 0:
+        base = tl.full([1, 1], MAGIC, tl.int16)
+        lo = ((b & 15).to(tl.int16) | base).to(DOT, bitcast=True) - base.to(DOT, bitcast=True)
+        hi = ((b >> 4).to(tl.int16) | base).to(DOT, bitcast=True) - base.to(DOT, bitcast=True)
+        return lo.to(DOT), hi.to(DOT), scale, zero
+    return (b & 15).to(tl.float32).to(DOT), (b >> 4).to(tl.float32).to(DOT), scale, zero
+
+
+@triton.jit
+def paged_rows(bt_ptr, n0, ok, s_cp, s_ch, s_ct, s_mp, s_mh, hk, PAGE: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The tile of token positions n0 + [0, BLOCK_N) (n0 a multiple of BLOCK_N) of one sequence
+    (``bt_ptr``: its block-table row) and KV head hk -> int64 offsets of their cache rows and of
+    their scales. When a tile lies inside one page (PAGE % BLOCK_N == 0) the page is one scalar
+    lookup and the offsets are provably contiguous (vector loads of the scales)."""
+    if PAGE % BLOCK_N == 0:
+        page = tl.load(bt_ptr + n0 // PAGE).to(tl.int64)
+        off = n0 % PAGE + tl.arange(0, BLOCK_N)
+    else:
+        t = n0 + tl.arange(0, BLOCK_N)
+        page = tl.load(bt_ptr + t // PAGE, mask=ok, other=0).to(tl.int64)
+        off = t % PAGE
+    return page * s_cp + hk * s_ch + off * s_ct, page * s_mp + hk * s_mh + off
+
+
+@triton.jit
+def int4_scores(q_lo, q_hi, q_sum, c_lo, c_hi, scale, zero, PREC: tl.constexpr):
+    """(M, HALF) query halves (DOT), (M,) float32 row sums -> (M, BLOCK_N) float32 q . k."""
+    raw = tl.dot(q_lo, tl.trans(c_lo), input_precision=PREC)
+    raw = tl.dot(q_hi, tl.trans(c_hi), raw, input_precision=PREC)
+    return raw * scale[None, :] + q_sum[:, None] * zero[None, :]
+
+
+@triton.jit
+def int4_pv(p, acc_lo, acc_hi, c_lo, c_hi, scale, zero, PREC: tl.constexpr):
+    """acc += p @ V for a tile of INT4 values: p (M, BLOCK_N) float32."""
+    pv = (p * scale[None, :]).to(c_lo.dtype)
+    acc_lo = tl.dot(pv, c_lo, acc_lo, input_precision=PREC)
+    acc_hi = tl.dot(pv, c_hi, acc_hi, input_precision=PREC)
+    pz = tl.sum(p * zero[None, :], axis=1)
+    return acc_lo + pz[:, None], acc_hi + pz[:, None]
+
+
+@triton.jit
+def online_softmax(s, m_i, l_i):
+    """One step of the streaming softmax in base 2: s (M, BLOCK_N) log2-scaled scores, masked
+    entries -inf. Returns (p, alpha, m_new, l_new); a row that has seen no key keeps m = -inf
+    and gets p = 0 (never exp(-inf - -inf) = NaN)."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_use)
+    p = tl.exp2(s - m_use[:, None])
+    return p, alpha, m_new, l_i * alpha + tl.sum(p, axis=1)
+
+
+_TL = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
+
+
+def magic_bits(dtype: torch.dtype, interpret: bool) -> int:
+    """``load_codes``' MAGIC for queries of ``dtype``: the mantissa trick for fp16 / bf16 on the
+    GPU (1024.0 = 0x6400 in fp16, 128.0 = 0x4300 in bf16: their last mantissa bit is worth 1),
+    0 (casts) for float32 and the interpreter."""
+    if interpret:
+        return 0
+    return {torch.float16: 0x6400, torch.bfloat16: 0x4300}.get(dtype, 0)
+
+
+def dot_dtype(dtype: torch.dtype, interpret: bool):
+    """Operand type of the kernels' dots for queries of ``dtype``: the query's own type on the
+    GPU; float32 under the interpreter, whose dot multiplies the raw bits of bf16 values."""
+    return tl.float32 if interpret else _TL[dtype]
+
+
+def dot_precision(dtype) -> str:
+    """``input_precision`` of the kernels' dots for operands of ``dtype``: float32 operands get
+    IEEE products (Triton's default for them, tf32, keeps ~3 decimal digits); the setting does
+    nothing for bf16 / fp16, which keep the default."""
+    return "ieee" if dtype == torch.float32 else "tf32"

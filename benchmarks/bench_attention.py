@@ -1,0 +1,184 @@
+"""Decode attention: INT4 paged KV cache (atom_ao::kv_decode_attention) vs torch SDPA (flash) on bf16.
+
+    python benchmarks/bench_attention.py            # batch {1,16,64,256} x context {512..32768}, both models
+    python benchmarks/bench_attention.py --quick    # a few cases
+
+One query token per sequence, heads of Llama-2-7B (32 heads, MHA, head_dim 128) and Llama-3-8B
+(32 query / 8 KV heads). Contenders, each timed in the same run on its own cache:
+
+* ``int4``: ``torch.ops.atom_ao.kv_decode_attention`` (split kernel + reduce) over the INT4
+  cache in pages of 64 tokens, block tables shuffled (as a serving engine's pages are);
+* ``sdpa``: ``F.scaled_dot_product_attention`` with the flash backend over the bf16 cache
+  (B, kv_heads, ctx, 128); for GQA the query heads of a KV head are packed as its query rows
+  (q: (B, kv_heads, G, 128), no mask), so flash reads each K/V byte once, as the INT4 kernel does.
+
+Time: median of CUDA-graph replays (``triton.testing.do_bench_cudagraph`` via ``common.bench_us``);
+one replay runs the contender over several copies of its cache (> 2x L2 together, rotating), so
+small caches are read from HBM, not L2. GB/s counts the cache bytes each step must read (INT4:
+codes + scale + zero per token and head; bf16: K and V), against the ~3.0 TB/s device copy. A case
+runs where its cache copies fit in 80 GB (``--mem-gb``). Results: table on stdout, JSON + markdown
+under benchmarks/results/ named after the GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import COPY_BYTES_PER_S, bench_us, gpu_name, markdown_table, write_results  # noqa: E402
+
+MODELS = {"llama2-7b": (32, 32, 128), "llama3-8b": (32, 8, 128)}  # heads, kv_heads, head_dim
+BATCHES = [1, 16, 64, 256]
+CONTEXTS = [512, 2048, 8192, 32768]
+PAGE = 64
+L2_BYTES = 50e6
+COLUMNS = ["model", "batch", "ctx", "path", "us", "GB/s", "copy_pct", "speedup", "MB"]
+
+
+def int4_bytes(b, ctx, hkv, d):
+    return 2 * b * ctx * hkv * (d // 2 + 4)  # K and V: codes + fp16 scale + fp16 zero
+
+
+def bf16_bytes(b, ctx, hkv, d):
+    return 2 * b * ctx * hkv * d * 2
+
+
+def make_int4(b, ctx, hkv, d, g):
+    """A random INT4 cache (codes, scales, zeros of realistic size) and a shuffled block table."""
+    import atom_ao.ops.kv_decode_attention  # noqa: F401  (registers the op)
+
+    pages = -(-ctx // PAGE)
+    n = b * pages
+    kc = torch.randint(0, 256, (n, hkv, PAGE, d // 2), dtype=torch.uint8, device="cuda", generator=g)
+    vc = torch.randint(0, 256, (n, hkv, PAGE, d // 2), dtype=torch.uint8, device="cuda", generator=g)
+    meta = lambda: torch.stack([torch.rand(n, hkv, PAGE, device="cuda", generator=g) * 0.1 + 0.01,  # noqa: E731
+                                -torch.rand(n, hkv, PAGE, device="cuda", generator=g)], dim=2).to(torch.bfloat16)
+    table = torch.randperm(n, device="cuda", generator=g).to(torch.int32).view(b, pages)
+    lens = torch.full((b,), ctx, dtype=torch.int32, device="cuda")
+    return kc, vc, meta(), meta(), table, lens
+
+
+def run_case(model, b, ctx, mem_gb, do_int4=True, do_sdpa=True):
+    h, hkv, d = MODELS[model]
+    g = torch.Generator(device="cuda").manual_seed(b * 100003 + ctx)
+    q = torch.randn(b, h, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    scale = d ** -0.5
+    rows, times = [], {}
+    for path, nbytes in (("int4", int4_bytes(b, ctx, hkv, d)), ("sdpa", bf16_bytes(b, ctx, hkv, d))):
+        if (path == "int4" and not do_int4) or (path == "sdpa" and not do_sdpa):
+            continue
+        copies = max(1, min(128, int(-(-2 * L2_BYTES // nbytes))))
+        if copies * nbytes > mem_gb * 1e9:
+            print(f"  {model} B={b} ctx={ctx} {path}: {copies * nbytes / 1e9:.0f} GB does not fit, skipped")
+            continue
+        try:
+            if path == "int4":
+                caches = [make_int4(b, ctx, hkv, d, g) for _ in range(copies)]
+
+                def fn():
+                    for c in caches:
+                        torch.ops.atom_ao.kv_decode_attention(q, *c[:6], None, scale, ctx)
+            else:
+                kv = [(torch.randn(b, hkv, ctx, d, device="cuda", dtype=torch.bfloat16, generator=g),
+                       torch.randn(b, hkv, ctx, d, device="cuda", dtype=torch.bfloat16, generator=g))
+                      for _ in range(copies)]
+                qs = q.view(b, hkv, h // hkv, d)  # GQA: a KV head's query heads as its query rows
+
+                def fn():
+                    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+                    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                        for k, v in kv:
+                            F.scaled_dot_product_attention(qs, k, v, scale=scale)
+            us = bench_us(fn) / copies
+        except torch.OutOfMemoryError:
+            print(f"  {model} B={b} ctx={ctx} {path}: out of memory, skipped")
+            us = None
+        finally:
+            caches = kv = None
+            torch.cuda.empty_cache()
+        if us is None:
+            continue
+        times[path] = us
+        gbs = nbytes / us / 1e3
+        rows.append({"model": model, "batch": b, "ctx": ctx, "path": path, "us": round(us, 2),
+                     "GB/s": round(gbs, 1), "copy_pct": round(100 * gbs * 1e9 / COPY_BYTES_PER_S, 1),
+                     "MB": round(nbytes / 1e6, 1)})
+    for r in rows:
+        r["speedup"] = round(times["sdpa"] / times[r["path"]], 2) if "sdpa" in times else None
+    return rows
+
+
+def check(model="llama3-8b", b=3, ctx=3000):
+    """One case against SDPA on the dequantized cache (a sanity check of what is timed)."""
+    from atom_ao.kv.format import gather_kv
+
+    h, hkv, d = MODELS[model]
+    g = torch.Generator(device="cuda").manual_seed(0)
+    kc, vc, km, vm, table, lens = make_int4(b, ctx, hkv, d, g)
+    q = torch.randn(b, h, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    out = torch.ops.atom_ao.kv_decode_attention(q, kc, vc, km, vm, table, lens, None, d ** -0.5, ctx).float()
+    k, v = gather_kv(kc, km, table), gather_kv(vc, vm, table)
+    ref = F.scaled_dot_product_attention(q.float().view(b, hkv, h // hkv, d), k, v, scale=d ** -0.5).view(b, h, d)
+    rel = ((out - ref).norm() / ref.norm()).item()
+    print(f"check {model} B={b} ctx={ctx}: relative error vs float32 SDPA on the dequantized cache {rel:.2e}")
+    assert rel < 2e-2, rel
+
+
+def explore():
+    """Unpacking by the mantissa trick vs casts, and the configs the autotuner picks."""
+    import atom_ao.ops.kv_decode_attention as dec
+
+    for model, b, ctx in (("llama3-8b", 1, 32768), ("llama3-8b", 64, 8192), ("llama2-7b", 16, 8192),
+                          ("llama2-7b", 256, 2048)):
+        for magic in (True, False):
+            dec.UNPACK_MAGIC = magic
+            rows = run_case(model, b, ctx, 70, do_sdpa=False)
+            best = {k: str(v) for k, v in dec._decode_split_tuned.cache.items()} if dec._decode_split_tuned else {}
+            print(f"{model} B={b} ctx={ctx} magic={magic}: {rows[0]['us']} us, {rows[0]['copy_pct']}% of copy")
+        print("  tuned:", list(best.values())[-1] if best else None)
+    dec.UNPACK_MAGIC = True
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a few cases")
+    ap.add_argument("--mem-gb", type=float, default=70.0, help="largest cache (all copies) to allocate")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--explore", action="store_true", help="kernel variants on a few cases, then exit")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench_attention needs a CUDA GPU")
+    check()
+    if args.explore:
+        explore()
+        return
+    batches, contexts = (([1, 64], [2048, 32768]) if args.quick else (BATCHES, CONTEXTS))
+    rows = []
+    for model in args.models.split(","):
+        for b in batches:
+            for ctx in contexts:
+                new = run_case(model, b, ctx, args.mem_gb)
+                rows += new
+                print(markdown_table(new, COLUMNS).split("\n", 2)[-1], flush=True)
+    print(f"\n{gpu_name()}: decode attention, INT4 paged cache vs bf16 SDPA (flash)\n")
+    print(markdown_table(rows, COLUMNS))
+    long = [r for r in rows if r["path"] == "int4" and r["ctx"] >= 4096 and r["speedup"]]
+    if long:
+        print(f"\nctx >= 4096: speed-up over bf16 SDPA min {min(r['speedup'] for r in long):.2f}x, "
+              f"median {sorted(r['speedup'] for r in long)[len(long) // 2]:.2f}x; INT4 copy bandwidth "
+              f"min {min(r['copy_pct'] for r in long):.0f}%, median {sorted(r['copy_pct'] for r in long)[len(long) // 2]:.0f}%")
+    stem = write_results("bench_attention", rows, COLUMNS, {"command": " ".join(sys.argv), "page_size": PAGE,
+                                                            "timing": "median of CUDA-graph replays"})
+    print(f"wrote {stem}.json/.md")
+
+
+if __name__ == "__main__":
+    main()

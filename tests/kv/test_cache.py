@@ -1,0 +1,158 @@
+"""``AtomKVCache`` in transformers: every path of the attention function against a reference.
+
+CPU: the ops' plain-PyTorch references. GPU (``-m gpu``): the Triton kernels, bf16.
+"""
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from atom_ao.kv import AtomKVCache
+from kv_testing import tiny_llama
+
+MODELS = [dict(heads=4, kv_heads=2, head_dim=64), dict(heads=2, kv_heads=2, head_dim=128)]  # GQA, MHA
+
+
+def _ids(b, t, seed=0):
+    return torch.randint(0, 512, (b, t), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def _stepwise_logits(model, ids, n_prompt, cache, chunk=1):
+    """Logits of ids[:, n_prompt:] fed after a prompt of n_prompt tokens, ``chunk`` at a time."""
+    out = [model(ids[:, :n_prompt], past_key_values=cache, use_cache=True).logits]
+    for s in range(n_prompt, ids.shape[1], chunk):
+        out.append(model(ids[:, s:s + chunk], past_key_values=cache, use_cache=True).logits)
+    return torch.cat(out, dim=1)
+
+
+@pytest.mark.parametrize("shape", MODELS)
+@pytest.mark.parametrize("max_cache_len, rotate", [(None, True), (64, False)])
+def test_decode_and_chunks_match_one_int4_forward(shape, max_cache_len, rotate):
+    """Decode steps (one token) and chunks (several, after others) read the same INT4 cache a
+    one-shot forward with prefill="int4" reads: identical logits."""
+    model = tiny_llama(**shape)
+    ids = _ids(2, 20)
+    kw = dict(max_cache_len=max_cache_len, rotate=rotate, prefill="int4", page_size=8)
+    with torch.no_grad():
+        full = model(ids, past_key_values=AtomKVCache(model, **kw), use_cache=True).logits
+    torch.testing.assert_close(_stepwise_logits(model, ids, 6, AtomKVCache(model, **kw)), full, atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(_stepwise_logits(model, ids, 6, AtomKVCache(model, **kw), chunk=5), full,
+                               atol=2e-4, rtol=1e-4)
+
+
+def test_int4_forward_is_fake_quantized_attention():
+    """The cache holds exactly what ``atom_ao.kv.format`` specifies (K after RoPE, V)."""
+    model = tiny_llama()
+    ids = _ids(1, 24)
+    with torch.no_grad():
+        got = model(ids, past_key_values=AtomKVCache(model, prefill="int4", rotate=False), use_cache=True).logits
+        model.set_attn_implementation("kv_test_fake_quant")
+        want = model(ids, use_cache=False).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_float_prefill_is_the_float_model():
+    model = tiny_llama()
+    ids = _ids(2, 12)
+    with torch.no_grad():
+        want = model(ids, use_cache=False).logits  # sdpa
+        got = model(ids, past_key_values=AtomKVCache(model), use_cache=True).logits
+    assert model.config._attn_implementation == "atom_int4"
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_generate_close_to_float_cache_and_modes_agree():
+    model = tiny_llama(layers=2)
+    ids = _ids(1, 16, seed=3)
+    gen = dict(max_new_tokens=12, do_sample=False, return_dict_in_generate=True, output_logits=True)
+    with torch.no_grad():
+        ref = model.generate(ids, past_key_values=DynamicCache(config=model.config), **gen)
+        dyn = model.generate(ids, past_key_values=AtomKVCache(model), **gen)
+        static = model.generate(ids, past_key_values=AtomKVCache(model, max_cache_len=64), **gen)
+    assert torch.equal(dyn.sequences, static.sequences)
+    torch.testing.assert_close(torch.stack(dyn.logits), torch.stack(static.logits), atol=1e-4, rtol=1e-4)
+    # the float cache's first token (same prefill) and a close first decode step
+    assert dyn.sequences[0, 16] == ref.sequences[0, 16]
+    a, b = dyn.logits[1].float(), ref.logits[1].float()
+    assert ((a - b).norm() / b.norm()) < 0.2
+
+
+def test_left_padded_batch_matches_each_sequence_alone():
+    model = tiny_llama()
+    long, short = _ids(1, 14, seed=1), _ids(1, 9, seed=2)
+    ids = torch.cat([long, torch.cat([torch.zeros(1, 5, dtype=torch.long), short], 1)])
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+    gen = dict(max_new_tokens=6, do_sample=False, return_dict_in_generate=True, output_logits=True)
+    with torch.no_grad():
+        both = model.generate(ids, attention_mask=mask, past_key_values=AtomKVCache(model), **gen)
+        for row, alone in ((0, long), (1, short)):
+            one = model.generate(alone, past_key_values=AtomKVCache(model), **gen)
+            assert torch.equal(both.sequences[row, 14:], one.sequences[0, alone.shape[1]:])
+            torch.testing.assert_close(torch.stack(both.logits)[:, row], torch.stack(one.logits)[:, 0],
+                                       atol=1e-3, rtol=1e-3)
+
+
+def test_cache_bookkeeping():
+    model = tiny_llama()
+    cache = AtomKVCache(model, page_size=4)
+    with torch.no_grad():
+        model(_ids(2, 10), past_key_values=cache, use_cache=True)  # grows past its first pages
+        assert cache.get_seq_length() == 10 and cache.layers[0].pages_per_seq >= 3
+        model(_ids(2, 1), past_key_values=cache, use_cache=True)
+        assert cache.get_seq_length() == 11 and cache.layers[0].seq_lens.tolist() == [11, 11]
+        cache.crop(-3)
+        assert cache.get_seq_length() == 8
+        cache.batch_select_indices(torch.tensor([1]))
+        assert cache.layers[0].seq_lens.tolist() == [8] and cache.layers[0].block_table.shape[0] == 1
+        cache.reset()
+        assert cache.get_seq_length() == 0
+        out = model.generate(_ids(1, 6), max_new_tokens=4, num_beams=2, do_sample=False,
+                             past_key_values=AtomKVCache(model))  # beam search reorders the cache
+    assert out.shape == (1, 10)
+
+
+def test_plain_attention_without_atom_cache():
+    """With "atom_int4" set but another cache (or none), attention is ordinary float attention."""
+    model = tiny_llama()
+    ids = _ids(2, 10)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    with torch.no_grad():
+        want = model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False)
+        model.set_attn_implementation("atom_int4")
+        got = model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False)
+    assert torch.equal(got, want)
+
+
+# ---------------------------------------------------------------- the kernels in the model (GPU)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", MODELS + [dict(heads=8, kv_heads=1, head_dim=128)])
+def test_gpu_kernels_match_cpu_reference_in_the_model(shape):
+    cpu = tiny_llama(**shape)
+    gpu = tiny_llama(**shape, dtype=torch.bfloat16, device="cuda")
+    ids = _ids(2, 40)
+    for kw in (dict(prefill="int4"), dict(prefill="float")):
+        with torch.no_grad():
+            want = _stepwise_logits(cpu, ids, 30, AtomKVCache(cpu, **kw))
+            got = _stepwise_logits(gpu, ids.cuda(), 30, AtomKVCache(gpu, **kw)).float().cpu()
+        rel = ((got - want).norm() / want.norm()).item()
+        assert rel < 3e-2, (kw, rel)
+
+
+@pytest.mark.gpu
+def test_gpu_generate_eager_and_compiled():
+    model = tiny_llama(heads=8, kv_heads=2, head_dim=128, dtype=torch.bfloat16, device="cuda")
+    ids = _ids(2, 30).cuda()
+    gen = dict(max_new_tokens=16, do_sample=False, return_dict_in_generate=True, output_logits=True)
+    with torch.no_grad():
+        eager = model.generate(ids, past_key_values=AtomKVCache(model), **gen)
+        # a static cache: transformers compiles the decode step on CUDA by itself
+        compiled = model.generate(ids, past_key_values=AtomKVCache(model, max_cache_len=64), **gen)
+    assert compiled.sequences.shape == eager.sequences.shape
+    a, b = torch.stack(compiled.logits)[:4].float(), torch.stack(eager.logits)[:4].float()
+    if torch.equal(compiled.sequences[:, :34], eager.sequences[:, :34]):
+        assert ((a - b).norm() / b.norm()) < 3e-2

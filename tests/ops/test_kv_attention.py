@@ -1,0 +1,138 @@
+"""The INT4-cache attention kernels (decode, prefill) against the plain-PyTorch references.
+
+CPU: Triton's interpreter at small sizes (its dots run in float32, see ``kv_tiles.dot_dtype``).
+GPU (``-m gpu``): real sizes, bf16, against the reference computed in float32 on the CPU.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from atom_ao.kv.format import kv_write_ref, new_paged_cache  # noqa: E402
+from atom_ao.kv.reference import cached_attention_ref, decode_attention_ref, prefill_attention_ref  # noqa: E402
+from atom_ao.ops.kv_decode_attention import kv_decode_attention_triton  # noqa: E402
+from atom_ao.ops.kv_prefill_attention import kv_prefill_attention_triton, prefill_attention_triton  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def paged_cache(lens, kv_heads, d, page_size, meta_dtype=torch.bfloat16, seed=0, device="cpu"):
+    """A filled paged cache: sequence b holds lens[b] random tokens in shuffled pages."""
+    g = torch.Generator().manual_seed(seed)
+    b = len(lens)
+    max_pages = max(-(-n // page_size) for n in lens)
+    table = torch.randperm(b * max_pages, generator=g).to(torch.int32).view(b, max_pages)
+    caches = new_paged_cache(b * max_pages, kv_heads, page_size, d, meta_dtype)
+    for i, n in enumerate(lens):
+        pos = torch.arange(n)
+        k = torch.randn(n, kv_heads, d, generator=g) * 2 + 0.5  # an offset: the zero point matters
+        v = torch.randn(n, kv_heads, d, generator=g)
+        kv_write_ref(k, v, table[i, pos // page_size].long() * page_size + pos % page_size, *caches)
+    return [c.to(device) for c in caches], table.to(device)
+
+
+def _close(got, want, dtype):
+    got, want = got.float().cpu(), want.float().cpu()
+    tol = 2e-5 if dtype == torch.float32 else 2e-2
+    rel = ((got - want).norm() / want.norm()).item()
+    assert rel < tol, rel
+    assert got.isfinite().all()
+
+
+@pytest.mark.parametrize("heads, kv_heads, d, dtype", [
+    (6, 2, 64, torch.bfloat16), (4, 4, 64, torch.float32), (8, 1, 128, torch.bfloat16), (9, 3, 64, torch.float32),
+])  # GQA, MHA, MQA (head_dim 128), GQA with a group of 3 (padded to 16 rows)
+def test_decode_matches_reference(heads, kv_heads, d, dtype):
+    lens = [1, 37, 70]
+    caches, table = paged_cache(lens, kv_heads, d, page_size=24)
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(len(lens), heads, d, generator=g).to(dtype)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    # one split (the kernel writes the output) without padding / several splits + the reduce
+    # kernel, with left padding
+    for hint, kv_start in ((0, None), (4096, torch.tensor([0, 5, 20], dtype=torch.int32))):
+        want = decode_attention_ref(q, *caches, table, seq_lens, kv_start, d ** -0.5)
+        got = kv_decode_attention_triton(q, *caches, table, seq_lens, kv_start, d ** -0.5, hint)
+        _close(got, want, dtype)
+
+
+def test_decode_all_padding_gives_zero():
+    caches, table = paged_cache([10], 2, 64, page_size=16)
+    q = torch.randn(1, 2, 64)
+    out = kv_decode_attention_triton(q, *caches, table, torch.tensor([10], dtype=torch.int32),
+                                     torch.tensor([10], dtype=torch.int32), 0.125, 0)
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+@pytest.mark.parametrize("heads, kv_heads, d, dtype", [(4, 2, 64, torch.bfloat16), (2, 2, 128, torch.float32)])
+def test_prefill_matches_reference(heads, kv_heads, d, dtype):
+    g = torch.Generator().manual_seed(2)
+    b, t = 2, 37
+    q = torch.randn(b, t, heads, d, generator=g).to(dtype).transpose(1, 2)  # transformers' strides
+    k = torch.randn(b, kv_heads, t, d, generator=g).to(dtype)
+    v = torch.randn(b, kv_heads, t, d, generator=g).to(dtype)
+    for kv_start in (None, torch.tensor([0, 6], dtype=torch.int32)):
+        want = prefill_attention_ref(q, k, v, kv_start, d ** -0.5)
+        _close(prefill_attention_triton(q, k, v, kv_start, d ** -0.5), want, dtype)
+
+
+@pytest.mark.parametrize("dtype, padded", [(torch.bfloat16, True), (torch.float32, False)])
+def test_cached_prefill_matches_reference(dtype, padded):
+    lens = [40, 75]
+    caches, table = paged_cache(lens, 2, 64, page_size=16)
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 4, 21, 64, generator=g).to(dtype)  # the last 21 tokens of each sequence
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    kv_start = torch.tensor([3, 30], dtype=torch.int32) if padded else None
+    want = cached_attention_ref(q, *caches, table, seq_lens, kv_start, 0.125)
+    _close(kv_prefill_attention_triton(q, *caches, table, seq_lens, kv_start, 0.125), want, dtype)
+
+
+def test_ops_dispatch_to_reference_on_cpu():
+    caches, table = paged_cache([9], 1, 64, page_size=8)
+    q = torch.randn(1, 2, 64)
+    lens = torch.tensor([9], dtype=torch.int32)
+    assert torch.equal(torch.ops.atom_ao.kv_decode_attention(q, *caches, table, lens, None, 0.1, 0),
+                       decode_attention_ref(q, *caches, table, lens, None, 0.1))
+
+
+# ---------------------------------------------------------------- real sizes on the GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch, ctx, heads, kv_heads", [
+    (1, 8192, 32, 8), (16, 2048, 32, 32), (64, 512, 32, 8), (3, 33000, 32, 8), (4, 4096, 32, 32), (7, 1000, 9, 3),
+])
+def test_decode_real_sizes_gpu(batch, ctx, heads, kv_heads):
+    d = 128
+    g = torch.Generator().manual_seed(batch)
+    lens = torch.randint(ctx // 2, ctx + 1, (batch,), generator=g)
+    lens[0] = ctx
+    caches, table = paged_cache(lens.tolist(), kv_heads, d, page_size=64, device="cuda")
+    q = torch.randn(batch, heads, d, generator=g).to(torch.bfloat16)
+    seq_lens = lens.to(torch.int32)
+    want = decode_attention_ref(q, *[c.cpu() for c in caches], table.cpu(), seq_lens, None, d ** -0.5)
+    got = torch.ops.atom_ao.kv_decode_attention(q.cuda(), *caches, table, seq_lens.cuda(), None, d ** -0.5, ctx)
+    _close(got, want, torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("t, heads, kv_heads, d", [(1024, 32, 8, 128), (777, 9, 3, 64), (2048, 32, 32, 128)])
+def test_prefill_real_sizes_gpu(t, heads, kv_heads, d):
+    g = torch.Generator().manual_seed(t)
+    q = torch.randn(2, heads, t, d, generator=g).to(torch.bfloat16)
+    k = torch.randn(2, kv_heads, t, d, generator=g).to(torch.bfloat16)
+    v = torch.randn(2, kv_heads, t, d, generator=g).to(torch.bfloat16)
+    want = prefill_attention_ref(q, k, v, None, d ** -0.5)
+    got = torch.ops.atom_ao.prefill_attention(q.cuda(), k.cuda(), v.cuda(), None, d ** -0.5)
+    _close(got, want, torch.bfloat16)
+    lens = [t + 300, t + 5]
+    caches, table = paged_cache(lens, kv_heads, d, page_size=64, device="cuda")
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    want = cached_attention_ref(q, *[c.cpu() for c in caches], table.cpu(), seq_lens, None, d ** -0.5)
+    got = torch.ops.atom_ao.kv_prefill_attention(q.cuda(), *caches, table, seq_lens.cuda(), None, d ** -0.5)
+    _close(got, want, torch.bfloat16)
