@@ -2,9 +2,11 @@
 
     python benchmarks/bench_generate.py --model llama2-7b --batches 1,8,32,64
 
-gpt-fast style (benchmarks/gpt.py): static KV cache of prompt + generated tokens, one decode step
-captured in a CUDA graph and replayed (no launch gaps, for every path alike; the paths run
-eagerly inside the graph, so torchao's activation quantization is not fused by Inductor here).
+gpt-fast style (benchmarks/gpt.py): static KV cache of prompt + generated tokens, the decoder
+block compiled once with torch.compile (one graph shared by all layers; --no-compile: eager) and
+one decode step captured in a CUDA graph and replayed (no launch gaps), for every path alike.
+``atom-kv4`` uses the INT4 paged cache (``gpt.Int4KVCache``: ``atom_ao::kv_write`` +
+``prefill_attention`` for the prompt, ``kv_decode_attention`` for each new token).
 Random weights: same shapes, same work. Reports prefill time, time per output token (median
 over --steps decode steps), decode tokens/s, peak memory, and the largest batch whose weights
 + KV cache fit --budget-gb (computed from the bytes per token of each KV format).
@@ -30,7 +32,7 @@ def _not_head(module, fqn):
     return isinstance(module, torch.nn.Linear) and "lm_head" not in fqn
 
 
-def build(shape, path: str, n_layers: int | None):
+def build(shape, path: str, n_layers: int | None, compile_blocks: bool = True):
     from dataclasses import replace
 
     from torchao.quantization import quantize_
@@ -55,6 +57,11 @@ def build(shape, path: str, n_layers: int | None):
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig
 
         quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=_not_head)
+    # every path alike: one compiled decoder block shared by all layers (Inductor fuses the
+    # norms, RoPE and each path's activation quantization), then a CUDA graph around the step
+    torch._dynamo.reset()
+    Llama._COMPILED = None
+    model.compile_blocks = compile_blocks
     return model
 
 
@@ -64,9 +71,10 @@ def kv_bytes_per_token(s, path: str) -> float:
 
 
 def int4_cache_factory(model, batch, max_len):
-    from atom_ao.kv import make_static_cache  # the INT4 KV cache (issue 4)
+    from gpt import Int4KVCache
 
-    return lambda layer: make_static_cache(batch, model.s.n_kv_heads, max_len, model.s.head_dim, device="cuda")
+    s = model.s
+    return lambda layer: Int4KVCache(batch, s.n_kv_heads, max_len, s.head_dim, torch.bfloat16, "cuda")
 
 
 @torch.no_grad()
@@ -122,12 +130,13 @@ def main():
     ap.add_argument("--steps", type=int, default=32, help="decode steps timed (of the --gen)")
     ap.add_argument("--layers", type=int, default=None, help="fewer decoder layers (all layers are alike)")
     ap.add_argument("--budget-gb", type=float, default=80.0)
+    ap.add_argument("--no-compile", action="store_true", help="eager blocks (still inside a CUDA graph)")
     args = ap.parse_args()
     shape = SHAPES[args.model]
     rows = []
     for path in args.paths.split(","):
         try:
-            model = build(shape, path, args.layers)
+            model = build(shape, path, args.layers, not args.no_compile)
         except Exception as e:
             print(f"{path}: cannot build ({type(e).__name__}: {str(e)[:160]})")
             continue

@@ -50,6 +50,46 @@ class KVCache(nn.Module):
         return self.k, self.v
 
 
+class Int4KVCache(nn.Module):
+    """Atom's INT4 cache (``atom_ao.kv.format``): a paged cache laid out contiguously, each
+    sequence owning ``pages_per_seq`` pages in order. ``attend`` writes the new K/V as INT4
+    (``atom_ao::kv_write``) and runs the prompt on the bf16 K/V it just produced
+    (``atom_ao::prefill_attention``) or one decode token against the INT4 cache
+    (``atom_ao::kv_decode_attention``, flash-decoding). Positions come from the ``pos``
+    tensor only (no host sync), so a decode step can be captured in a CUDA graph."""
+
+    PAGE = 256
+
+    def __init__(self, batch, n_kv_heads, max_len, head_dim, dtype, device):
+        super().__init__()
+        from atom_ao.kv.format import new_paged_cache
+
+        self.max_len = max_len
+        self.pages_per_seq = -(-max_len // self.PAGE)
+        meta_dtype = dtype if dtype in (torch.float16, torch.bfloat16) else torch.float16
+        kc, vc, km, vm = new_paged_cache(batch * self.pages_per_seq, n_kv_heads, self.PAGE, head_dim,
+                                         meta_dtype=meta_dtype, device=device)
+        for name, t in (("k_cache", kc), ("v_cache", vc), ("k_meta", km), ("v_meta", vm)):
+            self.register_buffer(name, t, persistent=False)
+        table = torch.arange(batch * self.pages_per_seq, device=device, dtype=torch.int32)
+        self.register_buffer("block_table", table.view(batch, self.pages_per_seq), persistent=False)
+        self.register_buffer("seq_base", torch.arange(batch, device=device) * self.pages_per_seq * self.PAGE,
+                             persistent=False)
+
+    def attend(self, q, k, v, pos, mask):
+        b, hkv, t, d = k.shape
+        slots = (self.seq_base[:, None] + pos[None, :]).reshape(-1)
+        rows = lambda x: x.transpose(1, 2).reshape(b * t, hkv, d)  # noqa: E731
+        torch.ops.atom_ao.kv_write(rows(k), rows(v), slots, self.k_cache, self.v_cache, self.k_meta, self.v_meta)
+        scale = d ** -0.5
+        if t > 1:  # the prompt, written at positions 0..t-1
+            return torch.ops.atom_ao.prefill_attention(q, k, v, None, scale)
+        seq_lens = (pos[-1:] + 1).to(torch.int32).expand(b).contiguous()
+        out = torch.ops.atom_ao.kv_decode_attention(q[:, :, 0], self.k_cache, self.v_cache, self.k_meta, self.v_meta,
+                                                    self.block_table, seq_lens, None, scale, self.max_len)
+        return out[:, :, None]
+
+
 def rope_tables(shape: LlamaShape, max_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     inv = 1.0 / (shape.rope_base ** (torch.arange(0, shape.head_dim, 2, device=device).float() / shape.head_dim))
     ang = torch.outer(torch.arange(max_len, device=device).float(), inv)
@@ -111,6 +151,11 @@ class Llama(nn.Module):
         self.norm = nn.RMSNorm(s.dim, eps=1e-5)
         self.lm_head = nn.Linear(s.dim, s.vocab, bias=False)
         self.max_len = 0
+        self.compile_blocks = False  # torch.compile one Block forward, shared by every layer
+
+    @staticmethod
+    def _block_forward(layer, x, pos, cos, sin, mask):
+        return layer(x, pos, cos, sin, mask)
 
     def setup_caches(self, batch: int, max_len: int, make_cache=None):
         """Allocate one cache per layer; ``make_cache(layer)`` builds another kind (INT4)."""
@@ -122,11 +167,22 @@ class Llama(nn.Module):
         self.causal = torch.ones(max_len, max_len, dtype=torch.bool, device=dev).tril()
         self.max_len = max_len
 
+    _COMPILED = None
+
+    @classmethod
+    def _compiled_block(cls):
+        # one compiled function for all layers: parameters and cache buffers are graph inputs
+        # (inlined nn modules), so the 32 layers share one graph per input shape
+        if cls._COMPILED is None:
+            cls._COMPILED = torch.compile(cls._block_forward, fullgraph=True, dynamic=False)
+        return cls._COMPILED
+
     def forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """ids (b, t) at positions pos (t,) -> logits of the last position (b, vocab)."""
         x = self.embed(ids)
         cos, sin = self.cos[pos], self.sin[pos]
         mask = self.causal[pos][None, None]  # (1, 1, t, max_len): static shape for decode
+        block = self._compiled_block() if self.compile_blocks else self._block_forward
         for layer in self.layers:
-            x = layer(x, pos, cos, sin, mask)
+            x = block(layer, x, pos, cos, sin, mask)
         return self.lm_head(self.norm(x[:, -1]))

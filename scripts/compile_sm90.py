@@ -1,0 +1,80 @@
+"""Compile the INT4 KV Triton kernels for sm_90 (H100) on a machine without a GPU.
+
+Catches type / layout / PTX errors before spending GPU time: `python scripts/compile_sm90.py`.
+Prints each kernel's shared memory, registers-free summary and whether wgmma/mma is used.
+"""
+import sys
+
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from atom_ao.ops import kv_decode_attention as dec, kv_prefill_attention as pre, kv_write as wr
+
+TARGET = GPUTarget("cuda", 90, 32)
+
+
+def sig_of(fn, types, consts):
+    sig = {}
+    for name in fn.arg_names:
+        if name in consts:
+            sig[name] = "constexpr"
+        else:
+            sig[name] = types.get(name, "i32")
+    return sig
+
+
+def compile_one(label, fn, types, consts, num_warps=4, num_stages=3):
+    sig = sig_of(fn, types, consts)
+    ptrs = [i for i, n in enumerate(fn.arg_names) if sig[n].startswith("*")]
+    attrs = {(i,): [["tt.divisibility", 16]] for i in ptrs}
+    src = ASTSource(fn, sig, consts, attrs=attrs)
+    try:
+        c = triton.compile(src, target=TARGET, options={"num_warps": num_warps, "num_stages": num_stages})
+    except Exception as e:  # noqa: BLE001
+        print(f"FAIL {label}: {type(e).__name__}: {str(e)[:2000]}")
+        return False
+    ptx = c.asm["ptx"]
+    print(f"ok   {label}: shared={c.metadata.shared} wgmma={'wgmma' in ptx} mma={'mma.sync' in ptx} "
+          f"ptx_lines={ptx.count(chr(10))}")
+    return True
+
+
+def main():
+    ok = True
+    for dt, tdt in (("bf16", tl.bfloat16), ("fp16", tl.float16)):
+        import torch
+        tdtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[dt]
+        # kv_write
+        types = {n: f"*{dt}" for n in ("k_ptr", "v_ptr")}
+        types.update(slot_ptr="*i32", kc_ptr="*u8", vc_ptr="*u8", km_ptr=f"*{dt}", vm_ptr=f"*{dt}")
+        for half in (32, 64):
+            ok &= compile_one(f"kv_write {dt} D={2*half}", wr._kv_write_kernel, types, {"HALF": half, "BLOCK_R": 32})
+        # decode split
+        types = dict(q_ptr=f"*{dt}", kc_ptr="*u8", vc_ptr="*u8", km_ptr=f"*{dt}", vm_ptr=f"*{dt}", bt_ptr="*i32",
+                     len_ptr="*i32", start_ptr="*i32", out_ptr=f"*{dt}", part_ptr="*fp32", ml_ptr="*fp32",
+                     qk_scale="fp32")
+        for g, half, one, page, bn, w, st in ((1, 64, True, 16, 64, 4, 3), (4, 64, False, 16, 128, 8, 3),
+                                              (7, 32, False, 64, 64, 4, 4), (4, 32, True, 256, 128, 8, 4)):
+            consts = dict(G=g, BLOCK_G=max(16, triton.next_power_of_2(g)), HALF=half, PAGE=page, HAS_START=True,
+                          ONE_SPLIT=one, DOT=tdt, MAGIC=dec.magic_bits(tdtype, False), PREC="tf32", BLOCK_N=bn)
+            ok &= compile_one(f"decode {dt} G={g} D={2*half} one={one} page={page} BN={bn}",
+                              dec._decode_split_kernel, types, consts, w, st)
+        ok &= compile_one(f"decode reduce {dt}", dec._decode_reduce_kernel,
+                          dict(part_ptr="*fp32", ml_ptr="*fp32", out_ptr=f"*{dt}"), dict(D=128, SPLITS_P=8))
+        # prefill
+        for from_cache in (False, True):
+            kt = "*u8" if from_cache else f"*{dt}"
+            types = dict(q_ptr=f"*{dt}", k_ptr=kt, v_ptr=kt, km_ptr=f"*{dt}", vm_ptr=f"*{dt}", bt_ptr="*i32",
+                         len_ptr="*i32", start_ptr="*i32", out_ptr=f"*{dt}", qk_scale="fp32")
+            for g, half, bm, bn, w in ((1, 64, 128, 64, 8), (4, 32, 64, 64, 4)):
+                consts = dict(G=g, HALF=half, PAGE=16, HAS_START=False, FROM_CACHE=from_cache, DOT=tdt,
+                              MAGIC=dec.magic_bits(tdtype, False), PREC="tf32", BLOCK_M=bm, BLOCK_N=bn)
+                ok &= compile_one(f"prefill {dt} cache={from_cache} G={g} D={2*half} BM={bm}", pre._prefill_kernel,
+                                  types, consts, w, 3)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
