@@ -1,17 +1,31 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, then benchmarks. Usage (on the GPU machine, repo root):
-#   bash scripts/gpu_check.sh [tests|quick|linear|attention|all]...
-# Logs and result files go to $OUT (or benchmarks/results/ when OUT is unset).
+#   bash scripts/gpu_check.sh [tests|quick|linear|attention|generate-smoke|generate|layer]...
+# Each step's log goes to $OUT/<step>.log (so a step cut short still leaves its output) and
+# result files to $OUT (or benchmarks/results/ when OUT is unset). STEP_TIMEOUT caps each step.
 set -uo pipefail
 export ATOM_AO_RESULTS="${OUT:-benchmarks/results}"
 mkdir -p "$ATOM_AO_RESULTS"
+T="${STEP_TIMEOUT:-600}"
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv,noheader || true
+step() {  # name, command...
+  local name=$1; shift
+  local t0=$SECONDS
+  echo "=== $name"
+  timeout "$T" "$@" 2>&1 | grep -v -E "Failed to load|register_constant|_pytree.py" > "$ATOM_AO_RESULTS/$name.log"
+  echo "--- $name: rc=${PIPESTATUS[0]} $((SECONDS - t0)) s"
+  tail -n "${TAIL:-30}" "$ATOM_AO_RESULTS/$name.log"
+}
 for what in "${@:-tests}"; do
   case "$what" in
-    tests) python3 -m pytest -q -m gpu tests -x 2>&1 | tail -25 ;;
-    quick) python3 benchmarks/bench_linear.py --quick 2>&1 | grep -v "Failed to load" ;;
-    linear) python3 benchmarks/bench_linear.py 2>&1 | grep -v "Failed to load" ;;
-    attention) python3 benchmarks/bench_attention.py 2>&1 | grep -v "Failed to load" ;;
+    tests) step tests python3 -m pytest -q -m gpu tests -p no:cacheprovider --ignore=tests/kv/test_real_model_kv.py ;;
+    quick) step linear_quick python3 benchmarks/bench_linear.py --quick ;;
+    linear) step linear python3 benchmarks/bench_linear.py ;;
+    attention) step attention python3 benchmarks/bench_attention.py ;;
+    generate-smoke) step generate_smoke python3 benchmarks/bench_generate.py --layers 2 --batches 1,64 --gen 16 --steps 8 ;;
+    generate) step generate python3 benchmarks/bench_generate.py ;;
+    generate-llama3) step generate_llama3 python3 benchmarks/bench_generate.py --model llama3-8b ;;
+    layer) step layer python3 benchmarks/bench_layer.py ;;
     *) echo "unknown step $what" ;;
   esac
 done
