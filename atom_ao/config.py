@@ -9,6 +9,8 @@ from torchao.core.config import AOBaseConfig
 from atom_ao.format import check_layout
 
 STEPS = (None, "prepare", "convert")
+WEIGHT_METHODS = ("rtn", "gptq")
+GPTQ_HESSIANS = ("float", "quant")
 
 
 @dataclass
@@ -25,6 +27,12 @@ class AtomConfig(AOBaseConfig):
         step: None quantizes at once, data-free (outliers chosen from the weights);
             "prepare" inserts observers that collect per-channel sum of squares of the inputs;
             "convert" quantizes the observed layers with outliers chosen from those statistics.
+        weight_method: "rtn" rounds each weight to nearest (with the clip search); "gptq" rounds
+            with GPTQ's error compensation (``atom_ao.gptq``): calibrated flow only, the
+            observers then also collect the Hessian sum(x x^T) of each linear's input.
+        gptq_hessian: "float" builds the Hessian from the float activations, "quant" from the
+            activations quantized as the W4A4 GEMM sees them (a second calibration pass).
+        gptq_damp: GPTQ damping, a fraction of the mean of diag(H) added to the diagonal.
     """
 
     n_outliers: int = 128
@@ -32,6 +40,9 @@ class AtomConfig(AOBaseConfig):
     act_clip_ratio: float = 0.9
     weight_clip_ratio: float | None = None
     step: str | None = None
+    weight_method: str = "rtn"
+    gptq_hessian: str = "float"
+    gptq_damp: float = 0.01
 
     def __post_init__(self):
         if isinstance(self.step, str):
@@ -44,6 +55,14 @@ class AtomConfig(AOBaseConfig):
             raise ValueError(f"act_clip_ratio must be in (0, 1], got {self.act_clip_ratio}")
         if self.weight_clip_ratio is not None and not 0.0 < self.weight_clip_ratio <= 1.0:
             raise ValueError(f"weight_clip_ratio must be in (0, 1] or None, got {self.weight_clip_ratio}")
+        if isinstance(self.weight_method, str):
+            self.weight_method = self.weight_method.lower()
+        if self.weight_method not in WEIGHT_METHODS:
+            raise ValueError(f"weight_method must be one of {WEIGHT_METHODS}, got {self.weight_method!r}")
+        if self.gptq_hessian not in GPTQ_HESSIANS:
+            raise ValueError(f"gptq_hessian must be one of {GPTQ_HESSIANS}, got {self.gptq_hessian!r}")
+        if not 0.0 <= self.gptq_damp < 1.0:
+            raise ValueError(f"gptq_damp must be in [0, 1), got {self.gptq_damp}")
 
 
 def atom_config(**kwargs) -> AtomConfig:

@@ -11,6 +11,7 @@ import torch
 from torchao.quantization.transform_module import register_quantize_module_handler
 
 from atom_ao.config import AtomConfig
+from atom_ao.gptq import gptq_quantize_weight
 from atom_ao.observer import AtomObservedLinear
 from atom_ao.tensor import AtomQuantTensor
 from atom_ao.weight import data_free_channel_score, outlier_permutation
@@ -61,6 +62,24 @@ def _quantize_into(linear: torch.nn.Linear, target: torch.nn.Linear, config: Ato
     return target
 
 
+def _gptq_into(module, target: torch.nn.Linear, config: AtomConfig, name: str):
+    """The convert step with GPTQ rounding (``atom_ao.gptq``), from the observer's Hessian."""
+    if module.hessian is None:
+        raise RuntimeError(f"{name}: weight_method='gptq' needs the Hessian: prepare with "
+                           "atom_config(step='prepare', weight_method='gptq')")
+    perm = _shared_permutation(module.act_sq_sum, config.n_outliers)
+    t = gptq_quantize_weight(module.weight.detach().float(), module.hessian, perm, config.n_outliers,
+                             config.group_size, config.weight_clip_ratio, config.gptq_damp, what=name)
+    t["perm"] = perm
+    qw = AtomQuantTensor(**t, group_size=config.group_size, act_clip_ratio=config.act_clip_ratio,
+                         dtype=module.weight.dtype)
+    module.hessian = None  # free it as soon as it is used
+    target.weight = torch.nn.Parameter(qw, requires_grad=False)
+    target.bias = module.bias
+    target.extra_repr = types.MethodType(_atom_linear_extra_repr, target)
+    return target
+
+
 @register_quantize_module_handler(AtomConfig)
 def _atom_transform(module: torch.nn.Module, config: AtomConfig) -> torch.nn.Module:
     if not isinstance(module, torch.nn.Linear):
@@ -69,6 +88,10 @@ def _atom_transform(module: torch.nn.Module, config: AtomConfig) -> torch.nn.Mod
         return module  # already quantized (e.g. a tied weight visited twice)
     name = _layer_name(module)
     if config.step == "prepare":
+        if config.weight_method == "gptq":
+            return AtomObservedLinear.from_float(
+                module, hessian=config.gptq_hessian,
+                quant_params=(config.n_outliers, config.group_size, config.act_clip_ratio))
         return AtomObservedLinear.from_float(module)
     if config.step == "convert":
         if not isinstance(module, AtomObservedLinear):
@@ -78,5 +101,10 @@ def _atom_transform(module: torch.nn.Module, config: AtomConfig) -> torch.nn.Mod
             raise RuntimeError(f"{name}: no calibration data reached this layer between prepare and convert")
         importance = (module.act_sq_sum / tokens).float()
         plain = torch.nn.Linear(module.in_features, module.out_features, bias=False, device="meta")
+        if config.weight_method == "gptq":
+            return _gptq_into(module, plain, config, name)
         return _quantize_into(module, plain, config, module.act_sq_sum, importance, name)
+    if config.weight_method == "gptq":
+        raise ValueError(f"{name}: weight_method='gptq' needs calibration data: use the prepare / calibrate / "
+                         "convert steps or atom_ao.quantize_calibrated, not the data-free step=None")
     return _quantize_into(module, module, config, data_free_channel_score(module.weight.detach()), None, name)

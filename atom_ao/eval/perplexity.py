@@ -11,7 +11,8 @@ from tqdm.auto import tqdm
 
 @torch.no_grad()
 def perplexity(model, tokens: torch.Tensor, seq_len: int = 2048, stride: int | None = None,
-               max_windows: int | None = None, device=None, progress: bool = True) -> float:
+               max_windows: int | None = None, device=None, progress: bool = True,
+               forward=None) -> float:
     """exp(sum of NLL / number of scored tokens) of ``model`` on ``tokens`` (shape (1, T) or (T,)).
 
     Windows of ``seq_len`` tokens start at 0, stride, 2*stride, ... while a full window fits
@@ -26,6 +27,8 @@ def perplexity(model, tokens: torch.Tensor, seq_len: int = 2048, stride: int | N
       every token is scored once and with at least ``seq_len - stride`` tokens of context.
 
     ``max_windows`` keeps only the first windows. NLL is summed in float64 over scored tokens.
+    ``forward(model, ids) -> logits`` replaces the plain ``model(ids, use_cache=False).logits``
+    (e.g. to run the attention through an INT4 KV cache).
     """
     stride = stride or seq_len
     if not 0 < stride <= seq_len:
@@ -42,7 +45,7 @@ def perplexity(model, tokens: torch.Tensor, seq_len: int = 2048, stride: int | N
         # position predicting the first scored token: 0 in the first window; later, the last
         # `stride` tokens (stride == seq_len: all but the first, which has no context)
         first = 0 if i == 0 else max(window.shape[1] - stride - 1, 0)
-        logits = model(window, use_cache=False).logits[0, first:-1]
+        logits = (forward(model, window) if forward else model(window, use_cache=False).logits)[0, first:-1]
         targets = window[0, first + 1:]
         # log-softmax in float32 (logits may be bf16), the sum in float64
         token_nll = F.cross_entropy(logits.float(), targets, reduction="none")
