@@ -8,7 +8,8 @@
   then for each block in turn its linears observe those inputs (and collect the GPTQ Hessian),
   the block is quantized, and the block's *quantized* output becomes the next block's input, so
   every block's GPTQ compensates the errors of the blocks before it. Only one block's Hessians
-  are alive at a time.
+  are alive at a time. (The quantized outputs are computed with fake-quantized float linears,
+  the same function as the W4A4 path up to float rounding, ~3x faster on CPU.)
 """
 
 from __future__ import annotations
@@ -123,6 +124,17 @@ def _convert_observed(root: torch.nn.Module, config: AtomConfig, prefix: str) ->
         setattr(parent, child, _atom_transform(getattr(parent, child), config))
 
 
+def _simulated(block):
+    """A copy of a quantized block whose Atom linears run as fake-quantized float linears: the
+    same function as the W4A4 path up to float rounding, ~3x faster on CPU (see
+    ``atom_ao.eval.simulate``); used only to compute the next block's calibration inputs."""
+    import copy
+
+    from atom_ao.eval.simulate import simulate_
+
+    return simulate_(copy.deepcopy(block))
+
+
 def _with_hidden(args, kwargs, h):
     if args:
         return (h,) + tuple(args[1:]), kwargs
@@ -170,7 +182,7 @@ def _sequential(model, blocks, batches, convert: AtomConfig, progress: bool) -> 
                 m.begin_quant_hessian()
             run(block)
         _convert_observed(block, convert, f"{blocks_name}.{i}.")
-        outs = run(block)
+        outs = run(_simulated(block))
         inputs = [_with_hidden(args, kwargs, h) for h, (args, kwargs) in zip(outs, inputs)]
 
     # 3. observed linears outside the blocks (e.g. lm_head, if the filter let it in): a normal

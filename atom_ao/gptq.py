@@ -19,7 +19,7 @@ Atom specifics (Zhao et al., 2024, section 4 and appendix):
   or a fixed clip ratio; the lazy batch of the update is one group;
 * outliers: the last ``n_outliers`` columns, rounded last to INT8 per row, the row scale fixed when
   the outlier block starts (they absorb the errors of all the INT4 groups, with 8-bit precision);
-* damping: ``H += damp * mean(diag(H)) * I`` (``damp`` 0.01 by default), dead channels
+* damping: ``H += damp * mean(diag(H)) * I`` (``damp`` 0.1 by default, see ``AtomConfig.gptq_damp``), dead channels
   (``H[i, i] == 0``) get ``H[i, i] = 1`` and a zero weight.
 
 The output is exactly the tensors that round-to-nearest produces (same shapes, dtypes, packing),
@@ -44,7 +44,7 @@ from atom_ao.format import (
 )
 from atom_ao.weight import _search_clip
 
-DEFAULT_DAMP = 0.01
+DEFAULT_DAMP = 0.1
 
 
 def fake_quantize_activation(x: torch.Tensor, perm: torch.Tensor, n_outliers: int, group_size: int,
