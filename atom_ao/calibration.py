@@ -72,13 +72,16 @@ def quantize_calibrated(
     filter_fn: Callable | None = None,
     progress: bool = True,
     sequential: bool | None = None,
+    device: torch.device | str | None = None,
 ) -> torch.nn.Module:
     """prepare -> calibrate -> convert in one call (the calibrated Atom flow).
 
     ``sequential`` (default: True for ``weight_method="gptq"``, False for RTN) quantizes block by
     block, each block calibrated on the quantized output of the ones before (see the module doc).
     It needs a model with a ``torch.nn.ModuleList`` of decoder blocks (every transformers causal
-    LM); a model without one falls back to the all-at-once order.
+    LM); a model without one falls back to the all-at-once order. ``device`` (sequential only):
+    each block is moved there for its turn and back afterwards, so a model larger than that
+    device's memory can be calibrated (the embeddings and the capture run where the model is).
     """
     config = config or AtomConfig()
     if not torch.is_tensor(batches) and not hasattr(batches, "__len__"):
@@ -93,7 +96,7 @@ def quantize_calibrated(
         calibrate(model, batches, progress=progress)
         quantize_(model, convert, filter_fn=filter_fn)
         return model
-    _sequential(model, blocks, batches, convert, progress)
+    _sequential(model, blocks, batches, convert, progress, device)
     return model
 
 
@@ -117,11 +120,43 @@ def _convert_observed(root: torch.nn.Module, config: AtomConfig, prefix: str) ->
     from atom_ao.handler import _atom_transform
 
     names = [n for n, m in root.named_modules() if isinstance(m, AtomObservedLinear)]
+    if config.weight_method == "gptq":
+        _gptq_shared_inputs([root.get_submodule(n) for n in names], config)
     for cur_fqn in names:  # the handler's error messages read the name from `cur_fqn`
         parent_name, _, child = cur_fqn.rpartition(".")
         parent = root.get_submodule(parent_name) if parent_name else root
         cur_fqn = f"{prefix}{cur_fqn}"
         setattr(parent, child, _atom_transform(getattr(parent, child), config))
+
+
+def _gptq_shared_inputs(observers: list, config: AtomConfig) -> None:
+    """Linears fed the same input (q/k/v, gate/up) have the same Hessian and permutation, and GPTQ
+    treats rows independently: run it once on their stacked rows (fewer sequential column steps)
+    and leave each its rows (``_gptq_result``), which the handler's convert step then uses."""
+    import hashlib
+
+    from atom_ao.gptq import gptq_quantize_weight
+    from atom_ao.handler import _shared_permutation
+
+    groups: dict = {}
+    for m in observers:
+        if m.hessian is None or int(m.act_tokens) == 0:
+            continue
+        key = (m.in_features, hashlib.sha1(m.act_sq_sum.cpu().numpy().tobytes()).hexdigest(),
+               hashlib.sha1(m.hessian.cpu().numpy().tobytes()).hexdigest())
+        groups.setdefault(key, []).append(m)
+    for mods in groups.values():
+        if len(mods) < 2:
+            continue
+        perm = _shared_permutation(mods[0].act_sq_sum, config.n_outliers)
+        w = torch.cat([m.weight.detach().float() for m in mods])
+        t = gptq_quantize_weight(w, mods[0].hessian, perm, config.n_outliers, config.group_size,
+                                 config.weight_clip_ratio, config.gptq_damp, what="stacked linears")
+        start = 0
+        for m in mods:
+            rows = slice(start, start + m.out_features)
+            m._gptq_result = {k: (v if k == "perm" else v[rows]) for k, v in t.items()}
+            start += m.out_features
 
 
 def _simulated(block):
@@ -135,6 +170,17 @@ def _simulated(block):
     return simulate_(copy.deepcopy(block))
 
 
+def _to(obj, device):
+    """Tensors inside tuples / lists / dicts moved to ``device``."""
+    if torch.is_tensor(obj):
+        return obj.to(device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
 def _with_hidden(args, kwargs, h):
     if args:
         return (h,) + tuple(args[1:]), kwargs
@@ -146,7 +192,7 @@ def _block_output(out):
 
 
 @torch.no_grad()
-def _sequential(model, blocks, batches, convert: AtomConfig, progress: bool) -> None:
+def _sequential(model, blocks, batches, convert: AtomConfig, progress: bool, work_device=None) -> None:
     # 1. the first block's inputs (hidden states + the keyword arguments the model passes it)
     inputs: list[tuple[tuple, dict]] = []
 
@@ -173,8 +219,14 @@ def _sequential(model, blocks, batches, convert: AtomConfig, progress: bool) -> 
             outs.append(_block_output(block(*args, **kwargs)))
         return outs
 
+    home = device
+    if work_device is not None:
+        inputs = [(_to(args, work_device), _to(kwargs, work_device)) for args, kwargs in inputs]
+
     # 2. block by block: observe, (second pass for the quantized-input Hessian), quantize, outputs
     for i, block in enumerate(tqdm(blocks, desc="quantizing blocks", disable=not progress)):
+        if work_device is not None:
+            block.to(work_device)
         run(block)
         second = [m for m in block.modules() if isinstance(m, AtomObservedLinear) and m.needs_quant_pass]
         if second:
@@ -184,6 +236,8 @@ def _sequential(model, blocks, batches, convert: AtomConfig, progress: bool) -> 
         _convert_observed(block, convert, f"{blocks_name}.{i}.")
         outs = run(_simulated(block))
         inputs = [_with_hidden(args, kwargs, h) for h, (args, kwargs) in zip(outs, inputs)]
+        if work_device is not None:
+            block.to(home)
 
     # 3. observed linears outside the blocks (e.g. lm_head, if the filter let it in): a normal
     #    calibration pass through the now-quantized model

@@ -68,8 +68,10 @@ def _gptq_into(module, target: torch.nn.Linear, config: AtomConfig, name: str):
         raise RuntimeError(f"{name}: weight_method='gptq' needs the Hessian: prepare with "
                            "atom_config(step='prepare', weight_method='gptq')")
     perm = _shared_permutation(module.act_sq_sum, config.n_outliers)
-    t = gptq_quantize_weight(module.weight.detach().float(), module.hessian, perm, config.n_outliers,
-                             config.group_size, config.weight_clip_ratio, config.gptq_damp, what=name)
+    t = getattr(module, "_gptq_result", None)  # rows of a GPTQ run stacked with same-input linears
+    if t is None:
+        t = gptq_quantize_weight(module.weight.detach().float(), module.hessian, perm, config.n_outliers,
+                                 config.group_size, config.weight_clip_ratio, config.gptq_damp, what=name)
     t["perm"] = perm
     qw = AtomQuantTensor(**t, group_size=config.group_size, act_clip_ratio=config.act_clip_ratio,
                          dtype=module.weight.dtype)

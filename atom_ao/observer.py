@@ -24,9 +24,11 @@ class AtomObservedLinear(torch.nn.Linear):
         self.register_buffer("act_sq_sum", torch.zeros(in_features, dtype=torch.float64, device=device))
         self.register_buffer("act_tokens", torch.zeros((), dtype=torch.int64, device=device))
         self.hessian_mode: str | None = None
-        self.hessian: torch.Tensor | None = None
+        # buffers (they move with .to(), for block-by-block calibration on another device), not
+        # saved in state_dict
+        self.register_buffer("hessian", None, persistent=False)
+        self.register_buffer("_quant_perm", None, persistent=False)  # set by begin_quant_hessian
         self._quant_params: tuple | None = None  # (n_outliers, group_size, act_clip_ratio)
-        self._quant_perm: torch.Tensor | None = None  # set by begin_quant_hessian
 
     @classmethod
     def from_float(cls, linear: torch.nn.Linear, hessian: str | None = None,
