@@ -203,12 +203,10 @@ def _is_identity(perm: torch.Tensor) -> bool:
     return bool(torch.equal(perm.long(), torch.arange(perm.numel(), device=perm.device)))
 
 
-class AtomColwiseParallel(ColwiseParallel):
-    """``ColwiseParallel`` for linears holding an ``AtomQuantTensor``: weight ``Shard(0)``.
-
-    Each rank keeps its block of output rows (``torch.chunk`` blocks) of every per-row tensor
-    and the whole permutation. Float linears are handled by ``ColwiseParallel`` itself.
-    """
+class _AtomPartitionMixin:
+    """The weight partition shared by the two styles: float linears go to torch's style; a
+    packed weight is taken from ``src_data_rank``, cut by ``_atom_shard`` and registered as a
+    DTensor parameter with the whole weight's logical shape; the float bias is distributed."""
 
     def _partition_linear_fn(self, name, module, device_mesh):
         weight = module.weight
@@ -216,19 +214,36 @@ class AtomColwiseParallel(ColwiseParallel):
             return super()._partition_linear_fn(name, module, device_mesh)
         rank, world = _mesh_rank_world(device_mesh)
         weight = _from_source_rank(weight, device_mesh, self.src_data_rank)
-        chunks = torch.chunk(weight, world, dim=0)
-        if len(chunks) != world:
-            raise ValueError(f"{name or 'linear'}: {weight.shape[0]} output rows cannot be split over {world} ranks")
-        local = DTensor.from_local(chunks[rank], device_mesh, [Shard(0)], run_check=False,
-                                   shape=weight.shape, stride=weight.stride())
-        module.register_parameter("weight", nn.Parameter(local, requires_grad=False))
+        local, placement, bias_placement = self._atom_shard(name or "linear", weight, rank, world)
+        dt = DTensor.from_local(local, device_mesh, [placement], run_check=False, shape=weight.shape,
+                                stride=weight.stride())
+        module.register_parameter("weight", nn.Parameter(dt, requires_grad=False))
         if module.bias is not None:
             module.register_parameter("bias", nn.Parameter(
-                distribute_tensor(module.bias.detach(), device_mesh, [Shard(0)], src_data_rank=self.src_data_rank),
+                distribute_tensor(module.bias.detach(), device_mesh, [bias_placement],
+                                  src_data_rank=self.src_data_rank),
                 requires_grad=module.bias.requires_grad))
+        self._atom_after_partition(module, weight)
+
+    def _atom_after_partition(self, module, weight) -> None:
+        pass
 
 
-class AtomRowwiseParallel(RowwiseParallel):
+class AtomColwiseParallel(_AtomPartitionMixin, ColwiseParallel):
+    """``ColwiseParallel`` for linears holding an ``AtomQuantTensor``: weight ``Shard(0)``.
+
+    Each rank keeps its block of output rows (``torch.chunk`` blocks) of every per-row tensor
+    and the whole permutation. Float linears are handled by ``ColwiseParallel`` itself.
+    """
+
+    def _atom_shard(self, name, weight, rank, world):
+        chunks = torch.chunk(weight, world, dim=0)
+        if len(chunks) != world:
+            raise ValueError(f"{name}: {weight.shape[0]} output rows cannot be split over {world} ranks")
+        return chunks[rank], Shard(0), Shard(0)
+
+
+class AtomRowwiseParallel(_AtomPartitionMixin, RowwiseParallel):
     """``RowwiseParallel`` for linears holding an ``AtomQuantTensor``: weight ``Shard(1)`` of the
     *permuted* K (see the module docstring and ``shard_k``), bias replicated, output summed by
     the all-reduce (or reduce-scattered, with ``output_layouts=Shard(...)``).
@@ -238,20 +253,10 @@ class AtomRowwiseParallel(RowwiseParallel):
     before each rank takes its block.
     """
 
-    def _partition_linear_fn(self, name, module, device_mesh):
-        weight = module.weight
-        if not isinstance(weight, AtomQuantTensor):
-            return super()._partition_linear_fn(name, module, device_mesh)
-        rank, world = _mesh_rank_world(device_mesh)
-        weight = _from_source_rank(weight, device_mesh, self.src_data_rank)
-        local = shard_k(weight, rank, world, what=name or "linear")
-        dt = DTensor.from_local(local, device_mesh, [Shard(1)], run_check=False,
-                                shape=weight.shape, stride=weight.stride())
-        module.register_parameter("weight", nn.Parameter(dt, requires_grad=False))
-        if module.bias is not None:
-            module.register_parameter("bias", nn.Parameter(
-                distribute_tensor(module.bias.detach(), device_mesh, [Replicate()], src_data_rank=self.src_data_rank),
-                requires_grad=module.bias.requires_grad))
+    def _atom_shard(self, name, weight, rank, world):
+        return shard_k(weight, rank, world, what=name), Shard(1), Replicate()
+
+    def _atom_after_partition(self, module, weight) -> None:
         perm = None if _is_identity(weight.perm) else weight.perm.long()
         module.register_buffer(_INPUT_PERM, perm, persistent=False)
 

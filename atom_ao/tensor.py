@@ -17,7 +17,35 @@ aten = torch.ops.aten
 __all__ = ["AtomQuantTensor"]
 
 
-class AtomQuantTensor(TorchAOBaseTensor):
+class _AtomPackedTensor(TorchAOBaseTensor):
+    """The data and attributes shared by ``AtomQuantTensor`` and ``AtomQuantTensorTransposed``
+    (documented on ``AtomQuantTensor``); a subclass says only how its logical shape follows
+    from the data (``_logical_shape``)."""
+
+    tensor_data_names = ["qdata", "scale", "outlier_qdata", "outlier_scale", "perm"]
+    tensor_attribute_names = ["group_size", "act_clip_ratio", "dtype"]
+
+    @staticmethod
+    def _logical_shape(qdata: torch.Tensor, perm: torch.Tensor) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def __new__(cls, qdata, scale, outlier_qdata, outlier_scale, perm, group_size, act_clip_ratio, dtype):
+        return torch.Tensor._make_wrapper_subclass(
+            cls, cls._logical_shape(qdata, perm), dtype=dtype, device=qdata.device, requires_grad=False
+        )
+
+    def __init__(self, qdata, scale, outlier_qdata, outlier_scale, perm, group_size, act_clip_ratio, dtype):
+        super().__init__()
+        self.qdata = qdata
+        self.scale = scale
+        self.outlier_qdata = outlier_qdata
+        self.outlier_scale = outlier_scale
+        self.perm = perm
+        self.group_size = group_size
+        self.act_clip_ratio = act_clip_ratio
+
+
+class AtomQuantTensor(_AtomPackedTensor):
     """Weight of shape (N, K) stored as Atom W4A4.
 
     Tensor data:
@@ -34,24 +62,12 @@ class AtomQuantTensor(TorchAOBaseTensor):
     The logical shape (N, K) follows from the data: N = qdata rows, K = perm length.
     """
 
-    tensor_data_names = ["qdata", "scale", "outlier_qdata", "outlier_scale", "perm"]
-    tensor_attribute_names = ["group_size", "act_clip_ratio", "dtype"]
+    tensor_data_names = _AtomPackedTensor.tensor_data_names
+    tensor_attribute_names = _AtomPackedTensor.tensor_attribute_names
 
-    def __new__(cls, qdata, scale, outlier_qdata, outlier_scale, perm, group_size, act_clip_ratio, dtype):
-        shape = (qdata.shape[0], perm.shape[0])
-        return torch.Tensor._make_wrapper_subclass(
-            cls, shape, dtype=dtype, device=qdata.device, requires_grad=False
-        )
-
-    def __init__(self, qdata, scale, outlier_qdata, outlier_scale, perm, group_size, act_clip_ratio, dtype):
-        super().__init__()
-        self.qdata = qdata
-        self.scale = scale
-        self.outlier_qdata = outlier_qdata
-        self.outlier_scale = outlier_scale
-        self.perm = perm
-        self.group_size = group_size
-        self.act_clip_ratio = act_clip_ratio
+    @staticmethod
+    def _logical_shape(qdata, perm):
+        return (qdata.shape[0], perm.shape[0])
 
     @property
     def n_outliers(self) -> int:
@@ -378,7 +394,7 @@ AtomQuantTensor.fsdp_pre_all_gather = _fsdp_pre_all_gather
 AtomQuantTensor.fsdp_post_all_gather = _fsdp_post_all_gather
 
 
-class AtomQuantTensorTransposed(TorchAOBaseTensor):
+class AtomQuantTensorTransposed(_AtomPackedTensor):
     """``w.t()`` of an ``AtomQuantTensor``, shape (K, N).
 
     DTensor runs ``F.linear`` as ``aten.t`` + ``aten.mm`` / ``aten.addmm`` on the local shards;
@@ -386,23 +402,12 @@ class AtomQuantTensorTransposed(TorchAOBaseTensor):
     same data as the weight it came from.
     """
 
-    tensor_data_names = AtomQuantTensor.tensor_data_names
-    tensor_attribute_names = AtomQuantTensor.tensor_attribute_names
+    tensor_data_names = _AtomPackedTensor.tensor_data_names
+    tensor_attribute_names = _AtomPackedTensor.tensor_attribute_names
 
-    def __new__(cls, qdata, scale, outlier_qdata, outlier_scale, perm, group_size, act_clip_ratio, dtype):
-        shape = (perm.shape[0], qdata.shape[0])
-        return torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device=qdata.device,
-                                                   requires_grad=False)
-
-    def __init__(self, qdata, scale, outlier_qdata, outlier_scale, perm, group_size, act_clip_ratio, dtype):
-        super().__init__()
-        self.qdata = qdata
-        self.scale = scale
-        self.outlier_qdata = outlier_qdata
-        self.outlier_scale = outlier_scale
-        self.perm = perm
-        self.group_size = group_size
-        self.act_clip_ratio = act_clip_ratio
+    @staticmethod
+    def _logical_shape(qdata, perm):
+        return (perm.shape[0], qdata.shape[0])
 
     def weight(self) -> AtomQuantTensor:
         return AtomQuantTensor(*(getattr(self, n) for n in self.tensor_data_names), self.group_size,
