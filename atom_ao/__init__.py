@@ -11,6 +11,7 @@ from atom_ao.observer import AtomObservedLinear
 import atom_ao.handler  # noqa: F401  (registers the quantize_ handler)
 from atom_ao.calibration import calibrate, quantize_calibrated
 from atom_ao.serialization import load_quantized, save_quantized
+from atom_ao.hf import from_pretrained, save_pretrained
 
 __all__ = [
     "AtomConfig",
@@ -21,5 +22,7 @@ __all__ = [
     "quantize_calibrated",
     "save_quantized",
     "load_quantized",
+    "save_pretrained",
+    "from_pretrained",
 ]
 __version__ = "0.1.0"

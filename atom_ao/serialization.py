@@ -65,15 +65,15 @@ def save_quantized(model: torch.nn.Module, path: str) -> None:
     save_file(tensors, path, metadata=meta)
 
 
-def load_quantized(model: torch.nn.Module, path: str, strict: bool = True) -> torch.nn.Module:
-    """Load a ``save_quantized`` file into a float model of the same architecture.
-
-    No calibration data is needed: quantized weights replace the float ones as they are.
-    """
+def read_metadata(path: str) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file (without reading its tensors)."""
     with open(path, "rb") as f:
         header_len = int.from_bytes(f.read(8), "little")
-        metadata = json.loads(f.read(header_len)).get("__metadata__")
-    state_dict = unflatten_state_dict(load_file(path), metadata)
+        return json.loads(f.read(header_len)).get("__metadata__") or {}
+
+
+def assign_state_dict(model: torch.nn.Module, state_dict: dict, strict: bool = True) -> torch.nn.Module:
+    """``load_state_dict(assign=True)`` that also accepts AtomQuantTensors for float weights."""
     for key, value in state_dict.items():
         if isinstance(value, AtomQuantTensor):
             module_name, _, param = key.rpartition(".")
@@ -81,3 +81,12 @@ def load_quantized(model: torch.nn.Module, path: str, strict: bool = True) -> to
             setattr(module, param, torch.nn.Parameter(value, requires_grad=False))
     model.load_state_dict(state_dict, strict=strict, assign=True)
     return model
+
+
+def load_quantized(model: torch.nn.Module, path: str, strict: bool = True) -> torch.nn.Module:
+    """Load a ``save_quantized`` file into a float model of the same architecture.
+
+    No calibration data is needed: quantized weights replace the float ones as they are.
+    """
+    state_dict = unflatten_state_dict(load_file(path), read_metadata(path))
+    return assign_state_dict(model, state_dict, strict)
