@@ -7,7 +7,10 @@ FSDP2 (``torch.distributed.fsdp.fully_shard``)
     outliers, outlier scales); the forward all-gathers those packed tensors, never a
     dequantized weight, and rebuilds the same ``AtomQuantTensor`` the unsharded model has, so the
     forward is bit-identical. The permutation is replicated (it belongs to the whole weight).
-    ``all_gather_bytes`` / ``AllGatherCounter`` measure what goes over the wire.
+    ``all_gather_bytes`` / ``AllGatherCounter`` measure what goes over the wire: for a
+    Llama-2-7B-shaped decoder layer 105.1 MB per forward vs 386.0 MB in bf16 (3.67x fewer;
+    ``benchmarks/bench_fsdp.py``). The output dim must be divisible by the FSDP world size
+    (FSDP2 would pad uneven shards, which a packed tensor cannot be): a clear error otherwise.
 
 Tensor parallelism (``torch.distributed.tensor.parallel.parallelize_module``)
     ``AtomColwiseParallel`` / ``AtomRowwiseParallel`` are drop-in replacements for torch's
