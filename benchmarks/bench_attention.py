@@ -126,7 +126,7 @@ def check(model="llama3-8b", b=3, ctx=3000):
     q = torch.randn(b, h, d, device="cuda", dtype=torch.bfloat16, generator=g)
     out = torch.ops.atom_ao.kv_decode_attention(q, kc, vc, km, vm, table, lens, None, d ** -0.5, ctx).float()
     k, v = gather_kv(kc, km, table), gather_kv(vc, vm, table)
-    ref = F.scaled_dot_product_attention(q.float().view(b, hkv, h // hkv, d), k, v, scale=d ** -0.5).view(b, h, d)
+    ref = F.scaled_dot_product_attention(q.float().reshape(b, hkv, h // hkv, d), k, v, scale=d ** -0.5).reshape(b, h, d)
     rel = ((out - ref).norm() / ref.norm()).item()
     print(f"check {model} B={b} ctx={ctx}: relative error vs float32 SDPA on the dequantized cache {rel:.2e}")
     assert rel < 2e-2, rel
