@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, then benchmarks. Usage (on the GPU machine, repo root):
-#   bash scripts/gpu_check.sh [tests|quick|linear|attention|generate-smoke|generate|layer]...
+#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer]...
 # Each step's log goes to $OUT/<step>.log (so a step cut short still leaves its output) and
-# result files to $OUT (or benchmarks/results/ when OUT is unset). STEP_TIMEOUT caps each step.
+# PYTEST_ARGS picks the tests of tests-some; result files to $OUT (or benchmarks/results/ when OUT is unset). STEP_TIMEOUT caps each step.
 set -uo pipefail
 export ATOM_AO_RESULTS="${OUT:-benchmarks/results}"
 mkdir -p "$ATOM_AO_RESULTS"
@@ -19,6 +19,7 @@ step() {  # name, command...
 for what in "${@:-tests}"; do
   case "$what" in
     tests) step tests python3 -m pytest -q -m gpu tests -p no:cacheprovider --ignore=tests/kv/test_real_model_kv.py ;;
+    tests-some) step tests_some python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short ${PYTEST_ARGS:-tests} ;;
     quick) step linear_quick python3 benchmarks/bench_linear.py --quick ;;
     linear) step linear python3 benchmarks/bench_linear.py ;;
     attention) step attention python3 benchmarks/bench_attention.py ;;

@@ -132,15 +132,23 @@ def test_plain_attention_without_atom_cache():
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", MODELS + [dict(heads=8, kv_heads=1, head_dim=128)])
 def test_gpu_kernels_match_cpu_reference_in_the_model(shape):
+    """The kernels are as accurate as the references run in the same precision.
+
+    bf16 alone moves logits by ~7% against float32 with an INT4 prompt cache (a bf16 rounding of
+    K or V that crosses an INT4 rounding boundary flips a code: 1/15 of the range), so the bound
+    is relative to the bf16 reference's own error, measured in the same test.
+    """
     cpu = tiny_llama(**shape)
+    cpu16 = tiny_llama(**shape, dtype=torch.bfloat16)
     gpu = tiny_llama(**shape, dtype=torch.bfloat16, device="cuda")
     ids = _ids(2, 40)
+    err = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
     for kw in (dict(prefill="int4"), dict(prefill="float")):
         with torch.no_grad():
             want = _stepwise_logits(cpu, ids, 30, AtomKVCache(cpu, **kw))
+            ref16 = _stepwise_logits(cpu16, ids, 30, AtomKVCache(cpu16, **kw)).float()
             got = _stepwise_logits(gpu, ids.cuda(), 30, AtomKVCache(gpu, **kw)).float().cpu()
-        rel = ((got - want).norm() / want.norm()).item()
-        assert rel < 3e-2, (kw, rel)
+        assert err(got, want) < 1.25 * err(ref16, want) + 5e-3, (kw, err(got, want), err(ref16, want))
 
 
 @pytest.mark.gpu
