@@ -55,6 +55,9 @@ def make_linears(k: int, n: int, contenders: list[str], compile_torchao: bool):
 
     import atom_ao
 
+    # a fresh Dynamo cache per shape: the compiled torchao linears of earlier shapes would
+    # otherwise use up the recompile limit and fall back to eager
+    torch._dynamo.reset()
     base = torch.nn.Linear(k, n, bias=False, device="cuda", dtype=torch.bfloat16)
     out = {"bf16": base}
     if "atom" in contenders:

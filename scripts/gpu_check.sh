@@ -2,7 +2,7 @@
 # One device call: GPU tests, then benchmarks. Usage (on the GPU machine, repo root):
 #   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer]...
 # Each step's log goes to $OUT/<step>.log (so a step cut short still leaves its output) and
-# PYTEST_ARGS picks the tests of tests-some; result files to $OUT (or benchmarks/results/ when OUT is unset). STEP_TIMEOUT caps each step.
+# PYTEST_ARGS (paths) and PYTEST_K (-k expression) pick the tests of tests-some; result files to $OUT (or benchmarks/results/ when OUT is unset). STEP_TIMEOUT caps each step.
 set -uo pipefail
 export ATOM_AO_RESULTS="${OUT:-benchmarks/results}"
 mkdir -p "$ATOM_AO_RESULTS"
@@ -19,12 +19,12 @@ step() {  # name, command...
 for what in "${@:-tests}"; do
   case "$what" in
     tests) step tests python3 -m pytest -q -m gpu tests -p no:cacheprovider --ignore=tests/kv/test_real_model_kv.py ;;
-    tests-some) step tests_some python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short ${PYTEST_ARGS:-tests} ;;
+    tests-some) step tests_some python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short ${PYTEST_K:+-k "$PYTEST_K"} ${PYTEST_ARGS:-tests} ;;
     quick) step linear_quick python3 benchmarks/bench_linear.py --quick ;;
     linear) step linear python3 benchmarks/bench_linear.py ;;
     attention) step attention python3 benchmarks/bench_attention.py ;;
     generate-smoke) step generate_smoke python3 benchmarks/bench_generate.py --layers 2 --batches 1,64 --gen 16 --steps 8 ;;
-    generate) step generate python3 benchmarks/bench_generate.py ;;
+    generate) step generate python3 benchmarks/bench_generate.py ${GEN_ARGS:-} ;;
     generate-llama3) step generate_llama3 python3 benchmarks/bench_generate.py --model llama3-8b ;;
     layer) step layer python3 benchmarks/bench_layer.py ;;
     *) echo "unknown step $what" ;;
