@@ -1,0 +1,209 @@
+"""The Triton kernel shared by ``rmsnorm_quantize`` and ``silu_mul_quantize``: an elementwise
+producer (RMSNorm, or SiLU(gate) * up) fused in front of the Atom activation quantizer.
+
+Programs are (row block, column) pairs, as in ``quantize_activation``: a column is ``GPB``
+INT4 groups of the permuted normal channels, or (the last one) the INT8 outlier channels. Each
+program gathers its permuted channels straight from the producer's inputs, computes the
+producer's value in float32 with the same roundings as the unfused graph (to the input dtype
+where PyTorch materialises an intermediate, to the output dtype at the end), then quantizes
+with the building blocks of ``quantize_activation`` (round/clamp, IEEE inverse, NaN-aware
+absmax). For RMSNorm every program first sums the squares of its rows (contiguous reads; the
+rows stay in L2 for the gathers), so no intermediate tensor is written.
+
+The only differences from the reference are the float32 summation order of the mean of
+squares and the exp/rsqrt of the device: a rare code flips by one at a rounding boundary.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+from atom_ao.format import k_normal_padded
+from atom_ao.ops.quantize_activation import _INTERPRET, _abs_bits, _m_bucket, _round_clamp, _safe_inverse
+
+RMSNORM, SILU_MUL = 0, 1
+_SMALL_M = 32
+_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+def _configs(small: bool):
+    if _INTERPRET:
+        return [triton.Config({"BLOCK_M": 4, "GPB": 2}, num_warps=4, num_stages=1)]
+    shapes = [(1, 1, 1), (1, 2, 2), (2, 1, 2), (4, 1, 4)] if small else [(4, 1, 4), (8, 1, 4), (8, 2, 8), (16, 1, 8)]
+    return [triton.Config({"BLOCK_M": bm, "GPB": gpb}, num_warps=w, num_stages=1) for bm, gpb, w in shapes]
+
+
+@triton.jit
+def _round_to(v, KIND: tl.constexpr):
+    # a float32 value rounded to the dtype PyTorch stores it in (0 fp32, 1 fp16, 2 bf16)
+    if KIND == 1:
+        return v.to(tl.float16).to(tl.float32)
+    elif KIND == 2:
+        # round half to even on the bits: the interpreter's bf16 cast truncates (NaN kept as is)
+        bits = v.to(tl.int32, bitcast=True)
+        r = (bits + (0x7FFF + ((bits >> 16) & 1))) & -65536
+        return tl.where(v != v, v, r.to(tl.float32, bitcast=True))
+    else:
+        return v
+
+
+@triton.jit
+def _produce(a_ptr, b_ptr, w_ptr, rows, ok_rows, cols, ok_cols, rstd, stride_am, stride_ak, stride_bm, stride_bk,
+             MODE: tl.constexpr, X_KIND: tl.constexpr, OUT_KIND: tl.constexpr, CAST_FIRST: tl.constexpr):
+    """The producer's output at (rows, cols) as float32; rows (BLOCK_M,), cols (1, C, J) channel
+    indices; masked-off channels give 0 (the reference's zero padding)."""
+    r64 = rows.to(tl.int64)[:, None, None]
+    c64 = cols.to(tl.int64)
+    ok = ok_rows[:, None, None] & ok_cols
+    a = tl.load(a_ptr + r64 * stride_am + c64 * stride_ak, mask=ok, other=0.0).to(tl.float32)
+    if MODE == 0:  # RMSNorm: x * rstd (* weight), in the order the model wrote it
+        w = tl.load(w_ptr + c64, mask=ok_cols, other=0.0).to(tl.float32)
+        h = a * rstd[:, None, None]
+        if CAST_FIRST:  # transformers: weight * h.to(x.dtype)
+            h = _round_to(h, X_KIND)
+        v = _round_to(h * w, OUT_KIND)
+    else:  # SiLU(gate) * up: silu materialised in the input dtype, then the product
+        b = tl.load(b_ptr + r64 * stride_bm + c64 * stride_bk, mask=ok, other=0.0).to(tl.float32)
+        s = _round_to(tl.math.div_rn(a, 1.0 + tl.exp(-a)), X_KIND)
+        v = _round_to(s * b, OUT_KIND)
+    return tl.where(ok_cols, v, 0.0)
+
+
+@triton.jit
+def _row_rstd(a_ptr, rows, ok_rows, K, stride_am, stride_ak, eps, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    # 1 / sqrt(mean(x^2) + eps) per row, float32, IEEE sqrt and division (as torch on CPU)
+    acc = tl.zeros((BLOCK_M, BLOCK_K), tl.float32)
+    offs = tl.arange(0, BLOCK_K)
+    r64 = rows.to(tl.int64)[:, None]
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + offs
+        v = tl.load(a_ptr + r64 * stride_am + ks[None, :].to(tl.int64) * stride_ak,
+                    mask=ok_rows[:, None] & (ks[None, :] < K), other=0.0).to(tl.float32)
+        acc += v * v
+    mean = tl.math.div_rn(tl.sum(acc, axis=1), K.to(tl.float32))
+    return tl.math.div_rn(tl.full((BLOCK_M,), 1.0, tl.float32), tl.math.sqrt_rn(mean + eps))
+
+
+@triton.jit
+def _fused_quantize_kernel(
+    a_ptr, b_ptr, w_ptr, perm_ptr, q_ptr, s_ptr, qo_ptr, so_ptr,
+    M, K, K_NORMAL, G, N_OUT, M_BUCKET,
+    stride_am, stride_ak, stride_bm, stride_bk, stride_qm, stride_sm, stride_qom,
+    eps, clip_ratio,
+    MODE: tl.constexpr, X_KIND: tl.constexpr, OUT_KIND: tl.constexpr, CAST_FIRST: tl.constexpr,
+    HALF: tl.constexpr, HALF_P: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_OUT: tl.constexpr, PTX: tl.constexpr, BLOCK_M: tl.constexpr, GPB: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n_gb = tl.cdiv(G, GPB)
+    n_cols = n_gb + HAS_OUT
+    pid_m = pid // n_cols
+    pid_c = pid % n_cols
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    ok_rows = rows < M
+    if MODE == 0:
+        rstd = _row_rstd(a_ptr, rows, ok_rows, K, stride_am, stride_ak, eps, BLOCK_M, BLOCK_K)
+    else:
+        rstd = tl.zeros((BLOCK_M,), tl.float32)
+    rows64 = rows.to(tl.int64)
+    if pid_c < n_gb:
+        # (BLOCK_M, GPB, HALF_P) tiles: low and high half of each group (the pack_int4 layout)
+        g = (pid_c * GPB + tl.arange(0, GPB))[None, :, None]
+        j = tl.arange(0, HALF_P)[None, None, :]
+        pos_lo = g * (2 * HALF) + j
+        ok_j = (j < HALF) & (g < G)
+        m_lo = (pos_lo < K_NORMAL) & ok_j
+        m_hi = (pos_lo + HALF < K_NORMAL) & ok_j
+        c_lo = tl.load(perm_ptr + pos_lo, mask=m_lo, other=0)
+        c_hi = tl.load(perm_ptr + pos_lo + HALF, mask=m_hi, other=0)
+        xl = _produce(a_ptr, b_ptr, w_ptr, rows, ok_rows, c_lo, m_lo, rstd, stride_am, stride_ak, stride_bm,
+                      stride_bk, MODE, X_KIND, OUT_KIND, CAST_FIRST)
+        xh = _produce(a_ptr, b_ptr, w_ptr, rows, ok_rows, c_hi, m_hi, rstd, stride_am, stride_ak, stride_bm,
+                      stride_bk, MODE, X_KIND, OUT_KIND, CAST_FIRST)
+        bits = tl.maximum(tl.max(_abs_bits(xl), axis=2), tl.max(_abs_bits(xh), axis=2))
+        amax = bits.to(tl.float32, bitcast=True)  # (BLOCK_M, GPB), NaN if any NaN
+        scale = tl.math.div_rn(amax * clip_ratio, 7.0)
+        inv = _safe_inverse(scale)[:, :, None]
+        ql = _round_clamp(xl * inv, -8, 7, PTX)
+        qh = _round_clamp(xh * inv, -8, 7, PTX)
+        packed = ((ql & 0xF) | (qh << 4)).to(tl.uint8)
+        ok_m = ok_rows[:, None, None]
+        tl.store(q_ptr + rows64[:, None, None] * stride_qm + g * HALF + j, packed, mask=ok_m & ok_j)
+        g2 = pid_c * GPB + tl.arange(0, GPB)[None, :]
+        tl.store(s_ptr + rows64[:, None] * stride_sm + g2, scale, mask=ok_rows[:, None] & (g2 < G))
+    elif HAS_OUT:
+        o = tl.arange(0, BLOCK_O)[None, None, :]
+        ok_o = o < N_OUT
+        c = tl.load(perm_ptr + K_NORMAL + o, mask=ok_o, other=0)
+        v = _produce(a_ptr, b_ptr, w_ptr, rows, ok_rows, c, ok_o, rstd, stride_am, stride_ak, stride_bm,
+                     stride_bk, MODE, X_KIND, OUT_KIND, CAST_FIRST)
+        bits = tl.max(_abs_bits(v), axis=2)  # (BLOCK_M, 1)
+        scale = tl.math.div_rn(bits.to(tl.float32, bitcast=True), 127.0)
+        q = _round_clamp(v * _safe_inverse(scale)[:, :, None], -127, 127, PTX).to(tl.int8)
+        tl.store(qo_ptr + rows64[:, None, None] * stride_qom + o, q, mask=ok_rows[:, None, None] & ok_o)
+        tl.store(so_ptr + rows64[:, None] + tl.zeros_like(scale).to(tl.int64), scale, mask=ok_rows[:, None])
+
+
+_TUNE_KEY = ["M_BUCKET", "K", "N_OUT", "HALF", "MODE"]
+_tuned_small = triton.autotune(configs=_configs(small=True), key=_TUNE_KEY)(_fused_quantize_kernel)
+_tuned_large = triton.autotune(configs=_configs(small=False), key=_TUNE_KEY)(_fused_quantize_kernel)
+
+
+def _grid(m: int, groups: int, has_out: bool):
+    def grid(meta):
+        return (triton.cdiv(m, meta["BLOCK_M"]) * (triton.cdiv(groups, meta["GPB"]) + int(has_out)),)
+
+    return grid
+
+
+def check_args(what: str, x: torch.Tensor, perm: torch.Tensor, n_outliers: int, group_size: int) -> None:
+    """Clear errors for shapes the quantizer cannot take (shared by both fused ops)."""
+    if x.dim() != 2:
+        raise ValueError(f"{what}: input must be 2-D (M, K), got shape {tuple(x.shape)}")
+    if x.dtype not in _KIND:
+        raise TypeError(f"{what}: input must be fp16/bf16/fp32, got {x.dtype}")
+    k = x.shape[1]
+    if perm.shape != (k,):
+        raise ValueError(f"{what}: perm has shape {tuple(perm.shape)}, expected ({k},)")
+    if group_size <= 0 or group_size % 2 or not 0 <= n_outliers < k:
+        raise ValueError(f"{what}: bad group_size={group_size} / n_outliers={n_outliers} for K={k}")
+
+
+def empty_outputs(x: torch.Tensor, n_outliers: int, group_size: int):
+    m, k = x.shape
+    kp = k_normal_padded(k, n_outliers, group_size)
+    dev = x.device
+    return (torch.empty((m, kp // 2), dtype=torch.uint8, device=dev),
+            torch.empty((m, kp // group_size), dtype=torch.float32, device=dev),
+            torch.empty((m, n_outliers), dtype=torch.int8, device=dev),
+            (torch.empty if n_outliers else torch.zeros)((m,), dtype=torch.float32, device=dev))
+
+
+def fused_quantize_triton(mode: int, a, b, w, perm, eps: float, n_outliers: int, group_size: int,
+                          clip_ratio: float, cast_first: bool, out_dtype: torch.dtype):
+    """Launch the fused kernel: ``a`` = x (RMSNorm, ``w`` its weight) or gate (SiLU, ``b`` = up)."""
+    m, k = a.shape
+    q, s, qo, so = empty_outputs(a, n_outliers, group_size)
+    if m == 0:
+        return q, s, qo, so
+    groups = s.shape[1]
+    half = group_size // 2
+    b = a if b is None else b
+    w = a if w is None else w
+    kernel = _tuned_small if m <= _SMALL_M else _tuned_large
+    wrap_triton(kernel)[_grid(m, groups, n_outliers > 0)](
+        a, b, w, perm.to(device=a.device, dtype=torch.int32).contiguous(), q, s, qo, so,
+        m, k, k - n_outliers, groups, n_outliers, _m_bucket(m),
+        a.stride(0), a.stride(1), b.stride(0), b.stride(1), q.stride(0), s.stride(0), max(qo.stride(0), 1),
+        float(eps), float(clip_ratio),
+        MODE=mode, X_KIND=_KIND[a.dtype], OUT_KIND=_KIND[out_dtype], CAST_FIRST=bool(cast_first),
+        HALF=half, HALF_P=triton.next_power_of_2(half),
+        BLOCK_O=max(16, triton.next_power_of_2(max(n_outliers, 1))),
+        BLOCK_K=min(1024, triton.next_power_of_2(k)),
+        HAS_OUT=n_outliers > 0,
+        PTX=a.is_cuda and torch.version.hip is None and not _INTERPRET,
+    )
+    return q, s, qo, so
