@@ -36,6 +36,9 @@ class AtomConfig(AOBaseConfig):
             (not GPTQ's usual 0.01): with the few thousand calibration tokens a CPU run affords,
             GPTQ overfits the calibration text and 0.1 generalizes better on held-out text
             (measured on SmolLM2, see tests/test_gptq.py and the README).
+        inductor_passes: install ``atom_ao.inductor``'s torch.compile fusion pass when this
+            config quantizes a model (also off with the environment variable
+            ``ATOM_AO_INDUCTOR=0``).
     """
 
     n_outliers: int = 128
@@ -46,6 +49,7 @@ class AtomConfig(AOBaseConfig):
     weight_method: str = "rtn"
     gptq_hessian: str = "float"
     gptq_damp: float = 0.1
+    inductor_passes: bool = True
 
     def __post_init__(self):
         if isinstance(self.step, str):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import types
+import weakref
 
 import torch
 
@@ -42,6 +43,40 @@ def _shared_permutation(score: torch.Tensor, n_outliers: int) -> torch.Tensor:
             _PERM_CACHE.pop(next(iter(_PERM_CACHE)))
         _PERM_CACHE[key] = perm
     return perm
+
+
+# Data-free, the score comes from each weight; linears fed one activation (q/k/v, gate/up)
+# are given the score of their stacked weights instead (what one fused qkv linear would get),
+# so they share a permutation as in the calibrated flow, and the activation is quantized once.
+_SAME_INPUT = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("w1", "w3"), ("wq", "wk", "wv"),
+               ("query", "key", "value"))
+_GROUP_SCORES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _parent_and_name(module: torch.nn.Module):
+    """(parent module, attribute name) of the linear quantize_ is visiting, best effort: the
+    frames of torchao's module walk hold the parent and the child's name."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        loc = frame.f_locals
+        if frame.f_code.co_name == "_replace_with_custom_fn_if_matches_filter" and loc.get("child") is module:
+            return loc.get("model"), loc.get("name")
+        frame = frame.f_back
+    return None, None
+
+
+def _data_free_score(module: torch.nn.Linear) -> torch.Tensor:
+    parent, name = _parent_and_name(module)
+    group = next((g for g in _SAME_INPUT if name in g), None) if parent is not None else None
+    if group is None:
+        return data_free_channel_score(module.weight.detach())
+    scores = _GROUP_SCORES.setdefault(parent, {})
+    if group not in scores:
+        members = [getattr(parent, n, None) for n in group]
+        ws = [m.weight.detach() for m in members if isinstance(m, torch.nn.Linear)
+              and not isinstance(m.weight, AtomQuantTensor) and m.in_features == module.in_features]
+        scores[group] = torch.stack([data_free_channel_score(w) for w in ws]).amax(dim=0)
+    return scores[group]
 
 
 def _atom_linear_extra_repr(self) -> str:
@@ -89,6 +124,10 @@ def _atom_transform(module: torch.nn.Module, config: AtomConfig) -> torch.nn.Mod
     if isinstance(module.weight, AtomQuantTensor):
         return module  # already quantized (e.g. a tied weight visited twice)
     name = _layer_name(module)
+    if config.step != "prepare":
+        from atom_ao.inductor import auto_install
+
+        auto_install(config.inductor_passes)
     if config.step == "prepare":
         if config.weight_method == "gptq":
             return AtomObservedLinear.from_float(
@@ -109,4 +148,4 @@ def _atom_transform(module: torch.nn.Module, config: AtomConfig) -> torch.nn.Mod
     if config.weight_method == "gptq":
         raise ValueError(f"{name}: weight_method='gptq' needs calibration data: use the prepare / calibrate / "
                          "convert steps or atom_ao.quantize_calibrated, not the data-free step=None")
-    return _quantize_into(module, module, config, data_free_channel_score(module.weight.detach()), None, name)
+    return _quantize_into(module, module, config, _data_free_score(module), None, name)

@@ -1,0 +1,112 @@
+"""The post-grad graph pass: dedupe, then fuse the atom_ao activation quantizers into their
+producers. Hand-written over the FX graph (no pattern-matcher tracing), so it reads the same on
+the torch releases whose decompositions differ in detail.
+
+1. dedupe: quantize_activation nodes reading the same tensor with the same (n_outliers,
+   group_size, clip) become one. The permutation is a graph input whose value the pass cannot
+   see; atom_ao's quantize flows give every linear fed one activation the same permutation
+   (``atom_ao.handler``), and this pass relies on that.
+2. RMSNorm -> quantize  =>  ``atom_ao.rmsnorm_quantize`` (norm output not kept: it only fed
+   the quantizer).
+3. silu(gate) * up -> quantize  =>  ``atom_ao.silu_mul_quantize``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.fx import Graph, Node
+
+from atom_ao.inductor.match import aten, is_call, only_used_by, through_views, val
+from atom_ao.inductor.rmsnorm import match_rmsnorm
+from atom_ao.inductor.silu_mul import match_silu_mul
+
+QUANTIZE = torch.ops.atom_ao.quantize_activation.default
+RMSNORM_QUANTIZE = torch.ops.atom_ao.rmsnorm_quantize.default
+SILU_MUL_QUANTIZE = torch.ops.atom_ao.silu_mul_quantize.default
+
+
+def _set_val(node: Node) -> None:
+    """Record the FakeTensor output of a new node, as Inductor's own passes do."""
+    from torch._guards import detect_fake_mode
+
+    args = [val(a) if isinstance(a, Node) else a for a in node.args]
+    mode = detect_fake_mode([a for a in args if isinstance(a, torch.Tensor)])
+    if mode is None:
+        return
+    with mode:
+        node.meta["val"] = node.target(*args)
+
+
+def _call(graph: Graph, target, args) -> Node:
+    n = graph.call_function(target, tuple(args))
+    _set_val(n)
+    return n
+
+
+def _quantize_nodes(graph: Graph) -> list[Node]:
+    return [n for n in graph.nodes if is_call(n, QUANTIZE)]
+
+
+def dedupe(graph: Graph) -> int:
+    """One quantize per (input, params); returns how many were removed."""
+    first: dict[tuple, Node] = {}
+    removed = 0
+    for q in _quantize_nodes(graph):
+        x, _perm, n_out, gs, clip = q.args
+        key = (through_views(x), tuple(val(x).shape) if val(x) is not None else None, n_out, gs, clip)
+        keep = first.setdefault(key, q)
+        if keep is not q:
+            q.replace_all_uses_with(keep)
+            graph.erase_node(q)
+            removed += 1
+    return removed
+
+
+def _feeds_only_quantizers(src: Node) -> bool:
+    return only_used_by(src, lambda u: is_call(u, QUANTIZE))
+
+
+def _reshape_2d(graph: Graph, x: Node, k: int) -> Node:
+    return _call(graph, aten.reshape.default, (x, [-1, k]))
+
+
+def fuse(graph: Graph) -> dict[str, int]:
+    """Replace quantize nodes fed by RMSNorm or silu * up with the fused ops."""
+    counts = {"rmsnorm_quantize": 0, "silu_mul_quantize": 0}
+    for q in _quantize_nodes(graph):
+        x, perm, n_out, gs, clip = q.args
+        src = through_views(x)
+        if not _feeds_only_quantizers(src):
+            continue  # the product is needed elsewhere too: fusing would compute it twice
+        k = val(x).shape[-1]
+        norm = match_rmsnorm(src)
+        if norm is not None:
+            with graph.inserting_before(q):
+                x2 = _reshape_2d(graph, norm.x, k)
+                fused = _call(graph, RMSNORM_QUANTIZE,
+                              (x2, norm.weight, norm.eps, perm, n_out, gs, clip, norm.cast_before_weight))
+            counts["rmsnorm_quantize"] += 1
+        else:
+            found = match_silu_mul(src)
+            if found is None:
+                continue
+            gate, up = found
+            with graph.inserting_before(q):
+                fused = _call(graph, SILU_MUL_QUANTIZE,
+                              (_reshape_2d(graph, gate, k), _reshape_2d(graph, up, k), perm, n_out, gs, clip))
+            counts["silu_mul_quantize"] += 1
+        q.replace_all_uses_with(fused)
+        graph.erase_node(q)
+    return counts
+
+
+def run(graph: Graph) -> dict[str, int]:
+    """The whole pass; returns what it did (also kept in ``LAST_COUNTS`` for tests and logs)."""
+    stats = {"deduped": dedupe(graph), **fuse(graph)}
+    graph.eliminate_dead_code()
+    LAST_COUNTS.clear()
+    LAST_COUNTS.update(stats)
+    return stats
+
+
+LAST_COUNTS: dict[str, int] = {}

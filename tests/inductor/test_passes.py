@@ -1,0 +1,143 @@
+"""atom_ao.inductor: torch.compile of a quantized transformers Llama decoder layer (CPU, Inductor)
+runs the fused quantizers, and only those.
+
+On CPU the atom_ao ops run their references, called from Inductor's generated code as extern
+kernels; the generated code is what ``run_and_get_code`` returns, and ``FileCheck`` reads the
+op calls in it. The graph checks do not depend on the device: on CUDA the same ops launch the
+Triton kernels.
+"""
+
+import pytest
+import torch
+from torch._inductor import config as inductor_config
+from torch._inductor.custom_graph_pass import CustomGraphPass
+from torch._inductor.utils import run_and_get_code
+from torch.testing import FileCheck
+from torchao.quantization import quantize_
+from transformers import LlamaConfig
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+
+import atom_ao.inductor as ai
+from atom_ao import atom_config
+from conftest import sqnr
+
+OPS = ("quantize_activation", "rmsnorm_quantize", "silu_mul_quantize")
+
+
+def _layer(dtype=torch.bfloat16, hidden=256):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_attention_heads=4, num_key_value_heads=2,
+                      num_hidden_layers=1)
+    cfg._attn_implementation = "sdpa"
+    layer = LlamaDecoderLayer(cfg, 0).eval().to(dtype)
+    x = torch.randn(2, 8, hidden, dtype=dtype)
+    x[..., :3] *= 60  # a few loud channels, like real hidden states
+    pe = LlamaRotaryEmbedding(cfg)(x, torch.arange(8)[None].expand(2, -1))
+    return layer, x, pe
+
+
+def _calls(code: str) -> dict[str, int]:
+    return {op: code.count(f"torch.ops.atom_ao.{op}.default(") for op in OPS}
+
+
+@pytest.fixture(scope="module")
+def compiled_layer():
+    """One quantized layer compiled with the passes (installed by quantize_) and once without."""
+    saved = inductor_config.post_grad_custom_post_pass
+    ai.uninstall()
+    layer, x, pe = _layer()
+    quantize_(layer, atom_config())
+    assert ai.is_installed(), "quantize_ with an AtomConfig installs the pass"
+    with torch.no_grad():
+        eager = layer(x, position_embeddings=pe)[0]
+        torch._dynamo.reset()
+        out, codes = run_and_get_code(torch.compile(layer, fullgraph=True), x, position_embeddings=pe)
+        ai.uninstall()
+        torch._dynamo.reset()
+        plain, plain_codes = run_and_get_code(torch.compile(layer, fullgraph=True), x, position_embeddings=pe)
+    torch._dynamo.reset()
+    inductor_config.post_grad_custom_post_pass = saved
+    return dict(eager=eager, out=out[0], code="\n".join(codes), plain=plain[0],
+                plain_code="\n".join(plain_codes))
+
+
+def test_fused_ops_in_generated_code(compiled_layer):
+    code = compiled_layer["code"]
+    # in program order: input_layernorm -> q/k/v (one quantize for all three), o_proj (plain),
+    # post_attention_layernorm -> gate/up (one), silu * up -> down_proj
+    (FileCheck().check("torch.ops.atom_ao.rmsnorm_quantize.default(")
+     .check("torch.ops.atom_ao.quantize_activation.default(")
+     .check("torch.ops.atom_ao.rmsnorm_quantize.default(")
+     .check("torch.ops.atom_ao.silu_mul_quantize.default(")
+     .run(code))
+    # quantize launches per layer: 3 fused + o_proj's plain one, instead of 7
+    assert _calls(code) == {"quantize_activation": 1, "rmsnorm_quantize": 2, "silu_mul_quantize": 1}
+
+
+def test_without_pass_nothing_fused(compiled_layer):
+    """Uninstalled, the op is decomposed as before (on CPU: into the reference's aten ops)."""
+    assert _calls(compiled_layer["plain_code"]) == {op: 0 for op in OPS}
+
+
+def test_outputs_match_eager(compiled_layer):
+    eager, out, plain = compiled_layer["eager"], compiled_layer["out"], compiled_layer["plain"]
+    assert torch.isfinite(out).all()
+    # bf16 compiled vs eager differ by rounding (attention, rope), which a 4-bit quantizer
+    # amplifies at group boundaries: fused is as close to eager as the unfused compile is
+    assert sqnr(eager, out) > 25.0
+    assert sqnr(eager, out) > sqnr(eager, plain) - 3.0
+
+
+class _Recorder(CustomGraphPass):
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, graph):
+        self.calls += 1
+
+    def uuid(self):
+        return "recorder-v1"
+
+
+def test_install_chains_is_idempotent_and_uninstalls(monkeypatch):
+    monkeypatch.setattr(inductor_config, "post_grad_custom_post_pass", None)
+    rec = _Recorder()
+    inductor_config.post_grad_custom_post_pass = rec
+    p = ai.install()
+    assert ai.install() is p and p.previous is rec  # chained once, not twice
+    assert p.uuid() == ai.AtomFusionPass(rec).uuid() and "recorder-v1" in p.uuid()
+    assert ai.AtomFusionPass(lambda g: None).uuid() is None  # a plain callable: no cache key
+    ai.uninstall()
+    assert inductor_config.post_grad_custom_post_pass is rec
+
+
+def test_chained_pass_runs_with_fusion(monkeypatch):
+    """An existing custom pass still runs, and the fusion happens, in a real compile."""
+    monkeypatch.setattr(inductor_config, "post_grad_custom_post_pass", None)
+    # a cache hit (the uuid at work) would skip both passes: compile for real
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
+    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", False)
+    rec = _Recorder()
+    inductor_config.post_grad_custom_post_pass = rec
+    norm = torch.nn.RMSNorm(256, eps=1e-5)
+    lin = torch.nn.Linear(256, 64, bias=False)
+    quantize_(lin, atom_config(n_outliers=64))
+    f = lambda x: lin(norm(x))  # noqa: E731  (F.rms_norm: the other RMSNorm form)
+    x = torch.randn(4, 256)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out, (code,) = run_and_get_code(torch.compile(f, fullgraph=True), x)
+        torch.testing.assert_close(out, f(x), rtol=1e-4, atol=1e-4)
+    torch._dynamo.reset()
+    assert rec.calls >= 1
+    assert _calls(code) == {"quantize_activation": 0, "rmsnorm_quantize": 1, "silu_mul_quantize": 0}
+
+
+@pytest.mark.parametrize("how", ["config", "env"])
+def test_opt_out(monkeypatch, how):
+    monkeypatch.setattr(inductor_config, "post_grad_custom_post_pass", None)
+    if how == "env":
+        monkeypatch.setenv(ai.ENV_VAR, "0")
+    lin = torch.nn.Linear(256, 8)
+    quantize_(lin, atom_config(n_outliers=64, inductor_passes=how != "config"))
+    assert inductor_config.post_grad_custom_post_pass is None
