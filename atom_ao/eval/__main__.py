@@ -44,6 +44,8 @@ def parse_args(argv=None):
     ap.add_argument("--stride", type=int, default=None, help="perplexity stride (default: seq-len)")
     ap.add_argument("--tasks", default=DEFAULT_TASKS, help=f"zero-shot tasks ({', '.join(TASKS)}) or none")
     ap.add_argument("--limit", type=int, default=200, help="questions per zero-shot task")
+    ap.add_argument("--zs-methods", default=None,
+                    help="comma list of the methods that get the zero-shot tasks (default: every method)")
     ap.add_argument("--batch-size", type=int, default=16, help="zero-shot batch size")
     ap.add_argument("--calib-samples", type=int, default=64, help="GPTQ needs many tokens: see the README")
     ap.add_argument("--calib-seq-len", type=int, default=512)
@@ -64,6 +66,11 @@ def parse_args(argv=None):
         ap.error(f"unknown method(s) {bad}; known: {', '.join(ALL)}")
     args.corpora = [] if args.corpora in ("", "none") else args.corpora.split(",")
     args.tasks = [] if args.tasks in ("", "none") else args.tasks.split(",")
+    bad = [t for t in args.tasks if t not in TASKS]
+    if bad:
+        ap.error(f"unknown task(s) {bad}; known: {', '.join(TASKS)}")
+    args.zs_methods = args.methods if args.zs_methods is None else [
+        m.strip() for m in args.zs_methods.split(",") if m.strip()]
     return args
 
 
@@ -124,7 +131,7 @@ def run(args) -> dict:
             row[f"ppl_{c}"] = round(perplexity(sim if args.simulate == "all" and sim else model, ids, seq_len=args.seq_len, stride=args.stride,
                                                max_windows=args.windows, progress=progress, forward=forward), 3)
             row[f"ppl_{c}_s"] = round(time.time() - te, 1)
-        if args.tasks:
+        if args.tasks and name in args.zs_methods:
             row["zero_shot"] = {}
             for task in args.tasks:
                 r = evaluate_task(sim or model, tok, task, args.limit, args.batch_size, forward=forward, progress=progress)
