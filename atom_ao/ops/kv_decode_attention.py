@@ -61,6 +61,9 @@ def _decode_split_kernel(
     b = tl.program_id(0)
     hk = tl.program_id(1)
     sp = tl.program_id(2)
+    # Inductor types a Python float argument fp64 (eager Triton: fp32); fp64 would leak into
+    # the math (and break the dots' accumulator type)
+    qk_scale = tl.cast(qk_scale, tl.float32)
     seq_len = tl.load(len_ptr + b)
     if HAS_START:
         start = tl.load(start_ptr + b)

@@ -65,6 +65,7 @@ def _prefill_kernel(
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
+    qk_scale = tl.cast(qk_scale, tl.float32)  # Inductor passes Python floats as fp64
     b = pid_bh // H
     h = pid_bh % H
     hk = h // G

@@ -251,6 +251,9 @@ def _quantize_activation_kernel(
     # rows; a column is GPB groups, or (last, with outliers) the outlier channels
     pid = tl.program_id(0)
     n_gb = tl.cdiv(G, GPB)
+    # Inductor types a Python float argument fp64 (eager Triton: fp32); fp64 would leak into
+    # the math (and break the dots' accumulator type)
+    clip_ratio = tl.cast(clip_ratio, tl.float32)
     n_cols = n_gb + HAS_OUT
     n_split = tl.num_programs(0) // n_cols
     pid_r = pid // n_cols

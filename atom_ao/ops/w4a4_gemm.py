@@ -49,20 +49,9 @@ def _configs(regime):
 
 # Sign-extend the two nibbles of 4 bytes at once in 32-bit registers: unsigned nibble u -> byte
 # u | (u & 8) * 30 (0xF0 when bit 3 is set; 8 * 30 < 256, so no carry crosses a byte).
-_UNPACK_ASM = tl.constexpr("""
-{
-.reg .b32 lo, hi, t;
-and.b32 lo, $2, 0x0F0F0F0F;
-shr.u32 hi, $2, 4;
-and.b32 hi, hi, 0x0F0F0F0F;
-and.b32 t, lo, 0x08080808;
-mul.lo.u32 t, t, 30;
-or.b32 $0, lo, t;
-and.b32 t, hi, 0x08080808;
-mul.lo.u32 t, t, 30;
-or.b32 $1, hi, t;
-}
-""")
+# One line: torch 2.11's Inductor pastes a kernel's source (and the repr of its constexpr
+# globals) into a '''...''' literal without escaping backslashes, so a "\n" here would break it.
+_UNPACK_ASM = tl.constexpr("{ .reg .b32 lo, hi, t; and.b32 lo, $2, 0x0F0F0F0F; shr.u32 hi, $2, 4; and.b32 hi, hi, 0x0F0F0F0F; and.b32 t, lo, 0x08080808; mul.lo.u32 t, t, 30; or.b32 $0, lo, t; and.b32 t, hi, 0x08080808; mul.lo.u32 t, t, 30; or.b32 $1, hi, t; }")
 
 
 @triton.jit
