@@ -97,6 +97,9 @@ def _fused_quantize_kernel(
     HALF: tl.constexpr, HALF_P: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr,
     HAS_OUT: tl.constexpr, PTX: tl.constexpr, BLOCK_M: tl.constexpr, GPB: tl.constexpr,
 ):
+    # Inductor types Python float arguments fp64 (eager Triton: fp32): keep the math in fp32
+    eps = tl.cast(eps, tl.float32)
+    clip_ratio = tl.cast(clip_ratio, tl.float32)
     pid = tl.program_id(0)
     n_gb = tl.cdiv(G, GPB)
     n_cols = n_gb + HAS_OUT
