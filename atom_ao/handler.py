@@ -54,13 +54,17 @@ _GROUP_SCORES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.Weak
 
 
 def _parent_and_name(module: torch.nn.Module):
-    """(parent module, attribute name) of the linear quantize_ is visiting, best effort: the
-    frames of torchao's module walk hold the parent and the child's name."""
-    frame = sys._getframe(1)
+    """(parent module, attribute name) of the linear being quantized, best effort: the module
+    trees held by the callers' frames (torchao's module walk, FqnToConfig's loop) contain it."""
+    frame, seen = sys._getframe(1), set()
     while frame is not None:
-        loc = frame.f_locals
-        if frame.f_code.co_name == "_replace_with_custom_fn_if_matches_filter" and loc.get("child") is module:
-            return loc.get("model"), loc.get("name")
+        for v in list(frame.f_locals.values()):
+            if isinstance(v, torch.nn.Module) and v is not module and id(v) not in seen:
+                seen.add(id(v))
+                for parent in v.modules():
+                    for name, child in parent.named_children():
+                        if child is module:
+                            return parent, name
         frame = frame.f_back
     return None, None
 

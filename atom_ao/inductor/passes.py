@@ -53,7 +53,7 @@ def dedupe(graph: Graph) -> int:
     removed = 0
     for q in _quantize_nodes(graph):
         x, _perm, n_out, gs, clip = q.args
-        key = (through_views(x), tuple(val(x).shape) if val(x) is not None else None, n_out, gs, clip)
+        key = (through_views(x), str(tuple(val(x).shape)) if val(x) is not None else None, n_out, gs, clip)  # SymInts: str
         keep = first.setdefault(key, q)
         if keep is not q:
             q.replace_all_uses_with(keep)

@@ -141,3 +141,18 @@ def test_opt_out(monkeypatch, how):
     lin = torch.nn.Linear(256, 8)
     quantize_(lin, atom_config(n_outliers=64, inductor_passes=how != "config"))
     assert inductor_config.post_grad_custom_post_pass is None
+
+
+@pytest.mark.parametrize("fqn", [False, True])
+def test_data_free_linears_sharing_an_input_share_a_permutation(fqn):
+    """What dedupe relies on: one permutation for q/k/v and for gate/up (o/down their own),
+    through quantize_ and through FqnToConfig."""
+    from torchao.quantization import FqnToConfig
+
+    layer, _, _ = _layer(torch.float32)
+    cfg = atom_config(inductor_passes=False)
+    quantize_(layer, FqnToConfig({r"re:.*_proj": cfg}) if fqn else cfg, **({"filter_fn": None} if fqn else {}))
+    a, m = layer.self_attn, layer.mlp
+    assert torch.equal(a.q_proj.weight.perm, a.k_proj.weight.perm) and torch.equal(a.q_proj.weight.perm, a.v_proj.weight.perm)
+    assert torch.equal(m.gate_proj.weight.perm, m.up_proj.weight.perm)
+    assert not torch.equal(a.q_proj.weight.perm, a.o_proj.weight.perm)
