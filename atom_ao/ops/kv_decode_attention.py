@@ -28,13 +28,19 @@ from torch.library import triton_op, wrap_triton
 from atom_ao.kv.format import check_cache, check_head_dim
 from atom_ao.kv.reference import decode_attention_ref
 from atom_ao.ops.kv_tiles import (
-    dot_dtype, dot_precision, int4_pv, int4_scores, load_codes, magic_bits, online_softmax, paged_rows,
+    dot_dtype, dot_precision, fma_pv, fma_scores, int4_pv, int4_scores, load_codes, load_codes_f32, magic_bits,
+    online_softmax, paged_rows,
 )
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _LOG2E = 1.4426950408889634
-MIN_SPLIT_TOKENS = 256
-UNPACK_MAGIC = True  # codes -> floats by the mantissa trick (``kv_tiles.load_codes``); False: casts  # fewer tokens per split: the partials cost more than the extra programs give
+MIN_SPLIT_TOKENS = 256  # fewer tokens per split: the partials cost more than the extra programs give
+# Up to this many query heads per KV head (MHA: 1) the scores and P.V run on the CUDA cores
+# (``kv_tiles.fma_scores``): a tensor-core tile would be mostly padding, and its operands
+# would go through shared memory. Measured on the H100 (bench_attention): the tensor-core
+# path plateaus at ~1.1 TB/s of the INT4 cache's 3.0 TB/s copy bandwidth.
+FMA_MAX_G = 2
+UNPACK_MAGIC = True  # codes -> floats by the mantissa trick (``kv_tiles.load_codes``); False: casts
 
 
 def _configs():
@@ -56,7 +62,8 @@ def _decode_split_kernel(
     s_btb,
     s_ob, s_oh,  # final output (one split); partials are contiguous (B, H, splits, D) and (.., 2)
     G: tl.constexpr, BLOCK_G: tl.constexpr, HALF: tl.constexpr, PAGE: tl.constexpr, HAS_START: tl.constexpr,
-    ONE_SPLIT: tl.constexpr, DOT: tl.constexpr, MAGIC: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr,
+    ONE_SPLIT: tl.constexpr, DOT: tl.constexpr, MAGIC: tl.constexpr, PREC: tl.constexpr, FMA: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     b = tl.program_id(0)
     hk = tl.program_id(1)
@@ -79,8 +86,12 @@ def _decode_split_kernel(
     heads = hk * G + g
     d = tl.arange(0, HALF)
     q_rows = q_ptr + b.to(tl.int64) * s_qb + heads[:, None] * s_qh + d[None, :]
-    q_lo = tl.load(q_rows, mask=g_ok[:, None], other=0.0).to(DOT)
-    q_hi = tl.load(q_rows + HALF, mask=g_ok[:, None], other=0.0).to(DOT)
+    if FMA:
+        q_lo = tl.load(q_rows, mask=g_ok[:, None], other=0.0).to(tl.float32)
+        q_hi = tl.load(q_rows + HALF, mask=g_ok[:, None], other=0.0).to(tl.float32)
+    else:
+        q_lo = tl.load(q_rows, mask=g_ok[:, None], other=0.0).to(DOT)
+        q_hi = tl.load(q_rows + HALF, mask=g_ok[:, None], other=0.0).to(DOT)
     q_sum = tl.sum(q_lo.to(tl.float32), axis=1) + tl.sum(q_hi.to(tl.float32), axis=1)
 
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
@@ -93,14 +104,22 @@ def _decode_split_kernel(
         t = n0 + tl.arange(0, BLOCK_N)
         ok = t < seq_len
         row_c, row_m = paged_rows(bt_row, n0, ok, s_cp, s_ch, s_ct, s_mp, s_mh, hk, PAGE, BLOCK_N)
-        k_lo, k_hi, ks, kz = load_codes(kc_ptr, km_ptr, row_c, row_m, ok, s_mw, HALF, DOT, MAGIC)
-        v_lo, v_hi, vs, vz = load_codes(vc_ptr, vm_ptr, row_c, row_m, ok, s_mw, HALF, DOT, MAGIC)
-        s = int4_scores(q_lo, q_hi, q_sum, k_lo, k_hi, ks, kz, PREC) * qk_scale
+        if FMA:
+            k_lo, k_hi, ks, kz = load_codes_f32(kc_ptr, km_ptr, row_c, row_m, ok, s_mw, HALF)
+            v_lo, v_hi, vs, vz = load_codes_f32(vc_ptr, vm_ptr, row_c, row_m, ok, s_mw, HALF)
+            s = fma_scores(q_lo, q_hi, q_sum, k_lo, k_hi, ks, kz) * qk_scale
+        else:
+            k_lo, k_hi, ks, kz = load_codes(kc_ptr, km_ptr, row_c, row_m, ok, s_mw, HALF, DOT, MAGIC)
+            v_lo, v_hi, vs, vz = load_codes(vc_ptr, vm_ptr, row_c, row_m, ok, s_mw, HALF, DOT, MAGIC)
+            s = int4_scores(q_lo, q_hi, q_sum, k_lo, k_hi, ks, kz, PREC) * qk_scale
         if HAS_START:
             ok = ok & (t >= start)
         s = tl.where(ok[None, :], s, float("-inf"))
         p, alpha, m_i, l_i = online_softmax(s, m_i, l_i)
-        acc_lo, acc_hi = int4_pv(p, acc_lo * alpha[:, None], acc_hi * alpha[:, None], v_lo, v_hi, vs, vz, PREC)
+        if FMA:
+            acc_lo, acc_hi = fma_pv(p, acc_lo * alpha[:, None], acc_hi * alpha[:, None], v_lo, v_hi, vs, vz)
+        else:
+            acc_lo, acc_hi = int4_pv(p, acc_lo * alpha[:, None], acc_hi * alpha[:, None], v_lo, v_hi, vs, vz, PREC)
 
     if ONE_SPLIT:
         inv = tl.where(l_i > 0, 1.0 / tl.where(l_i > 0, l_i, 1.0), 0.0)  # no key at all (all padding): 0
@@ -115,7 +134,7 @@ def _decode_split_kernel(
         tl.store(ml_ptr + row * 2 + 1, l_i, mask=g_ok)
 
 
-_decode_split_tuned = triton.autotune(configs=_configs(), key=["G", "HALF", "ONE_SPLIT", "num_splits"])(
+_decode_split_tuned = triton.autotune(configs=_configs(), key=["G", "HALF", "ONE_SPLIT", "FMA", "num_splits"])(
     _decode_split_kernel
 ) if not _INTERPRET else None
 
@@ -203,9 +222,10 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
         block_table.stride(0),
         out.stride(0), out.stride(1),
     )
-    meta = dict(G=g, BLOCK_G=max(16, triton.next_power_of_2(g)), HALF=d // 2, PAGE=k_cache.shape[2],
+    fma = g <= FMA_MAX_G
+    meta = dict(G=g, BLOCK_G=triton.next_power_of_2(g) if fma else max(16, triton.next_power_of_2(g)), HALF=d // 2, PAGE=k_cache.shape[2],
                 HAS_START=kv_start is not None, ONE_SPLIT=one, DOT=dot_dtype(q.dtype, _INTERPRET),
-                MAGIC=magic_bits(q.dtype, _INTERPRET) if UNPACK_MAGIC else 0, PREC=dot_precision(q.dtype))
+                MAGIC=magic_bits(q.dtype, _INTERPRET) if UNPACK_MAGIC else 0, PREC=dot_precision(q.dtype), FMA=fma)
     if _INTERPRET:
         wrap_triton(_decode_split_kernel)[(b, hkv, splits)](*args, **meta, BLOCK_N=16)
     else:

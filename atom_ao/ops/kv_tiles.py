@@ -74,6 +74,39 @@ def int4_pv(p, acc_lo, acc_hi, c_lo, c_hi, scale, zero, PREC: tl.constexpr):
 
 
 @triton.jit
+def load_codes_f32(c_ptr, m_ptr, row_c, row_m, ok, s_mw, HALF: tl.constexpr):
+    """``load_codes`` for the CUDA-core path: float32 codes by the mantissa trick (a code OR'ed
+    into the bits of 2**23 is 2**23 + c; one exact subtraction leaves c): and, or, subtract,
+    all full-rate, where an int -> float conversion runs at a quarter of the rate."""
+    cols = tl.arange(0, HALF)
+    b = tl.load(c_ptr + row_c[:, None] + cols[None, :], mask=ok[:, None], other=0).to(tl.int32)
+    scale = tl.load(m_ptr + row_m, mask=ok, other=0.0).to(tl.float32)
+    zero = tl.load(m_ptr + row_m + s_mw, mask=ok, other=0.0).to(tl.float32)
+    lo = ((b & 15) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+    hi = ((b >> 4) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+    return lo, hi, scale, zero
+
+
+@triton.jit
+def fma_scores(q_lo, q_hi, q_sum, c_lo, c_hi, scale, zero):
+    """``int4_scores`` on the CUDA cores: (M, HALF) float32 query halves, M small (1 or 2
+    query heads per KV head), where a tensor-core tile would be 15/16 padding and the codes
+    would take a shared-memory round trip to reach the dot operand layout."""
+    raw = tl.sum(q_lo[:, None, :] * c_lo[None, :, :] + q_hi[:, None, :] * c_hi[None, :, :], axis=2)
+    return raw * scale[None, :] + q_sum[:, None] * zero[None, :]
+
+
+@triton.jit
+def fma_pv(p, acc_lo, acc_hi, c_lo, c_hi, scale, zero):
+    """``int4_pv`` on the CUDA cores (see ``fma_scores``)."""
+    pv = (p * scale[None, :])[:, :, None]
+    pz = tl.sum(p * zero[None, :], axis=1)
+    acc_lo += tl.sum(pv * c_lo[None, :, :], axis=1) + pz[:, None]
+    acc_hi += tl.sum(pv * c_hi[None, :, :], axis=1) + pz[:, None]
+    return acc_lo, acc_hi
+
+
+@triton.jit
 def online_softmax(s, m_i, l_i):
     """One step of the streaming softmax in base 2: s (M, BLOCK_N) log2-scaled scores, masked
     entries -inf. Returns (p, alpha, m_new, l_new); a row that has seen no key keeps m = -inf

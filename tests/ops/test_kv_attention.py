@@ -45,7 +45,9 @@ def _close(got, want, dtype):
 
 @pytest.mark.parametrize("heads, kv_heads, d, dtype", [
     (6, 2, 64, torch.bfloat16), (4, 4, 64, torch.float32), (8, 1, 128, torch.bfloat16), (9, 3, 64, torch.float32),
-])  # GQA, MHA, MQA (head_dim 128), GQA with a group of 3 (padded to 16 rows)
+    (4, 2, 128, torch.bfloat16),
+])  # GQA, MHA, MQA (head_dim 128), GQA with a group of 3 (padded to 16 rows), groups of 2
+# (groups up to FMA_MAX_G = 2 run on the CUDA cores: MHA and the last case)
 def test_decode_matches_reference(heads, kv_heads, d, dtype):
     lens = [1, 37, 70]
     caches, table = paged_cache(lens, kv_heads, d, page_size=24)
