@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 from pathlib import Path
 
@@ -148,7 +149,7 @@ def main():
             try:
                 r = run_batch(model, path, b, args.prompt, args.gen, args.steps)
             except Exception as e:
-                print(f"{path} batch {b}: failed ({type(e).__name__}: {str(e)[:160]})")
+                print(f"{path} batch {b}: failed ({type(e).__name__}: {str(e)[:800]})")
                 torch.cuda.empty_cache()
                 continue
             row = {"model": args.model, "layers": s.n_layers, "path": path, "batch": b, **r,
@@ -160,17 +161,25 @@ def main():
         del model
         gc.collect()
         torch.cuda.empty_cache()
+        stem = _write(rows, args)  # after every path: a run cut short keeps what it measured
+    print(markdown_table(rows, _columns(args)))
+    _plot(rows, stem.with_suffix(".png"), args.model)
+    print(f"wrote {stem}.json/.md/.png")
+
+
+def _columns(args):
+    return ["model", "layers", "path", "batch", "prefill_ms", "tpot_ms", "tokens_per_s", "speedup_vs_bf16",
+            "peak_gb", "weights_gb", f"max_batch_{int(args.budget_gb)}gb"]
+
+
+def _write(rows, args):
     for r in rows:
         base = next((x for x in rows if x["path"] == "bf16" and x["batch"] == r["batch"]), None)
         r["speedup_vs_bf16"] = round(r["tokens_per_s"] / base["tokens_per_s"], 2) if base else None
-    cols = ["model", "layers", "path", "batch", "prefill_ms", "tpot_ms", "tokens_per_s", "speedup_vs_bf16",
-            "peak_gb", "weights_gb", f"max_batch_{int(args.budget_gb)}gb"]
-    print(markdown_table(rows, cols))
-    stem = write_results(f"bench_generate_{args.model}", rows, cols,
+    return write_results(f"bench_generate_{args.model}", rows, _columns(args),
                          {"command": " ".join(sys.argv), "prompt": args.prompt, "gen": args.gen,
-                          "timed_steps": args.steps, "gpu": gpu_name()})
-    _plot(rows, stem.with_suffix(".png"), args.model)
-    print(f"wrote {stem}.json/.md/.png")
+                          "timed_steps": args.steps, "gpu": gpu_name(),
+                          "inductor_passes": os.environ.get("ATOM_AO_INDUCTOR", "1") != "0"})
 
 
 def _plot(rows, path, model):

@@ -138,16 +138,18 @@ def _fused_quantize_kernel(
         g2 = pid_c * GPB + tl.arange(0, GPB)[None, :]
         tl.store(s_ptr + rows64[:, None] * stride_sm + g2, scale, mask=ok_rows[:, None] & (g2 < G))
     elif HAS_OUT:
+        # names of their own: Triton 3.6 unifies the types of every name assigned in both
+        # branches of a run-time if, and this branch's tiles have other shapes
         o = tl.arange(0, BLOCK_O)[None, None, :]
         ok_o = o < N_OUT
         c = tl.load(perm_ptr + K_NORMAL + o, mask=ok_o, other=0)
         v = _produce(a_ptr, b_ptr, w_ptr, rows, ok_rows, c, ok_o, rstd, stride_am, stride_ak, stride_bm,
                      stride_bk, MODE, X_KIND, OUT_KIND, CAST_FIRST)
-        bits = tl.max(_abs_bits(v), axis=2)  # (BLOCK_M, 1)
-        scale = tl.math.div_rn(bits.to(tl.float32, bitcast=True), 127.0)
-        q = _round_clamp(v * _safe_inverse(scale)[:, :, None], -127, 127, PTX).to(tl.int8)
-        tl.store(qo_ptr + rows64[:, None, None] * stride_qom + o, q, mask=ok_rows[:, None, None] & ok_o)
-        tl.store(so_ptr + rows64[:, None] + tl.zeros_like(scale).to(tl.int64), scale, mask=ok_rows[:, None])
+        bits_o = tl.max(_abs_bits(v), axis=2)  # (BLOCK_M, 1)
+        scale_o = tl.math.div_rn(bits_o.to(tl.float32, bitcast=True), 127.0)
+        q_o = _round_clamp(v * _safe_inverse(scale_o)[:, :, None], -127, 127, PTX).to(tl.int8)
+        tl.store(qo_ptr + rows64[:, None, None] * stride_qom + o, q_o, mask=ok_rows[:, None, None] & ok_o)
+        tl.store(so_ptr + rows64[:, None] + tl.zeros_like(scale_o).to(tl.int64), scale_o, mask=ok_rows[:, None])
 
 
 _TUNE_KEY = ["M_BUCKET", "K", "N_OUT", "HALF", "MODE"]
