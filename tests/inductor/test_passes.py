@@ -61,6 +61,20 @@ def compiled_layer():
                 plain_code="\n".join(plain_codes))
 
 
+@pytest.fixture(autouse=True)
+def _restore_inductor_config():
+    """Tests below set Inductor config entries directly; restore them afterwards. Not
+    ``monkeypatch.setattr``: the config module serves its entries through ``__getattr__``, and
+    pytest 9.2 undoes a module attribute missing from the module's ``__dict__`` by deleting it,
+    which deletes the config entry for every later test."""
+    entries = [(inductor_config, "post_grad_custom_post_pass"), (inductor_config, "fx_graph_cache"),
+               (torch._functorch.config, "enable_autograd_cache")]
+    saved = [(mod, name, getattr(mod, name)) for mod, name in entries]
+    yield
+    for mod, name, value in saved:
+        setattr(mod, name, value)
+
+
 def test_fused_ops_in_generated_code(compiled_layer):
     code = compiled_layer["code"]
     # in program order: input_layernorm -> q/k/v (one quantize for all three), o_proj (plain),
@@ -100,7 +114,7 @@ class _Recorder(CustomGraphPass):
 
 
 def test_install_chains_is_idempotent_and_uninstalls(monkeypatch):
-    monkeypatch.setattr(inductor_config, "post_grad_custom_post_pass", None)
+    inductor_config.post_grad_custom_post_pass = None
     rec = _Recorder()
     inductor_config.post_grad_custom_post_pass = rec
     p = ai.install()
@@ -113,10 +127,10 @@ def test_install_chains_is_idempotent_and_uninstalls(monkeypatch):
 
 def test_chained_pass_runs_with_fusion(monkeypatch):
     """An existing custom pass still runs, and the fusion happens, in a real compile."""
-    monkeypatch.setattr(inductor_config, "post_grad_custom_post_pass", None)
+    inductor_config.post_grad_custom_post_pass = None
     # a cache hit (the uuid at work) would skip both passes: compile for real
-    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
-    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", False)
+    inductor_config.fx_graph_cache = False
+    torch._functorch.config.enable_autograd_cache = False
     rec = _Recorder()
     inductor_config.post_grad_custom_post_pass = rec
     norm = torch.nn.RMSNorm(256, eps=1e-5)
@@ -135,7 +149,7 @@ def test_chained_pass_runs_with_fusion(monkeypatch):
 
 @pytest.mark.parametrize("how", ["config", "env"])
 def test_opt_out(monkeypatch, how):
-    monkeypatch.setattr(inductor_config, "post_grad_custom_post_pass", None)
+    inductor_config.post_grad_custom_post_pass = None
     if how == "env":
         monkeypatch.setenv(ai.ENV_VAR, "0")
     lin = torch.nn.Linear(256, 8)
