@@ -123,7 +123,7 @@ def main(argv=None):
         "run-time choice).",
         "",
     ]
-    md = "\n".join(head) + tables(res) + "\n\n" + "\n".join(verdict(res)) + "\n"
+    md = "\n".join(head) + "\n" + tables(res) + "\n\n" + "\n".join(verdict(res)) + "\n"
     if res["zero_shot"]["tasks"]:
         md += ("\nZero-shot: the offline scorer `atom_ao.eval.zeroshot` (lm-eval's log-likelihood rule: acc = "
                "argmax of the summed log-probability of each choice, acc_norm = the same divided by the choice's "
