@@ -80,3 +80,28 @@ def test_cli_on_a_tiny_slice(tmp_path, capsys):
     rows = {r["key"]: r for r in res["rows"]}
     assert rows["float"]["delta_wiki"] == 0
     assert rows["naive-w4a4"]["ppl_wiki"] > rows["float"]["ppl_wiki"]
+
+
+@pytest.mark.slow
+def test_accuracy_table_script_on_a_tiny_slice(tmp_path, monkeypatch, capsys):
+    """benchmarks/accuracy_table.py (the README's table): rows, zero-shot only for --zs-methods,
+    the JSON + markdown files with the command in them."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import accuracy_table
+
+    monkeypatch.setenv("ATOM_AO_RESULTS", str(tmp_path))
+    argv = ["--methods", "float,naive-w4a4", "--zs-methods", "float", "--corpora", "wiki", "--windows", "1",
+            "--seq-len", "64", "--tasks", "boolq", "--limit", "2", "--tag", "_tiny", "--no-progress"]
+    res = accuracy_table.main(argv)
+    rows = {r["key"]: r for r in res["rows"]}
+    assert set(rows) == {"float", "naive-w4a4"}
+    assert rows["float"]["zero_shot"]["boolq"]["n"] == 2 and "zero_shot" not in rows["naive-w4a4"]
+    assert rows["naive-w4a4"]["ppl_wiki"] > rows["float"]["ppl_wiki"] and rows["naive-w4a4"]["quant_s"] > 0
+    md = (tmp_path / "accuracy_table_smollm2-135m_tiny_cpu.md").read_text()
+    assert "python benchmarks/accuracy_table.py --methods float,naive-w4a4" in md
+    assert "| boolq | avg |" in md
+    saved = json.loads((tmp_path / "accuracy_table_smollm2-135m_tiny_cpu.json").read_text())
+    assert saved["perplexity"]["seq_len"] == 64 and len(saved["rows"]) == 2
