@@ -57,8 +57,12 @@ def main():
                      qk_scale="fp32")
         for g, half, one, page, bn, w, st in ((1, 64, True, 16, 64, 4, 3), (4, 64, False, 16, 128, 8, 3),
                                               (7, 32, False, 64, 64, 4, 4), (4, 32, True, 256, 128, 8, 4)):
-            consts = dict(G=g, BLOCK_G=max(16, triton.next_power_of_2(g)), HALF=half, PAGE=page, HAS_START=True,
-                          ONE_SPLIT=one, DOT=tdt, MAGIC=dec.magic_bits(tdtype, False), PREC="tf32", BLOCK_N=bn)
+            fma = g <= dec.FMA_MAX_G  # the launcher's choice: CUDA-core float32 path for small groups
+            consts = dict(G=g, BLOCK_G=triton.next_power_of_2(g) if fma else max(16, triton.next_power_of_2(g)),
+                          HALF=half, PAGE=page, HAS_START=True, ONE_SPLIT=one,
+                          DOT=tl.float32 if fma else tdt,
+                          MAGIC=dec.F32_MAGIC.value if fma else dec.magic_bits(tdtype, False),
+                          PREC="tf32", FMA=fma, BLOCK_N=bn)
             ok &= compile_one(f"decode {dt} G={g} D={2*half} one={one} page={page} BN={bn}",
                               dec._decode_split_kernel, types, consts, w, st)
         ok &= compile_one(f"decode reduce {dt}", dec._decode_reduce_kernel,

@@ -28,7 +28,7 @@ from torch.library import triton_op, wrap_triton
 from atom_ao.kv.format import check_cache, check_head_dim
 from atom_ao.kv.reference import decode_attention_ref
 from atom_ao.ops.kv_tiles import (
-    dot_dtype, dot_precision, fma_pv, fma_scores, int4_pv, int4_scores, load_codes, load_codes_f32, magic_bits,
+    F32_MAGIC, dot_dtype, dot_precision, fma_pv, fma_scores, int4_pv, int4_scores, load_codes, magic_bits,
     online_softmax, paged_rows,
 )
 
@@ -86,12 +86,8 @@ def _decode_split_kernel(
     heads = hk * G + g
     d = tl.arange(0, HALF)
     q_rows = q_ptr + b.to(tl.int64) * s_qb + heads[:, None] * s_qh + d[None, :]
-    if FMA:
-        q_lo = tl.load(q_rows, mask=g_ok[:, None], other=0.0).to(tl.float32)
-        q_hi = tl.load(q_rows + HALF, mask=g_ok[:, None], other=0.0).to(tl.float32)
-    else:
-        q_lo = tl.load(q_rows, mask=g_ok[:, None], other=0.0).to(DOT)
-        q_hi = tl.load(q_rows + HALF, mask=g_ok[:, None], other=0.0).to(DOT)
+    q_lo = tl.load(q_rows, mask=g_ok[:, None], other=0.0).to(DOT)
+    q_hi = tl.load(q_rows + HALF, mask=g_ok[:, None], other=0.0).to(DOT)
     q_sum = tl.sum(q_lo.to(tl.float32), axis=1) + tl.sum(q_hi.to(tl.float32), axis=1)
 
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
@@ -104,13 +100,11 @@ def _decode_split_kernel(
         t = n0 + tl.arange(0, BLOCK_N)
         ok = t < seq_len
         row_c, row_m = paged_rows(bt_row, n0, ok, s_cp, s_ch, s_ct, s_mp, s_mh, hk, PAGE, BLOCK_N)
+        k_lo, k_hi, ks, kz = load_codes(kc_ptr, km_ptr, row_c, row_m, ok, s_mw, HALF, DOT, MAGIC)
+        v_lo, v_hi, vs, vz = load_codes(vc_ptr, vm_ptr, row_c, row_m, ok, s_mw, HALF, DOT, MAGIC)
         if FMA:
-            k_lo, k_hi, ks, kz = load_codes_f32(kc_ptr, km_ptr, row_c, row_m, ok, s_mw, HALF)
-            v_lo, v_hi, vs, vz = load_codes_f32(vc_ptr, vm_ptr, row_c, row_m, ok, s_mw, HALF)
             s = fma_scores(q_lo, q_hi, q_sum, k_lo, k_hi, ks, kz) * qk_scale
         else:
-            k_lo, k_hi, ks, kz = load_codes(kc_ptr, km_ptr, row_c, row_m, ok, s_mw, HALF, DOT, MAGIC)
-            v_lo, v_hi, vs, vz = load_codes(vc_ptr, vm_ptr, row_c, row_m, ok, s_mw, HALF, DOT, MAGIC)
             s = int4_scores(q_lo, q_hi, q_sum, k_lo, k_hi, ks, kz, PREC) * qk_scale
         if HAS_START:
             ok = ok & (t >= start)
@@ -223,9 +217,13 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
         out.stride(0), out.stride(1),
     )
     fma = g <= FMA_MAX_G
-    meta = dict(G=g, BLOCK_G=triton.next_power_of_2(g) if fma else max(16, triton.next_power_of_2(g)), HALF=d // 2, PAGE=k_cache.shape[2],
-                HAS_START=kv_start is not None, ONE_SPLIT=one, DOT=dot_dtype(q.dtype, _INTERPRET),
-                MAGIC=magic_bits(q.dtype, _INTERPRET) if UNPACK_MAGIC else 0, PREC=dot_precision(q.dtype), FMA=fma)
+    if fma:  # float32 operands on the CUDA cores, codes by the float32 mantissa trick
+        block_g, dot, magic = triton.next_power_of_2(g), tl.float32, F32_MAGIC.value
+    else:  # tensor-core tiles of at least 16 rows
+        block_g, dot = max(16, triton.next_power_of_2(g)), dot_dtype(q.dtype, _INTERPRET)
+        magic = magic_bits(q.dtype, _INTERPRET) if UNPACK_MAGIC else 0
+    meta = dict(G=g, BLOCK_G=block_g, HALF=d // 2, PAGE=k_cache.shape[2], HAS_START=kv_start is not None,
+                ONE_SPLIT=one, DOT=dot, MAGIC=magic, PREC=dot_precision(q.dtype), FMA=fma)
     if _INTERPRET:
         wrap_triton(_decode_split_kernel)[(b, hkv, splits)](*args, **meta, BLOCK_N=16)
     else:

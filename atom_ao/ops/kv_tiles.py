@@ -18,25 +18,38 @@ import triton
 import triton.language as tl
 
 
+F32_MAGIC = tl.constexpr(0x4B000000)  # the bits of 2.0**23 in float32
+
+
 @triton.jit
 def load_codes(c_ptr, m_ptr, row_c, row_m, ok, s_mw, HALF: tl.constexpr, DOT: tl.constexpr, MAGIC: tl.constexpr):
     """(BLOCK_N,) row offsets -> (low codes, high codes) (BLOCK_N, HALF) in DOT, scale, zero
     (BLOCK_N,) float32. Masked rows read code 0, scale 0, zero 0 (they are masked later).
 
-    MAGIC (``magic_bits``): the 16-bit pattern of 1024.0 (fp16) or 128.0 (bf16). A code c OR'ed
-    into its mantissa is exactly that number + c, and one exact subtraction leaves c: no
-    int -> float conversion instruction. MAGIC = 0: through an int -> float32 cast (float32
-    operands, and the interpreter, which cannot cast integers to bf16)."""
+    MAGIC (``magic_bits``): the 16-bit pattern of 1024.0 (fp16) or 128.0 (bf16), or F32_MAGIC
+    (the 32-bit pattern of 2**23, float32 codes for the CUDA-core path). A code c OR'ed into its
+    mantissa is exactly that number + c, and one exact subtraction leaves c: and, or, subtract,
+    all full-rate, where an int -> float conversion runs at a quarter of the rate. MAGIC = 0:
+    through an int -> float32 cast (float32 operands, and the interpreter, which cannot cast
+    integers to bf16)."""
     cols = tl.arange(0, HALF)
     b = tl.load(c_ptr + row_c[:, None] + cols[None, :], mask=ok[:, None], other=0)
     scale = tl.load(m_ptr + row_m, mask=ok, other=0.0).to(tl.float32)
     zero = tl.load(m_ptr + row_m + s_mw, mask=ok, other=0.0).to(tl.float32)
-    if MAGIC != 0:
+    # one if / elif / else with a single return: Triton compiles the code after an early
+    # return inside a compile-time branch too
+    if MAGIC == F32_MAGIC:
+        b32 = b.to(tl.int32)
+        lo = ((b32 & 15) | F32_MAGIC).to(tl.float32, bitcast=True) - 8388608.0
+        hi = ((b32 >> 4) | F32_MAGIC).to(tl.float32, bitcast=True) - 8388608.0
+    elif MAGIC != 0:
         base = tl.full([1, 1], MAGIC, tl.int16)
-        lo = ((b & 15).to(tl.int16) | base).to(DOT, bitcast=True) - base.to(DOT, bitcast=True)
-        hi = ((b >> 4).to(tl.int16) | base).to(DOT, bitcast=True) - base.to(DOT, bitcast=True)
-        return lo.to(DOT), hi.to(DOT), scale, zero
-    return (b & 15).to(tl.float32).to(DOT), (b >> 4).to(tl.float32).to(DOT), scale, zero
+        lo = (((b & 15).to(tl.int16) | base).to(DOT, bitcast=True) - base.to(DOT, bitcast=True)).to(DOT)
+        hi = (((b >> 4).to(tl.int16) | base).to(DOT, bitcast=True) - base.to(DOT, bitcast=True)).to(DOT)
+    else:
+        lo = (b & 15).to(tl.float32).to(DOT)
+        hi = (b >> 4).to(tl.float32).to(DOT)
+    return lo, hi, scale, zero
 
 
 @triton.jit
@@ -71,20 +84,6 @@ def int4_pv(p, acc_lo, acc_hi, c_lo, c_hi, scale, zero, PREC: tl.constexpr):
     acc_hi = tl.dot(pv, c_hi, acc_hi, input_precision=PREC)
     pz = tl.sum(p * zero[None, :], axis=1)
     return acc_lo + pz[:, None], acc_hi + pz[:, None]
-
-
-@triton.jit
-def load_codes_f32(c_ptr, m_ptr, row_c, row_m, ok, s_mw, HALF: tl.constexpr):
-    """``load_codes`` for the CUDA-core path: float32 codes by the mantissa trick (a code OR'ed
-    into the bits of 2**23 is 2**23 + c; one exact subtraction leaves c): and, or, subtract,
-    all full-rate, where an int -> float conversion runs at a quarter of the rate."""
-    cols = tl.arange(0, HALF)
-    b = tl.load(c_ptr + row_c[:, None] + cols[None, :], mask=ok[:, None], other=0).to(tl.int32)
-    scale = tl.load(m_ptr + row_m, mask=ok, other=0.0).to(tl.float32)
-    zero = tl.load(m_ptr + row_m + s_mw, mask=ok, other=0.0).to(tl.float32)
-    lo = ((b & 15) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-    hi = ((b >> 4) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-    return lo, hi, scale, zero
 
 
 @triton.jit
