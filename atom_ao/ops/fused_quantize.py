@@ -21,11 +21,11 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from atom_ao.format import k_normal_padded
-from atom_ao.ops.quantize_activation import _INTERPRET, _abs_bits, _m_bucket, _round_clamp, _safe_inverse
+from atom_ao.ops.quantize_activation import (
+    _INTERPRET, _SMALL_M, _abs_bits, _m_bucket, _round_clamp, _safe_inverse, check_quantize_args, empty_outputs,
+)
 
 RMSNORM, SILU_MUL = 0, 1
-_SMALL_M = 32
 _KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
@@ -166,25 +166,9 @@ def _grid(m: int, groups: int, has_out: bool):
 
 def check_args(what: str, x: torch.Tensor, perm: torch.Tensor, n_outliers: int, group_size: int) -> None:
     """Clear errors for shapes the quantizer cannot take (shared by both fused ops)."""
-    if x.dim() != 2:
-        raise ValueError(f"{what}: input must be 2-D (M, K), got shape {tuple(x.shape)}")
+    check_quantize_args(what, x, perm, n_outliers, group_size, input_name="input")
     if x.dtype not in _KIND:
         raise TypeError(f"{what}: input must be fp16/bf16/fp32, got {x.dtype}")
-    k = x.shape[1]
-    if perm.shape != (k,):
-        raise ValueError(f"{what}: perm has shape {tuple(perm.shape)}, expected ({k},)")
-    if group_size <= 0 or group_size % 2 or not 0 <= n_outliers < k:
-        raise ValueError(f"{what}: bad group_size={group_size} / n_outliers={n_outliers} for K={k}")
-
-
-def empty_outputs(x: torch.Tensor, n_outliers: int, group_size: int):
-    m, k = x.shape
-    kp = k_normal_padded(k, n_outliers, group_size)
-    dev = x.device
-    return (torch.empty((m, kp // 2), dtype=torch.uint8, device=dev),
-            torch.empty((m, kp // group_size), dtype=torch.float32, device=dev),
-            torch.empty((m, n_outliers), dtype=torch.int8, device=dev),
-            (torch.empty if n_outliers else torch.zeros)((m,), dtype=torch.float32, device=dev))
 
 
 def fused_quantize_triton(mode: int, a, b, w, perm, eps: float, n_outliers: int, group_size: int,

@@ -292,30 +292,44 @@ def _m_bucket(m: int) -> int:
     return min(4096, triton.next_power_of_2(max(m, 1)))
 
 
+def check_quantize_args(what: str, x: torch.Tensor, perm: torch.Tensor, n_outliers: int, group_size: int,
+                        input_name: str = "x") -> None:
+    """Clear errors for inputs the quantizer cannot take (also used by the fused quantizers)."""
+    if x.dim() != 2:
+        raise ValueError(f"{what}: {input_name} must be 2-D (M, K), got shape {tuple(x.shape)}")
+    k = x.shape[1]
+    if perm.shape != (k,):
+        raise ValueError(f"{what}: perm has shape {tuple(perm.shape)}, expected ({k},)")
+    if group_size <= 0 or group_size % 2 or not 0 <= n_outliers < k:
+        raise ValueError(f"{what}: bad group_size={group_size} / n_outliers={n_outliers} for K={k}")
+
+
+def empty_outputs(x: torch.Tensor, n_outliers: int, group_size: int):
+    """The four output tensors of a quantizer of ``x`` (M, K): packed codes, group scales,
+    outlier codes, outlier scales."""
+    m, k = x.shape
+    kp = k_normal_padded(k, n_outliers, group_size)
+    dev = x.device
+    return (torch.empty((m, kp // 2), dtype=torch.uint8, device=dev),
+            torch.empty((m, kp // group_size), dtype=torch.float32, device=dev),
+            torch.empty((m, n_outliers), dtype=torch.int8, device=dev),
+            # no outlier channels: the reference's scale is 0 (and nothing is launched for them)
+            (torch.empty if n_outliers else torch.zeros)((m,), dtype=torch.float32, device=dev))
+
+
 def quantize_activation_triton(
     x: torch.Tensor, perm: torch.Tensor, n_outliers: int, group_size: int, clip_ratio: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the Triton kernel (CUDA, or CPU tensors under TRITON_INTERPRET=1).
 
     Same contract as ``quantize_activation_ref``; ``x`` may have any strides."""
-    if x.dim() != 2:
-        raise ValueError(f"quantize_activation: x must be 2-D (M, K), got shape {tuple(x.shape)}")
+    check_quantize_args("quantize_activation", x, perm, n_outliers, group_size)
     m, k = x.shape
-    if perm.shape != (k,):
-        raise ValueError(f"quantize_activation: perm has shape {tuple(perm.shape)}, expected ({k},)")
-    if group_size <= 0 or group_size % 2 or not 0 <= n_outliers < k:
-        raise ValueError(f"quantize_activation: bad group_size={group_size} / n_outliers={n_outliers} for K={k}")
-    kp = k_normal_padded(k, n_outliers, group_size)
-    groups = kp // group_size
-    dev = x.device
-    q = torch.empty((m, kp // 2), dtype=torch.uint8, device=dev)
-    s = torch.empty((m, groups), dtype=torch.float32, device=dev)
-    qo = torch.empty((m, n_outliers), dtype=torch.int8, device=dev)
-    # no outlier channels: the reference's scale is 0 (and nothing is launched for them)
-    so = (torch.empty if n_outliers else torch.zeros)((m,), dtype=torch.float32, device=dev)
+    q, s, qo, so = empty_outputs(x, n_outliers, group_size)
+    groups = s.shape[1]
     if m == 0:
         return q, s, qo, so
-    perm = perm.to(device=dev, dtype=torch.int32).contiguous()
+    perm = perm.to(device=x.device, dtype=torch.int32).contiguous()
     has_out = n_outliers > 0
     half = group_size // 2
     kernel = _tuned_small if m <= _SMALL_M else _tuned_large
