@@ -89,4 +89,5 @@ def test_cuda_real_shapes(m, k, cast_before_weight):
     want = rmsnorm_quantize_ref(x, w, 1e-5, perm, 128, 128, 0.9, cast_before_weight)
     got = torch.ops.atom_ao.rmsnorm_quantize(x.cuda(), w.cuda(), 1e-5, perm.cuda(), 128, 128, 0.9, cast_before_weight)
     assert got[0].is_cuda
-    assert_quantized_close(got, want, 128)
+    # cast_before_weight rounds the normalised value to bf16 before the group max: rare scale ulps
+    assert_quantized_close(got, want, 128, producer_ulp=torch.finfo(torch.bfloat16).eps if cast_before_weight else 0.0)
