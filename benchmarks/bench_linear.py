@@ -146,14 +146,24 @@ def main():
     ap.add_argument("--quick", action="store_true", help="two shapes, four M")
     ap.add_argument("--no-torchao", action="store_true", help="skip torchao's Float8 / Int8 rows")
     ap.add_argument("--eager-torchao", action="store_true", help="do not torch.compile torchao's paths")
+    ap.add_argument("--shapes", default=None, help=f"comma list of shape names, of: {', '.join(SHAPES)}")
+    ap.add_argument("--ms", default=None, help="comma list of M (default: all of %s)" % MS)
+    ap.add_argument("--tag", default="", help="suffix of the result files (a partial run)")
     args = ap.parse_args()
     shapes, ms = SHAPES, MS
     if args.quick:
         shapes = {k: SHAPES[k] for k in ("llama2-7b qkv", "llama2-7b down")}
         ms = [1, 16, 256, 4096]
+    if args.shapes:
+        unknown = [k for k in args.shapes.split(",") if k not in SHAPES]
+        if unknown:
+            ap.error(f"unknown shapes {unknown}; known: {list(SHAPES)}")
+        shapes = {k: SHAPES[k] for k in args.shapes.split(",")}
+    if args.ms:
+        ms = [int(m) for m in args.ms.split(",")]
     contenders = ["atom"] + ([] if args.no_torchao else ["fp8", "int8"])
     rows = run(shapes, ms, contenders, compile_torchao=not args.eager_torchao)
-    stem = write_results("bench_linear", rows,
+    stem = write_results("bench_linear" + args.tag, rows,
                          ["shape", "K", "N", "M", "path", "us", "TOPS", "speedup_vs_bf16", "roofline_pct"],
                          {"command": " ".join(sys.argv), "torchao_compiled": not args.eager_torchao})
     plot(rows, stem.with_suffix(".png"))

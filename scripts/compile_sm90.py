@@ -1,8 +1,9 @@
-"""Compile the INT4 KV Triton kernels for sm_90 (H100) on a machine without a GPU.
+"""Compile the INT4 KV and W4A4 GEMM Triton kernels for sm_90 (H100) on a machine without a GPU.
 
 Catches type / layout / PTX errors before spending GPU time: `python scripts/compile_sm90.py`.
 Prints each kernel's shared memory, registers-free summary and whether wgmma/mma is used.
 """
+import importlib
 import sys
 
 import triton
@@ -11,6 +12,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from atom_ao.ops import kv_decode_attention as dec, kv_prefill_attention as pre, kv_write as wr
+gemm = importlib.import_module("atom_ao.ops.w4a4_gemm")  # the package re-exports the op under that name
 
 TARGET = GPUTarget("cuda", 90, 32)
 
@@ -41,8 +43,26 @@ def compile_one(label, fn, types, consts, num_warps=4, num_stages=3):
     return True
 
 
-def main():
+def gemm_kernels():
     ok = True
+    common = dict(as_ptr="*fp32", aos_ptr="*fp32", ws_ptr="*fp32", wos_ptr="*fp32", bias_ptr="*bf16")
+    for out in ("*bf16", "*fp32"):  # fp32: the split-K workspace
+        types = dict(common, a_ptr="*u8", ao_ptr="*i8", w_ptr="*u8", wo_ptr="*i8", out_ptr=out)
+        for bm, bn, w, st, pf in gemm._GEMM_REGIMES[64] + gemm._GEMM_REGIMES[1 << 62][-1:]:
+            consts = dict(HALF=64, BLOCK_O=128, HAS_OUT=True, HAS_BIAS=True, USE_ASM=True, BLOCK_M=bm, BLOCK_N=bn,
+                          GROUP_M=8, PREFETCH=pf)
+            ok &= compile_one(f"gemm out={out} {bm}x{bn} prefetch={pf}", gemm._w4a4_gemm_kernel_jit, types, consts,
+                              w, st)
+        types = dict(common, a_ptr="*i32", ao_ptr="*i32", w_ptr="*i32", wo_ptr="*i32", out_ptr=out)
+        for bm in (1, 4):
+            consts = dict(WORDS=16, BLOCK_OW=32, HAS_OUT=True, HAS_BIAS=True, USE_ASM=True, BLOCK_M=bm, BLOCK_N=32)
+            ok &= compile_one(f"gemv out={out} BM={bm}", gemm._w4a4_gemv_kernel_jit, types, consts, 4, 1)
+    ok &= compile_one("sum_splits", gemm._sum_splits_kernel, dict(ws_ptr="*fp32", out_ptr="*bf16"), dict(BLOCK=1024))
+    return ok
+
+
+def main():
+    ok = gemm_kernels()
     for dt, tdt in (("bf16", tl.bfloat16), ("fp16", tl.float16)):
         import torch
         tdtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[dt]

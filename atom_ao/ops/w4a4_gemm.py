@@ -31,9 +31,10 @@ def _interpreter_meta(m: int) -> dict:
 # ``prune_configs_by``: torch's ``wrap_triton`` rebuilds a pruned autotuner on every eager call,
 # which would retune the kernel every time.
 _GEMM_REGIMES = {
-    # up to 64 rows: weights still dominate; the next group's tiles prefetched in registers
-    # (the shifts between load and dot keep Triton's pipeliner off these loads)
-    64: [(16, 64, 4, 3, True), (32, 64, 4, 3, True), (32, 128, 4, 3, False)],
+    # up to 64 rows: weights still dominate. Either the next group's tiles prefetched in registers
+    # (PREFETCH; the shifts between load and dot keep Triton's pipeliner off these loads) or the
+    # pipeliner with 4 stages; split-K (_split_k) adds programs along K
+    64: [(16, 64, 4, 3, True), (32, 64, 4, 3, True), (16, 64, 4, 4, False), (32, 128, 4, 3, False)],
     512: [(64, 64, 4, 3, False), (64, 128, 4, 3, False), (128, 128, 8, 3, False)],
     # prefill: compute-bound, big tiles
     1 << 62: [(64, 128, 4, 3, False), (128, 128, 8, 3, False), (128, 256, 8, 3, False)],
@@ -79,7 +80,7 @@ def _w4a4_gemm_kernel_jit(
     a_ptr, as_ptr, ao_ptr, aos_ptr,
     w_ptr, ws_ptr, wo_ptr, wos_ptr,
     bias_ptr, out_ptr,
-    M, N, G, N_OUT, M_BUCKET,
+    M, N, G, N_OUT, M_BUCKET, SPLITS,
     stride_am, stride_asm, stride_aom,
     stride_wn, stride_wsn, stride_won,
     stride_om,
@@ -92,6 +93,10 @@ def _w4a4_gemm_kernel_jit(
 ):
     # grouped tile order: neighbouring programs share weight tiles in L2
     pid = tl.program_id(0)
+    split = tl.program_id(1)  # split-K: this program's share of the groups (see _split_k)
+    g_per = tl.cdiv(G, SPLITS)
+    g0 = split * g_per
+    g1 = tl.minimum(G, g0 + g_per)
     grid_m = tl.cdiv(M, BLOCK_M)
     grid_n = tl.cdiv(N, BLOCK_N)
     width = GROUP_M * grid_n
@@ -105,21 +110,22 @@ def _w4a4_gemm_kernel_jit(
     mask_m = offs_m < M
     mask_n = offs_n < N
     offs_k = tl.arange(0, HALF)
-    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :]
-    w_ptrs = w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None]  # (HALF, BLOCK_N): W^T tile
+    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] + g0 * HALF
+    w_ptrs = w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None] + g0 * HALF  # (HALF, BLOCK_N): W^T tile
 
-    as_ptrs = as_ptr + offs_m * stride_asm
-    ws_ptrs = ws_ptr + offs_n * stride_wsn
+    as_ptrs = as_ptr + offs_m * stride_asm + g0
+    ws_ptrs = ws_ptr + offs_n * stride_wsn + g0
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    n_g = g1 - g0
     if PREFETCH:
         # register double-buffering: group g+1's tiles are in flight while group g computes
         a = tl.load(a_ptrs, mask=mask_m[:, None], other=0)
         w = tl.load(w_ptrs, mask=mask_n[None, :], other=0)
         sa = tl.load(as_ptrs, mask=mask_m, other=0.0)
         sw = tl.load(ws_ptrs, mask=mask_n, other=0.0)
-        for g in range(1, G + 1):
-            more_m = mask_m & (offs_m * 0 + g < G)  # tensor-shaped: the interpreter wants it
-            more_n = mask_n & (offs_n * 0 + g < G)
+        for g in range(1, n_g + 1):
+            more_m = mask_m & (offs_m * 0 + g < n_g)  # tensor-shaped: the interpreter wants it
+            more_n = mask_n & (offs_n * 0 + g < n_g)
             a_next = tl.load(a_ptrs + g * HALF, mask=more_m[:, None], other=0)
             w_next = tl.load(w_ptrs + g * HALF, mask=more_n[None, :], other=0)
             sa_next = tl.load(as_ptrs + g, mask=more_m, other=0.0)
@@ -127,30 +133,34 @@ def _w4a4_gemm_kernel_jit(
             acc = _group_partial(a, w, sa, sw, acc, USE_ASM)
             a, w, sa, sw = a_next, w_next, sa_next, sw_next
     else:
-        for g in range(0, G):
+        for g in range(0, n_g):
             a = tl.load(a_ptrs + g * HALF, mask=mask_m[:, None], other=0)
             w = tl.load(w_ptrs + g * HALF, mask=mask_n[None, :], other=0)
             sa = tl.load(as_ptrs + g, mask=mask_m, other=0.0)
             sw = tl.load(ws_ptrs + g, mask=mask_n, other=0.0)
             acc = _group_partial(a, w, sa, sw, acc, USE_ASM)
 
+    # the outlier block and the bias belong to the first split only (masked off in the others)
+    first_m = mask_m & (offs_m * 0 + split == 0)
     if HAS_OUT:
         offs_o = tl.arange(0, BLOCK_O)
         dot_o = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
         for o0 in range(0, N_OUT, BLOCK_O):
             mask_o = (o0 + offs_o) < N_OUT
             ao = tl.load(ao_ptr + offs_m[:, None] * stride_aom + (o0 + offs_o)[None, :],
-                         mask=mask_m[:, None] & mask_o[None, :], other=0)
+                         mask=first_m[:, None] & mask_o[None, :], other=0)
             wo = tl.load(wo_ptr + offs_n[None, :] * stride_won + (o0 + offs_o)[:, None],
                          mask=mask_n[None, :] & mask_o[:, None], other=0)
             dot_o = tl.dot(ao, wo, dot_o, out_dtype=tl.int32)
-        sao = tl.load(aos_ptr + offs_m, mask=mask_m, other=0.0)
+        sao = tl.load(aos_ptr + offs_m, mask=first_m, other=0.0)  # 0, not 0 * inf, in later splits
         swo = tl.load(wos_ptr + offs_n, mask=mask_n, other=0.0)
         acc += dot_o.to(tl.float32) * sao[:, None] * swo[None, :]
 
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+        first_n = mask_n & (offs_n * 0 + split == 0)
+        acc += tl.load(bias_ptr + offs_n, mask=first_n, other=0.0).to(tl.float32)[None, :]
+    # split-K: out_ptr is the (splits, M, N) float32 workspace, summed by _sum_splits_kernel
+    out_ptrs = out_ptr + split * M * N + offs_m[:, None] * stride_om + offs_n[None, :]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
@@ -186,7 +196,7 @@ def _w4a4_gemv_kernel_jit(
     a_ptr, as_ptr, ao_ptr, aos_ptr,  # a_ptr, ao_ptr, w_ptr, wo_ptr: int32 views (4 bytes a word)
     w_ptr, ws_ptr, wo_ptr, wos_ptr,
     bias_ptr, out_ptr,
-    M, N, G, N_OUT_W, M_BUCKET,
+    M, N, G, N_OUT_W, M_BUCKET, SPLITS,
     stride_am, stride_asm, stride_aom,
     stride_wn, stride_wsn, stride_won,
     stride_om,
@@ -197,44 +207,52 @@ def _w4a4_gemv_kernel_jit(
 ):
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
+    split = tl.program_id(2)  # split-K, as in the tensor-core kernel
+    g_per = tl.cdiv(G, SPLITS)
+    g0 = split * g_per
+    n_g = tl.minimum(G, g0 + g_per) - g0
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < N
     offs_w = tl.arange(0, WORDS)
-    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_w[None, :]
-    w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_w[None, :]
+    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_w[None, :] + g0 * WORDS
+    w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_w[None, :] + g0 * WORDS
+    as_ptrs = as_ptr + offs_m * stride_asm + g0
+    ws_ptrs = ws_ptr + offs_n * stride_wsn + g0
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     # next group's weight words are loaded before this group's math: two groups in flight
-    w = tl.load(w_ptrs, mask=mask_n[:, None], other=0)
-    for g in range(0, G):
-        more_n = mask_n & (offs_n * 0 + g + 1 < G)
+    w = tl.load(w_ptrs, mask=mask_n[:, None] & (offs_n[:, None] * 0 < n_g), other=0)
+    for g in range(0, n_g):
+        more_n = mask_n & (offs_n * 0 + g + 1 < n_g)
         w_next = tl.load(w_ptrs + (g + 1) * WORDS, mask=more_n[:, None], other=0)
         a = tl.load(a_ptrs + g * WORDS, mask=mask_m[:, None], other=0)
-        sa = tl.load(as_ptr + offs_m * stride_asm + g, mask=mask_m, other=0.0)
-        sw = tl.load(ws_ptr + offs_n * stride_wsn + g, mask=mask_n, other=0.0)
+        sa = tl.load(as_ptrs + g, mask=mask_m, other=0.0)
+        sw = tl.load(ws_ptrs + g, mask=mask_n, other=0.0)
         a_lo, a_hi = _nibbles(a)
         w_lo, w_hi = _nibbles(w)
         part = _dp4a(a_lo[:, None, :], w_lo[None, :, :], tl.zeros((BLOCK_M, BLOCK_N, WORDS), tl.int32), USE_ASM)
         part = _dp4a(a_hi[:, None, :], w_hi[None, :, :], part, USE_ASM)
         acc += tl.sum(part, axis=2).to(tl.float32) * sa[:, None] * sw[None, :]
         w = w_next
+    first_m = mask_m & (offs_m * 0 + split == 0)  # outliers and bias: first split only
     if HAS_OUT:
         offs_o = tl.arange(0, BLOCK_OW)
         part_o = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_OW), tl.int32)
         for o0 in range(0, N_OUT_W, BLOCK_OW):
             mask_o = (o0 + offs_o) < N_OUT_W
             ao = tl.load(ao_ptr + offs_m[:, None] * stride_aom + (o0 + offs_o)[None, :],
-                         mask=mask_m[:, None] & mask_o[None, :], other=0)
+                         mask=first_m[:, None] & mask_o[None, :], other=0)
             wo = tl.load(wo_ptr + offs_n[:, None] * stride_won + (o0 + offs_o)[None, :],
                          mask=mask_n[:, None] & mask_o[None, :], other=0)
             part_o = _dp4a(ao[:, None, :], wo[None, :, :], part_o, USE_ASM)
-        sao = tl.load(aos_ptr + offs_m, mask=mask_m, other=0.0)
+        sao = tl.load(aos_ptr + offs_m, mask=first_m, other=0.0)  # 0, not 0 * inf, in later splits
         swo = tl.load(wos_ptr + offs_n, mask=mask_n, other=0.0)
         acc += tl.sum(part_o, axis=2).to(tl.float32) * sao[:, None] * swo[None, :]
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+        first_n = mask_n & (offs_n * 0 + split == 0)
+        acc += tl.load(bias_ptr + offs_n, mask=first_n, other=0.0).to(tl.float32)[None, :]
+    out_ptrs = out_ptr + split * M * N + offs_m[:, None] * stride_om + offs_n[None, :]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
@@ -256,15 +274,64 @@ def _gemv_configs(regime):
 
 
 _GEMV_KERNELS = {
-    regime: triton.autotune(configs=_gemv_configs(regime), key=["M_BUCKET", "N", "G", "N_OUT_W"])(_w4a4_gemv_kernel_jit)
+    regime: triton.autotune(configs=_gemv_configs(regime), key=["M_BUCKET", "N", "G", "N_OUT_W", "SPLITS"])(_w4a4_gemv_kernel_jit)
     for regime in _GEMV_REGIMES
 }
 
 
 _GEMM_KERNELS = {
-    regime: triton.autotune(configs=_configs(regime), key=["M_BUCKET", "N", "G", "N_OUT"])(_w4a4_gemm_kernel_jit)
+    regime: triton.autotune(configs=_configs(regime), key=["M_BUCKET", "N", "G", "N_OUT", "SPLITS"])(_w4a4_gemm_kernel_jit)
     for regime in _GEMM_REGIMES
 }
+
+
+# ---------------------------------------------------------------- split-K
+# Small M streams the weights, and a (BLOCK_N-wide, all of K) program per tile leaves too few
+# programs (4096 -> 4096 at M=1: 64 of them on 132 SMs, each walking 32 groups one by one) and too
+# few bytes in flight to reach the copy bandwidth. Split-K gives each program a share of the groups
+# and writes float32 partials to a (splits, M, N) workspace; _sum_splits_kernel adds them and casts.
+SPLIT_MAX_M = 64  # past this the tiles along M already fill the GPU
+_MIN_GROUPS_PER_SPLIT = 4
+_MAX_SPLITS = 8
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # the interpreter: small test shapes still take the split path
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _split_k(m: int, n: int, groups: int, device: torch.device) -> int:
+    """Splits of the K groups so that about 4 programs per SM are in flight (1 = no split)."""
+    if m > SPLIT_MAX_M:
+        return 1
+    tiles = triton.cdiv(n, 64) * triton.cdiv(m, 32)  # the typical tile of the small-M configs
+    splits = 1
+    while (tiles * splits < 4 * _sm_count(device) and splits < _MAX_SPLITS
+           and groups >= 2 * splits * _MIN_GROUPS_PER_SPLIT):
+        splits *= 2
+    return triton.cdiv(groups, triton.cdiv(groups, splits))  # no empty split
+
+
+@triton.jit
+def _sum_splits_kernel(ws_ptr, out_ptr, MN, SPLITS, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < MN
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in range(0, SPLITS):
+        acc += tl.load(ws_ptr + s * MN + offs, mask=mask, other=0.0)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _workspace(out: torch.Tensor, splits: int) -> torch.Tensor:
+    return out if splits == 1 else torch.empty((splits, *out.shape), dtype=torch.float32, device=out.device)
+
+
+def _sum_splits(ws: torch.Tensor, out: torch.Tensor) -> None:
+    if ws is out:
+        return
+    mn, block = out.numel(), 1024
+    wrap_triton(_sum_splits_kernel)[(triton.cdiv(mn, block),)](ws, out, mn, ws.shape[0], BLOCK=block)
 
 
 def _m_bucket(m: int) -> int:
@@ -300,9 +367,11 @@ def check_gemm_args(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_
 def w4a4_gemm_triton(
     a_packed, a_scale, a_outliers, a_outlier_scale,
     w_packed, w_scale, w_outliers, w_outlier_scale,
-    bias, group_size: int, out_dtype: torch.dtype,
+    bias, group_size: int, out_dtype: torch.dtype, *, splits: int | None = None,
 ) -> torch.Tensor:
-    """Launch the Triton kernel (CUDA, or CPU tensors under TRITON_INTERPRET=1)."""
+    """Launch the Triton kernel (CUDA, or CPU tensors under TRITON_INTERPRET=1).
+
+    ``splits``: split-K factor (default: ``_split_k``'s choice; tests force one)."""
     m, n = a_packed.shape[0], w_packed.shape[0]
     n_out = a_outliers.shape[1]
     out = torch.empty((m, n), dtype=out_dtype, device=a_packed.device)
@@ -312,11 +381,17 @@ def w4a4_gemm_triton(
     a_packed, w_packed = a_packed.contiguous(), w_packed.contiguous()
     a_outliers, w_outliers = a_outliers.contiguous(), w_outliers.contiguous()
     a_scale, w_scale = a_scale.contiguous(), w_scale.contiguous()
+    groups = a_scale.shape[1]
+    splits = _split_k(m, n, groups, out.device) if splits is None else splits
+    if not 1 <= splits <= max(groups, 1) or (groups and triton.cdiv(groups, triton.cdiv(groups, splits)) != splits):
+        raise ValueError(f"w4a4_gemm: splits={splits} must leave every split some of the {groups} groups")
+    ws = _workspace(out, splits)
     if m <= GEMV_MAX_M and group_size % 32 == 0 and n_out % 4 == 0:
         _launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
-                     w_outlier_scale, bias, out, group_size)
+                     w_outlier_scale, bias, ws, group_size, splits)
+        _sum_splits(ws, out)
         return out
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), splits)  # noqa: E731
     if INTERPRET:
         kernel, meta = _w4a4_gemm_kernel_jit, _interpreter_meta(m)
     else:
@@ -324,8 +399,8 @@ def w4a4_gemm_triton(
     wrap_triton(kernel)[grid](
         a_packed, a_scale, a_outliers, a_outlier_scale,
         w_packed, w_scale, w_outliers, w_outlier_scale,
-        bias if bias is not None else a_scale, out,
-        m, n, a_scale.shape[1], n_out, _m_bucket(m),
+        bias if bias is not None else a_scale, ws,
+        m, n, groups, n_out, _m_bucket(m), splits,
         a_packed.stride(0), a_scale.stride(0), max(a_outliers.stride(0), 1),
         w_packed.stride(0), w_scale.stride(0), max(w_outliers.stride(0), 1),
         out.stride(0),
@@ -336,25 +411,26 @@ def w4a4_gemm_triton(
         USE_ASM=not INTERPRET,
         **meta,
     )
+    _sum_splits(ws, out)
     return out
 
 
 def _launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
-                 w_outlier_scale, bias, out, group_size):
-    m, n = out.shape
+                 w_outlier_scale, bias, out, group_size, splits):
+    m, n = out.shape[-2:]
     n_out_w = a_outliers.shape[1] // 4
     words = lambda t: t.view(torch.int32)  # noqa: E731  (4 packed bytes per word)
     meta = {"BLOCK_M": min(4, triton.next_power_of_2(m)), "BLOCK_N": 16} if INTERPRET else {}
     kernel = _w4a4_gemv_kernel_jit if INTERPRET else _GEMV_KERNELS[min(r for r in _GEMV_REGIMES if m <= r)]
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_M"]))  # noqa: E731
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_M"]), splits)  # noqa: E731
     wrap_triton(kernel)[grid](
         words(a_packed), a_scale, words(a_outliers) if n_out_w else a_outliers, a_outlier_scale,
         words(w_packed), w_scale, words(w_outliers) if n_out_w else w_outliers, w_outlier_scale,
         bias if bias is not None else a_scale, out,
-        m, n, a_scale.shape[1], n_out_w, _m_bucket(m),
+        m, n, a_scale.shape[1], n_out_w, _m_bucket(m), splits,
         a_packed.stride(0) // 4, a_scale.stride(0), max(a_outliers.stride(0) // 4, 1),
         w_packed.stride(0) // 4, w_scale.stride(0), max(w_outliers.stride(0) // 4, 1),
-        out.stride(0),
+        out.stride(-2),
         WORDS=group_size // 8,
         BLOCK_OW=max(4, min(32, triton.next_power_of_2(max(n_out_w, 1)))),
         HAS_OUT=n_out_w > 0, HAS_BIAS=bias is not None, USE_ASM=not INTERPRET,

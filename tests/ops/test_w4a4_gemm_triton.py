@@ -23,9 +23,9 @@ def _operands(m, n, k, n_out, gs, dtype, bias, seed=0, device=DEVICE):
     return [t.to(device) if t is not None else None for t in args]
 
 
-def _check(m, n, k, n_out, gs, dtype, bias, device=DEVICE):
+def _check(m, n, k, n_out, gs, dtype, bias, device=DEVICE, splits=None):
     args = _operands(m, n, k, n_out, gs, dtype, bias, device=device)
-    got = w4a4_gemm_triton(*args, gs, dtype).float().cpu()
+    got = w4a4_gemm_triton(*args, gs, dtype, splits=splits).float().cpu()
     cpu_args = [t.cpu() if t is not None else None for t in args]
     want32 = w4a4_gemm_ref(*cpu_args, gs, torch.float32)
     # INT32 group sums are exact: only the order of the FP32 scaling differs (and the final cast)
@@ -51,6 +51,26 @@ def test_triton_gemm_matches_reference(m, n, k, n_out, gs, dtype, bias):
     _check(m, n, k, n_out, gs, dtype, bias)
 
 
+@pytest.mark.parametrize("m, splits", [(1, 2), (3, 3), (16, 5), (40, 3)])
+def test_split_k_matches_reference(m, splits):
+    # split-K: float32 partials of each share of the groups, summed by a second kernel; the outlier
+    # block and the bias only in the first share. 5 groups: even and uneven shares (3+2, 2+2+1, 1 each)
+    _check(m, 48, 5 * 64 + 32, 32, 64, torch.bfloat16, True, splits=splits)
+
+
+def test_split_k_default_and_bad_splits():
+    from atom_ao.ops.w4a4_gemm import _split_k
+
+    assert _split_k(1, 64, 32, torch.device("cpu")) > 1  # few tiles, many groups: split
+    assert _split_k(1, 64, 4, torch.device("cpu")) == 1  # too few groups to share
+    assert _split_k(4096, 64, 32, torch.device("cpu")) == 1  # large M fills the GPU by itself
+    args = _operands(2, 32, 5 * 64 + 32, 32, 64, torch.bfloat16, False)
+    assert args[1].shape[1] == 5
+    for bad in (0, 4, 6):  # 5 groups: 4 splits (2+2+1+0) would leave a share empty
+        with pytest.raises(ValueError, match="splits"):
+            w4a4_gemm_triton(*args, 64, torch.bfloat16, splits=bad)
+
+
 def test_triton_gemm_nan_row_stays_nan():
     args = _operands(4, 32, 256, 32, 128, torch.bfloat16, False)
     args[1][2, 0] = float("nan")  # a NaN group scale of token 2
@@ -64,6 +84,13 @@ def test_triton_gemm_nan_row_stays_nan():
 def test_triton_gemm_real_shapes_gpu(m, n, k):
     got = _check(m, n, k, 128, 128, torch.bfloat16, True, device="cuda")
     assert got.isfinite().all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 4, 16, 64])
+@pytest.mark.parametrize("splits", [1, 2, 8])
+def test_triton_gemm_split_k_gpu(m, splits):
+    _check(m, 4096, 4096 + 128, 128, 128, torch.bfloat16, True, device="cuda", splits=splits)
 
 
 @pytest.mark.gpu
