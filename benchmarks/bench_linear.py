@@ -5,7 +5,11 @@
 
 Rows: median time (CUDA-graph replays), effective TOPS (2*M*N*K / time), speed-up over bf16,
 and roofline % = the larger of the byte floor (bytes / copy bandwidth) and the op floor
-(ops / the tensor-core rate of that format), over the time.
+(ops / the tensor-core rate of that format), over the time. Paths: bf16 (``F.linear``), fp8 / int8
+(torchao, compiled), atom (the whole quantized linear: activation quantize + GEMM), atom-gemm (the
+GEMM alone) and, for M <= 64, atom-gemm-nosplit (the same GEMM with split-K off).
+
+    python benchmarks/bench_linear.py --shapes "llama2-7b o,llama2-70b down" --ms 1,16 --tag _small
 """
 
 from __future__ import annotations
@@ -45,9 +49,19 @@ def _bytes(kind: str, m: int, n: int, k: int) -> float:
         return x + n * k + 4 * n + y
     # atom: packed INT4 + INT8 outliers + float32 group scales (weights), quantized acts for GEMM
     w = n * (k - 128) / 2 + n * 128 + 4 * n * (k // 128)
-    if kind == "atom-gemm":
+    if kind.startswith("atom-gemm"):
         return m * (k - 128) / 2 + m * 128 + 4 * m * (k // 128) + w + y
     return x + w + y
+
+
+def _gemm_imports():
+    import importlib
+
+    mod = importlib.import_module("atom_ao.ops.w4a4_gemm")  # atom_ao.ops re-exports the op under that name
+    return mod.SPLIT_MAX_M, mod.w4a4_gemm_triton
+
+
+SPLIT_MAX_M, w4a4_gemm_triton = _gemm_imports()
 
 
 def make_linears(k: int, n: int, contenders: list[str], compile_torchao: bool):
@@ -101,6 +115,8 @@ def run(shapes: dict, ms: list[int], contenders: list[str], compile_torchao: boo
                     a = torch.ops.atom_ao.quantize_activation(x, w.perm, w.n_outliers, w.group_size, w.act_clip_ratio)
                     gemm_args = (*a, w.qdata, w.scale, w.outlier_qdata, w.outlier_scale, None, w.group_size, x.dtype)
                     times["atom-gemm"] = bench_us(lambda: torch.ops.atom_ao.w4a4_gemm(*gemm_args))
+                    if m <= SPLIT_MAX_M:  # the same GEMM without split-K, to show what it buys
+                        times["atom-gemm-nosplit"] = bench_us(lambda: w4a4_gemm_triton(*gemm_args, splits=1))
             flops = 2.0 * m * n * k
             for name, us in times.items():
                 peak = PEAK_OPS["bf16" if name == "bf16" else "fp8" if name == "fp8" else "int8"]
