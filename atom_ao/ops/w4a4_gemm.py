@@ -256,14 +256,15 @@ def _w4a4_gemv_kernel_jit(
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-# Measured on the H100 (bench_linear, 4096->12288): the dp4a kernel takes 17 us at M=1 but 94 us
-# at M=16 (its cost grows with the rows: every row redoes the nibble unpack of the weights),
-# while the tensor-core kernel takes ~35 us at M=64. Past a few rows the tensor cores win.
-GEMV_MAX_M = 4
+# Measured on the H100 (bench_linear): the dp4a kernel's cost grows with the rows (every row
+# redoes the nibble unpack of the weights): 4096->12288 takes 14 us at M=1, 32 us at M=4, 94 us
+# at M=16, while the split-K tensor-core kernel takes 19 us at M=16 (and 4096->4096: dp4a 8.1 us
+# at M=1, 14.7 at M=4; tensor cores 8.9 at M=16). Only single-token decode stays on dp4a.
+GEMV_MAX_M = 1
 
 
 # BLOCK_M choices per decode batch size (one autotuner each, see _GEMM_REGIMES for why)
-_GEMV_REGIMES = {1: (1,), 4: (2, 4)}
+_GEMV_REGIMES = {1: (1,)}
 
 
 def _gemv_configs(regime):
@@ -302,13 +303,20 @@ def _sm_count(device: torch.device) -> int:
 
 
 def _split_k(m: int, n: int, groups: int, device: torch.device) -> int:
-    """Splits of the K groups so that about 4 programs per SM are in flight (1 = no split)."""
+    """Splits of the K groups (1 = none). Split while the tiles do not fill the GPU (~3 programs
+    per SM wanted) or a program would walk more than 64 groups, keeping >= 4 groups a share.
+    Measured on the H100 (benchmarks/results/h100/bench_linear_splitk*): 4096 -> 4096 at M=1
+    11.1 -> 8.1 us, 28672 -> 8192 at M=64 228 -> 135 us; 4096 -> 12288 (192 tiles of 64) got
+    slower when split (M=64: 35 -> 41 us), hence no split once the tiles fill the SMs."""
     if m > SPLIT_MAX_M:
         return 1
+    sms = _sm_count(device)
     tiles = triton.cdiv(n, 64) * triton.cdiv(m, 32)  # the typical tile of the small-M configs
+    if tiles >= sms and groups <= 64:
+        return 1
     splits = 1
-    while (tiles * splits < 4 * _sm_count(device) and splits < _MAX_SPLITS
-           and groups >= 2 * splits * _MIN_GROUPS_PER_SPLIT):
+    while ((tiles * splits < 3 * sms or groups > 64 * splits) and splits < _MAX_SPLITS
+           and triton.cdiv(groups, 2 * splits) >= _MIN_GROUPS_PER_SPLIT):
         splits *= 2
     return triton.cdiv(groups, triton.cdiv(groups, splits))  # no empty split
 

@@ -38,7 +38,7 @@ def _check(m, n, k, n_out, gs, dtype, bias, device=DEVICE, splits=None):
 @pytest.mark.parametrize(
     "m, n, k, n_out, gs",
     [
-        # M <= 16: the dp4a decode kernel; larger M: the tensor-core kernel (prefetching up to 32)
+        # M = 1: the dp4a decode kernel; larger M: the tensor-core kernel (prefetching up to 64)
         (1, 40, 200, 32, 64),   # decode row, K padded, N not a multiple of the tile
         (16, 64, 256, 0, 64),   # no outliers
         (3, 48, 192, 16, 64),   # 16 outliers: one masked outlier step
