@@ -78,8 +78,45 @@ def int4_cache_factory(model, batch, max_len):
     return lambda layer: Int4KVCache(batch, s.n_kv_heads, max_len, s.head_dim, torch.bfloat16, "cuda")
 
 
+# kernel name -> where the decode step's time goes (the first match wins)
+_KINDS = [("atom gemm", ("w4a4_gemm", "w4a4_gemv", "sum_splits")),
+          ("atom quantize", ("quantize",)),
+          ("attention", ("decode", "attention", "flash", "fmha", "sdpa", "prefill", "kv_write")),
+          ("cuBLAS / torchao gemm", ("gemm", "nvjet", "xmma", "cutlass", "matmul", "scaled_mm", "int_mm")),
+          ("fused elementwise (Inductor)", ("triton_",))]
+
+
+def _kind(name: str) -> str:
+    low = name.lower()
+    return next((k for k, keys in _KINDS if any(x in low for x in keys)), "other")
+
+
+def profile_step(graph, reps: int = 5) -> dict:
+    """GPU time per decode step by kernel (a profiler trace of CUDA-graph replays)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            graph.replay()
+        torch.cuda.synchronize()
+    per_kernel = {}
+    for e in prof.key_averages():
+        us = getattr(e, "device_time_total", None)
+        us = e.cuda_time_total if us is None else us
+        if us > 0:
+            per_kernel[e.key] = per_kernel.get(e.key, 0.0) + us / reps
+    by_kind = {}
+    for k, us in per_kernel.items():
+        by_kind[_kind(k)] = by_kind.get(_kind(k), 0.0) + us
+    top = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:12]
+    return {"gpu_us_per_step": round(sum(per_kernel.values()), 1),
+            "by_kind_us": {k: round(v, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+            "top_kernels_us": [(k[:90], round(v, 1)) for k, v in top]}
+
+
 @torch.no_grad()
-def run_batch(model, path, batch, prompt, gen, steps):
+def run_batch(model, path, batch, prompt, gen, steps, profile=False):
     max_len = prompt + gen
     model.setup_caches(batch, max_len, int4_cache_factory(model, batch, max_len) if path == "atom-kv4" else None)
     torch.cuda.reset_peak_memory_stats()
@@ -116,9 +153,12 @@ def run_batch(model, path, batch, prompt, gen, steps):
         times.append(start.elapsed_time(end))
         tok.copy_(out.argmax(-1, keepdim=True))
     tpot = sorted(times)[len(times) // 2]
-    return {"prefill_ms": round(prefill_ms, 2), "tpot_ms": round(tpot, 3),
-            "tokens_per_s": round(batch * 1e3 / tpot, 1),
-            "peak_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+    out = {"prefill_ms": round(prefill_ms, 2), "tpot_ms": round(tpot, 3),
+           "tokens_per_s": round(batch * 1e3 / tpot, 1),
+           "peak_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+    if profile:
+        out["profile"] = profile_step(graph)
+    return out
 
 
 def main():
@@ -132,6 +172,8 @@ def main():
     ap.add_argument("--layers", type=int, default=None, help="fewer decoder layers (all layers are alike)")
     ap.add_argument("--budget-gb", type=float, default=80.0)
     ap.add_argument("--no-compile", action="store_true", help="eager blocks (still inside a CUDA graph)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also trace a few decode steps: GPU time per step by kernel kind and the top kernels")
     args = ap.parse_args()
     shape = SHAPES[args.model]
     rows = []
@@ -147,15 +189,23 @@ def main():
         fit = int(max(0.0, args.budget_gb * 0.9 - weight_gb) // per_seq)
         for b in (int(x) for x in args.batches.split(",")):
             try:
-                r = run_batch(model, path, b, args.prompt, args.gen, args.steps)
+                r = run_batch(model, path, b, args.prompt, args.gen, args.steps, args.profile)
             except Exception as e:
                 print(f"{path} batch {b}: failed ({type(e).__name__}: {str(e)[:800]})")
                 torch.cuda.empty_cache()
                 continue
             row = {"model": args.model, "layers": s.n_layers, "path": path, "batch": b, **r,
                    "weights_gb": round(weight_gb, 2), f"max_batch_{int(args.budget_gb)}gb": fit}
+            prof = row.pop("profile", None)
             rows.append(row)
             print(row, flush=True)
+            if prof:
+                row["profile_by_kind_us"] = prof["by_kind_us"]  # in the JSON, not the table
+                print(f"  profile {path} batch {b}: {prof['gpu_us_per_step']} us of kernels per step")
+                for k, us in prof["by_kind_us"].items():
+                    print(f"    {k:32s} {us:10.1f} us")
+                for k, us in prof["top_kernels_us"]:
+                    print(f"      {us:10.1f} us  {k}")
         for layer in model.layers:
             layer.cache = None
         del model
