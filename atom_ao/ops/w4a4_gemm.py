@@ -34,7 +34,9 @@ _GEMM_REGIMES = {
     # up to 64 rows: weights still dominate. Either the next group's tiles prefetched in registers
     # (PREFETCH; the shifts between load and dot keep Triton's pipeliner off these loads) or the
     # pipeliner with 4 stages; split-K (_split_k) adds programs along K
-    64: [(16, 64, 4, 3, True), (32, 64, 4, 3, True), (16, 64, 4, 4, False), (32, 128, 4, 3, False)],
+    # (BLOCK_M 64: one unpack of each weight tile for all 64 rows instead of one per 16-row tile)
+    64: [(16, 64, 4, 3, True), (32, 64, 4, 3, True), (16, 64, 4, 4, False), (32, 128, 4, 3, False),
+         (64, 64, 4, 3, False)],
     512: [(64, 64, 4, 3, False), (64, 128, 4, 3, False), (128, 128, 8, 3, False)],
     # prefill: compute-bound, big tiles
     1 << 62: [(64, 128, 4, 3, False), (128, 128, 8, 3, False), (128, 256, 8, 3, False)],
@@ -305,9 +307,10 @@ def _sm_count(device: torch.device) -> int:
 def _split_k(m: int, n: int, groups: int, device: torch.device) -> int:
     """Splits of the K groups (1 = none). Split while the tiles do not fill the GPU (~3 programs
     per SM wanted) or a program would walk more than 64 groups, keeping >= 4 groups a share.
-    Measured on the H100 (benchmarks/results/h100/bench_linear_splitk*): 4096 -> 4096 at M=1
-    11.1 -> 8.1 us, 28672 -> 8192 at M=64 228 -> 135 us; 4096 -> 12288 (192 tiles of 64) got
-    slower when split (M=64: 35 -> 41 us), hence no split once the tiles fill the SMs."""
+    Measured on the H100 (benchmarks/results/h100/bench_linear_s*): 4096 -> 4096 at M=1
+    11.7 -> 8.1 us with 4 splits (9.1 with 8), 28672 -> 8192 at M=64 227 -> 135 us; 4096 -> 12288
+    (192 tiles of 64) got slower when split (M=64: 35 -> 41 us), hence no split once the tiles
+    fill the SMs."""
     if m > SPLIT_MAX_M:
         return 1
     sms = _sm_count(device)
@@ -316,7 +319,7 @@ def _split_k(m: int, n: int, groups: int, device: torch.device) -> int:
         return 1
     splits = 1
     while ((tiles * splits < 3 * sms or groups > 64 * splits) and splits < _MAX_SPLITS
-           and triton.cdiv(groups, 2 * splits) >= _MIN_GROUPS_PER_SPLIT):
+           and groups >= 2 * splits * _MIN_GROUPS_PER_SPLIT):
         splits *= 2
     return triton.cdiv(groups, triton.cdiv(groups, splits))  # no empty split
 
