@@ -57,7 +57,8 @@ def gemm_kernels():
         for bm in (1, 4):
             consts = dict(WORDS=16, BLOCK_OW=32, HAS_OUT=True, HAS_BIAS=True, USE_ASM=True, BLOCK_M=bm, BLOCK_N=32)
             ok &= compile_one(f"gemv out={out} BM={bm}", gemm._w4a4_gemv_kernel_jit, types, consts, 4, 1)
-    ok &= compile_one("sum_splits", gemm._sum_splits_kernel, dict(ws_ptr="*fp32", out_ptr="*bf16"), dict(BLOCK=1024))
+    ok &= compile_one("sum_splits", gemm._sum_splits_kernel, dict(ws_ptr="*fp32", out_ptr="*bf16"),
+                      dict(SPLITS_P=8, BLOCK=512))
     return ok
 
 
