@@ -141,8 +141,8 @@ def main(argv=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"accuracy_table_{a.model}{a.tag}_{gpu_tag()}"
     res["markdown"] = md
-    stem.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    stem.with_suffix(".md").write_text(md)
+    stem.with_name(stem.name + ".json").write_text(json.dumps(res, indent=1))
+    stem.with_name(stem.name + ".md").write_text(md)
     print(f"wrote {stem}.json / .md")
     return res
 

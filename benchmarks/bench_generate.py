@@ -213,7 +213,7 @@ def main():
         torch.cuda.empty_cache()
         stem = _write(rows, args)  # after every path: a run cut short keeps what it measured
     print(markdown_table(rows, _columns(args)))
-    _plot(rows, stem.with_suffix(".png"), args.model)
+    _plot(rows, stem.with_name(stem.name + ".png"), args.model)
     print(f"wrote {stem}.json/.md/.png")
 
 

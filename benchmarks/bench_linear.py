@@ -182,7 +182,7 @@ def main():
     stem = write_results("bench_linear" + args.tag, rows,
                          ["shape", "K", "N", "M", "path", "us", "TOPS", "speedup_vs_bf16", "roofline_pct"],
                          {"command": " ".join(sys.argv), "torchao_compiled": not args.eager_torchao})
-    plot(rows, stem.with_suffix(".png"))
+    plot(rows, stem.with_name(stem.name + ".png"))
     print(f"\nwrote {stem}.json/.md/.png")
 
 

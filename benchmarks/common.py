@@ -54,7 +54,7 @@ def write_results(name: str, rows: list[dict], columns: list[str], meta: dict) -
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"{name}_{gpu_tag()}"
     meta = {"gpu": gpu_name(), "torch": torch.__version__, **meta}
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    stem.with_name(stem.name + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     header = f"{name} on {meta['gpu']} (torch {meta['torch']})\n\n"
-    stem.with_suffix(".md").write_text(header + markdown_table(rows, columns) + "\n")
+    stem.with_name(stem.name + ".md").write_text(header + markdown_table(rows, columns) + "\n")
     return stem

@@ -34,7 +34,10 @@ _GEMM_REGIMES = {
     # up to 64 rows: weights still dominate. Either the next group's tiles prefetched in registers
     # (PREFETCH; the shifts between load and dot keep Triton's pipeliner off these loads) or the
     # pipeliner with 4 stages; split-K (_split_k) adds programs along K
-    # (BLOCK_M 64: one unpack of each weight tile for all 64 rows instead of one per 16-row tile)
+    32: [(16, 64, 4, 3, True), (32, 64, 4, 3, True), (16, 64, 4, 4, False), (32, 128, 4, 3, False)],
+    # 33..64 rows: also one 64-row tile (one unpack of each weight tile for all rows; H100, M=64:
+    # 4096->12288 35.4 -> 28.8 us, 11008->4096 28.6 -> 24.9 us). Not offered below 33 rows: the
+    # run that offered it measured 28 us at M=16 on 4096->12288, 17.5 us in the run without it.
     64: [(16, 64, 4, 3, True), (32, 64, 4, 3, True), (16, 64, 4, 4, False), (32, 128, 4, 3, False),
          (64, 64, 4, 3, False)],
     512: [(64, 64, 4, 3, False), (64, 128, 4, 3, False), (128, 128, 8, 3, False)],
