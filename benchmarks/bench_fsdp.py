@@ -51,6 +51,10 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=None, help="untimed forwards first (default 3; --tiny: 1)")
     p.add_argument("--nproc", type=int, default=2, help="processes to spawn when not under torchrun")
     p.add_argument("--models", default="bf16,atom", help="comma list of bf16, atom")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each layer's attention and MLP (inside the FSDP units; the "
+                        "all-gather hooks stay eager)")
+    p.add_argument("--tag", default="", help="appended to the result file name (e.g. decode)")
     a = p.parse_args(argv)
     d = dict(layers=2, batch=2, seq=32, iters=3, warmup=1) if a.tiny else dict(layers=4, batch=4, seq=2048,
                                                                               iters=20, warmup=3)
@@ -135,6 +139,10 @@ def run(rank: int, world: int, args) -> list[dict]:
         expect = sum(all_gather_bytes(p)[0] for p in model.layers.parameters())
         bf16_bytes = sum(all_gather_bytes(p)[1] for p in model.layers.parameters())
         n_atom = sum(isinstance(p, AtomQuantTensor) for p in model.parameters())
+        if args.compile:
+            for layer in model.layers:  # one graph each for attention and MLP, shared by the layers
+                layer.self_attn.compile(dynamic=False)
+                layer.mlp.compile(dynamic=False)
         with torch.no_grad():
             ref = model(inputs_embeds=x).last_hidden_state
         unsharded_ms = time_forward(model, x, args.iters, args.warmup, device)
@@ -197,8 +205,9 @@ def main_worker(rank: int, world: int, args, port: int | None = None):
             from benchmarks.common import write_results
 
             shapes = "tiny" if args.tiny else "llama2-7b"
-            stem = write_results("bench_fsdp_tiny" if args.tiny else "bench_fsdp", rows, COLUMNS, meta=dict(
-                shapes=shapes, layers=args.layers, batch=args.batch, seq=args.seq, iters=args.iters,
+            base = "bench_fsdp_tiny" if args.tiny else "bench_fsdp"
+            stem = write_results(base + (f"_{args.tag}" if args.tag else ""), rows, COLUMNS, meta=dict(
+                shapes=shapes, layers=args.layers, compiled=args.compile, batch=args.batch, seq=args.seq, iters=args.iters,
                 backend=dist.get_backend(), world=world,
                 note="forward only, torch.no_grad, fully_shard per decoder layer + root, "
                      "reshard_after_forward=True; all-gather bytes = output buffer of all ranks"))
