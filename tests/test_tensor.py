@@ -114,3 +114,45 @@ def test_bad_inputs_raise_clear_errors():
         torch.nn.functional.linear(torch.ones(3, 256, dtype=torch.int32), lin.weight)
     with pytest.raises(ValueError, match="2-D floating"):
         AtomQuantTensor.from_hp(torch.randn(4, 4, 4), torch.arange(4, dtype=torch.int32))
+
+
+def _cuda_linear(k=512, n=384, bias=True):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(k, n, bias=bias, device="cuda", dtype=torch.bfloat16)
+    quantize_(lin, atom_config(weight_clip_ratio=1.0))
+    return lin
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 16, 300])
+def test_eager_direct_launch_equals_op_path(m, monkeypatch):
+    """Eager linears launch the Triton kernels directly (no custom-op dispatch); the result must
+    be bit-identical to the torch.ops path, which the flag forces."""
+    import atom_ao.tensor as t
+
+    lin = _cuda_linear()
+    x = outlier_activations(m, 512, dtype=torch.bfloat16)[0].cuda()
+    with torch.no_grad():
+        assert t._direct_launch_ok(x, lin.bias)
+        y_direct = lin(x)
+        monkeypatch.setattr(t, "EAGER_DIRECT_LAUNCH", False)
+        y_ops = lin(x)
+    assert torch.equal(y_direct, y_ops)
+
+
+@pytest.mark.gpu
+def test_direct_launch_steps_aside_for_profiler_autograd_and_fake():
+    import atom_ao.tensor as t
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    lin = _cuda_linear()
+    x = torch.randn(4, 512, device="cuda", dtype=torch.bfloat16)
+    assert not t._direct_launch_ok(x.requires_grad_(), None)  # grad mode on, input needs grad
+    x = x.detach()
+    with torch.profiler.profile() as prof, torch.no_grad():
+        lin(x)
+    names = {e.name for e in prof.events()}
+    assert "atom_ao::quantize_activation" in names and "atom_ao::w4a4_gemm" in names
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fx = mode.from_tensor(x)
+        assert not t._direct_launch_ok(fx, None)

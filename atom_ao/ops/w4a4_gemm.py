@@ -9,6 +9,7 @@ K step, with its own per-row / per-token scales. One kernel, optional bias, fp16
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -301,6 +302,7 @@ _MIN_GROUPS_PER_SPLIT = 4
 _MAX_SPLITS = 8
 
 
+@functools.lru_cache(maxsize=None)
 def _sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return 4  # the interpreter: small test shapes still take the split path
