@@ -9,6 +9,8 @@ Perplexity modes (held-out wiki text, ``atom_ao.data.eval_tokens``, non-overlapp
 * ``int4``: ``AtomKVCache(prefill="int4", rotate=False)``: every attention reads the INT4 cache,
   the prompt's too (the cache's full effect); K quantized after RoPE;
 * ``int4-rotate``: the same with the Hadamard rotation (``rotate=True``, the default cache);
+* ``int4-rotate-noshift``: ``int4-rotate`` without the key shift (``k_shift=None``: models
+  with a ``k_proj`` bias, Qwen2, get one by default; see ``key_shift_from_bias``);
 * ``int4-decode``: the default cache; the first quarter of each window is a float prefill, the
   rest goes through the cache in chunks that read INT4, as decode steps do (query t sees the
   INT4 K/V of tokens <= t);
@@ -30,7 +32,7 @@ from atom_ao.kv.attention import _plain_attention
 from atom_ao.kv.cache import AtomKVCache
 from atom_ao.kv.format import dequantize_kv, quantize_kv
 
-MODES = ("float", "int4", "int4-rotate", "int4-decode", "int4-pre-rope")
+MODES = ("float", "int4", "int4-rotate", "int4-rotate-noshift", "int4-decode", "int4-pre-rope")
 
 
 def _fake_quant(x: torch.Tensor) -> torch.Tensor:
@@ -66,8 +68,9 @@ def window_nll(model, window: torch.Tensor, mode: str, chunk: int = 64) -> tuple
     """Summed NLL (float64) and count of the tokens after the first of a (1, L) window."""
     if mode in ("float", "int4-pre-rope"):
         logits = model(window, use_cache=False).logits
-    elif mode in ("int4", "int4-rotate"):
-        cache = AtomKVCache(model, prefill="int4", rotate=mode == "int4-rotate")
+    elif mode in ("int4", "int4-rotate", "int4-rotate-noshift"):
+        cache = AtomKVCache(model, prefill="int4", rotate=mode != "int4",
+                            k_shift=None if mode.endswith("noshift") else "bias")
         logits = model(window, past_key_values=cache, use_cache=True).logits
     elif mode == "int4-decode":
         cache = AtomKVCache(model)
@@ -151,12 +154,13 @@ def main():
     model, tok = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
     print(f"{args.model} ({args.dtype}, {args.device}) loaded in {time.time() - t0:.0f} s; attention "
           f"{model.config._attn_implementation}")
-    ids = tok(PROMPT, return_tensors="pt").input_ids.to(args.device)
-    g = greedy_agreement(model, ids, args.new_tokens)
-    print(f"greedy, prompt {PROMPT!r}, {g['new_tokens']} new tokens: identical prefix {g['same_prefix']}, "
-          f"equal positions {g['same_positions']}, teacher-forced top-1 agreement {g['teacher_forced']}")
-    print("  float:", repr(tok.decode(g["float_tokens"])))
-    print("  int4: ", repr(tok.decode(g["int4_tokens"])))
+    if args.new_tokens > 0:
+        ids = tok(PROMPT, return_tensors="pt").input_ids.to(args.device)
+        g = greedy_agreement(model, ids, args.new_tokens)
+        print(f"greedy, prompt {PROMPT!r}, {g['new_tokens']} new tokens: identical prefix {g['same_prefix']}, "
+              f"equal positions {g['same_positions']}, teacher-forced top-1 agreement {g['teacher_forced']}")
+        print("  float:", repr(tok.decode(g["float_tokens"])))
+        print("  int4: ", repr(tok.decode(g["int4_tokens"])))
     tokens = eval_tokens(tok)
     print(f"\nperplexity, held-out wiki, {args.windows} windows x {args.seq_len} tokens")
     print("| mode | ppl | s |\n|---|---|---|")

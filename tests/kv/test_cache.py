@@ -164,3 +164,72 @@ def test_gpu_generate_eager_and_compiled():
     a, b = torch.stack(compiled.logits)[:4].float(), torch.stack(eager.logits)[:4].float()
     if torch.equal(compiled.sequences[:, :34], eager.sequences[:, :34]):
         assert ((a - b).norm() / b.norm()) < 3e-2
+
+
+def _tiny_qwen2(big_bias: float, seed=0):
+    """A random Qwen2 (k_proj with bias) whose K bias is large on the slow RoPE pairs, as
+    Qwen2.5's is (offsets of 100-200 against keys of ~1-5)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2,
+                      num_hidden_layers=2, vocab_size=512, rope_theta=1e6, head_dim=64)
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            b = layer.self_attn.k_proj.bias.view(2, 64)
+            b.normal_(0, 0.5)
+            b[:, [29, 30, 62]] = big_bias * torch.tensor([1.0, -0.7, 0.9])
+    return model
+
+
+def test_key_shift_from_bias_takes_the_still_pairs_only():
+    from atom_ao.kv.cache import key_shift_from_bias
+
+    model = _tiny_qwen2(100.0)
+    shifts = key_shift_from_bias(model, horizon=2048)
+    inv_freq = model.model.rotary_emb.inv_freq
+    still = (inv_freq.double() * 2048 <= 1.0).repeat(2)
+    assert 0 < int(still.sum()) < 64
+    for layer, c in zip(model.model.layers, shifts):
+        b = layer.self_attn.k_proj.bias.detach().view(2, 64)
+        assert torch.equal(c[:, still], b[:, still]) and not c[:, ~still].any()
+    assert key_shift_from_bias(tiny_llama()) is None  # no k_proj bias: no shift
+
+
+@pytest.mark.parametrize("rotate", [True, False])
+def test_key_shift_leaves_softmax_alone_and_shrinks_its_error(rotate):
+    """Keys ~N(0, 1) with offsets of ~150 on three channels (Qwen2.5's K bias): the cache with
+    the offsets as k_shift stores k - c; q.(k - c) moves a query's scores by q.c, so the softmax
+    of the dequantized keys must match the true one far better than without the shift."""
+    from atom_ao.kv.cache import AtomKVLayer
+    from atom_ao.kv.format import gather_kv
+
+    g = torch.Generator().manual_seed(0)
+    h, t, d = 2, 40, 64
+    c = torch.zeros(h, d)
+    c[:, [29, 30, 62]] = torch.tensor([150.0, -105.0, 135.0])
+    k = torch.randn(1, h, t, d, generator=g) + c[None, :, None]
+    v = torch.randn(1, h, t, d, generator=g)
+    q = torch.randn(1, h, 1, d, generator=g) * 0.25  # scores of std ~2
+    true = torch.softmax(q @ k.transpose(-1, -2), -1)
+    err = {}
+    for name, shift in (("shift", c), ("none", None)):
+        layer = AtomKVLayer(prefill="int4", rotate=rotate, k_shift=shift)
+        layer.update(k, v)
+        kd = gather_kv(layer.k_cache, layer.k_meta, layer.block_table)[:, :, :t]
+        if rotate:
+            kd = kd @ layer.rotation.T  # the cache holds (k - c) @ H
+        err[name] = float((torch.softmax(q @ kd.transpose(-1, -2), -1) - true).abs().max())
+    assert err["shift"] < 0.1 and err["shift"] < 0.25 * err["none"], err
+
+
+def test_k_shift_errors():
+    model = _tiny_qwen2(1.0)
+    with pytest.raises(ValueError, match="k_shift tensors for"):
+        AtomKVCache(model, k_shift=[torch.zeros(2, 64)])
+    with pytest.raises(ValueError, match="k_shift must be"):
+        AtomKVCache(model, k_shift="mean")
+    cache = AtomKVCache(model, k_shift=[torch.zeros(3, 64)] * 2)
+    with pytest.raises(ValueError, match="k_shift has shape"):
+        model(_ids(1, 4), past_key_values=cache, use_cache=True)
