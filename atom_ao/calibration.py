@@ -73,8 +73,13 @@ def quantize_calibrated(
     progress: bool = True,
     sequential: bool | None = None,
     device: torch.device | str | None = None,
+    fold: bool = True,
 ) -> torch.nn.Module:
     """prepare -> calibrate -> convert in one call (the calibrated Atom flow).
+
+    ``fold`` (default): after converting, fold each gated MLP's down_proj permutation into the
+    output rows of gate_proj / up_proj (``atom_ao.fold.fold_mlp_permutations``: exact, the same
+    function), so down_proj's activation quantizer reads its input in order.
 
     ``sequential`` (default: True for ``weight_method="gptq"``, False for RTN) quantizes block by
     block, each block calibrated on the quantized output of the ones before (see the module doc).
@@ -95,8 +100,12 @@ def quantize_calibrated(
     if blocks is None:
         calibrate(model, batches, progress=progress)
         quantize_(model, convert, filter_fn=filter_fn)
-        return model
-    _sequential(model, blocks, batches, convert, progress, device)
+    else:
+        _sequential(model, blocks, batches, convert, progress, device)
+    if fold:
+        from atom_ao.fold import fold_mlp_permutations
+
+        fold_mlp_permutations(model)
     return model
 
 
