@@ -155,6 +155,8 @@ def atom_linear(x: torch.Tensor, w: AtomQuantTensor, bias: torch.Tensor | None) 
         with _no_wrap_triton():
             a = quantize_activation_triton(x2, w.perm, w.n_outliers, w.group_size, w.act_clip_ratio)
             wargs = (w.qdata, w.scale, w.outlier_qdata, w.outlier_scale, bias)
+            # the CUDA body of atom_ao::w4a4_gemm, repeated: moving it into a shared helper hides
+            # the op's Triton kernels from torch's triton_op kernel discovery (export/AOTI)
             check_gemm_args(*a, *wargs, w.group_size)
             y = w4a4_gemm_triton(*a, *wargs, w.group_size, x.dtype)
         return y.reshape(*lead, w.shape[0])
