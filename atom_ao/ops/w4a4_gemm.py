@@ -18,6 +18,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from atom_ao.format import w4a4_gemm_ref
+from atom_ao.ops.w4a4_gemm_unpacked import w4a4_gemm_unpacked
 
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -353,6 +354,11 @@ def _sum_splits(ws: torch.Tensor, out: torch.Tensor) -> None:
                                                                SPLITS_P=triton.next_power_of_2(splits), BLOCK=block)
 
 
+# From this M on, the GEMM unpacks both operands to INT8 first (w4a4_gemm_unpacked): the extra
+# bytes (1.5 per weight element) are paid back once the tiles along M are many.
+UNPACKED_MIN_M = 512
+
+
 def _m_bucket(m: int) -> int:
     # autotune key: powers of two up to 4096, so each decode batch size does not retune
     return min(4096, triton.next_power_of_2(max(m, 1)))
@@ -386,11 +392,13 @@ def check_gemm_args(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_
 def w4a4_gemm_triton(
     a_packed, a_scale, a_outliers, a_outlier_scale,
     w_packed, w_scale, w_outliers, w_outlier_scale,
-    bias, group_size: int, out_dtype: torch.dtype, *, splits: int | None = None,
+    bias, group_size: int, out_dtype: torch.dtype, *, splits: int | None = None, path: str | None = None,
 ) -> torch.Tensor:
     """Launch the Triton kernel (CUDA, or CPU tensors under TRITON_INTERPRET=1).
 
-    ``splits``: split-K factor (default: ``_split_k``'s choice; tests force one)."""
+    ``splits``: split-K factor (default: ``_split_k``'s choice; tests force one).
+    ``path``: "packed" (nibbles unpacked in the main loop) or "unpacked" (``w4a4_gemm_unpacked``:
+    INT8 copies first, for large M); default by M (``UNPACKED_MIN_M``)."""
     m, n = a_packed.shape[0], w_packed.shape[0]
     n_out = a_outliers.shape[1]
     out = torch.empty((m, n), dtype=out_dtype, device=a_packed.device)
@@ -401,6 +409,13 @@ def w4a4_gemm_triton(
     a_outliers, w_outliers = a_outliers.contiguous(), w_outliers.contiguous()
     a_scale, w_scale = a_scale.contiguous(), w_scale.contiguous()
     groups = a_scale.shape[1]
+    if path is None:
+        path = "unpacked" if m >= UNPACKED_MIN_M and splits in (None, 1) else "packed"
+    if path not in ("packed", "unpacked") or (path == "unpacked" and splits not in (None, 1)):
+        raise ValueError(f"w4a4_gemm: path={path!r} (with splits={splits}) is not one of 'packed', 'unpacked' (no split-K)")
+    if path == "unpacked":
+        return w4a4_gemm_unpacked(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
+                                  w_outlier_scale, bias, group_size, out)
     splits = _split_k(m, n, groups, out.device) if splits is None else splits
     if not 1 <= splits <= max(groups, 1) or (groups and triton.cdiv(groups, triton.cdiv(groups, splits)) != splits):
         raise ValueError(f"w4a4_gemm: splits={splits} must leave every split some of the {groups} groups")

@@ -99,3 +99,47 @@ def test_op_dispatches_to_triton_on_cuda():
     y = torch.ops.atom_ao.w4a4_gemm(*args, 128, torch.bfloat16)
     cpu = [t.cpu() if t is not None else None for t in args]
     assert sqnr(w4a4_gemm_ref(*cpu, 128, torch.float32), y.float().cpu()) > 40
+
+
+@pytest.mark.parametrize(
+    "m, n, k, n_out, gs, dtype, bias",
+    [
+        (19, 33, 320, 64, 128, torch.bfloat16, True),  # M and N off the tiles, K padded to the groups
+        (40, 64, 256, 0, 64, torch.float16, False),   # no outliers
+        (5, 48, 192, 16, 64, torch.float32, True),    # one masked outlier step
+    ],
+)
+def test_unpacked_path_equals_packed_path(m, n, k, n_out, gs, dtype, bias):
+    # the large-M path (INT8 copies of both operands, then a plain INT8 group GEMM) sums the same
+    # INT32 group dots and scales them in the same order: bit-identical to the packed kernel
+    args = _operands(m, n, k, n_out, gs, dtype, bias)
+    unpacked = w4a4_gemm_triton(*args, gs, dtype, path="unpacked")
+    torch.testing.assert_close(unpacked, w4a4_gemm_triton(*args, gs, dtype, path="packed", splits=1), rtol=0, atol=0)
+    _check(m, n, k, n_out, gs, dtype, bias)  # and the reference
+
+
+def test_unpack_int4_rows_matches_reference_order():
+    from atom_ao.format import unpack_int4
+    from atom_ao.ops.w4a4_gemm_unpacked import unpack_int4_rows
+
+    packed = torch.randint(0, 256, (7, 3 * 64), dtype=torch.uint8)  # 3 groups of 128
+    torch.testing.assert_close(unpack_int4_rows(packed, 128), unpack_int4(packed, 128), rtol=0, atol=0)
+
+
+def test_bad_path_is_refused():
+    args = _operands(4, 32, 256, 32, 128, torch.bfloat16, False)
+    with pytest.raises(ValueError, match="path"):
+        w4a4_gemm_triton(*args, 128, torch.bfloat16, path="fast")
+    with pytest.raises(ValueError, match="split-K"):
+        w4a4_gemm_triton(*args, 128, torch.bfloat16, path="unpacked", splits=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [256, 512, 4096])
+@pytest.mark.parametrize("n, k", [(4096, 4096), (4096, 11008), (12288, 4096)])
+def test_unpacked_path_real_shapes_gpu(m, n, k):
+    args = _operands(m, n, k, 128, 128, torch.bfloat16, True, device="cuda")
+    unpacked = w4a4_gemm_triton(*args, 128, torch.bfloat16, path="unpacked")
+    torch.testing.assert_close(unpacked, w4a4_gemm_triton(*args, 128, torch.bfloat16, path="packed", splits=1),
+                               rtol=0, atol=0)
+    _check(m, n, k, 128, 128, torch.bfloat16, True, device="cuda")
