@@ -356,7 +356,7 @@ def _sum_splits(ws: torch.Tensor, out: torch.Tensor) -> None:
 
 # From this M on, the GEMM unpacks both operands to INT8 first (w4a4_gemm_unpacked): the extra
 # bytes (1.5 per weight element) are paid back once the tiles along M are many.
-UNPACKED_MIN_M = 512
+UNPACKED_MIN_M = 1 << 62  # off by default: no faster than the packed kernel (see below)
 
 
 def _m_bucket(m: int) -> int:
