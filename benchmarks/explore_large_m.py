@@ -9,7 +9,13 @@ nibble unpack is not what bounds large M. This times variants of its main loop o
   2 scaled-T     scales stored group-major (G, M) and (G, N): contiguous scale loads
   3 int32-acc    one INT32 accumulator over all of K (wrong math: Triton's plain INT8 GEMM)
   4 scaled-2acc  two FP32 accumulators, even / odd groups (two independent dot chains)
-and torch._int_mm (cuBLAS INT8) on the same operands.
+  5 scaled-fcvt  0 with the exact int32 -> float32 mantissa trick instead of the conversion
+  6 fcvt-pref    5 with the next group's scales loaded one group ahead
+  7 unscaled-fcvt 1 with the mantissa trick
+and torch._int_mm (cuBLAS INT8) on the same operands. Session 6, H200, M=4096 (TOPS, best tile):
+cuBLAS INT8 880, bf16 691; scaled 520 (64x128), unscaled 875, scaled-T 554, int32-acc 1221
+(128x128 8 warps), scaled-2acc 281 (out of registers on big tiles): the per-group conversion and
+scaling bound the loop, not the loads (results/h200/explore_large_m_v1.log).
 
     python benchmarks/explore_large_m.py
 """
@@ -27,9 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench_us, gpu_name  # noqa: E402
 
 M, N, K, GS = 4096, 12288, 4096, 128
-TILES = [(128, 256, 8, 3), (128, 256, 8, 4), (128, 128, 8, 3), (128, 128, 4, 3), (64, 128, 4, 3),
-         (64, 256, 4, 3), (256, 128, 8, 3)]
-MODES = {0: "scaled", 1: "unscaled", 2: "scaled-T", 3: "int32-acc", 4: "scaled-2acc"}
+TILES = [(128, 256, 8, 3), (128, 128, 8, 3), (128, 128, 8, 4), (64, 128, 4, 3), (64, 128, 4, 4), (64, 256, 8, 3)]
+MODES = {0: "scaled", 1: "unscaled", 3: "int32-acc", 5: "scaled-fcvt", 6: "fcvt-pref", 7: "unscaled-fcvt"}
+
+
+@triton.jit
+def _fcvt(x):
+    return (x + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
 
 
 @triton.jit
@@ -58,12 +68,27 @@ def _kernel(a_ptr, w_ptr, as_ptr, ws_ptr, out_ptr, M, N, G, s_as, s_ws,
             acc += d0.to(tl.float32) * tl.load(as_ptr + offs_m * s_as + g)[:, None] * tl.load(ws_ptr + offs_n * s_ws + g)[None, :]
             acc2 += d1.to(tl.float32) * tl.load(as_ptr + offs_m * s_as + g + 1)[:, None] * tl.load(ws_ptr + offs_n * s_ws + g + 1)[None, :]
         acc += acc2
+    elif MODE == 6:
+        sa = tl.load(as_ptr + offs_m * s_as)
+        sw = tl.load(ws_ptr + offs_n * s_ws)
+        for g in range(0, G):
+            nxt = tl.minimum(g + 1, G - 1)
+            sa_n = tl.load(as_ptr + offs_m * s_as + nxt)
+            sw_n = tl.load(ws_ptr + offs_n * s_ws + nxt)
+            d = tl.dot(tl.load(a_ptrs + g * GS), tl.load(w_ptrs + g * GS), out_dtype=tl.int32)
+            acc += _fcvt(d) * sa[:, None] * sw[None, :]
+            sa, sw = sa_n, sw_n
     else:
         for g in range(0, G):
             a = tl.load(a_ptrs + g * GS)
             w = tl.load(w_ptrs + g * GS)
             if MODE == 3:
                 acc_i = tl.dot(a, w, acc_i, out_dtype=tl.int32)
+            elif MODE == 5:
+                d = _fcvt(tl.dot(a, w, out_dtype=tl.int32))
+                acc += d * tl.load(as_ptr + offs_m * s_as + g)[:, None] * tl.load(ws_ptr + offs_n * s_ws + g)[None, :]
+            elif MODE == 7:
+                acc += _fcvt(tl.dot(a, w, out_dtype=tl.int32))
             else:
                 d = tl.dot(a, w, out_dtype=tl.int32).to(tl.float32)
                 if MODE == 0:

@@ -18,6 +18,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from atom_ao.format import w4a4_gemm_ref
+from atom_ao.ops.gemm_tiles import group_sum_to_f32
 from atom_ao.ops.w4a4_gemm_unpacked import w4a4_gemm_unpacked
 
 
@@ -79,7 +80,7 @@ def _group_partial(a, w, sa, sw, acc, USE_ASM: tl.constexpr):
     w_lo, w_hi = _unpack_int4(w, USE_ASM)
     dot = tl.dot(a_lo, w_lo, out_dtype=tl.int32)
     dot = tl.dot(a_hi, w_hi, dot, out_dtype=tl.int32)
-    return acc + dot.to(tl.float32) * sa[:, None] * sw[None, :]
+    return acc + group_sum_to_f32(dot) * sa[:, None] * sw[None, :]
 
 
 @triton.jit

@@ -20,6 +20,8 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from atom_ao.ops.gemm_tiles import group_sum_to_f32
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -66,7 +68,7 @@ def _int8_group_gemm_kernel_jit(
     GS: tl.constexpr,  # group size: the K of one dot
     BLOCK_O: tl.constexpr,
     HAS_OUT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr, PREFETCH_SCALES: tl.constexpr,
 ):
     # grouped tile order: neighbouring programs share weight tiles in L2
     pid = tl.program_id(0)
@@ -92,13 +94,26 @@ def _int8_group_gemm_kernel_jit(
     as_ptrs = as_ptr + rows_m * stride_asm
     ws_ptrs = ws_ptr + rows_n * stride_wsn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for g in range(0, G):
-        a = tl.load(a_ptrs + g * GS)
-        w = tl.load(w_ptrs + g * GS)
-        sa = tl.load(as_ptrs + g)
-        sw = tl.load(ws_ptrs + g)
-        dot = tl.dot(a, w, out_dtype=tl.int32)
-        acc = acc + dot.to(tl.float32) * sa[:, None] * sw[None, :]
+    if PREFETCH_SCALES:
+        # the group's scales are loaded one group ahead, into registers: the pipeliner streams
+        # the dot operands, not these small gathers
+        sa = tl.load(as_ptrs)
+        sw = tl.load(ws_ptrs)
+        for g in range(0, G):
+            nxt = tl.minimum(g + 1, G - 1)
+            sa_next = tl.load(as_ptrs + nxt)
+            sw_next = tl.load(ws_ptrs + nxt)
+            dot = tl.dot(tl.load(a_ptrs + g * GS), tl.load(w_ptrs + g * GS), out_dtype=tl.int32)
+            acc = acc + group_sum_to_f32(dot) * sa[:, None] * sw[None, :]
+            sa, sw = sa_next, sw_next
+    else:
+        for g in range(0, G):
+            a = tl.load(a_ptrs + g * GS)
+            w = tl.load(w_ptrs + g * GS)
+            sa = tl.load(as_ptrs + g)
+            sw = tl.load(ws_ptrs + g)
+            dot = tl.dot(a, w, out_dtype=tl.int32)
+            acc = acc + group_sum_to_f32(dot) * sa[:, None] * sw[None, :]
 
     if HAS_OUT:  # the INT8 outlier block: the last K step, with per-token / per-row scales
         offs_o = tl.arange(0, BLOCK_O)
@@ -117,9 +132,11 @@ def _int8_group_gemm_kernel_jit(
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-# (BLOCK_M, BLOCK_N, warps, stages): big tiles, deep pipelines (2 x 128 x 128-byte tiles a stage)
+# (BLOCK_M, BLOCK_N, warps, stages, prefetch scales). H200, M=4096 (explore_large_m.py, before the
+# fast conversion): 64x128 4 warps 3 stages 520 TOPS, 128x128 8 warps 402, 128x256 255.
 _CONFIGS = [
-    (128, 256, 8, 3), (128, 128, 8, 4), (128, 128, 4, 4), (256, 128, 8, 3), (64, 256, 4, 4), (64, 128, 4, 5),
+    (64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 128, 8, 3, False), (128, 128, 8, 3, True),
+    (64, 128, 4, 4, True), (128, 128, 8, 4, True),
 ]
 
 
@@ -128,8 +145,8 @@ def _m_bucket(m: int) -> int:
 
 
 _KERNEL = None if INTERPRET else triton.autotune(
-    configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": 8}, num_warps=w, num_stages=s)
-             for bm, bn, w, s in _CONFIGS],
+    configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": 8, "PREFETCH_SCALES": p}, num_warps=w,
+                           num_stages=s) for bm, bn, w, s, p in _CONFIGS],
     key=["M_BUCKET", "N", "G", "N_OUT"],
 )(_int8_group_gemm_kernel_jit)
 
@@ -141,7 +158,7 @@ def int8_group_gemm(a8, a_scale, a_outliers, a_outlier_scale, w8, w_scale, w_out
     n_out = a_outliers.shape[1]
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
     if INTERPRET:
-        kernel, meta = _int8_group_gemm_kernel_jit, {"BLOCK_M": 16, "BLOCK_N": 32, "GROUP_M": 2}
+        kernel, meta = _int8_group_gemm_kernel_jit, {"BLOCK_M": 16, "BLOCK_N": 32, "GROUP_M": 2, "PREFETCH_SCALES": m % 2 == 1}
     else:
         kernel, meta = _KERNEL, {}
     wrap_triton(kernel)[grid](
