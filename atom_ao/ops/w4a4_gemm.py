@@ -356,8 +356,11 @@ def _sum_splits(ws: torch.Tensor, out: torch.Tensor) -> None:
 
 
 # From this M on, the GEMM unpacks both operands to INT8 first (w4a4_gemm_unpacked): the extra
-# bytes (1.5 per weight element) are paid back once the tiles along M are many.
-UNPACKED_MIN_M = 1 << 62  # off by default: no faster than the packed kernel (see below)
+# bytes (1.5 per weight element) are paid back once the tiles along M are many. H200
+# (results/h200/bench_linear_fcvt_*), GEMM alone, Llama-2-7B qkv / down / o: M=4096 1030 -> 785,
+# 926 -> 697, 352 -> 254 us; M=1024 270 -> 211, 237 -> 191, 90.6 -> 71.5 us; M=256 slower
+# (69.3 -> 95.5 us on down).
+UNPACKED_MIN_M = 1024
 
 
 def _m_bucket(m: int) -> int:
