@@ -15,7 +15,11 @@ Perplexity modes (held-out wiki text, ``atom_ao.data.eval_tokens``, non-overlapp
   rest goes through the cache in chunks that read INT4, as decode steps do (query t sees the
   INT4 K/V of tokens <= t);
 * ``int4-pre-rope``: simulation of the alternative to ``int4``: K quantized *before* RoPE
-  (un-rotated, quantized, dequantized, rotated back), V as in ``int4``, no Hadamard.
+  (un-rotated, quantized, dequantized, rotated back), V as in ``int4``, no Hadamard;
+* ``int4-pre-rope-bias``: ``int4-pre-rope`` with ``k_proj``'s bias (Qwen2) taken out of every
+  key before quantization and added back after (before RoPE the bias is one constant vector a
+  head, so a kernel would add it to the dequantized key before rotating it); the same as
+  ``int4-pre-rope`` for models without the bias.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from atom_ao.kv.attention import _plain_attention
 from atom_ao.kv.cache import AtomKVCache
 from atom_ao.kv.format import dequantize_kv, quantize_kv
 
-MODES = ("float", "int4", "int4-rotate", "int4-rotate-noshift", "int4-decode", "int4-pre-rope")
+MODES = ("float", "int4", "int4-rotate", "int4-rotate-noshift", "int4-decode", "int4-pre-rope", "int4-pre-rope-bias")
 
 
 def _fake_quant(x: torch.Tensor) -> torch.Tensor:
@@ -46,8 +50,9 @@ def _rotate_half(x):
     return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
 
 
-def _pre_rope_attention(model):
-    """An attention function quantizing K before RoPE: un-rotate, fake-quantize, rotate back."""
+def _pre_rope_attention(model, restore_bias: bool = False):
+    """An attention function quantizing K before RoPE: un-rotate, fake-quantize, rotate back.
+    ``restore_bias``: quantize the key minus ``k_proj``'s bias and add the bias back after."""
     rotary = model.model.rotary_emb
 
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -55,7 +60,12 @@ def _pre_rope_attention(model):
         cos, sin = rotary(key, pos)  # (B, T, D)
         cos, sin = cos[:, None].to(key.dtype), sin[:, None].to(key.dtype)
         k_pre = key * cos - _rotate_half(key) * sin  # RoPE is a rotation: this undoes it
-        kq = _fake_quant(k_pre)
+        bias = getattr(module.k_proj, "bias", None) if restore_bias else None
+        if bias is not None:
+            bias = bias.view(key.shape[1], 1, key.shape[-1]).to(key.dtype)  # (kv_heads, 1, D)
+            kq = _fake_quant(k_pre - bias) + bias
+        else:
+            kq = _fake_quant(k_pre)
         k_hat = kq * cos + _rotate_half(kq) * sin
         out = _plain_attention(query, k_hat, _fake_quant(value), None, scaling)
         return out.transpose(1, 2), None
@@ -66,7 +76,7 @@ def _pre_rope_attention(model):
 @torch.no_grad()
 def window_nll(model, window: torch.Tensor, mode: str, chunk: int = 64) -> tuple[float, int]:
     """Summed NLL (float64) and count of the tokens after the first of a (1, L) window."""
-    if mode in ("float", "int4-pre-rope"):
+    if mode in ("float", "int4-pre-rope", "int4-pre-rope-bias"):
         logits = model(window, use_cache=False).logits
     elif mode in ("int4", "int4-rotate", "int4-rotate-noshift"):
         cache = AtomKVCache(model, prefill="int4", rotate=mode != "int4",
@@ -89,8 +99,8 @@ def perplexity(model, tokens: torch.Tensor, mode: str, seq_len: int = 512, windo
     """exp(mean NLL) over the first ``windows`` non-overlapping windows of ``tokens`` (1, T)."""
     device = next(model.parameters()).device
     impl = model.config._attn_implementation
-    if mode == "int4-pre-rope":
-        AttentionInterface.register("atom_int4_pre_rope_sim", _pre_rope_attention(model))
+    if mode.startswith("int4-pre-rope"):
+        AttentionInterface.register("atom_int4_pre_rope_sim", _pre_rope_attention(model, mode.endswith("bias")))
         model.set_attn_implementation("atom_int4_pre_rope_sim")
     nll, count = 0.0, 0
     try:
