@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from atom_ao.kv.format import gather_kv
+from atom_ao.kv.rope import rotate_keys
 
 
 def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor,
@@ -42,13 +43,26 @@ def prefill_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return attention_ref(q, k, v, pos, kv_len, kv_start, sm_scale)
 
 
+def cached_keys(k_cache: torch.Tensor, k_meta: torch.Tensor, block_table: torch.Tensor,
+                k_rope: torch.Tensor | None = None, k_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The keys attention uses, (B, Hkv, S, D) float32: dequantized, and for keys cached before
+    RoPE (``atom_ao.kv.rope``) plus ``k_bias`` (Hkv, D) and rotated by their slot."""
+    k = gather_kv(k_cache, k_meta, block_table)
+    if k_bias is not None:
+        k = k + k_bias.float()[None, :, None, :]
+    if k_rope is not None:
+        k = rotate_keys(k, k_rope, torch.arange(k.shape[2], device=k.device))
+    return k
+
+
 def cached_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_meta: torch.Tensor,
                          v_meta: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
-                         kv_start: torch.Tensor | None, sm_scale: float) -> torch.Tensor:
+                         kv_start: torch.Tensor | None, sm_scale: float, k_rope: torch.Tensor | None = None,
+                         k_bias: torch.Tensor | None = None) -> torch.Tensor:
     """T new queries per sequence against the INT4 cache, which already holds them (their K/V
     were written first): query i sits at position ``seq_lens[b] - T + i``. q (B, H, T, D)."""
     t = q.shape[2]
-    k = gather_kv(k_cache, k_meta, block_table)
+    k = cached_keys(k_cache, k_meta, block_table, k_rope, k_bias)
     v = gather_kv(v_cache, v_meta, block_table)
     lens = seq_lens.to(torch.int64)
     pos = lens[:, None] - t + torch.arange(t, device=q.device)[None, :]
@@ -57,8 +71,9 @@ def cached_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
 
 def decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_meta: torch.Tensor,
                          v_meta: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
-                         kv_start: torch.Tensor | None, sm_scale: float) -> torch.Tensor:
+                         kv_start: torch.Tensor | None, sm_scale: float, k_rope: torch.Tensor | None = None,
+                         k_bias: torch.Tensor | None = None) -> torch.Tensor:
     """One query token per sequence, q (B, H, D), against the INT4 cache -> (B, H, D)."""
     out = cached_attention_ref(q[:, :, None], k_cache, v_cache, k_meta, v_meta, block_table, seq_lens,
-                               kv_start, sm_scale)
+                               kv_start, sm_scale, k_rope, k_bias)
     return out[:, :, 0]

@@ -27,9 +27,10 @@ from torch.library import triton_op, wrap_triton
 
 from atom_ao.kv.format import check_cache, check_head_dim
 from atom_ao.kv.reference import decode_attention_ref
+from atom_ao.kv.rope import check_rope_args
 from atom_ao.ops.kv_tiles import (
     F32_MAGIC, dot_dtype, dot_precision, fma_pv, fma_scores, int4_pv, int4_scores, load_codes, magic_bits,
-    online_softmax, paged_rows,
+    online_softmax, paged_rows, rope_keys,
 )
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -55,14 +56,15 @@ def _configs():
 @triton.jit
 def _decode_split_kernel(
     q_ptr, kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_ptr, len_ptr, start_ptr,
-    out_ptr, part_ptr, ml_ptr,
-    qk_scale, num_splits, H,
+    out_ptr, part_ptr, ml_ptr, rope_ptr, kb_ptr,
+    qk_scale, num_splits, H, rope_sin_off,
     s_qb, s_qh,
     s_cp, s_ch, s_ct, s_mp, s_mh, s_mw,  # K and V share cache strides, and meta strides
     s_btb,
     s_ob, s_oh,  # final output (one split); partials are contiguous (B, H, splits, D) and (.., 2)
     G: tl.constexpr, BLOCK_G: tl.constexpr, HALF: tl.constexpr, PAGE: tl.constexpr, HAS_START: tl.constexpr,
     ONE_SPLIT: tl.constexpr, DOT: tl.constexpr, MAGIC: tl.constexpr, PREC: tl.constexpr, FMA: tl.constexpr,
+    ROPE: tl.constexpr, HAS_KBIAS: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     b = tl.program_id(0)
@@ -102,7 +104,16 @@ def _decode_split_kernel(
         row_c, row_m = paged_rows(bt_row, n0, ok, s_cp, s_ch, s_ct, s_mp, s_mh, hk, PAGE, BLOCK_N)
         k_lo, k_hi, ks, kz = load_codes(kc_ptr, km_ptr, row_c, row_m, ok, s_mw, HALF, DOT, MAGIC)
         v_lo, v_hi, vs, vz = load_codes(vc_ptr, vm_ptr, row_c, row_m, ok, s_mw, HALF, DOT, MAGIC)
-        if FMA:
+        if ROPE:  # keys cached before RoPE: dequantize, add the bias, rotate, then plain dots
+            k_lo, k_hi = rope_keys(k_lo, k_hi, ks, kz, t, ok, rope_ptr, rope_sin_off, kb_ptr + hk * (2 * HALF),
+                                   HAS_KBIAS, HALF, DOT)
+            if FMA:
+                s = tl.sum(q_lo[:, None, :] * k_lo[None, :, :] + q_hi[:, None, :] * k_hi[None, :, :], axis=2)
+            else:
+                s = tl.dot(q_lo, tl.trans(k_lo), input_precision=PREC)
+                s = tl.dot(q_hi, tl.trans(k_hi), s, input_precision=PREC)
+            s = s * qk_scale
+        elif FMA:
             s = fma_scores(q_lo, q_hi, q_sum, k_lo, k_hi, ks, kz) * qk_scale
         else:
             s = int4_scores(q_lo, q_hi, q_sum, k_lo, k_hi, ks, kz, PREC) * qk_scale
@@ -128,7 +139,7 @@ def _decode_split_kernel(
         tl.store(ml_ptr + row * 2 + 1, l_i, mask=g_ok)
 
 
-_decode_split_tuned = triton.autotune(configs=_configs(), key=["G", "HALF", "ONE_SPLIT", "FMA", "num_splits"])(
+_decode_split_tuned = triton.autotune(configs=_configs(), key=["G", "HALF", "ONE_SPLIT", "FMA", "ROPE", "num_splits"])(
     _decode_split_kernel
 ) if not _INTERPRET else None
 
@@ -190,7 +201,7 @@ def check_decode_args(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens
 
 
 def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start,
-                               sm_scale: float, max_seq_len: int = 0) -> torch.Tensor:
+                               sm_scale: float, max_seq_len: int = 0, k_rope=None, k_bias=None) -> torch.Tensor:
     """Launch the Triton kernels (CUDA, or CPU tensors under TRITON_INTERPRET=1)."""
     b, h, d = q.shape
     hkv = k_cache.shape[1]
@@ -207,10 +218,11 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
     one = splits == 1
     part = torch.empty((b, h, 1 if one else splits, d), dtype=torch.float32, device=q.device)
     ml = torch.empty((b, h, 1 if one else splits, 2), dtype=torch.float32, device=q.device)
+    k_rope = k_rope.contiguous() if k_rope is not None else None
     args = (
         q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start if kv_start is not None else seq_lens,
-        out, part, ml,
-        sm_scale * _LOG2E, splits, h,
+        out, part, ml, k_rope if k_rope is not None else ml, k_bias.contiguous() if k_bias is not None else ml,
+        sm_scale * _LOG2E, splits, h, k_rope.stride(0) if k_rope is not None else 0,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), k_meta.stride(0), k_meta.stride(1), k_meta.stride(2),
         block_table.stride(0),
@@ -223,7 +235,8 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
         block_g, dot = max(16, triton.next_power_of_2(g)), dot_dtype(q.dtype, _INTERPRET)
         magic = magic_bits(q.dtype, _INTERPRET) if UNPACK_MAGIC else 0
     meta = dict(G=g, BLOCK_G=block_g, HALF=d // 2, PAGE=k_cache.shape[2], HAS_START=kv_start is not None,
-                ONE_SPLIT=one, DOT=dot, MAGIC=magic, PREC=dot_precision(q.dtype), FMA=fma)
+                ONE_SPLIT=one, DOT=dot, MAGIC=magic, PREC=dot_precision(q.dtype), FMA=fma,
+                ROPE=k_rope is not None, HAS_KBIAS=k_bias is not None)
     if _INTERPRET:
         wrap_triton(_decode_split_kernel)[(b, hkv, splits)](*args, **meta, BLOCK_N=16)
     else:
@@ -239,14 +252,20 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
 @triton_op("atom_ao::kv_decode_attention", mutates_args=())
 def kv_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_meta: torch.Tensor,
                         v_meta: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
-                        kv_start: torch.Tensor | None, sm_scale: float, max_seq_len: int = 0) -> torch.Tensor:
+                        kv_start: torch.Tensor | None, sm_scale: float, max_seq_len: int = 0,
+                        k_rope: torch.Tensor | None = None, k_bias: torch.Tensor | None = None) -> torch.Tensor:
     """(batch, heads, D) queries, one per sequence, against the INT4 paged cache -> (batch, heads, D).
 
     ``seq_lens`` counts the cached tokens (the query's own K/V already written); ``max_seq_len``
     is an upper bound on them (0: the block table's capacity), used only to size the grid.
+    ``k_rope`` / ``k_bias``: keys cached before RoPE (``atom_ao.kv.rope``): the (2, positions, D/2)
+    cos / sin table and the (kv_heads, D) bias added back before rotating.
     CUDA runs the Triton kernels; other devices run the reference."""
     check_decode_args(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start)
+    check_rope_args(k_rope, k_bias, k_cache.shape[1], q.shape[2], block_table.shape[1] * k_cache.shape[2], q.device,
+                    "kv_decode_attention")
     if q.is_cuda:
         return kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start,
-                                          sm_scale, max_seq_len)
-    return decode_attention_ref(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, sm_scale)
+                                          sm_scale, max_seq_len, k_rope, k_bias)
+    return decode_attention_ref(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, sm_scale,
+                                k_rope, k_bias)

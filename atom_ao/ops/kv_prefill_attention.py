@@ -27,8 +27,9 @@ from torch.library import triton_op, wrap_triton
 
 from atom_ao.kv.format import check_cache, check_head_dim
 from atom_ao.kv.reference import cached_attention_ref, prefill_attention_ref
+from atom_ao.kv.rope import check_rope_args
 from atom_ao.ops.kv_tiles import (
-    dot_dtype, dot_precision, int4_pv, int4_scores, load_codes, magic_bits, online_softmax, paged_rows,
+    dot_dtype, dot_precision, int4_pv, int4_scores, load_codes, magic_bits, online_softmax, paged_rows, rope_keys,
 )
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -53,15 +54,16 @@ def _load_half_rows(ptr, rows, ok, HALF: tl.constexpr, DOT: tl.constexpr):
 
 @triton.jit
 def _prefill_kernel(
-    q_ptr, k_ptr, v_ptr, km_ptr, vm_ptr, bt_ptr, len_ptr, start_ptr, out_ptr,
-    qk_scale, T, H,
+    q_ptr, k_ptr, v_ptr, km_ptr, vm_ptr, bt_ptr, len_ptr, start_ptr, out_ptr, rope_ptr, kb_ptr,
+    qk_scale, T, H, rope_sin_off,
     s_qb, s_qh, s_qt,
     s_kb, s_kh, s_kt,  # float K: (batch, kv head, token); INT4 cache: (page, kv head, token), V alike
     s_vb, s_vh, s_vt,
     s_mp, s_mh, s_mw, s_btb,
     s_ob, s_oh, s_ot,
     G: tl.constexpr, HALF: tl.constexpr, PAGE: tl.constexpr, HAS_START: tl.constexpr, FROM_CACHE: tl.constexpr,
-    DOT: tl.constexpr, MAGIC: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT: tl.constexpr, MAGIC: tl.constexpr, PREC: tl.constexpr, ROPE: tl.constexpr, HAS_KBIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -97,7 +99,13 @@ def _prefill_kernel(
         if FROM_CACHE:
             row_c, row_m = paged_rows(bt_ptr + b64 * s_btb, n0, ok, s_kb, s_kh, s_kt, s_mp, s_mh, hk, PAGE, BLOCK_N)
             k_lo, k_hi, ks, kz = load_codes(k_ptr, km_ptr, row_c, row_m, ok, s_mw, HALF, DOT, MAGIC)
-            s = int4_scores(q_lo, q_hi, q_sum, k_lo, k_hi, ks, kz, PREC)
+            if ROPE:  # keys cached before RoPE: dequantize, add the bias, rotate, then plain dots
+                k_lo, k_hi = rope_keys(k_lo, k_hi, ks, kz, t, ok, rope_ptr, rope_sin_off, kb_ptr + hk * (2 * HALF),
+                                       HAS_KBIAS, HALF, DOT)
+                s = tl.dot(q_lo, tl.trans(k_lo), input_precision=PREC)
+                s = tl.dot(q_hi, tl.trans(k_hi), s, input_precision=PREC)
+            else:
+                s = int4_scores(q_lo, q_hi, q_sum, k_lo, k_hi, ks, kz, PREC)
         else:
             k_lo, k_hi = _load_half_rows(k_ptr + b64 * s_kb + hk * s_kh, t.to(tl.int64) * s_kt, ok, HALF, DOT)
             s = tl.dot(q_lo, tl.trans(k_lo), input_precision=PREC)
@@ -125,12 +133,12 @@ def _prefill_kernel(
     tl.store(o + HALF, (acc_hi * inv[:, None]).to(out_ptr.dtype.element_ty), mask=r_ok[:, None])
 
 
-_prefill_tuned = None if _INTERPRET else triton.autotune(configs=_configs(), key=["HALF", "G", "FROM_CACHE"])(
+_prefill_tuned = None if _INTERPRET else triton.autotune(configs=_configs(), key=["HALF", "G", "FROM_CACHE", "ROPE"])(
     _prefill_kernel
 )
 
 
-def _launch(q, k, v, km, vm, bt, lens, kv_start, sm_scale, from_cache: bool) -> torch.Tensor:
+def _launch(q, k, v, km, vm, bt, lens, kv_start, sm_scale, from_cache: bool, k_rope=None, k_bias=None) -> torch.Tensor:
     b, h, t, d = q.shape
     hkv = k.shape[1]
     out = torch.empty((b, h, t, d), dtype=q.dtype, device=q.device)
@@ -142,10 +150,12 @@ def _launch(q, k, v, km, vm, bt, lens, kv_start, sm_scale, from_cache: bool) -> 
     if from_cache and (k.stride() != v.stride() or km.stride() != vm.stride()):
         raise ValueError("kv_prefill_attention: K and V caches (and metas) must have the same strides")
     dummy = lens if lens is not None else out
+    k_rope = k_rope.contiguous() if k_rope is not None else None
     args = (
         q, k, v, km if from_cache else dummy, vm if from_cache else dummy, bt if from_cache else dummy,
         lens if from_cache else dummy, kv_start if kv_start is not None else dummy, out,
-        sm_scale * _LOG2E, t, h,
+        k_rope if k_rope is not None else out, k_bias.contiguous() if k_bias is not None else out,
+        sm_scale * _LOG2E, t, h, k_rope.stride(0) if k_rope is not None else 0,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
@@ -154,7 +164,8 @@ def _launch(q, k, v, km, vm, bt, lens, kv_start, sm_scale, from_cache: bool) -> 
         out.stride(0), out.stride(1), out.stride(2),
     )
     meta = dict(G=h // hkv, HALF=d // 2, PAGE=k.shape[2] if from_cache else 1, HAS_START=kv_start is not None, FROM_CACHE=from_cache,
-                DOT=dot_dtype(q.dtype, _INTERPRET), MAGIC=magic_bits(q.dtype, _INTERPRET), PREC=dot_precision(q.dtype))
+                DOT=dot_dtype(q.dtype, _INTERPRET), MAGIC=magic_bits(q.dtype, _INTERPRET), PREC=dot_precision(q.dtype),
+                ROPE=k_rope is not None, HAS_KBIAS=k_bias is not None)
     grid = lambda m: (triton.cdiv(t, m["BLOCK_M"]), b * h)  # noqa: E731
     if _INTERPRET:
         wrap_triton(_prefill_kernel)[grid](*args, **meta, BLOCK_M=16, BLOCK_N=16)
@@ -181,8 +192,9 @@ def prefill_attention_triton(q, k, v, kv_start, sm_scale: float) -> torch.Tensor
 
 
 def kv_prefill_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start,
-                                sm_scale: float) -> torch.Tensor:
-    return _launch(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, sm_scale, from_cache=True)
+                                sm_scale: float, k_rope=None, k_bias=None) -> torch.Tensor:
+    return _launch(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, sm_scale, from_cache=True,
+                   k_rope=k_rope, k_bias=k_bias)
 
 
 @triton_op("atom_ao::prefill_attention", mutates_args=())
@@ -205,10 +217,12 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_star
 @triton_op("atom_ao::kv_prefill_attention", mutates_args=())
 def kv_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_meta: torch.Tensor,
                          v_meta: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
-                         kv_start: torch.Tensor | None, sm_scale: float) -> torch.Tensor:
+                         kv_start: torch.Tensor | None, sm_scale: float, k_rope: torch.Tensor | None = None,
+                         k_bias: torch.Tensor | None = None) -> torch.Tensor:
     """T new queries per sequence, q (B, H, T, D), against the INT4 paged cache that already holds
     their K/V: query i is at position ``seq_lens[b] - T + i``. -> (B, H, T, D).
 
+    ``k_rope`` / ``k_bias``: keys cached before RoPE (see ``kv_decode_attention``).
     CUDA runs the Triton kernel; other devices run the reference."""
     check_cache(k_cache, k_meta, "kv_prefill_attention: K cache")
     check_cache(v_cache, v_meta, "kv_prefill_attention: V cache")
@@ -219,7 +233,10 @@ def kv_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     if seq_lens.shape != (b,) or seq_lens.dtype != torch.int32:
         raise ValueError(f"kv_prefill_attention: seq_lens must be int32 ({b},)")
     _check_start(kv_start, b, "kv_prefill_attention")
+    check_rope_args(k_rope, k_bias, k_cache.shape[1], q.shape[3], block_table.shape[1] * k_cache.shape[2], q.device,
+                    "kv_prefill_attention")
     if q.is_cuda:
         return kv_prefill_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start,
-                                           sm_scale)
-    return cached_attention_ref(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, sm_scale)
+                                           sm_scale, k_rope, k_bias)
+    return cached_attention_ref(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, sm_scale,
+                                k_rope, k_bias)

@@ -140,3 +140,23 @@ def dot_precision(dtype) -> str:
     IEEE products (Triton's default for them, tf32, keeps ~3 decimal digits); the setting does
     nothing for bf16 / fp16, which keep the default."""
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+@triton.jit
+def rope_keys(c_lo, c_hi, scale, zero, t, ok, rope_ptr, sin_off, kb_ptr, HAS_KBIAS: tl.constexpr,
+              HALF: tl.constexpr, DOT: tl.constexpr):
+    """Keys cached before RoPE (``atom_ao.kv.rope``): codes -> float keys as attention uses them.
+    Dequantize (s * c + z), add the K bias back, rotate by the slot ``t`` (BLOCK_N,): the packed
+    halves are exactly RoPE's channel pairs (i, i + D/2), so the rotation is elementwise on the two
+    half tiles. The cos / sin rows come from the (2, positions, HALF) float32 table, ``sin_off``
+    apart. -> (k_lo, k_hi) (BLOCK_N, HALF) in DOT."""
+    d = tl.arange(0, HALF)
+    x_lo = c_lo.to(tl.float32) * scale[:, None] + zero[:, None]
+    x_hi = c_hi.to(tl.float32) * scale[:, None] + zero[:, None]
+    if HAS_KBIAS:
+        x_lo += tl.load(kb_ptr + d)[None, :]
+        x_hi += tl.load(kb_ptr + HALF + d)[None, :]
+    rows = rope_ptr + t[:, None] * HALF + d[None, :]
+    cos = tl.load(rows, mask=ok[:, None], other=0.0)
+    sin = tl.load(rows + sin_off, mask=ok[:, None], other=0.0)
+    return (x_lo * cos - x_hi * sin).to(DOT), (x_hi * cos + x_lo * sin).to(DOT)
