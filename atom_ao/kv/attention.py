@@ -69,14 +69,16 @@ def atom_int4_attention(module, query, key, value, attention_mask, scaling=None,
     if key.first and layer.prefill == "float":
         out = torch.ops.atom_ao.prefill_attention(query, key.key, key.value, kv_start, scale)
         return out.transpose(1, 2), None
-    if layer.rotate:  # the cache holds k @ H, v @ H: (q @ H) . (k @ H) = q . k; out = out_H @ H
+    if layer.rotate_k:  # the cache holds k @ H: (q @ H) . (k @ H) = q . k
         query = query @ layer.rotation
+    rope = (layer.rope, layer.k_bias) if layer.rope is not None else (None, None)  # keys cached before RoPE
     if t == 1:
-        out = torch.ops.atom_ao.kv_decode_attention(query[:, :, 0], *pool, kv_start, scale, layer.max_len_hint())
+        out = torch.ops.atom_ao.kv_decode_attention(query[:, :, 0], *pool, kv_start, scale, layer.max_len_hint(),
+                                                    *rope)
         out = out[:, :, None]
     else:
-        out = torch.ops.atom_ao.kv_prefill_attention(query, *pool, kv_start, scale)
-    if layer.rotate:
+        out = torch.ops.atom_ao.kv_prefill_attention(query, *pool, kv_start, scale, *rope)
+    if layer.rotate:  # the cache holds v @ H: out = out_H @ H
         out = out @ layer.rotation
     return out.transpose(1, 2), None
 

@@ -233,3 +233,104 @@ def test_k_shift_errors():
     cache = AtomKVCache(model, k_shift=[torch.zeros(3, 64)] * 2)
     with pytest.raises(ValueError, match="k_shift has shape"):
         model(_ids(1, 4), past_key_values=cache, use_cache=True)
+
+
+# ---------------------------------------------------------------- keys cached before RoPE
+
+
+def _pre_rope_fake_quant(model, rotate_v=True):
+    """The spec of ``k_before_rope=True`` with an INT4 prefill: each key un-rotated by its slot,
+    minus the K bias, quantized, plus the bias, rotated back; V as the default cache stores it."""
+    from atom_ao.kv.attention import _plain_attention
+    from atom_ao.kv.format import hadamard
+    from atom_ao.kv.rope import rope_table, rotate_keys, unrotate_keys
+    from kv_testing import fake_quant
+
+    table = rope_table(model.model.rotary_emb.inv_freq.float(), 256)
+
+    def attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
+        slots = torch.arange(key.shape[2])
+        bias = module.k_proj.bias.view(key.shape[1], 1, -1) if module.k_proj.bias is not None else 0.0
+        k = rotate_keys(fake_quant(unrotate_keys(key, table, slots) - bias) + bias, table, slots)
+        h = hadamard(value.shape[-1])
+        v = fake_quant(value @ h) @ h if rotate_v else fake_quant(value)
+        return _plain_attention(query, k, v, None, scaling).transpose(1, 2), None
+
+    return attention
+
+
+@pytest.mark.parametrize("big_bias", [0.0, 150.0])
+def test_k_before_rope_forward_is_its_spec(big_bias):
+    from transformers import AttentionInterface
+
+    model = _tiny_qwen2(big_bias)
+    ids = _ids(1, 24)
+    AttentionInterface.register("kv_test_pre_rope", _pre_rope_fake_quant(model))
+    with torch.no_grad():
+        got = model(ids, past_key_values=AtomKVCache(model, prefill="int4", k_before_rope=True),
+                    use_cache=True).logits
+        model.set_attn_implementation("kv_test_pre_rope")
+        want = model(ids, use_cache=False).logits
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=2e-4)
+
+
+def test_k_before_rope_beats_the_key_shift_on_turning_bias():
+    """Keys ~N(0, 1) before RoPE plus a K bias of 54 / -33 on the fastest-turning RoPE pair
+    (Qwen2.5's layer 0): the key shift cannot remove a bias that turns with the position;
+    caching keys before RoPE takes it out exactly. Softmax error of the dequantized keys."""
+    from atom_ao.kv.cache import AtomKVLayer, key_shift_from_bias
+    from atom_ao.kv.format import gather_kv
+    from atom_ao.kv.rope import rope_table, rotate_keys
+
+    model = _tiny_qwen2(0.0)
+    inv_freq = model.model.rotary_emb.inv_freq.float()
+    g = torch.Generator().manual_seed(0)
+    h, t, d = 2, 40, 64
+    bias = torch.zeros(h, d)
+    bias[:, [0, 32]] = torch.tensor([54.0, -33.0])  # pair 0 turns 1 rad a position
+    table = rope_table(inv_freq, t)
+    k = rotate_keys(torch.randn(1, h, t, d, generator=g) + bias[None, :, None], table, torch.arange(t))
+    v = torch.randn(1, h, t, d, generator=g)
+    q = torch.randn(1, h, 1, d, generator=g) * 0.25
+    true = torch.softmax(q @ k.transpose(-1, -2), -1)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.k_proj.bias.copy_(bias.flatten())
+    shift = key_shift_from_bias(model)[0]  # what the default cache would subtract: nothing on pair 0
+    err = {}
+    for name, kw in (("shift", dict(k_shift=shift)), ("pre_rope", dict(rope_inv_freq=inv_freq, k_bias=bias))):
+        layer = AtomKVLayer(prefill="int4", rotate=False, page_size=8, **kw)
+        layer.update(k, v)
+        kd = gather_kv(layer.k_cache, layer.k_meta, layer.block_table)[:, :, :t]
+        if name == "pre_rope":
+            kd = rotate_keys(kd + bias[None, :, None], layer.rope, torch.arange(t))
+        err[name] = float((torch.softmax(q @ kd.transpose(-1, -2), -1) - true).abs().max())
+    assert err["pre_rope"] < 0.05 and err["pre_rope"] < 0.25 * err["shift"], err
+
+
+@pytest.mark.parametrize("max_cache_len", [None, 48])
+def test_k_before_rope_decode_matches_one_forward_and_generates(max_cache_len):
+    model = _tiny_qwen2(100.0)
+    ids = _ids(2, 20)
+    kw = dict(max_cache_len=max_cache_len, prefill="int4", page_size=8, k_before_rope=True)
+    with torch.no_grad():
+        full = model(ids, past_key_values=AtomKVCache(model, **kw), use_cache=True).logits
+        torch.testing.assert_close(_stepwise_logits(model, ids, 6, AtomKVCache(model, **kw)), full,
+                                   atol=2e-4, rtol=1e-4)
+        out = model.generate(ids[:1, :8], past_key_values=AtomKVCache(model, max_cache_len=max_cache_len,
+                                                                       k_before_rope=True),
+                             max_new_tokens=8, do_sample=False)
+    assert out.shape == (1, 16)
+
+
+def test_k_before_rope_errors():
+    model = _tiny_qwen2(1.0)
+    with pytest.raises(ValueError, match="needs the model"):
+        AtomKVCache(model.config, k_before_rope=True)
+    from atom_ao.kv.cache import AtomKVLayer
+
+    with pytest.raises(ValueError, match="k_shift is for keys cached after RoPE"):
+        AtomKVLayer(k_shift=torch.zeros(2, 64), rope_inv_freq=torch.ones(32))
+    layer = AtomKVLayer(rope_inv_freq=torch.ones(16))  # covers 32 of 64 channels
+    with pytest.raises(NotImplementedError, match="partial rotary"):
+        layer.update(torch.randn(1, 2, 3, 64), torch.randn(1, 2, 3, 64))
