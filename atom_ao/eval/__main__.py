@@ -54,6 +54,8 @@ def parse_args(argv=None):
                          "for everything: the same function up to float rounding, ~3x faster on CPU "
                          "(atom_ao.eval.simulate); perplexity defaults to the real quantized path")
     ap.add_argument("--kv-rotate", action="store_true", help="kv4 with the Hadamard rotation (default: plain, as the paper)")
+    ap.add_argument("--kv-before-rope", action="store_true",
+                    help="kv4 with keys cached before RoPE minus the K bias (AtomKVCache(k_before_rope=True))")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None, help="JSON file for the results (default: print only)")
@@ -118,7 +120,7 @@ def run(args) -> dict:
             model = fn(copy.deepcopy(base), batches, progress=progress, **kw)
             quant_s = time.time() - t
             models = {key: (model, quant_s)}  # keep one quantized model at a time
-        forward = kv4_forward(args.kv_rotate) if kv4 else None
+        forward = kv4_forward(args.kv_rotate, args.kv_before_rope) if kv4 else None
         row = {"method": label, "key": name, "quant_s": None if quant_s is None else round(quant_s, 1)}
         sim = None
         if args.simulate != "none" and _has_atom(model):

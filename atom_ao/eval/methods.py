@@ -74,15 +74,16 @@ EXTRA = {
 ALL = {**METHODS, **EXTRA}
 
 
-def kv4_forward(rotate: bool = False):
+def kv4_forward(rotate: bool = False, before_rope: bool = False):
     """A ``forward(model, ids) -> logits`` whose attention reads an INT4 KV cache for every token
-    (``AtomKVCache(prefill="int4")``, K quantized after RoPE), the float attention restored after."""
+    (``AtomKVCache(prefill="int4")``, K quantized after RoPE, or before it with ``before_rope``),
+    the float attention restored after."""
     from atom_ao.kv.cache import AtomKVCache
 
     def forward(model, ids):
         impl = model.config._attn_implementation
         try:
-            cache = AtomKVCache(model, prefill="int4", rotate=rotate)
+            cache = AtomKVCache(model, prefill="int4", rotate=rotate, k_before_rope=before_rope)
             return model(ids, past_key_values=cache, use_cache=True).logits
         finally:
             model.set_attn_implementation(impl)

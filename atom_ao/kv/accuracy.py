@@ -16,6 +16,9 @@ Perplexity modes (held-out wiki text, ``atom_ao.data.eval_tokens``, non-overlapp
   INT4 K/V of tokens <= t);
 * ``int4-pre-rope``: simulation of the alternative to ``int4``: K quantized *before* RoPE
   (un-rotated, quantized, dequantized, rotated back), V as in ``int4``, no Hadamard;
+* ``int4-before-rope``: ``AtomKVCache(prefill="int4", k_before_rope=True)``: the cache that
+  stores keys before RoPE minus the K bias (the attention ops add it back and rotate), V with
+  the Hadamard rotation;
 * ``int4-pre-rope-bias``: ``int4-pre-rope`` with ``k_proj``'s bias (Qwen2) taken out of every
   key before quantization and added back after (before RoPE the bias is one constant vector a
   head, so a kernel would add it to the dequantized key before rotating it); the same as
@@ -36,7 +39,8 @@ from atom_ao.kv.attention import _plain_attention
 from atom_ao.kv.cache import AtomKVCache
 from atom_ao.kv.format import dequantize_kv, quantize_kv
 
-MODES = ("float", "int4", "int4-rotate", "int4-rotate-noshift", "int4-decode", "int4-pre-rope", "int4-pre-rope-bias")
+MODES = ("float", "int4", "int4-rotate", "int4-rotate-noshift", "int4-before-rope", "int4-decode", "int4-pre-rope",
+         "int4-pre-rope-bias")
 
 
 def _fake_quant(x: torch.Tensor) -> torch.Tensor:
@@ -81,6 +85,9 @@ def window_nll(model, window: torch.Tensor, mode: str, chunk: int = 64) -> tuple
     elif mode in ("int4", "int4-rotate", "int4-rotate-noshift"):
         cache = AtomKVCache(model, prefill="int4", rotate=mode != "int4",
                             k_shift=None if mode.endswith("noshift") else "bias")
+        logits = model(window, past_key_values=cache, use_cache=True).logits
+    elif mode == "int4-before-rope":
+        cache = AtomKVCache(model, prefill="int4", k_before_rope=True)
         logits = model(window, past_key_values=cache, use_cache=True).logits
     elif mode == "int4-decode":
         cache = AtomKVCache(model)

@@ -248,7 +248,7 @@ class AtomKVCache(Cache):
         prefill: ``"float"`` (default): a prompt written into an empty cache attends to its
             own unquantized K/V, later tokens read INT4; ``"int4"``: every attention reads the
             INT4 cache, the prompt's too (measures the cache's full effect, e.g. perplexity).
-        rotate: (default) store ``k @ H`` and ``v @ H`` (H: Hadamard, ``atom_ao.kv.format.hadamard``);
+        rotate: (default unless ``k_before_rope``) store ``k @ H`` and ``v @ H`` (H: Hadamard, ``atom_ao.kv.format.hadamard``);
             attention rotates its queries and un-rotates its output, so results are the same
             function with a smaller quantization error (same kernels, two small matmuls more).
         k_shift: ``"bias"`` (default): when a model with a ``k_proj`` bias is given (Qwen2),
@@ -259,16 +259,18 @@ class AtomKVCache(Cache):
         k_before_rope: cache the keys *before* RoPE, minus the ``k_proj`` bias when the model
             has one; the attention ops add the bias back and rotate each dequantized key by its
             position (``atom_ao.kv.rope``; the paper's choice). Needs the model (its RoPE
-            frequencies); K is then stored without the Hadamard rotation (V keeps it) and no
-            k_shift applies. Qwen2.5-0.5B, wiki 2 x 2048 tokens, INT4 prefill: float 31.07,
-            default cache 36.35, k_before_rope 32.25 (simulated, see README).
+            frequencies); K is then stored without the Hadamard rotation, V too unless
+            ``rotate=True``, and no k_shift applies. Qwen2.5-0.5B, wiki 2 x 2048 tokens, INT4
+            prefill: float 31.07, default cache 36.35, k_before_rope 32.25 (32.87 with V rotated).
     """
 
     def __init__(self, model_or_config=None, max_cache_len: int | None = None, page_size: int = 64,
-                 meta_dtype: torch.dtype | None = None, prefill: str = "float", rotate: bool = True,
+                 meta_dtype: torch.dtype | None = None, prefill: str = "float", rotate: bool | None = None,
                  k_shift="bias", k_before_rope: bool = False):
         import atom_ao.kv.attention as attention  # registers "atom_int4" with transformers
 
+        if rotate is None:
+            rotate = not k_before_rope
         shifts = None
         inv_freq, biases = None, None
         if k_before_rope:

@@ -238,9 +238,9 @@ def test_k_shift_errors():
 # ---------------------------------------------------------------- keys cached before RoPE
 
 
-def _pre_rope_fake_quant(model, rotate_v=True):
+def _pre_rope_fake_quant(model, rotate_v):
     """The spec of ``k_before_rope=True`` with an INT4 prefill: each key un-rotated by its slot,
-    minus the K bias, quantized, plus the bias, rotated back; V as the default cache stores it."""
+    minus the K bias, quantized, plus the bias, rotated back; V plain (default) or rotated."""
     from atom_ao.kv.attention import _plain_attention
     from atom_ao.kv.format import hadamard
     from atom_ao.kv.rope import rope_table, rotate_keys, unrotate_keys
@@ -259,15 +259,15 @@ def _pre_rope_fake_quant(model, rotate_v=True):
     return attention
 
 
-@pytest.mark.parametrize("big_bias", [0.0, 150.0])
-def test_k_before_rope_forward_is_its_spec(big_bias):
+@pytest.mark.parametrize("big_bias, rotate", [(0.0, None), (150.0, None), (150.0, True)])
+def test_k_before_rope_forward_is_its_spec(big_bias, rotate):
     from transformers import AttentionInterface
 
     model = _tiny_qwen2(big_bias)
     ids = _ids(1, 24)
-    AttentionInterface.register("kv_test_pre_rope", _pre_rope_fake_quant(model))
+    AttentionInterface.register("kv_test_pre_rope", _pre_rope_fake_quant(model, rotate_v=bool(rotate)))
     with torch.no_grad():
-        got = model(ids, past_key_values=AtomKVCache(model, prefill="int4", k_before_rope=True),
+        got = model(ids, past_key_values=AtomKVCache(model, prefill="int4", k_before_rope=True, rotate=rotate),
                     use_cache=True).logits
         model.set_attn_implementation("kv_test_pre_rope")
         want = model(ids, use_cache=False).logits
@@ -305,7 +305,7 @@ def test_k_before_rope_beats_the_key_shift_on_turning_bias():
         if name == "pre_rope":
             kd = rotate_keys(kd + bias[None, :, None], layer.rope, torch.arange(t))
         err[name] = float((torch.softmax(q @ kd.transpose(-1, -2), -1) - true).abs().max())
-    assert err["pre_rope"] < 0.05 and err["pre_rope"] < 0.25 * err["shift"], err
+    assert err["pre_rope"] < 0.1 and err["pre_rope"] < 0.25 * err["shift"], err  # seen: 0.048 vs 0.66
 
 
 @pytest.mark.parametrize("max_cache_len", [None, 48])
