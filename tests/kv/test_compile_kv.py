@@ -1,13 +1,14 @@
 """A decode step with a static ``AtomKVCache`` under torch.compile(fullgraph=True) (CPU: the references)."""
 
+import pytest
 import torch
 
 from atom_ao.kv import AtomKVCache
 from kv_testing import tiny_llama
 
 
-def _decode(model, fwd, ids, steps=3):
-    cache = AtomKVCache(model, max_cache_len=32, page_size=8)
+def _decode(model, fwd, ids, steps=3, **cache_kw):
+    cache = AtomKVCache(model, max_cache_len=32, page_size=8, **cache_kw)
     logits = []
     with torch.no_grad():
         nxt = model(ids, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)  # eager prefill
@@ -19,12 +20,13 @@ def _decode(model, fwd, ids, steps=3):
     return torch.cat(logits, 1), cache
 
 
-def test_compiled_decode_step_matches_eager():
+@pytest.mark.parametrize("k_before_rope", [False, True])
+def test_compiled_decode_step_matches_eager(k_before_rope):
     torch._dynamo.reset()
     model = tiny_llama()
     ids = torch.randint(0, 512, (2, 10), generator=torch.Generator().manual_seed(0))
-    eager, c_eager = _decode(model, model, ids)
-    compiled, c_comp = _decode(model, torch.compile(model, fullgraph=True), ids)
+    eager, c_eager = _decode(model, model, ids, k_before_rope=k_before_rope)
+    compiled, c_comp = _decode(model, torch.compile(model, fullgraph=True), ids, k_before_rope=k_before_rope)
     assert torch.equal(c_eager.layers[0].seq_lens, c_comp.layers[0].seq_lens)
     # Inductor may fuse the quantizer's arithmetic differently: a code can land one step apart
     rel = ((compiled - eager).norm() / eager.norm()).item()
