@@ -143,7 +143,7 @@ def test_gpu_kernels_match_cpu_reference_in_the_model(shape):
     gpu = tiny_llama(**shape, dtype=torch.bfloat16, device="cuda")
     ids = _ids(2, 40)
     err = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
-    for kw in (dict(prefill="int4"), dict(prefill="float")):
+    for kw in (dict(prefill="int4"), dict(prefill="float"), dict(prefill="int4", k_before_rope=True)):
         with torch.no_grad():
             want = _stepwise_logits(cpu, ids, 30, AtomKVCache(cpu, **kw))
             ref16 = _stepwise_logits(cpu16, ids, 30, AtomKVCache(cpu16, **kw)).float()
