@@ -5,6 +5,8 @@ INT8 tensor cores. Thanks to the packed layout (byte j of a group = element j | 
 j + gs/2), each group is two INT8 dots over half-groups, whose INT32 sums are exact; the
 group's FP32 scales are applied to that INT32 partial sum. The INT8 outlier block is the last
 K step, with its own per-row / per-token scales. One kernel, optional bias, fp16/bf16/fp32 out.
+M = 1 has its own dp4a kernel (below); from M = UNPACKED_MIN_M on, ``w4a4_gemm_unpacked`` unpacks
+both operands to INT8 in memory first.
 """
 
 from __future__ import annotations
