@@ -14,3 +14,15 @@ def group_sum_to_f32(x):
     conversion runs at 16 a clock per SM: with one conversion per output element per group it
     was the large-M GEMM's bound (H200, explore_large_m.py)."""
     return (x + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
+
+
+@triton.jit
+def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Program id -> (tile row, tile column) in grouped order: GROUP_M tile rows walk the columns
+    together, so neighbouring programs share weight tiles in L2."""
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * grid_n
+    first_m = (pid // width) * GROUP_M
+    group_rows = tl.minimum(grid_m - first_m, GROUP_M)
+    return first_m + (pid % width) % group_rows, (pid % width) // group_rows

@@ -20,7 +20,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from atom_ao.format import w4a4_gemm_ref
-from atom_ao.ops.gemm_tiles import group_sum_to_f32
+from atom_ao.ops.gemm_tiles import group_sum_to_f32, grouped_tile
 from atom_ao.ops.w4a4_gemm_unpacked import w4a4_gemm_unpacked
 
 
@@ -107,13 +107,7 @@ def _w4a4_gemm_kernel_jit(
     g_per = tl.cdiv(G, SPLITS)
     g0 = split * g_per
     g1 = tl.minimum(G, g0 + g_per)
-    grid_m = tl.cdiv(M, BLOCK_M)
-    grid_n = tl.cdiv(N, BLOCK_N)
-    width = GROUP_M * grid_n
-    first_m = (pid // width) * GROUP_M
-    group_rows = tl.minimum(grid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % group_rows
-    pid_n = (pid % width) // group_rows
+    pid_m, pid_n = grouped_tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from atom_ao.ops.gemm_tiles import group_sum_to_f32
+from atom_ao.ops.gemm_tiles import group_sum_to_f32, grouped_tile
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -72,13 +72,7 @@ def _int8_group_gemm_kernel_jit(
 ):
     # grouped tile order: neighbouring programs share weight tiles in L2
     pid = tl.program_id(0)
-    grid_m = tl.cdiv(M, BLOCK_M)
-    grid_n = tl.cdiv(N, BLOCK_N)
-    width = GROUP_M * grid_n
-    first_m = (pid // width) * GROUP_M
-    group_rows = tl.minimum(grid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % group_rows
-    pid_n = (pid % width) // group_rows
+    pid_m, pid_n = grouped_tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
