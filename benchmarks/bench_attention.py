@@ -8,6 +8,9 @@ One query token per sequence, heads of Llama-2-7B (32 heads, MHA, head_dim 128) 
 
 * ``int4``: ``torch.ops.atom_ao.kv_decode_attention`` (split kernel + reduce) over the INT4
   cache in pages of 64 tokens, block tables shuffled (as a serving engine's pages are);
+* ``int4-rope`` (``--rope``): the same cache read as keys cached before RoPE
+  (``AtomKVCache(k_before_rope=True)``): the kernel adds a K bias and rotates each dequantized
+  key by its position (cos / sin table shared by all sequences, as a server's would be);
 * ``sdpa``: ``F.scaled_dot_product_attention`` with the flash backend over the bf16 cache
   (B, kv_heads, ctx, 128); for GQA the query heads of a KV head are packed as its query rows
   (q: (B, kv_heads, G, 128), no mask), so flash reads each K/V byte once, as the INT4 kernel does.
@@ -65,26 +68,35 @@ def make_int4(b, ctx, hkv, d, g):
     return kc, vc, meta(), meta(), table, lens
 
 
-def run_case(model, b, ctx, mem_gb, do_int4=True, do_sdpa=True):
+def run_case(model, b, ctx, mem_gb, do_int4=True, do_sdpa=True, do_rope=False):
     h, hkv, d = MODELS[model]
     g = torch.Generator(device="cuda").manual_seed(b * 100003 + ctx)
     q = torch.randn(b, h, d, device="cuda", dtype=torch.bfloat16, generator=g)
     scale = d ** -0.5
     rows, times = [], {}
-    for path, nbytes in (("int4", int4_bytes(b, ctx, hkv, d)), ("sdpa", bf16_bytes(b, ctx, hkv, d))):
-        if (path == "int4" and not do_int4) or (path == "sdpa" and not do_sdpa):
+    rope = ()
+    if do_rope:
+        from atom_ao.kv.rope import rope_table
+
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, d, 2).float() / d))
+        rope = (rope_table(inv_freq, -(-ctx // PAGE) * PAGE, "cuda"),
+                torch.randn(hkv, d, device="cuda", generator=g))
+    for path, nbytes in (("int4", int4_bytes(b, ctx, hkv, d)), ("int4-rope", int4_bytes(b, ctx, hkv, d)),
+                         ("sdpa", bf16_bytes(b, ctx, hkv, d))):
+        if (path == "int4" and not do_int4) or (path == "sdpa" and not do_sdpa) or (path == "int4-rope" and not do_rope):
             continue
         copies = max(1, min(128, int(-(-2 * L2_BYTES // nbytes))))
         if copies * nbytes > mem_gb * 1e9:
             print(f"  {model} B={b} ctx={ctx} {path}: {copies * nbytes / 1e9:.0f} GB does not fit, skipped")
             continue
         try:
-            if path == "int4":
+            if path.startswith("int4"):
                 caches = [make_int4(b, ctx, hkv, d, g) for _ in range(copies)]
+                extra = rope if path == "int4-rope" else ()
 
                 def fn():
                     for c in caches:
-                        torch.ops.atom_ao.kv_decode_attention(q, *c[:6], None, scale, ctx)
+                        torch.ops.atom_ao.kv_decode_attention(q, *c[:6], None, scale, ctx, *extra)
             else:
                 kv = [(torch.randn(b, hkv, ctx, d, device="cuda", dtype=torch.bfloat16, generator=g),
                        torch.randn(b, hkv, ctx, d, device="cuda", dtype=torch.bfloat16, generator=g))
@@ -153,6 +165,7 @@ def main():
     ap.add_argument("--mem-gb", type=float, default=70.0, help="largest cache (all copies) to allocate")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--explore", action="store_true", help="kernel variants on a few cases, then exit")
+    ap.add_argument("--rope", action="store_true", help="also time keys cached before RoPE (int4-rope)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_attention needs a CUDA GPU")
@@ -165,7 +178,7 @@ def main():
     for model in args.models.split(","):
         for b in batches:
             for ctx in contexts:
-                new = run_case(model, b, ctx, args.mem_gb)
+                new = run_case(model, b, ctx, args.mem_gb, do_rope=args.rope)
                 rows += new
                 print(markdown_table(new, COLUMNS).split("\n", 2)[-1], flush=True)
     print(f"\n{gpu_name()}: decode attention, INT4 paged cache vs bf16 SDPA (flash)\n")
