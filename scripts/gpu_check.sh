@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, then benchmarks. Usage (on the GPU machine, repo root):
-#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer]...
+#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|large-m]...
 # Each step's log goes to $OUT/<step>.log (so a step cut short still leaves its output) and
 # PYTEST_ARGS (paths) and PYTEST_K (-k expression) pick the tests of tests-some; result files to $OUT (or benchmarks/results/ when OUT is unset). STEP_TIMEOUT caps each step.
 set -uo pipefail
@@ -27,6 +27,10 @@ for what in "${@:-tests}"; do
     generate) step generate python3 benchmarks/bench_generate.py ${GEN_ARGS:-} ;;
     generate-llama3) step generate_llama3 python3 benchmarks/bench_generate.py --model llama3-8b ;;
     layer) step layer python3 benchmarks/bench_layer.py ;;
+    kv-rope) step kv_rope_tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_kv_attention_rope.py tests/kv/test_cache.py
+             step kv_rope_bench python3 benchmarks/bench_attention.py --quick --rope ;;
+    large-m) step large_m_tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_w4a4_gemm_triton.py -k unpacked
+             step large_m_bench python3 benchmarks/bench_linear.py --ms 1024,4096,8192 --tag _large_m ;;
     *) echo "unknown step $what" ;;
   esac
 done
