@@ -212,6 +212,9 @@ def main_worker(rank: int, world: int, args, port: int | None = None):
                 note="forward only, torch.no_grad, fully_shard per decoder layer + root, "
                      "reshard_after_forward=True; all-gather bytes = output buffer of all ranks"))
             print(f"results: {stem}.md")
+        # every rank leaves together: a rank that tore gloo down while rank 0 still wrote its
+        # results aborted once in CI ("terminate called without an active exception")
+        dist.barrier()
         return rows
     finally:
         dist.destroy_process_group()
