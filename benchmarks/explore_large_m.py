@@ -12,6 +12,8 @@ nibble unpack is not what bounds large M. This times variants of its main loop o
   5 scaled-fcvt  0 with the exact int32 -> float32 mantissa trick instead of the conversion
   6 fcvt-pref    5 with the next group's scales loaded one group ahead
   7 unscaled-fcvt 1 with the mantissa trick
+  8 skewed       group g's dot issued before group g-1's scaling (hand software-pipelining:
+                 does Triton keep the dot in flight while the previous group is scaled?)
 and torch._int_mm (cuBLAS INT8) on the same operands. Session 6, H200, M=4096 (TOPS, best tile):
 cuBLAS INT8 880, bf16 691; scaled 520 (64x128), unscaled 875, scaled-T 554, int32-acc 1221
 (128x128 8 warps), scaled-2acc 281 (out of registers on big tiles): the per-group conversion and
@@ -34,7 +36,7 @@ from common import bench_us, gpu_name  # noqa: E402
 
 M, N, K, GS = 4096, 12288, 4096, 128
 TILES = [(128, 256, 8, 3), (128, 128, 8, 3), (128, 128, 8, 4), (64, 128, 4, 3), (64, 128, 4, 4), (64, 256, 8, 3)]
-MODES = {0: "scaled", 1: "unscaled", 3: "int32-acc", 5: "scaled-fcvt", 6: "fcvt-pref", 7: "unscaled-fcvt"}
+MODES = {0: "scaled", 1: "unscaled", 3: "int32-acc", 5: "scaled-fcvt", 6: "fcvt-pref", 7: "unscaled-fcvt", 8: "skewed"}
 
 
 @triton.jit
@@ -68,6 +70,17 @@ def _kernel(a_ptr, w_ptr, as_ptr, ws_ptr, out_ptr, M, N, G, s_as, s_ws,
             acc += d0.to(tl.float32) * tl.load(as_ptr + offs_m * s_as + g)[:, None] * tl.load(ws_ptr + offs_n * s_ws + g)[None, :]
             acc2 += d1.to(tl.float32) * tl.load(as_ptr + offs_m * s_as + g + 1)[:, None] * tl.load(ws_ptr + offs_n * s_ws + g + 1)[None, :]
         acc += acc2
+    elif MODE == 8:
+        d_prev = tl.dot(tl.load(a_ptrs), tl.load(w_ptrs), out_dtype=tl.int32)
+        sa = tl.load(as_ptr + offs_m * s_as)
+        sw = tl.load(ws_ptr + offs_n * s_ws)
+        for g in range(1, G):
+            d_cur = tl.dot(tl.load(a_ptrs + g * GS), tl.load(w_ptrs + g * GS), out_dtype=tl.int32)
+            sa_n = tl.load(as_ptr + offs_m * s_as + g)
+            sw_n = tl.load(ws_ptr + offs_n * s_ws + g)
+            acc += _fcvt(d_prev) * sa[:, None] * sw[None, :]
+            d_prev, sa, sw = d_cur, sa_n, sw_n
+        acc += _fcvt(d_prev) * sa[:, None] * sw[None, :]
     elif MODE == 6:
         sa = tl.load(as_ptr + offs_m * s_as)
         sw = tl.load(ws_ptr + offs_n * s_ws)
