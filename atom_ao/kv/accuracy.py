@@ -164,6 +164,7 @@ def main():
     ap.add_argument("--windows", type=int, default=4)
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--k-before-rope", action="store_true", help="the greedy comparison with AtomKVCache(k_before_rope=True)")
     args = ap.parse_args()
     from atom_ao.data import eval_tokens, load_model
 
@@ -173,11 +174,13 @@ def main():
           f"{model.config._attn_implementation}")
     if args.new_tokens > 0:
         ids = tok(PROMPT, return_tensors="pt").input_ids.to(args.device)
-        g = greedy_agreement(model, ids, args.new_tokens)
+        g = greedy_agreement(model, ids, args.new_tokens, **({"k_before_rope": True} if args.k_before_rope else {}))
         print(f"greedy, prompt {PROMPT!r}, {g['new_tokens']} new tokens: identical prefix {g['same_prefix']}, "
               f"equal positions {g['same_positions']}, teacher-forced top-1 agreement {g['teacher_forced']}")
         print("  float:", repr(tok.decode(g["float_tokens"])))
         print("  int4: ", repr(tok.decode(g["int4_tokens"])))
+    if args.windows <= 0:  # greedy comparison only
+        return
     tokens = eval_tokens(tok)
     print(f"\nperplexity, held-out wiki, {args.windows} windows x {args.seq_len} tokens")
     print("| mode | ppl | s |\n|---|---|---|")
