@@ -6,7 +6,9 @@ gpt-fast style (benchmarks/gpt.py): static KV cache of prompt + generated tokens
 block compiled once with torch.compile (one graph shared by all layers; --no-compile: eager) and
 one decode step captured in a CUDA graph and replayed (no launch gaps), for every path alike.
 ``atom-kv4`` uses the INT4 paged cache (``gpt.Int4KVCache``: ``atom_ao::kv_write`` +
-``prefill_attention`` for the prompt, ``kv_decode_attention`` for each new token).
+``prefill_attention`` for the prompt, ``kv_decode_attention`` for each new token);
+``atom-kv4-rope`` the same with keys cached before RoPE (``AtomKVCache(k_before_rope=True)``:
+the decode kernel adds the K bias back and rotates each key).
 Random weights: same shapes, same work. Reports prefill time, time per output token (median
 over --steps decode steps), decode tokens/s, peak memory, and the largest batch whose weights
 + KV cache fit --budget-gb (computed from the bytes per token of each KV format).
@@ -67,15 +69,16 @@ def build(shape, path: str, n_layers: int | None, compile_blocks: bool = True):
 
 
 def kv_bytes_per_token(s, path: str) -> float:
-    per_elem = 0.5 + 4 / s.head_dim if path == "atom-kv4" else 2.0  # INT4 + fp16 scale/zero per head
+    per_elem = 0.5 + 4 / s.head_dim if path.startswith("atom-kv4") else 2.0  # INT4 + fp16 scale/zero per head
     return 2 * s.n_layers * s.n_kv_heads * s.head_dim * per_elem
 
 
-def int4_cache_factory(model, batch, max_len):
+def int4_cache_factory(model, batch, max_len, before_rope: bool = False):
     from gpt import Int4KVCache
 
     s = model.s
-    return lambda layer: Int4KVCache(batch, s.n_kv_heads, max_len, s.head_dim, torch.bfloat16, "cuda")
+    base = s.rope_base if before_rope else None
+    return lambda layer: Int4KVCache(batch, s.n_kv_heads, max_len, s.head_dim, torch.bfloat16, "cuda", base)
 
 
 # kernel name -> where the decode step's time goes (the first match wins)
@@ -118,7 +121,8 @@ def profile_step(graph, reps: int = 5) -> dict:
 @torch.no_grad()
 def run_batch(model, path, batch, prompt, gen, steps, profile=False):
     max_len = prompt + gen
-    model.setup_caches(batch, max_len, int4_cache_factory(model, batch, max_len) if path == "atom-kv4" else None)
+    kv4 = path.startswith("atom-kv4")
+    model.setup_caches(batch, max_len, int4_cache_factory(model, batch, max_len, path == "atom-kv4-rope") if kv4 else None)
     torch.cuda.reset_peak_memory_stats()
     ids = torch.randint(0, model.s.vocab, (batch, prompt), device="cuda")
     pos = torch.arange(prompt, device="cuda")

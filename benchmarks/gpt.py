@@ -60,7 +60,7 @@ class Int4KVCache(nn.Module):
 
     PAGE = 256
 
-    def __init__(self, batch, n_kv_heads, max_len, head_dim, dtype, device):
+    def __init__(self, batch, n_kv_heads, max_len, head_dim, dtype, device, rope_base: float | None = None):
         super().__init__()
         from atom_ao.kv.format import new_paged_cache
 
@@ -75,18 +75,33 @@ class Int4KVCache(nn.Module):
         self.register_buffer("block_table", table.view(batch, self.pages_per_seq), persistent=False)
         self.register_buffer("seq_base", torch.arange(batch, device=device) * self.pages_per_seq * self.PAGE,
                              persistent=False)
+        # keys before RoPE (atom_ao.kv.rope; AtomKVCache(k_before_rope=True)): the decode kernel adds
+        # a K bias (zero here: Llama has none, the add is timed as Qwen would pay it) and rotates
+        self.keys_before_rope = rope_base is not None
+        rope = k_bias = None
+        if self.keys_before_rope:
+            from atom_ao.kv.rope import rope_table
 
-    def attend(self, q, k, v, pos, mask):
+            inv = 1.0 / (rope_base ** (torch.arange(0, head_dim, 2).float() / head_dim))
+            rope = rope_table(inv, self.pages_per_seq * self.PAGE, device)
+            k_bias = torch.zeros(n_kv_heads, head_dim, device=device)
+        self.register_buffer("rope", rope, persistent=False)  # None buffers: no before-RoPE keys
+        self.register_buffer("k_bias", k_bias, persistent=False)
+
+    def attend(self, q, k, v, pos, mask, k_pre=None):
+        """``k``: the keys after RoPE; ``k_pre``: before it (what a before-RoPE cache stores)."""
         b, hkv, t, d = k.shape
         slots = (self.seq_base[:, None] + pos[None, :]).reshape(-1)
         rows = lambda x: x.transpose(1, 2).reshape(b * t, hkv, d)  # noqa: E731
-        torch.ops.atom_ao.kv_write(rows(k), rows(v), slots, self.k_cache, self.v_cache, self.k_meta, self.v_meta)
+        stored = k_pre if self.keys_before_rope else k
+        torch.ops.atom_ao.kv_write(rows(stored), rows(v), slots, self.k_cache, self.v_cache, self.k_meta, self.v_meta)
         scale = d ** -0.5
         if t > 1:  # the prompt, written at positions 0..t-1
             return torch.ops.atom_ao.prefill_attention(q, k, v, None, scale)
         seq_lens = (pos[-1:] + 1).to(torch.int32).expand(b).contiguous()
         out = torch.ops.atom_ao.kv_decode_attention(q[:, :, 0], self.k_cache, self.v_cache, self.k_meta, self.v_meta,
-                                                    self.block_table, seq_lens, None, scale, self.max_len)
+                                                    self.block_table, seq_lens, None, scale, self.max_len,
+                                                    self.rope, self.k_bias)
         return out[:, :, None]
 
 
@@ -126,8 +141,10 @@ class Block(nn.Module):
         q = self.wq(x).view(b, t, s.n_heads, hd).transpose(1, 2)
         k = self.wk(x).view(b, t, s.n_kv_heads, hd).transpose(1, 2)
         v = self.wv(x).view(b, t, s.n_kv_heads, hd).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        return self.cache.attend(q, k, v, pos, mask) if hasattr(self.cache, "attend") else self._sdpa(q, k, v, pos, mask)
+        q, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if hasattr(self.cache, "attend"):
+            return self.cache.attend(q, k_rot, v, pos, mask, k_pre=k)
+        return self._sdpa(q, k_rot, v, pos, mask)
 
     def _sdpa(self, q, k, v, pos, mask):
         k_all, v_all = self.cache.update(pos, k, v)

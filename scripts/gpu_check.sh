@@ -28,7 +28,8 @@ for what in "${@:-tests}"; do
     generate-llama3) step generate_llama3 python3 benchmarks/bench_generate.py --model llama3-8b ;;
     layer) step layer python3 benchmarks/bench_layer.py ;;
     kv-rope) step kv_rope_tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_kv_attention_rope.py tests/kv/test_cache.py
-             step kv_rope_bench python3 benchmarks/bench_attention.py --quick --rope ;;
+             step kv_rope_bench python3 benchmarks/bench_attention.py --quick --rope
+             step kv_rope_generate python3 benchmarks/bench_generate.py --batches 1,64 --paths atom-kv4,atom-kv4-rope --gen 32 --steps 16 ;;
     large-m) step large_m_tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_w4a4_gemm_triton.py -k unpacked
              step large_m_bench python3 benchmarks/bench_linear.py --ms 1024,4096,8192 --tag _large_m ;;
     *) echo "unknown step $what" ;;

@@ -16,10 +16,11 @@ from tests.conftest import sqnr  # noqa: E402
 SHAPE = LlamaShape(dim=128, n_layers=2, n_heads=4, n_kv_heads=2, intermediate=256, vocab=97)
 
 
-def _decode(model, batch, prompt, steps, int4: bool):
+def _decode(model, batch, prompt, steps, int4: bool, before_rope: bool = False):
     s = model.s
     max_len = prompt + steps
-    make = (lambda layer: Int4KVCache(batch, s.n_kv_heads, max_len, s.head_dim, torch.float32, "cpu")) if int4 else None
+    base = s.rope_base if before_rope else None
+    make = (lambda layer: Int4KVCache(batch, s.n_kv_heads, max_len, s.head_dim, torch.float32, "cpu", base)) if int4 else None
     model.setup_caches(batch, max_len, make)
     torch.manual_seed(1)
     ids = torch.randint(0, s.vocab, (batch, prompt))
@@ -42,3 +43,14 @@ def test_int4_cache_tracks_bf16_cache(compiled):
     torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-4)
     assert sqnr(ref[1:], got[1:]) > 15.0
     assert not torch.equal(got[1:], ref[1:])  # the cache really is quantized
+
+
+@torch.no_grad()
+def test_int4_cache_with_keys_before_rope_tracks_bf16_cache():
+    torch.manual_seed(0)
+    model = Llama(SHAPE).eval()
+    ref = _decode(model, 2, 8, 4, int4=False)
+    got = _decode(model, 2, 8, 4, int4=True, before_rope=True)
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-4)
+    assert sqnr(ref[1:], got[1:]) > 15.0
+    assert not torch.equal(got[1:], ref[1:])
