@@ -11,8 +11,9 @@ def group_sum_to_f32(x):
     """Exact int32 -> float32 for |x| < 2**22 (a group's dot: |x| <= group_size * 64) by the
     mantissa trick: the bits of 1.5 * 2**23 plus x are the float 1.5 * 2**23 + x, and one exact
     subtraction leaves x. An integer add and a float add run at full rate, where the int -> float
-    conversion runs at 16 a clock per SM: with one conversion per output element per group it
-    was the large-M GEMM's bound (H200, explore_large_m.py)."""
+    conversion runs at 16 a clock per SM, one per output element per group. (H200,
+    explore_large_m.py: no measurable gain alone at M = 4096; with the scales prefetched a group
+    ahead, 516 -> 543 TOPS.)"""
     return (x + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
 
 
