@@ -59,8 +59,10 @@ def main():
         seq = cfg.pop("sequential", None)
         m = copy.deepcopy(base)
         t = time.perf_counter()
+        # fold=False: the rows below swap single layers back to float (only=..., weights=False),
+        # which needs every layer's rows and columns in the float model's order
         atom_ao.quantize_calibrated(m, batches, atom_config(**cfg), filter_fn=decoder_linears, progress=False,
-                                    sequential=seq)
+                                    sequential=seq, fold=False)
         return m, time.perf_counter() - t
 
     def sim(m, **kw):
