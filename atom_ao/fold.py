@@ -53,5 +53,6 @@ def fold_mlp_permutations(model: torch.nn.Module) -> int:
                                 dw.group_size, dw.act_clip_ratio, dw.dtype),
                 requires_grad=False,
             )
+            module._atom_folded_perm = perm  # what float counterparts would need (simulate_ checks it)
             folded += 1
     return folded

@@ -33,3 +33,21 @@ def test_quantize_calibrated_folds_by_default():
         down = layer.mlp.down_proj.weight
         assert torch.equal(down.perm, torch.arange(down.shape[1], dtype=torch.int32))
         assert not torch.equal(layer.self_attn.q_proj.weight.perm, torch.arange(down.shape[0], dtype=torch.int32))
+
+
+def test_simulate_refuses_to_mix_folded_layers_with_float_ones():
+    import copy
+
+    import pytest
+
+    from atom_ao.eval.simulate import simulate_
+
+    base = tiny_llama(layers=1)
+    model = copy.deepcopy(base)
+    ids = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(0))
+    atom_ao.quantize_calibrated(model, ids, atom_config(n_outliers=64), progress=False,
+                                filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and fqn != "lm_head")
+    for kw in (dict(only="gate_proj"), dict(weights=False)):  # folded gate rows vs float up rows: wrong
+        with pytest.raises(ValueError, match="fold=False"):
+            simulate_(copy.deepcopy(model), float_model=base, **kw)
+    simulate_(copy.deepcopy(model), float_model=base)  # the whole model simulated: fine

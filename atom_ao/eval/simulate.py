@@ -44,6 +44,10 @@ def simulate_(model: torch.nn.Module, float_model: torch.nn.Module | None = None
     ``only``: a substring of the layer names to keep quantized; the other Atom linears get their
     float weight back (needs ``float_model``)."""
     float_mods = dict(float_model.named_modules()) if float_model is not None else {}
+    if (only is not None or not weights) and any(hasattr(m, "_atom_folded_perm") for m in model.modules()):
+        # folded gate/up rows and down_proj columns no longer line up with the float model's
+        raise ValueError("simulate_: this model's MLP permutations were folded (quantize_calibrated(fold=True)); "
+                         "mixing its layers with float ones (only=..., weights=False) needs fold=False")
     for name, mod in list(model.named_modules()):
         if not isinstance(mod, torch.nn.Linear) or not isinstance(mod.weight, AtomQuantTensor):
             continue
