@@ -71,7 +71,7 @@ def atom_int4_attention(module, query, key, value, attention_mask, scaling=None,
         return out.transpose(1, 2), None
     if layer.rotate_k:  # the cache holds k @ H: (q @ H) . (k @ H) = q . k
         query = query @ layer.rotation
-    rope = (layer.rope, layer.k_bias) if layer.rope is not None else (None, None)  # keys cached before RoPE
+    rope = (layer.rope, layer.k_bias)  # keys cached before RoPE (both None otherwise)
     if t == 1:
         out = torch.ops.atom_ao.kv_decode_attention(query[:, :, 0], *pool, kv_start, scale, layer.max_len_hint(),
                                                     *rope)

@@ -23,7 +23,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from atom_ao.kv.format import check_head_dim, hadamard
-from atom_ao.kv.rope import rope_inv_freq, rope_table, unrotate_keys
+from atom_ao.kv.rope import rope_inv_freq, rope_table, rotary_embedding, unrotate_keys
 import atom_ao.ops.kv_write  # noqa: F401  (registers atom_ao::kv_write)
 
 PREFILL_MODES = ("float", "int4")
@@ -67,6 +67,8 @@ class AtomKVLayer(CacheLayerMixin):
         self.rope_inv_freq = rope_inv_freq
         self.rope = None
         self.k_bias = k_bias
+        if k_bias is not None and rope_inv_freq is None:
+            raise ValueError("AtomKVCache: k_bias is for keys cached before RoPE; pass rope_inv_freq too")
         if rope_inv_freq is not None and k_shift is not None:
             raise ValueError("AtomKVCache: k_shift is for keys cached after RoPE; with k_before_rope the bias is "
                              "taken out exactly")
@@ -323,27 +325,20 @@ def key_shift_from_bias(model: torch.nn.Module, horizon: int = 2048) -> list[tor
     bias, so nothing is removed. Measured on Qwen2.5-0.5B (``python -m atom_ao.kv.accuracy``,
     INT4 prefill): wiki perplexity 1 x 2048 tokens float 34.72, INT4 KV without shift 490.4, with
     it 40.47 (horizons 512 / 8192 / 32768: 43.4 / 43.7 / 46.0)."""
-    layers = [m for name, m in model.named_modules() if name.endswith("self_attn") and hasattr(m, "k_proj")]
-    if not layers or getattr(layers[0].k_proj, "bias", None) is None:
-        return None
-    rotary = next((m for name, m in model.named_modules() if name.endswith("rotary_emb")
-                   and hasattr(m, "inv_freq")), None)
-    if rotary is None:
+    biases, rotary = key_bias(model), rotary_embedding(model)
+    if biases is None or rotary is None:
         return None
     inv_freq = rotary.inv_freq.detach().double().cpu()  # (D/2,): theta_i, RoPE scaling included
     still = (inv_freq * horizon <= 1.0).repeat(2)  # HF RoPE pairs channel i with i + D/2
-    d = still.numel()
-    scale = float(getattr(rotary, "attention_scaling", 1.0))  # RoPE's cos/sin carry it onto K
-    return [(attn.k_proj.bias.detach().float().cpu().view(-1, d) * still * scale) for attn in layers]
+    return [b * still for b in biases]
 
 
 def key_bias(model: torch.nn.Module) -> list[torch.Tensor] | None:
-    """Per layer, the (H_kv, D) ``k_proj`` bias as the cache sees it before RoPE (times RoPE's
+    """Per layer, the (H_kv, D) ``k_proj`` bias as the cache sees it (times RoPE's
     ``attention_scaling``, which transformers' cos / sin carry onto K), or None without a bias."""
     layers = [m for name, m in model.named_modules() if name.endswith("self_attn") and hasattr(m, "k_proj")]
     if not layers or getattr(layers[0].k_proj, "bias", None) is None:
         return None
-    rotary = next((m for name, m in model.named_modules() if name.endswith("rotary_emb")), None)
-    scale = float(getattr(rotary, "attention_scaling", 1.0))
+    scale = float(getattr(rotary_embedding(model), "attention_scaling", 1.0))
     d = getattr(layers[0], "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads
     return [attn.k_proj.bias.detach().float().cpu().view(-1, d) * scale for attn in layers]

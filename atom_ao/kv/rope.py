@@ -22,18 +22,19 @@ from __future__ import annotations
 import torch
 
 
-def rope_inv_freq(model: torch.nn.Module, head_dim: int | None = None) -> torch.Tensor:
-    """The model's RoPE frequencies (D/2,) float32 (from its ``rotary_emb``); a clear error when
-    there is none or it does not cover the whole head (partial rotary is not supported)."""
-    rotary = next((m for name, m in model.named_modules() if name.endswith("rotary_emb") and hasattr(m, "inv_freq")),
-                  None)
+def rotary_embedding(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The model's transformers ``rotary_emb`` module (with ``inv_freq``), or None."""
+    return next((m for name, m in model.named_modules() if name.endswith("rotary_emb") and hasattr(m, "inv_freq")),
+                None)
+
+
+def rope_inv_freq(model: torch.nn.Module) -> torch.Tensor:
+    """The model's RoPE frequencies (D/2,) float32, RoPE scaling included; a clear error when it
+    has none. (``AtomKVLayer`` refuses frequencies that do not cover the whole head.)"""
+    rotary = rotary_embedding(model)
     if rotary is None:
         raise NotImplementedError("k_before_rope: the model has no rotary_emb with inv_freq (RoPE) to apply")
-    inv_freq = rotary.inv_freq.detach().float().cpu()
-    if head_dim is not None and inv_freq.numel() * 2 != head_dim:
-        raise NotImplementedError(f"k_before_rope: RoPE covers {inv_freq.numel() * 2} of head_dim {head_dim} channels "
-                                  "(partial rotary is not supported)")
-    return inv_freq
+    return rotary.inv_freq.detach().float().cpu()
 
 
 def rope_table(inv_freq: torch.Tensor, positions: int, device=None) -> torch.Tensor:

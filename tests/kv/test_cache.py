@@ -331,6 +331,8 @@ def test_k_before_rope_errors():
 
     with pytest.raises(ValueError, match="k_shift is for keys cached after RoPE"):
         AtomKVLayer(k_shift=torch.zeros(2, 64), rope_inv_freq=torch.ones(32))
+    with pytest.raises(ValueError, match="pass rope_inv_freq too"):
+        AtomKVLayer(k_bias=torch.zeros(2, 64))
     layer = AtomKVLayer(rope_inv_freq=torch.ones(16))  # covers 32 of 64 channels
     with pytest.raises(NotImplementedError, match="partial rotary"):
         layer.update(torch.randn(1, 2, 3, 64), torch.randn(1, 2, 3, 64))
