@@ -29,8 +29,8 @@ from atom_ao.kv.format import check_cache, check_head_dim
 from atom_ao.kv.reference import decode_attention_ref
 from atom_ao.kv.rope import check_rope_args
 from atom_ao.ops.kv_tiles import (
-    F32_MAGIC, dot_dtype, dot_precision, fma_pv, fma_scores, int4_pv, int4_scores, load_codes, magic_bits,
-    online_softmax, paged_rows, rope_keys,
+    F32_MAGIC, dot_dtype, dot_precision, fma_pv, fma_scores, half_dots, int4_pv, int4_scores, load_codes,
+    magic_bits, online_softmax, paged_rows, rope_keys,
 )
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -110,8 +110,7 @@ def _decode_split_kernel(
             if FMA:
                 s = tl.sum(q_lo[:, None, :] * k_lo[None, :, :] + q_hi[:, None, :] * k_hi[None, :, :], axis=2)
             else:
-                s = tl.dot(q_lo, tl.trans(k_lo), input_precision=PREC)
-                s = tl.dot(q_hi, tl.trans(k_hi), s, input_precision=PREC)
+                s = half_dots(q_lo, q_hi, k_lo, k_hi, PREC)
             s = s * qk_scale
         elif FMA:
             s = fma_scores(q_lo, q_hi, q_sum, k_lo, k_hi, ks, kz) * qk_scale

@@ -29,7 +29,8 @@ from atom_ao.kv.format import check_cache, check_head_dim
 from atom_ao.kv.reference import cached_attention_ref, prefill_attention_ref
 from atom_ao.kv.rope import check_rope_args
 from atom_ao.ops.kv_tiles import (
-    dot_dtype, dot_precision, int4_pv, int4_scores, load_codes, magic_bits, online_softmax, paged_rows, rope_keys,
+    dot_dtype, dot_precision, half_dots, int4_pv, int4_scores, load_codes, magic_bits, online_softmax, paged_rows,
+    rope_keys,
 )
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -102,14 +103,12 @@ def _prefill_kernel(
             if ROPE:  # keys cached before RoPE: dequantize, add the bias, rotate, then plain dots
                 k_lo, k_hi = rope_keys(k_lo, k_hi, ks, kz, t, ok, rope_ptr, rope_sin_off, kb_ptr + hk * (2 * HALF),
                                        HAS_KBIAS, HALF, DOT)
-                s = tl.dot(q_lo, tl.trans(k_lo), input_precision=PREC)
-                s = tl.dot(q_hi, tl.trans(k_hi), s, input_precision=PREC)
+                s = half_dots(q_lo, q_hi, k_lo, k_hi, PREC)
             else:
                 s = int4_scores(q_lo, q_hi, q_sum, k_lo, k_hi, ks, kz, PREC)
         else:
             k_lo, k_hi = _load_half_rows(k_ptr + b64 * s_kb + hk * s_kh, t.to(tl.int64) * s_kt, ok, HALF, DOT)
-            s = tl.dot(q_lo, tl.trans(k_lo), input_precision=PREC)
-            s = tl.dot(q_hi, tl.trans(k_hi), s, input_precision=PREC)
+            s = half_dots(q_lo, q_hi, k_lo, k_hi, PREC)
         valid = ok[None, :] & (t[None, :] <= q_pos[:, None])
         if HAS_START:
             valid = valid & (t[None, :] >= start)

@@ -69,10 +69,16 @@ def paged_rows(bt_ptr, n0, ok, s_cp, s_ch, s_ct, s_mp, s_mh, hk, PAGE: tl.conste
 
 
 @triton.jit
+def half_dots(q_lo, q_hi, k_lo, k_hi, PREC: tl.constexpr):
+    """(M, HALF) and (BLOCK_N, HALF) halves of queries and keys (DOT) -> (M, BLOCK_N) float32 q . k."""
+    s = tl.dot(q_lo, tl.trans(k_lo), input_precision=PREC)
+    return tl.dot(q_hi, tl.trans(k_hi), s, input_precision=PREC)
+
+
+@triton.jit
 def int4_scores(q_lo, q_hi, q_sum, c_lo, c_hi, scale, zero, PREC: tl.constexpr):
     """(M, HALF) query halves (DOT), (M,) float32 row sums -> (M, BLOCK_N) float32 q . k."""
-    raw = tl.dot(q_lo, tl.trans(c_lo), input_precision=PREC)
-    raw = tl.dot(q_hi, tl.trans(c_hi), raw, input_precision=PREC)
+    raw = half_dots(q_lo, q_hi, c_lo, c_hi, PREC)
     return raw * scale[None, :] + q_sum[:, None] * zero[None, :]
 
 
