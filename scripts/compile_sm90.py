@@ -1,6 +1,6 @@
 """Compile the INT4 KV and W4A4 GEMM Triton kernels for sm_90 (H100) on a machine without a GPU.
 
-Catches type / layout / PTX errors before spending GPU time: `python scripts/compile_sm90.py`.
+Catches type / layout / PTX errors before spending GPU time: `PYTHONPATH=. python scripts/compile_sm90.py`.
 Prints each kernel's shared memory, registers-free summary and whether wgmma/mma is used.
 """
 import importlib
@@ -13,6 +13,7 @@ from triton.compiler import ASTSource
 
 from atom_ao.ops import kv_decode_attention as dec, kv_prefill_attention as pre, kv_write as wr
 gemm = importlib.import_module("atom_ao.ops.w4a4_gemm")  # the package re-exports the op under that name
+unp = importlib.import_module("atom_ao.ops.w4a4_gemm_unpacked")
 
 TARGET = GPUTarget("cuda", 90, 32)
 
@@ -59,6 +60,15 @@ def gemm_kernels():
             ok &= compile_one(f"gemv out={out} BM={bm}", gemm._w4a4_gemv_kernel_jit, types, consts, 4, 1)
     ok &= compile_one("sum_splits", gemm._sum_splits_kernel, dict(ws_ptr="*fp32", out_ptr="*bf16"),
                       dict(SPLITS_P=8, BLOCK=512))
+    # the large-M path: unpack to INT8, then the INT8 group GEMM
+    ok &= compile_one("unpack rows", unp._unpack_rows_kernel, dict(src_ptr="*u8", dst_ptr="*i8"),
+                      dict(HALF=64, BLOCK_R=16, BLOCK_G=16))
+    types = dict(common, a_ptr="*i8", ao_ptr="*i8", w_ptr="*i8", wo_ptr="*i8", out_ptr="*bf16")
+    for bm, bn, w, st, pf in unp._CONFIGS:
+        consts = dict(GS=128, BLOCK_O=128, HAS_OUT=True, HAS_BIAS=True, BLOCK_M=bm, BLOCK_N=bn, GROUP_M=8,
+                      PREFETCH_SCALES=pf)
+        ok &= compile_one(f"int8 group gemm {bm}x{bn} prefetch={pf}", unp._int8_group_gemm_kernel_jit, types, consts,
+                          w, st)
     return ok
 
 
@@ -75,16 +85,18 @@ def main():
         # decode split
         types = dict(q_ptr=f"*{dt}", kc_ptr="*u8", vc_ptr="*u8", km_ptr=f"*{dt}", vm_ptr=f"*{dt}", bt_ptr="*i32",
                      len_ptr="*i32", start_ptr="*i32", out_ptr=f"*{dt}", part_ptr="*fp32", ml_ptr="*fp32",
-                     qk_scale="fp32")
-        for g, half, one, page, bn, w, st in ((1, 64, True, 16, 64, 4, 3), (4, 64, False, 16, 128, 8, 3),
-                                              (7, 32, False, 64, 64, 4, 4), (4, 32, True, 256, 128, 8, 4)):
+                     rope_ptr="*fp32", kb_ptr="*fp32", qk_scale="fp32")
+        for g, half, one, page, bn, w, st, rope in (
+                (1, 64, True, 16, 64, 4, 3, False), (4, 64, False, 16, 128, 8, 3, False),
+                (7, 32, False, 64, 64, 4, 4, False), (4, 32, True, 256, 128, 8, 4, False),
+                (1, 64, False, 64, 64, 4, 3, True), (7, 32, False, 64, 64, 4, 4, True)):  # keys before RoPE
             fma = g <= dec.FMA_MAX_G  # the launcher's choice: CUDA-core float32 path for small groups
             consts = dict(G=g, BLOCK_G=triton.next_power_of_2(g) if fma else max(16, triton.next_power_of_2(g)),
                           HALF=half, PAGE=page, HAS_START=True, ONE_SPLIT=one,
                           DOT=tl.float32 if fma else tdt,
                           MAGIC=dec.F32_MAGIC.value if fma else dec.magic_bits(tdtype, False),
-                          PREC="tf32", FMA=fma, BLOCK_N=bn)
-            ok &= compile_one(f"decode {dt} G={g} D={2*half} one={one} page={page} BN={bn}",
+                          PREC="tf32", FMA=fma, ROPE=rope, HAS_KBIAS=rope, BLOCK_N=bn)
+            ok &= compile_one(f"decode {dt} G={g} D={2*half} one={one} page={page} BN={bn} rope={rope}",
                               dec._decode_split_kernel, types, consts, w, st)
         ok &= compile_one(f"decode reduce {dt}", dec._decode_reduce_kernel,
                           dict(part_ptr="*fp32", ml_ptr="*fp32", out_ptr=f"*{dt}"), dict(D=128, SPLITS_P=8))
@@ -92,12 +104,15 @@ def main():
         for from_cache in (False, True):
             kt = "*u8" if from_cache else f"*{dt}"
             types = dict(q_ptr=f"*{dt}", k_ptr=kt, v_ptr=kt, km_ptr=f"*{dt}", vm_ptr=f"*{dt}", bt_ptr="*i32",
-                         len_ptr="*i32", start_ptr="*i32", out_ptr=f"*{dt}", qk_scale="fp32")
+                         len_ptr="*i32", start_ptr="*i32", out_ptr=f"*{dt}", rope_ptr="*fp32", kb_ptr="*fp32",
+                         qk_scale="fp32")
             for g, half, bm, bn, w in ((1, 64, 128, 64, 8), (4, 32, 64, 64, 4)):
-                consts = dict(G=g, HALF=half, PAGE=16, HAS_START=False, FROM_CACHE=from_cache, DOT=tdt,
-                              MAGIC=dec.magic_bits(tdtype, False), PREC="tf32", BLOCK_M=bm, BLOCK_N=bn)
-                ok &= compile_one(f"prefill {dt} cache={from_cache} G={g} D={2*half} BM={bm}", pre._prefill_kernel,
-                                  types, consts, w, 3)
+                for rope in ((False, True) if from_cache else (False,)):
+                    consts = dict(G=g, HALF=half, PAGE=16, HAS_START=False, FROM_CACHE=from_cache, DOT=tdt,
+                                  MAGIC=dec.magic_bits(tdtype, False), PREC="tf32", ROPE=rope, HAS_KBIAS=rope,
+                                  BLOCK_M=bm, BLOCK_N=bn)
+                    ok &= compile_one(f"prefill {dt} cache={from_cache} G={g} D={2*half} BM={bm} rope={rope}",
+                                      pre._prefill_kernel, types, consts, w, 3)
     sys.exit(0 if ok else 1)
 
 
