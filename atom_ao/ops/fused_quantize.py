@@ -21,8 +21,9 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from atom_ao.ops.gemm_tiles import m_bucket
 from atom_ao.ops.quantize_activation import (
-    _INTERPRET, _SMALL_M, _abs_bits, _m_bucket, _round_clamp, _safe_inverse, check_quantize_args, empty_outputs,
+    _INTERPRET, _SMALL_M, _abs_bits, _round_clamp, _safe_inverse, check_quantize_args, empty_outputs,
 )
 
 RMSNORM, SILU_MUL = 0, 1
@@ -185,7 +186,7 @@ def fused_quantize_triton(mode: int, a, b, w, perm, eps: float, n_outliers: int,
     kernel = _tuned_small if m <= _SMALL_M else _tuned_large
     wrap_triton(kernel)[_grid(m, groups, n_outliers > 0)](
         a, b, w, perm.to(device=a.device, dtype=torch.int32).contiguous(), q, s, qo, so,
-        m, k, k - n_outliers, groups, n_outliers, _m_bucket(m),
+        m, k, k - n_outliers, groups, n_outliers, m_bucket(m, 4096),
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), q.stride(0), s.stride(0), max(qo.stride(0), 1),
         float(eps), float(clip_ratio),
         MODE=mode, X_KIND=_KIND[a.dtype], OUT_KIND=_KIND[out_dtype], CAST_FIRST=bool(cast_first),

@@ -1,4 +1,4 @@
-"""Triton pieces shared by the W4A4 GEMM kernels."""
+"""Pieces shared by the W4A4 kernels (the GEMMs; ``m_bucket`` by the activation quantizers too)."""
 
 from __future__ import annotations
 
@@ -27,3 +27,13 @@ def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_
     first_m = (pid // width) * GROUP_M
     group_rows = tl.minimum(grid_m - first_m, GROUP_M)
     return first_m + (pid % width) % group_rows, (pid % width) // group_rows
+
+
+def m_bucket(m: int, cap: int) -> int:
+    """Autotune key for M: powers of two up to ``cap``, so each batch size does not retune."""
+    return min(cap, triton.next_power_of_2(max(m, 1)))
+
+
+def outlier_block(n_out: int) -> int:
+    """Outlier channels per INT8 dot of the outlier K step: 32..128."""
+    return max(32, min(128, triton.next_power_of_2(max(n_out, 1))))

@@ -37,6 +37,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from atom_ao.format import k_normal_padded, quantize_activation_ref
+from atom_ao.ops.gemm_tiles import m_bucket
 
 _ROUND_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23: adding it rounds |t| <= 2**22 to an integer, half to even
 
@@ -287,11 +288,6 @@ def _grid(m: int, groups: int, has_out: bool):
     return grid
 
 
-def _m_bucket(m: int) -> int:
-    # autotune key: powers of two up to 4096, so each decode batch size does not retune
-    return min(4096, triton.next_power_of_2(max(m, 1)))
-
-
 def check_quantize_args(what: str, x: torch.Tensor, perm: torch.Tensor, n_outliers: int, group_size: int,
                         input_name: str = "x") -> None:
     """Clear errors for inputs the quantizer cannot take (also used by the fused quantizers)."""
@@ -335,7 +331,7 @@ def quantize_activation_triton(
     kernel = _tuned_small if m <= _SMALL_M else _tuned_large
     wrap_triton(kernel)[_grid(m, groups, has_out)](
         x, perm, q, s, qo, so,
-        m, k - n_outliers, groups, n_outliers, _m_bucket(m),
+        m, k - n_outliers, groups, n_outliers, m_bucket(m, 4096),
         x.stride(0), x.stride(1), q.stride(0), s.stride(0), max(qo.stride(0), 1), 1,
         float(clip_ratio),
         HALF=half,

@@ -20,7 +20,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from atom_ao.format import w4a4_gemm_ref
-from atom_ao.ops.gemm_tiles import group_sum_to_f32, grouped_tile
+from atom_ao.ops.gemm_tiles import group_sum_to_f32, grouped_tile, m_bucket, outlier_block
 from atom_ao.ops.w4a4_gemm_unpacked import w4a4_gemm_unpacked
 
 
@@ -359,11 +359,6 @@ def _sum_splits(ws: torch.Tensor, out: torch.Tensor) -> None:
 UNPACKED_MIN_M = 1024
 
 
-def _m_bucket(m: int) -> int:
-    # autotune key: powers of two up to 4096, so each decode batch size does not retune
-    return min(4096, triton.next_power_of_2(max(m, 1)))
-
-
 def check_gemm_args(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
                     w_outlier_scale, bias, group_size) -> None:
     """Shapes, dtypes and devices of the GEMM operands; a clear error for each mismatch."""
@@ -434,12 +429,12 @@ def w4a4_gemm_triton(
         a_packed, a_scale, a_outliers, a_outlier_scale,
         w_packed, w_scale, w_outliers, w_outlier_scale,
         bias if bias is not None else a_scale, ws,
-        m, n, groups, n_out, _m_bucket(m), splits,
+        m, n, groups, n_out, m_bucket(m, 4096), splits,
         a_packed.stride(0), a_scale.stride(0), max(a_outliers.stride(0), 1),
         w_packed.stride(0), w_scale.stride(0), max(w_outliers.stride(0), 1),
         out.stride(0),
         HALF=group_size // 2,
-        BLOCK_O=max(32, min(128, triton.next_power_of_2(max(n_out, 1)))),
+        BLOCK_O=outlier_block(n_out),
         HAS_OUT=n_out > 0,
         HAS_BIAS=bias is not None,
         USE_ASM=not INTERPRET,
@@ -461,7 +456,7 @@ def _launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_sca
         words(a_packed), a_scale, words(a_outliers) if n_out_w else a_outliers, a_outlier_scale,
         words(w_packed), w_scale, words(w_outliers) if n_out_w else w_outliers, w_outlier_scale,
         bias if bias is not None else a_scale, out,
-        m, n, a_scale.shape[1], n_out_w, _m_bucket(m), splits,
+        m, n, a_scale.shape[1], n_out_w, m_bucket(m, 4096), splits,
         a_packed.stride(0) // 4, a_scale.stride(0), max(a_outliers.stride(0) // 4, 1),
         w_packed.stride(0) // 4, w_scale.stride(0), max(w_outliers.stride(0) // 4, 1),
         out.stride(-2),

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from atom_ao.ops.gemm_tiles import group_sum_to_f32, grouped_tile
+from atom_ao.ops.gemm_tiles import group_sum_to_f32, grouped_tile, m_bucket, outlier_block
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -137,10 +137,6 @@ _CONFIGS = [
 ]
 
 
-def _m_bucket(m: int) -> int:
-    return min(8192, triton.next_power_of_2(max(m, 1)))
-
-
 _KERNEL = None if INTERPRET else triton.autotune(
     configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": 8, "PREFETCH_SCALES": p}, num_warps=w,
                            num_stages=s) for bm, bn, w, s, p in _CONFIGS],
@@ -162,12 +158,12 @@ def int8_group_gemm(a8, a_scale, a_outliers, a_outlier_scale, w8, w_scale, w_out
         a8, a_scale, a_outliers, a_outlier_scale,
         w8, w_scale, w_outliers, w_outlier_scale,
         bias if bias is not None else a_scale, out,
-        m, n, a_scale.shape[1], n_out, _m_bucket(m),
+        m, n, a_scale.shape[1], n_out, m_bucket(m, 8192),
         a8.stride(0), a_scale.stride(0), max(a_outliers.stride(0), 1),
         w8.stride(0), w_scale.stride(0), max(w_outliers.stride(0), 1),
         out.stride(0),
         GS=group_size,
-        BLOCK_O=max(32, min(128, triton.next_power_of_2(max(n_out, 1)))),
+        BLOCK_O=outlier_block(n_out),
         HAS_OUT=n_out > 0, HAS_BIAS=bias is not None,
         **meta,
     )
