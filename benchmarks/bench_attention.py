@@ -77,9 +77,9 @@ def run_case(model, b, ctx, mem_gb, do_int4=True, do_sdpa=True, do_rope=False):
     rope = ()
     if do_rope:
         from atom_ao.kv.rope import rope_table
+        from gpt import inv_freq
 
-        inv_freq = 1.0 / (10000 ** (torch.arange(0, d, 2).float() / d))
-        rope = (rope_table(inv_freq, -(-ctx // PAGE) * PAGE, "cuda"),
+        rope = (rope_table(inv_freq(10000.0, d, "cuda"), -(-ctx // PAGE) * PAGE, "cuda"),
                 torch.randn(hkv, d, device="cuda", generator=g))
     for path, nbytes in (("int4", int4_bytes(b, ctx, hkv, d)), ("int4-rope", int4_bytes(b, ctx, hkv, d)),
                          ("sdpa", bf16_bytes(b, ctx, hkv, d))):

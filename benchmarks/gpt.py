@@ -77,13 +77,11 @@ class Int4KVCache(nn.Module):
                              persistent=False)
         # keys before RoPE (atom_ao.kv.rope; AtomKVCache(k_before_rope=True)): the decode kernel adds
         # a K bias (zero here: Llama has none, the add is timed as Qwen would pay it) and rotates
-        self.keys_before_rope = rope_base is not None
         rope = k_bias = None
-        if self.keys_before_rope:
+        if rope_base is not None:
             from atom_ao.kv.rope import rope_table
 
-            inv = 1.0 / (rope_base ** (torch.arange(0, head_dim, 2).float() / head_dim))
-            rope = rope_table(inv, self.pages_per_seq * self.PAGE, device)
+            rope = rope_table(inv_freq(rope_base, head_dim, device), self.pages_per_seq * self.PAGE, device)
             k_bias = torch.zeros(n_kv_heads, head_dim, device=device)
         self.register_buffer("rope", rope, persistent=False)  # None buffers: no before-RoPE keys
         self.register_buffer("k_bias", k_bias, persistent=False)
@@ -93,7 +91,7 @@ class Int4KVCache(nn.Module):
         b, hkv, t, d = k.shape
         slots = (self.seq_base[:, None] + pos[None, :]).reshape(-1)
         rows = lambda x: x.transpose(1, 2).reshape(b * t, hkv, d)  # noqa: E731
-        stored = k_pre if self.keys_before_rope else k
+        stored = k if self.rope is None else k_pre
         torch.ops.atom_ao.kv_write(rows(stored), rows(v), slots, self.k_cache, self.v_cache, self.k_meta, self.v_meta)
         scale = d ** -0.5
         if t > 1:  # the prompt, written at positions 0..t-1
@@ -105,10 +103,16 @@ class Int4KVCache(nn.Module):
         return out[:, :, None]
 
 
+def inv_freq(rope_base: float, head_dim: int, device=None) -> torch.Tensor:
+    """RoPE's (head_dim / 2,) frequencies."""
+    return 1.0 / (rope_base ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
+
+
 def rope_tables(shape: LlamaShape, max_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    inv = 1.0 / (shape.rope_base ** (torch.arange(0, shape.head_dim, 2, device=device).float() / shape.head_dim))
-    ang = torch.outer(torch.arange(max_len, device=device).float(), inv)
-    return ang.cos(), ang.sin()
+    from atom_ao.kv.rope import rope_table
+
+    cos, sin = rope_table(inv_freq(shape.rope_base, shape.head_dim, device), max_len, device)
+    return cos, sin
 
 
 def apply_rope(x, cos, sin):
