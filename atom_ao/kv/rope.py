@@ -44,20 +44,20 @@ def rope_table(inv_freq: torch.Tensor, positions: int, device=None) -> torch.Ten
     return torch.stack([angle.cos(), angle.sin()])
 
 
-def rotate_keys(k: torch.Tensor, table: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-    """RoPE by slot: k (..., S, D) float, slots (S,) or broadcastable (..., S) int -> k rotated."""
-    cos, sin = table[0][slots], table[1][slots]  # (..., S, D/2)
+def _turn(k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     h = k.shape[-1] // 2
     k1, k2 = k[..., :h], k[..., h:]
     return torch.cat([k1 * cos - k2 * sin, k2 * cos + k1 * sin], dim=-1)
 
 
+def rotate_keys(k: torch.Tensor, table: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """RoPE by slot: k (..., S, D) float, slots (S,) or broadcastable (..., S) int -> k rotated."""
+    return _turn(k, table[0][slots], table[1][slots])  # cos / sin (..., S, D/2)
+
+
 def unrotate_keys(k: torch.Tensor, table: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     """The inverse of ``rotate_keys`` (rotation by minus the angle)."""
-    cos, sin = table[0][slots], table[1][slots]
-    h = k.shape[-1] // 2
-    k1, k2 = k[..., :h], k[..., h:]
-    return torch.cat([k1 * cos + k2 * sin, k2 * cos - k1 * sin], dim=-1)
+    return _turn(k, table[0][slots], -table[1][slots])
 
 
 def check_rope_args(k_rope: torch.Tensor | None, k_bias: torch.Tensor | None, kv_heads: int, head_dim: int,
