@@ -22,7 +22,8 @@ def _rope_args(kv_heads, d, positions, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     inv_freq = 1.0 / (10000 ** (torch.arange(0, d, 2).float() / d))
     bias = torch.randn(kv_heads, d, generator=g) * 3
-    bias[0, 0] = 54.0  # a Qwen-like large entry on a fast-turning pair
+    bias[0, 0] = 54.0  # a Qwen-like large entry on a fast-turning pair (~27x the keys)
+    bias[-1, 5] = 150.0  # and a 75x outlier channel (Qwen2.5 reaches ~210)
     return rope_table(inv_freq, positions, device), bias.to(device)
 
 
