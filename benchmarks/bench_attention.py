@@ -145,18 +145,30 @@ def check(model="llama3-8b", b=3, ctx=3000):
 
 
 def explore():
-    """Unpacking by the mantissa trick vs casts, and the configs the autotuner picks."""
+    """Each decode-kernel config on its own (the autotuner's list, one at a time), the generic
+    kernel's CUDA-core path for MHA beside the MHA kernel, and the autotuner's picks."""
     import atom_ao.ops.kv_decode_attention as dec
 
-    for model, b, ctx in (("llama3-8b", 1, 32768), ("llama3-8b", 64, 8192), ("llama2-7b", 16, 8192),
-                          ("llama2-7b", 256, 2048)):
-        for magic in (True, False):
-            dec.UNPACK_MAGIC = magic
-            rows = run_case(model, b, ctx, 70, do_sdpa=False)
-            best = {k: str(v) for k, v in dec._decode_split_tuned.cache.items()} if dec._decode_split_tuned else {}
-            print(f"{model} B={b} ctx={ctx} magic={magic}: {rows[0]['us']} us, {rows[0]['copy_pct']}% of copy")
-        print("  tuned:", list(best.values())[-1] if best else None)
-    dec.UNPACK_MAGIC = True
+    def timed(label, model, b, ctx):
+        rows = run_case(model, b, ctx, 70, do_sdpa=False)
+        print(f"  {label:<44} {rows[0]['us']:>9} us {rows[0]['copy_pct']:>5}% of copy", flush=True)
+
+    for model, b, ctx in (("llama2-7b", 64, 8192), ("llama2-7b", 16, 8192), ("llama2-7b", 1, 32768),
+                          ("llama3-8b", 64, 8192), ("llama3-8b", 1, 32768)):
+        print(f"{model} B={b} ctx={ctx}")
+        mha = MODELS[model][0] == MODELS[model][1]
+        tuner = dec._decode_mha_tuned if mha else dec._decode_split_tuned
+        configs = list(tuner.configs)
+        for cfg in configs:
+            tuner.configs, tuner.cache = [cfg], {}
+            timed(str(cfg), model, b, ctx)
+        tuner.configs, tuner.cache = configs, {}
+        timed("autotuned", model, b, ctx)
+        print("    picked:", list(tuner.cache.values())[-1] if tuner.cache else None)
+        if mha:
+            dec.MHA_KERNEL = False
+            timed("generic kernel (CUDA-core path), autotuned", model, b, ctx)
+            dec.MHA_KERNEL = True
 
 
 def main():
@@ -164,7 +176,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="a few cases")
     ap.add_argument("--mem-gb", type=float, default=70.0, help="largest cache (all copies) to allocate")
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--explore", action="store_true", help="kernel variants on a few cases, then exit")
+    ap.add_argument("--explore", action="store_true", help="each kernel config on a few cases, then exit")
     ap.add_argument("--rope", action="store_true", help="also time keys cached before RoPE (int4-rope)")
     args = ap.parse_args()
     if not torch.cuda.is_available():

@@ -11,7 +11,7 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from atom_ao.ops import kv_decode_attention as dec, kv_prefill_attention as pre, kv_write as wr
+from atom_ao.ops import kv_decode_attention as dec, kv_decode_mha as mha, kv_prefill_attention as pre, kv_write as wr
 gemm = importlib.import_module("atom_ao.ops.w4a4_gemm")  # the package re-exports the op under that name
 unp = importlib.import_module("atom_ao.ops.w4a4_gemm_unpacked")
 
@@ -30,7 +30,8 @@ def sig_of(fn, types, consts):
 
 def compile_one(label, fn, types, consts, num_warps=4, num_stages=3):
     sig = sig_of(fn, types, consts)
-    ptrs = [i for i, n in enumerate(fn.arg_names) if sig[n].startswith("*")]
+    # pointers, and the strides (s_*), which Triton's JIT specializes as multiples of 16 at run time
+    ptrs = [i for i, n in enumerate(fn.arg_names) if sig[n].startswith("*") or n.startswith("s_")]
     attrs = {(i,): [["tt.divisibility", 16]] for i in ptrs}
     src = ASTSource(fn, sig, consts, attrs=attrs)
     try:
@@ -95,9 +96,16 @@ def main():
                           HALF=half, PAGE=page, HAS_START=True, ONE_SPLIT=one,
                           DOT=tl.float32 if fma else tdt,
                           MAGIC=dec.F32_MAGIC.value if fma else dec.magic_bits(tdtype, False),
-                          PREC="tf32", FMA=fma, ROPE=rope, HAS_KBIAS=rope, BLOCK_N=bn)
-            ok &= compile_one(f"decode {dt} G={g} D={2*half} one={one} page={page} BN={bn} rope={rope}",
-                              dec._decode_split_kernel, types, consts, w, st)
+                          PREC="tf32", FMA=fma, ROPE=rope, HAS_KBIAS=rope, BLOCK_N=bn, PREFETCH=bn == 64)
+            ok &= compile_one(f"decode {dt} G={g} D={2*half} one={one} page={page} BN={bn} rope={rope} "
+                              f"prefetch={bn == 64}", dec._decode_split_kernel, types, consts, w, st)
+        mtypes = {k: v for k, v in types.items() if k not in ("rope_ptr", "kb_ptr")}
+        for half, page, one in ((64, 64, True), (64, 16, False), (32, 64, False), (128, 64, True)):
+            for cfg in mha.mha_configs():
+                consts = dict(HALF=half, PAGE=page, HAS_START=True, ONE_SPLIT=one, MAGIC=dec.F32_MAGIC.value, ROWS=mha.ROWS,
+                              **cfg.kwargs)
+                ok &= compile_one(f"decode mha {dt} D={2*half} page={page} one={one} {cfg.kwargs}",
+                                  mha.decode_mha_kernel, mtypes, consts, cfg.num_warps, cfg.num_stages)
         ok &= compile_one(f"decode reduce {dt}", dec._decode_reduce_kernel,
                           dict(part_ptr="*fp32", ml_ptr="*fp32", out_ptr=f"*{dt}"), dict(D=128, SPLITS_P=8))
         # prefill

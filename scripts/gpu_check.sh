@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, then benchmarks. Usage (on the GPU machine, repo root):
-#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|large-m]...
+#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|large-m]...
 # Each step's log goes to $OUT/<step>.log (so a step cut short still leaves its output) and
 # PYTEST_ARGS (paths) and PYTEST_K (-k expression) pick the tests of tests-some; result files to $OUT (or benchmarks/results/ when OUT is unset). STEP_TIMEOUT caps each step.
 set -uo pipefail
@@ -30,6 +30,10 @@ for what in "${@:-tests}"; do
     kv-rope) step kv_rope_tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_kv_attention_rope.py tests/kv/test_cache.py
              step kv_rope_bench python3 benchmarks/bench_attention.py --quick --rope
              step kv_rope_generate python3 benchmarks/bench_generate.py --batches 1,64 --paths atom-kv4,atom-kv4-rope --gen 32 --steps 16 ;;
+    kv-tests) step kv_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short tests/ops/test_kv_attention.py \
+                tests/ops/test_kv_attention_rope.py tests/ops/test_kv_opcheck.py tests/kv/test_cache.py ;;
+    attn-explore) step attention_explore python3 benchmarks/bench_attention.py --explore ;;
+    attn-quick) step attention_quick python3 benchmarks/bench_attention.py --quick --rope ;;
     large-m) step large_m_tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_w4a4_gemm_triton.py -k unpacked
              step large_m_bench python3 benchmarks/bench_linear.py --ms 1024,4096,8192 --tag _large_m ;;
     *) echo "unknown step $what" ;;

@@ -28,9 +28,10 @@ from torch.library import triton_op, wrap_triton
 from atom_ao.kv.format import check_cache, check_head_dim
 from atom_ao.kv.reference import decode_attention_ref
 from atom_ao.kv.rope import check_rope_args
+from atom_ao.ops.kv_decode_mha import decode_mha_kernel, mha_configs
 from atom_ao.ops.kv_tiles import (
     F32_MAGIC, dot_dtype, dot_precision, fma_pv, fma_scores, half_dots, int4_pv, int4_scores, load_codes,
-    magic_bits, online_softmax, paged_rows, rope_keys,
+    load_raw, magic_bits, online_softmax, paged_rows, rope_keys, unpack_codes,
 )
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -41,16 +42,51 @@ MIN_SPLIT_TOKENS = 256  # fewer tokens per split: the partials cost more than th
 # would go through shared memory. Measured on the H100 (bench_attention): the tensor-core
 # path plateaus at ~1.1 TB/s of the INT4 cache's 3.0 TB/s copy bandwidth.
 FMA_MAX_G = 2
+MHA_KERNEL = True  # one query head per KV head: ``kv_decode_mha`` (False: the generic kernel's CUDA-core path)
+INTERPRET_PREFETCH = False  # under the interpreter (tests flip it): the kernels' prefetching variant
 UNPACK_MAGIC = True  # codes -> floats by the mantissa trick (``kv_tiles.load_codes``); False: casts
 
 
 def _configs():
     if _INTERPRET:
-        return [triton.Config({"BLOCK_N": 16}, num_warps=4, num_stages=1)]
+        return [triton.Config({"BLOCK_N": 16, "PREFETCH": False}, num_warps=4, num_stages=1)]
     return [
-        triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=st)
-        for bn, w, st in ((32, 4, 3), (64, 4, 3), (64, 4, 4), (64, 8, 3), (128, 4, 3), (128, 8, 3), (128, 8, 4))
+        triton.Config({"BLOCK_N": bn, "PREFETCH": pf}, num_warps=w, num_stages=st)
+        for bn, w, st, pf in ((32, 4, 3, False), (64, 4, 3, False), (64, 8, 3, False), (128, 8, 3, False),
+                              (128, 8, 4, False), (32, 4, 1, True), (64, 8, 1, True))
     ]
+
+
+def _launch_mha(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml, qk_scale,
+                splits, one):
+    """One query head per KV head: ``kv_decode_mha.decode_mha_kernel``."""
+    b, h, d = q.shape
+    args = (q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start if kv_start is not None else seq_lens,
+            out, part, ml, qk_scale, splits, h,
+            q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            k_meta.stride(0), k_meta.stride(1), k_meta.stride(2), block_table.stride(0), out.stride(0), out.stride(1))
+    meta = dict(HALF=d // 2, PAGE=k_cache.shape[2], HAS_START=kv_start is not None, ONE_SPLIT=one,
+                MAGIC=F32_MAGIC.value)
+    if _INTERPRET:
+        wrap_triton(decode_mha_kernel)[(b, h, splits)](*args, **meta, WARPS=2, PREFETCH=INTERPRET_PREFETCH,
+                                                        num_warps=2)
+    else:
+        wrap_triton(_decode_mha_tuned)[(b, h, splits)](*args, **meta)
+
+
+@triton.jit
+def _load_tile(kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len,
+               s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, hk, HALF: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Raw K and V bytes, scales and zeros of tile i of this split (``kv_tiles.load_raw``); a tile
+    past tile_hi reads nothing (its block-table lookup goes to tile 0, which every table has)."""
+    inside = i < tile_hi
+    i = tl.where(inside, i, 0)
+    n0 = i * BLOCK_N
+    ok = n0 + tl.arange(0, BLOCK_N) < tl.where(inside, seq_len, 0)
+    row_c, row_m = paged_rows(bt_row, n0, ok, s_cp, s_ch, s_ct, s_mp, s_mh, hk, PAGE, BLOCK_N)
+    kb, ks, kz = load_raw(kc_ptr, km_ptr, row_c, row_m, ok, s_mw, HALF)
+    vb, vs, vz = load_raw(vc_ptr, vm_ptr, row_c, row_m, ok, s_mw, HALF)
+    return kb, ks, kz, vb, vs, vz
 
 
 @triton.jit
@@ -65,7 +101,7 @@ def _decode_split_kernel(
     G: tl.constexpr, BLOCK_G: tl.constexpr, HALF: tl.constexpr, PAGE: tl.constexpr, HAS_START: tl.constexpr,
     ONE_SPLIT: tl.constexpr, DOT: tl.constexpr, MAGIC: tl.constexpr, PREC: tl.constexpr, FMA: tl.constexpr,
     ROPE: tl.constexpr, HAS_KBIAS: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     b = tl.program_id(0)
     hk = tl.program_id(1)
@@ -97,13 +133,25 @@ def _decode_split_kernel(
     acc_lo = tl.zeros([BLOCK_G, HALF], tl.float32)
     acc_hi = tl.zeros([BLOCK_G, HALF], tl.float32)
     bt_row = bt_ptr + b.to(tl.int64) * s_btb
+    if PREFETCH:  # the first tile's bytes; each step then loads the next tile before using these
+        kb, ks, kz, vb, vs, vz = _load_tile(kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_row, tile_lo, tile_hi, seq_len,
+                                            s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, hk, HALF, PAGE, BLOCK_N)
     for i in range(tile_lo, tile_hi):
         n0 = i * BLOCK_N  # a multiple of BLOCK_N the compiler can see
         t = n0 + tl.arange(0, BLOCK_N)
         ok = t < seq_len
-        row_c, row_m = paged_rows(bt_row, n0, ok, s_cp, s_ch, s_ct, s_mp, s_mh, hk, PAGE, BLOCK_N)
-        k_lo, k_hi, ks, kz = load_codes(kc_ptr, km_ptr, row_c, row_m, ok, s_mw, HALF, DOT, MAGIC)
-        v_lo, v_hi, vs, vz = load_codes(vc_ptr, vm_ptr, row_c, row_m, ok, s_mw, HALF, DOT, MAGIC)
+        if PREFETCH:
+            # issued now, waited for at the next step: the loads of one tile overlap the math
+            # of the previous one (Triton pipelines only loads that feed a dot)
+            kb_n, ks_n, kz_n, vb_n, vs_n, vz_n = _load_tile(
+                kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_row, i + 1, tile_hi, seq_len,
+                s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, hk, HALF, PAGE, BLOCK_N)
+            k_lo, k_hi = unpack_codes(kb, DOT, MAGIC)
+            v_lo, v_hi = unpack_codes(vb, DOT, MAGIC)
+        else:
+            row_c, row_m = paged_rows(bt_row, n0, ok, s_cp, s_ch, s_ct, s_mp, s_mh, hk, PAGE, BLOCK_N)
+            k_lo, k_hi, ks, kz = load_codes(kc_ptr, km_ptr, row_c, row_m, ok, s_mw, HALF, DOT, MAGIC)
+            v_lo, v_hi, vs, vz = load_codes(vc_ptr, vm_ptr, row_c, row_m, ok, s_mw, HALF, DOT, MAGIC)
         if ROPE:  # keys cached before RoPE: dequantize, add the bias, rotate, then plain dots
             k_lo, k_hi = rope_keys(k_lo, k_hi, ks, kz, t, ok, rope_ptr, rope_sin_off, kb_ptr + hk * (2 * HALF),
                                    HAS_KBIAS, HALF, DOT)
@@ -124,6 +172,8 @@ def _decode_split_kernel(
             acc_lo, acc_hi = fma_pv(p, acc_lo * alpha[:, None], acc_hi * alpha[:, None], v_lo, v_hi, vs, vz)
         else:
             acc_lo, acc_hi = int4_pv(p, acc_lo * alpha[:, None], acc_hi * alpha[:, None], v_lo, v_hi, vs, vz, PREC)
+        if PREFETCH:
+            kb, ks, kz, vb, vs, vz = kb_n, ks_n, kz_n, vb_n, vs_n, vz_n
 
     if ONE_SPLIT:
         inv = tl.where(l_i > 0, 1.0 / tl.where(l_i > 0, l_i, 1.0), 0.0)  # no key at all (all padding): 0
@@ -138,6 +188,8 @@ def _decode_split_kernel(
         tl.store(ml_ptr + row * 2 + 1, l_i, mask=g_ok)
 
 
+_decode_mha_tuned = None if _INTERPRET else triton.autotune(
+    configs=mha_configs(), key=["HALF", "ONE_SPLIT", "HAS_START", "num_splits"])(decode_mha_kernel)
 _decode_split_tuned = triton.autotune(configs=_configs(), key=["G", "HALF", "ONE_SPLIT", "FMA", "ROPE", "num_splits"])(
     _decode_split_kernel
 ) if not _INTERPRET else None
@@ -227,19 +279,23 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
         block_table.stride(0),
         out.stride(0), out.stride(1),
     )
-    fma = g <= FMA_MAX_G
-    if fma:  # float32 operands on the CUDA cores, codes by the float32 mantissa trick
-        block_g, dot, magic = triton.next_power_of_2(g), tl.float32, F32_MAGIC.value
-    else:  # tensor-core tiles of at least 16 rows
-        block_g, dot = max(16, triton.next_power_of_2(g)), dot_dtype(q.dtype, _INTERPRET)
-        magic = magic_bits(q.dtype, _INTERPRET) if UNPACK_MAGIC else 0
-    meta = dict(G=g, BLOCK_G=block_g, HALF=d // 2, PAGE=k_cache.shape[2], HAS_START=kv_start is not None,
-                ONE_SPLIT=one, DOT=dot, MAGIC=magic, PREC=dot_precision(q.dtype), FMA=fma,
-                ROPE=k_rope is not None, HAS_KBIAS=k_bias is not None)
-    if _INTERPRET:
-        wrap_triton(_decode_split_kernel)[(b, hkv, splits)](*args, **meta, BLOCK_N=16)
+    if g == 1 and k_rope is None and MHA_KERNEL:
+        _launch_mha(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
+                    sm_scale * _LOG2E, splits, one)
     else:
-        wrap_triton(_decode_split_tuned)[(b, hkv, splits)](*args, **meta)
+        fma = g <= FMA_MAX_G
+        if fma:  # float32 operands on the CUDA cores, codes by the float32 mantissa trick
+            block_g, dot, magic = triton.next_power_of_2(g), tl.float32, F32_MAGIC.value
+        else:  # tensor-core tiles of at least 16 rows
+            block_g, dot = max(16, triton.next_power_of_2(g)), dot_dtype(q.dtype, _INTERPRET)
+            magic = magic_bits(q.dtype, _INTERPRET) if UNPACK_MAGIC else 0
+        meta = dict(G=g, BLOCK_G=block_g, HALF=d // 2, PAGE=k_cache.shape[2], HAS_START=kv_start is not None,
+                    ONE_SPLIT=one, DOT=dot, MAGIC=magic, PREC=dot_precision(q.dtype), FMA=fma,
+                    ROPE=k_rope is not None, HAS_KBIAS=k_bias is not None)
+        if _INTERPRET:
+            wrap_triton(_decode_split_kernel)[(b, hkv, splits)](*args, **meta, BLOCK_N=16, PREFETCH=INTERPRET_PREFETCH)
+        else:
+            wrap_triton(_decode_split_tuned)[(b, hkv, splits)](*args, **meta)
     if not one:
         wrap_triton(_decode_reduce_kernel)[(b * h,)](
             part, ml, out, h, splits, out.stride(0), out.stride(1),

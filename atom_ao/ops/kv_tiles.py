@@ -22,9 +22,19 @@ F32_MAGIC = tl.constexpr(0x4B000000)  # the bits of 2.0**23 in float32
 
 
 @triton.jit
-def load_codes(c_ptr, m_ptr, row_c, row_m, ok, s_mw, HALF: tl.constexpr, DOT: tl.constexpr, MAGIC: tl.constexpr):
-    """(BLOCK_N,) row offsets -> (low codes, high codes) (BLOCK_N, HALF) in DOT, scale, zero
-    (BLOCK_N,) float32. Masked rows read code 0, scale 0, zero 0 (they are masked later).
+def load_raw(c_ptr, m_ptr, row_c, row_m, ok, s_mw, HALF: tl.constexpr):
+    """(BLOCK_N,) row offsets -> the packed byte tile (BLOCK_N, HALF) uint8, scale and zero
+    (BLOCK_N,) float32. Masked rows read byte 0, scale 0, zero 0 (they are masked later)."""
+    cols = tl.arange(0, HALF)
+    b = tl.load(c_ptr + row_c[:, None] + cols[None, :], mask=ok[:, None], other=0)
+    scale = tl.load(m_ptr + row_m, mask=ok, other=0.0).to(tl.float32)
+    zero = tl.load(m_ptr + row_m + s_mw, mask=ok, other=0.0).to(tl.float32)
+    return b, scale, zero
+
+
+@triton.jit
+def unpack_codes(b, DOT: tl.constexpr, MAGIC: tl.constexpr):
+    """A packed byte tile -> (low codes, high codes) in DOT.
 
     MAGIC (``magic_bits``): the 16-bit pattern of 1024.0 (fp16) or 128.0 (bf16), or F32_MAGIC
     (the 32-bit pattern of 2**23, float32 codes for the CUDA-core path). A code c OR'ed into its
@@ -32,10 +42,6 @@ def load_codes(c_ptr, m_ptr, row_c, row_m, ok, s_mw, HALF: tl.constexpr, DOT: tl
     all full-rate, where an int -> float conversion runs at a quarter of the rate. MAGIC = 0:
     through an int -> float32 cast (float32 operands, and the interpreter, which cannot cast
     integers to bf16)."""
-    cols = tl.arange(0, HALF)
-    b = tl.load(c_ptr + row_c[:, None] + cols[None, :], mask=ok[:, None], other=0)
-    scale = tl.load(m_ptr + row_m, mask=ok, other=0.0).to(tl.float32)
-    zero = tl.load(m_ptr + row_m + s_mw, mask=ok, other=0.0).to(tl.float32)
     # one if / elif / else with a single return: Triton compiles the code after an early
     # return inside a compile-time branch too
     if MAGIC == F32_MAGIC:
@@ -49,6 +55,14 @@ def load_codes(c_ptr, m_ptr, row_c, row_m, ok, s_mw, HALF: tl.constexpr, DOT: tl
     else:
         lo = (b & 15).to(tl.float32).to(DOT)
         hi = (b >> 4).to(tl.float32).to(DOT)
+    return lo, hi
+
+
+@triton.jit
+def load_codes(c_ptr, m_ptr, row_c, row_m, ok, s_mw, HALF: tl.constexpr, DOT: tl.constexpr, MAGIC: tl.constexpr):
+    """``load_raw`` then ``unpack_codes``: (low codes, high codes) (BLOCK_N, HALF) in DOT, scale, zero."""
+    b, scale, zero = load_raw(c_ptr, m_ptr, row_c, row_m, ok, s_mw, HALF)
+    lo, hi = unpack_codes(b, DOT, MAGIC)
     return lo, hi, scale, zero
 
 

@@ -14,6 +14,7 @@ if not torch.cuda.is_available():
 
 from atom_ao.kv.format import kv_write_ref, new_paged_cache  # noqa: E402
 from atom_ao.kv.reference import cached_attention_ref, decode_attention_ref, prefill_attention_ref  # noqa: E402
+from atom_ao.ops import kv_decode_attention as dec  # noqa: E402
 from atom_ao.ops.kv_decode_attention import kv_decode_attention_triton  # noqa: E402
 from atom_ao.ops.kv_prefill_attention import kv_prefill_attention_triton, prefill_attention_triton  # noqa: E402
 
@@ -57,6 +58,26 @@ def test_decode_matches_reference(heads, kv_heads, d, dtype):
     # one split (the kernel writes the output) without padding / several splits + the reduce
     # kernel, with left padding
     for hint, kv_start in ((0, None), (4096, torch.tensor([0, 5, 20], dtype=torch.int32))):
+        want = decode_attention_ref(q, *caches, table, seq_lens, kv_start, d ** -0.5)
+        got = kv_decode_attention_triton(q, *caches, table, seq_lens, kv_start, d ** -0.5, hint)
+        _close(got, want, dtype)
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+@pytest.mark.parametrize("heads, kv_heads, d, page, dtype", [
+    (2, 2, 128, 32, torch.bfloat16), (3, 3, 64, 24, torch.float32), (6, 2, 64, 24, torch.bfloat16),
+])  # MHA (kv_decode_mha; pages of 32: one page per step, of 24: a lookup per token), and GQA
+def test_decode_prefetch_and_mha_kernel(monkeypatch, prefetch, heads, kv_heads, d, page, dtype):
+    # INTERPRET_PREFETCH: the variant that loads step i + 1 before unpacking step i (both kernels)
+    monkeypatch.setattr(dec, "INTERPRET_PREFETCH", prefetch)
+    lens = [1, 37, 70, 16]
+    caches, table = paged_cache(lens, kv_heads, d, page_size=page, seed=4)
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(len(lens), heads, d, generator=g)
+    q[:, :, 3] *= 60  # an outlier channel
+    q = q.to(dtype)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    for hint, kv_start in ((0, None), (4096, torch.tensor([0, 5, 50, 15], dtype=torch.int32))):
         want = decode_attention_ref(q, *caches, table, seq_lens, kv_start, d ** -0.5)
         got = kv_decode_attention_triton(q, *caches, table, seq_lens, kv_start, d ** -0.5, hint)
         _close(got, want, dtype)
