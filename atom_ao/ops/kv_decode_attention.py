@@ -31,7 +31,7 @@ from atom_ao.kv.rope import check_rope_args
 from atom_ao.ops.kv_decode_mha import decode_mha_kernel, mha_configs
 from atom_ao.ops.kv_tiles import (
     F32_MAGIC, dot_dtype, dot_precision, fma_pv, fma_scores, half_dots, int4_pv, int4_scores, load_codes,
-    load_raw, magic_bits, online_softmax, paged_rows, rope_keys, unpack_codes,
+    load_raw, magic_bits, online_softmax, operand_dtype, paged_rows, rope_keys, unpack_codes,
 )
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -287,8 +287,9 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
         if fma:  # float32 operands on the CUDA cores, codes by the float32 mantissa trick
             block_g, dot, magic = triton.next_power_of_2(g), tl.float32, F32_MAGIC.value
         else:  # tensor-core tiles of at least 16 rows
-            block_g, dot = max(16, triton.next_power_of_2(g)), dot_dtype(q.dtype, _INTERPRET)
-            magic = magic_bits(q.dtype, _INTERPRET) if UNPACK_MAGIC else 0
+            op_dtype = operand_dtype(q.dtype, k_rope is not None)
+            block_g, dot = max(16, triton.next_power_of_2(g)), dot_dtype(op_dtype, _INTERPRET)
+            magic = magic_bits(op_dtype, _INTERPRET) if UNPACK_MAGIC else 0
         meta = dict(G=g, BLOCK_G=block_g, HALF=d // 2, PAGE=k_cache.shape[2], HAS_START=kv_start is not None,
                     ONE_SPLIT=one, DOT=dot, MAGIC=magic, PREC=dot_precision(q.dtype), FMA=fma,
                     ROPE=k_rope is not None, HAS_KBIAS=k_bias is not None)

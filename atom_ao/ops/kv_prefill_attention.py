@@ -29,8 +29,8 @@ from atom_ao.kv.format import check_cache, check_head_dim
 from atom_ao.kv.reference import cached_attention_ref, prefill_attention_ref
 from atom_ao.kv.rope import check_rope_args
 from atom_ao.ops.kv_tiles import (
-    dot_dtype, dot_precision, half_dots, int4_pv, int4_scores, load_codes, magic_bits, online_softmax, paged_rows,
-    rope_keys,
+    dot_dtype, dot_precision, half_dots, int4_pv, int4_scores, load_codes, magic_bits, online_softmax, operand_dtype,
+    paged_rows, rope_keys,
 )
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -162,8 +162,9 @@ def _launch(q, k, v, km, vm, bt, lens, kv_start, sm_scale, from_cache: bool, k_r
         bt.stride(0) if from_cache else 0,
         out.stride(0), out.stride(1), out.stride(2),
     )
+    op_dtype = operand_dtype(q.dtype, k_rope is not None)
     meta = dict(G=h // hkv, HALF=d // 2, PAGE=k.shape[2] if from_cache else 1, HAS_START=kv_start is not None, FROM_CACHE=from_cache,
-                DOT=dot_dtype(q.dtype, _INTERPRET), MAGIC=magic_bits(q.dtype, _INTERPRET), PREC=dot_precision(q.dtype),
+                DOT=dot_dtype(op_dtype, _INTERPRET), MAGIC=magic_bits(op_dtype, _INTERPRET), PREC=dot_precision(op_dtype),
                 ROPE=k_rope is not None, HAS_KBIAS=k_bias is not None)
     grid = lambda m: (triton.cdiv(t, m["BLOCK_M"]), b * h)  # noqa: E731
     if _INTERPRET:

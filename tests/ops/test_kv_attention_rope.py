@@ -13,6 +13,7 @@ if not torch.cuda.is_available():
 from atom_ao.kv.format import gather_kv  # noqa: E402
 from atom_ao.kv.reference import attention_ref, cached_attention_ref, decode_attention_ref  # noqa: E402
 from atom_ao.kv.rope import check_rope_args, rope_table, rotate_keys, unrotate_keys  # noqa: E402
+from atom_ao.ops import kv_decode_attention as dec  # noqa: E402
 from atom_ao.ops.kv_decode_attention import kv_decode_attention_triton  # noqa: E402
 from atom_ao.ops.kv_prefill_attention import kv_prefill_attention_triton  # noqa: E402
 from test_kv_attention import _close, paged_cache  # noqa: E402
@@ -57,8 +58,9 @@ def test_reference_rotates_dequantized_keys_plus_bias():
 @pytest.mark.parametrize("heads, kv_heads, d, dtype", [
     (6, 2, 64, torch.bfloat16), (4, 4, 64, torch.float32), (8, 1, 128, torch.bfloat16), (4, 2, 128, torch.float32),
 ])  # tensor-core groups (GQA 3, MQA 8) and CUDA-core groups (MHA, groups of 2)
-@pytest.mark.parametrize("with_bias", [True, False])
-def test_decode_rope_matches_reference(heads, kv_heads, d, dtype, with_bias):
+@pytest.mark.parametrize("with_bias, prefetch", [(True, False), (False, False), (True, True)])
+def test_decode_rope_matches_reference(monkeypatch, heads, kv_heads, d, dtype, with_bias, prefetch):
+    monkeypatch.setattr(dec, "INTERPRET_PREFETCH", prefetch)  # the variant that loads a tile ahead
     lens = [1, 37, 70]
     caches, table = paged_cache(lens, kv_heads, d, page_size=24)
     rope, bias = _rope_args(kv_heads, d, table.shape[1] * 24 + 5)
