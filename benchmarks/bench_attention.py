@@ -144,7 +144,7 @@ def check(model="llama3-8b", b=3, ctx=3000):
     assert rel < 2e-2, rel
 
 
-def explore():
+def explore(models):
     """Each decode-kernel config on its own (the autotuner's list, one at a time), the generic
     kernel's CUDA-core path for MHA beside the MHA kernel, and the autotuner's picks."""
     import atom_ao.ops.kv_decode_attention as dec
@@ -155,6 +155,8 @@ def explore():
 
     for model, b, ctx in (("llama2-7b", 64, 8192), ("llama2-7b", 16, 8192), ("llama2-7b", 1, 32768),
                           ("llama3-8b", 64, 8192), ("llama3-8b", 1, 32768)):
+        if model not in models:
+            continue
         print(f"{model} B={b} ctx={ctx}")
         mha = MODELS[model][0] == MODELS[model][1]
         tuner = dec._decode_mha_tuned if mha else dec._decode_split_tuned
@@ -183,7 +185,7 @@ def main():
         sys.exit("bench_attention needs a CUDA GPU")
     check()
     if args.explore:
-        explore()
+        explore(args.models.split(","))
         return
     batches, contexts = (([1, 64], [2048, 32768]) if args.quick else (BATCHES, CONTEXTS))
     rows = []

@@ -12,9 +12,9 @@ warp (each thread keeps its own columns of its own row slot); the warps' states 
 once, after the loop, by log-sum-exp. So a step has no barrier and no shared memory, and the
 only float work per code is the mantissa-trick unpack and one multiply-add (``kv_tiles``).
 
-PREFETCH: each step issues the next tile's loads before it unpacks the current one (Triton's
-pipeliner only handles loads that feed a dot), so the loads of one step overlap the math of the
-previous; it costs registers for one more tile of bytes.
+PREFETCH: each step issues the next step's loads, and the block-table lookup of the one after,
+before it unpacks its own tile (Triton's pipeliner only handles loads that feed a dot): a step
+then waits on neither the page lookup nor its data. It costs registers for one more tile of bytes.
 """
 
 from __future__ import annotations
@@ -35,23 +35,35 @@ def mha_configs():
 
 
 @triton.jit
-def _mha_tile(kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len, head,
+def _mha_pages(bt_row, i, tile_hi, seq_len, PAGE: tl.constexpr, WARPS: tl.constexpr, ROWS: tl.constexpr):
+    """The pages of step i's rows: one scalar when a step lies in one page, else one per row. A
+    step at or past tile_hi looks up step 0 (every table has it); ``_mha_tile`` reads nothing there."""
+    BLOCK: tl.constexpr = WARPS * ROWS
+    n0 = tl.where(i < tile_hi, i, 0) * BLOCK
+    if PAGE % BLOCK == 0:
+        page = tl.load(bt_row + n0 // PAGE).to(tl.int64)
+    else:
+        t = n0 + tl.arange(0, WARPS)[:, None] * ROWS + tl.arange(0, ROWS)[None, :]
+        page = tl.load(bt_row + t // PAGE, mask=t < seq_len, other=0).to(tl.int64)
+    return page
+
+
+@triton.jit
+def _mha_tile(kc_ptr, vc_ptr, km_ptr, vm_ptr, page, i, tile_hi, seq_len, head,
               s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, HALF: tl.constexpr, PAGE: tl.constexpr, WARPS: tl.constexpr,
               ROWS: tl.constexpr):
-    """Bytes (WARPS, ROWS, HALF), scales and zeros (WARPS, ROWS) float32 of K and V for step i;
-    a step at or past tile_hi reads nothing (its block-table lookup goes to step 0, which
-    every table has). Masked rows read 0 everywhere."""
+    """Bytes (WARPS, ROWS, HALF), scales and zeros (WARPS, ROWS) float32 of K and V for step i,
+    whose pages ``_mha_pages`` gave. Masked rows, and every row of a step at or past tile_hi,
+    read 0."""
     BLOCK: tl.constexpr = WARPS * ROWS
     inside = i < tile_hi
     n0 = tl.where(inside, i, 0) * BLOCK
     slot = tl.arange(0, WARPS)[:, None] * ROWS + tl.arange(0, ROWS)[None, :]
     t = n0 + slot
     ok = t < tl.where(inside, seq_len, 0)
-    if PAGE % BLOCK == 0:  # the step lies in one page: one scalar lookup, contiguous rows
-        page = tl.load(bt_row + n0 // PAGE).to(tl.int64)
+    if PAGE % BLOCK == 0:  # the step lies in one page: contiguous rows
         off = n0 % PAGE + slot
     else:
-        page = tl.load(bt_row + t // PAGE, mask=ok, other=0).to(tl.int64)
         off = t % PAGE
     row_c = page * s_cp + head * s_ch + off * s_ct
     row_m = page * s_mp + head * s_mh + off
@@ -102,16 +114,22 @@ def decode_mha_kernel(
     acc_lo = tl.zeros([WARPS, ROWS, HALF], tl.float32)
     acc_hi = tl.zeros([WARPS, ROWS, HALF], tl.float32)
     bt_row = bt_ptr + b.to(tl.int64) * s_btb
-    if PREFETCH:
-        kb, ks, kz, vb, vs, vz = _mha_tile(kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_row, tile_lo, tile_hi, seq_len, h,
+    if PREFETCH:  # step tile_lo's bytes, step tile_lo + 1's pages
+        pg = _mha_pages(bt_row, tile_lo, tile_hi, seq_len, PAGE, WARPS, ROWS)
+        kb, ks, kz, vb, vs, vz = _mha_tile(kc_ptr, vc_ptr, km_ptr, vm_ptr, pg, tile_lo, tile_hi, seq_len, h,
                                            s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, HALF, PAGE, WARPS, ROWS)
+        pg = _mha_pages(bt_row, tile_lo + 1, tile_hi, seq_len, PAGE, WARPS, ROWS)
     for i in range(tile_lo, tile_hi):
         if PREFETCH:
-            kb_n, ks_n, kz_n, vb_n, vs_n, vz_n = _mha_tile(kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_row, i + 1, tile_hi,
+            # issue step i + 1's loads (their pages came a step ago) and step i + 2's page lookup,
+            # then work on step i: neither waits on the other
+            kb_n, ks_n, kz_n, vb_n, vs_n, vz_n = _mha_tile(kc_ptr, vc_ptr, km_ptr, vm_ptr, pg, i + 1, tile_hi,
                                                            seq_len, h, s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, HALF,
                                                            PAGE, WARPS, ROWS)
+            pg = _mha_pages(bt_row, i + 2, tile_hi, seq_len, PAGE, WARPS, ROWS)
         else:
-            kb, ks, kz, vb, vs, vz = _mha_tile(kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len, h,
+            pg = _mha_pages(bt_row, i, tile_hi, seq_len, PAGE, WARPS, ROWS)
+            kb, ks, kz, vb, vs, vz = _mha_tile(kc_ptr, vc_ptr, km_ptr, vm_ptr, pg, i, tile_hi, seq_len, h,
                                                s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, HALF, PAGE, WARPS, ROWS)
         t = i * BLOCK + slot
         ok = t < seq_len
