@@ -18,7 +18,8 @@ One query token per sequence, heads of Llama-2-7B (32 heads, MHA, head_dim 128) 
 Time: median of CUDA-graph replays (``triton.testing.do_bench_cudagraph`` via ``common.bench_us``);
 one replay runs the contender over several copies of its cache (> 2x L2 together, rotating), so
 small caches are read from HBM, not L2. GB/s counts the cache bytes each step must read (INT4:
-codes + scale + zero per token and head; bf16: K and V), against the ~3.0 TB/s device copy. A case
+codes + scale + zero per token and head; bf16: K and V), against the device copy bandwidth measured
+at start-up (bytes read + written). A case
 runs where its cache copies fit in 80 GB (``--mem-gb``). Results: table on stdout, JSON + markdown
 under benchmarks/results/ named after the GPU.
 """
@@ -35,13 +36,14 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import COPY_BYTES_PER_S, bench_us, gpu_name, markdown_table, write_results  # noqa: E402
+from common import bench_us, gpu_name, markdown_table, measured_copy_bytes_per_s, write_results  # noqa: E402
 
 MODELS = {"llama2-7b": (32, 32, 128), "llama3-8b": (32, 8, 128)}  # heads, kv_heads, head_dim
 BATCHES = [1, 16, 64, 256]
 CONTEXTS = [512, 2048, 8192, 32768]
 PAGE = 64
 L2_BYTES = 50e6
+COPY = [3.0e12]  # bytes/s of a device copy, measured at start-up (main)
 COLUMNS = ["model", "batch", "ctx", "path", "us", "GB/s", "copy_pct", "speedup", "MB"]
 
 
@@ -121,7 +123,7 @@ def run_case(model, b, ctx, mem_gb, do_int4=True, do_sdpa=True, do_rope=False):
         times[path] = us
         gbs = nbytes / us / 1e3
         rows.append({"model": model, "batch": b, "ctx": ctx, "path": path, "us": round(us, 2),
-                     "GB/s": round(gbs, 1), "copy_pct": round(100 * gbs * 1e9 / COPY_BYTES_PER_S, 1),
+                     "GB/s": round(gbs, 1), "copy_pct": round(100 * gbs * 1e9 / COPY[0], 1),
                      "MB": round(nbytes / 1e6, 1)})
     for r in rows:
         r["speedup"] = round(times["sdpa"] / times[r["path"]], 2) if "sdpa" in times else None
@@ -183,6 +185,8 @@ def main():
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_attention needs a CUDA GPU")
+    COPY[0] = measured_copy_bytes_per_s()
+    print(f"{gpu_name()}: device copy {COPY[0] / 1e12:.2f} TB/s (read + write), the copy_pct ceiling")
     check()
     if args.explore:
         explore(args.models.split(","))
@@ -203,6 +207,7 @@ def main():
               f"median {sorted(r['speedup'] for r in long)[len(long) // 2]:.2f}x; INT4 copy bandwidth "
               f"min {min(r['copy_pct'] for r in long):.0f}%, median {sorted(r['copy_pct'] for r in long)[len(long) // 2]:.0f}%")
     stem = write_results("bench_attention", rows, COLUMNS, {"command": " ".join(sys.argv), "page_size": PAGE,
+                                                            "copy_bytes_per_s": COPY[0],
                                                             "timing": "median of CUDA-graph replays"})
     print(f"wrote {stem}.json/.md")
 

@@ -39,6 +39,16 @@ def bench_us(fn, use_graph: bool = True) -> float:
     return 1e3 * triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
+def measured_copy_bytes_per_s(nbytes: int = 1 << 30) -> float:
+    """This GPU's device-to-device copy bandwidth (bytes read + written per second), timed like
+    everything else: the ceiling a memory-bound kernel is measured against on *this* GPU
+    (COPY_BYTES_PER_S is the H100's; an H200 copies faster)."""
+    x = torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda")
+    y = torch.empty_like(x)
+    us = bench_us(lambda: y.copy_(x))
+    return 2 * nbytes / (us * 1e-6)
+
+
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     def fmt(v):
         return f"{v:.3g}" if isinstance(v, float) else str(v)

@@ -100,9 +100,10 @@ def main():
             ok &= compile_one(f"decode {dt} G={g} D={2*half} one={one} page={page} BN={bn} rope={rope} "
                               f"prefetch={bn == 64}", dec._decode_split_kernel, types, consts, w, st)
         mtypes = {k: v for k, v in types.items() if k not in ("rope_ptr", "kb_ptr")}
+        mtypes.update(kc_ptr="*i32", vc_ptr="*i32")  # the caches viewed as int32 words
         for half, page, one in ((64, 64, True), (64, 16, False), (32, 64, False), (128, 64, True)):
             for cfg in mha.mha_configs():
-                consts = dict(HALF=half, PAGE=page, HAS_START=True, ONE_SPLIT=one, MAGIC=dec.F32_MAGIC.value, ROWS=mha.ROWS,
+                consts = dict(HALF=half, PAGE=page, HAS_START=True, ONE_SPLIT=one, ASM=True, ROWS=mha.ROWS,
                               **cfg.kwargs)
                 ok &= compile_one(f"decode mha {dt} D={2*half} page={page} one={one} {cfg.kwargs}",
                                   mha.decode_mha_kernel, mtypes, consts, cfg.num_warps, cfg.num_stages)

@@ -59,14 +59,15 @@ def _configs():
 
 def _launch_mha(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml, qk_scale,
                 splits, one):
-    """One query head per KV head: ``kv_decode_mha.decode_mha_kernel``."""
+    """One query head per KV head: ``kv_decode_mha.decode_mha_kernel``, on the caches viewed as
+    int32 words (a row of D/2 bytes is D/8 words; page, head and row strides in words)."""
     b, h, d = q.shape
-    args = (q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start if kv_start is not None else seq_lens,
+    kw, vw = k_cache.view(torch.int32), v_cache.view(torch.int32)
+    args = (q, kw, vw, k_meta, v_meta, block_table, seq_lens, kv_start if kv_start is not None else seq_lens,
             out, part, ml, qk_scale, splits, h,
-            q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            q.stride(0), q.stride(1), kw.stride(0), kw.stride(1), kw.stride(2),
             k_meta.stride(0), k_meta.stride(1), k_meta.stride(2), block_table.stride(0), out.stride(0), out.stride(1))
-    meta = dict(HALF=d // 2, PAGE=k_cache.shape[2], HAS_START=kv_start is not None, ONE_SPLIT=one,
-                MAGIC=F32_MAGIC.value)
+    meta = dict(HALF=d // 2, PAGE=k_cache.shape[2], HAS_START=kv_start is not None, ONE_SPLIT=one, ASM=not _INTERPRET)
     if _INTERPRET:
         wrap_triton(decode_mha_kernel)[(b, h, splits)](*args, **meta, WARPS=2, PREFETCH=INTERPRET_PREFETCH,
                                                         num_warps=2)

@@ -5,16 +5,23 @@ sequence, head and split; partials combined by its reduce kernel), shaped for a 
 row, where a tensor-core tile would be 15/16 padding and the generic CUDA-core path spends its
 time moving (tokens, D/2) float tiles between layouts through shared memory.
 
-Here a step's tile is (WARPS, 8, D/2) bytes: warp w reads 8 whole cache rows, each thread 16
-contiguous bytes of one row, and every reduction of a step stays inside a warp. The score of a
-row is a sum over the row's 4 threads; the running max, sum and the (8, D) accumulator are per
-warp (each thread keeps its own columns of its own row slot); the warps' states are combined
-once, after the loop, by log-sum-exp. So a step has no barrier and no shared memory, and the
-only float work per code is the mantissa-trick unpack and one multiply-add (``kv_tiles``).
+Here a step's tile is (WARPS, 8, D/8) int32 words (the cache viewed as int32): warp w reads 8
+whole cache rows, each thread 16 contiguous bytes of one row, and every reduction of a step
+stays inside a warp. The score of a row is a sum over the row's 4 threads; the running max, sum
+and the accumulators are per warp (each thread keeps its own columns of its own row slot); the
+warps' states are combined once, after the loop, by log-sum-exp. So a step has no barrier and no
+shared memory.
+
+Codes stay packed in their words until used (4 per register, not 1: room for the prefetched
+tile) and leave them as floats by the mantissa trick *in place*: ``(w & (15 << P)) | bits(2^23)``
+is exactly 2^23 + code * 2^P for a nibble at bit P <= 16, so one AND-OR and one subtraction make
+code * 2^P. The 2^-P is folded into that nibble's query column (scores) and applied once at the
+end (values): exact, powers of two. The three nibbles above bit 19 take one shift of the word
+first. Per code: ~1 integer op, 1 subtraction, 1 multiply-add (values: + the rescale).
 
 PREFETCH: each step issues the next step's loads, and the block-table lookup of the one after,
 before it unpacks its own tile (Triton's pipeliner only handles loads that feed a dot): a step
-then waits on neither the page lookup nor its data. It costs registers for one more tile of bytes.
+then waits on neither the page lookup nor its data.
 """
 
 from __future__ import annotations
@@ -22,9 +29,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from atom_ao.ops.kv_tiles import online_softmax, unpack_codes
+from atom_ao.ops.kv_tiles import online_softmax
 
 ROWS = 8  # cache rows per warp and step: 8 rows x 4 threads x 16 bytes = one warp at D = 128
+# (source word, bit P, column) of the 8 nibbles of a word j: byte k holds column 4j + k in its low
+# nibble and column D/2 + 4j + k in its high one (``kv.format.pack_kv``); source 1 = the word >> 12
 
 
 def mha_configs():
@@ -32,6 +41,49 @@ def mha_configs():
         triton.Config({"WARPS": w, "PREFETCH": pf}, num_warps=w, num_stages=1)
         for w, pf in ((2, False), (4, False), (8, False), (2, True), (4, True), (8, True))
     ]
+
+
+# (w & (15 << P)) | bits(2^23) as one LOP3 (0xEA: a & b | c); written as an AND and an OR the
+# compiler emits two instructions per code, a third of the loop's issue slots
+_LOP0 = tl.constexpr("lop3.b32 $0, $1, 15, 1258291200, 0xEA;")
+_LOP4 = tl.constexpr("lop3.b32 $0, $1, 240, 1258291200, 0xEA;")
+_LOP8 = tl.constexpr("lop3.b32 $0, $1, 3840, 1258291200, 0xEA;")
+_LOP12 = tl.constexpr("lop3.b32 $0, $1, 61440, 1258291200, 0xEA;")
+_LOP16 = tl.constexpr("lop3.b32 $0, $1, 983040, 1258291200, 0xEA;")
+
+
+@triton.jit
+def _nib(w, P: tl.constexpr, ASM: tl.constexpr):
+    """Bits P..P+3 of the int32 words w (P <= 16) -> float32 code * 2^P (mantissa trick in place)."""
+    if ASM:
+        if P == 0:
+            asm: tl.constexpr = _LOP0
+        elif P == 4:
+            asm: tl.constexpr = _LOP4
+        elif P == 8:
+            asm: tl.constexpr = _LOP8
+        elif P == 12:
+            asm: tl.constexpr = _LOP12
+        else:
+            asm: tl.constexpr = _LOP16
+        bits = tl.inline_asm_elementwise(asm, "=r,r", [w], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        bits = (w & (15 << P)) | 0x4B000000
+    return bits.to(tl.float32, bitcast=True) - 8388608.0
+
+
+@triton.jit
+def _q_plane(q_row, jw, COL0: tl.constexpr, P: tl.constexpr):
+    """The query columns COL0 + 4 j of a nibble plane, times 2^-P, shaped to broadcast over a tile."""
+    return (tl.load(q_row + COL0 + 4 * jw).to(tl.float32) * (1.0 / (1 << P)))[None, None, :]
+
+
+@triton.jit
+def _store_plane(o_row, jw, acc, pz, wt, inv, COL0: tl.constexpr, P: tl.constexpr):
+    """One plane's output columns: its accumulator back from units of 2^P, the zero points' share
+    added, the warps combined by their weights, scaled by inv, stored at COL0 + 4 j."""
+    o = tl.sum((tl.sum(acc, axis=1) * (1.0 / (1 << P)) + pz[:, None]) * wt[:, None], axis=0) * inv
+    tl.store(o_row + COL0 + 4 * jw, o.to(o_row.dtype.element_ty))
 
 
 @triton.jit
@@ -52,9 +104,9 @@ def _mha_pages(bt_row, i, tile_hi, seq_len, PAGE: tl.constexpr, WARPS: tl.conste
 def _mha_tile(kc_ptr, vc_ptr, km_ptr, vm_ptr, page, i, tile_hi, seq_len, head,
               s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, HALF: tl.constexpr, PAGE: tl.constexpr, WARPS: tl.constexpr,
               ROWS: tl.constexpr):
-    """Bytes (WARPS, ROWS, HALF), scales and zeros (WARPS, ROWS) float32 of K and V for step i,
-    whose pages ``_mha_pages`` gave. Masked rows, and every row of a step at or past tile_hi,
-    read 0."""
+    """Words (WARPS, ROWS, HALF / 4) int32, scales and zeros (WARPS, ROWS) float32 of K and V for
+    step i, whose pages ``_mha_pages`` gave (cache strides in words, meta strides in elements).
+    Masked rows, and every row of a step at or past tile_hi, read 0."""
     BLOCK: tl.constexpr = WARPS * ROWS
     inside = i < tile_hi
     n0 = tl.where(inside, i, 0) * BLOCK
@@ -67,7 +119,7 @@ def _mha_tile(kc_ptr, vc_ptr, km_ptr, vm_ptr, page, i, tile_hi, seq_len, head,
         off = t % PAGE
     row_c = page * s_cp + head * s_ch + off * s_ct
     row_m = page * s_mp + head * s_mh + off
-    cols = tl.arange(0, HALF)[None, None, :]
+    cols = tl.arange(0, HALF // 4)[None, None, :]
     kb = tl.load(kc_ptr + row_c[:, :, None] + cols, mask=ok[:, :, None], other=0)
     vb = tl.load(vc_ptr + row_c[:, :, None] + cols, mask=ok[:, :, None], other=0)
     ks = tl.load(km_ptr + row_m, mask=ok, other=0.0).to(tl.float32)
@@ -83,7 +135,7 @@ def decode_mha_kernel(
     qk_scale, num_splits, H,
     s_qb, s_qh, s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, s_btb, s_ob, s_oh,
     HALF: tl.constexpr, PAGE: tl.constexpr, HAS_START: tl.constexpr, ONE_SPLIT: tl.constexpr,
-    MAGIC: tl.constexpr, WARPS: tl.constexpr, PREFETCH: tl.constexpr, ROWS: tl.constexpr = ROWS,
+    WARPS: tl.constexpr, PREFETCH: tl.constexpr, ASM: tl.constexpr, ROWS: tl.constexpr = ROWS,
 ):
     BLOCK: tl.constexpr = WARPS * ROWS
     b = tl.program_id(0)
@@ -99,20 +151,33 @@ def decode_mha_kernel(
     tile_lo = tl.maximum(sp * per, start // BLOCK)
     tile_hi = tl.minimum(tl.cdiv(seq_len, BLOCK), (sp + 1) * per)
 
-    d = tl.arange(0, HALF)
     q_row = q_ptr + b.to(tl.int64) * s_qb + h * s_qh
-    q_lo = tl.load(q_row + d).to(tl.float32)
-    q_hi = tl.load(q_row + HALF + d).to(tl.float32)
-    q_sum = tl.sum(q_lo, axis=0) + tl.sum(q_hi, axis=0)
-    q_lo = q_lo[None, None, :]
-    q_hi = q_hi[None, None, :]
+    d = tl.arange(0, HALF)
+    q_sum = tl.sum(tl.load(q_row + d).to(tl.float32), axis=0) + tl.sum(tl.load(q_row + HALF + d).to(tl.float32), axis=0)
+    jw = tl.arange(0, HALF // 4)
+    # the query column of each nibble plane, times 2^-P (see the module docstring)
+    q0 = _q_plane(q_row, jw, 0, 0)
+    q1 = _q_plane(q_row, jw, HALF, 4)
+    q2 = _q_plane(q_row, jw, 1, 8)
+    q3 = _q_plane(q_row, jw, HALF + 1, 12)
+    q4 = _q_plane(q_row, jw, 2, 16)
+    q5 = _q_plane(q_row, jw, HALF + 2, 8)
+    q6 = _q_plane(q_row, jw, 3, 12)
+    q7 = _q_plane(q_row, jw, HALF + 3, 16)
     slot = tl.arange(0, WARPS)[:, None] * ROWS + tl.arange(0, ROWS)[None, :]
 
     m_i = tl.full([WARPS], float("-inf"), tl.float32)
     l_i = tl.zeros([WARPS], tl.float32)
     pz_i = tl.zeros([WARPS], tl.float32)  # sum of p * (V zero): the zero points' share of the output
-    acc_lo = tl.zeros([WARPS, ROWS, HALF], tl.float32)
-    acc_hi = tl.zeros([WARPS, ROWS, HALF], tl.float32)
+    # the value accumulators of the 8 nibble planes, in units of 2^P
+    a0 = tl.zeros([WARPS, ROWS, HALF // 4], tl.float32)
+    a1 = tl.zeros([WARPS, ROWS, HALF // 4], tl.float32)
+    a2 = tl.zeros([WARPS, ROWS, HALF // 4], tl.float32)
+    a3 = tl.zeros([WARPS, ROWS, HALF // 4], tl.float32)
+    a4 = tl.zeros([WARPS, ROWS, HALF // 4], tl.float32)
+    a5 = tl.zeros([WARPS, ROWS, HALF // 4], tl.float32)
+    a6 = tl.zeros([WARPS, ROWS, HALF // 4], tl.float32)
+    a7 = tl.zeros([WARPS, ROWS, HALF // 4], tl.float32)
     bt_row = bt_ptr + b.to(tl.int64) * s_btb
     if PREFETCH:  # step tile_lo's bytes, step tile_lo + 1's pages
         pg = _mha_pages(bt_row, tile_lo, tile_hi, seq_len, PAGE, WARPS, ROWS)
@@ -135,16 +200,23 @@ def decode_mha_kernel(
         ok = t < seq_len
         if HAS_START:
             ok = ok & (t >= start)
-        c_lo, c_hi = unpack_codes(kb, tl.float32, MAGIC)
-        raw = tl.sum(c_lo * q_lo + c_hi * q_hi, axis=2)  # (WARPS, ROWS): q . codes
+        kb2 = kb >> 12
+        raw = tl.sum(_nib(kb, 0, ASM) * q0 + _nib(kb, 4, ASM) * q1 + _nib(kb, 8, ASM) * q2 + _nib(kb, 12, ASM) * q3 + _nib(kb, 16, ASM) * q4
+                     + _nib(kb2, 8, ASM) * q5 + _nib(kb2, 12, ASM) * q6 + _nib(kb2, 16, ASM) * q7, axis=2)  # (WARPS, ROWS): q . codes
         s = (raw * ks + q_sum * kz) * qk_scale
         s = tl.where(ok, s, float("-inf"))
         p, alpha, m_i, l_i = online_softmax(s, m_i, l_i)
-        c_lo, c_hi = unpack_codes(vb, tl.float32, MAGIC)
         pv = (p * vs)[:, :, None]
         a = alpha[:, None, None]
-        acc_lo = acc_lo * a + pv * c_lo
-        acc_hi = acc_hi * a + pv * c_hi
+        vb2 = vb >> 12
+        a0 = a0 * a + pv * _nib(vb, 0, ASM)
+        a1 = a1 * a + pv * _nib(vb, 4, ASM)
+        a2 = a2 * a + pv * _nib(vb, 8, ASM)
+        a3 = a3 * a + pv * _nib(vb, 12, ASM)
+        a4 = a4 * a + pv * _nib(vb, 16, ASM)
+        a5 = a5 * a + pv * _nib(vb2, 8, ASM)
+        a6 = a6 * a + pv * _nib(vb2, 12, ASM)
+        a7 = a7 * a + pv * _nib(vb2, 16, ASM)
         pz_i = pz_i * alpha + tl.sum(p * vz, axis=1)
         if PREFETCH:
             kb, ks, kz, vb, vs, vz = kb_n, ks_n, kz_n, vb_n, vs_n, vz_n
@@ -154,16 +226,20 @@ def decode_mha_kernel(
     m_use = tl.where(m == float("-inf"), 0.0, m)
     wt = tl.exp2(m_i - m_use)
     l_sum = tl.sum(l_i * wt, axis=0)
-    o_lo = tl.sum((tl.sum(acc_lo, axis=1) + pz_i[:, None]) * wt[:, None], axis=0)
-    o_hi = tl.sum((tl.sum(acc_hi, axis=1) + pz_i[:, None]) * wt[:, None], axis=0)
     if ONE_SPLIT:
         inv = tl.where(l_sum > 0, 1.0 / tl.where(l_sum > 0, l_sum, 1.0), 0.0)
         o_row = out_ptr + b.to(tl.int64) * s_ob + h * s_oh
-        tl.store(o_row + d, (o_lo * inv).to(out_ptr.dtype.element_ty))
-        tl.store(o_row + HALF + d, (o_hi * inv).to(out_ptr.dtype.element_ty))
     else:
         row = (b.to(tl.int64) * H + h) * num_splits + sp
-        tl.store(part_ptr + row * (2 * HALF) + d, o_lo)
-        tl.store(part_ptr + row * (2 * HALF) + HALF + d, o_hi)
+        inv = 1.0
+        o_row = part_ptr + row * (2 * HALF)
         tl.store(ml_ptr + row * 2, m)
         tl.store(ml_ptr + row * 2 + 1, l_sum)
+    _store_plane(o_row, jw, a0, pz_i, wt, inv, 0, 0)
+    _store_plane(o_row, jw, a1, pz_i, wt, inv, HALF, 4)
+    _store_plane(o_row, jw, a2, pz_i, wt, inv, 1, 8)
+    _store_plane(o_row, jw, a3, pz_i, wt, inv, HALF + 1, 12)
+    _store_plane(o_row, jw, a4, pz_i, wt, inv, 2, 16)
+    _store_plane(o_row, jw, a5, pz_i, wt, inv, HALF + 2, 8)
+    _store_plane(o_row, jw, a6, pz_i, wt, inv, 3, 12)
+    _store_plane(o_row, jw, a7, pz_i, wt, inv, HALF + 3, 16)
