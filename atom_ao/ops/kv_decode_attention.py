@@ -28,7 +28,7 @@ from torch.library import triton_op, wrap_triton
 from atom_ao.kv.format import check_cache, check_head_dim
 from atom_ao.kv.reference import decode_attention_ref
 from atom_ao.kv.rope import check_rope_args
-from atom_ao.ops.kv_decode_mha import decode_mha_kernel, mha_configs
+from atom_ao.ops.kv_decode_mha import ROWS as MHA_ROWS, decode_mha_kernel, mha_configs
 from atom_ao.ops.kv_tiles import (
     F32_MAGIC, dot_dtype, dot_precision, fma_pv, fma_scores, half_dots, int4_pv, int4_scores, load_codes,
     load_raw, magic_bits, online_softmax, operand_dtype, paged_rows, rope_keys, unpack_codes,
@@ -67,7 +67,8 @@ def _launch_mha(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_s
             out, part, ml, qk_scale, splits, h,
             q.stride(0), q.stride(1), kw.stride(0), kw.stride(1), kw.stride(2),
             k_meta.stride(0), k_meta.stride(1), k_meta.stride(2), block_table.stride(0), out.stride(0), out.stride(1))
-    meta = dict(HALF=d // 2, PAGE=k_cache.shape[2], HAS_START=kv_start is not None, ONE_SPLIT=one, ASM=not _INTERPRET)
+    meta = dict(HALF=d // 2, PAGE=k_cache.shape[2], HAS_START=kv_start is not None, ONE_SPLIT=one, ASM=not _INTERPRET,
+                ROWS=MHA_ROWS)  # every constexpr passed: Inductor's wrap_triton fills in no defaults
     if _INTERPRET:
         wrap_triton(decode_mha_kernel)[(b, h, splits)](*args, **meta, WARPS=2, PREFETCH=INTERPRET_PREFETCH,
                                                         num_warps=2)

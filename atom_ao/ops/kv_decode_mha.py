@@ -135,7 +135,7 @@ def decode_mha_kernel(
     qk_scale, num_splits, H,
     s_qb, s_qh, s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, s_btb, s_ob, s_oh,
     HALF: tl.constexpr, PAGE: tl.constexpr, HAS_START: tl.constexpr, ONE_SPLIT: tl.constexpr,
-    WARPS: tl.constexpr, PREFETCH: tl.constexpr, ASM: tl.constexpr, ROWS: tl.constexpr = ROWS,
+    WARPS: tl.constexpr, PREFETCH: tl.constexpr, ASM: tl.constexpr, ROWS: tl.constexpr,
 ):
     BLOCK: tl.constexpr = WARPS * ROWS
     b = tl.program_id(0)
