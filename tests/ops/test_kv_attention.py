@@ -144,6 +144,33 @@ def test_decode_real_sizes_gpu(batch, ctx, heads, kv_heads):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("mha", [True, False])
+def test_every_decode_config_gpu(mha):
+    """Each config of the autotuner's list on its own (autotuning checks only the one it picks),
+    with several splits, left padding and a sequence shorter than a step."""
+    heads, kv_heads = (32, 32) if mha else (32, 8)
+    lens = [3000, 1, 700, 2048]
+    caches, table = paged_cache(lens, kv_heads, 128, page_size=64, device="cuda", seed=7)
+    g = torch.Generator().manual_seed(8)
+    q = torch.randn(len(lens), heads, 128, generator=g)
+    q[:, :, 5] *= 70  # an outlier channel
+    q = q.to(torch.bfloat16)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    kv_start = torch.tensor([0, 0, 33, 1000], dtype=torch.int32)
+    want = decode_attention_ref(q, *[c.cpu() for c in caches], table.cpu(), seq_lens, kv_start, 128 ** -0.5)
+    tuner = dec._decode_mha_tuned if mha else dec._decode_split_tuned
+    configs = list(tuner.configs)
+    try:
+        for cfg in configs:
+            tuner.configs, tuner.cache = [cfg], {}
+            got = kv_decode_attention_triton(q.cuda(), *caches, table, seq_lens.cuda(), kv_start.cuda(), 128 ** -0.5,
+                                             4096)
+            _close(got, want, torch.bfloat16)
+    finally:
+        tuner.configs, tuner.cache = configs, {}
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("t, heads, kv_heads, d", [(1024, 32, 8, 128), (777, 9, 3, 64), (2048, 32, 32, 128)])
 def test_prefill_real_sizes_gpu(t, heads, kv_heads, d):
     g = torch.Generator().manual_seed(t)
