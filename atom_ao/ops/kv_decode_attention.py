@@ -31,7 +31,7 @@ from atom_ao.kv.rope import check_rope_args
 from atom_ao.ops.kv_decode_mha import ROWS as MHA_ROWS, decode_mha_kernel, mha_configs
 from atom_ao.ops.kv_tiles import (
     F32_MAGIC, dot_dtype, dot_precision, fma_pv, fma_scores, half_dots, int4_pv, int4_scores, load_codes,
-    load_raw, magic_bits, online_softmax, operand_dtype, paged_rows, rope_keys, unpack_codes,
+    load_raw, magic_bits, online_softmax, operand_dtype, paged_rows, rope_keys, split_tiles, unpack_codes,
 )
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -111,15 +111,7 @@ def _decode_split_kernel(
     # Inductor types a Python float argument fp64 (eager Triton: fp32); fp64 would leak into
     # the math (and break the dots' accumulator type)
     qk_scale = tl.cast(qk_scale, tl.float32)
-    seq_len = tl.load(len_ptr + b)
-    if HAS_START:
-        start = tl.load(start_ptr + b)
-    else:
-        start = 0
-    # this sequence's tiles split among num_splits programs: tiles [tile_lo, tile_hi)
-    per = tl.cdiv(tl.cdiv(seq_len, BLOCK_N), num_splits)
-    tile_lo = tl.maximum(sp * per, start // BLOCK_N)  # skip tiles wholly in the left padding
-    tile_hi = tl.minimum(tl.cdiv(seq_len, BLOCK_N), (sp + 1) * per)
+    seq_len, start, tile_lo, tile_hi = split_tiles(len_ptr, start_ptr, b, sp, num_splits, HAS_START, BLOCK_N)
 
     g = tl.arange(0, BLOCK_G)
     g_ok = g < G

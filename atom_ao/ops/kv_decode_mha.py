@@ -29,7 +29,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from atom_ao.ops.kv_tiles import online_softmax
+from atom_ao.ops.kv_tiles import online_softmax, split_tiles
 
 ROWS = 8  # cache rows per warp and step: 8 rows x 4 threads x 16 bytes = one warp at D = 128
 # (source word, bit P, column) of the 8 nibbles of a word j: byte k holds column 4j + k in its low
@@ -142,14 +142,7 @@ def decode_mha_kernel(
     h = tl.program_id(1)
     sp = tl.program_id(2)
     qk_scale = tl.cast(qk_scale, tl.float32)  # Inductor passes a Python float as fp64
-    seq_len = tl.load(len_ptr + b)
-    if HAS_START:
-        start = tl.load(start_ptr + b)
-    else:
-        start = 0
-    per = tl.cdiv(tl.cdiv(seq_len, BLOCK), num_splits)
-    tile_lo = tl.maximum(sp * per, start // BLOCK)
-    tile_hi = tl.minimum(tl.cdiv(seq_len, BLOCK), (sp + 1) * per)
+    seq_len, start, tile_lo, tile_hi = split_tiles(len_ptr, start_ptr, b, sp, num_splits, HAS_START, BLOCK)
 
     q_row = q_ptr + b.to(tl.int64) * s_qb + h * s_qh
     d = tl.arange(0, HALF)

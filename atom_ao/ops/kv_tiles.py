@@ -67,6 +67,23 @@ def load_codes(c_ptr, m_ptr, row_c, row_m, ok, s_mw, HALF: tl.constexpr, DOT: tl
 
 
 @triton.jit
+def split_tiles(len_ptr, start_ptr, b, sp, num_splits, HAS_START: tl.constexpr, BLOCK: tl.constexpr):
+    """Flash-decoding's share of sequence b for split sp: -> (seq_len, start, tile_lo, tile_hi),
+    the sequence's tiles of BLOCK tokens [tile_lo, tile_hi) this program reads. Each sequence
+    divides its own length among the splits; tiles wholly inside the left padding (before
+    ``start``) are skipped."""
+    seq_len = tl.load(len_ptr + b)
+    if HAS_START:
+        start = tl.load(start_ptr + b)
+    else:
+        start = 0
+    per = tl.cdiv(tl.cdiv(seq_len, BLOCK), num_splits)
+    tile_lo = tl.maximum(sp * per, start // BLOCK)
+    tile_hi = tl.minimum(tl.cdiv(seq_len, BLOCK), (sp + 1) * per)
+    return seq_len, start, tile_lo, tile_hi
+
+
+@triton.jit
 def paged_rows(bt_ptr, n0, ok, s_cp, s_ch, s_ct, s_mp, s_mh, hk, PAGE: tl.constexpr, BLOCK_N: tl.constexpr):
     """The tile of token positions n0 + [0, BLOCK_N) (n0 a multiple of BLOCK_N) of one sequence
     (``bt_ptr``: its block-table row) and KV head hk -> int64 offsets of their cache rows and of
