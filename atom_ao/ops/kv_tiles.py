@@ -49,9 +49,15 @@ def unpack_codes(b, DOT: tl.constexpr, MAGIC: tl.constexpr):
         lo = ((b32 & 15) | F32_MAGIC).to(tl.float32, bitcast=True) - 8388608.0
         hi = ((b32 >> 4) | F32_MAGIC).to(tl.float32, bitcast=True) - 8388608.0
     elif MAGIC != 0:
-        base = tl.full([1, 1], MAGIC, tl.int16)
-        lo = (((b & 15).to(tl.int16) | base).to(DOT, bitcast=True) - base.to(DOT, bitcast=True)).to(DOT)
-        hi = (((b >> 4).to(tl.int16) | base).to(DOT, bitcast=True) - base.to(DOT, bitcast=True)).to(DOT)
+        # scalar constants, not a broadcast tensor: then Triton moves the byte tile (not the
+        # unpacked 16-bit tiles) into the dot operand layout and unpacks there, skipping a
+        # shared-memory round trip of two bf16 tiles per tile of codes
+        if MAGIC == 0x4300:
+            value: tl.constexpr = 128.0
+        else:
+            value: tl.constexpr = 1024.0
+        lo = (((b & 15).to(tl.int16) | MAGIC).to(DOT, bitcast=True) - value).to(DOT)
+        hi = (((b >> 4).to(tl.int16) | MAGIC).to(DOT, bitcast=True) - value).to(DOT)
     else:
         lo = (b & 15).to(tl.float32).to(DOT)
         hi = (b >> 4).to(tl.float32).to(DOT)
