@@ -150,6 +150,7 @@ def explore(models):
     """Each decode-kernel config on its own (the autotuner's list, one at a time), the generic
     kernel's CUDA-core path for MHA beside the MHA kernel, and the autotuner's picks."""
     import atom_ao.ops.kv_decode_attention as dec
+    import atom_ao.ops.kv_tiles as tiles
 
     def timed(label, model, b, ctx):
         rows = run_case(model, b, ctx, 70, do_sdpa=False)
@@ -173,6 +174,10 @@ def explore(models):
             dec.MHA_KERNEL = False
             timed("generic kernel (CUDA-core path), autotuned", model, b, ctx)
             dec.MHA_KERNEL = True
+        else:  # codes unpacked two per instruction by inline asm (kv_tiles.UNPACK_BY_PAIRS)
+            tiles.UNPACK_BY_PAIRS, tuner.cache = True, {}
+            timed("autotuned, unpack by pairs (asm)", model, b, ctx)
+            tiles.UNPACK_BY_PAIRS, tuner.cache = False, {}
 
 
 def main():

@@ -11,7 +11,8 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from atom_ao.ops import kv_decode_attention as dec, kv_decode_mha as mha, kv_prefill_attention as pre, kv_write as wr
+from atom_ao.ops import kv_decode_attention as dec, kv_decode_mha as mha, kv_prefill_attention as pre, kv_tiles as tiles
+from atom_ao.ops import kv_write as wr
 gemm = importlib.import_module("atom_ao.ops.w4a4_gemm")  # the package re-exports the op under that name
 unp = importlib.import_module("atom_ao.ops.w4a4_gemm_unpacked")
 
@@ -99,6 +100,10 @@ def main():
                           PREC="tf32", FMA=fma, ROPE=rope, HAS_KBIAS=rope, BLOCK_N=bn, PREFETCH=bn == 64)
             ok &= compile_one(f"decode {dt} G={g} D={2*half} one={one} page={page} BN={bn} rope={rope} "
                               f"prefetch={bn == 64}", dec._decode_split_kernel, types, consts, w, st)
+            if not fma:  # the codes unpacked two per instruction (kv_tiles.UNPACK_BY_PAIRS)
+                consts["MAGIC"] = consts["MAGIC"] | tiles.BY_PAIRS.value
+                ok &= compile_one(f"decode {dt} G={g} D={2*half} BN={bn} rope={rope} pairs", dec._decode_split_kernel,
+                                  types, consts, w, st)
         mtypes = {k: v for k, v in types.items() if k not in ("rope_ptr", "kb_ptr")}
         mtypes.update(kc_ptr="*i32", vc_ptr="*i32")  # the caches viewed as int32 words
         for half, page, one in ((64, 64, True), (64, 16, False), (32, 64, False), (128, 64, True)):
@@ -122,6 +127,10 @@ def main():
                                   BLOCK_M=bm, BLOCK_N=bn)
                     ok &= compile_one(f"prefill {dt} cache={from_cache} G={g} D={2*half} BM={bm} rope={rope}",
                                       pre._prefill_kernel, types, consts, w, 3)
+                    if from_cache:  # the codes unpacked two per instruction (kv_tiles.UNPACK_BY_PAIRS)
+                        consts["MAGIC"] = consts["MAGIC"] | tiles.BY_PAIRS.value
+                        ok &= compile_one(f"prefill {dt} G={g} D={2*half} BM={bm} rope={rope} pairs",
+                                          pre._prefill_kernel, types, consts, w, 3)
     sys.exit(0 if ok else 1)
 
 

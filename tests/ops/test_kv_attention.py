@@ -14,7 +14,7 @@ if not torch.cuda.is_available():
 
 from atom_ao.kv.format import kv_write_ref, new_paged_cache  # noqa: E402
 from atom_ao.kv.reference import cached_attention_ref, decode_attention_ref, prefill_attention_ref  # noqa: E402
-from atom_ao.ops import kv_decode_attention as dec  # noqa: E402
+from atom_ao.ops import kv_decode_attention as dec, kv_tiles  # noqa: E402
 from atom_ao.ops.kv_decode_attention import kv_decode_attention_triton  # noqa: E402
 from atom_ao.ops.kv_prefill_attention import kv_prefill_attention_triton, prefill_attention_triton  # noqa: E402
 
@@ -144,10 +144,12 @@ def test_decode_real_sizes_gpu(batch, ctx, heads, kv_heads):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("mha", [True, False])
-def test_every_decode_config_gpu(mha):
+@pytest.mark.parametrize("mha, pairs", [(True, False), (False, False), (False, True)])
+def test_every_decode_config_gpu(monkeypatch, mha, pairs):
     """Each config of the autotuner's list on its own (autotuning checks only the one it picks),
-    with several splits, left padding and a sequence shorter than a step."""
+    with several splits, left padding and a sequence shorter than a step; ``pairs``: the codes
+    unpacked by ``kv_tiles``' inline asm (``UNPACK_BY_PAIRS``)."""
+    monkeypatch.setattr(kv_tiles, "UNPACK_BY_PAIRS", pairs)
     heads, kv_heads = (32, 32) if mha else (32, 8)
     lens = [3000, 1, 700, 2048]
     caches, table = paged_cache(lens, kv_heads, 128, page_size=64, device="cuda", seed=7)
