@@ -9,6 +9,10 @@ its un-normalized output with its running max and sum. A second small kernel com
 splits of each (sequence, head) by log-sum-exp. With one split the first kernel normalizes and
 writes the output itself (large batches: no second launch, no partials).
 
+One query head per KV head (MHA) without keys cached before RoPE goes to its own kernel,
+``kv_decode_mha`` (warp-private token streams on the CUDA cores), with the same grid, partials
+and reduce kernel.
+
 Sequence lengths vary per sequence (``seq_lens``); each sequence divides its own length among
 the splits, so the split count is chosen on the host from an upper bound alone (``max_seq_len``,
 no device sync: CUDA-graph and torch.compile friendly) and splits past a short sequence's end
@@ -37,10 +41,9 @@ from atom_ao.ops.kv_tiles import (
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _LOG2E = 1.4426950408889634
 MIN_SPLIT_TOKENS = 256  # fewer tokens per split: the partials cost more than the extra programs give
-# Up to this many query heads per KV head (MHA: 1) the scores and P.V run on the CUDA cores
-# (``kv_tiles.fma_scores``): a tensor-core tile would be mostly padding, and its operands
-# would go through shared memory. Measured on the H100 (bench_attention): the tensor-core
-# path plateaus at ~1.1 TB/s of the INT4 cache's 3.0 TB/s copy bandwidth.
+# Up to this many query heads per KV head the generic kernel's scores and P.V run on the CUDA
+# cores (``kv_tiles.fma_scores``): a tensor-core tile would be mostly padding. (MHA, G = 1, uses
+# ``kv_decode_mha`` unless keys are cached before RoPE: 2.3x this path on the H200.)
 FMA_MAX_G = 2
 MHA_KERNEL = True  # one query head per KV head: ``kv_decode_mha`` (False: the generic kernel's CUDA-core path)
 INTERPRET_PREFETCH = False  # under the interpreter (tests flip it): the kernels' prefetching variant
@@ -50,6 +53,8 @@ UNPACK_MAGIC = True  # codes -> floats by the mantissa trick (``kv_tiles.load_co
 def _configs():
     if _INTERPRET:
         return [triton.Config({"BLOCK_N": 16, "PREFETCH": False}, num_warps=4, num_stages=1)]
+    # PREFETCH (``_load_tile`` one tile ahead in registers) only with num_stages=1: the
+    # pipeliner's own prefetch (num_stages > 1) covers the loads that feed a dot
     return [
         triton.Config({"BLOCK_N": bn, "PREFETCH": pf}, num_warps=w, num_stages=st)
         for bn, w, st, pf in ((32, 4, 3, False), (64, 4, 3, False), (64, 8, 3, False), (128, 8, 3, False),
