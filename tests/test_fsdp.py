@@ -207,6 +207,7 @@ def _worker(rank: int, world: int, port: int):
             assert "divisible by the FSDP world size" in str(e)
         else:
             raise AssertionError("uneven rows were not refused")
+        dist.barrier()  # leave together: gloo torn down under a rank still talking aborts the process
     finally:
         dist.destroy_process_group()
 
