@@ -96,7 +96,9 @@ def main(argv=None):
                     help="KV4 rows without the Hadamard rotation (the paper's plain INT4 cache); default: the "
                          "rotation of the default AtomKVCache")
     ap.add_argument("--kv-before-rope", action="store_true",
-                    help="KV4 rows with keys cached before RoPE minus the K bias (AtomKVCache(k_before_rope=True))")
+                    help="KV4 rows with keys cached before RoPE minus the K bias (AtomKVCache(k_before_rope=True)); "
+                         "default: AtomKVCache's choice (before RoPE for models with a K bias)")
+    ap.add_argument("--kv-after-rope", action="store_true", help="KV4 rows with keys cached after RoPE")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     eval_argv = ["--model", a.model, "--methods", a.methods, "--corpora", a.corpora, "--windows", str(a.windows),
@@ -107,6 +109,8 @@ def main(argv=None):
         eval_argv.append("--kv-rotate")
     if a.kv_before_rope:
         eval_argv.append("--kv-before-rope")
+    if a.kv_after_rope:
+        eval_argv.append("--kv-after-rope")
     if a.no_progress:
         eval_argv.append("--no-progress")
     t0 = time.time()
@@ -131,9 +135,9 @@ def main(argv=None):
         "(calibration included) on this CPU; the KV4 row reuses the GPTQ model (the INT4 KV cache is a "
         "run-time choice). KV4: every attention, the prompt's included, reads the INT4 cache "
         + ("(K before RoPE minus the K bias, restored and rotated in attention: `AtomKVCache(prefill=\"int4\", "
-           "k_before_rope=True)`), " if a.kv_before_rope else "(K after RoPE), ")
+           "k_before_rope=True)`), " if res["kv_before_rope"] else "(K after RoPE), ")
         + ("without rotation (--kv-plain)." if a.kv_plain else "with the default cache's Hadamard rotation of "
-           + ("V." if a.kv_before_rope else "K and V (`AtomKVCache(prefill=\"int4\")`).")),
+           + ("V." if res["kv_before_rope"] else "K and V (`AtomKVCache(prefill=\"int4\")`).")),
         "",
     ]
     md = "\n".join(head) + "\n" + tables(res) + "\n\n" + "\n".join(verdict(res)) + "\n"

