@@ -62,6 +62,13 @@ def _configs():
     ]
 
 
+def _as_words(cache: torch.Tensor) -> bool:
+    """Whether a (pages, heads, page_size, D/2) uint8 cache can be read as int32 words (the MHA
+    kernel's view): 4-byte aligned start and strides (a cache sliced oddly falls back to the
+    generic kernel)."""
+    return cache.storage_offset() % 4 == 0 and all(s % 4 == 0 for s in cache.stride()[:-1])
+
+
 def _launch_mha(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml, qk_scale,
                 splits, one):
     """One query head per KV head: ``kv_decode_mha.decode_mha_kernel``, on the caches viewed as
@@ -278,7 +285,7 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
         block_table.stride(0),
         out.stride(0), out.stride(1),
     )
-    if g == 1 and k_rope is None and MHA_KERNEL:
+    if g == 1 and k_rope is None and MHA_KERNEL and _as_words(k_cache) and _as_words(v_cache):
         _launch_mha(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
                     sm_scale * _LOG2E, splits, one)
     else:

@@ -188,3 +188,17 @@ def test_prefill_real_sizes_gpu(t, heads, kv_heads, d):
     want = cached_attention_ref(q, *[c.cpu() for c in caches], table.cpu(), seq_lens, None, d ** -0.5)
     got = torch.ops.atom_ao.kv_prefill_attention(q.cuda(), *caches, table, seq_lens.cuda(), None, d ** -0.5)
     _close(got, want, torch.bfloat16)
+
+
+def test_decode_mha_on_a_cache_not_word_aligned():
+    # a cache whose rows start off a 4-byte boundary cannot be viewed as int32 words: the generic
+    # kernel serves it, with the same result
+    lens = [9, 30]
+    (kc, vc, km, vm), table = paged_cache(lens, 2, 64, page_size=16, seed=11)
+    odd = lambda c: torch.cat([torch.zeros(1, dtype=torch.uint8), c.flatten()])[1:].view(c.shape)  # noqa: E731
+    kc2, vc2 = odd(kc), odd(vc)
+    assert kc2.storage_offset() == 1 and torch.equal(kc2, kc)
+    q = torch.randn(2, 2, 64, generator=torch.Generator().manual_seed(12))
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    want = decode_attention_ref(q, kc, vc, km, vm, table, seq_lens, None, 0.125)
+    _close(kv_decode_attention_triton(q, kc2, vc2, km, vm, table, seq_lens, None, 0.125, 0), want, torch.float32)
