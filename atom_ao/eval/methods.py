@@ -74,10 +74,11 @@ EXTRA = {
 ALL = {**METHODS, **EXTRA}
 
 
-def kv4_forward(rotate: bool = False, before_rope: bool = False):
+def kv4_forward(rotate: bool = False, before_rope: bool | None = None):
     """A ``forward(model, ids) -> logits`` whose attention reads an INT4 KV cache for every token
-    (``AtomKVCache(prefill="int4")``, K quantized after RoPE, or before it with ``before_rope``),
-    the float attention restored after."""
+    (``AtomKVCache(prefill="int4")``; K quantized before RoPE with ``before_rope=True``, after it
+    with False, None: the cache's default, before RoPE for models with a K bias), the float
+    attention restored after."""
     from atom_ao.kv.cache import AtomKVCache
 
     def forward(model, ids):
