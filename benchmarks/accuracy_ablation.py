@@ -39,7 +39,10 @@ def main():
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--calib-samples", type=int, default=64)
     ap.add_argument("--calib-seq-len", type=int, default=512)
-    ap.add_argument("--skip", default="", help="comma list of row groups to skip: variants,types")
+    ap.add_argument("--skip", default="", help="comma list of row groups to skip: main,variants,types")
+    ap.add_argument("--tag", default="", help="suffix of the result files")
+    ap.add_argument("--act-clips", default="", help="comma list of activation clip ratios: A4-only rows (weights "
+                                                     "float), the RTN model's clip set after quantization")
     args = ap.parse_args()
     skip = set(args.skip.split(","))
     base, tok = data.load_model(args.model)
@@ -69,9 +72,21 @@ def main():
         return simulate_(copy.deepcopy(m), float_model=base, **kw)
 
     ev("float", base, group="reference")
+    rtn, rtn_s = build()
+    for c in (float(x) for x in args.act_clips.split(",") if x):
+        # the clip ratio is read at run time (AtomQuantTensor.act_clip_ratio): no re-quantization
+        for mod in rtn.modules():
+            if isinstance(getattr(mod, "weight", None), atom_ao.AtomQuantTensor):
+                mod.weight.act_clip_ratio = c
+        ev(f"activations only A4, activation clip {c}", sim(rtn, weights=False), group="activation clip")
+    for mod in rtn.modules():
+        if isinstance(getattr(mod, "weight", None), atom_ao.AtomQuantTensor):
+            mod.weight.act_clip_ratio = atom_config().act_clip_ratio
+    if "main" in skip:
+        _write(rows, args)
+        return
     ev("float + INT4 KV", base, kv4=True, group="KV")
     gptq, gptq_s = build(weight_method="gptq")
-    rtn, rtn_s = build()
     ev("Atom W4A4 GPTQ (sequential)", sim(gptq), quant_s=gptq_s, group="main")
     ev("Atom W4A4 GPTQ + INT4 KV", sim(gptq), kv4=True, group="main")
     ev("Atom W4A4 RTN", sim(rtn), quant_s=rtn_s, group="main")
@@ -98,9 +113,13 @@ def main():
     if "types" not in skip:
         for t in LAYER_TYPES:
             ev(f"only {t} in W4A4 GPTQ (the rest float)", sim(gptq, only=t), group="per layer type")
+    _write(rows, args)
+
+
+def _write(rows, args):
     cols = ["group", "row", "ppl_wiki", "quant_s", "eval_s"]
     print(markdown_table(rows, cols))
-    write_results(f"accuracy_ablation_{args.model}", rows, cols,
+    write_results(f"accuracy_ablation_{args.model}{args.tag}", rows, cols,
                   {"command": "python benchmarks/accuracy_ablation.py " + " ".join(sys.argv[1:]),
                    "eval": f"held-out wiki, {args.windows} x {args.seq_len} tokens, simulated Atom linears",
                    "calibration": f"{args.calib_samples} x {args.calib_seq_len} tokens of the calibration part"})
