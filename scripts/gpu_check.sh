@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, then benchmarks. Usage (on the GPU machine, repo root):
-#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|large-m]...
+#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|large-m]...
 # Each step's log goes to $OUT/<step>.log (so a step cut short still leaves its output) and
 # PYTEST_ARGS (paths) and PYTEST_K (-k expression) pick the tests of tests-some; result files to $OUT (or benchmarks/results/ when OUT is unset). STEP_TIMEOUT caps each step.
 set -uo pipefail
@@ -34,6 +34,12 @@ for what in "${@:-tests}"; do
                 tests/ops/test_kv_attention_rope.py tests/ops/test_kv_opcheck.py tests/kv/test_cache.py ;;
     attn-explore) step attention_explore python3 benchmarks/bench_attention.py --explore ;;
     attn-quick) step attention_quick python3 benchmarks/bench_attention.py --quick --rope ;;
+    # what session 7 left unverified, in one call: every decode config (MHA, generic, pairs unpack),
+    # the GQA unpack changes timed, the large-M GEMM tests
+    verify-s7) step verify_kv python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short tests/ops/test_kv_attention.py \
+                   tests/ops/test_kv_attention_rope.py tests/ops/test_kv_tiles.py tests/kv/test_cache.py
+               step attention_explore_gqa python3 benchmarks/bench_attention.py --explore --models llama3-8b
+               step large_m_tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_w4a4_gemm_triton.py -k unpacked ;;
     large-m) step large_m_tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_w4a4_gemm_triton.py -k unpacked
              step large_m_bench python3 benchmarks/bench_linear.py --ms 1024,4096,8192 --tag _large_m ;;
     *) echo "unknown step $what" ;;

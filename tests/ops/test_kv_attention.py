@@ -65,8 +65,10 @@ def test_decode_matches_reference(heads, kv_heads, d, dtype):
 
 @pytest.mark.parametrize("prefetch", [False, True])
 @pytest.mark.parametrize("heads, kv_heads, d, page, dtype", [
-    (2, 2, 128, 32, torch.bfloat16), (3, 3, 64, 24, torch.float32), (6, 2, 64, 24, torch.bfloat16),
-])  # MHA (kv_decode_mha; pages of 32: one page per step, of 24: a lookup per token), and GQA
+    (2, 2, 128, 32, torch.bfloat16), (3, 3, 64, 24, torch.float32), (2, 2, 32, 16, torch.float32),
+    (6, 2, 64, 24, torch.bfloat16),
+])  # MHA (kv_decode_mha; pages of 32 / 16: one page per step, of 24: a lookup per token; D = 32:
+# fewer words than threads per row), and GQA
 def test_decode_prefetch_and_mha_kernel(monkeypatch, prefetch, heads, kv_heads, d, page, dtype):
     # INTERPRET_PREFETCH: the variant that loads step i + 1 before unpacking step i (both kernels)
     monkeypatch.setattr(dec, "INTERPRET_PREFETCH", prefetch)
