@@ -73,15 +73,16 @@ def main():
 
     ev("float", base, group="reference")
     rtn, rtn_s = build()
-    for c in (float(x) for x in args.act_clips.split(",") if x):
-        # the clip ratio is read at run time (AtomQuantTensor.act_clip_ratio): no re-quantization
-        for mod in rtn.modules():
+
+    def set_act_clip(model, c):  # read at run time (AtomQuantTensor.act_clip_ratio): no re-quantization
+        for mod in model.modules():
             if isinstance(getattr(mod, "weight", None), atom_ao.AtomQuantTensor):
                 mod.weight.act_clip_ratio = c
+
+    for c in (float(x) for x in args.act_clips.split(",") if x):
+        set_act_clip(rtn, c)
         ev(f"activations only A4, activation clip {c}", sim(rtn, weights=False), group="activation clip")
-    for mod in rtn.modules():
-        if isinstance(getattr(mod, "weight", None), atom_ao.AtomQuantTensor):
-            mod.weight.act_clip_ratio = atom_config().act_clip_ratio
+    set_act_clip(rtn, atom_config().act_clip_ratio)
     if "main" in skip:
         _write(rows, args)
         return

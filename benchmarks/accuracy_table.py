@@ -95,10 +95,11 @@ def main(argv=None):
     ap.add_argument("--kv-plain", action="store_true",
                     help="KV4 rows without the Hadamard rotation (the paper's plain INT4 cache); default: the "
                          "rotation of the default AtomKVCache")
-    ap.add_argument("--kv-before-rope", action="store_true",
-                    help="KV4 rows with keys cached before RoPE minus the K bias (AtomKVCache(k_before_rope=True)); "
-                         "default: AtomKVCache's choice (before RoPE for models with a K bias)")
-    ap.add_argument("--kv-after-rope", action="store_true", help="KV4 rows with keys cached after RoPE")
+    rope = ap.add_mutually_exclusive_group()
+    rope.add_argument("--kv-before-rope", action="store_true",
+                      help="KV4 rows with keys cached before RoPE minus the K bias (AtomKVCache(k_before_rope=True)); "
+                           "default: AtomKVCache's choice (before RoPE for models with a K bias)")
+    rope.add_argument("--kv-after-rope", action="store_true", help="KV4 rows with keys cached after RoPE")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     eval_argv = ["--model", a.model, "--methods", a.methods, "--corpora", a.corpora, "--windows", str(a.windows),

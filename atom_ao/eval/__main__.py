@@ -54,10 +54,11 @@ def parse_args(argv=None):
                          "for everything: the same function up to float rounding, ~3x faster on CPU "
                          "(atom_ao.eval.simulate); perplexity defaults to the real quantized path")
     ap.add_argument("--kv-rotate", action="store_true", help="kv4 with the Hadamard rotation (default: plain, as the paper)")
-    ap.add_argument("--kv-before-rope", action="store_true",
-                    help="kv4 with keys cached before RoPE minus the K bias (AtomKVCache(k_before_rope=True)); "
-                         "default: AtomKVCache's choice (before RoPE for models with a K bias)")
-    ap.add_argument("--kv-after-rope", action="store_true", help="kv4 with keys cached after RoPE (k_before_rope=False)")
+    rope = ap.add_mutually_exclusive_group()
+    rope.add_argument("--kv-before-rope", action="store_true",
+                      help="kv4 with keys cached before RoPE minus the K bias (AtomKVCache(k_before_rope=True)); "
+                           "default: AtomKVCache's choice (before RoPE for models with a K bias)")
+    rope.add_argument("--kv-after-rope", action="store_true", help="kv4 with keys cached after RoPE (k_before_rope=False)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None, help="JSON file for the results (default: print only)")
@@ -105,8 +106,6 @@ def run(args) -> dict:
     t0 = time.time()
     base, tok = data.load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
     load_s = time.time() - t0
-    if args.kv_before_rope and args.kv_after_rope:
-        raise SystemExit("--kv-before-rope and --kv-after-rope exclude each other")
     from atom_ao.kv.cache import before_rope_by_default
 
     kv_before_rope = True if args.kv_before_rope else False if args.kv_after_rope else before_rope_by_default(base)

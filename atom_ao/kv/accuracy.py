@@ -164,8 +164,9 @@ def main():
     ap.add_argument("--windows", type=int, default=4)
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--k-before-rope", action="store_true", help="the greedy comparison with AtomKVCache(k_before_rope=True)")
-    ap.add_argument("--k-after-rope", action="store_true", help="the greedy comparison with AtomKVCache(k_before_rope=False)")
+    rope = ap.add_mutually_exclusive_group()
+    rope.add_argument("--k-before-rope", action="store_true", help="the greedy comparison with AtomKVCache(k_before_rope=True)")
+    rope.add_argument("--k-after-rope", action="store_true", help="the greedy comparison with AtomKVCache(k_before_rope=False)")
     args = ap.parse_args()
     from atom_ao.data import eval_tokens, load_model
 

@@ -154,7 +154,7 @@ def _decode_split_kernel(
                 s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, hk, HALF, PAGE, BLOCK_N)
             k_lo, k_hi = unpack_codes(kb, DOT, MAGIC)
             v_lo, v_hi = unpack_codes(vb, DOT, MAGIC)
-        else:
+        else:  # not _load_tile(i): its guard for the step past the end costs ~6% more instructions here
             row_c, row_m = paged_rows(bt_row, n0, ok, s_cp, s_ch, s_ct, s_mp, s_mh, hk, PAGE, BLOCK_N)
             k_lo, k_hi, ks, kz = load_codes(kc_ptr, km_ptr, row_c, row_m, ok, s_mw, HALF, DOT, MAGIC)
             v_lo, v_hi, vs, vz = load_codes(vc_ptr, vm_ptr, row_c, row_m, ok, s_mw, HALF, DOT, MAGIC)
