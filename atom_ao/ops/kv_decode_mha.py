@@ -32,8 +32,9 @@ import triton.language as tl
 from atom_ao.ops.kv_tiles import online_softmax, split_tiles
 
 ROWS = 8  # cache rows per warp and step: 8 rows x 4 threads x 16 bytes = one warp at D = 128
-# (source word, bit P, column) of the 8 nibbles of a word j: byte k holds column 4j + k in its low
-# nibble and column D/2 + 4j + k in its high one (``kv.format.pack_kv``); source 1 = the word >> 12
+# The 8 nibbles of word j (``kv.format.pack_kv``): byte k holds column 4j + k in its low nibble and
+# column D/2 + 4j + k in its high one; the kernel takes bits 0..19 from the word and bits 20..31
+# from the word >> 12 (a nibble must sit at bit <= 16 for the in-place mantissa trick)
 
 
 def mha_configs():
