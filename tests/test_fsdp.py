@@ -207,9 +207,13 @@ def _worker(rank: int, world: int, port: int):
             assert "divisible by the FSDP world size" in str(e)
         else:
             raise AssertionError("uneven rows were not refused")
-        dist.barrier()  # leave together: gloo torn down under a rank still talking aborts the process
     finally:
         dist.destroy_process_group()
+    # the checks passed and the group is gone: leave without interpreter finalization, where the
+    # full suite's runs of this worker aborted twice ("terminate called without an active
+    # exception", a C++ thread torn down late; a barrier before the teardown did not help; cause
+    # not found). A failed check raised above and still fails the test.
+    os._exit(0)
 
 
 def test_fully_shard_two_ranks_gloo():

@@ -184,9 +184,13 @@ def _worker(rank: int, world: int, port: int):
             parallelize_module(layer, mesh, _llama_plan(AtomColwiseParallel, AtomRowwiseParallel, colwise_only=True))
         with torch.no_grad():
             assert torch.equal(model(ids).logits, ref)
-        dist.barrier()  # leave together: gloo torn down under a rank still talking aborts the process
     finally:
         dist.destroy_process_group()
+    # the checks passed and the group is gone: leave without interpreter finalization, where the
+    # full suite's runs of this worker aborted twice ("terminate called without an active
+    # exception", a C++ thread torn down late; a barrier before the teardown did not help; cause
+    # not found). A failed check raised above and still fails the test.
+    os._exit(0)
 
 
 def test_tensor_parallel_two_ranks_gloo():
