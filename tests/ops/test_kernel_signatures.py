@@ -30,3 +30,44 @@ def test_no_kernel_parameter_has_a_default():
     bad = {k: [p.name for p in inspect.signature(fn).parameters.values() if p.default is not inspect.Parameter.empty]
            for k, fn in kernels.items()}
     assert not {k: v for k, v in bad.items() if v}, bad
+
+
+_INDUCTOR_SOURCE_CHECK = r"""
+import ast, importlib, pkgutil
+from triton.runtime.jit import JITFunction
+from torch._inductor.codegen.wrapper import user_defined_triton_kernel_transitive_closure_source_code
+import atom_ao.ops
+bad, n = {}, 0
+for info in pkgutil.iter_modules(atom_ao.ops.__path__):
+    mod = importlib.import_module(f"atom_ao.ops.{info.name}")
+    for name, obj in vars(mod).items():
+        if isinstance(obj, JITFunction) and "kernel" in name:
+            n += 1
+            src = user_defined_triton_kernel_transitive_closure_source_code(obj)
+            # the way Inductor's wrapper embeds it: async_compile.triton(name, '''<source>''')
+            wrapper = f"k = async_compile.triton({name!r}, '''\n{src}\n''')\n"
+            try:
+                compile(ast.parse(wrapper).body[0].value.args[1].value, name, "exec")
+            except SyntaxError as e:
+                bad[f"{info.name}.{name}"] = str(e)
+assert n > 10, n
+assert not bad, bad
+print("ok", n)
+"""
+
+
+def test_inductor_can_embed_every_kernel_source():
+    # Inductor copies a wrap_triton kernel, its helpers and the module constants they read into a
+    # triple-quoted string of its generated wrapper; a constant string holding a line break came
+    # back as a broken literal ("unterminated string literal", on the GPU only). Real JITFunctions
+    # are needed, so this runs without the interpreter.
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-c", _INDUCTOR_SOURCE_CHECK], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
