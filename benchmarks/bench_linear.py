@@ -7,7 +7,8 @@ Rows: median time (CUDA-graph replays), effective TOPS (2*M*N*K / time), speed-u
 and roofline % = the larger of the byte floor (bytes / copy bandwidth) and the op floor
 (ops / the tensor-core rate of that format), over the time. Paths: bf16 (``F.linear``), fp8 / int8
 (torchao, compiled), atom (the whole quantized linear: activation quantize + GEMM), atom-gemm (the
-GEMM alone), for M <= 64 atom-gemm-nosplit (the same GEMM with split-K off), and from M = 256 on
+GEMM alone), for M <= 64 atom-gemm-nosplit (the same GEMM with split-K off) and, from M = 2,
+atom-gemm-tiles (the tile kernel that the swap-AB kernel replaces up to SWAP_MAX_M), and from M = 256 on
 atom-gemm-packed / atom-gemm-unpacked (the GEMM of the other M regime: packed nibbles unpacked in the
 main loop, or INT8 copies first; see ``UNPACKED_MIN_M``).
 
@@ -60,10 +61,10 @@ def _gemm_imports():
     import importlib
 
     mod = importlib.import_module("atom_ao.ops.w4a4_gemm")  # atom_ao.ops re-exports the op under that name
-    return mod.SPLIT_MAX_M, mod.UNPACKED_MIN_M, mod.w4a4_gemm_triton
+    return mod.SPLIT_MAX_M, mod.SWAP_MAX_M, mod.UNPACKED_MIN_M, mod.w4a4_gemm_triton
 
 
-SPLIT_MAX_M, UNPACKED_MIN_M, w4a4_gemm_triton = _gemm_imports()
+SPLIT_MAX_M, SWAP_MAX_M, UNPACKED_MIN_M, w4a4_gemm_triton = _gemm_imports()
 
 
 def make_linears(k: int, n: int, contenders: list[str], compile_torchao: bool):
@@ -119,6 +120,8 @@ def run(shapes: dict, ms: list[int], contenders: list[str], compile_torchao: boo
                     times["atom-gemm"] = bench_us(lambda: torch.ops.atom_ao.w4a4_gemm(*gemm_args))
                     if m <= SPLIT_MAX_M:  # the same GEMM without split-K, to show what it buys
                         times["atom-gemm-nosplit"] = bench_us(lambda: w4a4_gemm_triton(*gemm_args, splits=1))
+                    if 2 <= m <= SWAP_MAX_M:  # the tile kernel the swap-AB kernel replaced there
+                        times["atom-gemm-tiles"] = bench_us(lambda: w4a4_gemm_triton(*gemm_args, path="packed"))
                     if m >= 256:  # the other large-M kernel, to show where they cross
                         other = "packed" if m >= UNPACKED_MIN_M else "unpacked"
                         times[f"atom-gemm-{other}"] = bench_us(

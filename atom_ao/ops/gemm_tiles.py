@@ -29,6 +29,23 @@ def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_
     return first_m + (pid % width) % group_rows, (pid % width) // group_rows
 
 
+# Sign-extend the two nibbles of 4 bytes at once in 32-bit registers: unsigned nibble u -> byte
+# u | (u & 8) * 30 (0xF0 when bit 3 is set; 8 * 30 < 256, so no carry crosses a byte).
+# One line: torch 2.11's Inductor pastes a kernel's source (and the repr of its constexpr
+# globals) into a '''...''' literal without escaping backslashes, so a "\n" here would break it.
+_UNPACK_ASM = tl.constexpr("{ .reg .b32 lo, hi, t; and.b32 lo, $2, 0x0F0F0F0F; shr.u32 hi, $2, 4; and.b32 hi, hi, 0x0F0F0F0F; and.b32 t, lo, 0x08080808; mul.lo.u32 t, t, 30; or.b32 $0, lo, t; and.b32 t, hi, 0x08080808; mul.lo.u32 t, t, 30; or.b32 $1, hi, t; }")
+
+
+@triton.jit
+def unpack_int4(packed, USE_ASM: tl.constexpr):
+    """uint8 tile -> (low nibbles, high nibbles) as sign-extended int8 tiles."""
+    if USE_ASM:
+        return tl.inline_asm_elementwise(_UNPACK_ASM, "=r,=r,r", [packed], dtype=(tl.int8, tl.int8),
+                                         is_pure=True, pack=4)
+    b = packed.to(tl.int8, bitcast=True)
+    return (b << 4) >> 4, b >> 4
+
+
 def m_bucket(m: int, cap: int) -> int:
     """Autotune key for M: powers of two up to ``cap``, so each batch size does not retune."""
     return min(cap, triton.next_power_of_2(max(m, 1)))

@@ -20,7 +20,8 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from atom_ao.format import w4a4_gemm_ref
-from atom_ao.ops.gemm_tiles import group_sum_to_f32, grouped_tile, m_bucket, outlier_block
+from atom_ao.ops.gemm_tiles import group_sum_to_f32, grouped_tile, m_bucket, outlier_block, unpack_int4
+from atom_ao.ops.w4a4_gemm_swap import SWAP_MAX_M, swap_kernel_and_meta, swap_split_k
 from atom_ao.ops.w4a4_gemm_unpacked import w4a4_gemm_unpacked
 
 
@@ -58,28 +59,11 @@ def _configs(regime):
     ]
 
 
-# Sign-extend the two nibbles of 4 bytes at once in 32-bit registers: unsigned nibble u -> byte
-# u | (u & 8) * 30 (0xF0 when bit 3 is set; 8 * 30 < 256, so no carry crosses a byte).
-# One line: torch 2.11's Inductor pastes a kernel's source (and the repr of its constexpr
-# globals) into a '''...''' literal without escaping backslashes, so a "\n" here would break it.
-_UNPACK_ASM = tl.constexpr("{ .reg .b32 lo, hi, t; and.b32 lo, $2, 0x0F0F0F0F; shr.u32 hi, $2, 4; and.b32 hi, hi, 0x0F0F0F0F; and.b32 t, lo, 0x08080808; mul.lo.u32 t, t, 30; or.b32 $0, lo, t; and.b32 t, hi, 0x08080808; mul.lo.u32 t, t, 30; or.b32 $1, hi, t; }")
-
-
-@triton.jit
-def _unpack_int4(packed, USE_ASM: tl.constexpr):
-    """uint8 tile -> (low nibbles, high nibbles) as sign-extended int8 tiles."""
-    if USE_ASM:
-        return tl.inline_asm_elementwise(_UNPACK_ASM, "=r,=r,r", [packed], dtype=(tl.int8, tl.int8),
-                                         is_pure=True, pack=4)
-    b = packed.to(tl.int8, bitcast=True)
-    return (b << 4) >> 4, b >> 4
-
-
 @triton.jit
 def _group_partial(a, w, sa, sw, acc, USE_ASM: tl.constexpr):
     """acc += (INT32 dot of one group) * its token scales * its weight-row scales."""
-    a_lo, a_hi = _unpack_int4(a, USE_ASM)
-    w_lo, w_hi = _unpack_int4(w, USE_ASM)
+    a_lo, a_hi = unpack_int4(a, USE_ASM)
+    w_lo, w_hi = unpack_int4(w, USE_ASM)
     dot = tl.dot(a_lo, w_lo, out_dtype=tl.int32)
     dot = tl.dot(a_hi, w_hi, dot, out_dtype=tl.int32)
     return acc + group_sum_to_f32(dot) * sa[:, None] * sw[None, :]
@@ -359,6 +343,15 @@ def _sum_splits(ws: torch.Tensor, out: torch.Tensor) -> None:
 UNPACKED_MIN_M = 1024
 
 
+def default_path(m: int, splits: int | None = None) -> str:
+    """The GEMM path for m tokens ("packed" at M = 1 is the dp4a kernel)."""
+    if m >= UNPACKED_MIN_M and splits in (None, 1):
+        return "unpacked"
+    if GEMV_MAX_M < m <= SWAP_MAX_M:
+        return "swap"
+    return "packed"
+
+
 def check_gemm_args(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
                     w_outlier_scale, bias, group_size) -> None:
     """Shapes, dtypes and devices of the GEMM operands; a clear error for each mismatch."""
@@ -392,8 +385,9 @@ def w4a4_gemm_triton(
     """Launch the Triton kernel (CUDA, or CPU tensors under TRITON_INTERPRET=1).
 
     ``splits``: split-K factor (default: ``_split_k``'s choice; tests force one).
-    ``path``: "packed" (nibbles unpacked in the main loop) or "unpacked" (``w4a4_gemm_unpacked``:
-    INT8 copies first, for large M); default by M (``UNPACKED_MIN_M``)."""
+    ``path``: "packed" (nibbles unpacked in the main loop, tokens on the MMA's M side), "swap"
+    (``w4a4_gemm_swap``: weight rows on the MMA's M side, for 2..SWAP_MAX_M tokens) or "unpacked"
+    (``w4a4_gemm_unpacked``: INT8 copies first, for large M); default by M (``default_path``)."""
     m, n = a_packed.shape[0], w_packed.shape[0]
     n_out = a_outliers.shape[1]
     out = torch.empty((m, n), dtype=out_dtype, device=a_packed.device)
@@ -405,26 +399,34 @@ def w4a4_gemm_triton(
     a_scale, w_scale = a_scale.contiguous(), w_scale.contiguous()
     groups = a_scale.shape[1]
     if path is None:
-        path = "unpacked" if m >= UNPACKED_MIN_M and splits in (None, 1) else "packed"
-    if path not in ("packed", "unpacked") or (path == "unpacked" and splits not in (None, 1)):
-        raise ValueError(f"w4a4_gemm: path={path!r} (with splits={splits}) is not one of 'packed', 'unpacked' (no split-K)")
+        path = default_path(m, splits)
+    if (path not in ("packed", "swap", "unpacked") or (path == "unpacked" and splits not in (None, 1))
+            or (path == "swap" and m > SWAP_MAX_M)):
+        raise ValueError(f"w4a4_gemm: path={path!r} (with splits={splits}, M={m}) is not one of 'packed', "
+                         f"'swap' (M <= {SWAP_MAX_M}), 'unpacked' (no split-K)")
     if path == "unpacked":
         return w4a4_gemm_unpacked(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
                                   w_outlier_scale, bias, group_size, out)
-    splits = _split_k(m, n, groups, out.device) if splits is None else splits
+    if splits is None:
+        splits = (swap_split_k(m, n, groups, group_size, _sm_count(out.device)) if path == "swap"
+                  else _split_k(m, n, groups, out.device))
     if not 1 <= splits <= max(groups, 1) or (groups and triton.cdiv(groups, triton.cdiv(groups, splits)) != splits):
         raise ValueError(f"w4a4_gemm: splits={splits} must leave every split some of the {groups} groups")
     ws = _workspace(out, splits)
-    if m <= GEMV_MAX_M and group_size % 32 == 0 and n_out % 4 == 0:
+    if path == "packed" and m <= GEMV_MAX_M and group_size % 32 == 0 and n_out % 4 == 0:
         _launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
                      w_outlier_scale, bias, ws, group_size, splits)
         _sum_splits(ws, out)
         return out
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), splits)  # noqa: E731
-    if INTERPRET:
-        kernel, meta = _w4a4_gemm_kernel_jit, _interpreter_meta(m)
+    if path == "swap":  # same arguments as the tile kernel, its own grid
+        kernel, meta = swap_kernel_and_meta(m)
+        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), splits, triton.cdiv(m, meta["BLOCK_M"]))  # noqa: E731
     else:
-        kernel, meta = _GEMM_KERNELS[min(r for r in _GEMM_REGIMES if m <= r)], {}
+        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), splits)  # noqa: E731
+        if INTERPRET:
+            kernel, meta = _w4a4_gemm_kernel_jit, _interpreter_meta(m)
+        else:
+            kernel, meta = _GEMM_KERNELS[min(r for r in _GEMM_REGIMES if m <= r)], {}
     wrap_triton(kernel)[grid](
         a_packed, a_scale, a_outliers, a_outlier_scale,
         w_packed, w_scale, w_outliers, w_outlier_scale,
@@ -434,7 +436,8 @@ def w4a4_gemm_triton(
         w_packed.stride(0), w_scale.stride(0), max(w_outliers.stride(0), 1),
         out.stride(0),
         HALF=group_size // 2,
-        BLOCK_O=outlier_block(n_out),
+        # swap: 64 outlier channels a step (128 took 229 registers against 128, H100 sm_90a ptxas, 128x16 tile)
+        BLOCK_O=min(64, outlier_block(n_out)) if path == "swap" else outlier_block(n_out),
         HAS_OUT=n_out > 0,
         HAS_BIAS=bias is not None,
         USE_ASM=not INTERPRET,

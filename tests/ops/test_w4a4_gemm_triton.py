@@ -143,3 +143,43 @@ def test_unpacked_path_real_shapes_gpu(m, n, k):
     torch.testing.assert_close(unpacked, w4a4_gemm_triton(*args, 128, torch.bfloat16, path="packed", splits=1),
                                rtol=0, atol=0)
     _check(m, n, k, 128, 128, torch.bfloat16, True, device="cuda")
+
+
+@pytest.mark.parametrize("m, n, k, n_out, gs", [(2, 40, 200, 32, 64), (16, 64, 256, 0, 64), (19, 33, 320, 64, 128),
+                                                (40, 72, 5 * 64 + 32, 32, 64)])
+@pytest.mark.parametrize("dtype, bias", [(torch.bfloat16, True), (torch.float16, False)])
+def test_swap_path_equals_tile_path(m, n, k, n_out, gs, dtype, bias):
+    # weights on the MMA's M side, tokens on N: the same INT32 group sums scaled in the same order,
+    # so the same bits as the tile kernel, split or not; and the reference to float rounding
+    args = _operands(m, n, k, n_out, gs, dtype, bias)
+    for splits in (1, 2):
+        swap = w4a4_gemm_triton(*args, gs, dtype, path="swap", splits=splits)
+        torch.testing.assert_close(swap, w4a4_gemm_triton(*args, gs, dtype, path="packed", splits=splits), rtol=0, atol=0)
+    _check(m, n, k, n_out, gs, dtype, bias)  # the default path (swap for 2..64 tokens)
+
+
+def test_swap_path_refuses_large_m():
+    args = _operands(72, 32, 256, 0, 128, torch.bfloat16, False)
+    with pytest.raises(ValueError, match="swap"):
+        w4a4_gemm_triton(*args, 128, torch.bfloat16, path="swap")
+
+
+def test_default_path_by_m():
+    from atom_ao.ops.w4a4_gemm import UNPACKED_MIN_M, default_path
+    from atom_ao.ops.w4a4_gemm_swap import SWAP_MAX_M
+    assert [default_path(m) for m in (1, 2, SWAP_MAX_M, SWAP_MAX_M + 1, UNPACKED_MIN_M)] == \
+        ["packed", "swap", "swap", "packed", "unpacked"]
+    assert default_path(UNPACKED_MIN_M, splits=2) == "packed"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("m", [2, 16, 33, 64])
+@pytest.mark.parametrize("n, k", [(4096, 4096 + 128), (12288, 4096 + 128), (4096, 11008 + 128)])
+def test_swap_path_real_shapes_gpu(m, n, k):
+    args = _operands(m, n, k, 128, 128, torch.bfloat16, True, device="cuda")
+    swap = w4a4_gemm_triton(*args, 128, torch.bfloat16, path="swap")
+    tiles = w4a4_gemm_triton(*args, 128, torch.bfloat16, path="packed", splits=1)
+    # the default split-K of each path may differ: float32 partials summed in another order
+    torch.testing.assert_close(swap.float(), tiles.float(), rtol=1e-2, atol=1e-2 * tiles.float().abs().max().item())
+    _check(m, n, k, 128, 128, torch.bfloat16, True, device="cuda")

@@ -1,0 +1,136 @@
+"""The W4A4 GEMM for small M (2..64 tokens): the weight tile is the MMA's M side ("swap AB").
+
+The tile kernel (``w4a4_gemm``) computes out = A W^T with the tokens as the MMA's M side: below
+64 tokens that is Hopper's ``mma.sync`` (a wgmma needs 64 rows), and the unpacked weight tile,
+the big operand, travels through shared memory to reach its operand layout. Here the kernel
+computes out^T = W A^T: 64..256 weight rows per tile fill the wgmma's M side, the tokens (16..64)
+are its N side, so the weights are unpacked and multiplied from registers and only the small
+activation tile goes through shared memory. Offline count for sm_90a (Triton 3.9 + ptxas,
+main loop per group, per byte of weights streamed): 0.37 -> 0.17 instructions at 16 tokens,
+0.42 -> 0.22 at 32, 0.44 -> 0.32-0.39 at 64.
+
+Same math as the tile kernel to the bit: per group two INT8 dots (low and high nibbles), the
+INT32 group sum to FP32 by the mantissa trick, times the token and weight-row scales; the INT8
+outlier block as the last K step; optional bias; split-K into a float32 workspace.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+from atom_ao.ops.gemm_tiles import group_sum_to_f32, outlier_block, unpack_int4
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+SWAP_MAX_M = 64  # the largest token tile offered below
+
+# (BLOCK_N weight rows, BLOCK_M tokens, warps, stages) per token regime; one autotuner each
+_SWAP_REGIMES = {
+    16: [(128, 16, 4, 3), (256, 16, 8, 3), (64, 16, 4, 3), (128, 16, 4, 4)],
+    32: [(128, 32, 4, 3), (64, 32, 4, 3), (256, 32, 8, 3)],
+    64: [(128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3)],  # 128x64 on 4 warps: 255 registers
+}
+TYPICAL_BLOCK_N = 128  # for the split-K choice, made before the autotuner picks a config
+WORKSPACE_SHARE = 1.0
+
+
+def swap_split_k(m: int, n: int, groups: int, group_size: int, sms: int) -> int:
+    """Splits of the K groups (1 = none): double while the weight tiles leave SMs idle (< 2 programs
+    per SM), a share keeps >= 4 groups, and the float32 partials (written and read back: 8 bytes
+    per token, column and split; mostly in L2 between the two kernels) stay within WORKSPACE_SHARE of
+    the packed weight bytes."""
+    tiles = triton.cdiv(n, TYPICAL_BLOCK_N) * triton.cdiv(m, SWAP_MAX_M)
+    max_by_workspace = max(1, int(WORKSPACE_SHARE * (groups * group_size // 2) / (8 * m)))
+    splits = 1
+    while tiles * splits < 2 * sms and splits < 16 and 2 * splits <= max_by_workspace and groups >= 2 * splits * 4:
+        splits *= 2
+    return triton.cdiv(groups, triton.cdiv(groups, splits))  # no empty split
+
+
+@triton.jit
+def _w4a4_gemm_swap_kernel_jit(
+    a_ptr, as_ptr, ao_ptr, aos_ptr,
+    w_ptr, ws_ptr, wo_ptr, wos_ptr,
+    bias_ptr, out_ptr,
+    M, N, G, N_OUT, M_BUCKET, SPLITS,
+    stride_am, stride_asm, stride_aom,
+    stride_wn, stride_wsn, stride_won,
+    stride_om,
+    HALF: tl.constexpr,  # group_size // 2: bytes per group and row
+    BLOCK_O: tl.constexpr,  # outlier channels per dot
+    HAS_OUT: tl.constexpr, HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    g_per = tl.cdiv(G, SPLITS)
+    g0 = split * g_per
+    n_g = tl.minimum(G, g0 + g_per) - g0
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_n = offs_n < N
+    mask_m = offs_m < M
+    offs_k = tl.arange(0, HALF)
+    # both tiles row-major with K contiguous: (BLOCK_N, HALF) weights, (BLOCK_M, HALF) tokens
+    w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] + g0 * HALF
+    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] + g0 * HALF
+    ws_ptrs = ws_ptr + offs_n * stride_wsn + g0
+    as_ptrs = as_ptr + offs_m * stride_asm + g0
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # out^T
+    for g in range(0, n_g):
+        w = tl.load(w_ptrs + g * HALF, mask=mask_n[:, None], other=0)
+        a = tl.load(a_ptrs + g * HALF, mask=mask_m[:, None], other=0)
+        sw = tl.load(ws_ptrs + g, mask=mask_n, other=0.0)
+        sa = tl.load(as_ptrs + g, mask=mask_m, other=0.0)
+        w_lo, w_hi = unpack_int4(w, USE_ASM)
+        a_lo, a_hi = unpack_int4(a, USE_ASM)
+        dot = tl.dot(w_lo, tl.trans(a_lo), out_dtype=tl.int32)
+        dot = tl.dot(w_hi, tl.trans(a_hi), dot, out_dtype=tl.int32)
+        acc += group_sum_to_f32(dot) * sa[None, :] * sw[:, None]  # the tile kernel's order: equal bits
+
+    # the outlier block and the bias belong to the first split only (masked off in the others)
+    first_m = mask_m & (offs_m * 0 + split == 0)
+    if HAS_OUT:
+        offs_o = tl.arange(0, BLOCK_O)
+        dot_o = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)
+        for o0 in range(0, N_OUT, BLOCK_O):
+            mask_o = (o0 + offs_o) < N_OUT
+            wo = tl.load(wo_ptr + offs_n[:, None] * stride_won + (o0 + offs_o)[None, :],
+                         mask=mask_n[:, None] & mask_o[None, :], other=0)
+            ao = tl.load(ao_ptr + offs_m[:, None] * stride_aom + (o0 + offs_o)[None, :],
+                         mask=first_m[:, None] & mask_o[None, :], other=0)
+            dot_o = tl.dot(wo, tl.trans(ao), dot_o, out_dtype=tl.int32)
+        swo = tl.load(wos_ptr + offs_n, mask=mask_n, other=0.0)
+        sao = tl.load(aos_ptr + offs_m, mask=first_m, other=0.0)  # 0, not 0 * inf, in later splits
+        acc += dot_o.to(tl.float32) * sao[None, :] * swo[:, None]
+    if HAS_BIAS:
+        first_n = mask_n & (offs_n * 0 + split == 0)
+        acc += tl.load(bias_ptr + offs_n, mask=first_n, other=0.0).to(tl.float32)[:, None]
+    # split-K: out_ptr is the (splits, M, N) float32 workspace, as in the tile kernel
+    out_ptrs = out_ptr + split * M * N + offs_m[None, :] * stride_om + offs_n[:, None]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_n[:, None] & mask_m[None, :])
+
+
+def _configs(regime):
+    return [triton.Config({"BLOCK_N": bn, "BLOCK_M": bm}, num_warps=w, num_stages=st)
+            for bn, bm, w, st in _SWAP_REGIMES[regime]]
+
+
+SWAP_KERNELS = {
+    regime: triton.autotune(configs=_configs(regime), key=["M_BUCKET", "N", "G", "N_OUT", "SPLITS"])(
+        _w4a4_gemm_swap_kernel_jit)
+    for regime in _SWAP_REGIMES
+}
+
+
+def swap_kernel_and_meta(m: int):
+    """The kernel to launch for m tokens and its fixed meta-parameters (the interpreter cannot
+    autotune: one small config)."""
+    if INTERPRET:
+        return _w4a4_gemm_swap_kernel_jit, {"BLOCK_N": 32, "BLOCK_M": 16}
+    return SWAP_KERNELS[min(r for r in _SWAP_REGIMES if m <= r)], {}
+
