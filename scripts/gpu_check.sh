@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, then benchmarks. Usage (on the GPU machine, repo root):
-#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|large-m]...
+#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|large-m]...
 # Each step's log goes to $OUT/<step>.log (so a step cut short still leaves its output) and
 # PYTEST_ARGS (paths) and PYTEST_K (-k expression) pick the tests of tests-some; result files to $OUT (or benchmarks/results/ when OUT is unset). STEP_TIMEOUT caps each step.
 set -uo pipefail
@@ -40,6 +40,13 @@ for what in "${@:-tests}"; do
                    tests/ops/test_kv_attention_rope.py tests/ops/test_kv_tiles.py tests/kv/test_cache.py
                step attention_explore_gqa python3 benchmarks/bench_attention.py --explore --models llama3-8b
                step large_m_tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_w4a4_gemm_triton.py -k unpacked ;;
+    # session 8: the swap-AB small-M GEMM (tests, per split / config timings, the linear table at
+    # small M) and the compiled generate after the one-line asm fix
+    verify-s8) step swap_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short tests/ops/test_w4a4_gemm_triton.py \
+                   -k "swap or real_shapes or split_k" tests/kv/test_cache.py::test_gpu_generate_eager_and_compiled
+               step explore_small_m python3 benchmarks/explore_small_m.py --ms ${SMALL_MS:-2,16,32,64}
+               step linear_small_m python3 benchmarks/bench_linear.py --ms 1,16,64 --tag _swap \
+                   --shapes "llama2-7b qkv,llama2-7b o,llama2-7b gate/up,llama2-7b down,llama3-8b qkv" ;;
     large-m) step large_m_tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_w4a4_gemm_triton.py -k unpacked
              step large_m_bench python3 benchmarks/bench_linear.py --ms 1024,4096,8192 --tag _large_m ;;
     *) echo "unknown step $what" ;;
