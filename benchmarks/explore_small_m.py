@@ -59,7 +59,7 @@ def main():
             groups = a[1].shape[1]
             times = {"bf16": bench_us(lambda: F.linear(x, base_w))}
             times["tiles"] = bench_us(lambda: gemm.w4a4_gemm_triton(*gargs, path="packed"))
-            default = swap.swap_split_k(m, n, groups, w.group_size, sms)
+            default = swap.swap_split_k(m, n, groups, sms)
             times[f"swap (split {default})"] = bench_us(lambda: gemm.w4a4_gemm_triton(*gargs, path="swap"))
             for s in (1, 2, 4, 8, 16):
                 if s != default and s <= groups and triton.cdiv(groups, triton.cdiv(groups, s)) == s:

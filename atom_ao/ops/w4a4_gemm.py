@@ -408,7 +408,7 @@ def w4a4_gemm_triton(
         return w4a4_gemm_unpacked(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
                                   w_outlier_scale, bias, group_size, out)
     if splits is None:
-        splits = (swap_split_k(m, n, groups, group_size, _sm_count(out.device)) if path == "swap"
+        splits = (swap_split_k(m, n, groups, _sm_count(out.device)) if path == "swap"
                   else _split_k(m, n, groups, out.device))
     if not 1 <= splits <= max(groups, 1) or (groups and triton.cdiv(groups, triton.cdiv(groups, splits)) != splits):
         raise ValueError(f"w4a4_gemm: splits={splits} must leave every split some of the {groups} groups")

@@ -7,7 +7,9 @@ computes out^T = W A^T: 64..256 weight rows per tile fill the wgmma's M side, th
 are its N side, so the weights are unpacked and multiplied from registers and only the small
 activation tile goes through shared memory. Offline count for sm_90a (Triton 3.9 + ptxas,
 main loop per group, per byte of weights streamed): 0.37 -> 0.17 instructions at 16 tokens,
-0.42 -> 0.22 at 32, 0.44 -> 0.32-0.39 at 64.
+0.42 -> 0.22 at 32, 0.44 -> 0.32-0.39 at 64. Measured, GEMM alone, H200 (explore_small_m, best
+split): Llama-2-7B qkv 17.7 -> 13.9 us at M = 16, 24.9 -> 16.9 at 32; o 10.0 -> 7.8 at 16;
+gate/up 38.1 -> 27.6 at 32; at M = 64 5-15% (down 24.1 -> 23.6, 70B o 39.1 -> 31.6).
 
 Same math as the tile kernel to the bit: per group two INT8 dots (low and high nibbles), the
 INT32 group sum to FP32 by the mantissa trick, times the token and weight-row scales; the INT8
@@ -27,25 +29,28 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 SWAP_MAX_M = 64  # the largest token tile offered below
 
-# (BLOCK_N weight rows, BLOCK_M tokens, warps, stages) per token regime; one autotuner each
+# (BLOCK_N weight rows, BLOCK_M tokens, warps, stages) per token regime; one autotuner each.
+# H200, benchmarks/explore_small_m.py (results/h200/explore_small_m_*): 256-row tiles on 8 warps
+# were slower everywhere and are gone; 128x64 on 4 warps takes 255 registers.
 _SWAP_REGIMES = {
-    16: [(128, 16, 4, 3), (256, 16, 8, 3), (64, 16, 4, 3), (128, 16, 4, 4)],
-    32: [(128, 32, 4, 3), (64, 32, 4, 3), (256, 32, 8, 3)],
-    64: [(128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3)],  # 128x64 on 4 warps: 255 registers
+    16: [(128, 16, 4, 3), (64, 16, 4, 3)],
+    32: [(128, 32, 4, 3), (64, 32, 4, 3)],
+    64: [(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3)],
 }
 TYPICAL_BLOCK_N = 128  # for the split-K choice, made before the autotuner picks a config
-WORKSPACE_SHARE = 1.0
 
 
-def swap_split_k(m: int, n: int, groups: int, group_size: int, sms: int) -> int:
-    """Splits of the K groups (1 = none): double while the weight tiles leave SMs idle (< 2 programs
-    per SM), a share keeps >= 4 groups, and the float32 partials (written and read back: 8 bytes
-    per token, column and split; mostly in L2 between the two kernels) stay within WORKSPACE_SHARE of
-    the packed weight bytes."""
+def swap_split_k(m: int, n: int, groups: int, sms: int) -> int:
+    """Splits of the K groups (1 = none): double while the weight tiles leave SMs idle, keeping
+    >= 4 groups a share. Past 32 tokens half the SMs are the target: each split's float32 partials
+    (8 bytes per token and column, written and read back) weigh as much as its weights by then.
+    Against every forced split timed on the H200 (explore_small_m: Llama-2-7B qkv / o / gate-up /
+    down and 70B o, M = 2, 16, 32, 64) the rule's pick is the fastest or within 5% of it in all 20
+    cases (worst: qkv at M = 64, 1 split 26.3 us against 25.1 with 2)."""
     tiles = triton.cdiv(n, TYPICAL_BLOCK_N) * triton.cdiv(m, SWAP_MAX_M)
-    max_by_workspace = max(1, int(WORKSPACE_SHARE * (groups * group_size // 2) / (8 * m)))
+    target = sms if m <= 32 else sms // 2
     splits = 1
-    while tiles * splits < 2 * sms and splits < 16 and 2 * splits <= max_by_workspace and groups >= 2 * splits * 4:
+    while tiles * splits < target and splits < 16 and groups >= 2 * splits * 4:
         splits *= 2
     return triton.cdiv(groups, triton.cdiv(groups, splits))  # no empty split
 

@@ -183,3 +183,16 @@ def test_swap_path_real_shapes_gpu(m, n, k):
     # the default split-K of each path may differ: float32 partials summed in another order
     torch.testing.assert_close(swap.float(), tiles.float(), rtol=1e-2, atol=1e-2 * tiles.float().abs().max().item())
     _check(m, n, k, 128, 128, torch.bfloat16, True, device="cuda")
+
+
+def test_swap_split_k_rule():
+    from atom_ao.ops.w4a4_gemm_swap import swap_split_k
+    for m in (2, 16, 32, 64):
+        for n, groups in ((4096, 31), (12288, 31), (22016, 31), (4096, 85), (8192, 63), (64, 3), (64, 1)):
+            s = swap_split_k(m, n, groups, sms=132)
+            per = -(-groups // s)
+            assert 1 <= s <= 16 and -(-groups // per) == s  # no empty split
+            assert s == 1 or per >= 4
+    # a wide weight (172 tiles of 128 rows) fills 132 SMs unsplit; a narrow one is split
+    assert swap_split_k(16, 22016, 31, 132) == 1 and swap_split_k(16, 4096, 85, 132) == 8
+    assert swap_split_k(64, 4096, 85, 132) == 4  # past 32 tokens: half the SMs are the target
