@@ -7,8 +7,18 @@ import triton.language as tl
 
 
 @triton.jit
+def group_sum_x256_to_f32(x, HALF: tl.constexpr):
+    """A group's dot of 16 x codes (|x| <= 256 * group_size * 64 = group_size * 2^14) -> float32,
+    exactly: by the mantissa trick up to group size 256 (|x| <= 2^22), by the int -> float
+    conversion (exact below 2^24) up to 1008; larger groups are refused by the launchers."""
+    if HALF <= 128:
+        return group_sum_to_f32(x)
+    return x.to(tl.float32)
+
+
+@triton.jit
 def group_sum_to_f32(x):
-    """Exact int32 -> float32 for |x| < 2**22 (a group's dot: |x| <= group_size * 64) by the
+    """Exact int32 -> float32 for |x| <= 2**22 (a group's dot: |x| <= group_size * 64) by the
     mantissa trick: the bits of 1.5 * 2**23 plus x are the float 1.5 * 2**23 + x, and one exact
     subtraction leaves x. An integer add and a float add run at full rate, where the int -> float
     conversion runs at 16 a clock per SM, one per output element per group. (H200,
@@ -29,21 +39,27 @@ def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_
     return first_m + (pid % width) % group_rows, (pid % width) // group_rows
 
 
-# Sign-extend the two nibbles of 4 bytes at once in 32-bit registers: unsigned nibble u -> byte
-# u | (u & 8) * 30 (0xF0 when bit 3 is set; 8 * 30 < 256, so no carry crosses a byte).
-# One line: torch 2.11's Inductor pastes a kernel's source (and the repr of its constexpr
-# globals) into a '''...''' literal without escaping backslashes, so a "\n" here would break it.
-_UNPACK_ASM = tl.constexpr("{ .reg .b32 lo, hi, t; and.b32 lo, $2, 0x0F0F0F0F; shr.u32 hi, $2, 4; and.b32 hi, hi, 0x0F0F0F0F; and.b32 t, lo, 0x08080808; mul.lo.u32 t, t, 30; or.b32 $0, lo, t; and.b32 t, hi, 0x08080808; mul.lo.u32 t, t, 30; or.b32 $1, hi, t; }")
+# The two nibbles of 4 bytes as INT8 codes times 16, in 32-bit registers: a two's-complement
+# nibble in the high half of a byte (low half zero) *is* the signed byte 16 * code. High nibbles:
+# one AND; low nibbles: a shift and an AND: 3 instructions a word, where sign-extending each
+# nibble in place took 9. The dots then carry a factor 256 (exact in INT32: a group's sum stays
+# below 2^21), taken off with the scales (SCALE_256: a power of two, so the same float bits).
+# One line: Inductor pastes a kernel's source (and the repr of its constexpr globals) into a
+# triple-quoted literal without escaping backslashes, so a "\n" here would break it.
+_UNPACK_X16_ASM = tl.constexpr("{ .reg .b32 t; shl.b32 t, $2, 4; and.b32 $0, t, 0xF0F0F0F0; and.b32 $1, $2, 0xF0F0F0F0; }")
+SCALE_256 = tl.constexpr(1.0 / 256.0)
 
 
 @triton.jit
-def unpack_int4(packed, USE_ASM: tl.constexpr):
-    """uint8 tile -> (low nibbles, high nibbles) as sign-extended int8 tiles."""
+def unpack_int4_x16(packed, USE_ASM: tl.constexpr):
+    """uint8 tile -> (16 * low codes, 16 * high codes) as int8 tiles (see _UNPACK_X16_ASM)."""
     if USE_ASM:
-        return tl.inline_asm_elementwise(_UNPACK_ASM, "=r,=r,r", [packed], dtype=(tl.int8, tl.int8),
+        return tl.inline_asm_elementwise(_UNPACK_X16_ASM, "=r,=r,r", [packed], dtype=(tl.int8, tl.int8),
                                          is_pure=True, pack=4)
-    b = packed.to(tl.int8, bitcast=True)
-    return (b << 4) >> 4, b >> 4
+    return (packed << 4).to(tl.int8, bitcast=True), (packed & 0xF0).to(tl.int8, bitcast=True)
+
+
+MAX_GROUP_SIZE = 1008  # 16 x codes: a group's dot below 2^24 (see group_sum_x256_to_f32)
 
 
 def m_bucket(m: int, cap: int) -> int:

@@ -20,7 +20,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from atom_ao.format import w4a4_gemm_ref
-from atom_ao.ops.gemm_tiles import group_sum_to_f32, grouped_tile, m_bucket, outlier_block, unpack_int4
+from atom_ao.ops.gemm_tiles import MAX_GROUP_SIZE, SCALE_256, group_sum_x256_to_f32, grouped_tile, m_bucket, outlier_block, unpack_int4_x16
 from atom_ao.ops.w4a4_gemm_swap import SWAP_MAX_M, swap_kernel_and_meta, swap_split_k
 from atom_ao.ops.w4a4_gemm_unpacked import w4a4_gemm_unpacked
 
@@ -60,13 +60,14 @@ def _configs(regime):
 
 
 @triton.jit
-def _group_partial(a, w, sa, sw, acc, USE_ASM: tl.constexpr):
-    """acc += (INT32 dot of one group) * its token scales * its weight-row scales."""
-    a_lo, a_hi = unpack_int4(a, USE_ASM)
-    w_lo, w_hi = unpack_int4(w, USE_ASM)
+def _group_partial(a, w, sa, sw, acc, HALF: tl.constexpr, USE_ASM: tl.constexpr):
+    """acc += (INT32 dot of one group) * its token scales * its weight-row scales. The codes come
+    as 16 x code (``unpack_int4_x16``): the dot is 256x, the token scales 1/256x, exact."""
+    a_lo, a_hi = unpack_int4_x16(a, USE_ASM)
+    w_lo, w_hi = unpack_int4_x16(w, USE_ASM)
     dot = tl.dot(a_lo, w_lo, out_dtype=tl.int32)
     dot = tl.dot(a_hi, w_hi, dot, out_dtype=tl.int32)
-    return acc + group_sum_to_f32(dot) * sa[:, None] * sw[None, :]
+    return acc + group_sum_x256_to_f32(dot, HALF) * (sa * SCALE_256)[:, None] * sw[None, :]
 
 
 @triton.jit
@@ -118,7 +119,7 @@ def _w4a4_gemm_kernel_jit(
             w_next = tl.load(w_ptrs + g * HALF, mask=more_n[None, :], other=0)
             sa_next = tl.load(as_ptrs + g, mask=more_m, other=0.0)
             sw_next = tl.load(ws_ptrs + g, mask=more_n, other=0.0)
-            acc = _group_partial(a, w, sa, sw, acc, USE_ASM)
+            acc = _group_partial(a, w, sa, sw, acc, HALF, USE_ASM)
             a, w, sa, sw = a_next, w_next, sa_next, sw_next
     else:
         for g in range(0, n_g):
@@ -126,7 +127,7 @@ def _w4a4_gemm_kernel_jit(
             w = tl.load(w_ptrs + g * HALF, mask=mask_n[None, :], other=0)
             sa = tl.load(as_ptrs + g, mask=mask_m, other=0.0)
             sw = tl.load(ws_ptrs + g, mask=mask_n, other=0.0)
-            acc = _group_partial(a, w, sa, sw, acc, USE_ASM)
+            acc = _group_partial(a, w, sa, sw, acc, HALF, USE_ASM)
 
     # the outlier block and the bias belong to the first split only (masked off in the others)
     first_m = mask_m & (offs_m * 0 + split == 0)
@@ -156,17 +157,16 @@ def _w4a4_gemm_kernel_jit(
 # A tensor-core tile wastes 15/16 of itself on one token, and Triton moves the unpacked INT8
 # operands through shared memory byte by byte. For decode the GEMM is a stream over the
 # weights: here every operand stays in 32-bit words (4 bytes = 8 nibbles), nibbles are
-# sign-extended with word-wide bit operations, and dp4a (4 INT8 products into INT32 per
+# moved to the high half of each byte (16 x code) with word-wide bit operations, and dp4a (4 INT8 products into INT32 per
 # instruction) does the group dots on the CUDA cores.
 
 
 @triton.jit
 def _nibbles(words):
-    """int32 words of packed INT4 -> (low nibbles, high nibbles) as words of 4 sign-extended bytes."""
-    lo = words & 0x0F0F0F0F
-    hi = (words >> 4) & 0x0F0F0F0F
-    # unsigned nibble u -> u | 0xF0 if u >= 8; (u & 8) * 30 == 0xF0 never carries into the next byte
-    return lo | ((lo & 0x08080808) * 30), hi | ((hi & 0x08080808) * 30)
+    """int32 words of packed INT4 -> (low codes, high codes) x 16 as words of 4 signed bytes: a
+    nibble in the high half of a byte, the low half zero, is the signed byte 16 x code (gemm_tiles)."""
+    high_halves = -252645136  # 0xF0F0F0F0 as an int32
+    return (words << 4) & high_halves, words & high_halves
 
 
 @triton.jit
@@ -221,7 +221,7 @@ def _w4a4_gemv_kernel_jit(
         w_lo, w_hi = _nibbles(w)
         part = _dp4a(a_lo[:, None, :], w_lo[None, :, :], tl.zeros((BLOCK_M, BLOCK_N, WORDS), tl.int32), USE_ASM)
         part = _dp4a(a_hi[:, None, :], w_hi[None, :, :], part, USE_ASM)
-        acc += tl.sum(part, axis=2).to(tl.float32) * sa[:, None] * sw[None, :]
+        acc += tl.sum(part, axis=2).to(tl.float32) * (sa * SCALE_256)[:, None] * sw[None, :]  # part is 256x
         w = w_next
     first_m = mask_m & (offs_m * 0 + split == 0)  # outliers and bias: first split only
     if HAS_OUT:
@@ -344,7 +344,8 @@ UNPACKED_MIN_M = 1024
 
 
 def default_path(m: int, splits: int | None = None) -> str:
-    """The GEMM path for m tokens ("packed" at M = 1 is the dp4a kernel)."""
+    """The GEMM path for m tokens ("packed" at M = 1 is the dp4a kernel), group sizes up to
+    MAX_GROUP_SIZE."""
     if m >= UNPACKED_MIN_M and splits in (None, 1):
         return "unpacked"
     if GEMV_MAX_M < m <= SWAP_MAX_M:
@@ -399,7 +400,12 @@ def w4a4_gemm_triton(
     a_scale, w_scale = a_scale.contiguous(), w_scale.contiguous()
     groups = a_scale.shape[1]
     if path is None:
-        path = default_path(m, splits)
+        # the nibble kernels keep a group's sum of 16 x codes exact in float32 up to MAX_GROUP_SIZE;
+        # the INT8-copies path has no such bound
+        path = "unpacked" if group_size > MAX_GROUP_SIZE and splits in (None, 1) else default_path(m, splits)
+    if path in ("packed", "swap") and group_size > MAX_GROUP_SIZE:
+        raise ValueError(f"w4a4_gemm: path={path!r} takes group_size <= {MAX_GROUP_SIZE} (a group's INT32 sum of "
+                         f"16 x codes must convert to float32 exactly), got {group_size}; use path='unpacked'")
     if (path not in ("packed", "swap", "unpacked") or (path == "unpacked" and splits not in (None, 1))
             or (path == "swap" and m > SWAP_MAX_M)):
         raise ValueError(f"w4a4_gemm: path={path!r} (with splits={splits}, M={m}) is not one of 'packed', "

@@ -23,7 +23,7 @@ import os
 import triton
 import triton.language as tl
 
-from atom_ao.ops.gemm_tiles import group_sum_to_f32, outlier_block, unpack_int4
+from atom_ao.ops.gemm_tiles import SCALE_256, group_sum_x256_to_f32, unpack_int4_x16
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -91,11 +91,12 @@ def _w4a4_gemm_swap_kernel_jit(
         a = tl.load(a_ptrs + g * HALF, mask=mask_m[:, None], other=0)
         sw = tl.load(ws_ptrs + g, mask=mask_n, other=0.0)
         sa = tl.load(as_ptrs + g, mask=mask_m, other=0.0)
-        w_lo, w_hi = unpack_int4(w, USE_ASM)
-        a_lo, a_hi = unpack_int4(a, USE_ASM)
+        w_lo, w_hi = unpack_int4_x16(w, USE_ASM)  # 16 x codes: the dot is 256x, sa takes 1/256
+        a_lo, a_hi = unpack_int4_x16(a, USE_ASM)
         dot = tl.dot(w_lo, tl.trans(a_lo), out_dtype=tl.int32)
         dot = tl.dot(w_hi, tl.trans(a_hi), dot, out_dtype=tl.int32)
-        acc += group_sum_to_f32(dot) * sa[None, :] * sw[:, None]  # the tile kernel's order: equal bits
+        # the tile kernel's order of the float products: equal bits
+        acc += group_sum_x256_to_f32(dot, HALF) * (sa * SCALE_256)[None, :] * sw[:, None]
 
     # the outlier block and the bias belong to the first split only (masked off in the others)
     first_m = mask_m & (offs_m * 0 + split == 0)

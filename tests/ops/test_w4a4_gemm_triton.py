@@ -196,3 +196,25 @@ def test_swap_split_k_rule():
     # a wide weight (172 tiles of 128 rows) fills 132 SMs unsplit; a narrow one is split
     assert swap_split_k(16, 22016, 31, 132) == 1 and swap_split_k(16, 4096, 85, 132) == 8
     assert swap_split_k(64, 4096, 85, 132) == 4  # past 32 tokens: half the SMs are the target
+
+
+@pytest.mark.parametrize("gs", [256, 512])
+@pytest.mark.parametrize("m, path", [(1, "packed"), (5, "swap"), (70, "packed")])
+def test_largest_group_dots_are_exact(m, path, gs):
+    # 16 x codes make a group's dot 256x: at group size 256 it reaches 2^22, the edge of the
+    # mantissa trick's range; past it the kernels convert with int -> float (exact below 2^24)
+    args = _operands(m, 40, 2 * gs + 32, 32, gs, torch.bfloat16, True)
+    args[0] = torch.full_like(args[0], 0x88)  # every code -8: the largest |dot|
+    args[4] = torch.full_like(args[4], 0x88)
+    got = w4a4_gemm_triton(*args, gs, torch.float32, path=path)
+    want = w4a4_gemm_ref(*[t.cpu() if t is not None else None for t in args], gs, torch.float32)
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-6, atol=1e-6 * want.abs().max().item())
+
+
+def test_group_size_past_the_nibble_kernels_takes_the_int8_path():
+    args = _operands(3, 32, 1024 + 32, 32, 1024, torch.bfloat16, False)
+    with pytest.raises(ValueError, match="group_size <= 1008"):
+        w4a4_gemm_triton(*args, 1024, torch.bfloat16, path="swap")
+    got = w4a4_gemm_triton(*args, 1024, torch.float32)  # default: the INT8-copies path
+    want = w4a4_gemm_ref(*[t.cpu() if t is not None else None for t in args], 1024, torch.float32)
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
