@@ -148,7 +148,8 @@ def check(model="llama3-8b", b=3, ctx=3000):
 
 def explore(models):
     """Each decode-kernel config on its own (the autotuner's list, one at a time), the generic
-    kernel's CUDA-core path for MHA beside the MHA kernel, and the autotuner's picks."""
+    kernel's CUDA-core path for MHA beside the MHA kernel, for GQA the pairs unpack and the
+    nibble-plane kernel (``kv_decode_gqa``), and the autotuner's picks."""
     import atom_ao.ops.kv_decode_attention as dec
     import atom_ao.ops.kv_tiles as tiles
 
@@ -178,6 +179,18 @@ def explore(models):
             tiles.UNPACK_BY_PAIRS, tuner.cache = True, {}
             timed("autotuned, unpack by pairs (asm)", model, b, ctx)
             tiles.UNPACK_BY_PAIRS, tuner.cache = False, {}
+            # the nibble-plane kernel (kv_decode_gqa, off by default): each config, then autotuned
+            dec.GQA_KERNEL = True
+            gqa_tuner = dec._decode_gqa_tuned
+            gqa_configs = list(gqa_tuner.configs)
+            try:
+                for cfg in gqa_configs:
+                    gqa_tuner.configs, gqa_tuner.cache = [cfg], {}
+                    timed(f"gqa kernel {cfg}", model, b, ctx)
+                gqa_tuner.configs, gqa_tuner.cache = gqa_configs, {}
+                timed("gqa kernel, autotuned", model, b, ctx)
+            finally:
+                dec.GQA_KERNEL, gqa_tuner.configs, gqa_tuner.cache = False, gqa_configs, {}
 
 
 def main():

@@ -11,7 +11,7 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from atom_ao.ops import kv_decode_attention as dec, kv_decode_mha as mha, kv_prefill_attention as pre, kv_tiles as tiles
+from atom_ao.ops import kv_decode_attention as dec, kv_decode_gqa as gqa, kv_decode_mha as mha, kv_prefill_attention as pre, kv_tiles as tiles
 from atom_ao.ops import kv_write as wr
 gemm = importlib.import_module("atom_ao.ops.w4a4_gemm")  # the package re-exports the op under that name
 unp = importlib.import_module("atom_ao.ops.w4a4_gemm_unpacked")
@@ -89,6 +89,17 @@ def main():
         types.update(slot_ptr="*i32", kc_ptr="*u8", vc_ptr="*u8", km_ptr=f"*{dt}", vm_ptr=f"*{dt}")
         for half in (32, 64):
             ok &= compile_one(f"kv_write {dt} D={2*half}", wr._kv_write_kernel, types, {"HALF": half, "BLOCK_R": 32})
+        # the nibble-plane GQA decode kernel (off by default): codes as OFFSET + c
+        types = dict(q_ptr=f"*{dt}", kc_ptr="*i32", vc_ptr="*i32", km_ptr=f"*{dt}", vm_ptr=f"*{dt}", bt_ptr="*i32",
+                     len_ptr="*i32", start_ptr="*i32", out_ptr=f"*{dt}", part_ptr="*fp32", ml_ptr="*fp32",
+                     qk_scale="fp32")
+        for cfg in gqa.gqa_configs():
+            for one, page in ((True, 64), (False, 24)):
+                magic = dec.magic_bits(tdtype, False) & 0xFFFF
+                consts = dict(G=4, BLOCK_G=16, HALF=64, PAGE=page, HAS_START=True, ONE_SPLIT=one, DOT=tdt, MAGIC=magic,
+                              OFFSET=128.0 if magic == 0x4300 else 1024.0, **cfg.kwargs)
+                ok &= compile_one(f"decode gqa {dt} {cfg.kwargs} w{cfg.num_warps} one={one} page={page}",
+                                  gqa.decode_gqa_kernel, types, consts, cfg.num_warps, cfg.num_stages)
         # decode split
         types = dict(q_ptr=f"*{dt}", kc_ptr="*u8", vc_ptr="*u8", km_ptr=f"*{dt}", vm_ptr=f"*{dt}", bt_ptr="*i32",
                      len_ptr="*i32", start_ptr="*i32", out_ptr=f"*{dt}", part_ptr="*fp32", ml_ptr="*fp32",

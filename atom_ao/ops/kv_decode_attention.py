@@ -32,6 +32,7 @@ from torch.library import triton_op, wrap_triton
 from atom_ao.kv.format import check_cache, check_head_dim
 from atom_ao.kv.reference import decode_attention_ref
 from atom_ao.kv.rope import check_rope_args
+from atom_ao.ops.kv_decode_gqa import decode_gqa_kernel, gqa_configs
 from atom_ao.ops.kv_decode_mha import ROWS as MHA_ROWS, decode_mha_kernel, mha_configs
 from atom_ao.ops.kv_tiles import (
     F32_MAGIC, dot_dtype, dot_precision, fma_pv, fma_scores, half_dots, int4_pv, int4_scores, load_codes,
@@ -46,6 +47,9 @@ MIN_SPLIT_TOKENS = 256  # fewer tokens per split: the partials cost more than th
 # ``kv_decode_mha`` unless keys are cached before RoPE: 2.3x this path on the H200.)
 FMA_MAX_G = 2
 MHA_KERNEL = True  # one query head per KV head: ``kv_decode_mha`` (False: the generic kernel's CUDA-core path)
+# grouped queries (more than FMA_MAX_G a KV head), head_dim 128: ``kv_decode_gqa`` (nibble planes)
+# instead of the generic kernel's tensor-core path. Off until timed on a GPU.
+GQA_KERNEL = False
 INTERPRET_PREFETCH = False  # under the interpreter (tests flip it): the kernels' prefetching variant
 UNPACK_MAGIC = True  # codes -> floats by the mantissa trick (``kv_tiles.load_codes``); False: casts
 
@@ -86,6 +90,34 @@ def _launch_mha(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_s
                                                         num_warps=2)
     else:
         wrap_triton(_decode_mha_tuned)[(b, h, splits)](*args, **meta)
+
+
+def _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml, qk_scale,
+                splits, one):
+    """Grouped queries, head_dim 128: ``kv_decode_gqa.decode_gqa_kernel`` on the caches viewed
+    as int32 words (as ``_launch_mha``)."""
+    b, h, d = q.shape
+    hkv = k_cache.shape[1]
+    g = h // hkv
+    kw, vw = k_cache.view(torch.int32), v_cache.view(torch.int32)
+    args = (q, kw, vw, k_meta, v_meta, block_table, seq_lens, kv_start if kv_start is not None else seq_lens,
+            out, part, ml, qk_scale, splits, h,
+            q.stride(0), q.stride(1), kw.stride(0), kw.stride(1), kw.stride(2),
+            k_meta.stride(0), k_meta.stride(1), k_meta.stride(2), block_table.stride(0), out.stride(0), out.stride(1))
+    magic = magic_bits(q.dtype, _INTERPRET) & 0xFFFF  # the 16-bit pattern only (no pairs flag here)
+    meta = dict(G=g, BLOCK_G=max(16, triton.next_power_of_2(g)), HALF=d // 2, PAGE=k_cache.shape[2],
+                HAS_START=kv_start is not None, ONE_SPLIT=one, DOT=dot_dtype(q.dtype, _INTERPRET), MAGIC=magic,
+                OFFSET={0x4300: 128.0, 0x6400: 1024.0}.get(magic, 0.0))  # every constexpr passed
+    if _INTERPRET:
+        wrap_triton(decode_gqa_kernel)[(b, hkv, splits)](*args, **meta, BLOCK_N=16, num_warps=4)
+    else:
+        wrap_triton(_decode_gqa_tuned)[(b, hkv, splits)](*args, **meta)
+
+
+def _gqa_kernel_fits(q, k_cache, v_cache, k_rope) -> bool:
+    g = q.shape[1] // k_cache.shape[1]
+    return (GQA_KERNEL and g > FMA_MAX_G and k_rope is None and q.shape[2] == 128 and q.dtype != torch.float32
+            and _as_words(k_cache) and _as_words(v_cache))
 
 
 @triton.jit
@@ -194,6 +226,8 @@ def _decode_split_kernel(
         tl.store(ml_ptr + row * 2 + 1, l_i, mask=g_ok)
 
 
+_decode_gqa_tuned = None if _INTERPRET else triton.autotune(
+    configs=gqa_configs(), key=["G", "HALF", "ONE_SPLIT", "HAS_START", "num_splits"])(decode_gqa_kernel)
 _decode_mha_tuned = None if _INTERPRET else triton.autotune(
     configs=mha_configs(), key=["HALF", "ONE_SPLIT", "HAS_START", "num_splits"])(decode_mha_kernel)
 _decode_split_tuned = triton.autotune(configs=_configs(), key=["G", "HALF", "ONE_SPLIT", "FMA", "ROPE", "num_splits"])(
@@ -287,6 +321,9 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
     )
     if g == 1 and k_rope is None and MHA_KERNEL and _as_words(k_cache) and _as_words(v_cache):
         _launch_mha(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
+                    sm_scale * _LOG2E, splits, one)
+    elif _gqa_kernel_fits(q, k_cache, v_cache, k_rope):
+        _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
                     sm_scale * _LOG2E, splits, one)
     else:
         fma = g <= FMA_MAX_G

@@ -204,3 +204,74 @@ def test_decode_mha_on_a_cache_not_word_aligned():
     seq_lens = torch.tensor(lens, dtype=torch.int32)
     want = decode_attention_ref(q, kc, vc, km, vm, table, seq_lens, None, 0.125)
     _close(kv_decode_attention_triton(q, kc2, vc2, km, vm, table, seq_lens, None, 0.125, 0), want, torch.float32)
+
+
+@pytest.mark.parametrize("heads, kv_heads, page, dtype", [
+    (8, 2, 24, torch.bfloat16), (12, 4, 32, torch.float16), (9, 3, 16, torch.bfloat16), (16, 1, 64, torch.bfloat16),
+])  # groups of 4, 3 (rows padded to 16), 16; pages of 24 (a lookup per token) and 16 / 32 / 64
+def test_decode_gqa_kernel(monkeypatch, heads, kv_heads, page, dtype):
+    # kv_decode_gqa: the nibble planes of the int32 words as dot operands (head_dim 128)
+    monkeypatch.setattr(dec, "GQA_KERNEL", True)
+    lens = [1, 37, 70, 16]
+    caches, table = paged_cache(lens, kv_heads, 128, page_size=page, seed=12)
+    g = torch.Generator().manual_seed(13)
+    q = torch.randn(len(lens), heads, 128, generator=g)
+    q[:, :, 7] *= 60  # an outlier channel
+    q = q.to(dtype)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    assert dec._gqa_kernel_fits(q, caches[0], caches[1], None)
+    for hint, kv_start in ((0, None), (4096, torch.tensor([0, 5, 50, 15], dtype=torch.int32))):
+        want = decode_attention_ref(q, *caches, table, seq_lens, kv_start, 128 ** -0.5)
+        got = kv_decode_attention_triton(q, *caches, table, seq_lens, kv_start, 128 ** -0.5, hint)
+        _close(got, want, dtype)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter's stand-in for the GPU operand types")
+def test_decode_gqa_kernel_offset_codes(monkeypatch):
+    # on the GPU the codes enter the dots as 1024 + c (fp16) / 128 + c (bf16) and the offset's
+    # share is taken off per tile; the interpreter runs the fp16 form when told to (it has no bf16)
+    import triton.language as tl
+    monkeypatch.setattr(dec, "GQA_KERNEL", True)
+    monkeypatch.setattr(dec, "dot_dtype", lambda dtype, interpret: tl.float16)
+    monkeypatch.setattr(dec, "magic_bits", lambda dtype, interpret: 0x6400)
+    lens = [1, 37, 70, 16]
+    caches, table = paged_cache(lens, 2, 128, page_size=24, seed=12)
+    g = torch.Generator().manual_seed(13)
+    q = torch.randn(len(lens), 8, 128, generator=g)
+    q[:, :, 7] *= 60
+    q = q.to(torch.float16)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    for hint, kv_start in ((0, None), (4096, torch.tensor([0, 5, 50, 15], dtype=torch.int32))):
+        want = decode_attention_ref(q, *caches, table, seq_lens, kv_start, 128 ** -0.5)
+        got = kv_decode_attention_triton(q, *caches, table, seq_lens, kv_start, 128 ** -0.5, hint)
+        _close(got, want, torch.float16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch, ctx, heads, kv_heads", [(1, 8192, 32, 8), (64, 512, 32, 8), (3, 33000, 32, 8),
+                                                          (5, 3000, 28, 4)])
+def test_decode_gqa_kernel_gpu(monkeypatch, batch, ctx, heads, kv_heads):
+    """kv_decode_gqa at real sizes, each autotune config on its own, against the float32 reference
+    (bf16 queries: codes as 128 + c; fp16: 1024 + c)."""
+    monkeypatch.setattr(dec, "GQA_KERNEL", True)
+    g = torch.Generator().manual_seed(batch)
+    lens = torch.randint(ctx // 2, ctx + 1, (batch,), generator=g)
+    lens[0] = ctx
+    caches, table = paged_cache(lens.tolist(), kv_heads, 128, page_size=64, device="cuda")
+    seq_lens = lens.to(torch.int32)
+    kv_start = torch.zeros(batch, dtype=torch.int32)
+    kv_start[-1] = 33
+    configs = list(dec._decode_gqa_tuned.configs)
+    try:
+        for dtype in (torch.bfloat16, torch.float16):
+            q = torch.randn(batch, heads, 128, generator=g)
+            q[:, :, 5] *= 70
+            q = q.to(dtype)
+            want = decode_attention_ref(q, *[c.cpu() for c in caches], table.cpu(), seq_lens, kv_start, 128 ** -0.5)
+            for cfg in configs:
+                dec._decode_gqa_tuned.configs, dec._decode_gqa_tuned.cache = [cfg], {}
+                got = kv_decode_attention_triton(q.cuda(), *caches, table, seq_lens.cuda(), kv_start.cuda(),
+                                                 128 ** -0.5, ctx)
+                _close(got, want, dtype)
+    finally:
+        dec._decode_gqa_tuned.configs, dec._decode_gqa_tuned.cache = configs, {}
