@@ -16,7 +16,10 @@ Status: correct (interpreter tests; GPU tests written), NOT yet timed. Offline c
 generic kernel's 898 (780 with its pairs unpack): about 6% fewer per token, not the 2x the
 copy-bandwidth target needs. What is left: the softmax of S^T runs along the tokens, which the
 wgmma spreads over the 4 warps, so every step's max and sum cross warps (shuffles and a barrier,
-~250 instructions). Off by default (``kv_decode_attention.GQA_KERNEL``).
+~250 instructions). Tried offline and dropped: one P.V dot a plane (N = 16 leaves every warp
+all 8 planes: 1367 instructions a step); warp-private softmax state with a batched P.V (no
+cross-warp reduction, but the value planes then go through shared memory and each warp rescales
+its own accumulator: 844 again). Off by default (``kv_decode_attention.GQA_KERNEL``).
 
 Codes become bf16 / fp16 operands by the mantissa trick without the subtraction: (c | MAGIC)
 read as a 16-bit float is OFFSET + c (128 + c for bf16, 1024 + c for fp16), and the OFFSET share
