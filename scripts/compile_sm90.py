@@ -53,7 +53,7 @@ def gemm_kernels():
     for out in ("*bf16", "*fp32"):  # fp32: the split-K workspace
         types = dict(common, a_ptr="*u8", ao_ptr="*i8", w_ptr="*u8", wo_ptr="*i8", out_ptr=out)
         for bm, bn, w, st, pf in gemm._GEMM_REGIMES[64] + gemm._GEMM_REGIMES[1 << 62][-1:]:
-            consts = dict(HALF=64, BLOCK_O=128, HAS_OUT=True, HAS_BIAS=True, USE_ASM=True, BLOCK_M=bm, BLOCK_N=bn,
+            consts = dict(HALF=64, BLOCK_O=64, HAS_OUT=True, HAS_BIAS=True, USE_ASM=True, BLOCK_M=bm, BLOCK_N=bn,
                           GROUP_M=8, PREFETCH=pf)
             ok &= compile_one(f"gemm out={out} {bm}x{bn} prefetch={pf}", gemm._w4a4_gemm_kernel_jit, types, consts,
                               w, st)
@@ -72,7 +72,7 @@ def gemm_kernels():
                       dict(HALF=64, BLOCK_R=16, BLOCK_G=16))
     types = dict(common, a_ptr="*i8", ao_ptr="*i8", w_ptr="*i8", wo_ptr="*i8", out_ptr="*bf16")
     for bm, bn, w, st, pf in unp._CONFIGS:
-        consts = dict(GS=128, BLOCK_O=128, HAS_OUT=True, HAS_BIAS=True, BLOCK_M=bm, BLOCK_N=bn, GROUP_M=8,
+        consts = dict(GS=128, BLOCK_O=64, HAS_OUT=True, HAS_BIAS=True, BLOCK_M=bm, BLOCK_N=bn, GROUP_M=8,
                       PREFETCH_SCALES=pf)
         ok &= compile_one(f"int8 group gemm {bm}x{bn} prefetch={pf}", unp._int8_group_gemm_kernel_jit, types, consts,
                           w, st)

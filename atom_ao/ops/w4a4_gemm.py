@@ -48,7 +48,8 @@ _GEMM_REGIMES = {
          (64, 64, 4, 3, False)],
     512: [(64, 64, 4, 3, False), (64, 128, 4, 3, False), (128, 128, 8, 3, False)],
     # prefill: compute-bound, big tiles
-    1 << 62: [(64, 128, 4, 3, False), (128, 128, 8, 3, False), (128, 256, 8, 3, False)],
+    # (128x256 on 8 warps spilled ~1.1-1.9 KB in its main loop, sm_90a ptxas: gone)
+    1 << 62: [(64, 128, 4, 3, False), (128, 128, 8, 3, False)],
 }
 
 
@@ -442,8 +443,9 @@ def w4a4_gemm_triton(
         w_packed.stride(0), w_scale.stride(0), max(w_outliers.stride(0), 1),
         out.stride(0),
         HALF=group_size // 2,
-        # swap: 64 outlier channels a step (128 took 229 registers against 128, H100 sm_90a ptxas, 128x16 tile)
-        BLOCK_O=min(64, outlier_block(n_out)) if path == "swap" else outlier_block(n_out),
+        # 64 outlier channels a step, not 128: sm_90a ptxas, 128 made the swap kernel's 128x16 tile take
+        # 229 registers (128 with 64) and the tile kernel's 64x128 spill 468 bytes inside its main loop
+        BLOCK_O=min(64, outlier_block(n_out)),
         HAS_OUT=n_out > 0,
         HAS_BIAS=bias is not None,
         USE_ASM=not INTERPRET,
