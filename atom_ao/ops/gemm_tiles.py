@@ -28,6 +28,14 @@ def group_sum_to_f32(x):
 
 
 @triton.jit
+def split_share(G, SPLITS, split):
+    """Split-K: the first group and the number of groups of split ``split`` of SPLITS."""
+    g_per = tl.cdiv(G, SPLITS)
+    g0 = split * g_per
+    return g0, tl.minimum(G, g0 + g_per) - g0
+
+
+@triton.jit
 def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
     """Program id -> (tile row, tile column) in grouped order: GROUP_M tile rows walk the columns
     together, so neighbouring programs share weight tiles in L2."""

@@ -20,7 +20,9 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from atom_ao.format import w4a4_gemm_ref
-from atom_ao.ops.gemm_tiles import MAX_GROUP_SIZE, SCALE_256, group_sum_x256_to_f32, grouped_tile, m_bucket, outlier_block, unpack_int4_x16
+from atom_ao.ops.gemm_tiles import (
+    MAX_GROUP_SIZE, SCALE_256, group_sum_x256_to_f32, grouped_tile, m_bucket, outlier_block, split_share, unpack_int4_x16,
+)
 from atom_ao.ops.w4a4_gemm_swap import SWAP_MAX_M, swap_kernel_and_meta, swap_split_k
 from atom_ao.ops.w4a4_gemm_unpacked import w4a4_gemm_unpacked
 
@@ -90,9 +92,7 @@ def _w4a4_gemm_kernel_jit(
     # grouped tile order: neighbouring programs share weight tiles in L2
     pid = tl.program_id(0)
     split = tl.program_id(1)  # split-K: this program's share of the groups (see _split_k)
-    g_per = tl.cdiv(G, SPLITS)
-    g0 = split * g_per
-    g1 = tl.minimum(G, g0 + g_per)
+    g0, n_g = split_share(G, SPLITS, split)
     pid_m, pid_n = grouped_tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -106,7 +106,6 @@ def _w4a4_gemm_kernel_jit(
     as_ptrs = as_ptr + offs_m * stride_asm + g0
     ws_ptrs = ws_ptr + offs_n * stride_wsn + g0
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    n_g = g1 - g0
     if PREFETCH:
         # register double-buffering: group g+1's tiles are in flight while group g computes
         a = tl.load(a_ptrs, mask=mask_m[:, None], other=0)
@@ -197,9 +196,7 @@ def _w4a4_gemv_kernel_jit(
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     split = tl.program_id(2)  # split-K, as in the tensor-core kernel
-    g_per = tl.cdiv(G, SPLITS)
-    g0 = split * g_per
-    n_g = tl.minimum(G, g0 + g_per) - g0
+    g0, n_g = split_share(G, SPLITS, split)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M

@@ -23,7 +23,7 @@ import os
 import triton
 import triton.language as tl
 
-from atom_ao.ops.gemm_tiles import SCALE_256, group_sum_x256_to_f32, unpack_int4_x16
+from atom_ao.ops.gemm_tiles import SCALE_256, group_sum_x256_to_f32, split_share, unpack_int4_x16
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -72,9 +72,7 @@ def _w4a4_gemm_swap_kernel_jit(
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     pid_m = tl.program_id(2)
-    g_per = tl.cdiv(G, SPLITS)
-    g0 = split * g_per
-    n_g = tl.minimum(G, g0 + g_per) - g0
+    g0, n_g = split_share(G, SPLITS, split)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_n = offs_n < N
