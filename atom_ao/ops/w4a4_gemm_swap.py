@@ -3,16 +3,18 @@
 The tile kernel (``w4a4_gemm``) computes out = A W^T with the tokens as the MMA's M side: below
 64 tokens that is Hopper's ``mma.sync`` (a wgmma needs 64 rows), and the unpacked weight tile,
 the big operand, travels through shared memory to reach its operand layout. Here the kernel
-computes out^T = W A^T: 64..256 weight rows per tile fill the wgmma's M side, the tokens (16..64)
+computes out^T = W A^T: 64 or 128 weight rows per tile fill the wgmma's M side, the tokens (16..64)
 are its N side, so the weights are unpacked and multiplied from registers and only the small
 activation tile goes through shared memory. Offline count for sm_90a (Triton 3.9 + ptxas,
 main loop per group, per byte of weights streamed): 0.37 -> 0.17 instructions at 16 tokens,
 0.42 -> 0.22 at 32, 0.44 -> 0.32-0.39 at 64. Measured, GEMM alone, H200 (explore_small_m, best
 split): Llama-2-7B qkv 17.7 -> 13.9 us at M = 16, 24.9 -> 16.9 at 32; o 10.0 -> 7.8 at 16;
-gate/up 38.1 -> 27.6 at 32; at M = 64 5-15% (down 24.1 -> 23.6, 70B o 39.1 -> 31.6).
+gate/up 38.1 -> 27.6 at 32; at M = 64 5-15% (down 24.1 -> 23.6, 70B o 39.1 -> 31.6). (Those
+runs predate the 16 x code unpack of ``gemm_tiles``, which cut the 16-token loop 346 -> 246
+instructions a group offline.)
 
-Same math as the tile kernel to the bit: per group two INT8 dots (low and high nibbles), the
-INT32 group sum to FP32 by the mantissa trick, times the token and weight-row scales; the INT8
+Same math as the tile kernel to the bit: per group two INT8 dots (low and high nibbles, as
+16 x code), the INT32 group sum to FP32, times the token (/ 256) and weight-row scales; the INT8
 outlier block as the last K step; optional bias; split-K into a float32 workspace.
 """
 
