@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, then benchmarks. Usage (on the GPU machine, repo root):
-#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9b|large-m]...
+#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9b|verify-s9c|large-m]...
 # Each step's log goes to $OUT/<step>.log (so a step cut short still leaves its output) and
 # PYTEST_ARGS (paths) and PYTEST_K (-k expression) pick the tests of tests-some; result files to $OUT (or benchmarks/results/ when OUT is unset). STEP_TIMEOUT caps each step.
 set -uo pipefail
@@ -57,6 +57,9 @@ for what in "${@:-tests}"; do
     verify-s9b) step linear_decode python3 benchmarks/bench_linear.py --ms 1,16,64,256 --tag _x16 \
                     --shapes "llama2-7b qkv,llama2-7b o,llama2-7b gate/up,llama2-7b down,llama3-8b qkv"
                 step generate_b64 python3 benchmarks/bench_generate.py --batches 64 --paths atom-kv4,bf16,fp8 --gen 32 --steps 16 ;;
+    verify-s9c) step quantize python3 benchmarks/bench_quantize.py
+                step large_m_bench python3 benchmarks/bench_linear.py --ms 256,1024,4096 --no-torchao --tag _x16_large_m \
+                    --shapes "llama2-7b qkv,llama2-7b down,llama2-7b o" ;;
     large-m) step large_m_tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_w4a4_gemm_triton.py -k unpacked
              step large_m_bench python3 benchmarks/bench_linear.py --ms 1024,4096,8192 --tag _large_m ;;
     *) echo "unknown step $what" ;;
