@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_linear import SHAPES  # noqa: E402
-from common import bench_us, gpu_name, markdown_table, measured_copy_bytes_per_s, write_results  # noqa: E402
+from common import bench_us, markdown_table, measured_copy_bytes_per_s, write_results  # noqa: E402
 
 
 def main():
