@@ -73,16 +73,24 @@ def _as_words(cache: torch.Tensor) -> bool:
     return cache.storage_offset() % 4 == 0 and all(s % 4 == 0 for s in cache.stride()[:-1])
 
 
+def _word_view_args(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml, qk_scale,
+                    splits) -> tuple:
+    """The positional arguments of the kernels that read the caches as int32 words (``kv_decode_mha``,
+    ``kv_decode_gqa``: the same signature up to the constexprs): cache strides in words."""
+    kw, vw = k_cache.view(torch.int32), v_cache.view(torch.int32)
+    return (q, kw, vw, k_meta, v_meta, block_table, seq_lens, kv_start if kv_start is not None else seq_lens,
+            out, part, ml, qk_scale, splits, q.shape[1],
+            q.stride(0), q.stride(1), kw.stride(0), kw.stride(1), kw.stride(2),
+            k_meta.stride(0), k_meta.stride(1), k_meta.stride(2), block_table.stride(0), out.stride(0), out.stride(1))
+
+
 def _launch_mha(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml, qk_scale,
                 splits, one):
     """One query head per KV head: ``kv_decode_mha.decode_mha_kernel``, on the caches viewed as
     int32 words (a row of D/2 bytes is D/8 words; page, head and row strides in words)."""
     b, h, d = q.shape
-    kw, vw = k_cache.view(torch.int32), v_cache.view(torch.int32)
-    args = (q, kw, vw, k_meta, v_meta, block_table, seq_lens, kv_start if kv_start is not None else seq_lens,
-            out, part, ml, qk_scale, splits, h,
-            q.stride(0), q.stride(1), kw.stride(0), kw.stride(1), kw.stride(2),
-            k_meta.stride(0), k_meta.stride(1), k_meta.stride(2), block_table.stride(0), out.stride(0), out.stride(1))
+    args = _word_view_args(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
+                           qk_scale, splits)
     meta = dict(HALF=d // 2, PAGE=k_cache.shape[2], HAS_START=kv_start is not None, ONE_SPLIT=one, ASM=not _INTERPRET,
                 ROWS=MHA_ROWS)  # every constexpr passed: Inductor's wrap_triton fills in no defaults
     if _INTERPRET:
@@ -99,11 +107,8 @@ def _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_s
     b, h, d = q.shape
     hkv = k_cache.shape[1]
     g = h // hkv
-    kw, vw = k_cache.view(torch.int32), v_cache.view(torch.int32)
-    args = (q, kw, vw, k_meta, v_meta, block_table, seq_lens, kv_start if kv_start is not None else seq_lens,
-            out, part, ml, qk_scale, splits, h,
-            q.stride(0), q.stride(1), kw.stride(0), kw.stride(1), kw.stride(2),
-            k_meta.stride(0), k_meta.stride(1), k_meta.stride(2), block_table.stride(0), out.stride(0), out.stride(1))
+    args = _word_view_args(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
+                           qk_scale, splits)
     magic = magic_bits(q.dtype, _INTERPRET) & 0xFFFF  # the 16-bit pattern only (no pairs flag here)
     meta = dict(G=g, BLOCK_G=max(16, triton.next_power_of_2(g)), HALF=d // 2, PAGE=k_cache.shape[2],
                 HAS_START=kv_start is not None, ONE_SPLIT=one, DOT=dot_dtype(q.dtype, _INTERPRET), MAGIC=magic,

@@ -32,7 +32,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from atom_ao.ops.kv_tiles import online_softmax, split_tiles
+from atom_ao.ops.kv_tiles import online_softmax, paged_rows, split_tiles
 
 
 def gqa_configs():
@@ -110,14 +110,7 @@ def decode_gqa_kernel(
         n0 = i * BLOCK_N
         t = n0 + tl.arange(0, BLOCK_N)
         ok = t < seq_len
-        if PAGE % BLOCK_N == 0:  # the tile lies in one page: contiguous rows
-            page = tl.load(bt_row + n0 // PAGE).to(tl.int64)
-            off = n0 % PAGE + tl.arange(0, BLOCK_N)
-        else:
-            page = tl.load(bt_row + t // PAGE, mask=ok, other=0).to(tl.int64)
-            off = t % PAGE
-        row_c = page * s_cp + hk * s_ch + off * s_ct
-        row_m = page * s_mp + hk * s_mh + off
+        row_c, row_m = paged_rows(bt_row, n0, ok, s_cp, s_ch, s_ct, s_mp, s_mh, hk, PAGE, BLOCK_N)
         kw = tl.load(kc_ptr + row_c[:, None] + jw[None, :], mask=ok[:, None], other=0)
         vw = tl.load(vc_ptr + row_c[:, None] + jw[None, :], mask=ok[:, None], other=0)
         ks = tl.load(km_ptr + row_m, mask=ok, other=0.0).to(tl.float32)
