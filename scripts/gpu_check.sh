@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, then benchmarks. Usage (on the GPU machine, repo root):
-#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9b|verify-s9c|large-m]...
+#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9t|verify-s9b|verify-s9c|large-m]...
 # Each step's log goes to $OUT/<step>.log (so a step cut short still leaves its output) and
 # PYTEST_ARGS (paths) and PYTEST_K (-k expression) pick the tests of tests-some; result files to $OUT (or benchmarks/results/ when OUT is unset). STEP_TIMEOUT caps each step.
 set -uo pipefail
@@ -54,9 +54,14 @@ for what in "${@:-tests}"; do
                 step gqa_tests python3 -m pytest -q -p no:cacheprovider --tb=short tests/ops/test_kv_attention.py -k gqa
                 step explore_small_m python3 benchmarks/explore_small_m.py --ms 1,2,16,32,64
                 step attention_explore_gqa python3 benchmarks/bench_attention.py --explore --models llama3-8b ;;
+    # session 9: the GPU tests of (a) (the first try ran the interpreter tests without the
+    # interpreter), M = 1 on the swap kernel included
+    verify-s9t) step gemm_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short tests/ops/test_w4a4_gemm_triton.py \
+                    tests/kv/test_cache.py::test_gpu_generate_eager_and_compiled
+                step gqa_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short tests/ops/test_kv_attention.py -k gqa ;;
     verify-s9b) step linear_decode python3 benchmarks/bench_linear.py --ms 1,16,64,256 --tag _x16 \
                     --shapes "llama2-7b qkv,llama2-7b o,llama2-7b gate/up,llama2-7b down,llama3-8b qkv"
-                step generate_b64 python3 benchmarks/bench_generate.py --batches 64 --paths atom-kv4,bf16,fp8 --gen 32 --steps 16 ;;
+                step generate_b64 python3 benchmarks/bench_generate.py --batches 1,64 --paths atom-kv4,bf16,fp8 --gen 32 --steps 16 ;;
     verify-s9c) step quantize python3 benchmarks/bench_quantize.py
                 step large_m_bench python3 benchmarks/bench_linear.py --ms 256,1024,4096 --no-torchao --tag _x16_large_m \
                     --shapes "llama2-7b qkv,llama2-7b down,llama2-7b o" ;;

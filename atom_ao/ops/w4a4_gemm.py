@@ -243,10 +243,12 @@ def _w4a4_gemv_kernel_jit(
 
 
 # Measured on the H100 (bench_linear): the dp4a kernel's cost grows with the rows (every row
-# redoes the nibble unpack of the weights): 4096->12288 takes 14 us at M=1, 32 us at M=4, 94 us
-# at M=16, while the split-K tensor-core kernel takes 19 us at M=16 (and 4096->4096: dp4a 8.1 us
-# at M=1, 14.7 at M=4; tensor cores 8.9 at M=16). Only single-token decode stays on dp4a.
-GEMV_MAX_M = 1
+# redoes the nibble unpack of the weights), so it only ever served M = 1. Since the swap-AB
+# kernel (w4a4_gemm_swap) it loses there too: H200, explore_small_m.py --ms 1, 16 x code unpack
+# in both: Llama-2-7B qkv 15.2 -> 11.1 us, o 7.9 -> 6.9, gate/up 27.1 -> 19.7, down 14.6 -> 10.9,
+# 70B o 19.8 -> 13.3. Every M up to SWAP_MAX_M takes the swap kernel; dp4a stays reachable as
+# path="packed" at M = 1 (tests, benchmarks).
+GEMV_MAX_M = 0
 
 
 # BLOCK_M choices per decode batch size (one autotuner each, see _GEMM_REGIMES for why)
@@ -342,8 +344,8 @@ UNPACKED_MIN_M = 1024
 
 
 def default_path(m: int, splits: int | None = None) -> str:
-    """The GEMM path for m tokens ("packed" at M = 1 is the dp4a kernel), group sizes up to
-    MAX_GROUP_SIZE."""
+    """The GEMM path for m tokens, group sizes up to MAX_GROUP_SIZE ("packed" at M <= GEMV_MAX_M
+    would be the dp4a kernel; no M takes it by default now)."""
     if m >= UNPACKED_MIN_M and splits in (None, 1):
         return "unpacked"
     if GEMV_MAX_M < m <= SWAP_MAX_M:

@@ -168,7 +168,7 @@ def test_default_path_by_m():
     from atom_ao.ops.w4a4_gemm import UNPACKED_MIN_M, default_path
     from atom_ao.ops.w4a4_gemm_swap import SWAP_MAX_M
     assert [default_path(m) for m in (1, 2, SWAP_MAX_M, SWAP_MAX_M + 1, UNPACKED_MIN_M)] == \
-        ["packed", "swap", "swap", "packed", "unpacked"]
+        ["swap", "swap", "swap", "packed", "unpacked"]
     assert default_path(UNPACKED_MIN_M, splits=2) == "packed"
 
 
