@@ -174,7 +174,7 @@ def test_default_path_by_m():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("m", [2, 16, 33, 64])
+@pytest.mark.parametrize("m", [1, 2, 16, 33, 64])
 @pytest.mark.parametrize("n, k", [(4096, 4096 + 128), (12288, 4096 + 128), (4096, 11008 + 128)])
 def test_swap_path_real_shapes_gpu(m, n, k):
     args = _operands(m, n, k, 128, 128, torch.bfloat16, True, device="cuda")
