@@ -1,6 +1,6 @@
 """The activation quantizers against the copy bandwidth: memory-bound kernels, so bytes / time.
 
-    python benchmarks/bench_quantize.py [--ms 1,16,64,256,1024,4096,8192] [--ks 4096,11008,14336]
+    python benchmarks/bench_quantize.py [--ms 1,16,64,256,1024,4096,8192] [--ks 4096,11008,14336] [--random-perm]
 
 For each K (a linear's input width) and M (tokens), bf16 activations with a few loud channels:
 ``quantize_activation`` (gather by the permutation, INT4 normal groups + INT8 outliers + scales),
@@ -10,6 +10,12 @@ outliers, float32 scales). Columns: time, GB/s, % of this GPU's copy rate measur
 (1 GiB, read + write: the ceiling for a large memory-bound kernel), and the time of a plain copy
 of the same input bytes (``clone``: what a pass over x costs at that size, launch included).
 The issue's target: >= 80% of the copy rate where the op is memory-bound (large M).
+
+Permutations are the ones models get: ``outlier_permutation`` (normal channels in their order,
+the 128 outliers at the end) for the two quantizers of a linear's input, and the identity for
+``silu_mul_quantize`` (``fold_mlp_permutations`` moves down_proj's permutation into gate/up).
+``--random-perm`` times every op with a random permutation instead (the gathers' worst case:
+every lane of a warp reads its own 32-byte sector); session 9's first run used that by mistake.
 Writes JSON + markdown (bench_quantize_<gpu>) under the results folder.
 """
 
@@ -41,14 +47,21 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ms", default="1,16,64,256,1024,4096,8192")
     ap.add_argument("--ks", default="4096,11008,14336")
+    ap.add_argument("--random-perm", action="store_true", help="random permutations (the worst case)")
+    ap.add_argument("--tag", default="", help="suffix of the result files")
     args = ap.parse_args()
+    from atom_ao.weight import outlier_permutation
     copy_bps = measured_copy_bytes_per_s()
     print(f"{gpu_name()}: copy {copy_bps / 1e12:.2f} TB/s (read + write)")
     ops = torch.ops.atom_ao
     rows = []
     for k in (int(v) for v in args.ks.split(",")):
         g = torch.Generator().manual_seed(k)
-        perm = torch.randperm(k, generator=g).to(torch.int32).to(DEVICE)
+        if args.random_perm:
+            perm = mlp_perm = torch.randperm(k, generator=g).to(torch.int32).to(DEVICE)
+        else:
+            perm = outlier_permutation(torch.rand(k, generator=g), N_OUT).to(DEVICE)
+            mlp_perm = torch.arange(k, dtype=torch.int32, device=DEVICE)
         weight = (torch.rand(k, generator=g) + 0.5).to(DEVICE, torch.bfloat16)
         for m in (int(v) for v in args.ms.split(",")):
             x = torch.randn(m, k, generator=g)
@@ -58,7 +71,7 @@ def main():
             cases = {
                 "quantize_activation": (lambda: ops.quantize_activation(x, perm, N_OUT, GS, CLIP), 2 * m * k),
                 "rmsnorm_quantize": (lambda: ops.rmsnorm_quantize(x, weight, 1e-6, perm, N_OUT, GS, CLIP), 2 * m * k + 2 * k),
-                "silu_mul_quantize": (lambda: ops.silu_mul_quantize(x, up, perm, N_OUT, GS, CLIP), 4 * m * k),
+                "silu_mul_quantize": (lambda: ops.silu_mul_quantize(x, up, mlp_perm, N_OUT, GS, CLIP), 4 * m * k),
             }
             copy_us = bench_us(lambda: x.clone())
             for name, (fn, in_bytes) in cases.items():
@@ -71,7 +84,8 @@ def main():
                 print(f"{name:<20} K={k:<6} M={m:<5} {r['us']:>9} us {r['GB/s']:>8} GB/s {r['copy_pct']:>6}% of copy"
                       f"  (clone of x: {r['clone_us']} us)", flush=True)
     cols = ["op", "K", "M", "us", "GB/s", "copy_pct", "clone_us"]
-    stem = write_results("bench_quantize", rows, cols, {"copy_bytes_per_s": copy_bps})
+    stem = write_results("bench_quantize" + args.tag, rows, cols,
+                         {"copy_bytes_per_s": copy_bps, "random_perm": args.random_perm})
     print(markdown_table(rows, cols))
     print(f"wrote {stem}.json/.md")
 

@@ -60,10 +60,10 @@ for what in "${@:-tests}"; do
                     tests/kv/test_cache.py::test_gpu_generate_eager_and_compiled
                 step gqa_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short tests/ops/test_kv_attention.py -k gqa ;;
     # what the first verify-s9t call left when its step timed out (36 of 49 had passed)
-    verify-s9u) step gemm_gpu_tests_rest python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short tests/ops/test_w4a4_gemm_triton.py \
+    verify-s9u) T=150 step gemm_gpu_tests_rest python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short tests/ops/test_w4a4_gemm_triton.py \
                     -k "swap_path_real or (unpacked_path_real and 12288-4096-4096)" tests/kv/test_cache.py::test_gpu_generate_eager_and_compiled
-                step quantize python3 benchmarks/bench_quantize.py --ms 1,64,1024,8192 --ks 4096,11008
-                step generate_b64 python3 benchmarks/bench_generate.py --batches 64 --paths atom-kv4,bf16,fp8 --gen 32 --steps 16 ;;
+                T=110 step quantize python3 benchmarks/bench_quantize.py --ms 1,64,1024,8192 --ks 4096,11008
+                T=300 step generate_b64 python3 benchmarks/bench_generate.py --batches 64 --paths atom-kv4,bf16,fp8 --gen 32 --steps 16 ;;
     verify-s9b) step linear_decode python3 benchmarks/bench_linear.py --ms 1,16,64,256 --tag _x16 \
                     --shapes "llama2-7b qkv,llama2-7b o,llama2-7b gate/up,llama2-7b down,llama3-8b qkv"
                 step generate_b64 python3 benchmarks/bench_generate.py --batches 1,64 --paths atom-kv4,bf16,fp8 --gen 32 --steps 16 ;;

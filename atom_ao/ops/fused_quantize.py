@@ -7,8 +7,9 @@ program gathers its permuted channels straight from the producer's inputs, compu
 producer's value in float32 with the same roundings as the unfused graph (to the input dtype
 where PyTorch materialises an intermediate, to the output dtype at the end), then quantizes
 with the building blocks of ``quantize_activation`` (round/clamp, IEEE inverse, NaN-aware
-absmax). For RMSNorm every program first sums the squares of its rows (contiguous reads; the
-rows stay in L2 for the gathers), so no intermediate tensor is written.
+absmax). For RMSNorm at decode sizes every program first sums the squares of its rows
+(contiguous reads; the rows stay in L2 for the gathers); above ``RSTD_SPLIT_M`` rows a small
+kernel writes the M row statistics first. No normalised tensor is written.
 
 The only differences from the reference are the float32 summation order of the mean of
 squares and the exp/rsqrt of the device: a rare code flips by one at a rounding boundary.
@@ -89,14 +90,24 @@ def _row_rstd(a_ptr, rows, ok_rows, K, stride_am, stride_ak, eps, BLOCK_M: tl.co
 
 
 @triton.jit
+def _row_rstd_kernel(a_ptr, rstd_ptr, M, K, stride_am, stride_ak, eps, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    # RMSNorm's per-row statistic alone, for the fused kernel to read (see RSTD_SPLIT_M)
+    eps = tl.cast(eps, tl.float32)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    ok_rows = rows < M
+    tl.store(rstd_ptr + rows, _row_rstd(a_ptr, rows, ok_rows, K, stride_am, stride_ak, eps, BLOCK_M, BLOCK_K),
+             mask=ok_rows)
+
+
+@triton.jit
 def _fused_quantize_kernel(
-    a_ptr, b_ptr, w_ptr, perm_ptr, q_ptr, s_ptr, qo_ptr, so_ptr,
+    a_ptr, b_ptr, w_ptr, perm_ptr, q_ptr, s_ptr, qo_ptr, so_ptr, rstd_ptr,
     M, K, K_NORMAL, G, N_OUT, M_BUCKET,
     stride_am, stride_ak, stride_bm, stride_bk, stride_qm, stride_sm, stride_qom,
     eps, clip_ratio,
     MODE: tl.constexpr, X_KIND: tl.constexpr, OUT_KIND: tl.constexpr, CAST_FIRST: tl.constexpr,
     HALF: tl.constexpr, HALF_P: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr,
-    HAS_OUT: tl.constexpr, PTX: tl.constexpr, BLOCK_M: tl.constexpr, GPB: tl.constexpr,
+    HAS_OUT: tl.constexpr, PTX: tl.constexpr, RSTD_IN: tl.constexpr, BLOCK_M: tl.constexpr, GPB: tl.constexpr,
 ):
     # Inductor types Python float arguments fp64 (eager Triton: fp32): keep the math in fp32
     eps = tl.cast(eps, tl.float32)
@@ -108,7 +119,9 @@ def _fused_quantize_kernel(
     pid_c = pid % n_cols
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     ok_rows = rows < M
-    if MODE == 0:
+    if MODE == 0 and RSTD_IN:
+        rstd = tl.load(rstd_ptr + rows, mask=ok_rows, other=1.0)
+    elif MODE == 0:
         rstd = _row_rstd(a_ptr, rows, ok_rows, K, stride_am, stride_ak, eps, BLOCK_M, BLOCK_K)
     else:
         rstd = tl.zeros((BLOCK_M,), tl.float32)
@@ -153,7 +166,13 @@ def _fused_quantize_kernel(
         tl.store(so_ptr + rows64[:, None] + tl.zeros_like(scale_o).to(tl.int64), scale_o, mask=ok_rows[:, None])
 
 
-_TUNE_KEY = ["M_BUCKET", "K", "N_OUT", "HALF", "MODE"]
+_TUNE_KEY = ["M_BUCKET", "K", "N_OUT", "HALF", "MODE", "RSTD_IN"]
+# Above this many rows RMSNorm's statistic is a kernel of its own (one contiguous pass, rstd
+# written as M floats) instead of each of the fused kernel's G / GPB + 1 column programs of a row
+# block summing the whole row again: at 4096 channels that is ~33 reads of every row (from L2).
+# Decode sizes keep the single launch (latency: a second launch costs more than the re-reads).
+RSTD_SPLIT_M = _SMALL_M
+_RSTD_BLOCK_M = 1 if _INTERPRET else 2
 _tuned_small = triton.autotune(configs=_configs(small=True), key=_TUNE_KEY)(_fused_quantize_kernel)
 _tuned_large = triton.autotune(configs=_configs(small=False), key=_TUNE_KEY)(_fused_quantize_kernel)
 
@@ -184,16 +203,24 @@ def fused_quantize_triton(mode: int, a, b, w, perm, eps: float, n_outliers: int,
     b = a if b is None else b
     w = a if w is None else w
     kernel = _tuned_small if m <= _SMALL_M else _tuned_large
+    block_k = min(1024, triton.next_power_of_2(k))
+    rstd_in = mode == RMSNORM and m > RSTD_SPLIT_M
+    rstd = torch.empty((m if rstd_in else 1,), dtype=torch.float32, device=a.device)
+    if rstd_in:
+        wrap_triton(_row_rstd_kernel)[(triton.cdiv(m, _RSTD_BLOCK_M),)](
+            a, rstd, m, k, a.stride(0), a.stride(1), float(eps), BLOCK_M=_RSTD_BLOCK_M, BLOCK_K=block_k,
+            num_warps=1 if _INTERPRET else 8)
     wrap_triton(kernel)[_grid(m, groups, n_outliers > 0)](
-        a, b, w, perm.to(device=a.device, dtype=torch.int32).contiguous(), q, s, qo, so,
+        a, b, w, perm.to(device=a.device, dtype=torch.int32).contiguous(), q, s, qo, so, rstd,
         m, k, k - n_outliers, groups, n_outliers, m_bucket(m, 4096),
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), q.stride(0), s.stride(0), max(qo.stride(0), 1),
         float(eps), float(clip_ratio),
         MODE=mode, X_KIND=_KIND[a.dtype], OUT_KIND=_KIND[out_dtype], CAST_FIRST=bool(cast_first),
         HALF=half, HALF_P=triton.next_power_of_2(half),
         BLOCK_O=max(16, triton.next_power_of_2(max(n_outliers, 1))),
-        BLOCK_K=min(1024, triton.next_power_of_2(k)),
+        BLOCK_K=block_k,
         HAS_OUT=n_outliers > 0,
         PTX=a.is_cuda and torch.version.hip is None and not _INTERPRET,
+        RSTD_IN=rstd_in,
     )
     return q, s, qo, so
