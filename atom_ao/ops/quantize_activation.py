@@ -11,6 +11,9 @@ current one (a register double buffer). Each half-group is a (J, BLOCK_M, GPB, L
 consecutive addresses; reductions stay inside warps. It writes the packed bytes (byte j of a
 group: element j | element j + group_size / 2 << 4, the ``pack_int4`` layout) and the scales.
 Decode (M <= 32) uses its own autotuned configs: one row block per program, many programs.
+For more rows, configs may also prefetch (``PF``) the cache lines of the rows a few blocks
+ahead into L2 or L1: the register double buffer alone holds only 8-16 KB of gathers in flight
+per SM, and prefetches hold no registers. Which helps is the autotuner's call (not yet timed).
 
 It agrees with ``quantize_activation_ref`` bit for bit:
 
@@ -43,6 +46,7 @@ _ROUND_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23: adding it rounds |t| <= 
 
 
 _SMALL_M = 32  # up to this many rows: the decode configs
+INTERPRET_PF = 3  # the interpreter's prefetch mode (see _prefetch_rows): the addresses checked
 # read when the kernel is decorated, like Triton itself does
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Triton 3.6 breaks ties in the memory-access order by the lowest dimension, 3.9 by the
@@ -57,17 +61,22 @@ def _configs(small: bool):
     warp. No ``prune_configs_by``: torch's ``wrap_triton`` rebuilds a pruned autotuner on every
     eager call (forgetting what it tuned), so the launcher picks one of two autotuners by M."""
     if _INTERPRET:  # the CPU interpreter: few, large programs
-        return [triton.Config({"BLOCK_M": 4, "GPB": 2, "LANES": 16, "PROGS": 8}, num_warps=4, num_stages=1)]
+        return [triton.Config({"BLOCK_M": 4, "GPB": 2, "LANES": 16, "PROGS": 8, "PF": INTERPRET_PF, "PF_DIST": 2},
+                              num_warps=4, num_stages=1)]
     if small:  # decode / small batches: latency-bound, one row block per program
         shapes = [(1, 1, 32, 1), (2, 1, 16, 1), (4, 1, 8, 1), (2, 2, 8, 1), (4, 2, 8, 2), (8, 1, 8, 2)]
-        progs = [4096]
-    else:  # prefill: memory-bound; loop over row blocks, the next one's loads in flight
-        shapes = [(4, 1, 32, 4), (8, 1, 32, 8), (8, 1, 16, 4), (16, 1, 16, 8), (8, 2, 16, 8), (16, 1, 8, 4)]
-        progs = [1024, 4096]
+        return [triton.Config({"BLOCK_M": bm, "GPB": gpb, "LANES": lanes, "PROGS": 4096, "PF": 0, "PF_DIST": 1},
+                              num_warps=w, num_stages=1) for bm, gpb, lanes, w in shapes]
+    # prefill: memory-bound; loop over row blocks, the next one's loads in flight, and (PF) the
+    # cache lines of the rows PF_DIST blocks ahead requested without holding registers (bytes in
+    # flight per SM were bounded by the register double buffer: 8-16 KB)
+    shapes = [(4, 1, 32, 4), (8, 1, 32, 8), (8, 1, 16, 4), (16, 1, 16, 8), (8, 2, 16, 8), (16, 1, 8, 4)]
     return [
-        triton.Config({"BLOCK_M": bm, "GPB": gpb, "LANES": lanes, "PROGS": pr}, num_warps=w, num_stages=1)
-        for bm, gpb, lanes, w in shapes for pr in progs
-    ]
+        triton.Config({"BLOCK_M": bm, "GPB": gpb, "LANES": lanes, "PROGS": pr, "PF": pf, "PF_DIST": max(1, 32 // bm)},
+                      num_warps=w, num_stages=1)
+        for bm, gpb, lanes, w in shapes for pr in (1024, 4096) for pf in (0, 2)
+    ] + [triton.Config({"BLOCK_M": bm, "GPB": 1, "LANES": 32, "PROGS": 1024, "PF": 1, "PF_DIST": max(1, 32 // bm)},
+                       num_warps=w, num_stages=1) for bm, w in ((4, 4), (8, 8))]
 
 
 @triton.jit
@@ -114,6 +123,29 @@ def _gather(x_ptr, rows, ok_rows, stride_xm, cols, ok_cols, COL_MASK: tl.constex
 
 
 @triton.jit
+def _prefetch_rows(x_ptr, rows, last_row, stride_xm, lines, last_col, PF: tl.constexpr):
+    """Ask for x[rows, lines] ahead of the gathers: rows (BLOCK_M,) clamped to last_row, lines
+    (NL,) element offsets one cache line apart inside the program's channel span. PF 1: into L1,
+    2: into L2 (``prefetch.global``: no register holds the bytes, so any number can be in flight),
+    3 (the interpreter, tests): no prefetch; returns how many of the indices fall outside x
+    (rows past last_row or below 0, columns outside [0, last_col]), which the caller turns into
+    NaN scales (``device_assert`` does not fire in the interpreter). Else returns 0."""
+    r = tl.minimum(rows, last_row)
+    if PF == 3:
+        bad = ((r < 0) | (r > last_row)).to(tl.int32)[:, None] + ((lines < 0) | (lines > last_col)).to(tl.int32)[None, :]
+        return tl.sum(tl.sum(bad, axis=1), axis=0)
+    else:
+        ptrs = x_ptr + r.to(tl.int64)[:, None] * stride_xm + lines[None, :]
+        if PF == 1:
+            tl.inline_asm_elementwise("prefetch.global.L1 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs],
+                                      dtype=tl.int32, is_pure=False, pack=1)
+        else:
+            tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs],
+                                      dtype=tl.int32, is_pure=False, pack=1)
+        return 0
+
+
+@triton.jit
 def _tile_index(LANES: tl.constexpr, J: tl.constexpr, C: tl.constexpr, LANES_FIRST: tl.constexpr):
     """Index parts of a (D0, BLOCK_M, C, D3) tile, {D0, D3} = {LANES, J}: the channel index
     j = jj * LANES + lane (0 <= j < J * LANES) and c, both shaped (D0, 1, C, D3).
@@ -136,11 +168,12 @@ def _tile_index(LANES: tl.constexpr, J: tl.constexpr, C: tl.constexpr, LANES_FIR
 
 
 @triton.jit
-def _int4_groups(x_ptr, perm_ptr, q_ptr, s_ptr, pid_c, rb_start, rb_end, M, K_NORMAL, G,
+def _int4_groups(x_ptr, perm_ptr, q_ptr, s_ptr, pid_c, rb_start, rb_end, M, K_NORMAL, G, N_OUT,
                  stride_xm, stride_xk, stride_qm, stride_sm, unit, clip_ratio,
                  HALF: tl.constexpr, HALF_P: tl.constexpr, GPB: tl.constexpr, BLOCK_M: tl.constexpr,
                  LANES: tl.constexpr, PTX: tl.constexpr, IDX64: tl.constexpr, COL_MASK: tl.constexpr,
-                 LANES_FIRST: tl.constexpr):
+                 LANES_FIRST: tl.constexpr, PF: tl.constexpr, PF_DIST: tl.constexpr, NL: tl.constexpr,
+                 LINE_EL: tl.constexpr):
     # groups g of this program: each half-group is a tile of HALF_P // LANES x LANES channels
     # (see _tile_index) by BLOCK_M rows by GPB groups; perm is loaded once, for all row blocks
     j, gi = _tile_index(LANES, HALF_P // LANES, GPB, LANES_FIRST)
@@ -164,6 +197,19 @@ def _int4_groups(x_ptr, perm_ptr, q_ptr, s_ptr, pid_c, rb_start, rb_end, M, K_NO
 
     # software pipeline over row blocks: the next block's gathers are issued before this one's math
     row_end = tl.minimum(rb_end * BLOCK_M, M)  # rows of this program: [rb_start * BLOCK_M, row_end)
+    if PF > 0:
+        # the cache lines of this program's channels, from its lowest channel to its highest: with
+        # the permutations quantize_ builds (normal channels in order) ~2 lines per group and row
+        big = 2**31 - 1
+        cmin = tl.minimum(tl.min(tl.where(m_lo, c_lo, big)), tl.min(tl.where(m_hi, c_hi, big)))
+        cmax = tl.maximum(tl.max(tl.where(m_lo, c_lo, -1)), tl.max(tl.where(m_hi, c_hi, -1)))
+        cmin = tl.where(cmax < 0, 0, cmin)  # no channel at all: stay at 0
+        cmax = tl.maximum(cmax, cmin)
+        lines = tl.minimum(cmin + tl.arange(0, NL) * LINE_EL, cmax)
+        last_col = (K_NORMAL + N_OUT - 1) * stride_xk
+        pf_bad = 0
+        for pb in range(rb_start, tl.minimum(rb_start + PF_DIST, rb_end)):  # the first PF_DIST blocks
+            pf_bad += _prefetch_rows(x_ptr, pb * BLOCK_M + offs_m, row_end - 1, stride_xm, lines, last_col, PF)
     rows = rb_start * BLOCK_M + offs_m
     xl = _gather(x_ptr, rows, rows < row_end, stride_xm, c_lo, m_lo, COL_MASK)
     xh = _gather(x_ptr, rows, rows < row_end, stride_xm, c_hi, m_hi, COL_MASK)
@@ -173,11 +219,17 @@ def _int4_groups(x_ptr, perm_ptr, q_ptr, s_ptr, pid_c, rb_start, rb_end, M, K_NO
         nxt = rows + BLOCK_M
         nxl = _gather(x_ptr, nxt, nxt < row_end, stride_xm, c_lo, m_lo, COL_MASK)
         nxh = _gather(x_ptr, nxt, nxt < row_end, stride_xm, c_hi, m_hi, COL_MASK)
+        if PF > 0:
+            if rb + PF_DIST < rb_end:
+                pf_bad += _prefetch_rows(x_ptr, (rb + PF_DIST) * BLOCK_M + offs_m, row_end - 1, stride_xm, lines,
+                                         last_col, PF)
 
         bits = tl.maximum(tl.max(_abs_bits(xl), axis=0), tl.max(_abs_bits(xh), axis=0))
         amax = tl.max(bits, axis=2).to(tl.float32, bitcast=True)  # (BLOCK_M, GPB), NaN if any NaN
         scale = tl.math.div_rn(amax * clip_ratio, 7.0)
         inv = _safe_inverse(scale)[None, :, :, None]
+        if PF == 3:  # a prefetch index outside x so far (tests): the scales say so
+            scale = tl.where(pf_bad > 0, float("nan"), scale)
         ql = _round_clamp(xl * inv, -8, 7, PTX)
         qh = _round_clamp(xh * inv, -8, 7, PTX)
         packed = ((ql & 0xF) | (qh << 4)).to(tl.uint8)  # the cast drops the bits above 8
@@ -247,6 +299,10 @@ def _quantize_activation_kernel(
     GPB: tl.constexpr,  # groups per program
     PROGS: tl.constexpr,  # launch about this many programs (used by the grid)
     LANES: tl.constexpr,  # lanes along consecutive channels of a half-group
+    PF: tl.constexpr,  # prefetch rows ahead of the gathers: 0 no, 1 into L1, 2 into L2 (3: checked, tests)
+    PF_DIST: tl.constexpr,  # that many row blocks ahead
+    NL: tl.constexpr,  # cache lines prefetched per row (a power of two >= a program's channel span)
+    LINE_EL: tl.constexpr,  # elements of x per 128-byte line
 ):
     # programs: (row split, column), columns inner so that programs running together share
     # rows; a column is GPB groups, or (last, with outliers) the outlier channels
@@ -265,9 +321,10 @@ def _quantize_activation_kernel(
     rb_end = tl.minimum(rb_start + per, n_rb)
 
     if pid_c < n_gb:
-        _int4_groups(x_ptr, perm_ptr, q_ptr, s_ptr, pid_c, rb_start, rb_end, M, K_NORMAL, G,
+        _int4_groups(x_ptr, perm_ptr, q_ptr, s_ptr, pid_c, rb_start, rb_end, M, K_NORMAL, G, N_OUT,
                      stride_xm, stride_xk, stride_qm, stride_sm, unit, clip_ratio,
-                     HALF, HALF_P, GPB, BLOCK_M, min(LANES, HALF_P), PTX, IDX64, COL_MASK, LANES_FIRST)
+                     HALF, HALF_P, GPB, BLOCK_M, min(LANES, HALF_P), PTX, IDX64, COL_MASK, LANES_FIRST,
+                     PF, PF_DIST, NL, LINE_EL)
     elif HAS_OUT:
         _int8_outliers(x_ptr, perm_ptr, qo_ptr, so_ptr, rb_start, rb_end, M, K_NORMAL, N_OUT,
                        stride_xm, stride_xk, stride_qom, unit, BLOCK_M, BLOCK_O, min(LANES, BLOCK_O), PTX, IDX64,
@@ -314,11 +371,13 @@ def empty_outputs(x: torch.Tensor, n_outliers: int, group_size: int):
 
 
 def quantize_activation_triton(
-    x: torch.Tensor, perm: torch.Tensor, n_outliers: int, group_size: int, clip_ratio: float
+    x: torch.Tensor, perm: torch.Tensor, n_outliers: int, group_size: int, clip_ratio: float,
+    config: triton.Config | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the Triton kernel (CUDA, or CPU tensors under TRITON_INTERPRET=1).
 
-    Same contract as ``quantize_activation_ref``; ``x`` may have any strides."""
+    Same contract as ``quantize_activation_ref``; ``x`` may have any strides. ``config`` (one
+    of ``configs_for(m)``) launches that config instead of the autotuner's pick (benchmarks)."""
     check_quantize_args("quantize_activation", x, perm, n_outliers, group_size)
     m, k = x.shape
     q, s, qo, so = empty_outputs(x, n_outliers, group_size)
@@ -329,7 +388,12 @@ def quantize_activation_triton(
     has_out = n_outliers > 0
     half = group_size // 2
     kernel = _tuned_small if m <= _SMALL_M else _tuned_large
-    wrap_triton(kernel)[_grid(m, groups, has_out)](
+    meta = {}
+    if config is not None:
+        kernel = _quantize_activation_kernel
+        meta = dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+    grid = _grid(m, groups, has_out)
+    wrap_triton(kernel)[grid if config is None else grid(meta)](
         x, perm, q, s, qo, so,
         m, k - n_outliers, groups, n_outliers, m_bucket(m, 4096),
         x.stride(0), x.stride(1), q.stride(0), s.stride(0), max(qo.stride(0), 1), 1,
@@ -343,8 +407,18 @@ def quantize_activation_triton(
         HAS_OUT=has_out,
         PTX=x.is_cuda and torch.version.hip is None and not _INTERPRET,
         IDX64=(k - 1) * abs(x.stride(1)) >= 2**31,
+        # a program's channels span its GPB (<= 2) groups plus the outliers among them (~1 in 32
+        # channels; points past the span are clamped to its end), + 1 for a span across lines
+        NL=triton.next_power_of_2(triton.cdiv((2 * group_size + 64) * x.element_size(), 128) + 1),
+        LINE_EL=128 // x.element_size(),
+        **meta,
     )
     return q, s, qo, so
+
+
+def configs_for(m: int) -> list[triton.Config]:
+    """The configs the autotuner chooses among for m rows."""
+    return (_tuned_small if m <= _SMALL_M else _tuned_large).configs
 
 
 @triton_op("atom_ao::quantize_activation", mutates_args=())

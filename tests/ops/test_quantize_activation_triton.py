@@ -169,3 +169,27 @@ def test_cuda_dtypes_ties_and_no_outliers(dtype):
     x, _ = outlier_activations(64, 4096, dtype=dtype, seed=1)
     _check(x, _perm(4096, 0), 0, 128, device="cuda")
     _check(x, _perm(4096, 256), 256, 64, device="cuda")
+
+
+@pytest.mark.parametrize("pf", [0, 1, 2, 3, None])
+def test_every_prefetch_mode_same_bits(pf):
+    """A config launched on its own (``config=``) gives the autotuner's bits; the prefetch modes
+    change no result, and mode 3 (indices checked, NaN scales if one falls outside x) covers the
+    prologue and the in-loop prefetch: 4-row blocks, 8 programs, so each walks several blocks."""
+    import triton
+
+    from atom_ao.ops.quantize_activation import configs_for
+    x, _ = outlier_activations(70, 640, dtype=torch.bfloat16, seed=5)
+    perm = outlier_permutation(x.float().pow(2).sum(0), 64)
+    x, perm = x.to(DEVICE), perm.to(DEVICE)
+    want = quantize_activation_ref(x.cpu(), perm.cpu(), 64, 128, 0.9)
+    if pf is None:
+        config = configs_for(70)[0]
+    else:
+        config = triton.Config({"BLOCK_M": 4, "GPB": 2, "LANES": 16, "PROGS": 8, "PF": pf, "PF_DIST": 2},
+                               num_warps=4, num_stages=1)
+        if (DEVICE == "cuda") != (pf in (0, 1, 2)) and pf != 0:
+            pytest.skip("modes 1, 2 are PTX prefetches (GPU), mode 3 the interpreter's check")
+    got = quantize_activation_triton(x, perm, 64, 128, 0.9, config=config)
+    for g, w in zip(got, want):
+        assert torch.equal(g.cpu(), w)
