@@ -69,9 +69,9 @@ for what in "${@:-tests}"; do
     verify-s10a) T=200 step quantize_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                      tests/ops/test_quantize_activation_triton.py tests/ops/test_rmsnorm_quantize.py tests/ops/test_silu_mul_quantize.py
                  T=120 step quantize_prefetch_tests python3 -m pytest -q -p no:cacheprovider --tb=short \
-                     tests/ops/test_quantize_activation_triton.py -k prefetch tests/ops/test_rmsnorm_quantize.py -k "prefetch or separate_rstd"
+                     tests/ops/test_quantize_activation_triton.py tests/ops/test_rmsnorm_quantize.py tests/ops/test_silu_mul_quantize.py -k "prefetch or separate_rstd or row_programs"
                  T=200 step quantize_model_perm python3 benchmarks/bench_quantize.py --ms 1,64,1024,8192 --ks 4096,11008
-                 T=150 step quantize_explore python3 benchmarks/explore_quantize.py ;;
+                 T=240 step quantize_explore python3 benchmarks/explore_quantize.py ;;
     verify-s9b) step linear_decode python3 benchmarks/bench_linear.py --ms 1,16,64,256 --tag _x16 \
                     --shapes "llama2-7b qkv,llama2-7b o,llama2-7b gate/up,llama2-7b down,llama3-8b qkv"
                 step generate_b64 python3 benchmarks/bench_generate.py --batches 1,64 --paths atom-kv4,bf16,fp8 --gen 32 --steps 16 ;;

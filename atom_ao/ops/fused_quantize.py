@@ -27,7 +27,7 @@ from atom_ao.ops.quantize_activation import (
     _INTERPRET, _SMALL_M, _abs_bits, _round_clamp, _safe_inverse, check_quantize_args, empty_outputs,
 )
 
-RMSNORM, SILU_MUL = 0, 1
+RMSNORM, SILU_MUL, PLAIN = 0, 1, 2  # PLAIN: no producer (quantize_activation)
 _KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
@@ -61,6 +61,8 @@ def _produce(a_ptr, b_ptr, w_ptr, rows, ok_rows, cols, ok_cols, rstd, stride_am,
     c64 = cols.to(tl.int64)
     ok = ok_rows[:, None, None] & ok_cols
     a = tl.load(a_ptr + r64 * stride_am + c64 * stride_ak, mask=ok, other=0.0).to(tl.float32)
+    if MODE == 2:  # no producer: quantize_activation itself
+        return a
     if MODE == 0:  # RMSNorm: x * rstd (* weight), in the order the model wrote it
         w = tl.load(w_ptr + c64, mask=ok_cols, other=0.0).to(tl.float32)
         h = a * rstd[:, None, None]
@@ -75,16 +77,26 @@ def _produce(a_ptr, b_ptr, w_ptr, rows, ok_rows, cols, ok_cols, rstd, stride_am,
 
 
 @triton.jit
-def _row_rstd(a_ptr, rows, ok_rows, K, stride_am, stride_ak, eps, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    # 1 / sqrt(mean(x^2) + eps) per row, float32, IEEE sqrt and division (as torch on CPU)
+def _row_rstd(a_ptr, rows, ok_rows, K, stride_am, stride_ak, eps, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+              KP: tl.constexpr = 0):
+    # 1 / sqrt(mean(x^2) + eps) per row, float32, IEEE sqrt and division (as torch on CPU).
+    # KP > 0 (K rounded up to BLOCK_K's multiple): the chunks unrolled, so every load of the row
+    # can be in flight at once (a run-time loop waits for each chunk); same sums either way
     acc = tl.zeros((BLOCK_M, BLOCK_K), tl.float32)
     offs = tl.arange(0, BLOCK_K)
     r64 = rows.to(tl.int64)[:, None]
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + offs
-        v = tl.load(a_ptr + r64 * stride_am + ks[None, :].to(tl.int64) * stride_ak,
-                    mask=ok_rows[:, None] & (ks[None, :] < K), other=0.0).to(tl.float32)
-        acc += v * v
+    if KP > 0:
+        for k0 in tl.static_range(0, KP, BLOCK_K):
+            ks = k0 + offs
+            v = tl.load(a_ptr + r64 * stride_am + ks[None, :].to(tl.int64) * stride_ak,
+                        mask=ok_rows[:, None] & (ks[None, :] < K), other=0.0).to(tl.float32)
+            acc += v * v
+    else:
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + offs
+            v = tl.load(a_ptr + r64 * stride_am + ks[None, :].to(tl.int64) * stride_ak,
+                        mask=ok_rows[:, None] & (ks[None, :] < K), other=0.0).to(tl.float32)
+            acc += v * v
     mean = tl.math.div_rn(tl.sum(acc, axis=1), K.to(tl.float32))
     return tl.math.div_rn(tl.full((BLOCK_M,), 1.0, tl.float32), tl.math.sqrt_rn(mean + eps))
 
@@ -100,31 +112,34 @@ def _row_rstd_kernel(a_ptr, rstd_ptr, M, K, stride_am, stride_ak, eps, BLOCK_M: 
 
 
 @triton.jit
-def _fused_quantize_kernel(
-    a_ptr, b_ptr, w_ptr, perm_ptr, q_ptr, s_ptr, qo_ptr, so_ptr, rstd_ptr,
-    M, K, K_NORMAL, G, N_OUT, M_BUCKET,
-    stride_am, stride_ak, stride_bm, stride_bk, stride_qm, stride_sm, stride_qom,
-    eps, clip_ratio,
-    MODE: tl.constexpr, X_KIND: tl.constexpr, OUT_KIND: tl.constexpr, CAST_FIRST: tl.constexpr,
-    HALF: tl.constexpr, HALF_P: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr,
-    HAS_OUT: tl.constexpr, PTX: tl.constexpr, RSTD_IN: tl.constexpr, BLOCK_M: tl.constexpr, GPB: tl.constexpr,
-):
-    # Inductor types Python float arguments fp64 (eager Triton: fp32): keep the math in fp32
-    eps = tl.cast(eps, tl.float32)
-    clip_ratio = tl.cast(clip_ratio, tl.float32)
-    pid = tl.program_id(0)
-    n_gb = tl.cdiv(G, GPB)
-    n_cols = n_gb + HAS_OUT
-    pid_m = pid // n_cols
-    pid_c = pid % n_cols
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    ok_rows = rows < M
-    if MODE == 0 and RSTD_IN:
-        rstd = tl.load(rstd_ptr + rows, mask=ok_rows, other=1.0)
-    elif MODE == 0:
-        rstd = _row_rstd(a_ptr, rows, ok_rows, K, stride_am, stride_ak, eps, BLOCK_M, BLOCK_K)
+def _touch_rows(a_ptr, rows, ok_rows, K, stride_am, stride_ak, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                KP: tl.constexpr, PTX: tl.constexpr):
+    """Read rows of a contiguously (every chunk in flight at once) and return an int 0 that
+    depends on all of it (inline asm: the compiler cannot see it is 0); the interpreter: 0."""
+    acc = tl.zeros((BLOCK_M, BLOCK_K), tl.int32)
+    offs = tl.arange(0, BLOCK_K)
+    r64 = rows.to(tl.int64)[:, None]
+    for k0 in tl.static_range(0, KP, BLOCK_K):
+        ks = k0 + offs
+        v = tl.load(a_ptr + r64 * stride_am + ks[None, :].to(tl.int64) * stride_ak,
+                    mask=ok_rows[:, None] & (ks[None, :] < K), other=0.0)
+        acc = tl.maximum(acc, v.to(tl.float32).to(tl.int32, bitcast=True))
+    red = tl.max(acc, axis=1)
+    if PTX:
+        red = tl.inline_asm_elementwise("and.b32 $0, $1, 0;", "=r,r", [red], dtype=tl.int32, is_pure=True, pack=1)
     else:
-        rstd = tl.zeros((BLOCK_M,), tl.float32)
+        red = red * 0
+    return tl.sum(red, axis=0)
+
+
+@triton.jit
+def _quantize_column(a_ptr, b_ptr, w_ptr, perm_ptr, q_ptr, s_ptr, qo_ptr, so_ptr, pid_c, n_gb, rows, ok_rows, rstd,
+                     K_NORMAL, G, N_OUT, stride_am, stride_ak, stride_bm, stride_bk, stride_qm, stride_sm,
+                     stride_qom, clip_ratio, MODE: tl.constexpr, X_KIND: tl.constexpr, OUT_KIND: tl.constexpr,
+                     CAST_FIRST: tl.constexpr, HALF: tl.constexpr, HALF_P: tl.constexpr, BLOCK_O: tl.constexpr,
+                     HAS_OUT: tl.constexpr, PTX: tl.constexpr, GPB: tl.constexpr):
+    # column pid_c of rows: GPB INT4 groups of the permuted normal channels, or (pid_c == n_gb)
+    # the INT8 outlier channels
     rows64 = rows.to(tl.int64)
     if pid_c < n_gb:
         # (BLOCK_M, GPB, HALF_P) tiles: low and high half of each group (the pack_int4 layout)
@@ -166,6 +181,60 @@ def _fused_quantize_kernel(
         tl.store(so_ptr + rows64[:, None] + tl.zeros_like(scale_o).to(tl.int64), scale_o, mask=ok_rows[:, None])
 
 
+@triton.jit
+def _fused_quantize_kernel(
+    a_ptr, b_ptr, w_ptr, perm_ptr, q_ptr, s_ptr, qo_ptr, so_ptr, rstd_ptr,
+    M, K, K_NORMAL, G, N_OUT, M_BUCKET,
+    stride_am, stride_ak, stride_bm, stride_bk, stride_qm, stride_sm, stride_qom,
+    eps, clip_ratio,
+    MODE: tl.constexpr, X_KIND: tl.constexpr, OUT_KIND: tl.constexpr, CAST_FIRST: tl.constexpr,
+    HALF: tl.constexpr, HALF_P: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_OUT: tl.constexpr, PTX: tl.constexpr, RSTD_IN: tl.constexpr, BLOCK_M: tl.constexpr, GPB: tl.constexpr,
+    ROWS: tl.constexpr,  # one program per row block (a loop over the columns), see below
+    KP: tl.constexpr,  # ROWS: K rounded up to a multiple of BLOCK_K
+):
+    # Inductor types Python float arguments fp64 (eager Triton: fp32): keep the math in fp32
+    eps = tl.cast(eps, tl.float32)
+    clip_ratio = tl.cast(clip_ratio, tl.float32)
+    pid = tl.program_id(0)
+    n_gb = tl.cdiv(G, GPB)
+    n_cols = n_gb + HAS_OUT
+    if ROWS:
+        # one program per row block, all columns: the rows are read once, contiguously and all
+        # at once (RMSNorm's statistic, or a touch for the others), then gathered from L1 / L2
+        rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+        ok_rows = rows < M
+        if MODE == 0:
+            rstd = _row_rstd(a_ptr, rows, ok_rows, K, stride_am, stride_ak, eps, BLOCK_M, BLOCK_K, KP)
+        else:
+            rstd = tl.zeros((BLOCK_M,), tl.float32)
+            # the gathers' addresses depend on the touch: it cannot be dropped, nor overtaken
+            dep = _touch_rows(a_ptr, rows, ok_rows, K, stride_am, stride_ak, BLOCK_M, BLOCK_K, KP, PTX)
+            if MODE == 1:
+                dep += _touch_rows(b_ptr, rows, ok_rows, K, stride_bm, stride_bk, BLOCK_M, BLOCK_K, KP, PTX)
+            a_ptr += dep
+        for c in range(0, n_cols):
+            _quantize_column(a_ptr, b_ptr, w_ptr, perm_ptr, q_ptr, s_ptr, qo_ptr, so_ptr, c, n_gb, rows, ok_rows,
+                             rstd, K_NORMAL, G, N_OUT, stride_am, stride_ak, stride_bm, stride_bk, stride_qm,
+                             stride_sm, stride_qom, clip_ratio, MODE, X_KIND, OUT_KIND, CAST_FIRST, HALF, HALF_P,
+                             BLOCK_O, HAS_OUT, PTX, GPB)
+    else:
+        pid_m = pid // n_cols
+        pid_c = pid % n_cols
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        ok_rows = rows < M
+        if MODE == 0 and RSTD_IN:
+            rstd = tl.load(rstd_ptr + rows, mask=ok_rows, other=1.0)
+        elif MODE == 0:
+            rstd = _row_rstd(a_ptr, rows, ok_rows, K, stride_am, stride_ak, eps, BLOCK_M, BLOCK_K)
+        else:
+            rstd = tl.zeros((BLOCK_M,), tl.float32)
+        _quantize_column(a_ptr, b_ptr, w_ptr, perm_ptr, q_ptr, s_ptr, qo_ptr, so_ptr, pid_c, n_gb, rows, ok_rows,
+                         rstd, K_NORMAL, G, N_OUT, stride_am, stride_ak, stride_bm, stride_bk, stride_qm,
+                         stride_sm, stride_qom, clip_ratio, MODE, X_KIND, OUT_KIND, CAST_FIRST, HALF, HALF_P,
+                         BLOCK_O, HAS_OUT, PTX, GPB)
+
+
 _TUNE_KEY = ["M_BUCKET", "K", "N_OUT", "HALF", "MODE", "RSTD_IN"]
 # Above this many rows RMSNorm's statistic is a kernel of its own (one contiguous pass, rstd
 # written as M floats) instead of each of the fused kernel's G / GPB + 1 column programs of a row
@@ -175,6 +244,22 @@ RSTD_SPLIT_M = _SMALL_M
 _RSTD_BLOCK_M = 1 if _INTERPRET else 2
 _tuned_small = triton.autotune(configs=_configs(small=True), key=_TUNE_KEY)(_fused_quantize_kernel)
 _tuned_large = triton.autotune(configs=_configs(small=False), key=_TUNE_KEY)(_fused_quantize_kernel)
+
+# One program per row block (ROWS): off by default until timed against the column programs
+# (benchmarks/explore_quantize.py times both); ``row_programs=`` of the launchers overrides it.
+ROW_PROGRAMS = False
+_ROWS_BLOCK_K = 1024  # the contiguous pass reads the rows in chunks this wide, all unrolled
+
+
+def _rows_configs():
+    if _INTERPRET:
+        return [triton.Config({"BLOCK_M": 4, "GPB": 2}, num_warps=4, num_stages=1)]
+    return [triton.Config({"BLOCK_M": bm, "GPB": gpb}, num_warps=w, num_stages=1)
+            # (2, 2, 4) and (4, 2, 8) need 128-255 registers at K = 11008 (sm_90a, offline)
+            for bm, gpb, w in [(1, 2, 4), (1, 4, 8), (2, 4, 8)]]
+
+
+_tuned_rows = triton.autotune(configs=_rows_configs(), key=_TUNE_KEY)(_fused_quantize_kernel)
 
 
 def _grid(m: int, groups: int, has_out: bool):
@@ -192,8 +277,11 @@ def check_args(what: str, x: torch.Tensor, perm: torch.Tensor, n_outliers: int, 
 
 
 def fused_quantize_triton(mode: int, a, b, w, perm, eps: float, n_outliers: int, group_size: int,
-                          clip_ratio: float, cast_first: bool, out_dtype: torch.dtype):
-    """Launch the fused kernel: ``a`` = x (RMSNorm, ``w`` its weight) or gate (SiLU, ``b`` = up)."""
+                          clip_ratio: float, cast_first: bool, out_dtype: torch.dtype,
+                          row_programs: bool | None = None):
+    """Launch the fused kernel: ``a`` = x (RMSNorm, ``w`` its weight), gate (SiLU, ``b`` = up) or
+    the activation itself (PLAIN). ``row_programs``: one program per row block (default
+    ``ROW_PROGRAMS``) instead of one per (row block, column)."""
     m, k = a.shape
     q, s, qo, so = empty_outputs(a, n_outliers, group_size)
     if m == 0:
@@ -202,15 +290,17 @@ def fused_quantize_triton(mode: int, a, b, w, perm, eps: float, n_outliers: int,
     half = group_size // 2
     b = a if b is None else b
     w = a if w is None else w
-    kernel = _tuned_small if m <= _SMALL_M else _tuned_large
-    block_k = min(1024, triton.next_power_of_2(k))
-    rstd_in = mode == RMSNORM and m > RSTD_SPLIT_M
+    rows = ROW_PROGRAMS if row_programs is None else row_programs
+    kernel = _tuned_rows if rows else _tuned_small if m <= _SMALL_M else _tuned_large
+    block_k = min(_ROWS_BLOCK_K if rows else 1024, triton.next_power_of_2(k))
+    rstd_in = mode == RMSNORM and m > RSTD_SPLIT_M and not rows
     rstd = torch.empty((m if rstd_in else 1,), dtype=torch.float32, device=a.device)
     if rstd_in:
         wrap_triton(_row_rstd_kernel)[(triton.cdiv(m, _RSTD_BLOCK_M),)](
             a, rstd, m, k, a.stride(0), a.stride(1), float(eps), BLOCK_M=_RSTD_BLOCK_M, BLOCK_K=block_k,
             num_warps=1 if _INTERPRET else 8)
-    wrap_triton(kernel)[_grid(m, groups, n_outliers > 0)](
+    grid = (lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),)) if rows else _grid(m, groups, n_outliers > 0)
+    wrap_triton(kernel)[grid](
         a, b, w, perm.to(device=a.device, dtype=torch.int32).contiguous(), q, s, qo, so, rstd,
         m, k, k - n_outliers, groups, n_outliers, m_bucket(m, 4096),
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), q.stride(0), s.stride(0), max(qo.stride(0), 1),
@@ -222,5 +312,7 @@ def fused_quantize_triton(mode: int, a, b, w, perm, eps: float, n_outliers: int,
         HAS_OUT=n_outliers > 0,
         PTX=a.is_cuda and torch.version.hip is None and not _INTERPRET,
         RSTD_IN=rstd_in,
+        ROWS=rows,
+        KP=triton.cdiv(k, block_k) * block_k if rows else 0,
     )
     return q, s, qo, so

@@ -372,13 +372,19 @@ def empty_outputs(x: torch.Tensor, n_outliers: int, group_size: int):
 
 def quantize_activation_triton(
     x: torch.Tensor, perm: torch.Tensor, n_outliers: int, group_size: int, clip_ratio: float,
-    config: triton.Config | None = None,
+    config: triton.Config | None = None, row_programs: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the Triton kernel (CUDA, or CPU tensors under TRITON_INTERPRET=1).
 
     Same contract as ``quantize_activation_ref``; ``x`` may have any strides. ``config`` (one
-    of ``configs_for(m)``) launches that config instead of the autotuner's pick (benchmarks)."""
+    of ``configs_for(m)``) launches that config instead of the autotuner's pick (benchmarks).
+    ``row_programs`` (default ``fused_quantize.ROW_PROGRAMS``): run the fused quantizers' kernel
+    with no producer, one program per row block (fp16 / bf16 / fp32 inputs)."""
     check_quantize_args("quantize_activation", x, perm, n_outliers, group_size)
+    from atom_ao.ops import fused_quantize as fq  # it imports this module's building blocks
+    if (fq.ROW_PROGRAMS if row_programs is None else row_programs) and config is None and x.dtype in fq._KIND:
+        return fq.fused_quantize_triton(fq.PLAIN, x, None, None, perm, 0.0, n_outliers, group_size, clip_ratio,
+                                        False, x.dtype, row_programs=True)
     m, k = x.shape
     q, s, qo, so = empty_outputs(x, n_outliers, group_size)
     groups = s.shape[1]

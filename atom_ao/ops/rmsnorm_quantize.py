@@ -41,12 +41,13 @@ def _check(x: torch.Tensor, weight: torch.Tensor, perm: torch.Tensor, n_outliers
         raise TypeError(f"rmsnorm_quantize: weight must be fp16/bf16/fp32, got {weight.dtype}")
 
 
-def rmsnorm_quantize_triton(x, weight, eps, perm, n_outliers, group_size, clip_ratio, cast_before_weight=False):
+def rmsnorm_quantize_triton(x, weight, eps, perm, n_outliers, group_size, clip_ratio, cast_before_weight=False,
+                            row_programs=None):
     """Launch the fused Triton kernel (CUDA, or CPU tensors under TRITON_INTERPRET=1)."""
     _check(x, weight, perm, n_outliers, group_size)
     out_dtype = torch.promote_types(x.dtype, weight.dtype)
     return fused_quantize_triton(RMSNORM, x, None, weight, perm, eps, n_outliers, group_size, clip_ratio,
-                                 cast_before_weight, out_dtype)
+                                 cast_before_weight, out_dtype, row_programs)
 
 
 @triton_op("atom_ao::rmsnorm_quantize", mutates_args=())

@@ -108,3 +108,18 @@ def test_cuda_real_shapes(m, k, cast_before_weight):
     assert got[0].is_cuda
     # cast_before_weight rounds the normalised value to bf16 before the group max: rare scale ulps
     assert_quantized_close(got, want, 128, producer_ulp=torch.finfo(torch.bfloat16).eps if cast_before_weight else 0.0)
+
+
+@pytest.mark.parametrize("m, k, n_out, gs", [(1, 200, 32, 64), (9, 1100, 128, 128), (6, 256, 0, 64)])
+def test_row_programs_match(m, k, n_out, gs):
+    """One program per row block (a contiguous pass, then every column) against the reference:
+    RMSNorm (its statistic from the unrolled pass), and the plain quantizer bit for bit."""
+    from atom_ao.ops.quantize_activation import quantize_activation_triton
+    x, w, perm = _inputs(m, k, torch.bfloat16, seed=7 * m)
+    want = rmsnorm_quantize_ref(x, w, 1e-6, perm, n_out, gs, 0.9, True)
+    got = rmsnorm_quantize_triton(x.to(DEVICE), w.to(DEVICE), 1e-6, perm.to(DEVICE), n_out, gs, 0.9, True,
+                                  row_programs=True)
+    assert_quantized_close(got, want, gs)
+    got = quantize_activation_triton(x.to(DEVICE), perm.to(DEVICE), n_out, gs, 0.9, row_programs=True)
+    for g, v in zip(got, quantize_activation_ref(x, perm, n_out, gs, 0.9)):
+        assert torch.equal(g.cpu(), v)

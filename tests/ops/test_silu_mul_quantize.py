@@ -35,6 +35,16 @@ def test_triton_matches_reference(m, k, n_out, gs, dtype):
                            want, gs)
 
 
+@pytest.mark.parametrize("m, k, n_out, gs", [(1, 512, 128, 128), (7, 1100, 64, 96)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_programs_match(m, k, n_out, gs, dtype):
+    """One program per row block (gate and up read contiguously first, then every column)."""
+    gate, up, perm = _inputs(m, k, dtype, seed=m)
+    want = silu_mul_quantize_ref(gate, up, perm, n_out, gs, 0.9)
+    got = silu_mul_quantize_triton(gate.to(DEVICE), up.to(DEVICE), perm.to(DEVICE), n_out, gs, 0.9, row_programs=True)
+    assert_quantized_close(got, want, gs)
+
+
 def test_identity_perm_after_folding():
     """down_proj after fold_mlp_permutations: identity perm (contiguous gathers), same result."""
     gate, up, perm = _inputs(6, 512, torch.bfloat16, identity=True)
