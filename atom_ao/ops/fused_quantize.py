@@ -191,7 +191,7 @@ def _fused_quantize_kernel(
     HALF: tl.constexpr, HALF_P: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr,
     HAS_OUT: tl.constexpr, PTX: tl.constexpr, RSTD_IN: tl.constexpr, BLOCK_M: tl.constexpr, GPB: tl.constexpr,
     ROWS: tl.constexpr,  # one program per row block (a loop over the columns), see below
-    KP: tl.constexpr,  # ROWS: K rounded up to a multiple of BLOCK_K
+    KP: tl.constexpr,  # K rounded up to a multiple of BLOCK_K: the row passes unrolled (0: a loop)
 ):
     # Inductor types Python float arguments fp64 (eager Triton: fp32): keep the math in fp32
     eps = tl.cast(eps, tl.float32)
@@ -226,7 +226,7 @@ def _fused_quantize_kernel(
         if MODE == 0 and RSTD_IN:
             rstd = tl.load(rstd_ptr + rows, mask=ok_rows, other=1.0)
         elif MODE == 0:
-            rstd = _row_rstd(a_ptr, rows, ok_rows, K, stride_am, stride_ak, eps, BLOCK_M, BLOCK_K)
+            rstd = _row_rstd(a_ptr, rows, ok_rows, K, stride_am, stride_ak, eps, BLOCK_M, BLOCK_K, KP)
         else:
             rstd = tl.zeros((BLOCK_M,), tl.float32)
         _quantize_column(a_ptr, b_ptr, w_ptr, perm_ptr, q_ptr, s_ptr, qo_ptr, so_ptr, pid_c, n_gb, rows, ok_rows,
@@ -313,6 +313,9 @@ def fused_quantize_triton(mode: int, a, b, w, perm, eps: float, n_outliers: int,
         PTX=a.is_cuda and torch.version.hip is None and not _INTERPRET,
         RSTD_IN=rstd_in,
         ROWS=rows,
+        # the row programs' passes unrolled. Not for the column programs' RMSNorm statistic at
+        # decode sizes (4-14 round trips of a run-time loop at K = 4096-14336): with 1 warp a row
+        # every load in flight at once takes 155-255 registers and spills (sm_90a, offline)
         KP=triton.cdiv(k, block_k) * block_k if rows else 0,
     )
     return q, s, qo, so
