@@ -20,6 +20,15 @@ group dot.
 
 Scales are float32. A zero group gets scale 0 and q 0 (dequantizes to 0, never NaN); a NaN
 anywhere in a group makes that group's scale NaN, so NaN in gives NaN out.
+
+Asymmetric activations (``AtomConfig(act_mapping="asymmetric")``, not the paper's): the normal
+groups of activations get a float zero point too, ``x ~ scale * q + zero`` with ``lo = clip *
+min``, ``hi = clip * max``, ``scale = (hi - lo) / 15``, ``u = clamp(round((x - lo) / scale), 0,
+15)``, ``q = u - 8`` (the same signed nibbles, so the GEMM kernels do not change) and ``zero = lo
++ 8 * scale``. The scale tensor then holds ``[scales | zeros]`` (M, 2 G), and the GEMM adds
+``zeros @ S^T`` where ``S[n, g]`` is weight row n's dequantized sum over group g, stored the same
+way in the weight's scale tensor (N, 2 G) (``weight_group_sums``). The INT8 outliers stay
+symmetric.
 """
 
 from __future__ import annotations
@@ -101,6 +110,29 @@ def quantize_int4_groups(
     return q.reshape(rows, k), scale
 
 
+def quantize_int4_groups_asym(
+    x: torch.Tensor, group_size: int, clip_ratio: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric INT4 per (row, group): (rows, K) -> (int8 q in [-8, 7], f32 scale, f32 zero),
+    both (rows, K/gs), with x ~ scale * q + zero (module docstring). A constant group gets scale
+    0 and dequantizes to its value; a NaN makes the group's scale NaN."""
+    rows, k = x.shape
+    xg = x.float().reshape(rows, k // group_size, group_size)
+    lo = xg.amin(dim=-1) * clip_ratio  # propagates NaN
+    hi = xg.amax(dim=-1) * clip_ratio
+    scale = (hi - lo) / 15.0
+    u = _round_clamp((xg - lo[..., None]) * _safe_inverse(scale)[..., None], 0, 15)
+    return (u - 8).reshape(rows, k), scale, lo + 8.0 * scale  # 8 * scale is exact: one rounding
+
+
+def weight_group_sums(w_packed: torch.Tensor, w_scale: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(N, G) float32: each weight row's dequantized sum over each normal group, the factor of
+    an asymmetric activation's zero point in the GEMM."""
+    n, g = w_scale.shape
+    q = unpack_int4(w_packed, group_size).float().reshape(n, g, group_size)
+    return q.sum(dim=-1) * w_scale
+
+
 def quantize_int8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric INT8 per row: (rows, n) -> (int8 q (rows, n), f32 scale (rows,))."""
     xf = x.float()
@@ -123,15 +155,21 @@ def permute_and_pad(x: torch.Tensor, perm: torch.Tensor, n_outliers: int, group_
 
 
 def quantize_activation_ref(
-    x: torch.Tensor, perm: torch.Tensor, n_outliers: int, group_size: int, clip_ratio: float
+    x: torch.Tensor, perm: torch.Tensor, n_outliers: int, group_size: int, clip_ratio: float,
+    asymmetric: bool = False,
 ):
     """Reference of the run-time activation quantizer.
 
     (M, K) fp16/bf16/fp32 -> (packed int4 (M, Kp/2) uint8, scales (M, Kp/gs) f32,
-    outliers (M, n_outliers) int8, outlier scales (M,) f32).
+    outliers (M, n_outliers) int8, outlier scales (M,) f32). ``asymmetric``: the scales are
+    (M, 2 Kp/gs), ``[scales | zero points]`` (module docstring).
     """
     normal, outl = permute_and_pad(x, perm, n_outliers, group_size)
-    q, scale = quantize_int4_groups(normal, group_size, clip_ratio)
+    if asymmetric:
+        q, scale, zero = quantize_int4_groups_asym(normal, group_size, clip_ratio)
+        scale = torch.cat([scale, zero], dim=1)
+    else:
+        q, scale = quantize_int4_groups(normal, group_size, clip_ratio)
     qo, scale_o = quantize_int8_rows(outl)
     return pack_int4(q, group_size), scale, qo, scale_o
 

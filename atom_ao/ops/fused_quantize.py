@@ -137,7 +137,7 @@ def _quantize_column(a_ptr, b_ptr, w_ptr, perm_ptr, q_ptr, s_ptr, qo_ptr, so_ptr
                      K_NORMAL, G, N_OUT, stride_am, stride_ak, stride_bm, stride_bk, stride_qm, stride_sm,
                      stride_qom, clip_ratio, MODE: tl.constexpr, X_KIND: tl.constexpr, OUT_KIND: tl.constexpr,
                      CAST_FIRST: tl.constexpr, HALF: tl.constexpr, HALF_P: tl.constexpr, BLOCK_O: tl.constexpr,
-                     HAS_OUT: tl.constexpr, PTX: tl.constexpr, GPB: tl.constexpr):
+                     HAS_OUT: tl.constexpr, PTX: tl.constexpr, GPB: tl.constexpr, ASYM: tl.constexpr):
     # column pid_c of rows: GPB INT4 groups of the permuted normal channels, or (pid_c == n_gb)
     # the INT8 outlier channels
     rows64 = rows.to(tl.int64)
@@ -155,16 +155,31 @@ def _quantize_column(a_ptr, b_ptr, w_ptr, perm_ptr, q_ptr, s_ptr, qo_ptr, so_ptr
                       stride_bk, MODE, X_KIND, OUT_KIND, CAST_FIRST)
         xh = _produce(a_ptr, b_ptr, w_ptr, rows, ok_rows, c_hi, m_hi, rstd, stride_am, stride_ak, stride_bm,
                       stride_bk, MODE, X_KIND, OUT_KIND, CAST_FIRST)
-        bits = tl.maximum(tl.max(_abs_bits(xl), axis=2), tl.max(_abs_bits(xh), axis=2))
-        amax = bits.to(tl.float32, bitcast=True)  # (BLOCK_M, GPB), NaN if any NaN
-        scale = tl.math.div_rn(amax * clip_ratio, 7.0)
-        inv = _safe_inverse(scale)[:, :, None]
-        ql = _round_clamp(xl * inv, -8, 7, PTX)
-        qh = _round_clamp(xh * inv, -8, 7, PTX)
+        g2 = pid_c * GPB + tl.arange(0, GPB)[None, :]
+        if ASYM:
+            # x ~ scale * (u - 8) + zero over [clip * min, clip * max] (atom_ao.format); lanes
+            # past the half-group (HALF_P > HALF) are no elements, padding channels are zeros
+            lo = tl.minimum(tl.min(tl.where(ok_j, xl, float("inf")), axis=2),
+                            tl.min(tl.where(ok_j, xh, float("inf")), axis=2)) * clip_ratio
+            hi = tl.maximum(tl.max(tl.where(ok_j, xl, float("-inf")), axis=2),
+                            tl.max(tl.where(ok_j, xh, float("-inf")), axis=2)) * clip_ratio
+            nan = tl.maximum(tl.max((xl != xl).to(tl.int32), axis=2), tl.max((xh != xh).to(tl.int32), axis=2))
+            scale = tl.where(nan > 0, float("nan"), tl.math.div_rn(hi - lo, 15.0))
+            inv = _safe_inverse(scale)[:, :, None]
+            ql = _round_clamp((xl - lo[:, :, None]) * inv, 0, 15, PTX) - 8
+            qh = _round_clamp((xh - lo[:, :, None]) * inv, 0, 15, PTX) - 8
+            tl.store(s_ptr + rows64[:, None] * stride_sm + G + g2, lo + scale * 8.0,
+                     mask=ok_rows[:, None] & (g2 < G))
+        else:
+            bits = tl.maximum(tl.max(_abs_bits(xl), axis=2), tl.max(_abs_bits(xh), axis=2))
+            amax = bits.to(tl.float32, bitcast=True)  # (BLOCK_M, GPB), NaN if any NaN
+            scale = tl.math.div_rn(amax * clip_ratio, 7.0)
+            inv = _safe_inverse(scale)[:, :, None]
+            ql = _round_clamp(xl * inv, -8, 7, PTX)
+            qh = _round_clamp(xh * inv, -8, 7, PTX)
         packed = ((ql & 0xF) | (qh << 4)).to(tl.uint8)
         ok_m = ok_rows[:, None, None]
         tl.store(q_ptr + rows64[:, None, None] * stride_qm + g * HALF + j, packed, mask=ok_m & ok_j)
-        g2 = pid_c * GPB + tl.arange(0, GPB)[None, :]
         tl.store(s_ptr + rows64[:, None] * stride_sm + g2, scale, mask=ok_rows[:, None] & (g2 < G))
     elif HAS_OUT:
         # names of their own: Triton 3.6 unifies the types of every name assigned in both
@@ -192,6 +207,7 @@ def _fused_quantize_kernel(
     HAS_OUT: tl.constexpr, PTX: tl.constexpr, RSTD_IN: tl.constexpr, BLOCK_M: tl.constexpr, GPB: tl.constexpr,
     ROWS: tl.constexpr,  # one program per row block (a loop over the columns), see below
     KP: tl.constexpr,  # K rounded up to a multiple of BLOCK_K: the row passes unrolled (0: a loop)
+    ASYM: tl.constexpr,  # asymmetric INT4 groups (scale and zero point, atom_ao.format)
 ):
     # Inductor types Python float arguments fp64 (eager Triton: fp32): keep the math in fp32
     eps = tl.cast(eps, tl.float32)
@@ -217,7 +233,7 @@ def _fused_quantize_kernel(
             _quantize_column(a_ptr, b_ptr, w_ptr, perm_ptr, q_ptr, s_ptr, qo_ptr, so_ptr, c, n_gb, rows, ok_rows,
                              rstd, K_NORMAL, G, N_OUT, stride_am, stride_ak, stride_bm, stride_bk, stride_qm,
                              stride_sm, stride_qom, clip_ratio, MODE, X_KIND, OUT_KIND, CAST_FIRST, HALF, HALF_P,
-                             BLOCK_O, HAS_OUT, PTX, GPB)
+                             BLOCK_O, HAS_OUT, PTX, GPB, ASYM)
     else:
         pid_m = pid // n_cols
         pid_c = pid % n_cols
@@ -232,10 +248,10 @@ def _fused_quantize_kernel(
         _quantize_column(a_ptr, b_ptr, w_ptr, perm_ptr, q_ptr, s_ptr, qo_ptr, so_ptr, pid_c, n_gb, rows, ok_rows,
                          rstd, K_NORMAL, G, N_OUT, stride_am, stride_ak, stride_bm, stride_bk, stride_qm,
                          stride_sm, stride_qom, clip_ratio, MODE, X_KIND, OUT_KIND, CAST_FIRST, HALF, HALF_P,
-                         BLOCK_O, HAS_OUT, PTX, GPB)
+                         BLOCK_O, HAS_OUT, PTX, GPB, ASYM)
 
 
-_TUNE_KEY = ["M_BUCKET", "K", "N_OUT", "HALF", "MODE", "RSTD_IN"]
+_TUNE_KEY = ["M_BUCKET", "K", "N_OUT", "HALF", "MODE", "RSTD_IN", "ASYM"]
 # Above this many rows RMSNorm's statistic is a kernel of its own (one contiguous pass, rstd
 # written as M floats) instead of each of the fused kernel's G / GPB + 1 column programs of a row
 # block summing the whole row again: at 4096 channels that is ~33 reads of every row (from L2).
@@ -278,15 +294,15 @@ def check_args(what: str, x: torch.Tensor, perm: torch.Tensor, n_outliers: int, 
 
 def fused_quantize_triton(mode: int, a, b, w, perm, eps: float, n_outliers: int, group_size: int,
                           clip_ratio: float, cast_first: bool, out_dtype: torch.dtype,
-                          row_programs: bool | None = None):
+                          row_programs: bool | None = None, asymmetric: bool = False):
     """Launch the fused kernel: ``a`` = x (RMSNorm, ``w`` its weight), gate (SiLU, ``b`` = up) or
     the activation itself (PLAIN). ``row_programs``: one program per row block (default
     ``ROW_PROGRAMS``) instead of one per (row block, column)."""
     m, k = a.shape
-    q, s, qo, so = empty_outputs(a, n_outliers, group_size)
+    q, s, qo, so = empty_outputs(a, n_outliers, group_size, asymmetric)
     if m == 0:
         return q, s, qo, so
-    groups = s.shape[1]
+    groups = s.shape[1] // (2 if asymmetric else 1)
     half = group_size // 2
     b = a if b is None else b
     w = a if w is None else w
@@ -313,6 +329,7 @@ def fused_quantize_triton(mode: int, a, b, w, perm, eps: float, n_outliers: int,
         PTX=a.is_cuda and torch.version.hip is None and not _INTERPRET,
         RSTD_IN=rstd_in,
         ROWS=rows,
+        ASYM=bool(asymmetric),
         # the row programs' passes unrolled. Not for the column programs' RMSNorm statistic at
         # decode sizes (4-14 round trips of a run-time loop at K = 4096-14336): with 1 warp a row
         # every load in flight at once takes 155-255 registers and spills (sm_90a, offline)

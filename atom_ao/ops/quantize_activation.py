@@ -357,14 +357,14 @@ def check_quantize_args(what: str, x: torch.Tensor, perm: torch.Tensor, n_outlie
         raise ValueError(f"{what}: bad group_size={group_size} / n_outliers={n_outliers} for K={k}")
 
 
-def empty_outputs(x: torch.Tensor, n_outliers: int, group_size: int):
-    """The four output tensors of a quantizer of ``x`` (M, K): packed codes, group scales,
-    outlier codes, outlier scales."""
+def empty_outputs(x: torch.Tensor, n_outliers: int, group_size: int, asymmetric: bool = False):
+    """The four output tensors of a quantizer of ``x`` (M, K): packed codes, group scales
+    (``[scales | zero points]`` if asymmetric), outlier codes, outlier scales."""
     m, k = x.shape
     kp = k_normal_padded(k, n_outliers, group_size)
     dev = x.device
     return (torch.empty((m, kp // 2), dtype=torch.uint8, device=dev),
-            torch.empty((m, kp // group_size), dtype=torch.float32, device=dev),
+            torch.empty((m, (2 if asymmetric else 1) * (kp // group_size)), dtype=torch.float32, device=dev),
             torch.empty((m, n_outliers), dtype=torch.int8, device=dev),
             # no outlier channels: the reference's scale is 0 (and nothing is launched for them)
             (torch.empty if n_outliers else torch.zeros)((m,), dtype=torch.float32, device=dev))
@@ -372,19 +372,24 @@ def empty_outputs(x: torch.Tensor, n_outliers: int, group_size: int):
 
 def quantize_activation_triton(
     x: torch.Tensor, perm: torch.Tensor, n_outliers: int, group_size: int, clip_ratio: float,
-    config: triton.Config | None = None, row_programs: bool | None = None,
+    config: triton.Config | None = None, row_programs: bool | None = None, asymmetric: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the Triton kernel (CUDA, or CPU tensors under TRITON_INTERPRET=1).
 
     Same contract as ``quantize_activation_ref``; ``x`` may have any strides. ``config`` (one
     of ``configs_for(m)``) launches that config instead of the autotuner's pick (benchmarks).
     ``row_programs`` (default ``fused_quantize.ROW_PROGRAMS``): run the fused quantizers' kernel
-    with no producer, one program per row block (fp16 / bf16 / fp32 inputs)."""
+    with no producer, one program per row block (fp16 / bf16 / fp32 inputs). ``asymmetric``
+    (scales and zero points, ``atom_ao.format``) always takes the fused quantizers' kernel."""
     check_quantize_args("quantize_activation", x, perm, n_outliers, group_size)
     from atom_ao.ops import fused_quantize as fq  # it imports this module's building blocks
-    if (fq.ROW_PROGRAMS if row_programs is None else row_programs) and config is None and x.dtype in fq._KIND:
+    rows = fq.ROW_PROGRAMS if row_programs is None else row_programs
+    if asymmetric and (config is not None or x.dtype not in fq._KIND):
+        raise ValueError(f"quantize_activation: asymmetric activations need fp16/bf16/fp32 input and no config=, "
+                         f"got {x.dtype}")
+    if asymmetric or (rows and config is None and x.dtype in fq._KIND):
         return fq.fused_quantize_triton(fq.PLAIN, x, None, None, perm, 0.0, n_outliers, group_size, clip_ratio,
-                                        False, x.dtype, row_programs=True)
+                                        False, x.dtype, row_programs=rows, asymmetric=asymmetric)
     m, k = x.shape
     q, s, qo, so = empty_outputs(x, n_outliers, group_size)
     groups = s.shape[1]
@@ -429,13 +434,16 @@ def configs_for(m: int) -> list[triton.Config]:
 
 @triton_op("atom_ao::quantize_activation", mutates_args=())
 def quantize_activation(
-    x: torch.Tensor, perm: torch.Tensor, n_outliers: int, group_size: int, clip_ratio: float
+    x: torch.Tensor, perm: torch.Tensor, n_outliers: int, group_size: int, clip_ratio: float,
+    asymmetric: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(M, K) -> (packed INT4 normal groups, their per-token scales, INT8 outliers, their scale).
 
-    See ``atom_ao.format`` for the layout. CUDA runs the Triton kernel (one pass over ``x``);
-    other devices run the reference.
+    See ``atom_ao.format`` for the layout (``asymmetric``: the scales are ``[scales | zero
+    points]``, (M, 2 G)). CUDA runs the Triton kernel (one pass over ``x``); other devices run
+    the reference.
     """
     if x.is_cuda:
-        return quantize_activation_triton(x, perm, n_outliers, group_size, clip_ratio)
-    return quantize_activation_ref(x, perm, n_outliers, group_size, clip_ratio)
+        return quantize_activation_triton(x, perm, n_outliers, group_size, clip_ratio, asymmetric=asymmetric)
+    check_quantize_args("quantize_activation", x, perm, n_outliers, group_size)
+    return quantize_activation_ref(x, perm, n_outliers, group_size, clip_ratio, asymmetric)

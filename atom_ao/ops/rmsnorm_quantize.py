@@ -28,9 +28,10 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float, cast_before_
     return (h * weight).to(torch.promote_types(x.dtype, weight.dtype))
 
 
-def rmsnorm_quantize_ref(x, weight, eps, perm, n_outliers, group_size, clip_ratio, cast_before_weight=False):
+def rmsnorm_quantize_ref(x, weight, eps, perm, n_outliers, group_size, clip_ratio, cast_before_weight=False,
+                         asymmetric=False):
     return quantize_activation_ref(rms_norm_ref(x, weight, eps, cast_before_weight), perm, n_outliers,
-                                   group_size, clip_ratio)
+                                   group_size, clip_ratio, asymmetric)
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor, perm: torch.Tensor, n_outliers: int, group_size: int) -> None:
@@ -42,24 +43,26 @@ def _check(x: torch.Tensor, weight: torch.Tensor, perm: torch.Tensor, n_outliers
 
 
 def rmsnorm_quantize_triton(x, weight, eps, perm, n_outliers, group_size, clip_ratio, cast_before_weight=False,
-                            row_programs=None):
+                            row_programs=None, asymmetric=False):
     """Launch the fused Triton kernel (CUDA, or CPU tensors under TRITON_INTERPRET=1)."""
     _check(x, weight, perm, n_outliers, group_size)
     out_dtype = torch.promote_types(x.dtype, weight.dtype)
     return fused_quantize_triton(RMSNORM, x, None, weight, perm, eps, n_outliers, group_size, clip_ratio,
-                                 cast_before_weight, out_dtype, row_programs)
+                                 cast_before_weight, out_dtype, row_programs, asymmetric)
 
 
 @triton_op("atom_ao::rmsnorm_quantize", mutates_args=())
 def rmsnorm_quantize(
     x: torch.Tensor, weight: torch.Tensor, eps: float, perm: torch.Tensor, n_outliers: int, group_size: int,
-    clip_ratio: float, cast_before_weight: bool = False,
+    clip_ratio: float, cast_before_weight: bool = False, asymmetric: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(M, K) -> the four outputs of ``quantize_activation`` of ``rms_norm(x) * weight``.
 
     CUDA runs the fused Triton kernel; other devices run the reference.
     """
     if x.is_cuda:
-        return rmsnorm_quantize_triton(x, weight, eps, perm, n_outliers, group_size, clip_ratio, cast_before_weight)
+        return rmsnorm_quantize_triton(x, weight, eps, perm, n_outliers, group_size, clip_ratio, cast_before_weight,
+                                       asymmetric=asymmetric)
     _check(x, weight, perm, n_outliers, group_size)
-    return rmsnorm_quantize_ref(x, weight, eps, perm, n_outliers, group_size, clip_ratio, cast_before_weight)
+    return rmsnorm_quantize_ref(x, weight, eps, perm, n_outliers, group_size, clip_ratio, cast_before_weight,
+                                asymmetric)

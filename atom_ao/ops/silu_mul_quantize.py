@@ -15,9 +15,9 @@ from atom_ao.format import quantize_activation_ref
 from atom_ao.ops.fused_quantize import SILU_MUL, check_args, fused_quantize_triton
 
 
-def silu_mul_quantize_ref(gate, up, perm, n_outliers, group_size, clip_ratio):
+def silu_mul_quantize_ref(gate, up, perm, n_outliers, group_size, clip_ratio, asymmetric=False):
     """``quantize_activation(silu(gate) * up)`` in plain PyTorch (silu rounded to the input dtype)."""
-    return quantize_activation_ref(F.silu(gate) * up, perm, n_outliers, group_size, clip_ratio)
+    return quantize_activation_ref(F.silu(gate) * up, perm, n_outliers, group_size, clip_ratio, asymmetric)
 
 
 def _check(gate: torch.Tensor, up: torch.Tensor, perm: torch.Tensor, n_outliers: int, group_size: int) -> None:
@@ -27,22 +27,24 @@ def _check(gate: torch.Tensor, up: torch.Tensor, perm: torch.Tensor, n_outliers:
                          f"{tuple(gate.shape)} {gate.dtype}; they must match")
 
 
-def silu_mul_quantize_triton(gate, up, perm, n_outliers, group_size, clip_ratio, row_programs=None):
+def silu_mul_quantize_triton(gate, up, perm, n_outliers, group_size, clip_ratio, row_programs=None,
+                             asymmetric=False):
     """Launch the fused Triton kernel (CUDA, or CPU tensors under TRITON_INTERPRET=1)."""
     _check(gate, up, perm, n_outliers, group_size)
     return fused_quantize_triton(SILU_MUL, gate, up, None, perm, 0.0, n_outliers, group_size, clip_ratio,
-                                 False, gate.dtype, row_programs)
+                                 False, gate.dtype, row_programs, asymmetric)
 
 
 @triton_op("atom_ao::silu_mul_quantize", mutates_args=())
 def silu_mul_quantize(
-    gate: torch.Tensor, up: torch.Tensor, perm: torch.Tensor, n_outliers: int, group_size: int, clip_ratio: float
+    gate: torch.Tensor, up: torch.Tensor, perm: torch.Tensor, n_outliers: int, group_size: int, clip_ratio: float,
+    asymmetric: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(M, K) gate and up -> the four outputs of ``quantize_activation`` of ``silu(gate) * up``.
 
     CUDA runs the fused Triton kernel; other devices run the reference.
     """
     if gate.is_cuda:
-        return silu_mul_quantize_triton(gate, up, perm, n_outliers, group_size, clip_ratio)
+        return silu_mul_quantize_triton(gate, up, perm, n_outliers, group_size, clip_ratio, asymmetric=asymmetric)
     _check(gate, up, perm, n_outliers, group_size)
-    return silu_mul_quantize_ref(gate, up, perm, n_outliers, group_size, clip_ratio)
+    return silu_mul_quantize_ref(gate, up, perm, n_outliers, group_size, clip_ratio, asymmetric)
