@@ -61,7 +61,7 @@ def _feed(model, batches, progress, desc) -> int:
     return seen
 
 
-_FIELDS = ("n_outliers", "group_size", "act_clip_ratio", "weight_clip_ratio", "weight_method", "gptq_hessian",
+_FIELDS = ("n_outliers", "group_size", "act_clip_ratio", "act_mapping", "weight_clip_ratio", "weight_method", "gptq_hessian",
            "gptq_damp")
 
 

@@ -11,6 +11,7 @@ from atom_ao.format import check_layout
 STEPS = (None, "prepare", "convert")
 WEIGHT_METHODS = ("rtn", "gptq")
 GPTQ_HESSIANS = ("float", "quant")
+ACT_MAPPINGS = ("symmetric", "asymmetric")
 
 
 @dataclass
@@ -22,6 +23,9 @@ class AtomConfig(AOBaseConfig):
         group_size: INT4 group size along K for weights and activations.
         act_clip_ratio: clip ratio of the dynamic per-(token, group) INT4 activation scales
             (the paper's 0.9).
+        act_mapping: "symmetric" (the paper: scale = clip * absmax / 7) or "asymmetric" (a float
+            zero point per token and group too, over [clip * min, clip * max]; the GEMM adds one
+            small term; ``atom_ao.format``). torchao's ``MappingType`` is accepted as well.
         weight_clip_ratio: a fixed clip ratio for the INT4 weight scales, or None (default) to
             search one per (row, group) minimising the layer's expected output error.
         step: None quantizes at once, data-free (outliers chosen from the weights);
@@ -44,6 +48,7 @@ class AtomConfig(AOBaseConfig):
     n_outliers: int = 128
     group_size: int = 128
     act_clip_ratio: float = 0.9
+    act_mapping: str = "symmetric"
     weight_clip_ratio: float | None = None
     step: str | None = None
     weight_method: str = "rtn"
@@ -58,6 +63,10 @@ class AtomConfig(AOBaseConfig):
             raise ValueError(f"step must be one of {STEPS}, got {self.step!r}")
         # shape-independent checks (K is checked per layer)
         check_layout(10**9, self.n_outliers, self.group_size, "AtomConfig")
+        name = getattr(self.act_mapping, "name", self.act_mapping)  # torchao MappingType or str
+        self.act_mapping = str(name).lower()
+        if self.act_mapping not in ACT_MAPPINGS:
+            raise ValueError(f"act_mapping must be one of {ACT_MAPPINGS}, got {self.act_mapping!r}")
         if not 0.0 < self.act_clip_ratio <= 1.0:
             raise ValueError(f"act_clip_ratio must be in (0, 1], got {self.act_clip_ratio}")
         if self.weight_clip_ratio is not None and not 0.0 < self.weight_clip_ratio <= 1.0:

@@ -40,6 +40,7 @@ from atom_ao.format import (
     pack_int4,
     permute_and_pad,
     quantize_int4_groups,
+    quantize_int4_groups_asym,
     quantize_int8_rows,
 )
 from atom_ao.weight import _search_clip
@@ -48,14 +49,21 @@ DEFAULT_DAMP = 0.1
 
 
 def fake_quantize_activation(x: torch.Tensor, perm: torch.Tensor, n_outliers: int, group_size: int,
-                             clip_ratio: float) -> torch.Tensor:
+                             clip_ratio: float, asymmetric: bool = False) -> torch.Tensor:
     """(M, K) -> the activations the W4A4 GEMM actually multiplies, dequantized, in the original
-    channel order (float32): INT4 per (token, group) with ``clip_ratio``, INT8 outliers per token."""
+    channel order (float32): INT4 per (token, group) with ``clip_ratio`` (with a zero point if
+    ``asymmetric``), INT8 outliers per token."""
     k = x.shape[1]
     kn = k - n_outliers
     normal, outl = permute_and_pad(x, perm, n_outliers, group_size)
-    q, s = quantize_int4_groups(normal, group_size, clip_ratio)
-    deq_n = (q.float().reshape(q.shape[0], -1, group_size) * s[..., None]).reshape(q.shape[0], -1)[:, :kn]
+    if asymmetric:
+        q, s, z = quantize_int4_groups_asym(normal, group_size, clip_ratio)
+    else:
+        (q, s), z = quantize_int4_groups(normal, group_size, clip_ratio), None
+    deq = q.float().reshape(q.shape[0], -1, group_size) * s[..., None]
+    if z is not None:
+        deq = deq + z[..., None]
+    deq_n = deq.reshape(q.shape[0], -1)[:, :kn]
     qo, so = quantize_int8_rows(outl)
     permuted = torch.cat([deq_n, qo.float() * so[:, None]], dim=1)
     out = torch.empty_like(permuted)

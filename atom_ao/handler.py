@@ -95,6 +95,8 @@ def _quantize_into(linear: torch.nn.Linear, target: torch.nn.Linear, config: Ato
         linear.weight.detach(), perm, config.n_outliers, config.group_size, config.weight_clip_ratio,
         config.act_clip_ratio, importance, what=name,
     )
+    if config.act_mapping == "asymmetric":
+        qw = qw.with_asymmetric_activations()
     target.weight = torch.nn.Parameter(qw, requires_grad=False)
     target.bias = linear.bias
     target.extra_repr = types.MethodType(_atom_linear_extra_repr, target)
@@ -114,6 +116,8 @@ def _gptq_into(module, target: torch.nn.Linear, config: AtomConfig, name: str):
     t["perm"] = perm
     qw = AtomQuantTensor(**t, group_size=config.group_size, act_clip_ratio=config.act_clip_ratio,
                          dtype=module.weight.dtype)
+    if config.act_mapping == "asymmetric":
+        qw = qw.with_asymmetric_activations()
     module.hessian = None  # free it as soon as it is used
     target.weight = torch.nn.Parameter(qw, requires_grad=False)
     target.bias = module.bias
@@ -136,7 +140,8 @@ def _atom_transform(module: torch.nn.Module, config: AtomConfig) -> torch.nn.Mod
         if config.weight_method == "gptq":
             return AtomObservedLinear.from_float(
                 module, hessian=config.gptq_hessian,
-                quant_params=(config.n_outliers, config.group_size, config.act_clip_ratio))
+                quant_params=(config.n_outliers, config.group_size, config.act_clip_ratio,
+                              config.act_mapping == "asymmetric"))
         return AtomObservedLinear.from_float(module)
     if config.step == "convert":
         if not isinstance(module, AtomObservedLinear):

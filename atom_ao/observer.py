@@ -28,13 +28,13 @@ class AtomObservedLinear(torch.nn.Linear):
         # saved in state_dict
         self.register_buffer("hessian", None, persistent=False)
         self.register_buffer("_quant_perm", None, persistent=False)  # set by begin_quant_hessian
-        self._quant_params: tuple | None = None  # (n_outliers, group_size, act_clip_ratio)
+        self._quant_params: tuple | None = None  # (n_outliers, group_size, act_clip_ratio[, asymmetric])
 
     @classmethod
     def from_float(cls, linear: torch.nn.Linear, hessian: str | None = None,
                    quant_params: tuple | None = None) -> "AtomObservedLinear":
         """``hessian``: None (RTN: no Hessian, no extra memory), "float" or "quant" (GPTQ);
-        ``quant_params`` = (n_outliers, group_size, act_clip_ratio), needed for "quant"."""
+        ``quant_params`` = (n_outliers, group_size, act_clip_ratio[, asymmetric]), needed for "quant"."""
         if hessian not in (None, "float", "quant"):
             raise ValueError(f"hessian must be None, 'float' or 'quant', got {hessian!r}")
         if hessian == "quant" and quant_params is None:
@@ -70,8 +70,9 @@ class AtomObservedLinear(torch.nn.Linear):
         if self._quant_perm is not None:  # second pass of hessian="quant"
             from atom_ao.gptq import fake_quantize_activation
 
-            n_out, gs, clip = self._quant_params
-            xq = fake_quantize_activation(x.detach().reshape(-1, self.in_features), self._quant_perm, n_out, gs, clip)
+            n_out, gs, clip, *asym = self._quant_params
+            xq = fake_quantize_activation(x.detach().reshape(-1, self.in_features), self._quant_perm, n_out, gs, clip,
+                                          bool(asym and asym[0]))
             self.hessian.addmm_(xq.t(), xq)
             return
         x2 = x.detach().reshape(-1, self.in_features).double()

@@ -11,7 +11,7 @@ from torchao.utils import TorchAOBaseTensor, fill_defaults
 import atom_ao.ops  # noqa: F401  (registers torch.ops.atom_ao.*)
 from atom_ao.ops.quantize_activation import quantize_activation_triton
 from atom_ao.ops.w4a4_gemm import check_gemm_args, w4a4_gemm_triton
-from atom_ao.format import check_layout, k_normal_padded, unpack_int4
+from atom_ao.format import check_layout, k_normal_padded, unpack_int4, weight_group_sums
 from atom_ao.weight import quantize_weight
 
 aten = torch.ops.aten
@@ -63,7 +63,9 @@ class AtomQuantTensor(_AtomPackedTensor):
     Tensor data:
         qdata: (N, Kp / 2) uint8, normal channels as packed INT4 (Kp: K - n_outliers padded to
             whole groups; layout in ``atom_ao.format``)
-        scale: (N, Kp / group_size) float32, per (row, group)
+        scale: (N, G) float32, per (row, group), G = Kp / group_size; with asymmetric
+            activations (N, 2 G): ``[scales | weight_group_sums]``, the second half the factor
+            of the activations' zero points in the GEMM (``atom_ao.format``)
         outlier_qdata: (N, n_outliers) int8, outlier channels
         outlier_scale: (N,) float32, per row
         perm: (K,) int32, new position -> original input channel; outliers last
@@ -85,12 +87,37 @@ class AtomQuantTensor(_AtomPackedTensor):
     def n_outliers(self) -> int:
         return self.outlier_qdata.shape[1]
 
+    @property
+    def groups(self) -> int:
+        """INT4 groups per row (G)."""
+        return self.qdata.shape[1] * 2 // self.group_size
+
+    @property
+    def act_asymmetric(self) -> bool:
+        """Whether activations are quantized with zero points (the scale tensor holds 2 G)."""
+        return self.scale.shape[1] == 2 * self.groups
+
+    @property
+    def weight_scale(self) -> torch.Tensor:
+        """(N, G) the INT4 weight scales (a view of ``scale``)."""
+        return self.scale[:, : self.groups]
+
+    def with_asymmetric_activations(self) -> "AtomQuantTensor":
+        """This weight with asymmetric activations: the scale tensor gains the weight's group
+        sums (``atom_ao.format.weight_group_sums``); the weight's own codes do not change."""
+        if self.act_asymmetric:
+            return self
+        sums = weight_group_sums(self.qdata, self.scale, self.group_size)
+        return AtomQuantTensor(self.qdata, torch.cat([self.scale, sums], dim=1), self.outlier_qdata,
+                               self.outlier_scale, self.perm, self.group_size, self.act_clip_ratio, self.dtype)
+
     def __repr__(self):
         n, k = self.shape
         return (
             f"AtomQuantTensor(shape=({n}, {k}), dtype={self.dtype}, device={self.device}, "
             f"group_size={self.group_size}, n_outliers={self.n_outliers}, "
-            f"int4_groups={self.scale.shape[1]}, act_clip_ratio={self.act_clip_ratio})"
+            f"int4_groups={self.groups}, act_clip_ratio={self.act_clip_ratio}"
+            f"{', act_mapping=asymmetric' if self.act_asymmetric else ''})"
         )
 
     @classmethod
@@ -126,9 +153,9 @@ class AtomQuantTensor(_AtomPackedTensor):
         """Back to a float (N, K) weight in the original channel order."""
         n, k = self.shape
         kn = k - self.n_outliers
-        g = self.scale.shape[1]
+        g = self.groups
         q = unpack_int4(self.qdata, self.group_size).float().reshape(n, g, self.group_size)
-        normal = (q * self.scale[..., None]).reshape(n, -1)[:, :kn]
+        normal = (q * self.weight_scale[..., None]).reshape(n, -1)[:, :kn]
         outl = self.outlier_qdata.float() * self.outlier_scale[:, None]
         permuted = torch.cat([normal, outl], dim=1)
         out = torch.empty_like(permuted)
@@ -151,6 +178,8 @@ def atom_linear(x: torch.Tensor, w: AtomQuantTensor, bias: torch.Tensor | None) 
         raise ValueError(f"atom_ao linear: input on {x.device}, weight on {w.qdata.device}")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k)
+    if w.act_asymmetric:
+        return _asymmetric_linear(x2, w, bias).reshape(*lead, w.shape[0])
     if _direct_launch_ok(x2, bias):
         with _no_wrap_triton():
             a = quantize_activation_triton(x2, w.perm, w.n_outliers, w.group_size, w.act_clip_ratio)
@@ -165,6 +194,16 @@ def atom_linear(x: torch.Tensor, w: AtomQuantTensor, bias: torch.Tensor | None) 
         *a, w.qdata, w.scale, w.outlier_qdata, w.outlier_scale, bias, w.group_size, x.dtype
     )
     return y.reshape(*lead, w.shape[0])
+
+
+def _asymmetric_linear(x2: torch.Tensor, w: AtomQuantTensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Asymmetric activations: the GEMM on the codes (float32 out), plus the zero points times the
+    weight's group sums, (M, G) @ (G, N): a small matmul of its own (not yet inside the GEMM)."""
+    g = w.groups
+    a = torch.ops.atom_ao.quantize_activation(x2, w.perm, w.n_outliers, w.group_size, w.act_clip_ratio, True)
+    y = torch.ops.atom_ao.w4a4_gemm(a[0], a[1][:, :g], a[2], a[3], w.qdata, w.weight_scale, w.outlier_qdata,
+                                    w.outlier_scale, bias, w.group_size, torch.float32)
+    return torch.addmm(y, a[1][:, g:], w.scale[:, g:].t()).to(x2.dtype)
 
 
 # Eager calls launch the two Triton kernels directly: the same code the ops' CUDA kernels run,
@@ -240,7 +279,8 @@ def _check_consistent(t: AtomQuantTensor) -> None:
     kp = k_normal_padded(k, t.n_outliers, t.group_size)
     expect = {
         "qdata": ((n, kp // 2), torch.uint8),
-        "scale": ((n, kp // t.group_size), torch.float32),
+        "scale": ((n, (2 if t.scale.shape[1] == 2 * (kp // t.group_size) else 1) * (kp // t.group_size)),
+                  torch.float32),
         "outlier_qdata": ((n, t.n_outliers), torch.int8),
         "outlier_scale": ((n,), torch.float32),
         "perm": ((k,), torch.int32),

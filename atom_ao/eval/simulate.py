@@ -20,20 +20,20 @@ from atom_ao.tensor import AtomQuantTensor
 
 class SimulatedAtomLinear(torch.nn.Module):
     def __init__(self, weight: torch.Tensor, bias, perm, n_outliers: int, group_size: int, act_clip_ratio: float,
-                 activations: bool = True):
+                 activations: bool = True, asymmetric: bool = False):
         super().__init__()
         self.weight = torch.nn.Parameter(weight, requires_grad=False)
         self.bias = bias
         self.register_buffer("perm", perm)
         self.n_outliers, self.group_size, self.act_clip_ratio = n_outliers, group_size, act_clip_ratio
-        self.activations = activations
+        self.activations, self.asymmetric = activations, asymmetric
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
 
     def forward(self, x):
         if self.activations:
             lead = x.shape[:-1]
             xq = fake_quantize_activation(x.reshape(-1, x.shape[-1]), self.perm, self.n_outliers, self.group_size,
-                                          self.act_clip_ratio)
+                                          self.act_clip_ratio, self.asymmetric)
             x = xq.to(x.dtype).reshape(*lead, x.shape[-1])
         return F.linear(x, self.weight, self.bias)
 
@@ -67,6 +67,6 @@ def simulate_(model: torch.nn.Module, float_model: torch.nn.Module | None = None
             new.bias = mod.bias
         else:
             new = SimulatedAtomLinear(wf, mod.bias, w.perm, w.n_outliers, w.group_size, w.act_clip_ratio,
-                                      activations=activations)
+                                      activations=activations, asymmetric=w.act_asymmetric)
         setattr(parent, child, new)
     return model

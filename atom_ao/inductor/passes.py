@@ -47,13 +47,20 @@ def _quantize_nodes(graph: Graph) -> list[Node]:
     return [n for n in graph.nodes if is_call(n, QUANTIZE)]
 
 
+def _quantize_args(q: Node):
+    """(x, perm, n_outliers, group_size, clip_ratio, asymmetric) of a quantize node."""
+    asym = q.args[5] if len(q.args) > 5 else q.kwargs.get("asymmetric", False)
+    return (*q.args[:5], bool(asym))
+
+
 def dedupe(graph: Graph) -> int:
     """One quantize per (input, params); returns how many were removed."""
     first: dict[tuple, Node] = {}
     removed = 0
     for q in _quantize_nodes(graph):
-        x, _perm, n_out, gs, clip = q.args
-        key = (through_views(x), str(tuple(val(x).shape)) if val(x) is not None else None, n_out, gs, clip)  # SymInts: str
+        x, _perm, n_out, gs, clip, asym = _quantize_args(q)
+        key = (through_views(x), str(tuple(val(x).shape)) if val(x) is not None else None, n_out, gs, clip,
+               asym)  # SymInts: str
         keep = first.setdefault(key, q)
         if keep is not q:
             q.replace_all_uses_with(keep)
@@ -74,7 +81,8 @@ def fuse(graph: Graph) -> dict[str, int]:
     """Replace quantize nodes fed by RMSNorm or silu * up with the fused ops."""
     counts = {"rmsnorm_quantize": 0, "silu_mul_quantize": 0}
     for q in _quantize_nodes(graph):
-        x, perm, n_out, gs, clip = q.args
+        x, perm, n_out, gs, clip, asym = _quantize_args(q)
+        extra = (asym,) if asym else ()  # the fused ops' asymmetric flag, only when set
         src = through_views(x)
         if not _feeds_only_quantizers(src):
             continue  # the product is needed elsewhere too: fusing would compute it twice
@@ -84,7 +92,7 @@ def fuse(graph: Graph) -> dict[str, int]:
             with graph.inserting_before(q):
                 x2 = _reshape_2d(graph, norm.x, k)
                 fused = _call(graph, RMSNORM_QUANTIZE,
-                              (x2, norm.weight, norm.eps, perm, n_out, gs, clip, norm.cast_before_weight))
+                              (x2, norm.weight, norm.eps, perm, n_out, gs, clip, norm.cast_before_weight, *extra))
             counts["rmsnorm_quantize"] += 1
         else:
             found = match_silu_mul(src)
@@ -93,7 +101,7 @@ def fuse(graph: Graph) -> dict[str, int]:
             gate, up = found
             with graph.inserting_before(q):
                 fused = _call(graph, SILU_MUL_QUANTIZE,
-                              (_reshape_2d(graph, gate, k), _reshape_2d(graph, up, k), perm, n_out, gs, clip))
+                              (_reshape_2d(graph, gate, k), _reshape_2d(graph, up, k), perm, n_out, gs, clip, *extra))
             counts["silu_mul_quantize"] += 1
         q.replace_all_uses_with(fused)
         graph.erase_node(q)

@@ -170,3 +170,23 @@ def test_data_free_linears_sharing_an_input_share_a_permutation(fqn):
     assert torch.equal(a.q_proj.weight.perm, a.k_proj.weight.perm) and torch.equal(a.q_proj.weight.perm, a.v_proj.weight.perm)
     assert torch.equal(m.gate_proj.weight.perm, m.up_proj.weight.perm)
     assert not torch.equal(a.q_proj.weight.perm, a.o_proj.weight.perm)
+
+
+def test_asymmetric_layer_fuses_and_keeps_the_flag():
+    """act_mapping="asymmetric": the pass still fuses (the fused ops get the flag), and the
+    compiled layer matches eager."""
+    saved = inductor_config.post_grad_custom_post_pass
+    ai.uninstall()
+    layer, x, pe = _layer()
+    quantize_(layer, atom_config(act_mapping="asymmetric"))
+    with torch.no_grad():
+        eager = layer(x, position_embeddings=pe)[0]
+        torch._dynamo.reset()
+        out, codes = run_and_get_code(torch.compile(layer, fullgraph=True), x, position_embeddings=pe)
+    torch._dynamo.reset()
+    ai.uninstall()
+    inductor_config.post_grad_custom_post_pass = saved
+    code = "\n".join(codes)
+    assert _calls(code) == {"quantize_activation": 1, "rmsnorm_quantize": 2, "silu_mul_quantize": 1}
+    FileCheck().check("torch.ops.atom_ao.rmsnorm_quantize.default(").check("True, True)").run(code)
+    assert sqnr(eager, out[0]) > 25.0
