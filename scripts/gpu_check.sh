@@ -70,6 +70,8 @@ for what in "${@:-tests}"; do
                      tests/ops/test_quantize_activation_triton.py tests/ops/test_rmsnorm_quantize.py tests/ops/test_silu_mul_quantize.py
                  T=120 step quantize_prefetch_tests python3 -m pytest -q -p no:cacheprovider --tb=short \
                      tests/ops/test_quantize_activation_triton.py tests/ops/test_rmsnorm_quantize.py tests/ops/test_silu_mul_quantize.py -k "prefetch or separate_rstd or row_programs"
+                 T=150 step asym_gpu_tests python3 -m pytest -q -p no:cacheprovider --tb=short \
+                     tests/ops/test_asymmetric_activations.py tests/test_asymmetric.py -k "not calibrated"
                  T=200 step quantize_model_perm python3 benchmarks/bench_quantize.py --ms 1,64,1024,8192 --ks 4096,11008
                  T=240 step quantize_explore python3 benchmarks/explore_quantize.py ;;
     verify-s9b) step linear_decode python3 benchmarks/bench_linear.py --ms 1,16,64,256 --tag _x16 \

@@ -87,3 +87,19 @@ def test_calibrated_model(method, hessian):
     assert ws and all(w.act_asymmetric for w in ws)
     with torch.no_grad():
         assert sqnr(ref, model(ids).logits) > 10
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("m", [1, 16, 300])
+def test_cuda_linear_matches_the_reference(m):
+    """The kernels (fused quantizer with zero points, GEMM, the zero-point matmul) against the
+    same weight run by the reference ops on CPU."""
+    g = torch.Generator().manual_seed(m)
+    lin = torch.nn.Linear(4096, 1024, bias=True).to(torch.bfloat16)
+    x = (torch.randn(m, 4096, generator=g) + 0.5).to(torch.bfloat16)
+    quantize_(lin, atom_config(act_mapping="asymmetric"))
+    with torch.no_grad():
+        want = lin(x).float()
+        got = lin.cuda()(x.cuda()).float().cpu()
+    assert sqnr(want, got) > 40
