@@ -1,30 +1,12 @@
 """bench_quantize's table on CPU: the three quantizer ops run (reference path), bytes and rates are
 filled in, and the JSON + markdown results are written (the GPU run times the Triton kernels)."""
 
-import json
-import sys
-import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
+from cpu_smoke import run_on_cpu  # also puts benchmarks/ on the path
 import bench_quantize  # noqa: E402
 
 
 def test_cpu_smoke(tmp_path, monkeypatch):
-    monkeypatch.setenv("ATOM_AO_RESULTS", str(tmp_path))
-
-    def wall_us(fn, use_graph=True):
-        t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) * 1e6
-
-    monkeypatch.setattr(bench_quantize, "DEVICE", "cpu")
-    monkeypatch.setattr(bench_quantize, "bench_us", wall_us)
-    monkeypatch.setattr(bench_quantize, "measured_copy_bytes_per_s", lambda: 1e12)
-    monkeypatch.setattr(sys, "argv", ["bench_quantize", "--ms", "1,3", "--ks", "384"])
-    bench_quantize.main()
-    data = json.loads(next(tmp_path.glob("bench_quantize_*.json")).read_text())
+    data = run_on_cpu(bench_quantize, ["--ms", "1,3", "--ks", "384"], "bench_quantize", tmp_path, monkeypatch)
     rows = data["rows"]
     assert {r["op"] for r in rows} == {"quantize_activation", "rmsnorm_quantize", "silu_mul_quantize"}
     assert len(rows) == 6 and all(r["us"] > 0 and r["GB/s"] >= 0 for r in rows)
