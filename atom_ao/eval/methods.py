@@ -11,7 +11,7 @@ quantizes every other ``nn.Linear`` of the decoder.
 | ``atom-gptq`` | Atom W4A4, calibrated, GPTQ weights, block by block (``quantize_calibrated``) |
 | ``atom-gptq-kv4`` | ``atom-gptq`` + INT4 KV cache (``atom_ao.kv``): every attention reads the INT4 cache |
 | ``torchao-int8dyn`` | torchao ``Int8DynamicActivationInt8WeightConfig``: INT8 per-channel weights, INT8 per-token dynamic activations (W8A8) |
-| ``atom-gptq-asym`` (extra) | ``atom-gptq`` with asymmetric activations (``act_mapping="asymmetric"``: a zero point per token and group, not the paper's) |
+| ``atom-gptq-asym`` (extra) | ``atom-gptq`` with asymmetric activations (``act_mapping="asymmetric"``: a zero point per token and group, not the paper's; activation clip 1.0, its default) |
 
 ``kv4`` only changes how the model is run (``forward``), so ``atom-gptq-kv4`` reuses the
 ``atom-gptq`` model when both are evaluated.
@@ -72,8 +72,8 @@ EXTRA = {
     "atom-rtn-asym": ("Atom W4A4, RTN, asymmetric activations", _atom, {"act_mapping": "asymmetric"}, False),
     "atom-gptq-asym": ("Atom W4A4, GPTQ, asymmetric activations", _atom,
                        {"weight_method": "gptq", "act_mapping": "asymmetric"}, False),
-    "atom-gptq-asym-noclip": ("Atom W4A4, GPTQ, asymmetric activations, activation clip 1.0", _atom,
-                              {"weight_method": "gptq", "act_mapping": "asymmetric", "act_clip_ratio": 1.0}, False),
+    "atom-gptq-asym-clip0.9": ("Atom W4A4, GPTQ, asymmetric activations, activation clip 0.9", _atom,
+                               {"weight_method": "gptq", "act_mapping": "asymmetric", "act_clip_ratio": 0.9}, False),
     "atom-gptq-asym-kv4": ("Atom W4A4, GPTQ, asymmetric activations + INT4 KV", _atom,
                            {"weight_method": "gptq", "act_mapping": "asymmetric"}, True),
     "atom-gptq-onepass": ("Atom W4A4, GPTQ, all layers calibrated at once (not sequential)", _atom,
