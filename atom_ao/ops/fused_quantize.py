@@ -77,25 +77,27 @@ def _produce(a_ptr, b_ptr, w_ptr, rows, ok_rows, cols, ok_cols, rstd, stride_am,
 
 
 @triton.jit
+def _row_chunk(a_ptr, rows, ok_rows, k0, K, stride_am, stride_ak, BLOCK_K: tl.constexpr):
+    # columns [k0, k0 + BLOCK_K) of rows, contiguous; past K and masked-off rows read 0
+    ks = k0 + tl.arange(0, BLOCK_K)
+    return tl.load(a_ptr + rows.to(tl.int64)[:, None] * stride_am + ks[None, :].to(tl.int64) * stride_ak,
+                   mask=ok_rows[:, None] & (ks[None, :] < K), other=0.0)
+
+
+@triton.jit
 def _row_rstd(a_ptr, rows, ok_rows, K, stride_am, stride_ak, eps, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
               KP: tl.constexpr = 0):
     # 1 / sqrt(mean(x^2) + eps) per row, float32, IEEE sqrt and division (as torch on CPU).
     # KP > 0 (K rounded up to BLOCK_K's multiple): the chunks unrolled, so every load of the row
     # can be in flight at once (a run-time loop waits for each chunk); same sums either way
     acc = tl.zeros((BLOCK_M, BLOCK_K), tl.float32)
-    offs = tl.arange(0, BLOCK_K)
-    r64 = rows.to(tl.int64)[:, None]
     if KP > 0:
         for k0 in tl.static_range(0, KP, BLOCK_K):
-            ks = k0 + offs
-            v = tl.load(a_ptr + r64 * stride_am + ks[None, :].to(tl.int64) * stride_ak,
-                        mask=ok_rows[:, None] & (ks[None, :] < K), other=0.0).to(tl.float32)
+            v = _row_chunk(a_ptr, rows, ok_rows, k0, K, stride_am, stride_ak, BLOCK_K).to(tl.float32)
             acc += v * v
     else:
         for k0 in range(0, K, BLOCK_K):
-            ks = k0 + offs
-            v = tl.load(a_ptr + r64 * stride_am + ks[None, :].to(tl.int64) * stride_ak,
-                        mask=ok_rows[:, None] & (ks[None, :] < K), other=0.0).to(tl.float32)
+            v = _row_chunk(a_ptr, rows, ok_rows, k0, K, stride_am, stride_ak, BLOCK_K).to(tl.float32)
             acc += v * v
     mean = tl.math.div_rn(tl.sum(acc, axis=1), K.to(tl.float32))
     return tl.math.div_rn(tl.full((BLOCK_M,), 1.0, tl.float32), tl.math.sqrt_rn(mean + eps))
@@ -117,12 +119,8 @@ def _touch_rows(a_ptr, rows, ok_rows, K, stride_am, stride_ak, BLOCK_M: tl.const
     """Read rows of a contiguously (every chunk in flight at once) and return an int 0 that
     depends on all of it (inline asm: the compiler cannot see it is 0); the interpreter: 0."""
     acc = tl.zeros((BLOCK_M, BLOCK_K), tl.int32)
-    offs = tl.arange(0, BLOCK_K)
-    r64 = rows.to(tl.int64)[:, None]
     for k0 in tl.static_range(0, KP, BLOCK_K):
-        ks = k0 + offs
-        v = tl.load(a_ptr + r64 * stride_am + ks[None, :].to(tl.int64) * stride_ak,
-                    mask=ok_rows[:, None] & (ks[None, :] < K), other=0.0)
+        v = _row_chunk(a_ptr, rows, ok_rows, k0, K, stride_am, stride_ak, BLOCK_K)
         acc = tl.maximum(acc, v.to(tl.float32).to(tl.int32, bitcast=True))
     red = tl.max(acc, axis=1)
     if PTX:
