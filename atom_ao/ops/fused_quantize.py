@@ -24,7 +24,7 @@ from torch.library import wrap_triton
 
 from atom_ao.ops.gemm_tiles import m_bucket
 from atom_ao.ops.quantize_activation import (
-    _INTERPRET, _SMALL_M, _abs_bits, _round_clamp, _safe_inverse, check_quantize_args, empty_outputs,
+    _INTERPRET, _SMALL_M, _abs_bits, _mul_rn, _round_clamp, _safe_inverse, check_quantize_args, empty_outputs,
 )
 
 RMSNORM, SILU_MUL, PLAIN = 0, 1, 2  # PLAIN: no producer (quantize_activation)
@@ -157,10 +157,11 @@ def _quantize_column(a_ptr, b_ptr, w_ptr, perm_ptr, q_ptr, s_ptr, qo_ptr, so_ptr
         if ASYM:
             # x ~ scale * (u - 8) + zero over [clip * min, clip * max] (atom_ao.format); lanes
             # past the half-group (HALF_P > HALF) are no elements, padding channels are zeros
-            lo = tl.minimum(tl.min(tl.where(ok_j, xl, float("inf")), axis=2),
-                            tl.min(tl.where(ok_j, xh, float("inf")), axis=2)) * clip_ratio
-            hi = tl.maximum(tl.max(tl.where(ok_j, xl, float("-inf")), axis=2),
-                            tl.max(tl.where(ok_j, xh, float("-inf")), axis=2)) * clip_ratio
+            # (the clipped ends rounded on their own: the reference subtracts them as stored)
+            lo = _mul_rn(tl.minimum(tl.min(tl.where(ok_j, xl, float("inf")), axis=2),
+                                    tl.min(tl.where(ok_j, xh, float("inf")), axis=2)), clip_ratio, PTX)
+            hi = _mul_rn(tl.maximum(tl.max(tl.where(ok_j, xl, float("-inf")), axis=2),
+                                    tl.max(tl.where(ok_j, xh, float("-inf")), axis=2)), clip_ratio, PTX)
             nan = tl.maximum(tl.max((xl != xl).to(tl.int32), axis=2), tl.max((xh != xh).to(tl.int32), axis=2))
             scale = tl.where(nan > 0, float("nan"), tl.math.div_rn(hi - lo, 15.0))
             inv = _safe_inverse(scale)[:, :, None]

@@ -96,6 +96,17 @@ def _round_clamp(t, lo: tl.constexpr, hi: tl.constexpr, PTX: tl.constexpr):
 
 
 @triton.jit
+def _mul_rn(a, b, PTX: tl.constexpr):
+    """a * b rounded on its own: ptxas contracts a plain product into a following add or
+    subtract (one FMA, one rounding), which the reference does not; mul.rn is never contracted."""
+    if PTX:
+        return tl.inline_asm_elementwise("mul.rn.f32 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.float32, is_pure=True,
+                                         pack=1)
+    else:
+        return a * b
+
+
+@triton.jit
 def _safe_inverse(scale):
     # IEEE 1 / scale where scale > 0, else 0 (zero, NaN scales); the divisor is kept nonzero
     pos = scale > 0
