@@ -1,13 +1,13 @@
-"""The activation quantizers, kernel layout by layout and config by config.
+"""The activation quantizers, kernel by kernel and config by config.
 
     python benchmarks/explore_quantize.py [--ms 1,64,1024,8192] [--ks 4096,11008] [--no-configs]
 
 For each K and M (bf16 activations, the permutation ``outlier_permutation`` builds, 128
 outliers, groups of 128; identity for silu_mul_quantize, as after fold_mlp_permutations): each
-of the three quantizers with column programs (one per row block and column: the default) and
-with row programs (one per row block, a contiguous pass first: ``row_programs=True``), both
-autotuned and checked against each other; then, for prefill sizes, every column-program config
-of ``quantize_activation`` on its own (tile shape, prefetch none / L1 / L2). Time, % of this
+of the three quantizers on the streaming kernel (``quantize_activation``'s: programs walk their
+rows, the next row block's gathers in flight) and on the tile kernel (one program per row block
+and column, ``atom_ao.ops.fused_quantize``), both autotuned and checked against the reference;
+then, for prefill sizes, every config of ``quantize_activation`` on its own. Time, % of this
 GPU's copy rate (bytes as in bench_quantize) and a ``clone`` of x. Writes JSON + markdown
 (explore_quantize_<gpu>) under the results folder.
 """
@@ -40,7 +40,7 @@ def same_codes(a, b) -> bool:
 
 def config_name(c) -> str:
     k = c.kwargs
-    return f"{k['BLOCK_M']}x{k['GPB']}x{k['LANES']} w{c.num_warps} progs {k['PROGS']} pf {k['PF']}/{k['PF_DIST']}"
+    return f"{k['BLOCK_M']}x{k['GPB']}x{k['LANES']} w{c.num_warps} progs {k['PROGS']}"
 
 
 def main():
@@ -55,11 +55,13 @@ def main():
     ap.add_argument("--ks", default="4096,11008")
     ap.add_argument("--no-configs", action="store_true", help="skip the per-config timings")
     args = ap.parse_args()
-    from atom_ao.ops.rmsnorm_quantize import rmsnorm_quantize_triton
-    from atom_ao.ops.silu_mul_quantize import silu_mul_quantize_triton
+    from atom_ao.format import quantize_activation_ref
+    from atom_ao.ops.rmsnorm_quantize import rmsnorm_quantize_ref, rmsnorm_quantize_triton
+    from atom_ao.ops.silu_mul_quantize import silu_mul_quantize_ref, silu_mul_quantize_triton
+    fq = importlib.import_module("atom_ao.ops.fused_quantize")
     copy_bps = measured_copy_bytes_per_s()
     print(f"{gpu_name()}: copy {copy_bps / 1e12:.2f} TB/s (read + write)")
-    rows = []
+    rows, mismatches = [], []
     for k in (int(v) for v in args.ks.split(",")):
         g = torch.Generator().manual_seed(k)
         perm = outlier_permutation(torch.rand(k, generator=g), N_OUT).to(DEVICE)
@@ -72,20 +74,27 @@ def main():
             ident = torch.arange(k, dtype=torch.int32, device=DEVICE)
             nbytes = 2 * m * k + out_bytes(m, k)
             ops = {
-                "quantize_activation": (lambda r: qa.quantize_activation_triton(x, perm, N_OUT, GS, CLIP, row_programs=r),
-                                        nbytes),
-                "rmsnorm_quantize": (lambda r: rmsnorm_quantize_triton(x, weight, 1e-6, perm, N_OUT, GS, CLIP, True,
-                                                                       row_programs=r), nbytes + 2 * k),
-                "silu_mul_quantize": (lambda r: silu_mul_quantize_triton(x, up, ident, N_OUT, GS, CLIP,
-                                                                         row_programs=r), nbytes + 2 * m * k),
+                "quantize_activation": (
+                    lambda kern: (qa.quantize_activation_triton(x, perm, N_OUT, GS, CLIP) if kern == "stream" else
+                                  fq.fused_quantize_triton(fq.PLAIN, x, None, None, perm, 0.0, N_OUT, GS, CLIP, False,
+                                                           x.dtype, kernel="tile")),
+                    lambda: quantize_activation_ref(x, perm, N_OUT, GS, CLIP), nbytes),
+                "rmsnorm_quantize": (
+                    lambda kern: rmsnorm_quantize_triton(x, weight, 1e-6, perm, N_OUT, GS, CLIP, True, kernel=kern),
+                    lambda: rmsnorm_quantize_ref(x, weight, 1e-6, perm, N_OUT, GS, CLIP, True), nbytes + 2 * k),
+                "silu_mul_quantize": (
+                    lambda kern: silu_mul_quantize_triton(x, up, ident, N_OUT, GS, CLIP, kernel=kern),
+                    lambda: silu_mul_quantize_ref(x, up, ident, N_OUT, GS, CLIP), nbytes + 2 * m * k),
             }
             times = {"clone of x": (bench_us(lambda: x.clone()), 4 * m * k)}
-            for op, (fn, op_bytes) in ops.items():
-                cols, rws = fn(False), fn(True)
-                assert same_codes(cols, rws), op  # the two layouts agree (rare rounding flips aside)
-                times[f"{op}, column programs"] = (bench_us(lambda fn=fn: fn(False)), op_bytes)
-                times[f"{op}, row programs"] = (bench_us(lambda fn=fn: fn(True)), op_bytes)
-            want = qa.quantize_activation_triton(x, perm, N_OUT, GS, CLIP, row_programs=False)
+            for op, (fn, ref, op_bytes) in ops.items():
+                want = ref()
+                for kern in fq.KERNELS:
+                    if not same_codes(fn(kern), want):  # rare rounding flips aside; reported, not fatal
+                        print(f"!! {op} on the {kern} kernel differs from the reference beyond rounding flips")
+                        mismatches.append(f"K={k} M={m} {op} {kern}")
+                    times[f"{op}, {kern} kernel"] = (bench_us(lambda fn=fn, kern=kern: fn(kern)), op_bytes)
+            want = qa.quantize_activation_triton(x, perm, N_OUT, GS, CLIP)
             for c in ([] if args.no_configs or m <= 32 else qa.configs_for(m)):
                 got = qa.quantize_activation_triton(x, perm, N_OUT, GS, CLIP, config=c)
                 assert all(torch.equal(a, b) for a, b in zip(got, want)), config_name(c)  # same bits, any config
@@ -96,7 +105,7 @@ def main():
                              "copy_pct": round(100 * moved / (us * 1e-6) / copy_bps, 1)})
                 print(f"K={k:<6} M={m:<5} {name:<60} {us:9.2f} us {rows[-1]['copy_pct']:6.1f}% of copy", flush=True)
     cols = ["K", "M", "config", "us", "copy_pct"]
-    stem = write_results("explore_quantize", rows, cols, {"copy_bytes_per_s": copy_bps})
+    stem = write_results("explore_quantize", rows, cols, {"copy_bytes_per_s": copy_bps, "mismatches": mismatches})
     print(markdown_table(rows, cols))
     print(f"wrote {stem}.json/.md")
 

@@ -1,15 +1,13 @@
-"""The Triton kernel shared by ``rmsnorm_quantize`` and ``silu_mul_quantize``: an elementwise
-producer (RMSNorm, or SiLU(gate) * up) fused in front of the Atom activation quantizer.
+"""The fused quantizers ``rmsnorm_quantize`` and ``silu_mul_quantize``: an elementwise producer
+(RMSNorm, or SiLU(gate) * up; ``atom_ao.ops.producers``) in front of the Atom activation
+quantizer, no intermediate tensor written. Two kernels run them:
 
-Programs are (row block, column) pairs, as in ``quantize_activation``: a column is ``GPB``
-INT4 groups of the permuted normal channels, or (the last one) the INT8 outlier channels. Each
-program gathers its permuted channels straight from the producer's inputs, computes the
-producer's value in float32 with the same roundings as the unfused graph (to the input dtype
-where PyTorch materialises an intermediate, to the output dtype at the end), then quantizes
-with the building blocks of ``quantize_activation`` (round/clamp, IEEE inverse, NaN-aware
-absmax). For RMSNorm at decode sizes every program first sums the squares of its rows
-(contiguous reads; the rows stay in L2 for the gathers); above ``RSTD_SPLIT_M`` rows a small
-kernel writes the M row statistics first. No normalised tensor is written.
+* the streaming kernel of ``quantize_activation`` (``launch_streaming``: programs walk their
+  rows with the next row block's gathers in flight) for SiLU * up at every size and RMSNorm
+  above ``RSTD_SPLIT_M`` rows, where a small kernel writes the M row statistics first;
+* this module's tile kernel, one program per (row block, column): RMSNorm at decode sizes
+  (every program sums the squares of its rows itself: one launch, the rows stay in L2 for the
+  gathers) and asymmetric activations (scale and zero point per group, all three quantizers).
 
 The only differences from the reference are the float32 summation order of the mean of
 squares and the exp/rsqrt of the device: a rare code flips by one at a rounding boundary.
@@ -23,12 +21,13 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from atom_ao.ops.gemm_tiles import m_bucket
+from atom_ao.ops.producers import KIND, PLAIN, RMSNORM, SILU_MUL, _produce_value
 from atom_ao.ops.quantize_activation import (
     _INTERPRET, _SMALL_M, _abs_bits, _mul_rn, _round_clamp, _safe_inverse, check_quantize_args, empty_outputs,
+    launch_streaming,
 )
 
-RMSNORM, SILU_MUL, PLAIN = 0, 1, 2  # PLAIN: no producer (quantize_activation)
-_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+__all__ = ["PLAIN", "RMSNORM", "SILU_MUL", "check_args", "fused_quantize_triton"]
 
 
 def _configs(small: bool):
@@ -36,20 +35,6 @@ def _configs(small: bool):
         return [triton.Config({"BLOCK_M": 4, "GPB": 2}, num_warps=4, num_stages=1)]
     shapes = [(1, 1, 1), (1, 2, 2), (2, 1, 2), (4, 1, 4)] if small else [(4, 1, 4), (8, 1, 4), (8, 2, 8), (16, 1, 8)]
     return [triton.Config({"BLOCK_M": bm, "GPB": gpb}, num_warps=w, num_stages=1) for bm, gpb, w in shapes]
-
-
-@triton.jit
-def _round_to(v, KIND: tl.constexpr):
-    # a float32 value rounded to the dtype PyTorch stores it in (0 fp32, 1 fp16, 2 bf16)
-    if KIND == 1:
-        return v.to(tl.float16).to(tl.float32)
-    elif KIND == 2:
-        # round half to even on the bits: the interpreter's bf16 cast truncates (NaN kept as is)
-        bits = v.to(tl.int32, bitcast=True)
-        r = (bits + (0x7FFF + ((bits >> 16) & 1))) & -65536
-        return tl.where(v != v, v, r.to(tl.float32, bitcast=True))
-    else:
-        return v
 
 
 @triton.jit
@@ -61,19 +46,13 @@ def _produce(a_ptr, b_ptr, w_ptr, rows, ok_rows, cols, ok_cols, rstd, stride_am,
     c64 = cols.to(tl.int64)
     ok = ok_rows[:, None, None] & ok_cols
     a = tl.load(a_ptr + r64 * stride_am + c64 * stride_ak, mask=ok, other=0.0).to(tl.float32)
-    if MODE == 2:  # no producer: quantize_activation itself
-        return a
-    if MODE == 0:  # RMSNorm: x * rstd (* weight), in the order the model wrote it
+    w = 0.0
+    b = a
+    if MODE == 0:
         w = tl.load(w_ptr + c64, mask=ok_cols, other=0.0).to(tl.float32)
-        h = a * rstd[:, None, None]
-        if CAST_FIRST:  # transformers: weight * h.to(x.dtype)
-            h = _round_to(h, X_KIND)
-        v = _round_to(h * w, OUT_KIND)
-    else:  # SiLU(gate) * up: silu materialised in the input dtype, then the product
+    if MODE == 1:
         b = tl.load(b_ptr + r64 * stride_bm + c64 * stride_bk, mask=ok, other=0.0).to(tl.float32)
-        s = _round_to(tl.math.div_rn(a, 1.0 + tl.exp(-a)), X_KIND)
-        v = _round_to(s * b, OUT_KIND)
-    return tl.where(ok_cols, v, 0.0)
+    return tl.where(ok_cols, _produce_value(a, b, w, rstd[:, None, None], MODE, X_KIND, OUT_KIND, CAST_FIRST), 0.0)
 
 
 @triton.jit
@@ -85,20 +64,12 @@ def _row_chunk(a_ptr, rows, ok_rows, k0, K, stride_am, stride_ak, BLOCK_K: tl.co
 
 
 @triton.jit
-def _row_rstd(a_ptr, rows, ok_rows, K, stride_am, stride_ak, eps, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-              KP: tl.constexpr = 0):
-    # 1 / sqrt(mean(x^2) + eps) per row, float32, IEEE sqrt and division (as torch on CPU).
-    # KP > 0 (K rounded up to BLOCK_K's multiple): the chunks unrolled, so every load of the row
-    # can be in flight at once (a run-time loop waits for each chunk); same sums either way
+def _row_rstd(a_ptr, rows, ok_rows, K, stride_am, stride_ak, eps, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    # 1 / sqrt(mean(x^2) + eps) per row, float32, IEEE sqrt and division (as torch on CPU)
     acc = tl.zeros((BLOCK_M, BLOCK_K), tl.float32)
-    if KP > 0:
-        for k0 in tl.static_range(0, KP, BLOCK_K):
-            v = _row_chunk(a_ptr, rows, ok_rows, k0, K, stride_am, stride_ak, BLOCK_K).to(tl.float32)
-            acc += v * v
-    else:
-        for k0 in range(0, K, BLOCK_K):
-            v = _row_chunk(a_ptr, rows, ok_rows, k0, K, stride_am, stride_ak, BLOCK_K).to(tl.float32)
-            acc += v * v
+    for k0 in range(0, K, BLOCK_K):
+        v = _row_chunk(a_ptr, rows, ok_rows, k0, K, stride_am, stride_ak, BLOCK_K).to(tl.float32)
+        acc += v * v
     mean = tl.math.div_rn(tl.sum(acc, axis=1), K.to(tl.float32))
     return tl.math.div_rn(tl.full((BLOCK_M,), 1.0, tl.float32), tl.math.sqrt_rn(mean + eps))
 
@@ -111,23 +82,6 @@ def _row_rstd_kernel(a_ptr, rstd_ptr, M, K, stride_am, stride_ak, eps, BLOCK_M: 
     ok_rows = rows < M
     tl.store(rstd_ptr + rows, _row_rstd(a_ptr, rows, ok_rows, K, stride_am, stride_ak, eps, BLOCK_M, BLOCK_K),
              mask=ok_rows)
-
-
-@triton.jit
-def _touch_rows(a_ptr, rows, ok_rows, K, stride_am, stride_ak, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-                KP: tl.constexpr, PTX: tl.constexpr):
-    """Read rows of a contiguously (every chunk in flight at once) and return an int 0 that
-    depends on all of it (inline asm: the compiler cannot see it is 0); the interpreter: 0."""
-    acc = tl.zeros((BLOCK_M, BLOCK_K), tl.int32)
-    for k0 in tl.static_range(0, KP, BLOCK_K):
-        v = _row_chunk(a_ptr, rows, ok_rows, k0, K, stride_am, stride_ak, BLOCK_K)
-        acc = tl.maximum(acc, v.to(tl.float32).to(tl.int32, bitcast=True))
-    red = tl.max(acc, axis=1)
-    if PTX:
-        red = tl.inline_asm_elementwise("and.b32 $0, $1, 0;", "=r,r", [red], dtype=tl.int32, is_pure=True, pack=1)
-    else:
-        red = red * 0
-    return tl.sum(red, axis=0)
 
 
 @triton.jit
@@ -204,8 +158,6 @@ def _fused_quantize_kernel(
     MODE: tl.constexpr, X_KIND: tl.constexpr, OUT_KIND: tl.constexpr, CAST_FIRST: tl.constexpr,
     HALF: tl.constexpr, HALF_P: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr,
     HAS_OUT: tl.constexpr, PTX: tl.constexpr, RSTD_IN: tl.constexpr, BLOCK_M: tl.constexpr, GPB: tl.constexpr,
-    ROWS: tl.constexpr,  # one program per row block (a loop over the columns), see below
-    KP: tl.constexpr,  # K rounded up to a multiple of BLOCK_K: the row passes unrolled (0: a loop)
     ASYM: tl.constexpr,  # asymmetric INT4 groups (scale and zero point, atom_ao.format)
 ):
     # Inductor types Python float arguments fp64 (eager Triton: fp32): keep the math in fp32
@@ -214,67 +166,31 @@ def _fused_quantize_kernel(
     pid = tl.program_id(0)
     n_gb = tl.cdiv(G, GPB)
     n_cols = n_gb + HAS_OUT
-    if ROWS:
-        # one program per row block, all columns: the rows are read once, contiguously and all
-        # at once (RMSNorm's statistic, or a touch for the others), then gathered from L1 / L2
-        rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-        ok_rows = rows < M
-        if MODE == 0:
-            rstd = _row_rstd(a_ptr, rows, ok_rows, K, stride_am, stride_ak, eps, BLOCK_M, BLOCK_K, KP)
-        else:
-            rstd = tl.zeros((BLOCK_M,), tl.float32)
-            # the gathers' addresses depend on the touch: it cannot be dropped, nor overtaken
-            dep = _touch_rows(a_ptr, rows, ok_rows, K, stride_am, stride_ak, BLOCK_M, BLOCK_K, KP, PTX)
-            if MODE == 1:
-                dep += _touch_rows(b_ptr, rows, ok_rows, K, stride_bm, stride_bk, BLOCK_M, BLOCK_K, KP, PTX)
-            a_ptr += dep
-        for c in range(0, n_cols):
-            _quantize_column(a_ptr, b_ptr, w_ptr, perm_ptr, q_ptr, s_ptr, qo_ptr, so_ptr, c, n_gb, rows, ok_rows,
-                             rstd, K_NORMAL, G, N_OUT, stride_am, stride_ak, stride_bm, stride_bk, stride_qm,
-                             stride_sm, stride_qom, clip_ratio, MODE, X_KIND, OUT_KIND, CAST_FIRST, HALF, HALF_P,
-                             BLOCK_O, HAS_OUT, PTX, GPB, ASYM)
+    pid_m = pid // n_cols
+    pid_c = pid % n_cols
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    ok_rows = rows < M
+    if MODE == 0 and RSTD_IN:
+        rstd = tl.load(rstd_ptr + rows, mask=ok_rows, other=1.0)
+    elif MODE == 0:
+        rstd = _row_rstd(a_ptr, rows, ok_rows, K, stride_am, stride_ak, eps, BLOCK_M, BLOCK_K)
     else:
-        pid_m = pid // n_cols
-        pid_c = pid % n_cols
-        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        ok_rows = rows < M
-        if MODE == 0 and RSTD_IN:
-            rstd = tl.load(rstd_ptr + rows, mask=ok_rows, other=1.0)
-        elif MODE == 0:
-            rstd = _row_rstd(a_ptr, rows, ok_rows, K, stride_am, stride_ak, eps, BLOCK_M, BLOCK_K, KP)
-        else:
-            rstd = tl.zeros((BLOCK_M,), tl.float32)
-        _quantize_column(a_ptr, b_ptr, w_ptr, perm_ptr, q_ptr, s_ptr, qo_ptr, so_ptr, pid_c, n_gb, rows, ok_rows,
-                         rstd, K_NORMAL, G, N_OUT, stride_am, stride_ak, stride_bm, stride_bk, stride_qm,
-                         stride_sm, stride_qom, clip_ratio, MODE, X_KIND, OUT_KIND, CAST_FIRST, HALF, HALF_P,
-                         BLOCK_O, HAS_OUT, PTX, GPB, ASYM)
+        rstd = tl.zeros((BLOCK_M,), tl.float32)
+    _quantize_column(a_ptr, b_ptr, w_ptr, perm_ptr, q_ptr, s_ptr, qo_ptr, so_ptr, pid_c, n_gb, rows, ok_rows,
+                     rstd, K_NORMAL, G, N_OUT, stride_am, stride_ak, stride_bm, stride_bk, stride_qm,
+                     stride_sm, stride_qom, clip_ratio, MODE, X_KIND, OUT_KIND, CAST_FIRST, HALF, HALF_P,
+                     BLOCK_O, HAS_OUT, PTX, GPB, ASYM)
 
 
 _TUNE_KEY = ["M_BUCKET", "K", "N_OUT", "HALF", "MODE", "RSTD_IN", "ASYM"]
 # Above this many rows RMSNorm's statistic is a kernel of its own (one contiguous pass, rstd
-# written as M floats) instead of each of the fused kernel's G / GPB + 1 column programs of a row
-# block summing the whole row again: at 4096 channels that is ~33 reads of every row (from L2).
-# Decode sizes keep the single launch (latency: a second launch costs more than the re-reads).
+# written as M floats), and the quantizer the streaming kernel; decode sizes keep the single
+# launch of the tile kernel (latency: a second launch costs more than the re-reads from L2)
 RSTD_SPLIT_M = _SMALL_M
 _RSTD_BLOCK_M = 1 if _INTERPRET else 2
 _tuned_small = triton.autotune(configs=_configs(small=True), key=_TUNE_KEY)(_fused_quantize_kernel)
 _tuned_large = triton.autotune(configs=_configs(small=False), key=_TUNE_KEY)(_fused_quantize_kernel)
-
-# One program per row block (ROWS): off by default until timed against the column programs
-# (benchmarks/explore_quantize.py times both); ``row_programs=`` of the launchers overrides it.
-ROW_PROGRAMS = False
-_ROWS_BLOCK_K = 1024  # the contiguous pass reads the rows in chunks this wide, all unrolled
-
-
-def _rows_configs():
-    if _INTERPRET:
-        return [triton.Config({"BLOCK_M": 4, "GPB": 2}, num_warps=4, num_stages=1)]
-    return [triton.Config({"BLOCK_M": bm, "GPB": gpb}, num_warps=w, num_stages=1)
-            # (2, 2, 4) and (4, 2, 8) need 128-255 registers at K = 11008 (sm_90a, offline)
-            for bm, gpb, w in [(1, 2, 4), (1, 4, 8), (2, 4, 8)]]
-
-
-_tuned_rows = triton.autotune(configs=_rows_configs(), key=_TUNE_KEY)(_fused_quantize_kernel)
+KERNELS = ("stream", "tile")
 
 
 def _grid(m: int, groups: int, has_out: bool):
@@ -287,17 +203,45 @@ def _grid(m: int, groups: int, has_out: bool):
 def check_args(what: str, x: torch.Tensor, perm: torch.Tensor, n_outliers: int, group_size: int) -> None:
     """Clear errors for shapes the quantizer cannot take (shared by both fused ops)."""
     check_quantize_args(what, x, perm, n_outliers, group_size, input_name="input")
-    if x.dtype not in _KIND:
+    if x.dtype not in KIND:
         raise TypeError(f"{what}: input must be fp16/bf16/fp32, got {x.dtype}")
+
+
+def default_kernel(mode: int, a, b, asymmetric: bool) -> str:
+    """The kernel a fused quantizer takes by default (module docstring)."""
+    if asymmetric or (mode == RMSNORM and a.shape[0] <= RSTD_SPLIT_M):
+        return "tile"
+    if mode == SILU_MUL and b.stride(1) != a.stride(1):  # the streaming gathers share column offsets
+        return "tile"
+    return "stream"
+
+
+def _row_rstd_triton(a: torch.Tensor, eps: float, block_k: int) -> torch.Tensor:
+    m, k = a.shape
+    rstd = torch.empty((m,), dtype=torch.float32, device=a.device)
+    wrap_triton(_row_rstd_kernel)[(triton.cdiv(m, _RSTD_BLOCK_M),)](
+        a, rstd, m, k, a.stride(0), a.stride(1), float(eps), BLOCK_M=_RSTD_BLOCK_M, BLOCK_K=block_k,
+        num_warps=1 if _INTERPRET else 8)
+    return rstd
 
 
 def fused_quantize_triton(mode: int, a, b, w, perm, eps: float, n_outliers: int, group_size: int,
                           clip_ratio: float, cast_first: bool, out_dtype: torch.dtype,
-                          row_programs: bool | None = None, asymmetric: bool = False):
-    """Launch the fused kernel: ``a`` = x (RMSNorm, ``w`` its weight), gate (SiLU, ``b`` = up) or
-    the activation itself (PLAIN). ``row_programs``: one program per row block (default
-    ``ROW_PROGRAMS``) instead of one per (row block, column)."""
+                          kernel: str | None = None, asymmetric: bool = False):
+    """Run a fused quantizer: ``a`` = x (RMSNorm, ``w`` its weight), gate (SiLU, ``b`` = up) or
+    the activation itself (PLAIN). ``kernel``: "stream" or "tile" (module docstring; default
+    ``default_kernel``); the streaming kernel takes no asymmetric activations."""
+    kernel = default_kernel(mode, a, b, asymmetric) if kernel is None else kernel
+    if kernel not in KERNELS:
+        raise ValueError(f"fused quantizer: kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel == "stream" and asymmetric:
+        raise ValueError("fused quantizer: the streaming kernel has no asymmetric activations (kernel='tile')")
     m, k = a.shape
+    block_k = min(1024, triton.next_power_of_2(k))
+    rstd_in = mode == RMSNORM and (m > RSTD_SPLIT_M or kernel == "stream")
+    rstd = _row_rstd_triton(a, eps, block_k) if rstd_in and m > 0 else None
+    if kernel == "stream":
+        return launch_streaming(mode, a, b, w, rstd, perm, n_outliers, group_size, clip_ratio, cast_first, out_dtype)
     q, s, qo, so = empty_outputs(a, n_outliers, group_size, asymmetric)
     if m == 0:
         return q, s, qo, so
@@ -305,33 +249,18 @@ def fused_quantize_triton(mode: int, a, b, w, perm, eps: float, n_outliers: int,
     half = group_size // 2
     b = a if b is None else b
     w = a if w is None else w
-    rows = ROW_PROGRAMS if row_programs is None else row_programs
-    kernel = _tuned_rows if rows else _tuned_small if m <= _SMALL_M else _tuned_large
-    block_k = min(_ROWS_BLOCK_K if rows else 1024, triton.next_power_of_2(k))
-    rstd_in = mode == RMSNORM and m > RSTD_SPLIT_M and not rows
-    rstd = torch.empty((m if rstd_in else 1,), dtype=torch.float32, device=a.device)
-    if rstd_in:
-        wrap_triton(_row_rstd_kernel)[(triton.cdiv(m, _RSTD_BLOCK_M),)](
-            a, rstd, m, k, a.stride(0), a.stride(1), float(eps), BLOCK_M=_RSTD_BLOCK_M, BLOCK_K=block_k,
-            num_warps=1 if _INTERPRET else 8)
-    grid = (lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),)) if rows else _grid(m, groups, n_outliers > 0)
-    wrap_triton(kernel)[grid](
-        a, b, w, perm.to(device=a.device, dtype=torch.int32).contiguous(), q, s, qo, so, rstd,
+    wrap_triton(_tuned_small if m <= _SMALL_M else _tuned_large)[_grid(m, groups, n_outliers > 0)](
+        a, b, w, perm.to(device=a.device, dtype=torch.int32).contiguous(), q, s, qo, so, s if rstd is None else rstd,
         m, k, k - n_outliers, groups, n_outliers, m_bucket(m, 4096),
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), q.stride(0), s.stride(0), max(qo.stride(0), 1),
         float(eps), float(clip_ratio),
-        MODE=mode, X_KIND=_KIND[a.dtype], OUT_KIND=_KIND[out_dtype], CAST_FIRST=bool(cast_first),
+        MODE=mode, X_KIND=KIND[a.dtype], OUT_KIND=KIND[out_dtype], CAST_FIRST=bool(cast_first),
         HALF=half, HALF_P=triton.next_power_of_2(half),
         BLOCK_O=max(16, triton.next_power_of_2(max(n_outliers, 1))),
         BLOCK_K=block_k,
         HAS_OUT=n_outliers > 0,
         PTX=a.is_cuda and torch.version.hip is None and not _INTERPRET,
         RSTD_IN=rstd_in,
-        ROWS=rows,
         ASYM=bool(asymmetric),
-        # the row programs' passes unrolled. Not for the column programs' RMSNorm statistic at
-        # decode sizes (4-14 round trips of a run-time loop at K = 4096-14336): with 1 warp a row
-        # every load in flight at once takes 155-255 registers and spills (sm_90a, offline)
-        KP=triton.cdiv(k, block_k) * block_k if rows else 0,
     )
     return q, s, qo, so

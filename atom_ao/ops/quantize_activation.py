@@ -11,9 +11,10 @@ current one (a register double buffer). Each half-group is a (J, BLOCK_M, GPB, L
 consecutive addresses; reductions stay inside warps. It writes the packed bytes (byte j of a
 group: element j | element j + group_size / 2 << 4, the ``pack_int4`` layout) and the scales.
 Decode (M <= 32) uses its own autotuned configs: one row block per program, many programs.
-For more rows, configs may also prefetch (``PF``) the cache lines of the rows a few blocks
-ahead into L2 or L1: the register double buffer alone holds only 8-16 KB of gathers in flight
-per SM, and prefetches hold no registers. Which helps is the autotuner's call (not yet timed).
+
+The same kernel runs the fused quantizers' producers (``MODE``, ``atom_ao.ops.producers``):
+RMSNorm (its row statistics from a small kernel first, its weight loaded once per program) and
+SiLU(gate) * up (both gathered); see ``atom_ao.ops.fused_quantize`` for when.
 
 It agrees with ``quantize_activation_ref`` bit for bit:
 
@@ -41,12 +42,12 @@ from torch.library import triton_op, wrap_triton
 
 from atom_ao.format import k_normal_padded, quantize_activation_ref
 from atom_ao.ops.gemm_tiles import m_bucket
+from atom_ao.ops.producers import KIND, PLAIN, SILU_MUL, _produce_value
 
 _ROUND_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23: adding it rounds |t| <= 2**22 to an integer, half to even
 
 
 _SMALL_M = 32  # up to this many rows: the decode configs
-INTERPRET_PF = 3  # the interpreter's prefetch mode (see _prefetch_rows): the addresses checked
 # read when the kernel is decorated, like Triton itself does
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Triton 3.6 breaks ties in the memory-access order by the lowest dimension, 3.9 by the
@@ -61,22 +62,17 @@ def _configs(small: bool):
     warp. No ``prune_configs_by``: torch's ``wrap_triton`` rebuilds a pruned autotuner on every
     eager call (forgetting what it tuned), so the launcher picks one of two autotuners by M."""
     if _INTERPRET:  # the CPU interpreter: few, large programs
-        return [triton.Config({"BLOCK_M": 4, "GPB": 2, "LANES": 16, "PROGS": 8, "PF": INTERPRET_PF, "PF_DIST": 2},
-                              num_warps=4, num_stages=1)]
+        return [triton.Config({"BLOCK_M": 4, "GPB": 2, "LANES": 16, "PROGS": 8}, num_warps=4, num_stages=1)]
     if small:  # decode / small batches: latency-bound, one row block per program
         shapes = [(1, 1, 32, 1), (2, 1, 16, 1), (4, 1, 8, 1), (2, 2, 8, 1), (4, 2, 8, 2), (8, 1, 8, 2)]
-        return [triton.Config({"BLOCK_M": bm, "GPB": gpb, "LANES": lanes, "PROGS": 4096, "PF": 0, "PF_DIST": 1},
-                              num_warps=w, num_stages=1) for bm, gpb, lanes, w in shapes]
-    # prefill: memory-bound; loop over row blocks, the next one's loads in flight, and (PF) the
-    # cache lines of the rows PF_DIST blocks ahead requested without holding registers (bytes in
-    # flight per SM were bounded by the register double buffer: 8-16 KB)
+        return [triton.Config({"BLOCK_M": bm, "GPB": gpb, "LANES": lanes, "PROGS": 4096}, num_warps=w, num_stages=1)
+                for bm, gpb, lanes, w in shapes]
+    # prefill: memory-bound; loop over row blocks with the next one's loads in flight. (Prefetching
+    # rows further ahead with prefetch.global into L1 or L2 was slower in every case timed on the
+    # H200, session 10: benchmarks/results/h200/explore_quantize_session10.log)
     shapes = [(4, 1, 32, 4), (8, 1, 32, 8), (8, 1, 16, 4), (16, 1, 16, 8), (8, 2, 16, 8), (16, 1, 8, 4)]
-    return [
-        triton.Config({"BLOCK_M": bm, "GPB": gpb, "LANES": lanes, "PROGS": pr, "PF": pf, "PF_DIST": max(1, 32 // bm)},
-                      num_warps=w, num_stages=1)
-        for bm, gpb, lanes, w in shapes for pr in (1024, 4096) for pf in (0, 2)
-    ] + [triton.Config({"BLOCK_M": bm, "GPB": 1, "LANES": 32, "PROGS": 1024, "PF": 1, "PF_DIST": max(1, 32 // bm)},
-                       num_warps=w, num_stages=1) for bm, w in ((4, 4), (8, 8))]
+    return [triton.Config({"BLOCK_M": bm, "GPB": gpb, "LANES": lanes, "PROGS": pr}, num_warps=w, num_stages=1)
+            for bm, gpb, lanes, w in shapes for pr in (1024, 4096)]
 
 
 @triton.jit
@@ -120,40 +116,37 @@ def _abs_bits(v):
 
 
 @triton.jit
-def _gather(x_ptr, rows, ok_rows, stride_xm, cols, ok_cols, COL_MASK: tl.constexpr):
+def _gather(x_ptr, rows, ok_rows, stride_xm, cols):
     """x[rows, cols] as float32 over a (D0, BLOCK_M, C, D3) tile (``_tile_index``): rows
-    (BLOCK_M,), cols / ok_cols (D0, 1, C, D3) column offsets (already times stride_xk; valid even where not
-    ok). Masked-off rows are left undefined (their results are never stored); masked-off
-    columns (padding) read 0, and only when COL_MASK (per-element masks cost instructions)."""
+    (BLOCK_M,), cols (D0, 1, C, D3) column offsets (already times the column stride; valid even
+    where the channel is padding). Masked-off rows are left undefined (their results are never
+    stored); padding columns are zeroed after the producer (``_produced``)."""
     row_ptr = x_ptr + rows.to(tl.int64) * stride_xm
-    v = tl.load(row_ptr[None, :, None, None] + cols, mask=ok_rows[None, :, None, None])
-    v = v.to(tl.float32)
-    if COL_MASK:
-        v = tl.where(ok_cols, v, 0.0)
-    return v
+    return tl.load(row_ptr[None, :, None, None] + cols, mask=ok_rows[None, :, None, None]).to(tl.float32)
 
 
 @triton.jit
-def _prefetch_rows(x_ptr, rows, last_row, stride_xm, lines, last_col, PF: tl.constexpr):
-    """Ask for x[rows, lines] ahead of the gathers: rows (BLOCK_M,) clamped to last_row, lines
-    (NL,) element offsets one cache line apart inside the program's channel span. PF 1: into L1,
-    2: into L2 (``prefetch.global``: no register holds the bytes, so any number can be in flight),
-    3 (the interpreter, tests): no prefetch; returns how many of the indices fall outside x
-    (rows past last_row or below 0, columns outside [0, last_col]), which the caller turns into
-    NaN scales (``device_assert`` does not fire in the interpreter). Else returns 0."""
-    r = tl.minimum(rows, last_row)
-    if PF == 3:
-        bad = ((r < 0) | (r > last_row)).to(tl.int32)[:, None] + ((lines < 0) | (lines > last_col)).to(tl.int32)[None, :]
-        return tl.sum(tl.sum(bad, axis=1), axis=0)
-    else:
-        ptrs = x_ptr + r.to(tl.int64)[:, None] * stride_xm + lines[None, :]
-        if PF == 1:
-            tl.inline_asm_elementwise("prefetch.global.L1 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs],
-                                      dtype=tl.int32, is_pure=False, pack=1)
-        else:
-            tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs],
-                                      dtype=tl.int32, is_pure=False, pack=1)
-        return 0
+def _gather_inputs(a_ptr, b_ptr, rstd_ptr, rows, ok_rows, stride_am, stride_bm, cols, MODE: tl.constexpr):
+    # the producer's inputs of a row block: a (x or gate), b (up: SiLU only), rstd (RMSNorm only)
+    a = _gather(a_ptr, rows, ok_rows, stride_am, cols)
+    b = a
+    rstd = tl.zeros(rows.shape, tl.float32)
+    if MODE == 1:
+        b = _gather(b_ptr, rows, ok_rows, stride_bm, cols)
+    if MODE == 0:
+        rstd = tl.load(rstd_ptr + rows, mask=ok_rows, other=1.0)
+    return a, b, rstd
+
+
+@triton.jit
+def _produced(a, b, w, rstd, ok_cols, MODE: tl.constexpr, X_KIND: tl.constexpr, OUT_KIND: tl.constexpr,
+              CAST_FIRST: tl.constexpr, COL_MASK: tl.constexpr):
+    # the values to quantize (atom_ao.ops.producers); padding channels 0, as the reference pads
+    # (per-element masks cost instructions: only when some tile has padding, COL_MASK)
+    v = _produce_value(a, b, w, rstd[None, :, None, None], MODE, X_KIND, OUT_KIND, CAST_FIRST)
+    if COL_MASK:
+        v = tl.where(ok_cols, v, 0.0)
+    return v
 
 
 @triton.jit
@@ -179,14 +172,15 @@ def _tile_index(LANES: tl.constexpr, J: tl.constexpr, C: tl.constexpr, LANES_FIR
 
 
 @triton.jit
-def _int4_groups(x_ptr, perm_ptr, q_ptr, s_ptr, pid_c, rb_start, rb_end, M, K_NORMAL, G, N_OUT,
-                 stride_xm, stride_xk, stride_qm, stride_sm, unit, clip_ratio,
+def _int4_groups(a_ptr, b_ptr, w_ptr, rstd_ptr, perm_ptr, q_ptr, s_ptr, pid_c, rb_start, rb_end, M, K_NORMAL, G,
+                 stride_am, stride_ak, stride_bm, stride_qm, stride_sm, unit, clip_ratio,
+                 MODE: tl.constexpr, X_KIND: tl.constexpr, OUT_KIND: tl.constexpr, CAST_FIRST: tl.constexpr,
                  HALF: tl.constexpr, HALF_P: tl.constexpr, GPB: tl.constexpr, BLOCK_M: tl.constexpr,
                  LANES: tl.constexpr, PTX: tl.constexpr, IDX64: tl.constexpr, COL_MASK: tl.constexpr,
-                 LANES_FIRST: tl.constexpr, PF: tl.constexpr, PF_DIST: tl.constexpr, NL: tl.constexpr,
-                 LINE_EL: tl.constexpr):
+                 LANES_FIRST: tl.constexpr):
     # groups g of this program: each half-group is a tile of HALF_P // LANES x LANES channels
-    # (see _tile_index) by BLOCK_M rows by GPB groups; perm is loaded once, for all row blocks
+    # (see _tile_index) by BLOCK_M rows by GPB groups; perm (and RMSNorm's weight) is loaded
+    # once, for all row blocks
     j, gi = _tile_index(LANES, HALF_P // LANES, GPB, LANES_FIRST)
     g = pid_c * GPB + gi
     pos_lo = g * (2 * HALF) + j  # positions after perm
@@ -195,11 +189,16 @@ def _int4_groups(x_ptr, perm_ptr, q_ptr, s_ptr, pid_c, rb_start, rb_end, M, K_NO
     m_hi = (pos_lo + HALF < K_NORMAL) & ok_j
     c_lo = tl.load(perm_ptr + pos_lo, mask=m_lo, other=0)
     c_hi = tl.load(perm_ptr + pos_lo + HALF, mask=m_hi, other=0)
+    w_lo = 0.0
+    w_hi = 0.0
+    if MODE == 0:
+        w_lo = tl.load(w_ptr + c_lo, mask=m_lo, other=0.0).to(tl.float32)
+        w_hi = tl.load(w_ptr + c_hi, mask=m_hi, other=0.0).to(tl.float32)
     if IDX64:
         c_lo = c_lo.to(tl.int64)
         c_hi = c_hi.to(tl.int64)
-    c_lo = c_lo * stride_xk
-    c_hi = c_hi * stride_xk
+    c_lo = c_lo * stride_ak
+    c_hi = c_hi * stride_ak
     ok_gj = (g < G) & ok_j
     # ``unit`` is 1 at run time; Triton cannot see it, so the byte store does not look
     # contiguous and does not widen the gather's per-thread vector (it would spread the lanes)
@@ -208,39 +207,22 @@ def _int4_groups(x_ptr, perm_ptr, q_ptr, s_ptr, pid_c, rb_start, rb_end, M, K_NO
 
     # software pipeline over row blocks: the next block's gathers are issued before this one's math
     row_end = tl.minimum(rb_end * BLOCK_M, M)  # rows of this program: [rb_start * BLOCK_M, row_end)
-    if PF > 0:
-        # the cache lines of this program's channels, from its lowest channel to its highest: with
-        # the permutations quantize_ builds (normal channels in order) ~2 lines per group and row
-        big = 2**31 - 1
-        cmin = tl.minimum(tl.min(tl.where(m_lo, c_lo, big)), tl.min(tl.where(m_hi, c_hi, big)))
-        cmax = tl.maximum(tl.max(tl.where(m_lo, c_lo, -1)), tl.max(tl.where(m_hi, c_hi, -1)))
-        cmin = tl.where(cmax < 0, 0, cmin)  # no channel at all: stay at 0
-        cmax = tl.maximum(cmax, cmin)
-        lines = tl.minimum(cmin + tl.arange(0, NL) * LINE_EL, cmax)
-        last_col = (K_NORMAL + N_OUT - 1) * stride_xk
-        pf_bad = 0
-        for pb in range(rb_start, tl.minimum(rb_start + PF_DIST, rb_end)):  # the first PF_DIST blocks
-            pf_bad += _prefetch_rows(x_ptr, pb * BLOCK_M + offs_m, row_end - 1, stride_xm, lines, last_col, PF)
     rows = rb_start * BLOCK_M + offs_m
-    xl = _gather(x_ptr, rows, rows < row_end, stride_xm, c_lo, m_lo, COL_MASK)
-    xh = _gather(x_ptr, rows, rows < row_end, stride_xm, c_hi, m_hi, COL_MASK)
+    al, bl, rstd = _gather_inputs(a_ptr, b_ptr, rstd_ptr, rows, rows < row_end, stride_am, stride_bm, c_lo, MODE)
+    ah, bh, rstd = _gather_inputs(a_ptr, b_ptr, rstd_ptr, rows, rows < row_end, stride_am, stride_bm, c_hi, MODE)
     for rb in range(rb_start, rb_end):
         rows = rb * BLOCK_M + offs_m
         ok_m = rows < M
         nxt = rows + BLOCK_M
-        nxl = _gather(x_ptr, nxt, nxt < row_end, stride_xm, c_lo, m_lo, COL_MASK)
-        nxh = _gather(x_ptr, nxt, nxt < row_end, stride_xm, c_hi, m_hi, COL_MASK)
-        if PF > 0:
-            if rb + PF_DIST < rb_end:
-                pf_bad += _prefetch_rows(x_ptr, (rb + PF_DIST) * BLOCK_M + offs_m, row_end - 1, stride_xm, lines,
-                                         last_col, PF)
+        nal, nbl, nrstd = _gather_inputs(a_ptr, b_ptr, rstd_ptr, nxt, nxt < row_end, stride_am, stride_bm, c_lo, MODE)
+        nah, nbh, nrstd = _gather_inputs(a_ptr, b_ptr, rstd_ptr, nxt, nxt < row_end, stride_am, stride_bm, c_hi, MODE)
+        xl = _produced(al, bl, w_lo, rstd, m_lo, MODE, X_KIND, OUT_KIND, CAST_FIRST, COL_MASK)
+        xh = _produced(ah, bh, w_hi, rstd, m_hi, MODE, X_KIND, OUT_KIND, CAST_FIRST, COL_MASK)
 
         bits = tl.maximum(tl.max(_abs_bits(xl), axis=0), tl.max(_abs_bits(xh), axis=0))
         amax = tl.max(bits, axis=2).to(tl.float32, bitcast=True)  # (BLOCK_M, GPB), NaN if any NaN
         scale = tl.math.div_rn(amax * clip_ratio, 7.0)
         inv = _safe_inverse(scale)[None, :, :, None]
-        if PF == 3:  # a prefetch index outside x so far (tests): the scales say so
-            scale = tl.where(pf_bad > 0, float("nan"), scale)
         ql = _round_clamp(xl * inv, -8, 7, PTX)
         qh = _round_clamp(xh * inv, -8, 7, PTX)
         packed = ((ql & 0xF) | (qh << 4)).to(tl.uint8)  # the cast drops the bits above 8
@@ -252,13 +234,13 @@ def _int4_groups(x_ptr, perm_ptr, q_ptr, s_ptr, pid_c, rb_start, rb_end, M, K_NO
         # (BLOCK_M, GPB) store would get a layout of its own and a shared-memory round trip
         s_ptrs = tl.broadcast_to(s_ptr + (rows64 * stride_sm)[None, :, None, None] + g, xl.shape)
         tl.store(s_ptrs, scale[None, :, :, None] + tl.zeros_like(xl), mask=ok_m[None, :, None, None] & (g < G) & (j == 0))
-        xl = nxl
-        xh = nxh
+        al, bl, ah, bh, rstd = nal, nbl, nah, nbh, nrstd
 
 
 @triton.jit
-def _int8_outliers(x_ptr, perm_ptr, qo_ptr, so_ptr, rb_start, rb_end, M, K_NORMAL, N_OUT,
-                   stride_xm, stride_xk, stride_qom, unit,
+def _int8_outliers(a_ptr, b_ptr, w_ptr, rstd_ptr, perm_ptr, qo_ptr, so_ptr, rb_start, rb_end, M, K_NORMAL, N_OUT,
+                   stride_am, stride_ak, stride_bm, stride_qom, unit,
+                   MODE: tl.constexpr, X_KIND: tl.constexpr, OUT_KIND: tl.constexpr, CAST_FIRST: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_O: tl.constexpr, LANES: tl.constexpr,
                    PTX: tl.constexpr, IDX64: tl.constexpr, N_OUT_C: tl.constexpr, LANES_FIRST: tl.constexpr):
     # the INT8 outlier channels of these row blocks, all in one tile of BLOCK_O // LANES x LANES
@@ -266,19 +248,23 @@ def _int8_outliers(x_ptr, perm_ptr, qo_ptr, so_ptr, rb_start, rb_end, M, K_NORMA
     o, _ = _tile_index(LANES, BLOCK_O // LANES, 1, LANES_FIRST)
     ok_o = o < N_OUT
     c = tl.load(perm_ptr + K_NORMAL + o, mask=ok_o, other=0)
+    w = 0.0
+    if MODE == 0:
+        w = tl.load(w_ptr + c, mask=ok_o, other=0.0).to(tl.float32)
     if IDX64:
         c = c.to(tl.int64)
-    c = c * stride_xk
+    c = c * stride_ak
     o_cols = o * unit  # see _int4_groups
     offs_m = tl.arange(0, BLOCK_M)
     row_end = tl.minimum(rb_end * BLOCK_M, M)
     rows = rb_start * BLOCK_M + offs_m
-    v = _gather(x_ptr, rows, rows < row_end, stride_xm, c, ok_o, BLOCK_O != N_OUT_C)
+    a, b, rstd = _gather_inputs(a_ptr, b_ptr, rstd_ptr, rows, rows < row_end, stride_am, stride_bm, c, MODE)
     for rb in range(rb_start, rb_end):
         rows = rb * BLOCK_M + offs_m
         ok_m = rows < M
         nxt = rows + BLOCK_M
-        nv = _gather(x_ptr, nxt, nxt < row_end, stride_xm, c, ok_o, BLOCK_O != N_OUT_C)
+        na, nb, nrstd = _gather_inputs(a_ptr, b_ptr, rstd_ptr, nxt, nxt < row_end, stride_am, stride_bm, c, MODE)
+        v = _produced(a, b, w, rstd, ok_o, MODE, X_KIND, OUT_KIND, CAST_FIRST, BLOCK_O != N_OUT_C)
 
         bits = tl.max(tl.max(_abs_bits(v), axis=0), axis=2)  # (BLOCK_M, 1)
         scale = tl.math.div_rn(bits.to(tl.float32, bitcast=True), 127.0)
@@ -288,15 +274,19 @@ def _int8_outliers(x_ptr, perm_ptr, qo_ptr, so_ptr, rb_start, rb_end, M, K_NORMA
                  mask=ok_m[None, :, None, None] & ok_o)
         tl.store(tl.broadcast_to(so_ptr + rows64[None, :, None, None], v.shape), scale[None, :, :, None] + tl.zeros_like(v),
                  mask=ok_m[None, :, None, None] & (o == 0))
-        v = nv
+        a, b, rstd = na, nb, nrstd
 
 
 @triton.jit(do_not_specialize=["unit"])
 def _quantize_activation_kernel(
-    x_ptr, perm_ptr, q_ptr, s_ptr, qo_ptr, so_ptr,
+    a_ptr, b_ptr, w_ptr, rstd_ptr, perm_ptr, q_ptr, s_ptr, qo_ptr, so_ptr,
     M, K_NORMAL, G, N_OUT, M_BUCKET,
-    stride_xm, stride_xk, stride_qm, stride_sm, stride_qom, unit,
+    stride_am, stride_ak, stride_bm, stride_qm, stride_sm, stride_qom, unit,
     clip_ratio,
+    MODE: tl.constexpr,  # the producer in front (atom_ao.ops.producers): RMSNorm, SiLU * up, none
+    X_KIND: tl.constexpr,  # the inputs' dtype (producers.KIND)
+    OUT_KIND: tl.constexpr,  # the producer's output dtype
+    CAST_FIRST: tl.constexpr,  # RMSNorm rounds x * rstd to the input dtype before the weight
     HALF: tl.constexpr,  # group_size // 2
     HALF_P: tl.constexpr,  # HALF rounded up to a power of two
     BLOCK_O: tl.constexpr,  # outlier channels, rounded up to a power of two
@@ -310,13 +300,10 @@ def _quantize_activation_kernel(
     GPB: tl.constexpr,  # groups per program
     PROGS: tl.constexpr,  # launch about this many programs (used by the grid)
     LANES: tl.constexpr,  # lanes along consecutive channels of a half-group
-    PF: tl.constexpr,  # prefetch rows ahead of the gathers: 0 no, 1 into L1, 2 into L2 (3: checked, tests)
-    PF_DIST: tl.constexpr,  # that many row blocks ahead
-    NL: tl.constexpr,  # cache lines prefetched per row (a power of two >= a program's channel span)
-    LINE_EL: tl.constexpr,  # elements of x per 128-byte line
 ):
     # programs: (row split, column), columns inner so that programs running together share
-    # rows; a column is GPB groups, or (last, with outliers) the outlier channels
+    # rows; a column is GPB groups, or (last, with outliers) the outlier channels. a is x, or
+    # RMSNorm's input (w its weight, rstd_ptr its M row statistics), or SiLU's gate (b: up)
     pid = tl.program_id(0)
     n_gb = tl.cdiv(G, GPB)
     # Inductor types a Python float argument fp64 (eager Triton: fp32); fp64 would leak into
@@ -332,17 +319,17 @@ def _quantize_activation_kernel(
     rb_end = tl.minimum(rb_start + per, n_rb)
 
     if pid_c < n_gb:
-        _int4_groups(x_ptr, perm_ptr, q_ptr, s_ptr, pid_c, rb_start, rb_end, M, K_NORMAL, G, N_OUT,
-                     stride_xm, stride_xk, stride_qm, stride_sm, unit, clip_ratio,
-                     HALF, HALF_P, GPB, BLOCK_M, min(LANES, HALF_P), PTX, IDX64, COL_MASK, LANES_FIRST,
-                     PF, PF_DIST, NL, LINE_EL)
+        _int4_groups(a_ptr, b_ptr, w_ptr, rstd_ptr, perm_ptr, q_ptr, s_ptr, pid_c, rb_start, rb_end, M, K_NORMAL, G,
+                     stride_am, stride_ak, stride_bm, stride_qm, stride_sm, unit, clip_ratio,
+                     MODE, X_KIND, OUT_KIND, CAST_FIRST, HALF, HALF_P, GPB, BLOCK_M, min(LANES, HALF_P), PTX, IDX64,
+                     COL_MASK, LANES_FIRST)
     elif HAS_OUT:
-        _int8_outliers(x_ptr, perm_ptr, qo_ptr, so_ptr, rb_start, rb_end, M, K_NORMAL, N_OUT,
-                       stride_xm, stride_xk, stride_qom, unit, BLOCK_M, BLOCK_O, min(LANES, BLOCK_O), PTX, IDX64,
-                       N_OUT_C, LANES_FIRST)
+        _int8_outliers(a_ptr, b_ptr, w_ptr, rstd_ptr, perm_ptr, qo_ptr, so_ptr, rb_start, rb_end, M, K_NORMAL, N_OUT,
+                       stride_am, stride_ak, stride_bm, stride_qom, unit, MODE, X_KIND, OUT_KIND, CAST_FIRST,
+                       BLOCK_M, BLOCK_O, min(LANES, BLOCK_O), PTX, IDX64, N_OUT_C, LANES_FIRST)
 
 
-_TUNE_KEY = ["M_BUCKET", "K_NORMAL", "N_OUT", "HALF"]
+_TUNE_KEY = ["M_BUCKET", "K_NORMAL", "N_OUT", "HALF", "MODE"]
 _tuned_small = triton.autotune(configs=_configs(small=True), key=_TUNE_KEY)(_quantize_activation_kernel)
 _tuned_large = triton.autotune(configs=_configs(small=False), key=_TUNE_KEY)(_quantize_activation_kernel)
 
@@ -383,30 +370,40 @@ def empty_outputs(x: torch.Tensor, n_outliers: int, group_size: int, asymmetric:
 
 def quantize_activation_triton(
     x: torch.Tensor, perm: torch.Tensor, n_outliers: int, group_size: int, clip_ratio: float,
-    config: triton.Config | None = None, row_programs: bool | None = None, asymmetric: bool = False,
+    config: triton.Config | None = None, asymmetric: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the Triton kernel (CUDA, or CPU tensors under TRITON_INTERPRET=1).
 
     Same contract as ``quantize_activation_ref``; ``x`` may have any strides. ``config`` (one
     of ``configs_for(m)``) launches that config instead of the autotuner's pick (benchmarks).
-    ``row_programs`` (default ``fused_quantize.ROW_PROGRAMS``): run the fused quantizers' kernel
-    with no producer, one program per row block (fp16 / bf16 / fp32 inputs). ``asymmetric``
-    (scales and zero points, ``atom_ao.format``) always takes the fused quantizers' kernel."""
+    ``asymmetric`` (scales and zero points, ``atom_ao.format``) takes the fused quantizers'
+    kernel (``atom_ao.ops.fused_quantize``)."""
     check_quantize_args("quantize_activation", x, perm, n_outliers, group_size)
-    from atom_ao.ops import fused_quantize as fq  # it imports this module's building blocks
-    rows = fq.ROW_PROGRAMS if row_programs is None else row_programs
-    if asymmetric and (config is not None or x.dtype not in fq._KIND):
-        raise ValueError(f"quantize_activation: asymmetric activations need fp16/bf16/fp32 input and no config=, "
-                         f"got {x.dtype}")
-    if asymmetric or (rows and config is None and x.dtype in fq._KIND):
-        return fq.fused_quantize_triton(fq.PLAIN, x, None, None, perm, 0.0, n_outliers, group_size, clip_ratio,
-                                        False, x.dtype, row_programs=rows, asymmetric=asymmetric)
-    m, k = x.shape
-    q, s, qo, so = empty_outputs(x, n_outliers, group_size)
+    if asymmetric:
+        from atom_ao.ops import fused_quantize as fq  # it imports this module's building blocks
+        if config is not None or x.dtype not in KIND:
+            raise ValueError(f"quantize_activation: asymmetric activations need fp16/bf16/fp32 input and no "
+                             f"config=, got {x.dtype}")
+        return fq.fused_quantize_triton(PLAIN, x, None, None, perm, 0.0, n_outliers, group_size, clip_ratio,
+                                        False, x.dtype, asymmetric=True)
+    return launch_streaming(PLAIN, x, None, None, None, perm, n_outliers, group_size, clip_ratio, False, x.dtype,
+                            config)
+
+
+def launch_streaming(mode: int, a, b, w, rstd, perm, n_outliers: int, group_size: int, clip_ratio: float,
+                     cast_first: bool, out_dtype: torch.dtype, config: triton.Config | None = None):
+    """This module's kernel with producer ``mode`` in front: ``a`` = x (PLAIN, or RMSNorm with
+    weight ``w`` and the row statistics ``rstd``), or gate (SILU_MUL, ``b`` = up, same column
+    stride as ``a``). Arguments are checked by the callers."""
+    m, k = a.shape
+    q, s, qo, so = empty_outputs(a, n_outliers, group_size)
     groups = s.shape[1]
     if m == 0:
         return q, s, qo, so
-    perm = perm.to(device=x.device, dtype=torch.int32).contiguous()
+    perm = perm.to(device=a.device, dtype=torch.int32).contiguous()
+    if mode == SILU_MUL and b.stride(1) != a.stride(1):
+        raise ValueError("launch_streaming: gate and up must share their column stride")
+    b = a if b is None else b
     has_out = n_outliers > 0
     half = group_size // 2
     kernel = _tuned_small if m <= _SMALL_M else _tuned_large
@@ -416,10 +413,14 @@ def quantize_activation_triton(
         meta = dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
     grid = _grid(m, groups, has_out)
     wrap_triton(kernel)[grid if config is None else grid(meta)](
-        x, perm, q, s, qo, so,
+        a, b, a if w is None else w, s if rstd is None else rstd, perm, q, s, qo, so,
         m, k - n_outliers, groups, n_outliers, m_bucket(m, 4096),
-        x.stride(0), x.stride(1), q.stride(0), s.stride(0), max(qo.stride(0), 1), 1,
+        a.stride(0), a.stride(1), b.stride(0), q.stride(0), s.stride(0), max(qo.stride(0), 1), 1,
         float(clip_ratio),
+        MODE=mode,
+        X_KIND=KIND[a.dtype] if a.dtype in KIND else 0,  # PLAIN reads any float dtype as is
+        OUT_KIND=KIND.get(out_dtype, 0),
+        CAST_FIRST=bool(cast_first),
         HALF=half,
         HALF_P=triton.next_power_of_2(half),
         BLOCK_O=max(16, triton.next_power_of_2(max(n_outliers, 1))),
@@ -427,12 +428,8 @@ def quantize_activation_triton(
         LANES_FIRST=_LANES_FIRST,
         COL_MASK=(k - n_outliers) % group_size != 0 or half & (half - 1) != 0,
         HAS_OUT=has_out,
-        PTX=x.is_cuda and torch.version.hip is None and not _INTERPRET,
-        IDX64=(k - 1) * abs(x.stride(1)) >= 2**31,
-        # a program's channels span its GPB (<= 2) groups plus the outliers among them (~1 in 32
-        # channels; points past the span are clamped to its end), + 1 for a span across lines
-        NL=triton.next_power_of_2(triton.cdiv((2 * group_size + 64) * x.element_size(), 128) + 1),
-        LINE_EL=128 // x.element_size(),
+        PTX=a.is_cuda and torch.version.hip is None and not _INTERPRET,
+        IDX64=(k - 1) * abs(a.stride(1)) >= 2**31,
         **meta,
     )
     return q, s, qo, so

@@ -43,12 +43,13 @@ def _check(x: torch.Tensor, weight: torch.Tensor, perm: torch.Tensor, n_outliers
 
 
 def rmsnorm_quantize_triton(x, weight, eps, perm, n_outliers, group_size, clip_ratio, cast_before_weight=False,
-                            row_programs=None, asymmetric=False):
-    """Launch the fused Triton kernel (CUDA, or CPU tensors under TRITON_INTERPRET=1)."""
+                            kernel=None, asymmetric=False):
+    """Launch the fused Triton kernels (CUDA, or CPU tensors under TRITON_INTERPRET=1);
+    ``kernel`` "stream" / "tile" overrides the default choice (``atom_ao.ops.fused_quantize``)."""
     _check(x, weight, perm, n_outliers, group_size)
     out_dtype = torch.promote_types(x.dtype, weight.dtype)
     return fused_quantize_triton(RMSNORM, x, None, weight, perm, eps, n_outliers, group_size, clip_ratio,
-                                 cast_before_weight, out_dtype, row_programs, asymmetric)
+                                 cast_before_weight, out_dtype, kernel, asymmetric)
 
 
 @triton_op("atom_ao::rmsnorm_quantize", mutates_args=())

@@ -27,12 +27,12 @@ def _check(gate: torch.Tensor, up: torch.Tensor, perm: torch.Tensor, n_outliers:
                          f"{tuple(gate.shape)} {gate.dtype}; they must match")
 
 
-def silu_mul_quantize_triton(gate, up, perm, n_outliers, group_size, clip_ratio, row_programs=None,
-                             asymmetric=False):
-    """Launch the fused Triton kernel (CUDA, or CPU tensors under TRITON_INTERPRET=1)."""
+def silu_mul_quantize_triton(gate, up, perm, n_outliers, group_size, clip_ratio, kernel=None, asymmetric=False):
+    """Launch the fused Triton kernels (CUDA, or CPU tensors under TRITON_INTERPRET=1);
+    ``kernel`` "stream" / "tile" overrides the default choice (``atom_ao.ops.fused_quantize``)."""
     _check(gate, up, perm, n_outliers, group_size)
     return fused_quantize_triton(SILU_MUL, gate, up, None, perm, 0.0, n_outliers, group_size, clip_ratio,
-                                 False, gate.dtype, row_programs, asymmetric)
+                                 False, gate.dtype, kernel, asymmetric)
 
 
 @triton_op("atom_ao::silu_mul_quantize", mutates_args=())

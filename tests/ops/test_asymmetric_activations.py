@@ -66,29 +66,26 @@ def test_constant_and_nan_groups():
 
 
 @pytest.mark.parametrize("m, k, n_out, gs", [(3, 640, 64, 128), (5, 320, 16, 96), (4, 256, 0, 64), (2, 1100, 128, 128)])
-@pytest.mark.parametrize("rows", [False, True])
-def test_quantize_activation_kernel_bit_exact(m, k, n_out, gs, rows):
+def test_quantize_activation_kernel_bit_exact(m, k, n_out, gs):
     x, perm = _inputs(m, k, n_out, seed=m + k, shift=1.5)
     x[0, perm[5]] = 0.0  # a few exact zeros and a whole constant group in row 1
     x[min(1, m - 1), perm[:gs]] = 2.0
     want = quantize_activation_ref(x, perm, n_out, gs, 0.9, asymmetric=True)
-    got = quantize_activation_triton(x.to(DEVICE), perm.to(DEVICE), n_out, gs, 0.9, row_programs=rows,
-                                     asymmetric=True)
+    got = quantize_activation_triton(x.to(DEVICE), perm.to(DEVICE), n_out, gs, 0.9, asymmetric=True)
     for g, w in zip(got, want):
         assert g.shape == w.shape and torch.equal(g.cpu(), w)
 
 
-@pytest.mark.parametrize("rows", [False, True])
-def test_fused_kernels_match(rows):
+def test_fused_kernels_match():
     x, perm = _inputs(6, 640, 64, seed=1, shift=1.0)
     w = (torch.rand(640) + 0.5).to(torch.bfloat16)
     got = rmsnorm_quantize_triton(x.to(DEVICE), w.to(DEVICE), 1e-6, perm.to(DEVICE), 64, 128, 0.9, True,
-                                  row_programs=rows, asymmetric=True)
+                                  asymmetric=True)
     want = rmsnorm_quantize_ref(x, w, 1e-6, perm, 64, 128, 0.9, True, asymmetric=True)
     _assert_asym_close(got, want, 128)
     up, _ = _inputs(6, 640, 64, seed=2)
     ident = torch.arange(640, dtype=torch.int32)
-    got = silu_mul_quantize_triton(x.to(DEVICE), up.to(DEVICE), ident.to(DEVICE), 64, 128, 0.9, row_programs=rows,
+    got = silu_mul_quantize_triton(x.to(DEVICE), up.to(DEVICE), ident.to(DEVICE), 64, 128, 0.9,
                                    asymmetric=True)
     _assert_asym_close(got, silu_mul_quantize_ref(x, up, ident, 64, 128, 0.9, asymmetric=True), 128)
 

@@ -110,16 +110,28 @@ def test_cuda_real_shapes(m, k, cast_before_weight):
     assert_quantized_close(got, want, 128, producer_ulp=torch.finfo(torch.bfloat16).eps if cast_before_weight else 0.0)
 
 
-@pytest.mark.parametrize("m, k, n_out, gs", [(1, 200, 32, 64), (9, 1100, 128, 128), (6, 256, 0, 64)])
-def test_row_programs_match(m, k, n_out, gs):
-    """One program per row block (a contiguous pass, then every column) against the reference:
-    RMSNorm (its statistic from the unrolled pass), and the plain quantizer bit for bit."""
-    from atom_ao.ops.quantize_activation import quantize_activation_triton
+@pytest.mark.parametrize("m, k, n_out, gs", [(1, 200, 32, 64), (9, 1100, 128, 128), (6, 256, 0, 64), (37, 320, 16, 96)])
+@pytest.mark.parametrize("cast_before_weight", [False, True])
+def test_both_kernels_match(m, k, n_out, gs, cast_before_weight):
+    """The streaming kernel (row statistics from their own kernel, the weight loaded once per
+    program) and the tile kernel, at any size, against the reference and (the interpreter
+    sums in one order) bit for bit against each other."""
     x, w, perm = _inputs(m, k, torch.bfloat16, seed=7 * m)
-    want = rmsnorm_quantize_ref(x, w, 1e-6, perm, n_out, gs, 0.9, True)
-    got = rmsnorm_quantize_triton(x.to(DEVICE), w.to(DEVICE), 1e-6, perm.to(DEVICE), n_out, gs, 0.9, True,
-                                  row_programs=True)
-    assert_quantized_close(got, want, gs)
-    got = quantize_activation_triton(x.to(DEVICE), perm.to(DEVICE), n_out, gs, 0.9, row_programs=True)
-    for g, v in zip(got, quantize_activation_ref(x, perm, n_out, gs, 0.9)):
-        assert torch.equal(g.cpu(), v)
+    want = rmsnorm_quantize_ref(x, w, 1e-6, perm, n_out, gs, 0.9, cast_before_weight)
+    args = (x.to(DEVICE), w.to(DEVICE), 1e-6, perm.to(DEVICE), n_out, gs, 0.9, cast_before_weight)
+    stream = rmsnorm_quantize_triton(*args, kernel="stream")
+    tile = rmsnorm_quantize_triton(*args, kernel="tile")
+    ulp = torch.finfo(torch.bfloat16).eps if cast_before_weight else 0.0
+    assert_quantized_close(stream, want, gs, producer_ulp=ulp)
+    assert_quantized_close(tile, want, gs, producer_ulp=ulp)
+    if DEVICE == "cpu" and m > 32:  # both read the statistics of the same kernel
+        for a, b in zip(stream, tile):
+            assert torch.equal(a, b)
+
+
+def test_bad_kernel_names():
+    x, w, perm = _inputs(2, 256, torch.bfloat16)
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        rmsnorm_quantize_triton(x, w, 1e-6, perm, 0, 64, 0.9, kernel="rows")
+    with pytest.raises(ValueError, match="no asymmetric"):
+        rmsnorm_quantize_triton(x, w, 1e-6, perm, 0, 64, 0.9, kernel="stream", asymmetric=True)

@@ -35,14 +35,27 @@ def test_triton_matches_reference(m, k, n_out, gs, dtype):
                            want, gs)
 
 
-@pytest.mark.parametrize("m, k, n_out, gs", [(1, 512, 128, 128), (7, 1100, 64, 96)])
+@pytest.mark.parametrize("m, k, n_out, gs", [(1, 512, 128, 128), (7, 1100, 64, 96), (40, 320, 16, 64)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_row_programs_match(m, k, n_out, gs, dtype):
-    """One program per row block (gate and up read contiguously first, then every column)."""
+def test_both_kernels_match(m, k, n_out, gs, dtype):
+    """The streaming kernel (the default) and the tile kernel against the reference, and bit for
+    bit against each other (same producer math, no sums)."""
     gate, up, perm = _inputs(m, k, dtype, seed=m)
     want = silu_mul_quantize_ref(gate, up, perm, n_out, gs, 0.9)
-    got = silu_mul_quantize_triton(gate.to(DEVICE), up.to(DEVICE), perm.to(DEVICE), n_out, gs, 0.9, row_programs=True)
-    assert_quantized_close(got, want, gs)
+    args = (gate.to(DEVICE), up.to(DEVICE), perm.to(DEVICE), n_out, gs, 0.9)
+    stream = silu_mul_quantize_triton(*args, kernel="stream")
+    tile = silu_mul_quantize_triton(*args, kernel="tile")
+    assert_quantized_close(stream, want, gs)
+    for a, b in zip(stream, tile):
+        assert torch.equal(a, b)
+
+
+def test_gate_and_up_with_other_column_strides():
+    """up with another column stride than gate (a transposed view) takes the tile kernel."""
+    gate, up, perm = _inputs(5, 256, torch.bfloat16, seed=3)
+    up_t = up.t().contiguous().t()
+    got = silu_mul_quantize_triton(gate.to(DEVICE), up_t.to(DEVICE), perm.to(DEVICE), 16, 64, 0.9)
+    assert_quantized_close(got, silu_mul_quantize_ref(gate, up, perm, 16, 64, 0.9), 64)
 
 
 def test_identity_perm_after_folding():
