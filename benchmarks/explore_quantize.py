@@ -29,13 +29,22 @@ from common import bench_us, gpu_name, markdown_table, measured_copy_bytes_per_s
 DEVICE = "cuda"
 
 
-def same_codes(a, b) -> bool:
-    """Two quantizers' outputs agree up to rare boundary flips (the fused ops' float sums may be
-    ordered differently by the two layouts): codes within 1, at most 0.5% differ, scales close."""
+def compare_codes(a, b) -> str:
+    """'' if two quantizers' outputs agree up to rare boundary flips, else what differs. A
+    fused producer's float32 value may differ from the reference's by an ulp (sum order, exp):
+    codes within 1 on at most 0.5% of them, scales within float32 rounding except at most 0.5%
+    within two bf16 ulps (RMSNorm rounds to bf16 before the group max: tests/ops/fused_compare.py)."""
     from atom_ao.format import unpack_int4
     d = (unpack_int4(a[0], GS).int() - unpack_int4(b[0], GS).int()).abs()
-    return bool(d.max() <= 1 and (d > 0).float().mean() <= 0.005 and torch.allclose(a[1], b[1], rtol=1e-5)
-                and torch.allclose(a[3], b[3], rtol=1e-5))
+    if d.numel() and (d.max() > 1 or (d > 0).float().mean() > 0.005):
+        return f"codes: max diff {d.max().item()}, {(d > 0).float().mean().item():.3%} differ"
+    for i, name in ((1, "scales"), (3, "outlier scales")):
+        off = ~torch.isclose(a[i], b[i], rtol=1e-5, atol=0, equal_nan=True)
+        if off.any():
+            rel = ((a[i][off] - b[i][off]).abs() / b[i][off].abs()).max().item()
+            if off.float().mean() > 0.005 or rel > 2 * 2**-7 * 1.01:
+                return f"{name}: {off.float().mean().item():.3%} differ, by up to {rel:.2%}"
+    return ""
 
 
 def config_name(c) -> str:
@@ -90,9 +99,10 @@ def main():
             for op, (fn, ref, op_bytes) in ops.items():
                 want = ref()
                 for kern in fq.KERNELS:
-                    if not same_codes(fn(kern), want):  # rare rounding flips aside; reported, not fatal
-                        print(f"!! {op} on the {kern} kernel differs from the reference beyond rounding flips")
-                        mismatches.append(f"K={k} M={m} {op} {kern}")
+                    diff = compare_codes(fn(kern), want)
+                    if diff:  # reported, not fatal
+                        print(f"!! {op} on the {kern} kernel differs from the reference beyond rounding flips: {diff}")
+                        mismatches.append(f"K={k} M={m} {op} {kern}: {diff}")
                     times[f"{op}, {kern} kernel"] = (bench_us(lambda fn=fn, kern=kern: fn(kern)), op_bytes)
             want = qa.quantize_activation_triton(x, perm, N_OUT, GS, CLIP)
             for c in ([] if args.no_configs or m <= 32 else qa.configs_for(m)):
