@@ -7,7 +7,9 @@ the torch releases whose decompositions differ in detail.
    see; atom_ao's quantize flows give every linear fed one activation the same permutation
    (``atom_ao.handler``), and this pass relies on that.
 2. RMSNorm -> quantize  =>  ``atom_ao.rmsnorm_quantize`` (norm output not kept: it only fed
-   the quantizer).
+   the quantizer). The graph's row statistic (``rsqrt``) stays and is passed as ``rstd``:
+   Inductor fuses that reduction into the kernel producing x (a residual add), so the fused op
+   reads x once.
 3. silu(gate) * up -> quantize  =>  ``atom_ao.silu_mul_quantize``.
 """
 
@@ -91,8 +93,11 @@ def fuse(graph: Graph) -> dict[str, int]:
         if norm is not None:
             with graph.inserting_before(q):
                 x2 = _reshape_2d(graph, norm.x, k)
+                tail = extra
+                if norm.rstd is not None:
+                    tail = (asym, _call(graph, aten.reshape.default, (norm.rstd, [-1])))
                 fused = _call(graph, RMSNORM_QUANTIZE,
-                              (x2, norm.weight, norm.eps, perm, n_out, gs, clip, norm.cast_before_weight, *extra))
+                              (x2, norm.weight, norm.eps, perm, n_out, gs, clip, norm.cast_before_weight, *tail))
             counts["rmsnorm_quantize"] += 1
         else:
             found = match_silu_mul(src)

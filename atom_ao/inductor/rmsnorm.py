@@ -9,7 +9,9 @@ transformers' Llama/Qwen/Mistral RMSNorm (``cast_before_weight=True``)::
     ... same h ...; out = (h * weight).to(x.dtype)
 
 plus ``aten.rms_norm`` / ``aten._fused_rms_norm`` left whole. For float32 models the casts are
-absent and both orders are the same computation.
+absent and both orders are the same computation. In the two decomposed forms the ``rsqrt`` node
+(the row statistic) is kept for the fused op to read: Inductor computes it in the kernel that
+produces x.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ class RMSNorm:
     weight: Node
     eps: float
     cast_before_weight: bool
+    rstd: Node | None = None  # the graph's 1 / sqrt(mean(x^2) + eps) node, (..., 1) float32
 
 
 def _normalised(h: Node):
-    """(x, eps) if ``h`` is x_f32 * rsqrt(mean(x_f32^2, -1, keepdim) + eps)."""
+    """(x, eps, rsqrt node) if ``h`` is x_f32 * rsqrt(mean(x_f32^2, -1, keepdim) + eps)."""
     if not is_call(h, aten.mul.Tensor):
         return None
     for xf, r in (operands(h), operands(h)[::-1]):
@@ -57,7 +60,7 @@ def _normalised(h: Node):
             continue
         x, ok = as_float32(xf)
         if ok:
-            return x, float(eps)
+            return x, float(eps), r
     return None
 
 
@@ -81,10 +84,10 @@ def match_rmsnorm(out: Node) -> RMSNorm | None:
         found = _normalised(inner)
         if found is None:
             continue
-        x, eps = found
+        x, eps, rstd = found
         if cast_first and (final_cast or dtype(h) != dtype(x)):
             continue  # a cast to some other dtype than x's: not a form the kernel rounds like
         if not cast_first and final_cast and dtype(out) != dtype(x):
             continue
-        return RMSNorm(x, w, eps, cast_first)
+        return RMSNorm(x, w, eps, cast_first, rstd if dtype(rstd) == torch.float32 else None)
     return None

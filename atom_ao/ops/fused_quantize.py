@@ -4,10 +4,12 @@ quantizer, no intermediate tensor written. Two kernels run them:
 
 * the streaming kernel of ``quantize_activation`` (``launch_streaming``: programs walk their
   rows with the next row block's gathers in flight) for SiLU * up at every size and RMSNorm
-  above ``RSTD_SPLIT_M`` rows, where a small kernel writes the M row statistics first;
+  when its row statistics are given (the Inductor pass passes the graph's) or above
+  ``RSTD_SPLIT_M`` rows, where a small kernel writes the M row statistics first;
 * this module's tile kernel, one program per (row block, column): RMSNorm at decode sizes
-  (every program sums the squares of its rows itself: one launch, the rows stay in L2 for the
-  gathers) and asymmetric activations (scale and zero point per group, all three quantizers).
+  without given statistics (every program sums the squares of its rows itself: one launch, the
+  rows stay in L2 for the gathers) and asymmetric activations (scale and zero point per group,
+  all three quantizers).
 
 The only differences from the reference are the float32 summation order of the mean of
 squares and the exp/rsqrt of the device: a rare code flips by one at a rounding boundary.
@@ -207,9 +209,9 @@ def check_args(what: str, x: torch.Tensor, perm: torch.Tensor, n_outliers: int, 
         raise TypeError(f"{what}: input must be fp16/bf16/fp32, got {x.dtype}")
 
 
-def default_kernel(mode: int, a, b, asymmetric: bool) -> str:
+def default_kernel(mode: int, a, b, asymmetric: bool, rstd_given: bool = False) -> str:
     """The kernel a fused quantizer takes by default (module docstring)."""
-    if asymmetric or (mode == RMSNORM and a.shape[0] <= RSTD_SPLIT_M):
+    if asymmetric or (mode == RMSNORM and a.shape[0] <= RSTD_SPLIT_M and not rstd_given):
         return "tile"
     if mode == SILU_MUL and b.stride(1) != a.stride(1):  # the streaming gathers share column offsets
         return "tile"
@@ -227,19 +229,23 @@ def _row_rstd_triton(a: torch.Tensor, eps: float, block_k: int) -> torch.Tensor:
 
 def fused_quantize_triton(mode: int, a, b, w, perm, eps: float, n_outliers: int, group_size: int,
                           clip_ratio: float, cast_first: bool, out_dtype: torch.dtype,
-                          kernel: str | None = None, asymmetric: bool = False):
-    """Run a fused quantizer: ``a`` = x (RMSNorm, ``w`` its weight), gate (SiLU, ``b`` = up) or
-    the activation itself (PLAIN). ``kernel``: "stream" or "tile" (module docstring; default
-    ``default_kernel``); the streaming kernel takes no asymmetric activations."""
-    kernel = default_kernel(mode, a, b, asymmetric) if kernel is None else kernel
+                          kernel: str | None = None, asymmetric: bool = False, rstd: torch.Tensor | None = None):
+    """Run a fused quantizer: ``a`` = x (RMSNorm, ``w`` its weight; ``rstd`` its row statistics if
+    already computed), gate (SiLU, ``b`` = up) or the activation itself (PLAIN). ``kernel``:
+    "stream" or "tile" (module docstring; default ``default_kernel``); the streaming kernel takes
+    no asymmetric activations."""
+    kernel = default_kernel(mode, a, b, asymmetric, rstd is not None) if kernel is None else kernel
     if kernel not in KERNELS:
         raise ValueError(f"fused quantizer: kernel must be one of {KERNELS}, got {kernel!r}")
     if kernel == "stream" and asymmetric:
         raise ValueError("fused quantizer: the streaming kernel has no asymmetric activations (kernel='tile')")
     m, k = a.shape
     block_k = min(1024, triton.next_power_of_2(k))
-    rstd_in = mode == RMSNORM and (m > RSTD_SPLIT_M or kernel == "stream")
-    rstd = _row_rstd_triton(a, eps, block_k) if rstd_in and m > 0 else None
+    rstd_in = mode == RMSNORM and (m > RSTD_SPLIT_M or kernel == "stream" or rstd is not None)
+    if rstd is not None:
+        rstd = rstd.reshape(-1).contiguous()
+    elif rstd_in and m > 0:
+        rstd = _row_rstd_triton(a, eps, block_k)
     if kernel == "stream":
         return launch_streaming(mode, a, b, w, rstd, perm, n_outliers, group_size, clip_ratio, cast_first, out_dtype)
     q, s, qo, so = empty_outputs(a, n_outliers, group_size, asymmetric)

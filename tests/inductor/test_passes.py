@@ -7,6 +7,8 @@ op calls in it. The graph checks do not depend on the device: on CUDA the same o
 Triton kernels.
 """
 
+import re
+
 import pytest
 import torch
 from torch._inductor import config as inductor_config
@@ -86,6 +88,16 @@ def test_fused_ops_in_generated_code(compiled_layer):
      .run(code))
     # quantize launches per layer: 3 fused + o_proj's plain one, instead of 7
     assert _calls(code) == {"quantize_activation": 1, "rmsnorm_quantize": 2, "silu_mul_quantize": 1}
+
+
+def test_rmsnorm_statistic_comes_from_the_residual_add(compiled_layer):
+    """The fused RMSNorm quantizers read the graph's own row statistic (the rstd argument, last),
+    and Inductor computes the post-attention one in the kernel of the residual add (one pass
+    over the hidden states instead of two)."""
+    code = compiled_layer["code"]
+    calls = [ln for ln in code.split("\n") if "torch.ops.atom_ao.rmsnorm_quantize.default(" in ln]
+    assert len(calls) == 2 and all(ln.rstrip().endswith(", (16, ), (1, ), 0))") for ln in calls), calls
+    assert re.search(r"fused_\w*add\w*mean\w*rsqrt", code), "no kernel computing add and rsqrt together"
 
 
 def test_without_pass_nothing_fused(compiled_layer):
@@ -188,5 +200,5 @@ def test_asymmetric_layer_fuses_and_keeps_the_flag():
     inductor_config.post_grad_custom_post_pass = saved
     code = "\n".join(codes)
     assert _calls(code) == {"quantize_activation": 1, "rmsnorm_quantize": 2, "silu_mul_quantize": 1}
-    FileCheck().check("torch.ops.atom_ao.rmsnorm_quantize.default(").check("True, True)").run(code)
+    FileCheck().check("torch.ops.atom_ao.rmsnorm_quantize.default(").check(", True, True, reinterpret_tensor(").run(code)
     assert sqnr(eager, out[0]) > 25.0

@@ -80,6 +80,8 @@ def test_mixed_dtypes_and_strided_input():
 def test_opcheck():
     x, w, perm = _inputs(4, 256, torch.bfloat16)
     opcheck(torch.ops.atom_ao.rmsnorm_quantize.default, (x, w, 1e-6, perm, 64, 64, 0.9, True))
+    rstd = torch.rsqrt(x.float().pow(2).mean(-1) + 1e-6)
+    opcheck(torch.ops.atom_ao.rmsnorm_quantize.default, (x, w, 1e-6, perm, 64, 64, 0.9, True, False, rstd))
 
 
 @pytest.mark.parametrize("args, err, match", [
@@ -127,6 +129,35 @@ def test_both_kernels_match(m, k, n_out, gs, cast_before_weight):
     if DEVICE == "cpu" and m > 32:  # both read the statistics of the same kernel
         for a, b in zip(stream, tile):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("m", [5, 40])
+@pytest.mark.parametrize("kernel", [None, "tile"])
+def test_given_rstd_is_used(m, kernel):
+    """rstd given (what the Inductor pass passes: the graph's own statistic): bit for bit the
+    reference fed the same statistic, on either kernel, at decode and prefill sizes; and a
+    different rstd changes the result (it is read, not recomputed)."""
+    x, w, perm = _inputs(m, 320, torch.bfloat16, seed=m)
+    rstd = torch.rsqrt(x.float().pow(2).mean(-1) + 1e-6)
+    want = rmsnorm_quantize_ref(x, w, 1e-6, perm, 16, 64, 0.9, True)
+    assert all(torch.equal(a, b) for a, b in zip(want, rmsnorm_quantize_ref(x, w, 0.5, perm, 16, 64, 0.9, True,
+                                                                             rstd=rstd)))
+    got = rmsnorm_quantize_triton(x.to(DEVICE), w.to(DEVICE), 0.5, perm.to(DEVICE), 16, 64, 0.9, True, kernel=kernel,
+                                  rstd=rstd.to(DEVICE))
+    if DEVICE == "cpu":
+        for g, v in zip(got, want):
+            assert torch.equal(g, v)
+    assert_quantized_close(got, want, 64, producer_ulp=torch.finfo(torch.bfloat16).eps)
+    halved = rmsnorm_quantize_triton(x.to(DEVICE), w.to(DEVICE), 1e-6, perm.to(DEVICE), 16, 64, 0.9, True,
+                                     kernel=kernel, rstd=(rstd / 2).to(DEVICE))
+    torch.testing.assert_close(halved[1].cpu(), got[1].cpu() / 2, rtol=0.02, atol=0)
+
+
+def test_bad_rstd_raises():
+    x, w, perm = _inputs(4, 256, torch.bfloat16)
+    for bad in (torch.ones(3), torch.ones(4, dtype=torch.bfloat16)):
+        with pytest.raises(ValueError, match="rstd must hold 4 float32"):
+            torch.ops.atom_ao.rmsnorm_quantize(x, w, 1e-6, perm, 0, 64, 0.9, True, False, bad)
 
 
 def test_bad_kernel_names():
