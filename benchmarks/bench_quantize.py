@@ -4,8 +4,10 @@
 
 For each K (a linear's input width) and M (tokens), bf16 activations with a few loud channels:
 ``quantize_activation`` (gather by the permutation, INT4 normal groups + INT8 outliers + scales),
-``rmsnorm_quantize`` (the same after RMSNorm, one pass) and ``silu_mul_quantize`` (silu(gate) * up
-then quantize: reads two inputs). Bytes = what the op must read and write (inputs, packed codes,
+``rmsnorm_quantize`` (the same after RMSNorm: its row statistics computed first, a second read of
+x), ``rmsnorm_quantize (rstd given)`` (as a compiled model calls it: the statistics come from the
+kernel that produced x, one read) and ``silu_mul_quantize`` (silu(gate) * up then quantize: reads
+two inputs). Bytes = what the op must read and write (inputs, packed codes,
 outliers, float32 scales). Columns: time, GB/s, % of this GPU's copy rate measured at start-up
 (1 GiB, read + write: the ceiling for a large memory-bound kernel), and the time of a plain copy
 of the same input bytes (``clone``: what a pass over x costs at that size, launch included).
@@ -68,9 +70,13 @@ def main():
             x[:, :8] *= 60
             x = x.to(DEVICE, torch.bfloat16)
             up = torch.randn(m, k, generator=g).to(DEVICE, torch.bfloat16)
+            rstd = torch.rsqrt(x.float().pow(2).mean(-1) + 1e-6)
             cases = {
                 "quantize_activation": (lambda: ops.quantize_activation(x, perm, N_OUT, GS, CLIP), 2 * m * k),
                 "rmsnorm_quantize": (lambda: ops.rmsnorm_quantize(x, weight, 1e-6, perm, N_OUT, GS, CLIP), 2 * m * k + 2 * k),
+                "rmsnorm_quantize (rstd given)": (
+                    lambda: ops.rmsnorm_quantize(x, weight, 1e-6, perm, N_OUT, GS, CLIP, False, False, rstd),
+                    2 * m * k + 2 * k + 4 * m),
                 "silu_mul_quantize": (lambda: ops.silu_mul_quantize(x, up, mlp_perm, N_OUT, GS, CLIP), 4 * m * k),
             }
             copy_us = bench_us(lambda: x.clone())
@@ -81,7 +87,7 @@ def main():
                              "copy_pct": round(100 * nbytes / (us * 1e-6) / copy_bps, 1),
                              "clone_us": round(copy_us, 2)})
                 r = rows[-1]
-                print(f"{name:<20} K={k:<6} M={m:<5} {r['us']:>9} us {r['GB/s']:>8} GB/s {r['copy_pct']:>6}% of copy"
+                print(f"{name:<29} K={k:<6} M={m:<5} {r['us']:>9} us {r['GB/s']:>8} GB/s {r['copy_pct']:>6}% of copy"
                       f"  (clone of x: {r['clone_us']} us)", flush=True)
     cols = ["op", "K", "M", "us", "GB/s", "copy_pct", "clone_us"]
     stem = write_results("bench_quantize" + args.tag, rows, cols,
