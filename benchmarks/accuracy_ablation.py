@@ -41,6 +41,8 @@ def main():
     ap.add_argument("--calib-seq-len", type=int, default=512)
     ap.add_argument("--skip", default="", help="comma list of row groups to skip: main,variants,types")
     ap.add_argument("--tag", default="", help="suffix of the result files")
+    ap.add_argument("--outlier-counts", default="", help="comma list of INT8 outlier counts: A4-only rows (weights "
+                                                          "float), all linears and down_proj alone, one RTN model each")
     ap.add_argument("--act-clips", default="", help="comma list of activation clip ratios: A4-only rows (weights "
                                                      "float), the RTN model's clip set after quantization")
     args = ap.parse_args()
@@ -83,6 +85,11 @@ def main():
         set_act_clip(rtn, c)
         ev(f"activations only A4, activation clip {c}", sim(rtn, weights=False), group="activation clip")
     set_act_clip(rtn, atom_config().act_clip_ratio)
+    for n in (int(x) for x in args.outlier_counts.split(",") if x):
+        m = rtn if n == atom_config().n_outliers else build(n_outliers=n)[0]
+        ev(f"activations only A4, {n} INT8 outliers (weights float)", sim(m, weights=False), group="outlier count")
+        ev(f"only down_proj's activations A4, {n} INT8 outliers (the rest float)",
+           sim(m, weights=False, only="down_proj"), group="outlier count")
     if "main" in skip:
         _write(rows, args)
         return
