@@ -39,15 +39,15 @@ def test_triton_matches_reference(m, k, n_out, gs, dtype, cast_before_weight):
 
 @pytest.mark.parametrize("m, k, n_out, gs", [(5, 320, 16, 96), (9, 1100, 128, 128)])
 def test_separate_rstd_kernel_matches(m, k, n_out, gs, monkeypatch):
-    """Above RSTD_SPLIT_M rows the row statistic comes from its own kernel: same codes and
+    """The tile kernel above RSTD_SPLIT_M rows reads the row statistic from its own kernel: same codes and
     scales as the in-kernel statistic (same function, same chunking) and the reference's."""
     import importlib
     fq = importlib.import_module("atom_ao.ops.fused_quantize")
     x, w, perm = _inputs(m, k, torch.bfloat16, seed=3 * m)
     args = (x.to(DEVICE), w.to(DEVICE), 1e-6, perm.to(DEVICE), n_out, gs, 0.9, True)
-    fused = rmsnorm_quantize_triton(*args)
+    fused = rmsnorm_quantize_triton(*args, kernel="tile")
     monkeypatch.setattr(fq, "RSTD_SPLIT_M", 0)
-    split = rmsnorm_quantize_triton(*args)
+    split = rmsnorm_quantize_triton(*args, kernel="tile")
     if DEVICE == "cpu":  # the interpreter sums in one order; on a GPU the tree follows the layout
         for a, b in zip(fused, split):
             assert torch.equal(a, b)
