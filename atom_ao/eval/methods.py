@@ -12,7 +12,7 @@ quantizes every other ``nn.Linear`` of the decoder.
 | ``atom-gptq-kv4`` | ``atom-gptq`` + INT4 KV cache (``atom_ao.kv``): every attention reads the INT4 cache |
 | ``torchao-int8dyn`` | torchao ``Int8DynamicActivationInt8WeightConfig``: INT8 per-channel weights, INT8 per-token dynamic activations (W8A8) |
 | ``atom-gptq-asym`` (extra) | ``atom-gptq`` with asymmetric activations (``act_mapping="asymmetric"``: a zero point per token and group, not the paper's; activation clip 1.0, its default) |
-| ``atom-gptq-out256``, ``atom-gptq-asym-out256[-kv4]`` (extra) | the same with 256 INT8 outlier channels instead of the paper's 128 |
+| ``atom-gptq-out256[-kv4]``, ``atom-gptq-asym-out256[-kv4]`` (extra) | the same with 256 INT8 outlier channels instead of the paper's 128 |
 
 ``kv4`` only changes how the model is run (``forward``), so ``atom-gptq-kv4`` reuses the
 ``atom-gptq`` model when both are evaluated.
@@ -80,6 +80,8 @@ EXTRA = {
     # 256 INT8 outlier channels instead of the paper's 128 (the outlier-count ablation, README)
     "atom-gptq-out256": ("Atom W4A4, GPTQ, 256 INT8 outliers", _atom, {"weight_method": "gptq", "n_outliers": 256},
                          False),
+    "atom-gptq-out256-kv4": ("Atom W4A4, GPTQ, 256 INT8 outliers + INT4 KV", _atom,
+                             {"weight_method": "gptq", "n_outliers": 256}, True),
     "atom-gptq-asym-out256": ("Atom W4A4, GPTQ, asymmetric activations, 256 INT8 outliers", _atom,
                               {"weight_method": "gptq", "act_mapping": "asymmetric", "n_outliers": 256}, False),
     "atom-gptq-asym-out256-kv4": ("Atom W4A4, GPTQ, asymmetric activations, 256 INT8 outliers + INT4 KV", _atom,
