@@ -126,16 +126,22 @@ def _gather(x_ptr, rows, ok_rows, stride_xm, cols):
 
 
 @triton.jit
-def _gather_inputs(a_ptr, b_ptr, rstd_ptr, rows, ok_rows, stride_am, stride_bm, cols, MODE: tl.constexpr):
-    # the producer's inputs of a row block: a (x or gate), b (up: SiLU only), rstd (RMSNorm only)
+def _gather_inputs(a_ptr, b_ptr, rows, ok_rows, stride_am, stride_bm, cols, MODE: tl.constexpr):
+    # the producer's gathered inputs of a row block: a (x or gate), b (up: SiLU only)
     a = _gather(a_ptr, rows, ok_rows, stride_am, cols)
     b = a
-    rstd = tl.zeros(rows.shape, tl.float32)
     if MODE == 1:
         b = _gather(b_ptr, rows, ok_rows, stride_bm, cols)
+    return a, b
+
+
+@triton.jit
+def _row_stats(rstd_ptr, rows, ok_rows, MODE: tl.constexpr):
+    # RMSNorm's statistic of each row of a row block (zeros for the other producers)
+    rstd = tl.zeros(rows.shape, tl.float32)
     if MODE == 0:
         rstd = tl.load(rstd_ptr + rows, mask=ok_rows, other=1.0)
-    return a, b, rstd
+    return rstd
 
 
 @triton.jit
@@ -208,14 +214,16 @@ def _int4_groups(a_ptr, b_ptr, w_ptr, rstd_ptr, perm_ptr, q_ptr, s_ptr, pid_c, r
     # software pipeline over row blocks: the next block's gathers are issued before this one's math
     row_end = tl.minimum(rb_end * BLOCK_M, M)  # rows of this program: [rb_start * BLOCK_M, row_end)
     rows = rb_start * BLOCK_M + offs_m
-    al, bl, rstd = _gather_inputs(a_ptr, b_ptr, rstd_ptr, rows, rows < row_end, stride_am, stride_bm, c_lo, MODE)
-    ah, bh, rstd = _gather_inputs(a_ptr, b_ptr, rstd_ptr, rows, rows < row_end, stride_am, stride_bm, c_hi, MODE)
+    al, bl = _gather_inputs(a_ptr, b_ptr, rows, rows < row_end, stride_am, stride_bm, c_lo, MODE)
+    ah, bh = _gather_inputs(a_ptr, b_ptr, rows, rows < row_end, stride_am, stride_bm, c_hi, MODE)
+    rstd = _row_stats(rstd_ptr, rows, rows < row_end, MODE)
     for rb in range(rb_start, rb_end):
         rows = rb * BLOCK_M + offs_m
         ok_m = rows < M
         nxt = rows + BLOCK_M
-        nal, nbl, nrstd = _gather_inputs(a_ptr, b_ptr, rstd_ptr, nxt, nxt < row_end, stride_am, stride_bm, c_lo, MODE)
-        nah, nbh, nrstd = _gather_inputs(a_ptr, b_ptr, rstd_ptr, nxt, nxt < row_end, stride_am, stride_bm, c_hi, MODE)
+        nal, nbl = _gather_inputs(a_ptr, b_ptr, nxt, nxt < row_end, stride_am, stride_bm, c_lo, MODE)
+        nah, nbh = _gather_inputs(a_ptr, b_ptr, nxt, nxt < row_end, stride_am, stride_bm, c_hi, MODE)
+        nrstd = _row_stats(rstd_ptr, nxt, nxt < row_end, MODE)
         xl = _produced(al, bl, w_lo, rstd, m_lo, MODE, X_KIND, OUT_KIND, CAST_FIRST, COL_MASK)
         xh = _produced(ah, bh, w_hi, rstd, m_hi, MODE, X_KIND, OUT_KIND, CAST_FIRST, COL_MASK)
 
@@ -258,12 +266,14 @@ def _int8_outliers(a_ptr, b_ptr, w_ptr, rstd_ptr, perm_ptr, qo_ptr, so_ptr, rb_s
     offs_m = tl.arange(0, BLOCK_M)
     row_end = tl.minimum(rb_end * BLOCK_M, M)
     rows = rb_start * BLOCK_M + offs_m
-    a, b, rstd = _gather_inputs(a_ptr, b_ptr, rstd_ptr, rows, rows < row_end, stride_am, stride_bm, c, MODE)
+    a, b = _gather_inputs(a_ptr, b_ptr, rows, rows < row_end, stride_am, stride_bm, c, MODE)
+    rstd = _row_stats(rstd_ptr, rows, rows < row_end, MODE)
     for rb in range(rb_start, rb_end):
         rows = rb * BLOCK_M + offs_m
         ok_m = rows < M
         nxt = rows + BLOCK_M
-        na, nb, nrstd = _gather_inputs(a_ptr, b_ptr, rstd_ptr, nxt, nxt < row_end, stride_am, stride_bm, c, MODE)
+        na, nb = _gather_inputs(a_ptr, b_ptr, nxt, nxt < row_end, stride_am, stride_bm, c, MODE)
+        nrstd = _row_stats(rstd_ptr, nxt, nxt < row_end, MODE)
         v = _produced(a, b, w, rstd, ok_o, MODE, X_KIND, OUT_KIND, CAST_FIRST, BLOCK_O != N_OUT_C)
 
         bits = tl.max(tl.max(_abs_bits(v), axis=0), axis=2)  # (BLOCK_M, 1)
