@@ -13,6 +13,7 @@ quantizes every other ``nn.Linear`` of the decoder.
 | ``torchao-int8dyn`` | torchao ``Int8DynamicActivationInt8WeightConfig``: INT8 per-channel weights, INT8 per-token dynamic activations (W8A8) |
 | ``atom-gptq-asym`` (extra) | ``atom-gptq`` with asymmetric activations (``act_mapping="asymmetric"``: a zero point per token and group, not the paper's; activation clip 1.0, its default) |
 | ``atom-gptq-out256[-kv4]``, ``atom-gptq-asym-out256[-kv4]`` (extra) | the same with 256 INT8 outlier channels instead of the paper's 128 |
+| ``float-kv4-smooth``, ``atom-gptq[-asym-out256]-smooth-kv4`` (extra) | key smoothing (``atom_ao.kv.smooth``, alpha 0.5) folded into q_proj / k_proj first, then as above with the INT4 KV cache |
 
 ``kv4`` only changes how the model is run (``forward``), so ``atom-gptq-kv4`` reuses the
 ``atom-gptq`` model when both are evaluated.
@@ -33,6 +34,14 @@ def _atom(model, batches, progress=True, sequential=None, **cfg):
     atom_ao.quantize_calibrated(model, batches, atom_ao.atom_config(**cfg), filter_fn=decoder_linears,
                                 progress=progress, sequential=sequential)
     return model
+
+
+def _smooth_keys(model, batches, progress=True, alpha=0.5, then=None, **cfg):
+    """Key smoothing for the INT4 cache (``atom_ao.kv.smooth``) on the float model, then ``then``."""
+    from atom_ao.kv.smooth import smooth_keys_
+
+    smooth_keys_(model, batches, alpha=alpha, progress=progress)
+    return model if then is None else then(model, batches, progress=progress, **cfg)
 
 
 def _naive(model, batches, progress=True, **cfg):
@@ -86,6 +95,14 @@ EXTRA = {
                               {"weight_method": "gptq", "act_mapping": "asymmetric", "n_outliers": 256}, False),
     "atom-gptq-asym-out256-kv4": ("Atom W4A4, GPTQ, asymmetric activations, 256 INT8 outliers + INT4 KV", _atom,
                                   {"weight_method": "gptq", "act_mapping": "asymmetric", "n_outliers": 256}, True),
+    # keys smoothed into q_proj / k_proj before the INT4 cache (atom_ao.kv.smooth, alpha 0.5)
+    "float-kv4-smooth": ("float + INT4 KV, keys smoothed", _smooth_keys, {}, True),
+    "atom-gptq-smooth-kv4": ("Atom W4A4, GPTQ + INT4 KV, keys smoothed", _smooth_keys,
+                             {"then": _atom, "weight_method": "gptq"}, True),
+    "atom-gptq-asym-out256-smooth-kv4": ("Atom W4A4, GPTQ, asymmetric activations, 256 INT8 outliers + INT4 KV, "
+                                         "keys smoothed", _smooth_keys,
+                                         {"then": _atom, "weight_method": "gptq", "act_mapping": "asymmetric",
+                                          "n_outliers": 256}, True),
     "atom-gptq-onepass": ("Atom W4A4, GPTQ, all layers calibrated at once (not sequential)", _atom,
                           {"weight_method": "gptq", "sequential": False}, False),
 }

@@ -9,12 +9,15 @@
   ``atom_ao::`` ops, each with its Triton kernel beside its reference;
 * ``atom_ao.kv.cache``: ``AtomKVCache``, a transformers ``Cache``;
 * ``atom_ao.kv.attention``: the ``"atom_int4"`` attention implementation (registered on import);
-* ``atom_ao.kv.accuracy``: greedy agreement and perplexity, INT4 vs float cache.
+* ``atom_ao.kv.accuracy``: greedy agreement and perplexity, INT4 vs float cache;
+* ``atom_ao.kv.smooth``: ``smooth_keys_``, key smoothing folded into q_proj / k_proj (exact in
+  float) so the INT4 cache's per-token range is not taken by a few key channels.
 """
 
 from atom_ao.kv.attention import ATTN_IMPLEMENTATION, atom_int4_attention, enable
 from atom_ao.kv.cache import AtomKVCache, AtomKVLayer
 from atom_ao.kv.format import dequantize_kv, quantize_kv
+from atom_ao.kv.smooth import smooth_keys_
 
 __all__ = ["ATTN_IMPLEMENTATION", "AtomKVCache", "AtomKVLayer", "atom_int4_attention", "dequantize_kv", "enable",
-           "quantize_kv"]
+           "quantize_kv", "smooth_keys_"]
