@@ -92,9 +92,11 @@ def main(argv=None):
     ap.add_argument("--calib-samples", type=int, default=64)
     ap.add_argument("--calib-seq-len", type=int, default=512)
     ap.add_argument("--tag", default="", help="suffix of the result files (e.g. a smaller slice)")
-    ap.add_argument("--kv-plain", action="store_true",
-                    help="KV4 rows without the Hadamard rotation (the paper's plain INT4 cache); default: the "
-                         "rotation of the default AtomKVCache")
+    rot = ap.add_mutually_exclusive_group()
+    rot.add_argument("--kv-plain", action="store_true",
+                     help="KV4 rows without the Hadamard rotation (the paper's plain INT4 cache); default: "
+                          "AtomKVCache's choice (rotated after RoPE, plain before RoPE)")
+    rot.add_argument("--kv-rotate", action="store_true", help="KV4 rows with the rotation, also before RoPE (V rotated)")
     rope = ap.add_mutually_exclusive_group()
     rope.add_argument("--kv-before-rope", action="store_true",
                       help="KV4 rows with keys cached before RoPE minus the K bias (AtomKVCache(k_before_rope=True)); "
@@ -106,7 +108,9 @@ def main(argv=None):
                  "--seq-len", str(a.seq_len), "--tasks", a.tasks, "--zs-methods", a.zs_methods,
                  "--limit", str(a.limit), "--calib-samples", str(a.calib_samples),
                  "--calib-seq-len", str(a.calib_seq_len), "--simulate", "zero-shot"]
-    if not a.kv_plain:
+    if a.kv_plain:
+        eval_argv.append("--kv-plain")
+    if a.kv_rotate:
         eval_argv.append("--kv-rotate")
     if a.kv_before_rope:
         eval_argv.append("--kv-before-rope")
@@ -137,7 +141,7 @@ def main(argv=None):
         "run-time choice). KV4: every attention, the prompt's included, reads the INT4 cache "
         + ("(K before RoPE minus the K bias, restored and rotated in attention: `AtomKVCache(prefill=\"int4\", "
            "k_before_rope=True)`), " if res["kv_before_rope"] else "(K after RoPE), ")
-        + ("without rotation (--kv-plain)." if a.kv_plain else "with the default cache's Hadamard rotation of "
+        + ("without the Hadamard rotation." if not res.get("kv_rotate", True) else "with the Hadamard rotation of "
            + ("V." if res["kv_before_rope"] else "K and V (`AtomKVCache(prefill=\"int4\")`).")),
         "",
     ]

@@ -53,7 +53,12 @@ def parse_args(argv=None):
                     help="run Atom linears as simulated (fake-quantized float) linears for the zero-shot tasks or "
                          "for everything: the same function up to float rounding, ~3x faster on CPU "
                          "(atom_ao.eval.simulate); perplexity defaults to the real quantized path")
-    ap.add_argument("--kv-rotate", action="store_true", help="kv4 with the Hadamard rotation (default: plain, as the paper)")
+    rot = ap.add_mutually_exclusive_group()
+    rot.add_argument("--kv-rotate", action="store_const", const=True, dest="kv_rotate", default=None,
+                     help="kv4 with the Hadamard rotation of the cached heads; default: AtomKVCache's choice "
+                          "(rotated K and V after RoPE, plain before RoPE)")
+    rot.add_argument("--kv-plain", action="store_const", const=False, dest="kv_rotate",
+                     help="kv4 without the rotation (the paper's plain INT4 cache)")
     rope = ap.add_mutually_exclusive_group()
     rope.add_argument("--kv-before-rope", action="store_true",
                       help="kv4 with keys cached before RoPE minus the K bias (AtomKVCache(k_before_rope=True)); "
@@ -164,6 +169,7 @@ def run(args) -> dict:
                       "zs_avg": "mean of acc_norm for hellaswag, arc_challenge, openbookqa, acc for the others"},
         "calibration": f"{args.calib_samples} x {args.calib_seq_len} tokens, wiki calibration part",
         "kv_before_rope": kv_before_rope,  # the KV4 rows' keys: cached before RoPE (True) or after
+        "kv_rotate": (not kv_before_rope) if args.kv_rotate is None else args.kv_rotate,  # as AtomKVCache decides
         "command": "python -m atom_ao.eval " + " ".join(sys.argv[1:]),
         "host": platform.node(),
         "torch": torch.__version__,

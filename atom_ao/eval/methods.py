@@ -109,11 +109,12 @@ EXTRA = {
 ALL = {**METHODS, **EXTRA}
 
 
-def kv4_forward(rotate: bool = False, before_rope: bool | None = None):
+def kv4_forward(rotate: bool | None = None, before_rope: bool | None = None):
     """A ``forward(model, ids) -> logits`` whose attention reads an INT4 KV cache for every token
     (``AtomKVCache(prefill="int4")``; K quantized before RoPE with ``before_rope=True``, after it
-    with False, None: the cache's default, before RoPE for models with a K bias), the float
-    attention restored after."""
+    with False; the Hadamard rotation on / off with ``rotate``; None: the cache's defaults, keys
+    before RoPE and no rotation for models with a K bias, after RoPE and rotated otherwise), the
+    float attention restored after."""
     from atom_ao.kv.cache import AtomKVCache
 
     def forward(model, ids):
