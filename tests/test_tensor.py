@@ -156,3 +156,25 @@ def test_direct_launch_steps_aside_for_profiler_autograd_and_fake():
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
         fx = mode.from_tensor(x)
         assert not t._direct_launch_ok(fx, None)
+
+
+@pytest.mark.gpu
+def test_compiled_split_k_sum_fuses_into_the_consumer():
+    """At M = 1 the GEMM splits K; compiled, the partials' sum is left to Inductor, which fuses it
+    into the residual add: no summing kernel in the generated code, same values as eager (up to
+    the order of float32 adds, which is the same: one bf16 rounding either way)."""
+    from torch._inductor.utils import run_and_get_code
+    from torch.testing import FileCheck
+
+    lin = _cuda_linear(k=4096, n=4096)  # 32 weight tiles at M = 1: swap_split_k splits K in 4
+    x = outlier_activations(1, 4096, dtype=torch.bfloat16)[0].cuda()
+    res = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
+    f = lambda x, r: lin(x) + r  # noqa: E731
+    with torch.no_grad():
+        eager = f(x, res)
+        torch._dynamo.reset()
+        compiled, codes = run_and_get_code(torch.compile(f, fullgraph=True), x, res)
+    code = "\n".join(codes)
+    FileCheck().check("_w4a4_gemm_swap_kernel").run(code)
+    assert "_sum_splits_kernel" not in code
+    torch.testing.assert_close(compiled, eager, rtol=1e-2, atol=1e-2 * eager.abs().max().item())

@@ -17,6 +17,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op, wrap_triton
 
 from atom_ao.format import w4a4_gemm_ref
@@ -322,6 +323,32 @@ def _sum_splits_kernel(ws_ptr, out_ptr, MN, SPLITS, SPLITS_P: tl.constexpr, BLOC
     tl.store(out_ptr + offs, tl.sum(part, axis=0).to(out_ptr.dtype.element_ty), mask=offs < MN)
 
 
+# Under torch.compile the split-K partials are summed by tensor adds in the graph, which Inductor
+# fuses into the kernel that reads the GEMM's output (RoPE, the residual add and its RMSNorm
+# statistic) instead of one more launch per GEMM: in a compiled Llama-2-7B batch-1 decode step on
+# the H200 the summing kernel took 311 of 3482 us, ~2.4 us for each of its 128 launches
+# (results/h200/bench_generate_llama2-7b_atomkv4_b1_profile.log). ATOM_AO_SPLIT_SUM=kernel keeps
+# the kernel under compile too (A/B timing). Eager calls always use the kernel (one launch).
+SPLIT_SUM_IN_GRAPH = os.environ.get("ATOM_AO_SPLIT_SUM", "graph") != "kernel"
+
+
+def sum_partials(ws: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The (M, N) sum of a (splits, M, N) float32 workspace in split order, cast to ``dtype``."""
+    total = ws[0]
+    for s in range(1, ws.shape[0]):
+        total = total + ws[s]
+    return total.to(dtype)
+
+
+def _finish_splits(ws: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    if ws is out:
+        return out
+    if SPLIT_SUM_IN_GRAPH and is_fake(ws):  # traced by torch.compile: leave the sum to Inductor
+        return sum_partials(ws, out.dtype)
+    _sum_splits(ws, out)
+    return out
+
+
 def _workspace(out: torch.Tensor, splits: int) -> torch.Tensor:
     return out if splits == 1 else torch.empty((splits, *out.shape), dtype=torch.float32, device=out.device)
 
@@ -422,8 +449,7 @@ def w4a4_gemm_triton(
     if path == "packed" and m <= GEMV_MAX_M and group_size % 32 == 0 and n_out % 4 == 0:
         _launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
                      w_outlier_scale, bias, ws, group_size, splits)
-        _sum_splits(ws, out)
-        return out
+        return _finish_splits(ws, out)
     if path == "swap":  # same arguments as the tile kernel, its own grid
         kernel, meta = swap_kernel_and_meta(m)
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), splits, triton.cdiv(m, meta["BLOCK_M"]))  # noqa: E731
@@ -450,8 +476,7 @@ def w4a4_gemm_triton(
         USE_ASM=not INTERPRET,
         **meta,
     )
-    _sum_splits(ws, out)
-    return out
+    return _finish_splits(ws, out)
 
 
 def _launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,

@@ -218,3 +218,50 @@ def test_group_size_past_the_nibble_kernels_takes_the_int8_path():
     got = w4a4_gemm_triton(*args, 1024, torch.float32)  # default: the INT8-copies path
     want = w4a4_gemm_ref(*[t.cpu() if t is not None else None for t in args], 1024, torch.float32)
     torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+_TRACE_SCRIPT = """
+import sys, torch
+sys.path[:0] = [{tests!r}, {ops!r}]
+from test_w4a4_gemm_triton import _operands
+from atom_ao.ops.w4a4_gemm import w4a4_gemm_triton
+from torch.fx.experimental.proxy_tensor import make_fx
+args = _operands(8, 48, 5 * 64, 32, 64, torch.bfloat16, True, device="cpu")
+for path in ("packed", "swap"):
+    gm = make_fx(lambda *a: w4a4_gemm_triton(*a, 64, torch.bfloat16, splits=3, path=path), tracing_mode="fake")(*args)
+    nodes = list(gm.graph.nodes)
+    launches = sum("triton_kernel_wrapper" in str(n.target) for n in nodes)
+    adds = sum(n.target == torch.ops.aten.add.Tensor for n in nodes)
+    val = gm.graph.output_node().args[0].meta["val"]
+    print(path, launches, adds, tuple(val.shape), val.dtype)
+"""
+
+
+def test_traced_split_k_sums_in_the_graph():
+    """Traced as torch.compile traces the op's body, a split GEMM is one Triton launch and its
+    partials' sum two tensor adds (3 splits) Inductor can fuse into the consumer, no summing
+    kernel. (Traced without the interpreter, which would run the kernel on the fake tensors.)"""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(here.parent.parent), env.get("PYTHONPATH", "")])
+    script = _TRACE_SCRIPT.format(tests=str(here.parent), ops=str(here))
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith(("packed", "swap"))]
+    assert lines == [f"{p} 1 2 (8, 48) torch.bfloat16" for p in ("packed", "swap")], res.stdout
+
+
+def test_in_graph_split_sum_equals_the_summing_kernel():
+    from atom_ao.ops.w4a4_gemm import _sum_splits, sum_partials
+
+    ws = torch.randn(5, 7, 33, generator=torch.Generator().manual_seed(0)) * 100
+    out = torch.empty(7, 33)
+    _sum_splits(ws, out)
+    assert torch.equal(sum_partials(ws, torch.float32), out)  # same order of the float32 adds
+    # (the interpreter's own float32 -> bf16 cast truncates; torch's rounds to nearest, as the GPU's)
+    assert torch.equal(sum_partials(ws, torch.bfloat16), out.to(torch.bfloat16))
