@@ -1,0 +1,37 @@
+"""benchmarks/plot_generate.py: merging generate runs (later rows win) and refusing mixed inputs."""
+
+import json
+
+import pytest
+
+import cpu_smoke  # noqa: F401  (benchmarks on the path)
+import plot_generate
+
+
+def _run(tmp_path, name, gpu, rows):
+    p = tmp_path / name
+    p.write_text(json.dumps({"meta": {"gpu": gpu}, "rows": rows}))
+    return str(p)
+
+
+def _row(path, batch, tpot, model="llama2-7b", ratio=None):
+    return {"model": model, "path": path, "batch": batch, "tpot_ms": tpot, "tokens_per_s": batch * 1e3 / tpot,
+            "prefill_ms": 10.0, "peak_gb": 1.0, "speedup_vs_bf16": ratio}
+
+
+def test_merge_later_rows_win_and_table_lists_each_run(tmp_path):
+    a = _run(tmp_path, "a.json", "H200", [_row("bf16", 1, 5.0, ratio=1.0), _row("atom-kv4", 1, 4.0, ratio=1.25)])
+    b = _run(tmp_path, "b.json", "H200", [_row("atom-kv4", 1, 3.8), _row("atom-kv4", 8, 4.4)])
+    rows, gpus = plot_generate.merge([a, b])
+    assert [(r["path"], r["batch"], r["tpot_ms"], r["file"]) for r in rows] == [
+        ("atom-kv4", 1, 3.8, "b.json"), ("atom-kv4", 8, 4.4, "b.json"), ("bf16", 1, 5.0, "a.json")]
+    assert gpus == ["H200", "H200"]
+    md = plot_generate.table(rows)
+    assert "| atom-kv4 | 8 | 4.40 | 1818 | - |" in md and "| bf16 | 1 | 5.00 | 200 | 1.00x |" in md
+
+
+def test_mixed_models_or_gpus_are_refused(tmp_path):
+    a = _run(tmp_path, "a.json", "H200", [_row("bf16", 1, 5.0)])
+    b = _run(tmp_path, "b.json", "H100", [_row("bf16", 8, 6.0)])
+    with pytest.raises(SystemExit, match="one model and one GPU"):
+        plot_generate.main([a, b, "--out", str(tmp_path / "x")])
