@@ -237,22 +237,9 @@ def _write(rows, args):
 
 
 def _plot(rows, path, model):
-    import matplotlib
+    from plot_generate import plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for p in sorted({r["path"] for r in rows}):
-        pts = [(r["batch"], r["tokens_per_s"]) for r in rows if r["path"] == p]
-        ax.plot(*zip(*pts), marker="o", label=p)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch")
-    ax.set_ylabel("decode tokens/s")
-    ax.set_title(f"{model} decode throughput on {gpu_name()}")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    plot(rows, path, f"{model} decode throughput on {gpu_name()}")
 
 
 if __name__ == "__main__":

@@ -361,5 +361,17 @@ def key_bias(model: torch.nn.Module) -> list[torch.Tensor] | None:
     if not layers or getattr(layers[0].k_proj, "bias", None) is None:
         return None
     scale = float(getattr(rotary_embedding(model), "attention_scaling", 1.0))
-    d = getattr(layers[0], "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads
+    d = attention_head_dim(model, layers[0])
     return [attn.k_proj.bias.detach().float().cpu().view(-1, d) * scale for attn in layers]
+
+
+def attention_head_dim(model: torch.nn.Module, attn: torch.nn.Module) -> int:
+    """The head dimension of a transformers attention module: its own ``head_dim``, else the
+    config's, else hidden_size / num_attention_heads."""
+    cfg = getattr(model, "config", None)
+    d = getattr(attn, "head_dim", None) or getattr(cfg, "head_dim", None)
+    if d is None and cfg is not None:
+        d = cfg.hidden_size // cfg.num_attention_heads
+    if d is None:
+        raise ValueError("cannot tell the head dimension (no head_dim on the attention module or config)")
+    return int(d)

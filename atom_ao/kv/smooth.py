@@ -32,6 +32,7 @@ from collections.abc import Iterable
 import torch
 
 from atom_ao.calibration import _feed
+from atom_ao.kv.cache import attention_head_dim
 
 
 def _float_linear(m) -> bool:
@@ -47,16 +48,6 @@ def _attention_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Modul
             raise ValueError(f"smooth_keys_: {name}.q_proj / k_proj are not float nn.Linear layers (already "
                              "quantized?): smooth the float model first, then quantize")
     return found
-
-
-def _head_dim(model: torch.nn.Module, attn: torch.nn.Module) -> int:
-    cfg = getattr(model, "config", None)
-    d = getattr(attn, "head_dim", None) or getattr(cfg, "head_dim", None)
-    if d is None and cfg is not None:
-        d = cfg.hidden_size // cfg.num_attention_heads
-    if d is None:
-        raise ValueError("smooth_keys_: cannot tell the head dimension (no head_dim on the attention module or config)")
-    return int(d)
 
 
 def _check(model: torch.nn.Module, name: str, attn: torch.nn.Module, d: int) -> None:
@@ -78,7 +69,7 @@ def key_channel_max(model: torch.nn.Module, batches: Iterable | torch.Tensor, pr
     """Per attention module: (kv_heads, head_dim) max |k| over the calibration tokens, K bias left out."""
     stats, hooks = {}, []
     for name, attn in _attention_modules(model):
-        d = _head_dim(model, attn)
+        d = attention_head_dim(model, attn)
         _check(model, name, attn, d)
 
         def hook(mod, args, out, name=name, d=d):
@@ -114,7 +105,7 @@ def smooth_keys_(model: torch.nn.Module, batches: Iterable | torch.Tensor, alpha
     stats = key_channel_max(model, batches, progress)
     scales = {}
     for name, attn in _attention_modules(model):
-        d = _head_dim(model, attn)
+        d = attention_head_dim(model, attn)
         s = key_scales(stats[name], alpha)  # (kv_heads, d)
         kv_heads = s.shape[0]
         group = attn.q_proj.out_features // (kv_heads * d)
