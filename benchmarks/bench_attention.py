@@ -193,12 +193,58 @@ def explore(models):
                 dec.GQA_KERNEL, gqa_tuner.configs, gqa_tuner.cache = False, gqa_configs, {}
 
 
+def explore_warps(models):
+    """The generic kernel's tensor-core path with one or two warps a program (no cross-warp
+    softmax: the whole tile's max and sum stay inside a warp), against the default configs: GQA
+    (Llama-3) and MHA on the tensor cores (15/16 padding, ``FMA_MAX_G = 0``) beside the MHA kernel."""
+    import triton
+
+    import atom_ao.ops.kv_decode_attention as dec
+    import atom_ao.ops.kv_tiles as tiles
+
+    def timed(label, model, b, ctx):
+        rows = run_case(model, b, ctx, 70, do_sdpa=False)
+        print(f"  {label:<58} {rows[0]['us']:>9} us {rows[0]['copy_pct']:>5}% of copy", flush=True)
+
+    tuner = dec._decode_split_tuned
+    default = list(tuner.configs)
+    cands = [(bn, w, st, pairs) for bn, w, st, pairs in ((16, 1, 3, True), (32, 1, 3, True), (32, 1, 4, True),
+                                                         (32, 1, 3, False), (64, 1, 2, True), (32, 2, 3, True),
+                                                         (64, 2, 3, True))]
+    cases = [("llama3-8b", 64, 1024), ("llama3-8b", 64, 8192), ("llama3-8b", 16, 8192), ("llama3-8b", 1, 32768),
+             ("llama2-7b", 64, 1024), ("llama2-7b", 64, 8192)]
+    try:
+        for model, b, ctx in cases:
+            if model not in models:
+                continue
+            mha = MODELS[model][0] == MODELS[model][1]
+            print(f"{model} B={b} ctx={ctx}")
+            tuner.configs, tuner.cache = default, {}
+            timed("default (MHA kernel / generic autotuned)", model, b, ctx)
+            if mha:  # G = 1 on the tensor cores: a 16-row tile with one real row
+                dec.MHA_KERNEL, dec.FMA_MAX_G = False, 0
+            for bn, w, st, pairs in cands:
+                tiles.UNPACK_BY_PAIRS = pairs
+                tuner.configs = [triton.Config({"BLOCK_N": bn, "PREFETCH": False}, num_warps=w, num_stages=st)]
+                tuner.cache = {}
+                try:
+                    timed(f"BLOCK_N {bn} warps {w} stages {st} pairs {pairs}", model, b, ctx)
+                except Exception as e:  # noqa: BLE001  (a config that does not compile / fit)
+                    print(f"  BLOCK_N {bn} warps {w} stages {st} pairs {pairs}: {type(e).__name__} {str(e)[:200]}")
+            dec.MHA_KERNEL, dec.FMA_MAX_G, tiles.UNPACK_BY_PAIRS = True, 2, False
+    finally:
+        tuner.configs, tuner.cache = default, {}
+        dec.MHA_KERNEL, dec.FMA_MAX_G, tiles.UNPACK_BY_PAIRS = True, 2, False
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a few cases")
     ap.add_argument("--mem-gb", type=float, default=70.0, help="largest cache (all copies) to allocate")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--explore", action="store_true", help="each kernel config on a few cases, then exit")
+    ap.add_argument("--explore-warps", action="store_true",
+                    help="the generic kernel with one or two warps a program (GQA, MHA on tensor cores), then exit")
     ap.add_argument("--rope", action="store_true", help="also time keys cached before RoPE (int4-rope)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -208,6 +254,9 @@ def main():
     check()
     if args.explore:
         explore(args.models.split(","))
+        return
+    if args.explore_warps:
+        explore_warps(args.models.split(","))
         return
     batches, contexts = (([1, 64], [2048, 32768]) if args.quick else (BATCHES, CONTEXTS))
     rows = []

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, then benchmarks. Usage (on the GPU machine, repo root):
-#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9t|verify-s9u|verify-s9b|verify-s10a|verify-s10b|verify-s10c|verify-s10d|verify-s11a|verify-s12a|verify-s9c|large-m]...
+#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9t|verify-s9u|verify-s9b|verify-s10a|verify-s10b|verify-s10c|verify-s10d|verify-s11a|verify-s12a|explore-s12|verify-s9c|large-m]...
 # Each step's log goes to $OUT/<step>.log (so a step cut short still leaves its output) and
 # PYTEST_ARGS (paths) and PYTEST_K (-k expression) pick the tests of tests-some; result files to $OUT (or benchmarks/results/ when OUT is unset). STEP_TIMEOUT caps each step.
 set -uo pipefail
@@ -96,6 +96,9 @@ for what in "${@:-tests}"; do
                      tests/ops/test_w4a4_gemm_triton.py -k "compiled_split_k or split_k_gpu or swap_path_real or eager_direct"
                  T=170 step generate_split_graph python3 benchmarks/bench_generate.py --batches 1,64 --paths atom-kv4 --gen 16 --steps 8 --profile
                  ATOM_AO_SPLIT_SUM=kernel T=170 step generate_split_kernel python3 benchmarks/bench_generate.py --batches 1,64 --paths atom-kv4 --gen 16 --steps 8 ;;
+    # session 12: one-warp tensor-core decode attention (GQA, MHA) and the decode GEMM on cold weights
+    explore-s12) T=290 step attention_warps python3 benchmarks/bench_attention.py --explore-warps
+                 T=270 step decode_gemm_cold python3 benchmarks/explore_decode_gemm.py ;;
     verify-s9b) step linear_decode python3 benchmarks/bench_linear.py --ms 1,16,64,256 --tag _x16 \
                     --shapes "llama2-7b qkv,llama2-7b o,llama2-7b gate/up,llama2-7b down,llama3-8b qkv"
                 step generate_b64 python3 benchmarks/bench_generate.py --batches 1,64 --paths atom-kv4,bf16,fp8 --gen 32 --steps 16 ;;

@@ -1,0 +1,102 @@
+"""The swap-AB W4A4 GEMM at decode sizes with the weights read from HBM, by config and split.
+
+    python benchmarks/explore_decode_gemm.py [--ms 1,16] [--shapes "llama2-7b qkv,llama2-7b o"]
+
+``explore_small_m`` times one weight, which the 50-60 MB L2 of an H100 / H200 keeps for the
+next replay when it is under ~50 MB (Llama-2-7B qkv is 25 MB packed): its "% of copy" figures
+at M = 1 are partly L2 reads. In a model every linear's weights are cold (the other 127 linears
+of the step ran in between). Here one replay runs the GEMM over enough copies of the quantized
+weight to exceed 2x L2, rotating, so each call streams its weight from HBM as it does in the
+model; the time is per call. Each (weight rows a tile, warps, stages) config of the M regime is
+timed with every split the shape allows, beside the default (the swap kernel's own rule).
+Prints one table per shape and M; writes JSON + markdown (explore_decode_gemm_<gpu>).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+import torch
+import triton
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_linear import SHAPES  # noqa: E402
+from common import bench_us, markdown_table, measured_copy_bytes_per_s, write_results  # noqa: E402
+
+L2_BYTES = 60e6
+COLUMNS = ["shape", "M", "config", "split", "us", "weight_TB/s", "read_pct_of_copy"]
+
+
+def main():
+    import atom_ao
+    from torchao.quantization import quantize_
+
+    gemm = importlib.import_module("atom_ao.ops.w4a4_gemm")
+    swap = importlib.import_module("atom_ao.ops.w4a4_gemm_swap")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ms", default="1,16")
+    ap.add_argument("--shapes", default="llama2-7b qkv,llama2-7b o,llama2-7b gate/up,llama2-7b down")
+    ap.add_argument("--configs", default="128x3x4,128x5x4,64x3x4,64x5x4,128x4x8",
+                    help="BLOCK_N x stages x warps of the swap kernel to time (16 or 32 tokens a tile by M)")
+    ap.add_argument("--splits", default="1,2,3,4,6,8")
+    args = ap.parse_args()
+    copy_bps = measured_copy_bytes_per_s()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
+    rows = []
+    for label in args.shapes.split(","):
+        k, n = SHAPES[label]
+        lin = torch.nn.Linear(k, n, bias=False, device="cuda", dtype=torch.bfloat16)
+        quantize_(lin, atom_ao.atom_config())
+        w = lin.weight
+        wbytes = w.qdata.numel() + w.outlier_qdata.numel() + 4 * (w.scale.numel() + w.outlier_scale.numel())
+        copies = max(2, min(64, int(-(-2 * L2_BYTES // wbytes))))
+        weights = [(w.qdata.clone(), w.scale.clone(), w.outlier_qdata.clone(), w.outlier_scale.clone())
+                   for _ in range(copies)]
+        for m in args.ms.split(","):
+            m = int(m)
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            x[:, :8] *= 60
+            a = torch.ops.atom_ao.quantize_activation(x, w.perm, w.n_outliers, w.group_size, w.act_clip_ratio)
+            groups = a[1].shape[1]
+            default = swap.swap_split_k(m, n, groups, sms)
+
+            def per_call(**kw):
+                def fn():
+                    for wq in weights:
+                        gemm.w4a4_gemm_triton(*a, *wq, None, w.group_size, x.dtype, path="swap", **kw)
+                return bench_us(fn) / copies
+
+            def add(config, split, us):
+                tbs = wbytes / us / 1e6
+                rows.append({"shape": label, "M": m, "config": config, "split": split, "us": round(us, 2),
+                             "weight_TB/s": round(tbs, 2), "read_pct_of_copy": round(100 * tbs * 1e12 / copy_bps, 1)})
+
+            add("default (autotuned)", default, per_call())
+            bm = 16 if m <= 16 else 32
+            real = swap.swap_kernel_and_meta
+            for bn, st, nw in configs:
+                fixed = {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": nw, "num_stages": st}
+                gemm.swap_kernel_and_meta = lambda _m, fixed=fixed: (swap._w4a4_gemm_swap_kernel_jit, fixed)
+                try:
+                    for s in (int(v) for v in args.splits.split(",")):
+                        if s <= groups and triton.cdiv(groups, triton.cdiv(groups, s)) == s:
+                            add(f"{bn}x{bm} st{st} w{nw}", s, per_call(splits=s))
+                except Exception as e:  # noqa: BLE001  (a config that does not fit: say so, go on)
+                    print(f"  {label} M={m} {fixed}: {type(e).__name__} {str(e)[:200]}")
+                finally:
+                    gemm.swap_kernel_and_meta = real
+            mine = [r for r in rows if r["shape"] == label and r["M"] == m]
+            print(markdown_table(sorted(mine, key=lambda r: r["us"]), COLUMNS).split("\n", 2)[-1], flush=True)
+        weights = None
+        torch.cuda.empty_cache()
+    write_results("explore_decode_gemm", rows, COLUMNS, {"copy_bytes_per_s": copy_bps, "sms": sms})
+
+
+if __name__ == "__main__":
+    main()
