@@ -162,6 +162,7 @@ def explore(models):
         if model not in models:
             continue
         print(f"{model} B={b} ctx={ctx}")
+        dec.ONE_WARP_GQA = False  # the generic kernel's 4- and 8-warp configs (GQA's default is one warp)
         mha = MODELS[model][0] == MODELS[model][1]
         tuner = dec._decode_mha_tuned if mha else dec._decode_split_tuned
         configs = list(tuner.configs)
@@ -191,50 +192,48 @@ def explore(models):
                 timed("gqa kernel, autotuned", model, b, ctx)
             finally:
                 dec.GQA_KERNEL, gqa_tuner.configs, gqa_tuner.cache = False, gqa_configs, {}
+            dec.ONE_WARP_GQA = True
+            timed("default (one warp a program)", model, b, ctx)
+    dec.ONE_WARP_GQA = True
 
 
 def explore_warps(models):
-    """The generic kernel's tensor-core path with one or two warps a program (no cross-warp
-    softmax: the whole tile's max and sum stay inside a warp), against the default configs: GQA
-    (Llama-3) and MHA on the tensor cores (15/16 padding, ``FMA_MAX_G = 0``) beside the MHA kernel."""
+    """GQA decode (Llama-3-8B heads) on the generic kernel's tensor-core path: the 4-warp autotuned
+    configs against one warp a program (the default), the one-warp path at several split targets
+    (programs per SM) and step sizes."""
     import triton
 
     import atom_ao.ops.kv_decode_attention as dec
-    import atom_ao.ops.kv_tiles as tiles
 
     def timed(label, model, b, ctx):
         rows = run_case(model, b, ctx, 70, do_sdpa=False)
         print(f"  {label:<58} {rows[0]['us']:>9} us {rows[0]['copy_pct']:>5}% of copy", flush=True)
 
-    tuner = dec._decode_split_tuned
-    default = list(tuner.configs)
-    cands = [(bn, w, st, pairs) for bn, w, st, pairs in ((16, 1, 3, True), (32, 1, 3, True), (32, 1, 4, True),
-                                                         (32, 1, 3, False), (64, 1, 2, True), (32, 2, 3, True),
-                                                         (64, 2, 3, True))]
-    cases = [("llama3-8b", 64, 1024), ("llama3-8b", 64, 8192), ("llama3-8b", 16, 8192), ("llama3-8b", 1, 32768),
-             ("llama2-7b", 64, 1024), ("llama2-7b", 64, 8192)]
+    one = dec._decode_one_warp_tuned
+    one_default = list(one.configs)
+    cases = [("llama3-8b", 64, 1024), ("llama3-8b", 64, 8192), ("llama3-8b", 16, 8192), ("llama3-8b", 16, 1024),
+             ("llama3-8b", 1, 32768), ("llama3-8b", 1, 4096), ("llama3-8b", 256, 2048)]
+    per_sm_default = dec.ONE_WARP_PROGRAMS_PER_SM
     try:
         for model, b, ctx in cases:
             if model not in models:
                 continue
-            mha = MODELS[model][0] == MODELS[model][1]
             print(f"{model} B={b} ctx={ctx}")
-            tuner.configs, tuner.cache = default, {}
-            timed("default (MHA kernel / generic autotuned)", model, b, ctx)
-            if mha:  # G = 1 on the tensor cores: a 16-row tile with one real row
-                dec.MHA_KERNEL, dec.FMA_MAX_G = False, 0
-            for bn, w, st, pairs in cands:
-                tiles.UNPACK_BY_PAIRS = pairs
-                tuner.configs = [triton.Config({"BLOCK_N": bn, "PREFETCH": False}, num_warps=w, num_stages=st)]
-                tuner.cache = {}
-                try:
-                    timed(f"BLOCK_N {bn} warps {w} stages {st} pairs {pairs}", model, b, ctx)
-                except Exception as e:  # noqa: BLE001  (a config that does not compile / fit)
-                    print(f"  BLOCK_N {bn} warps {w} stages {st} pairs {pairs}: {type(e).__name__} {str(e)[:200]}")
-            dec.MHA_KERNEL, dec.FMA_MAX_G, tiles.UNPACK_BY_PAIRS = True, 2, False
+            dec.ONE_WARP_GQA = False
+            timed("4-warp configs, autotuned", model, b, ctx)
+            dec.ONE_WARP_GQA = True
+            for per_sm in (4, 8, 16, 32, 64):
+                dec.ONE_WARP_PROGRAMS_PER_SM = per_sm
+                timed(f"one warp, {per_sm} programs a SM", model, b, ctx)
+            dec.ONE_WARP_PROGRAMS_PER_SM = per_sm_default
+            for bn, st in ((16, 3), (64, 2)):
+                one.configs = [triton.Config({"BLOCK_N": bn, "PREFETCH": False}, num_warps=1, num_stages=st)]
+                one.cache = {}
+                timed(f"one warp, BLOCK_N {bn} stages {st}", model, b, ctx)
+            one.configs, one.cache = one_default, {}
     finally:
-        tuner.configs, tuner.cache = default, {}
-        dec.MHA_KERNEL, dec.FMA_MAX_G, tiles.UNPACK_BY_PAIRS = True, 2, False
+        one.configs, one.cache = one_default, {}
+        dec.ONE_WARP_GQA, dec.ONE_WARP_PROGRAMS_PER_SM = True, per_sm_default
 
 
 def main():
@@ -244,7 +243,7 @@ def main():
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--explore", action="store_true", help="each kernel config on a few cases, then exit")
     ap.add_argument("--explore-warps", action="store_true",
-                    help="the generic kernel with one or two warps a program (GQA, MHA on tensor cores), then exit")
+                    help="GQA decode: one warp a program vs the 4-warp configs, split targets, then exit")
     ap.add_argument("--rope", action="store_true", help="also time keys cached before RoPE (int4-rope)")
     args = ap.parse_args()
     if not torch.cuda.is_available():

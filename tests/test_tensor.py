@@ -166,7 +166,7 @@ def test_compiled_split_k_sum_fuses_into_the_consumer():
     from torch._inductor.utils import run_and_get_code
     from torch.testing import FileCheck
 
-    lin = _cuda_linear(k=4096, n=4096)  # 32 weight tiles at M = 1: swap_split_k splits K in 4
+    lin = _cuda_linear(k=4096, n=4096)  # 64 weight tiles at M = 1: swap_split_k splits K in 8
     x = outlier_activations(1, 4096, dtype=torch.bfloat16)[0].cuda()
     res = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
     f = lambda x, r: lin(x) + r  # noqa: E731

@@ -50,6 +50,16 @@ MHA_KERNEL = True  # one query head per KV head: ``kv_decode_mha`` (False: the g
 # grouped queries (more than FMA_MAX_G a KV head), head_dim 128: ``kv_decode_gqa`` (nibble planes)
 # instead of the generic kernel's tensor-core path. Off until timed on a GPU.
 GQA_KERNEL = False
+# The generic kernel's tensor-core path (grouped queries, keys cached after RoPE) with ONE warp a
+# program: the 16-row dots (the group's query heads, padded) over 32-token steps stay inside the
+# warp, so a step's softmax max and sum need no shared memory or barrier (with 4 warps the dots'
+# columns spread over the warps and every step's max and sum crossed them). H200, Llama-3-8B
+# heads (``bench_attention.py --explore-warps``): batch 64, context 1024 81.2 -> 63.6 us, 8192
+# 544 -> 422 us. One-warp programs need more of them a SM to keep HBM busy: the split count
+# aims at ONE_WARP_PROGRAMS_PER_SM (the 4-warp configs: PROGRAMS_PER_SM).
+ONE_WARP_GQA = True
+ONE_WARP_PROGRAMS_PER_SM = 16
+PROGRAMS_PER_SM = 4
 INTERPRET_PREFETCH = False  # under the interpreter (tests flip it): the kernels' prefetching variant
 UNPACK_MAGIC = True  # codes -> floats by the mantissa trick (``kv_tiles.load_codes``); False: casts
 
@@ -231,6 +241,13 @@ def _decode_split_kernel(
         tl.store(ml_ptr + row * 2 + 1, l_i, mask=g_ok)
 
 
+def _one_warp_configs():
+    # 32-token steps, 3 stages: 16 and 64 (2 stages) were within 5% (64 spills at 3 stages)
+    return [triton.Config({"BLOCK_N": 32, "PREFETCH": False}, num_warps=1, num_stages=3)]
+
+
+_decode_one_warp_tuned = None if _INTERPRET else triton.autotune(
+    configs=_one_warp_configs(), key=["G", "HALF", "ONE_SPLIT", "num_splits"])(_decode_split_kernel)
 _decode_gqa_tuned = None if _INTERPRET else triton.autotune(
     configs=gqa_configs(), key=["G", "HALF", "ONE_SPLIT", "HAS_START", "num_splits"])(decode_gqa_kernel)
 _decode_mha_tuned = None if _INTERPRET else triton.autotune(
@@ -269,11 +286,11 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def num_splits(batch: int, kv_heads: int, max_seq_len: int, device: torch.device) -> int:
-    """Splits per (sequence, KV head): enough programs for ~4 per SM, none shorter than
-    MIN_SPLIT_TOKENS. Depends on host ints only."""
+def num_splits(batch: int, kv_heads: int, max_seq_len: int, device: torch.device, per_sm: int = 0) -> int:
+    """Splits per (sequence, KV head): enough programs for ``per_sm`` (default PROGRAMS_PER_SM)
+    per SM, none shorter than MIN_SPLIT_TOKENS. Depends on host ints only."""
     n_sm = 4 if device.type != "cuda" else _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    want = triton.cdiv(4 * n_sm, batch * kv_heads)
+    want = triton.cdiv((per_sm or PROGRAMS_PER_SM) * n_sm, batch * kv_heads)
     return max(1, min(want, triton.cdiv(max_seq_len, MIN_SPLIT_TOKENS)))
 
 
@@ -310,7 +327,10 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
     if k_cache.stride() != v_cache.stride() or k_meta.stride() != v_meta.stride():
         raise ValueError("kv_decode_attention: K and V caches (and metas) must have the same strides")
     max_seq_len = max_seq_len or block_table.shape[1] * k_cache.shape[2]
-    splits = num_splits(b, hkv, max_seq_len, q.device)
+    mha = g == 1 and k_rope is None and MHA_KERNEL and _as_words(k_cache) and _as_words(v_cache)
+    gqa_planes = not mha and _gqa_kernel_fits(q, k_cache, v_cache, k_rope)
+    one_warp = ONE_WARP_GQA and not (mha or gqa_planes) and g > FMA_MAX_G and k_rope is None and not _INTERPRET
+    splits = num_splits(b, hkv, max_seq_len, q.device, ONE_WARP_PROGRAMS_PER_SM if one_warp else 0)
     one = splits == 1
     part = torch.empty((b, h, 1 if one else splits, d), dtype=torch.float32, device=q.device)
     ml = torch.empty((b, h, 1 if one else splits, 2), dtype=torch.float32, device=q.device)
@@ -324,10 +344,10 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
         block_table.stride(0),
         out.stride(0), out.stride(1),
     )
-    if g == 1 and k_rope is None and MHA_KERNEL and _as_words(k_cache) and _as_words(v_cache):
+    if mha:
         _launch_mha(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
                     sm_scale * _LOG2E, splits, one)
-    elif _gqa_kernel_fits(q, k_cache, v_cache, k_rope):
+    elif gqa_planes:
         _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
                     sm_scale * _LOG2E, splits, one)
     else:
@@ -337,14 +357,16 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
         else:  # tensor-core tiles of at least 16 rows
             op_dtype = operand_dtype(q.dtype, k_rope is not None)
             block_g, dot = max(16, triton.next_power_of_2(g)), dot_dtype(op_dtype, _INTERPRET)
-            magic = magic_bits(op_dtype, _INTERPRET) if UNPACK_MAGIC else 0
+            # the one-warp path unpacks two codes per instruction (kv_tiles' inline asm): 5% on the H200
+            magic = magic_bits(op_dtype, _INTERPRET, pairs=True if one_warp else None) if UNPACK_MAGIC else 0
         meta = dict(G=g, BLOCK_G=block_g, HALF=d // 2, PAGE=k_cache.shape[2], HAS_START=kv_start is not None,
                     ONE_SPLIT=one, DOT=dot, MAGIC=magic, PREC=dot_precision(q.dtype), FMA=fma,
                     ROPE=k_rope is not None, HAS_KBIAS=k_bias is not None)
         if _INTERPRET:
             wrap_triton(_decode_split_kernel)[(b, hkv, splits)](*args, **meta, BLOCK_N=16, PREFETCH=INTERPRET_PREFETCH)
         else:
-            wrap_triton(_decode_split_tuned)[(b, hkv, splits)](*args, **meta)
+            tuned = _decode_one_warp_tuned if one_warp else _decode_split_tuned
+            wrap_triton(tuned)[(b, hkv, splits)](*args, **meta)
     if not one:
         wrap_triton(_decode_reduce_kernel)[(b * h,)](
             part, ml, out, h, splits, out.stride(0), out.stride(1),

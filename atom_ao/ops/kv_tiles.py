@@ -21,7 +21,9 @@ import triton.language as tl
 F32_MAGIC = tl.constexpr(0x4B000000)  # the bits of 2.0**23 in float32
 # MAGIC | BY_PAIRS: the 16-bit trick by inline asm, two codes per instruction (see ``_PAIRS``)
 BY_PAIRS = tl.constexpr(1 << 16)
-UNPACK_BY_PAIRS = False  # the launchers' choice (``magic_bits``); not yet timed or run on a GPU
+# the launchers' default (``magic_bits``); the one-warp GQA decode path always takes the pairs
+# (H200, session 12: 5% faster there; the GPU tests run both)
+UNPACK_BY_PAIRS = False
 
 
 def _pairs_asm(magic16: int, one16: int) -> str:
@@ -207,14 +209,16 @@ def online_softmax(s, m_i, l_i):
 _TL = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
 
 
-def magic_bits(dtype: torch.dtype, interpret: bool) -> int:
+def magic_bits(dtype: torch.dtype, interpret: bool, pairs: bool | None = None) -> int:
     """``load_codes``' MAGIC for queries of ``dtype``: the mantissa trick for fp16 / bf16 on the
     GPU (1024.0 = 0x6400 in fp16, 128.0 = 0x4300 in bf16: their last mantissa bit is worth 1),
-    with BY_PAIRS set when ``UNPACK_BY_PAIRS``; 0 (casts) for float32 and the interpreter."""
+    with BY_PAIRS set when ``pairs`` (None: ``UNPACK_BY_PAIRS``); 0 (casts) for float32 and the
+    interpreter."""
     if interpret:
         return 0
     magic = {torch.float16: 0x6400, torch.bfloat16: 0x4300}.get(dtype, 0)
-    return magic | BY_PAIRS.value if magic and UNPACK_BY_PAIRS else magic
+    pairs = UNPACK_BY_PAIRS if pairs is None else pairs
+    return magic | BY_PAIRS.value if magic and pairs else magic
 
 
 def operand_dtype(dtype: torch.dtype, rope: bool) -> torch.dtype:

@@ -34,8 +34,11 @@ SWAP_MAX_M = 64  # the largest token tile offered below
 # (BLOCK_N weight rows, BLOCK_M tokens, warps, stages) per token regime; one autotuner each.
 # H200, benchmarks/explore_small_m.py (results/h200/explore_small_m_*): 256-row tiles on 8 warps
 # were slower everywhere and are gone; 128x64 on 4 warps takes 255 registers.
+# Up to 16 tokens one config: with the weights read from HBM, as in a model (explore_decode_gemm,
+# H200, session 12), 64-row tiles at the split ``swap_split_k`` gives them were the fastest on
+# all four Llama-2-7B linears at M = 1 and 16 (the autotuner, timing one L2-resident weight, took 128).
 _SWAP_REGIMES = {
-    16: [(128, 16, 4, 3), (64, 16, 4, 3)],
+    16: [(64, 16, 4, 3)],
     32: [(128, 32, 4, 3), (64, 32, 4, 3)],
     64: [(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3)],
 }
@@ -48,11 +51,17 @@ def swap_split_k(m: int, n: int, groups: int, sms: int) -> int:
     (8 bytes per token and column, written and read back) weigh as much as its weights by then.
     Against every forced split timed on the H200 (explore_small_m: Llama-2-7B qkv / o / gate-up /
     down and 70B o, M = 2, 16, 32, 64) the rule's pick is the fastest or within 5% of it in all 20
-    cases (worst: qkv at M = 64, 1 split 26.3 us against 25.1 with 2)."""
-    tiles = triton.cdiv(n, TYPICAL_BLOCK_N) * triton.cdiv(m, SWAP_MAX_M)
-    target = sms if m <= 32 else sms // 2
+    cases (worst: qkv at M = 64, 1 split 26.3 us against 25.1 with 2).
+
+    Up to 16 tokens (64-row tiles) the target is 3 programs a SM and a share may be 3 groups: with
+    the weights read from HBM (explore_decode_gemm, H200) that is the best split timed for each
+    Llama-2-7B linear at M = 1 and 16 (qkv 4, o 8, gate/up 2, down 8)."""
+    small = m <= 16
+    tiles = triton.cdiv(n, 64 if small else TYPICAL_BLOCK_N) * triton.cdiv(m, SWAP_MAX_M)
+    target = 3 * sms if small else sms if m <= 32 else sms // 2
+    min_share = 3 if small else 4
     splits = 1
-    while tiles * splits < target and splits < 16 and groups >= 2 * splits * 4:
+    while tiles * splits < target and splits < 16 and groups >= 2 * splits * min_share:
         splits *= 2
     return triton.cdiv(groups, triton.cdiv(groups, splits))  # no empty split
 

@@ -146,12 +146,15 @@ def test_decode_real_sizes_gpu(batch, ctx, heads, kv_heads):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("mha, pairs", [(True, False), (False, False), (False, True)])
-def test_every_decode_config_gpu(monkeypatch, mha, pairs):
+@pytest.mark.parametrize("mha, pairs, one_warp", [(True, False, False), (False, False, False), (False, True, False),
+                                                  (False, False, True)])
+def test_every_decode_config_gpu(monkeypatch, mha, pairs, one_warp):
     """Each config of the autotuner's list on its own (autotuning checks only the one it picks),
     with several splits, left padding and a sequence shorter than a step; ``pairs``: the codes
-    unpacked by ``kv_tiles``' inline asm (``UNPACK_BY_PAIRS``)."""
+    unpacked by ``kv_tiles``' inline asm (``UNPACK_BY_PAIRS``); ``one_warp``: GQA's default,
+    one warp a program (always with the pairs), else the 4- and 8-warp configs."""
     monkeypatch.setattr(kv_tiles, "UNPACK_BY_PAIRS", pairs)
+    monkeypatch.setattr(dec, "ONE_WARP_GQA", one_warp)
     heads, kv_heads = (32, 32) if mha else (32, 8)
     lens = [3000, 1, 700, 2048]
     caches, table = paged_cache(lens, kv_heads, 128, page_size=64, device="cuda", seed=7)
@@ -162,7 +165,7 @@ def test_every_decode_config_gpu(monkeypatch, mha, pairs):
     seq_lens = torch.tensor(lens, dtype=torch.int32)
     kv_start = torch.tensor([0, 0, 33, 1000], dtype=torch.int32)
     want = decode_attention_ref(q, *[c.cpu() for c in caches], table.cpu(), seq_lens, kv_start, 128 ** -0.5)
-    tuner = dec._decode_mha_tuned if mha else dec._decode_split_tuned
+    tuner = dec._decode_mha_tuned if mha else dec._decode_one_warp_tuned if one_warp else dec._decode_split_tuned
     configs = list(tuner.configs)
     try:
         for cfg in configs:

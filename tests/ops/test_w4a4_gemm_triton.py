@@ -192,9 +192,11 @@ def test_swap_split_k_rule():
             s = swap_split_k(m, n, groups, sms=132)
             per = -(-groups // s)
             assert 1 <= s <= 16 and -(-groups // per) == s  # no empty split
-            assert s == 1 or per >= 4
-    # a wide weight (172 tiles of 128 rows) fills 132 SMs unsplit; a narrow one is split
-    assert swap_split_k(16, 22016, 31, 132) == 1 and swap_split_k(16, 4096, 85, 132) == 8
+            assert s == 1 or per >= (3 if m <= 16 else 4)
+    # up to 16 tokens: 64-row tiles, ~3 programs a SM (the H200's best splits on cold weights)
+    assert [swap_split_k(1, n, g, 132) for n, g in ((12288, 31), (4096, 31), (22016, 31), (4096, 85))] == [4, 8, 2, 8]
+    # 32 tokens: 128-row tiles; a wide weight (172 tiles) fills 132 SMs unsplit, a narrow one is split
+    assert swap_split_k(32, 22016, 31, 132) == 1 and swap_split_k(32, 4096, 85, 132) == 8
     assert swap_split_k(64, 4096, 85, 132) == 4  # past 32 tokens: half the SMs are the target
 
 
