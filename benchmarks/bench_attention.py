@@ -199,8 +199,8 @@ def explore(models):
 
 def explore_warps(models):
     """GQA decode (Llama-3-8B heads) on the generic kernel's tensor-core path: the 4-warp autotuned
-    configs against one warp a program (the default), the one-warp path at several split targets
-    (programs per SM) and step sizes."""
+    configs against one warp a program (the default: its split rule, ``one_warp_splits``), the
+    one-warp path at forced splits, and at two other step sizes."""
     import triton
 
     import atom_ao.ops.kv_decode_attention as dec
@@ -211,29 +211,35 @@ def explore_warps(models):
 
     one = dec._decode_one_warp_tuned
     one_default = list(one.configs)
+    rule = dec.one_warp_splits
     cases = [("llama3-8b", 64, 1024), ("llama3-8b", 64, 8192), ("llama3-8b", 16, 8192), ("llama3-8b", 16, 1024),
              ("llama3-8b", 1, 32768), ("llama3-8b", 1, 4096), ("llama3-8b", 256, 2048)]
-    per_sm_default = dec.ONE_WARP_PROGRAMS_PER_SM
     try:
         for model, b, ctx in cases:
             if model not in models:
                 continue
-            print(f"{model} B={b} ctx={ctx}")
+            h, hkv, d = MODELS[model]
+            picked = rule(b, hkv, ctx, d // 2, torch.device("cuda"))
+            print(f"{model} B={b} ctx={ctx} (one-warp rule: {picked or 'the 4-warp path'}"
+                  f"{' splits' if picked else ''})")
             dec.ONE_WARP_GQA = False
             timed("4-warp configs, autotuned", model, b, ctx)
             dec.ONE_WARP_GQA = True
-            for per_sm in (4, 8, 16, 32, 64):
-                dec.ONE_WARP_PROGRAMS_PER_SM = per_sm
-                timed(f"one warp, {per_sm} programs a SM", model, b, ctx)
-            dec.ONE_WARP_PROGRAMS_PER_SM = per_sm_default
-            for bn, st in ((16, 3), (64, 2)):
-                one.configs = [triton.Config({"BLOCK_N": bn, "PREFETCH": False}, num_warps=1, num_stages=st)]
-                one.cache = {}
-                timed(f"one warp, BLOCK_N {bn} stages {st}", model, b, ctx)
-            one.configs, one.cache = one_default, {}
+            timed("default", model, b, ctx)
+            for s in (1, 2, 4, 8, 16, 32, 128):
+                if s != picked and s <= triton.cdiv(ctx, dec.MIN_SPLIT_TOKENS):
+                    dec.one_warp_splits = lambda *_a, s=s: s
+                    timed(f"one warp, {s} splits", model, b, ctx)
+            dec.one_warp_splits = rule
+            if picked:
+                for bn, st in ((16, 3), (64, 2)):
+                    one.configs = [triton.Config({"BLOCK_N": bn, "PREFETCH": False}, num_warps=1, num_stages=st)]
+                    one.cache = {}
+                    timed(f"one warp, BLOCK_N {bn} stages {st}", model, b, ctx)
+                one.configs, one.cache = one_default, {}
     finally:
         one.configs, one.cache = one_default, {}
-        dec.ONE_WARP_GQA, dec.ONE_WARP_PROGRAMS_PER_SM = True, per_sm_default
+        dec.ONE_WARP_GQA, dec.one_warp_splits = True, rule
 
 
 def main():

@@ -55,11 +55,13 @@ GQA_KERNEL = False
 # warp, so a step's softmax max and sum need no shared memory or barrier (with 4 warps the dots'
 # columns spread over the warps and every step's max and sum crossed them). H200, Llama-3-8B
 # heads (``bench_attention.py --explore-warps``): batch 64, context 1024 81.2 -> 63.6 us, 8192
-# 544 -> 422 us. One-warp programs need more of them a SM to keep HBM busy: the split count
-# aims at ONE_WARP_PROGRAMS_PER_SM (the 4-warp configs: PROGRAMS_PER_SM).
+# 544 -> 422 us. It needs a full wave of programs (``one_warp_splits``); with fewer (small batch
+# and short context) the 4-warp configs keep more loads in flight per program and stay.
 ONE_WARP_GQA = True
-ONE_WARP_PROGRAMS_PER_SM = 16
-PROGRAMS_PER_SM = 4
+# one-warp programs resident a SM, by head_dim / 2: the registers (254 a thread at head_dim 128,
+# 164 at 64; sm_90, Triton 3.6-3.9) leave room for 8 and 12. The H200 timings follow these
+# waves: at batch 64, context 8192, 2 splits (1024 programs, one wave) 416 us, 3 splits 540 us.
+ONE_WARP_RESIDENT = {64: 8, 32: 12}
 INTERPRET_PREFETCH = False  # under the interpreter (tests flip it): the kernels' prefetching variant
 UNPACK_MAGIC = True  # codes -> floats by the mantissa trick (``kv_tiles.load_codes``); False: casts
 
@@ -286,12 +288,29 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def num_splits(batch: int, kv_heads: int, max_seq_len: int, device: torch.device, per_sm: int = 0) -> int:
-    """Splits per (sequence, KV head): enough programs for ``per_sm`` (default PROGRAMS_PER_SM)
-    per SM, none shorter than MIN_SPLIT_TOKENS. Depends on host ints only."""
-    n_sm = 4 if device.type != "cuda" else _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    want = triton.cdiv((per_sm or PROGRAMS_PER_SM) * n_sm, batch * kv_heads)
+def _n_sm(device: torch.device) -> int:
+    return 4 if device.type != "cuda" else _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def num_splits(batch: int, kv_heads: int, max_seq_len: int, device: torch.device) -> int:
+    """Splits per (sequence, KV head): enough programs for ~4 per SM, none shorter than
+    MIN_SPLIT_TOKENS. Depends on host ints only."""
+    want = triton.cdiv(4 * _n_sm(device), batch * kv_heads)
     return max(1, min(want, triton.cdiv(max_seq_len, MIN_SPLIT_TOKENS)))
+
+
+def one_warp_splits(batch: int, kv_heads: int, max_seq_len: int, half: int, device: torch.device) -> int:
+    """Splits per (sequence, KV head) for the one-warp programs: as many as fit one wave
+    (``ONE_WARP_RESIDENT`` a SM), none shorter than MIN_SPLIT_TOKENS; 0 when even the most splits
+    leave less than a wave (then the 4-warp configs are faster: Llama-3-8B heads, H200, batch 1,
+    context 4096: 12.1 against 29.5 us). A partly filled second wave costs nearly a full one, so
+    the count stops at one wave rather than overshooting it. Host ints only."""
+    slots = _n_sm(device) * ONE_WARP_RESIDENT.get(half, 8)
+    pairs = batch * kv_heads
+    most = triton.cdiv(max_seq_len, MIN_SPLIT_TOKENS)
+    if pairs * most < slots:
+        return 0
+    return max(1, min(most, slots // pairs))
 
 
 def check_decode_args(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start) -> None:
@@ -330,7 +349,9 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
     mha = g == 1 and k_rope is None and MHA_KERNEL and _as_words(k_cache) and _as_words(v_cache)
     gqa_planes = not mha and _gqa_kernel_fits(q, k_cache, v_cache, k_rope)
     one_warp = ONE_WARP_GQA and not (mha or gqa_planes) and g > FMA_MAX_G and k_rope is None and not _INTERPRET
-    splits = num_splits(b, hkv, max_seq_len, q.device, ONE_WARP_PROGRAMS_PER_SM if one_warp else 0)
+    splits = one_warp_splits(b, hkv, max_seq_len, d // 2, q.device) if one_warp else 0
+    one_warp = splits > 0
+    splits = splits or num_splits(b, hkv, max_seq_len, q.device)
     one = splits == 1
     part = torch.empty((b, h, 1 if one else splits, d), dtype=torch.float32, device=q.device)
     ml = torch.empty((b, h, 1 if one else splits, 2), dtype=torch.float32, device=q.device)

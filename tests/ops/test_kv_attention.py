@@ -155,6 +155,8 @@ def test_every_decode_config_gpu(monkeypatch, mha, pairs, one_warp):
     one warp a program (always with the pairs), else the 4- and 8-warp configs."""
     monkeypatch.setattr(kv_tiles, "UNPACK_BY_PAIRS", pairs)
     monkeypatch.setattr(dec, "ONE_WARP_GQA", one_warp)
+    if one_warp:  # this small batch is less than a wave: the rule would send it to the 4-warp path
+        monkeypatch.setattr(dec, "one_warp_splits", lambda *_a: 3)
     heads, kv_heads = (32, 32) if mha else (32, 8)
     lens = [3000, 1, 700, 2048]
     caches, table = paged_cache(lens, kv_heads, 128, page_size=64, device="cuda", seed=7)
@@ -278,3 +280,34 @@ def test_decode_gqa_kernel_gpu(monkeypatch, batch, ctx, heads, kv_heads):
                 _close(got, want, dtype)
     finally:
         dec._decode_gqa_tuned.configs, dec._decode_gqa_tuned.cache = configs, {}
+
+
+def test_one_warp_split_rule():
+    """One-warp GQA programs: one wave of them (8 a SM at head_dim 128), or the 4-warp path (0)."""
+    cpu = torch.device("cpu")  # 4 "SMs" off the GPU: 32 slots at head_dim 128
+    assert dec.one_warp_splits(2, 8, 4096, 64, cpu) == 2  # 16 pairs x 2 = 32 programs
+    assert dec.one_warp_splits(1, 2, 8192, 64, cpu) == 16
+    assert dec.one_warp_splits(1, 2, 1024, 64, cpu) == 0  # 4 splits x 2 heads: less than a wave
+    assert dec.one_warp_splits(64, 8, 1024, 64, cpu) == 1  # more pairs than slots: no split
+    assert dec.one_warp_splits(1, 4, 8192, 32, cpu) == 12  # head_dim 64: 12 a SM
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("heads, kv_heads, d", [(32, 8, 128), (14, 2, 64), (28, 4, 128)])
+@pytest.mark.parametrize("splits", [1, 5])
+def test_one_warp_gqa_gpu(monkeypatch, heads, kv_heads, d, splits):
+    """The one-warp GQA path (Llama-3, Qwen2.5-0.5B, Qwen2.5-7B heads) at forced splits, bf16 and
+    fp16 queries, varying lengths and left padding, against the float32 reference."""
+    monkeypatch.setattr(dec, "one_warp_splits", lambda *_a: splits)
+    lens = [2500, 31, 1200, 4096, 77]
+    caches, table = paged_cache(lens, kv_heads, d, page_size=64, device="cuda", seed=11)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    kv_start = torch.tensor([0, 0, 100, 0, 5], dtype=torch.int32)
+    g = torch.Generator().manual_seed(12)
+    for dtype in (torch.bfloat16, torch.float16):
+        q = torch.randn(len(lens), heads, d, generator=g)
+        q[:, :, 3] *= 60  # an outlier channel
+        q = q.to(dtype)
+        want = decode_attention_ref(q, *[c.cpu() for c in caches], table.cpu(), seq_lens, kv_start, d ** -0.5)
+        got = kv_decode_attention_triton(q.cuda(), *caches, table, seq_lens.cuda(), kv_start.cuda(), d ** -0.5, 4096)
+        _close(got, want, dtype)
