@@ -42,7 +42,8 @@ def main():
     ap.add_argument("--ms", default="1,16")
     ap.add_argument("--shapes", default="llama2-7b qkv,llama2-7b o,llama2-7b gate/up,llama2-7b down")
     ap.add_argument("--configs", default="128x3x4,128x5x4,64x3x4,64x5x4,128x4x8",
-                    help="BLOCK_N x stages x warps of the swap kernel to time (16 or 32 tokens a tile by M)")
+                    help="BLOCK_N x stages x warps of the swap kernel to time (16 tokens a tile up to M = 16, "
+                         "else 32), or BLOCK_N x BLOCK_M x stages x warps")
     ap.add_argument("--splits", default="1,2,3,4,6,8")
     args = ap.parse_args()
     copy_bps = measured_copy_bytes_per_s()
@@ -78,9 +79,9 @@ def main():
                              "weight_TB/s": round(tbs, 2), "read_pct_of_copy": round(100 * tbs * 1e12 / copy_bps, 1)})
 
             add("default (autotuned)", default, per_call())
-            bm = 16 if m <= 16 else 32
             real = swap.swap_kernel_and_meta
-            for bn, st, nw in configs:
+            for cfg in configs:
+                bn, bm, st, nw = cfg if len(cfg) == 4 else (cfg[0], 16 if m <= 16 else 32, *cfg[1:])
                 fixed = {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": nw, "num_stages": st}
                 gemm.swap_kernel_and_meta = lambda _m, fixed=fixed: (swap._w4a4_gemm_swap_kernel_jit, fixed)
                 try:
