@@ -45,6 +45,8 @@ def main():
                     help="BLOCK_N x stages x warps of the swap kernel to time (16 tokens a tile up to M = 16, "
                          "else 32), or BLOCK_N x BLOCK_M x stages x warps")
     ap.add_argument("--splits", default="1,2,3,4,6,8")
+    ap.add_argument("--masked-ab", action="store_true",
+                    help="only the default, with the unmasked main loop (full tiles) and with every load masked")
     args = ap.parse_args()
     copy_bps = measured_copy_bytes_per_s()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -78,6 +80,19 @@ def main():
                 rows.append({"shape": label, "M": m, "config": config, "split": split, "us": round(us, 2),
                              "weight_TB/s": round(tbs, 2), "read_pct_of_copy": round(100 * tbs * 1e12 / copy_bps, 1)})
 
+            if args.masked_ab:
+                fast = gemm.w4a4_gemm_triton(*a, *weights[0], None, w.group_size, x.dtype, path="swap")
+                add("default, unmasked loop", default, per_call())
+                gemm.SWAP_UNMASKED = False
+                try:
+                    masked = gemm.w4a4_gemm_triton(*a, *weights[0], None, w.group_size, x.dtype, path="swap")
+                    assert torch.equal(fast, masked), "unmasked and masked loops differ"
+                    add("default, masked loop", default, per_call())
+                finally:
+                    gemm.SWAP_UNMASKED = True
+                mine = [r for r in rows if r["shape"] == label and r["M"] == m]
+                print(markdown_table(mine, COLUMNS).split("\n", 2)[-1], flush=True)
+                continue
             add("default (autotuned)", default, per_call())
             real = swap.swap_kernel_and_meta
             for cfg in configs:

@@ -27,6 +27,10 @@ from atom_ao.ops.gemm_tiles import (
 from atom_ao.ops.w4a4_gemm_swap import SWAP_MAX_M, swap_kernel_and_meta, swap_split_k
 from atom_ao.ops.w4a4_gemm_unpacked import w4a4_gemm_unpacked
 
+# the swap kernel's unmasked main loop when every tile is full (``EVEN_N`` / ``EVEN_M``); False
+# masks every load (benchmarks/explore_decode_gemm.py --masked-ab times both)
+SWAP_UNMASKED = True
+
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -452,6 +456,8 @@ def w4a4_gemm_triton(
         return _finish_splits(ws, out)
     if path == "swap":  # same arguments as the tile kernel, its own grid
         kernel, meta = swap_kernel_and_meta(m)
+        # full tiles for every config offered (BLOCK_N 32..128, BLOCK_M 16..64): unmasked main loop
+        meta = dict(meta, EVEN_N=SWAP_UNMASKED and n % 128 == 0, EVEN_M=SWAP_UNMASKED and m % 64 == 0)
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), splits, triton.cdiv(m, meta["BLOCK_M"]))  # noqa: E731
     else:
         grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), splits)  # noqa: E731

@@ -158,6 +158,19 @@ def test_swap_path_equals_tile_path(m, n, k, n_out, gs, dtype, bias):
     _check(m, n, k, n_out, gs, dtype, bias)  # the default path (swap for 2..64 tokens)
 
 
+@pytest.mark.parametrize("m, n", [(64, 128), (3, 256)])
+def test_swap_unmasked_loop_same_bits(monkeypatch, m, n):
+    """Full tiles (N a multiple of 128, M of 64) take the swap kernel's unmasked main loop (with
+    N only: the weight loads unmasked, the token loads masked): the same bits as every load masked."""
+    import importlib
+    gemm = importlib.import_module("atom_ao.ops.w4a4_gemm")  # the package re-exports the op under that name
+    args = _operands(m, n, 256, 32, 64, torch.bfloat16, True)
+    fast = w4a4_gemm_triton(*args, 64, torch.bfloat16, path="swap", splits=2)
+    monkeypatch.setattr(gemm, "SWAP_UNMASKED", False)
+    torch.testing.assert_close(fast, w4a4_gemm_triton(*args, 64, torch.bfloat16, path="swap", splits=2), rtol=0, atol=0)
+    _check(m, n, 256, 32, 64, torch.bfloat16, True)
+
+
 def test_swap_path_refuses_large_m():
     args = _operands(72, 32, 256, 0, 128, torch.bfloat16, False)
     with pytest.raises(ValueError, match="swap"):
