@@ -236,6 +236,17 @@ def explore_warps(models):
                     one.configs = [triton.Config({"BLOCK_N": bn, "PREFETCH": False}, num_warps=1, num_stages=st)]
                     one.cache = {}
                     timed(f"one warp, BLOCK_N {bn} stages {st}", model, b, ctx)
+                # registers capped (sm_90a offline: 254 -> 168 spills ~60 words a step to local
+                # memory) for 12 programs a SM instead of 8, at the splits that fill those waves
+                for maxnreg, resident in ((168, 12), (128, 16)):
+                    one.configs = [triton.Config({"BLOCK_N": 32, "PREFETCH": False}, num_warps=1, num_stages=3,
+                                                 maxnreg=maxnreg)]
+                    one.cache = {}
+                    splits = max(1, min(triton.cdiv(ctx, dec.MIN_SPLIT_TOKENS),
+                                        resident * torch.cuda.get_device_properties(0).multi_processor_count // (b * hkv)))
+                    dec.one_warp_splits = lambda *_a, s=splits: s
+                    timed(f"one warp, maxnreg {maxnreg}, {splits} splits", model, b, ctx)
+                    dec.one_warp_splits = rule
                 one.configs, one.cache = one_default, {}
     finally:
         one.configs, one.cache = one_default, {}
