@@ -67,6 +67,17 @@ def swap_split_k(m: int, n: int, groups: int, sms: int) -> int:
 
 
 @triton.jit
+def _group_tile(ptrs, s_ptrs, rows_ok, FULL: tl.constexpr):
+    """One group's packed (rows, HALF) tile and its (rows,) scales; FULL: every row exists, no masks."""
+    if FULL:
+        tile, scale = tl.load(ptrs), tl.load(s_ptrs)
+    else:
+        tile = tl.load(ptrs, mask=rows_ok[:, None], other=0)
+        scale = tl.load(s_ptrs, mask=rows_ok, other=0.0)
+    return tile, scale
+
+
+@triton.jit
 def _w4a4_gemm_swap_kernel_jit(
     a_ptr, as_ptr, ao_ptr, aos_ptr,
     w_ptr, ws_ptr, wo_ptr, wos_ptr,
@@ -100,18 +111,8 @@ def _w4a4_gemm_swap_kernel_jit(
     as_ptrs = as_ptr + offs_m * stride_asm + g0
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # out^T
     for g in range(0, n_g):
-        if EVEN_N:
-            w = tl.load(w_ptrs + g * HALF)
-            sw = tl.load(ws_ptrs + g)
-        else:
-            w = tl.load(w_ptrs + g * HALF, mask=mask_n[:, None], other=0)
-            sw = tl.load(ws_ptrs + g, mask=mask_n, other=0.0)
-        if EVEN_M:
-            a = tl.load(a_ptrs + g * HALF)
-            sa = tl.load(as_ptrs + g)
-        else:
-            a = tl.load(a_ptrs + g * HALF, mask=mask_m[:, None], other=0)
-            sa = tl.load(as_ptrs + g, mask=mask_m, other=0.0)
+        w, sw = _group_tile(w_ptrs + g * HALF, ws_ptrs + g, mask_n, EVEN_N)
+        a, sa = _group_tile(a_ptrs + g * HALF, as_ptrs + g, mask_m, EVEN_M)
         w_lo, w_hi = unpack_int4_x16(w, USE_ASM)  # 16 x codes: the dot is 256x, sa takes 1/256
         a_lo, a_hi = unpack_int4_x16(a, USE_ASM)
         dot = tl.dot(w_lo, tl.trans(a_lo), out_dtype=tl.int32)
