@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, then benchmarks. Usage (on the GPU machine, repo root):
-#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9t|verify-s9u|verify-s9b|verify-s10a|verify-s10b|verify-s10c|verify-s10d|verify-s11a|verify-s12a|explore-s12|verify-s12b|generate-s12|verify-s12c|explore-s12d|final-s12|profile-s12|masked-ab|verify-s9c|large-m]...
+#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9t|verify-s9u|verify-s9b|verify-s10a|verify-s10b|verify-s10c|verify-s10d|verify-s11a|verify-s12a|explore-s12|verify-s12b|generate-s12|verify-s12c|explore-s12d|final-s12|profile-s12|masked-ab|verify-s13|verify-s9c|large-m]...
 # Each step's log goes to $OUT/<step>.log (so a step cut short still leaves its output) and
 # PYTEST_ARGS (paths) and PYTEST_K (-k expression) pick the tests of tests-some; result files to $OUT (or benchmarks/results/ when OUT is unset). STEP_TIMEOUT caps each step.
 set -uo pipefail
@@ -122,6 +122,15 @@ for what in "${@:-tests}"; do
                    --shapes "llama2-7b qkv,llama2-7b o,llama2-7b gate/up,llama2-7b down,llama3-8b gate/up"
                T=90 step swap_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                    tests/ops/test_w4a4_gemm_triton.py -k "swap_path_real or unmasked" ;;
+    # what session 12 left for the next GPU run, in one call: the unmasked swap loop (A/B + tests),
+    # one-warp GQA with capped registers, then Llama-2 / Llama-3 batch 64 against bf16
+    verify-s13) T=120 step decode_gemm_masked_ab python3 benchmarks/explore_decode_gemm.py --ms 1,16,64 --masked-ab \
+                    --shapes "llama2-7b qkv,llama2-7b o,llama2-7b gate/up,llama2-7b down,llama3-8b gate/up"
+                T=100 step swap_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
+                    tests/ops/test_w4a4_gemm_triton.py -k "swap_path_real or unmasked"
+                T=120 step attention_one_warp_maxnreg python3 benchmarks/bench_attention.py --explore-warps
+                T=200 step generate_b64_s13 python3 benchmarks/bench_generate.py --batches 64 --paths atom-kv4,bf16 \
+                    --gen 16 --steps 8 ;;
     generate-s12) T=150 step generate_llama2_s12 python3 benchmarks/bench_generate.py --batches 1,64 --paths atom-kv4 --gen 16 --steps 8
                   T=300 step generate_llama3_s12 python3 benchmarks/bench_generate.py --model llama3-8b --batches 1,64 \
                       --paths atom-kv4,bf16 --gen 16 --steps 8 --profile ;;
