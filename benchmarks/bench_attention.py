@@ -212,6 +212,7 @@ def explore_warps(models):
     one = dec._decode_one_warp_tuned
     one_default = list(one.configs)
     rule = dec.one_warp_splits
+    resident_default = dict(dec.ONE_WARP_RESIDENT)
     cases = [("llama3-8b", 64, 1024), ("llama3-8b", 64, 8192), ("llama3-8b", 16, 8192), ("llama3-8b", 16, 1024),
              ("llama3-8b", 1, 32768), ("llama3-8b", 1, 4096), ("llama3-8b", 256, 2048)]
     try:
@@ -242,15 +243,14 @@ def explore_warps(models):
                     one.configs = [triton.Config({"BLOCK_N": 32, "PREFETCH": False}, num_warps=1, num_stages=3,
                                                  maxnreg=maxnreg)]
                     one.cache = {}
-                    splits = max(1, min(triton.cdiv(ctx, dec.MIN_SPLIT_TOKENS),
-                                        resident * torch.cuda.get_device_properties(0).multi_processor_count // (b * hkv)))
-                    dec.one_warp_splits = lambda *_a, s=splits: s
+                    dec.ONE_WARP_RESIDENT = {**resident_default, d // 2: resident}  # the rule's waves
+                    splits = rule(b, hkv, ctx, d // 2, torch.device("cuda"))
                     timed(f"one warp, maxnreg {maxnreg}, {splits} splits", model, b, ctx)
-                    dec.one_warp_splits = rule
+                    dec.ONE_WARP_RESIDENT = resident_default
                 one.configs, one.cache = one_default, {}
     finally:
         one.configs, one.cache = one_default, {}
-        dec.ONE_WARP_GQA, dec.one_warp_splits = True, rule
+        dec.ONE_WARP_GQA, dec.one_warp_splits, dec.ONE_WARP_RESIDENT = True, rule, resident_default
 
 
 def main():
