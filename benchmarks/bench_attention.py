@@ -147,8 +147,8 @@ def check(model="llama3-8b", b=3, ctx=3000):
 
 
 def explore(models):
-    """Each decode-kernel config on its own (the autotuner's list, one at a time), the generic
-    kernel's CUDA-core path for MHA beside the MHA kernel, for GQA the pairs unpack and the
+    """Each decode-kernel config on its own (the autotuner's list, one at a time), for MHA the
+    kernel with its codes' offsets subtracted per code (``MHA_FOLD`` off), for GQA the pairs unpack and the
     nibble-plane kernel (``kv_decode_gqa``), and the autotuner's picks."""
     import atom_ao.ops.kv_decode_attention as dec
     import atom_ao.ops.kv_tiles as tiles
@@ -157,7 +157,7 @@ def explore(models):
         rows = run_case(model, b, ctx, 70, do_sdpa=False)
         print(f"  {label:<44} {rows[0]['us']:>9} us {rows[0]['copy_pct']:>5}% of copy", flush=True)
 
-    for model, b, ctx in (("llama2-7b", 64, 8192), ("llama2-7b", 16, 8192), ("llama2-7b", 1, 32768),
+    for model, b, ctx in (("llama2-7b", 64, 8192), ("llama2-7b", 64, 1024), ("llama2-7b", 16, 8192), ("llama2-7b", 1, 32768),
                           ("llama3-8b", 64, 8192), ("llama3-8b", 1, 32768)):
         if model not in models:
             continue
@@ -173,9 +173,10 @@ def explore(models):
         timed("autotuned", model, b, ctx)
         print("    picked:", list(tuner.cache.values())[-1] if tuner.cache else None)
         if mha:
-            dec.MHA_KERNEL = False
-            timed("generic kernel (CUDA-core path), autotuned", model, b, ctx)
-            dec.MHA_KERNEL = True
+            dec.MHA_FOLD, tuner.cache = False, {}  # the codes' offsets subtracted per code
+            timed("autotuned, offsets not folded", model, b, ctx)
+            print("    picked:", list(tuner.cache.values())[-1] if tuner.cache else None)
+            dec.MHA_FOLD, tuner.cache = True, {}
         else:  # codes unpacked two per instruction by inline asm (kv_tiles.UNPACK_BY_PAIRS)
             tiles.UNPACK_BY_PAIRS, tuner.cache = True, {}
             timed("autotuned, unpack by pairs (asm)", model, b, ctx)

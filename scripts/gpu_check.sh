@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, then benchmarks. Usage (on the GPU machine, repo root):
-#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9t|verify-s9u|verify-s9b|verify-s10a|verify-s10b|verify-s10c|verify-s10d|verify-s11a|verify-s12a|explore-s12|verify-s12b|generate-s12|verify-s12c|explore-s12d|final-s12|profile-s12|masked-ab|verify-s13|verify-s9c|large-m]...
+#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9t|verify-s9u|verify-s9b|verify-s10a|verify-s10b|verify-s10c|verify-s10d|verify-s11a|verify-s12a|explore-s12|verify-s12b|generate-s12|verify-s12c|explore-s12d|final-s12|profile-s12|masked-ab|verify-s13|verify-s13b|verify-s9c|large-m]...
 # Each step's log goes to $OUT/<step>.log (so a step cut short still leaves its output) and
 # PYTEST_ARGS (paths) and PYTEST_K (-k expression) pick the tests of tests-some; result files to $OUT (or benchmarks/results/ when OUT is unset). STEP_TIMEOUT caps each step.
 set -uo pipefail
@@ -131,6 +131,15 @@ for what in "${@:-tests}"; do
                 T=120 step attention_one_warp_maxnreg python3 benchmarks/bench_attention.py --explore-warps
                 T=200 step generate_b64_s13 python3 benchmarks/bench_generate.py --batches 64 --paths atom-kv4,bf16 \
                     --gen 16 --steps 8 ;;
+    # session 13: the MHA decode kernel with folded offsets and R2 rows a thread (tests, each config, the
+    # table against SDPA, Llama-2 b64 generate), and the device's read-only bandwidth (a sum of 2 GiB)
+    verify-s13b) T=100 step mha_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
+                     tests/ops/test_kv_attention.py tests/ops/test_kv_opcheck.py -k "mha or every_decode_config or real_sizes"
+                 T=60 step read_bandwidth python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import torch; from common import bench_us, measured_copy_bytes_per_s as c; x = torch.ones(1 << 30, dtype=torch.bfloat16, device='cuda'); us = bench_us(lambda: x.sum(dtype=torch.float32)); print(f'sum of 2 GiB: {us:.0f} us = {2**31 / us / 1e6:.2f} TB/s read; copy {c() / 1e12:.2f} TB/s read + write')"
+                 T=140 step generate_llama2_b64_mha python3 benchmarks/bench_generate.py --batches 64 \
+                     --paths atom-kv4,bf16 --gen 16 --steps 8
+                 T=200 step attention_explore_mha python3 benchmarks/bench_attention.py --explore --models llama2-7b
+                 T=100 step attention_llama2 python3 benchmarks/bench_attention.py --quick --models llama2-7b ;;
     generate-s12) T=150 step generate_llama2_s12 python3 benchmarks/bench_generate.py --batches 1,64 --paths atom-kv4 --gen 16 --steps 8
                   T=300 step generate_llama3_s12 python3 benchmarks/bench_generate.py --model llama3-8b --batches 1,64 \
                       --paths atom-kv4,bf16 --gen 16 --steps 8 --profile ;;

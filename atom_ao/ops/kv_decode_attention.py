@@ -47,6 +47,11 @@ MIN_SPLIT_TOKENS = 256  # fewer tokens per split: the partials cost more than th
 # ``kv_decode_mha`` unless keys are cached before RoPE: 2.3x this path on the H200.)
 FMA_MAX_G = 2
 MHA_KERNEL = True  # one query head per KV head: ``kv_decode_mha`` (False: the generic kernel's CUDA-core path)
+# ``kv_decode_mha`` with the codes' 2^23 offsets removed once per row instead of per code (its
+# FOLD; False: the subtraction per code). Under the interpreter the MHA kernel runs INTERPRET_MHA_R2
+# rows a thread (tests flip it; on the GPU R2 is autotuned).
+MHA_FOLD = True
+INTERPRET_MHA_R2 = 1
 # grouped queries (more than FMA_MAX_G a KV head), head_dim 128: ``kv_decode_gqa`` (nibble planes)
 # instead of the generic kernel's tensor-core path. Off until timed on a GPU.
 GQA_KERNEL = False
@@ -104,10 +109,10 @@ def _launch_mha(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_s
     args = _word_view_args(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
                            qk_scale, splits)
     meta = dict(HALF=d // 2, PAGE=k_cache.shape[2], HAS_START=kv_start is not None, ONE_SPLIT=one, ASM=not _INTERPRET,
-                ROWS=MHA_ROWS)  # every constexpr passed: Inductor's wrap_triton fills in no defaults
+                ROWS=MHA_ROWS, FOLD=MHA_FOLD)  # every constexpr passed: Inductor's wrap_triton fills in no defaults
     if _INTERPRET:
         wrap_triton(decode_mha_kernel)[(b, h, splits)](*args, **meta, WARPS=2, PREFETCH=INTERPRET_PREFETCH,
-                                                        num_warps=2)
+                                                        R2=INTERPRET_MHA_R2, num_warps=2)
     else:
         wrap_triton(_decode_mha_tuned)[(b, h, splits)](*args, **meta)
 
@@ -254,7 +259,7 @@ _decode_one_warp_tuned = None if _INTERPRET else triton.autotune(
 _decode_gqa_tuned = None if _INTERPRET else triton.autotune(
     configs=gqa_configs(), key=["G", "HALF", "ONE_SPLIT", "HAS_START", "num_splits"])(decode_gqa_kernel)
 _decode_mha_tuned = None if _INTERPRET else triton.autotune(
-    configs=mha_configs(), key=["HALF", "ONE_SPLIT", "HAS_START", "num_splits"])(decode_mha_kernel)
+    configs=mha_configs(), key=["HALF", "ONE_SPLIT", "HAS_START", "FOLD", "num_splits"])(decode_mha_kernel)
 _decode_split_tuned = triton.autotune(configs=_configs(), key=["G", "HALF", "ONE_SPLIT", "FMA", "ROPE", "num_splits"])(
     _decode_split_kernel
 ) if not _INTERPRET else None

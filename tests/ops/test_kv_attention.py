@@ -36,9 +36,14 @@ def paged_cache(lens, kv_heads, d, page_size, meta_dtype=torch.bfloat16, seed=0,
     return [c.to(device) for c in caches], table.to(device)
 
 
-def _close(got, want, dtype):
+# float32 queries on the MHA kernel with its offsets folded (``MHA_FOLD``): scores and values carry
+# the codes' offsets (up to 256 x a code unit) through the sums, ~5 bits of fp32's 24 lost
+FOLD_F32_TOL = 2e-4
+
+
+def _close(got, want, dtype, tol=None):
     got, want = got.float().cpu(), want.float().cpu()
-    tol = 2e-5 if dtype == torch.float32 else 2e-2
+    tol = tol or (2e-5 if dtype == torch.float32 else 2e-2)
     rel = ((got - want).norm() / want.norm()).item()
     assert rel < tol, rel
     assert got.isfinite().all()
@@ -82,7 +87,30 @@ def test_decode_prefetch_and_mha_kernel(monkeypatch, prefetch, heads, kv_heads, 
     for hint, kv_start in ((0, None), (4096, torch.tensor([0, 5, 50, 15], dtype=torch.int32))):
         want = decode_attention_ref(q, *caches, table, seq_lens, kv_start, d ** -0.5)
         got = kv_decode_attention_triton(q, *caches, table, seq_lens, kv_start, d ** -0.5, hint)
-        _close(got, want, dtype)
+        _close(got, want, dtype, FOLD_F32_TOL if heads == kv_heads and dec.MHA_FOLD and dtype == torch.float32 else None)
+
+
+@pytest.mark.parametrize("r2, fold", [(1, False), (2, True), (2, False)])  # (1, True): the test above
+@pytest.mark.parametrize("prefetch", [False, True])
+@pytest.mark.parametrize("d, page, dtype", [(128, 32, torch.bfloat16), (64, 24, torch.float32), (32, 16, torch.float32)])
+def test_mha_kernel_rows_and_fold(monkeypatch, r2, fold, prefetch, d, page, dtype):
+    """``kv_decode_mha`` with R2 rows a thread (steps of 32 rows: one page, or a lookup per row at
+    pages of 24) and the codes' offsets removed per row (FOLD) or per code."""
+    monkeypatch.setattr(dec, "INTERPRET_PREFETCH", prefetch)
+    monkeypatch.setattr(dec, "INTERPRET_MHA_R2", r2)
+    monkeypatch.setattr(dec, "MHA_FOLD", fold)
+    lens = [1, 37, 70, 33]
+    caches, table = paged_cache(lens, 2, d, page_size=page, seed=6)
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(len(lens), 2, d, generator=g)
+    q[:, :, 1] *= 80  # outlier channels, in both halves of the head
+    q[:, :, d // 2 + 2] *= -50
+    q = q.to(dtype)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    for hint, kv_start in ((0, None), (4096, torch.tensor([0, 5, 50, 15], dtype=torch.int32))):
+        want = decode_attention_ref(q, *caches, table, seq_lens, kv_start, d ** -0.5)
+        got = kv_decode_attention_triton(q, *caches, table, seq_lens, kv_start, d ** -0.5, hint)
+        _close(got, want, dtype, FOLD_F32_TOL if fold and dtype == torch.float32 else None)
 
 
 def test_decode_all_padding_gives_zero():
