@@ -213,7 +213,6 @@ def explore_warps(models):
     one = dec._decode_one_warp_tuned
     one_default = list(one.configs)
     rule = dec.one_warp_splits
-    resident_default = dict(dec.ONE_WARP_RESIDENT)
     cases = [("llama3-8b", 64, 1024), ("llama3-8b", 64, 8192), ("llama3-8b", 16, 8192), ("llama3-8b", 16, 1024),
              ("llama3-8b", 1, 32768), ("llama3-8b", 1, 4096), ("llama3-8b", 256, 2048)]
     try:
@@ -238,20 +237,34 @@ def explore_warps(models):
                     one.configs = [triton.Config({"BLOCK_N": bn, "PREFETCH": False}, num_warps=1, num_stages=st)]
                     one.cache = {}
                     timed(f"one warp, BLOCK_N {bn} stages {st}", model, b, ctx)
-                # registers capped (sm_90a offline: 254 -> 168 spills ~60 words a step to local
-                # memory) for 12 programs a SM instead of 8, at the splits that fill those waves
-                for maxnreg, resident in ((168, 12), (128, 16)):
-                    one.configs = [triton.Config({"BLOCK_N": 32, "PREFETCH": False}, num_warps=1, num_stages=3,
-                                                 maxnreg=maxnreg)]
-                    one.cache = {}
-                    dec.ONE_WARP_RESIDENT = {**resident_default, d // 2: resident}  # the rule's waves
-                    splits = rule(b, hkv, ctx, d // 2, torch.device("cuda"))
-                    timed(f"one warp, maxnreg {maxnreg}, {splits} splits", model, b, ctx)
-                    dec.ONE_WARP_RESIDENT = resident_default
                 one.configs, one.cache = one_default, {}
     finally:
         one.configs, one.cache = one_default, {}
-        dec.ONE_WARP_GQA, dec.one_warp_splits, dec.ONE_WARP_RESIDENT = True, rule, resident_default
+        dec.ONE_WARP_GQA, dec.one_warp_splits = True, rule
+
+
+def explore_splits(models):
+    """Small batches, where a sequence's splits are all the parallel work: the default split
+    count (``num_splits``: ~4 programs a SM, none shorter than MIN_SPLIT_TOKENS) against shorter
+    splits (more programs, each a shorter chain of dependent loads; one more partial each)."""
+    import atom_ao.ops.kv_decode_attention as dec
+
+    default = dec.MIN_SPLIT_TOKENS
+    try:
+        for model, b, ctx in (("llama2-7b", 1, 1024), ("llama2-7b", 1, 2048), ("llama2-7b", 1, 8192),
+                              ("llama2-7b", 4, 1024), ("llama3-8b", 1, 1024), ("llama3-8b", 1, 8192)):
+            if model not in models:
+                continue
+            h, hkv, d = MODELS[model]
+            print(f"{model} B={b} ctx={ctx}")
+            for tokens in (default, 128, 64, 32):
+                dec.MIN_SPLIT_TOKENS = tokens
+                splits = dec.num_splits(b, hkv, ctx, torch.device("cuda"))
+                rows = run_case(model, b, ctx, 70, do_sdpa=False)
+                print(f"  MIN_SPLIT_TOKENS {tokens:>4}: {splits:>3} splits {rows[0]['us']:>9} us "
+                      f"{rows[0]['copy_pct']:>5}% of copy", flush=True)
+    finally:
+        dec.MIN_SPLIT_TOKENS = default
 
 
 def main():
@@ -260,6 +273,8 @@ def main():
     ap.add_argument("--mem-gb", type=float, default=70.0, help="largest cache (all copies) to allocate")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--explore", action="store_true", help="each kernel config on a few cases, then exit")
+    ap.add_argument("--explore-splits", action="store_true",
+                    help="batch 1 and 4: the decode kernel at shorter splits than the default, then exit")
     ap.add_argument("--explore-warps", action="store_true",
                     help="GQA decode: one warp a program vs the 4-warp configs, split targets, then exit")
     ap.add_argument("--rope", action="store_true", help="also time keys cached before RoPE (int4-rope)")
@@ -274,6 +289,9 @@ def main():
         return
     if args.explore_warps:
         explore_warps(args.models.split(","))
+        return
+    if args.explore_splits:
+        explore_splits(args.models.split(","))
         return
     batches, contexts = (([1, 64], [2048, 32768]) if args.quick else (BATCHES, CONTEXTS))
     rows = []

@@ -5,8 +5,8 @@ sequence, head and split; partials combined by its reduce kernel), shaped for a 
 row, where a tensor-core tile would be 15/16 padding and the generic CUDA-core path spends its
 time moving (tokens, D/2) float tiles between layouts through shared memory.
 
-Here a step's tile is (R2, WARPS, 8, D/8) int32 words (the cache viewed as int32): warp w reads
-R2 x 8 whole cache rows, each thread 16 contiguous bytes of one row, and every reduction of a step
+Here a step's tile is (WARPS, 8, D/8) int32 words (the cache viewed as int32): warp w reads 8
+whole cache rows, each thread 16 contiguous bytes of one row, and every reduction of a step
 stays inside a warp. The score of a row is a sum over the row's 4 threads; the running max, sum
 and the accumulators are per warp (each thread keeps its own columns of its own row slot); the
 warps' states are combined once, after the loop, by log-sum-exp. So a step has no barrier and no
@@ -27,10 +27,6 @@ sum of p * scale, with the zero points' share). Per code: 1 LOP3 and 1 FMA (valu
 rescale), the shifts a quarter of an instruction a code. The offsets are at most 16 x the codes
 (256 for the low nibbles): ~5 of fp32's 24 bits, far below the 4-bit codes' own error.
 
-R2 > 1: each thread takes R2 rows of a step (R2 x 8 rows a warp), summed into the same value
-accumulators before the rescale, so the rescale costs 1 / R2 multiply a code and a warp has
-R2 x 1 KB of loads in flight.
-
 PREFETCH: each step issues the next step's loads, and the block-table lookup of the one after,
 before it unpacks its own tile (Triton's pipeliner only handles loads that feed a dot): a step
 then waits on neither the page lookup nor its data.
@@ -41,7 +37,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from atom_ao.ops.kv_tiles import split_tiles
+from atom_ao.ops.kv_tiles import online_softmax, split_tiles
 
 ROWS = 8  # cache rows per warp and step: 8 rows x 4 threads x 16 bytes = one warp at D = 128
 # The 8 nibbles of word j (``kv.format.pack_kv``): byte k holds column 4j + k in its low nibble and
@@ -50,9 +46,8 @@ ROWS = 8  # cache rows per warp and step: 8 rows x 4 threads x 16 bytes = one wa
 
 def mha_configs():
     return [
-        triton.Config({"WARPS": w, "PREFETCH": pf, "R2": r2}, num_warps=w, num_stages=1)
-        for w, pf, r2 in ((2, False, 1), (4, False, 1), (8, False, 1), (2, True, 1), (4, True, 1), (8, True, 1),
-                          (2, False, 2), (4, False, 2), (2, True, 2), (4, True, 2))
+        triton.Config({"WARPS": w, "PREFETCH": pf}, num_warps=w, num_stages=1)
+        for w, pf in ((2, False), (4, False), (8, False), (2, True), (4, True), (8, True))
     ]
 
 
@@ -97,7 +92,8 @@ def _nib(w, P: tl.constexpr, ASM: tl.constexpr, FOLD: tl.constexpr):
 @triton.jit
 def _planes(w, ASM: tl.constexpr, FOLD: tl.constexpr):
     """The 8 nibbles of the words w as floats (``_nib``), byte b's low then high nibble (columns
-    4 j + b and HALF + 4 j + b), at bits 15 / 19 (FOLD), else 0, 4, 8, 12, 16 of the word and 8, 12, 16 of the word >> 12."""
+    4 j + b and HALF + 4 j + b): FOLD at bits 15 / 19 of four shifted words, else at bits 0, 4, 8,
+    12, 16 of the word and 8, 12, 16 of the word >> 12."""
     if FOLD:  # one shift a byte: low nibbles at bit 15, high at 19
         w0 = w << 15
         w1 = w << 7
@@ -114,7 +110,7 @@ def _planes(w, ASM: tl.constexpr, FOLD: tl.constexpr):
 @triton.jit
 def _q_plane(q_row, jw, COL0: tl.constexpr, P: tl.constexpr):
     """The query columns COL0 + 4 j of a nibble plane, times 2^-P, shaped to broadcast over a tile."""
-    return (tl.load(q_row + COL0 + 4 * jw).to(tl.float32) * (1.0 / (1 << P)))[None, None, None, :]
+    return (tl.load(q_row + COL0 + 4 * jw).to(tl.float32) * (1.0 / (1 << P)))[None, None, :]
 
 
 @triton.jit
@@ -127,25 +123,15 @@ def _store_plane(o_row, jw, acc, pz, wt, inv, COL0: tl.constexpr, P: tl.constexp
 
 
 @triton.jit
-def _slots(WARPS: tl.constexpr, R2: tl.constexpr, ROWS: tl.constexpr):
-    """(R2, WARPS, ROWS): the position in a step of each row a thread holds. Warp w takes the
-    R2 x ROWS consecutive rows from w * R2 * ROWS; R2 leads so it stays in one thread's registers
-    (Triton spreads a tile's lanes and then its warps from the last dimension up)."""
-    return (tl.arange(0, R2)[:, None, None] * ROWS + tl.arange(0, WARPS)[None, :, None] * (R2 * ROWS)
-            + tl.arange(0, ROWS)[None, None, :])
-
-
-@triton.jit
-def _mha_pages(bt_row, i, tile_hi, seq_len, PAGE: tl.constexpr, WARPS: tl.constexpr, R2: tl.constexpr,
-               ROWS: tl.constexpr):
+def _mha_pages(bt_row, i, tile_hi, seq_len, PAGE: tl.constexpr, WARPS: tl.constexpr, ROWS: tl.constexpr):
     """The pages of step i's rows: one scalar when a step lies in one page, else one per row. A
     step at or past tile_hi looks up step 0 (every table has it); ``_mha_tile`` reads nothing there."""
-    BLOCK: tl.constexpr = WARPS * R2 * ROWS
+    BLOCK: tl.constexpr = WARPS * ROWS
     n0 = tl.where(i < tile_hi, i, 0) * BLOCK
     if PAGE % BLOCK == 0:
         page = tl.load(bt_row + n0 // PAGE).to(tl.int64)
     else:
-        t = n0 + _slots(WARPS, R2, ROWS)
+        t = n0 + tl.arange(0, WARPS)[:, None] * ROWS + tl.arange(0, ROWS)[None, :]
         page = tl.load(bt_row + t // PAGE, mask=t < seq_len, other=0).to(tl.int64)
     return page
 
@@ -153,14 +139,14 @@ def _mha_pages(bt_row, i, tile_hi, seq_len, PAGE: tl.constexpr, WARPS: tl.conste
 @triton.jit
 def _mha_tile(kc_ptr, vc_ptr, km_ptr, vm_ptr, page, i, tile_hi, seq_len, head,
               s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, HALF: tl.constexpr, PAGE: tl.constexpr, WARPS: tl.constexpr,
-              R2: tl.constexpr, ROWS: tl.constexpr):
-    """Words (R2, WARPS, ROWS, HALF / 4) int32, scales and zeros (R2, WARPS, ROWS) float32 of K
-    and V for step i, whose pages ``_mha_pages`` gave (cache strides in words, meta strides in
-    elements). Masked rows, and every row of a step at or past tile_hi, read 0."""
-    BLOCK: tl.constexpr = WARPS * R2 * ROWS
+              ROWS: tl.constexpr):
+    """Words (WARPS, ROWS, HALF / 4) int32, scales and zeros (WARPS, ROWS) float32 of K and V for
+    step i, whose pages ``_mha_pages`` gave (cache strides in words, meta strides in elements).
+    Masked rows, and every row of a step at or past tile_hi, read 0."""
+    BLOCK: tl.constexpr = WARPS * ROWS
     inside = i < tile_hi
     n0 = tl.where(inside, i, 0) * BLOCK
-    slot = _slots(WARPS, R2, ROWS)
+    slot = tl.arange(0, WARPS)[:, None] * ROWS + tl.arange(0, ROWS)[None, :]
     t = n0 + slot
     ok = t < tl.where(inside, seq_len, 0)
     if PAGE % BLOCK == 0:  # the step lies in one page: contiguous rows
@@ -169,20 +155,14 @@ def _mha_tile(kc_ptr, vc_ptr, km_ptr, vm_ptr, page, i, tile_hi, seq_len, head,
         off = t % PAGE
     row_c = page * s_cp + head * s_ch + off * s_ct
     row_m = page * s_mp + head * s_mh + off
-    cols = tl.arange(0, HALF // 4)[None, None, None, :]
-    kb = tl.load(kc_ptr + row_c[:, :, :, None] + cols, mask=ok[:, :, :, None], other=0)
-    vb = tl.load(vc_ptr + row_c[:, :, :, None] + cols, mask=ok[:, :, :, None], other=0)
+    cols = tl.arange(0, HALF // 4)[None, None, :]
+    kb = tl.load(kc_ptr + row_c[:, :, None] + cols, mask=ok[:, :, None], other=0)
+    vb = tl.load(vc_ptr + row_c[:, :, None] + cols, mask=ok[:, :, None], other=0)
     ks = tl.load(km_ptr + row_m, mask=ok, other=0.0).to(tl.float32)
     kz = tl.load(km_ptr + row_m + s_mw, mask=ok, other=0.0).to(tl.float32)
     vs = tl.load(vm_ptr + row_m, mask=ok, other=0.0).to(tl.float32)
     vz = tl.load(vm_ptr + row_m + s_mw, mask=ok, other=0.0).to(tl.float32)
     return kb, ks, kz, vb, vs, vz
-
-
-@triton.jit
-def _rows_sum(x):
-    """(R2, WARPS, ROWS) -> (WARPS,): a warp's rows (R2 in registers, ROWS across lanes)."""
-    return tl.sum(tl.sum(x, axis=0), axis=1)
 
 
 @triton.jit
@@ -192,9 +172,9 @@ def decode_mha_kernel(
     s_qb, s_qh, s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, s_btb, s_ob, s_oh,
     HALF: tl.constexpr, PAGE: tl.constexpr, HAS_START: tl.constexpr, ONE_SPLIT: tl.constexpr,
     WARPS: tl.constexpr, PREFETCH: tl.constexpr, ASM: tl.constexpr, ROWS: tl.constexpr,
-    R2: tl.constexpr, FOLD: tl.constexpr,
+    FOLD: tl.constexpr,
 ):
-    BLOCK: tl.constexpr = WARPS * R2 * ROWS
+    BLOCK: tl.constexpr = WARPS * ROWS
     b = tl.program_id(0)
     h = tl.program_id(1)
     sp = tl.program_id(2)
@@ -229,13 +209,13 @@ def decode_mha_kernel(
     q5 = _q_plane(q_row, jw, HALF + 2, P5)
     q6 = _q_plane(q_row, jw, 3, P6)
     q7 = _q_plane(q_row, jw, HALF + 3, P7)
-    slot = _slots(WARPS, R2, ROWS)
+    slot = tl.arange(0, WARPS)[:, None] * ROWS + tl.arange(0, ROWS)[None, :]
 
     m_i = tl.full([WARPS], float("-inf"), tl.float32)
     l_i = tl.zeros([WARPS], tl.float32)
     pz_i = tl.zeros([WARPS], tl.float32)  # sum of p * (V zero): the zero points' share of the output
     ps_i = tl.zeros([WARPS], tl.float32)  # FOLD: sum of p * (V scale), times the offsets: their share
-    # the value accumulators of the 8 nibble planes, in units of 2^P, summed over R2
+    # the value accumulators of the 8 nibble planes, in units of 2^P
     a0 = tl.zeros([WARPS, ROWS, HALF // 4], tl.float32)
     a1 = tl.zeros([WARPS, ROWS, HALF // 4], tl.float32)
     a2 = tl.zeros([WARPS, ROWS, HALF // 4], tl.float32)
@@ -246,53 +226,47 @@ def decode_mha_kernel(
     a7 = tl.zeros([WARPS, ROWS, HALF // 4], tl.float32)
     bt_row = bt_ptr + b.to(tl.int64) * s_btb
     if PREFETCH:  # step tile_lo's bytes, step tile_lo + 1's pages
-        pg = _mha_pages(bt_row, tile_lo, tile_hi, seq_len, PAGE, WARPS, R2, ROWS)
+        pg = _mha_pages(bt_row, tile_lo, tile_hi, seq_len, PAGE, WARPS, ROWS)
         kb, ks, kz, vb, vs, vz = _mha_tile(kc_ptr, vc_ptr, km_ptr, vm_ptr, pg, tile_lo, tile_hi, seq_len, h,
-                                           s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, HALF, PAGE, WARPS, R2, ROWS)
-        pg = _mha_pages(bt_row, tile_lo + 1, tile_hi, seq_len, PAGE, WARPS, R2, ROWS)
+                                           s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, HALF, PAGE, WARPS, ROWS)
+        pg = _mha_pages(bt_row, tile_lo + 1, tile_hi, seq_len, PAGE, WARPS, ROWS)
     for i in range(tile_lo, tile_hi):
         if PREFETCH:
             # issue step i + 1's loads (their pages came a step ago) and step i + 2's page lookup,
             # then work on step i: neither waits on the other
             kb_n, ks_n, kz_n, vb_n, vs_n, vz_n = _mha_tile(kc_ptr, vc_ptr, km_ptr, vm_ptr, pg, i + 1, tile_hi,
                                                            seq_len, h, s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, HALF,
-                                                           PAGE, WARPS, R2, ROWS)
-            pg = _mha_pages(bt_row, i + 2, tile_hi, seq_len, PAGE, WARPS, R2, ROWS)
+                                                           PAGE, WARPS, ROWS)
+            pg = _mha_pages(bt_row, i + 2, tile_hi, seq_len, PAGE, WARPS, ROWS)
         else:
-            pg = _mha_pages(bt_row, i, tile_hi, seq_len, PAGE, WARPS, R2, ROWS)
+            pg = _mha_pages(bt_row, i, tile_hi, seq_len, PAGE, WARPS, ROWS)
             kb, ks, kz, vb, vs, vz = _mha_tile(kc_ptr, vc_ptr, km_ptr, vm_ptr, pg, i, tile_hi, seq_len, h,
-                                               s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, HALF, PAGE, WARPS, R2, ROWS)
+                                               s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, HALF, PAGE, WARPS, ROWS)
         t = i * BLOCK + slot
         ok = t < seq_len
         if HAS_START:
             ok = ok & (t >= start)
         k0, k1, k2, k3, k4, k5, k6, k7 = _planes(kb, ASM, FOLD)
         raw = tl.sum(k0 * q0 + k1 * q1 + k2 * q2 + k3 * q3 + k4 * q4 + k5 * q5 + k6 * q6 + k7 * q7,
-                     axis=3)  # (R2, WARPS, ROWS): q . codes (+ q_off)
+                     axis=2)  # (WARPS, ROWS): q . codes (+ q_off)
         s = ((raw - q_off) * ks + q_sum * kz) * qk_scale
         s = tl.where(ok, s, float("-inf"))
-        # the streaming softmax in base 2 (``kv_tiles.online_softmax``) over each warp's rows
-        m_new = tl.maximum(m_i, tl.max(tl.max(s, axis=0), axis=1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_use)
-        p = tl.exp2(s - m_use[None, :, None])
-        l_i = l_i * alpha + _rows_sum(p)
-        m_i = m_new
+        p, alpha, m_i, l_i = online_softmax(s, m_i, l_i)
         pv = p * vs
-        pv4 = pv[:, :, :, None]
+        pv3 = pv[:, :, None]
         a = alpha[:, None, None]
         v0, v1, v2, v3, v4, v5, v6, v7 = _planes(vb, ASM, FOLD)
-        a0 = a0 * a + tl.sum(pv4 * v0, axis=0)
-        a1 = a1 * a + tl.sum(pv4 * v1, axis=0)
-        a2 = a2 * a + tl.sum(pv4 * v2, axis=0)
-        a3 = a3 * a + tl.sum(pv4 * v3, axis=0)
-        a4 = a4 * a + tl.sum(pv4 * v4, axis=0)
-        a5 = a5 * a + tl.sum(pv4 * v5, axis=0)
-        a6 = a6 * a + tl.sum(pv4 * v6, axis=0)
-        a7 = a7 * a + tl.sum(pv4 * v7, axis=0)
-        pz_i = pz_i * alpha + _rows_sum(p * vz)
+        a0 = a0 * a + pv3 * v0
+        a1 = a1 * a + pv3 * v1
+        a2 = a2 * a + pv3 * v2
+        a3 = a3 * a + pv3 * v3
+        a4 = a4 * a + pv3 * v4
+        a5 = a5 * a + pv3 * v5
+        a6 = a6 * a + pv3 * v6
+        a7 = a7 * a + pv3 * v7
+        pz_i = pz_i * alpha + tl.sum(p * vz, axis=1)
         if FOLD:
-            ps_i = ps_i * alpha + _rows_sum(pv)
+            ps_i = ps_i * alpha + tl.sum(pv, axis=1)
         if PREFETCH:
             kb, ks, kz, vb, vs, vz = kb_n, ks_n, kz_n, vb_n, vs_n, vz_n
 

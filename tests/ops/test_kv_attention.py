@@ -90,15 +90,13 @@ def test_decode_prefetch_and_mha_kernel(monkeypatch, prefetch, heads, kv_heads, 
         _close(got, want, dtype, FOLD_F32_TOL if heads == kv_heads and dec.MHA_FOLD and dtype == torch.float32 else None)
 
 
-@pytest.mark.parametrize("r2, fold", [(1, False), (2, True), (2, False)])  # (1, True): the test above
 @pytest.mark.parametrize("prefetch", [False, True])
 @pytest.mark.parametrize("d, page, dtype", [(128, 32, torch.bfloat16), (64, 24, torch.float32), (32, 16, torch.float32)])
-def test_mha_kernel_rows_and_fold(monkeypatch, r2, fold, prefetch, d, page, dtype):
-    """``kv_decode_mha`` with R2 rows a thread (steps of 32 rows: one page, or a lookup per row at
-    pages of 24) and the codes' offsets removed per row (FOLD) or per code."""
+def test_mha_kernel_offsets_not_folded(monkeypatch, prefetch, d, page, dtype):
+    """``kv_decode_mha`` with the codes' offsets subtracted per code (``MHA_FOLD`` off; the test
+    above runs the default), outlier query channels in both halves of the head."""
     monkeypatch.setattr(dec, "INTERPRET_PREFETCH", prefetch)
-    monkeypatch.setattr(dec, "INTERPRET_MHA_R2", r2)
-    monkeypatch.setattr(dec, "MHA_FOLD", fold)
+    monkeypatch.setattr(dec, "MHA_FOLD", False)
     lens = [1, 37, 70, 33]
     caches, table = paged_cache(lens, 2, d, page_size=page, seed=6)
     g = torch.Generator().manual_seed(7)
@@ -110,7 +108,7 @@ def test_mha_kernel_rows_and_fold(monkeypatch, r2, fold, prefetch, d, page, dtyp
     for hint, kv_start in ((0, None), (4096, torch.tensor([0, 5, 50, 15], dtype=torch.int32))):
         want = decode_attention_ref(q, *caches, table, seq_lens, kv_start, d ** -0.5)
         got = kv_decode_attention_triton(q, *caches, table, seq_lens, kv_start, d ** -0.5, hint)
-        _close(got, want, dtype, FOLD_F32_TOL if fold and dtype == torch.float32 else None)
+        _close(got, want, dtype)
 
 
 def test_decode_all_padding_gives_zero():
