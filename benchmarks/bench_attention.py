@@ -157,7 +157,8 @@ def explore(models):
         rows = run_case(model, b, ctx, 70, do_sdpa=False)
         print(f"  {label:<44} {rows[0]['us']:>9} us {rows[0]['copy_pct']:>5}% of copy", flush=True)
 
-    for model, b, ctx in (("llama2-7b", 64, 8192), ("llama2-7b", 64, 1024), ("llama2-7b", 16, 8192), ("llama2-7b", 1, 32768),
+    for model, b, ctx in (("llama2-7b", 64, 8192), ("llama2-7b", 64, 1024), ("llama2-7b", 16, 8192),
+                          ("llama2-7b", 1, 32768),
                           ("llama3-8b", 64, 8192), ("llama3-8b", 1, 32768)):
         if model not in models:
             continue
@@ -228,7 +229,7 @@ def explore_warps(models):
             dec.ONE_WARP_GQA = True
             timed("default", model, b, ctx)
             for s in (1, 2, 4, 8, 16, 32, 128):
-                if s != picked and s <= triton.cdiv(ctx, dec.MIN_SPLIT_TOKENS):
+                if s != picked and s <= triton.cdiv(ctx, dec.ONE_WARP_MIN_SPLIT_TOKENS):
                     dec.one_warp_splits = lambda *_a, s=s: s
                     timed(f"one warp, {s} splits", model, b, ctx)
             dec.one_warp_splits = rule

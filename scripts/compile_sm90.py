@@ -126,11 +126,11 @@ def main():
         mtypes.update(kc_ptr="*i32", vc_ptr="*i32")  # the caches viewed as int32 words
         for half, page, one in ((64, 64, True), (64, 16, False), (32, 64, False), (128, 64, True)):
             for cfg in mha.mha_configs():
-                fold = half != 32  # D = 64 also unfolded (dec.MHA_FOLD off)
+                fold = (half, page) != (32, 64)  # one case with the offsets subtracted per code (MHA_FOLD off)
                 consts = dict(HALF=half, PAGE=page, HAS_START=True, ONE_SPLIT=one, ASM=True, ROWS=mha.ROWS,
-                              FOLD=fold or page != 64, **cfg.kwargs)
-                ok &= compile_one(f"decode mha {dt} D={2*half} page={page} one={one} fold={consts['FOLD']} {cfg.kwargs}",
-                                  mha.decode_mha_kernel, mtypes, consts, cfg.num_warps, cfg.num_stages)
+                              FOLD=fold, **cfg.kwargs)
+                label = f"decode mha {dt} D={2*half} page={page} one={one} fold={fold} {cfg.kwargs}"
+                ok &= compile_one(label, mha.decode_mha_kernel, mtypes, consts, cfg.num_warps, cfg.num_stages)
         ok &= compile_one(f"decode reduce {dt}", dec._decode_reduce_kernel,
                           dict(part_ptr="*fp32", ml_ptr="*fp32", out_ptr=f"*{dt}"), dict(D=128, SPLITS_P=8))
         # prefill

@@ -41,7 +41,13 @@ from atom_ao.ops.kv_tiles import (
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _LOG2E = 1.4426950408889634
-MIN_SPLIT_TOKENS = 256  # fewer tokens per split: the partials cost more than the extra programs give
+# Fewer tokens per split: the partials cost more than the extra programs give. Small batches have
+# little other parallel work: H200 (``bench_attention.py --explore-splits``), batch 1, context
+# 1024: 256 -> 64 took Llama-2-7B heads 17.2 -> 9.8 us, Llama-3-8B 11.3 -> 6.9; Llama-3 at 8192
+# 19.4 -> 14.6; Llama-2 batch 4 at 1024 22.6 -> 17.7 (32 was no faster anywhere).
+MIN_SPLIT_TOKENS = 64
+# The one-warp GQA rule's shortest split: its waves were timed with 256 (64 not yet)
+ONE_WARP_MIN_SPLIT_TOKENS = 256
 # Up to this many query heads per KV head the generic kernel's scores and P.V run on the CUDA
 # cores (``kv_tiles.fma_scores``): a tensor-core tile would be mostly padding. (MHA, G = 1, uses
 # ``kv_decode_mha`` unless keys are cached before RoPE: 2.3x this path on the H200.)
@@ -306,13 +312,13 @@ def num_splits(batch: int, kv_heads: int, max_seq_len: int, device: torch.device
 
 def one_warp_splits(batch: int, kv_heads: int, max_seq_len: int, half: int, device: torch.device) -> int:
     """Splits per (sequence, KV head) for the one-warp programs: as many as fit one wave
-    (``ONE_WARP_RESIDENT`` a SM), none shorter than MIN_SPLIT_TOKENS; 0 when even the most splits
-    leave less than a wave (then the 4-warp configs are faster: Llama-3-8B heads, H200, batch 1,
+    (``ONE_WARP_RESIDENT`` a SM), none shorter than ONE_WARP_MIN_SPLIT_TOKENS; 0 when even the most
+    splits leave less than a wave (then the 4-warp configs are faster: Llama-3-8B heads, H200, batch 1,
     context 4096: 12.1 against 29.5 us). A partly filled second wave costs nearly a full one, so
     the count stops at one wave rather than overshooting it. Host ints only."""
     slots = _n_sm(device) * ONE_WARP_RESIDENT.get(half, 8)
     pairs = batch * kv_heads
-    most = triton.cdiv(max_seq_len, MIN_SPLIT_TOKENS)
+    most = triton.cdiv(max_seq_len, ONE_WARP_MIN_SPLIT_TOKENS)
     if pairs * most < slots:
         return 0
     return max(1, min(most, slots // pairs))

@@ -87,11 +87,13 @@ def test_decode_prefetch_and_mha_kernel(monkeypatch, prefetch, heads, kv_heads, 
     for hint, kv_start in ((0, None), (4096, torch.tensor([0, 5, 50, 15], dtype=torch.int32))):
         want = decode_attention_ref(q, *caches, table, seq_lens, kv_start, d ** -0.5)
         got = kv_decode_attention_triton(q, *caches, table, seq_lens, kv_start, d ** -0.5, hint)
-        _close(got, want, dtype, FOLD_F32_TOL if heads == kv_heads and dec.MHA_FOLD and dtype == torch.float32 else None)
+        folded = heads == kv_heads and dec.MHA_FOLD and dtype == torch.float32
+        _close(got, want, dtype, FOLD_F32_TOL if folded else None)
 
 
 @pytest.mark.parametrize("prefetch", [False, True])
-@pytest.mark.parametrize("d, page, dtype", [(128, 32, torch.bfloat16), (64, 24, torch.float32), (32, 16, torch.float32)])
+@pytest.mark.parametrize("d, page, dtype", [(128, 32, torch.bfloat16), (64, 24, torch.float32),
+                                           (32, 16, torch.float32)])
 def test_mha_kernel_offsets_not_folded(monkeypatch, prefetch, d, page, dtype):
     """``kv_decode_mha`` with the codes' offsets subtracted per code (``MHA_FOLD`` off; the test
     above runs the default), outlier query channels in both halves of the head."""
