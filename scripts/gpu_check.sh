@@ -148,14 +148,14 @@ for what in "${@:-tests}"; do
                  T=120 step generate_b1_default python3 benchmarks/bench_generate.py --batches 1 --paths atom-kv4,bf16 \
                      --gen 16 --steps 8
                  T=90 step generate_b1_split64 python3 -c "import sys, runpy; sys.argv = ['bench_generate.py', '--batches', '1', '--paths', 'atom-kv4', '--gen', '16', '--steps', '8']; import atom_ao.ops.kv_decode_attention as d; d.MIN_SPLIT_TOKENS = 64; runpy.run_path('benchmarks/bench_generate.py', run_name='__main__')" ;;
-    # session 13's last call: the decode GPU tests at the new split rule, the INT4-vs-SDPA table (quick),
-    # Llama-2 and Llama-3 generate side by side with bf16 at batch 1 and 64
+    # session 13's last call: the decode GPU tests at the new split rule, the MHA configs (2 steps ahead
+    # new), Llama-2 generate side by side with bf16 at batch 1 and 64, Llama-3 at batch 1
     final-s13) T=130 step kv_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                    tests/ops/test_kv_attention.py tests/ops/test_kv_attention_rope.py tests/kv/test_cache.py
-               T=60 step attention_quick python3 benchmarks/bench_attention.py --quick --models llama2-7b,llama3-8b
+               T=100 step attention_explore_mha python3 benchmarks/bench_attention.py --explore --models llama2-7b
                T=170 step generate_llama2_s13 python3 benchmarks/bench_generate.py --batches 1,64 --paths atom-kv4,bf16 \
                    --gen 16 --steps 8
-               T=190 step generate_llama3_s13 python3 benchmarks/bench_generate.py --model llama3-8b --batches 1,64 \
+               T=110 step generate_llama3_s13 python3 benchmarks/bench_generate.py --model llama3-8b --batches 1 \
                    --paths atom-kv4,bf16 --gen 16 --steps 8 ;;
     generate-s12) T=150 step generate_llama2_s12 python3 benchmarks/bench_generate.py --batches 1,64 --paths atom-kv4 --gen 16 --steps 8
                   T=300 step generate_llama3_s12 python3 benchmarks/bench_generate.py --model llama3-8b --batches 1,64 \
