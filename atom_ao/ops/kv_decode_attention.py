@@ -72,7 +72,7 @@ ONE_WARP_GQA = True
 # 164 at 64; sm_90, Triton 3.6-3.9) leave room for 8 and 12. The H200 timings follow these
 # waves: at batch 64, context 8192, 2 splits (1024 programs, one wave) 416 us, 3 splits 540 us.
 ONE_WARP_RESIDENT = {64: 8, 32: 12}
-INTERPRET_PREFETCH = 0  # under the interpreter (tests set it): steps loaded ahead (MHA kernel 0-2, generic 0-1)
+INTERPRET_PREFETCH = False  # under the interpreter (tests flip it): the kernels' prefetching variant
 UNPACK_MAGIC = True  # codes -> floats by the mantissa trick (``kv_tiles.load_codes``); False: casts
 
 
@@ -395,8 +395,7 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
                     ONE_SPLIT=one, DOT=dot, MAGIC=magic, PREC=dot_precision(q.dtype), FMA=fma,
                     ROPE=k_rope is not None, HAS_KBIAS=k_bias is not None)
         if _INTERPRET:
-            wrap_triton(_decode_split_kernel)[(b, hkv, splits)](*args, **meta, BLOCK_N=16,
-                                                                   PREFETCH=min(INTERPRET_PREFETCH, 1))
+            wrap_triton(_decode_split_kernel)[(b, hkv, splits)](*args, **meta, BLOCK_N=16, PREFETCH=INTERPRET_PREFETCH)
         else:
             tuned = _decode_one_warp_tuned if one_warp else _decode_split_tuned
             wrap_triton(tuned)[(b, hkv, splits)](*args, **meta)

@@ -68,14 +68,14 @@ def test_decode_matches_reference(heads, kv_heads, d, dtype):
         _close(got, want, dtype)
 
 
-@pytest.mark.parametrize("prefetch", [0, 1, 2])  # steps ahead (the generic kernel: 2 is 1)
+@pytest.mark.parametrize("prefetch", [False, True])
 @pytest.mark.parametrize("heads, kv_heads, d, page, dtype", [
     (2, 2, 128, 32, torch.bfloat16), (3, 3, 64, 24, torch.float32), (2, 2, 32, 16, torch.float32),
     (6, 2, 64, 24, torch.bfloat16),
 ])  # MHA (kv_decode_mha; pages of 32 / 16: one page per step, of 24: a lookup per token; D = 32:
 # fewer words than threads per row), and GQA
 def test_decode_prefetch_and_mha_kernel(monkeypatch, prefetch, heads, kv_heads, d, page, dtype):
-    # INTERPRET_PREFETCH: the variants that load step i + 1 (MHA: or i + 2) before unpacking step i
+    # INTERPRET_PREFETCH: the variant that loads step i + 1 before unpacking step i (both kernels)
     monkeypatch.setattr(dec, "INTERPRET_PREFETCH", prefetch)
     lens = [1, 37, 70, 16]
     caches, table = paged_cache(lens, kv_heads, d, page_size=page, seed=4)
@@ -91,7 +91,7 @@ def test_decode_prefetch_and_mha_kernel(monkeypatch, prefetch, heads, kv_heads, 
         _close(got, want, dtype, FOLD_F32_TOL if folded else None)
 
 
-@pytest.mark.parametrize("prefetch", [0, 1, 2])
+@pytest.mark.parametrize("prefetch", [False, True])
 @pytest.mark.parametrize("d, page, dtype", [(128, 32, torch.bfloat16), (64, 24, torch.float32),
                                            (32, 16, torch.float32)])
 def test_mha_kernel_offsets_not_folded(monkeypatch, prefetch, d, page, dtype):
