@@ -245,9 +245,9 @@ def explore_warps(models):
 
 
 def explore_splits(models):
-    """Small batches, where a sequence's splits are all the parallel work: the default split
-    count (``num_splits``: ~4 programs a SM, none shorter than MIN_SPLIT_TOKENS) against shorter
-    splits (more programs, each a shorter chain of dependent loads; one more partial each)."""
+    """Small batches, where a sequence's splits are all the parallel work: ``num_splits`` (~4
+    programs a SM, none shorter than MIN_SPLIT_TOKENS) at shortest splits of 256 down to 32 tokens
+    (more programs, each a shorter chain of dependent loads; one more partial each)."""
     import atom_ao.ops.kv_decode_attention as dec
 
     default = dec.MIN_SPLIT_TOKENS
@@ -256,14 +256,13 @@ def explore_splits(models):
                               ("llama2-7b", 4, 1024), ("llama3-8b", 1, 1024), ("llama3-8b", 1, 8192)):
             if model not in models:
                 continue
-            h, hkv, d = MODELS[model]
             print(f"{model} B={b} ctx={ctx}")
-            for tokens in (default, 128, 64, 32):
+            for tokens in (256, 128, 64, 32):
                 dec.MIN_SPLIT_TOKENS = tokens
-                splits = dec.num_splits(b, hkv, ctx, torch.device("cuda"))
+                splits = dec.num_splits(b, MODELS[model][1], ctx, torch.device("cuda"))
                 rows = run_case(model, b, ctx, 70, do_sdpa=False)
-                print(f"  MIN_SPLIT_TOKENS {tokens:>4}: {splits:>3} splits {rows[0]['us']:>9} us "
-                      f"{rows[0]['copy_pct']:>5}% of copy", flush=True)
+                print(f"  MIN_SPLIT_TOKENS {tokens:>4}{' (default)' if tokens == default else '':<10}: {splits:>3} "
+                      f"splits {rows[0]['us']:>9} us {rows[0]['copy_pct']:>5}% of copy", flush=True)
     finally:
         dec.MIN_SPLIT_TOKENS = default
 
