@@ -24,7 +24,7 @@ from atom_ao.format import w4a4_gemm_ref
 from atom_ao.ops.gemm_tiles import (
     MAX_GROUP_SIZE, SCALE_256, group_sum_x256_to_f32, grouped_tile, m_bucket, outlier_block, split_share, unpack_int4_x16,
 )
-from atom_ao.ops.w4a4_gemm_swap import SWAP_MAX_M, swap_kernel_and_meta, swap_split_k
+from atom_ao.ops.w4a4_gemm_swap import FULL_M, FULL_N, SWAP_MAX_M, swap_kernel_and_meta, swap_split_k
 from atom_ao.ops.w4a4_gemm_unpacked import w4a4_gemm_unpacked
 
 # the swap kernel's unmasked main loop when every tile is full (``EVEN_N`` / ``EVEN_M``); False
@@ -456,8 +456,8 @@ def w4a4_gemm_triton(
         return _finish_splits(ws, out)
     if path == "swap":  # same arguments as the tile kernel, its own grid
         kernel, meta = swap_kernel_and_meta(m)
-        # full tiles for every config offered (BLOCK_N 32..128, BLOCK_M 16..64): unmasked main loop
-        meta = dict(meta, EVEN_N=SWAP_UNMASKED and n % 128 == 0, EVEN_M=SWAP_UNMASKED and m % 64 == 0)
+        # full tiles for every config offered: unmasked main loop
+        meta = dict(meta, EVEN_N=SWAP_UNMASKED and n % FULL_N == 0, EVEN_M=SWAP_UNMASKED and m % FULL_M == 0)
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), splits, triton.cdiv(m, meta["BLOCK_M"]))  # noqa: E731
     else:
         grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), splits)  # noqa: E731

@@ -43,6 +43,10 @@ _SWAP_REGIMES = {
     64: [(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3)],
 }
 TYPICAL_BLOCK_N = 128  # for the split-K choice, made before the autotuner picks a config
+# the largest tile offered (powers of two, so a multiple of every other): N and M multiples of these
+# leave every tile full, and the kernel's main loop skips its masks (EVEN_N / EVEN_M)
+FULL_N = max(bn for configs in _SWAP_REGIMES.values() for bn, _, _, _ in configs)
+FULL_M = max(bm for configs in _SWAP_REGIMES.values() for _, bm, _, _ in configs)
 
 
 def swap_split_k(m: int, n: int, groups: int, sms: int) -> int:
