@@ -244,6 +244,46 @@ def explore_warps(models):
         dec.ONE_WARP_GQA, dec.one_warp_splits = True, rule
 
 
+def explore_planes(models):
+    """GQA decode (Llama-3-8B heads): the one-warp programs on the generic kernel (the default) against
+    ``kv_decode_gqa``'s one-warp form (``ONE_WARP_PLANES``), each of its configs, its split rule at 12
+    and 8 programs a SM; the generic one-warp kernel with 5 stages."""
+    import triton
+
+    import atom_ao.ops.kv_decode_attention as dec
+
+    def timed(label, model, b, ctx):
+        rows = run_case(model, b, ctx, 70, do_sdpa=False)
+        print(f"  {label:<58} {rows[0]['us']:>9} us {rows[0]['copy_pct']:>5}% of copy", flush=True)
+
+    one, planes = dec._decode_one_warp_tuned, dec._decode_gqa_warp_tuned
+    one_default, planes_default = list(one.configs), list(planes.configs)
+    resident, default = dec.ONE_WARP_PLANES_RESIDENT, dec.ONE_WARP_PLANES
+    try:
+        for model, b, ctx in (("llama3-8b", 64, 8192), ("llama3-8b", 64, 1024), ("llama3-8b", 16, 8192),
+                              ("llama3-8b", 256, 2048), ("llama3-8b", 1, 32768)):
+            if model not in models:
+                continue
+            print(f"{model} B={b} ctx={ctx}")
+            dec.ONE_WARP_PLANES = False
+            timed("default (generic kernel, one warp)", model, b, ctx)
+            one.configs, one.cache = [triton.Config({"BLOCK_N": 32, "PREFETCH": False}, num_warps=1, num_stages=5)], {}
+            timed("generic one warp, 5 stages", model, b, ctx)
+            one.configs, one.cache = one_default, {}
+            dec.ONE_WARP_PLANES = True
+            for bn, st in ((32, 5), (32, 3), (32, 4), (16, 5), (16, 7)):
+                planes.configs, planes.cache = [triton.Config({"BLOCK_N": bn}, num_warps=1, num_stages=st)], {}
+                timed(f"planes one warp, BLOCK_N {bn} stages {st}", model, b, ctx)
+            planes.configs, planes.cache = planes_default, {}
+            for r in (8, 16):
+                dec.ONE_WARP_PLANES_RESIDENT = r
+                timed(f"planes one warp, split rule at {r} a SM", model, b, ctx)
+            dec.ONE_WARP_PLANES_RESIDENT = resident
+    finally:
+        one.configs, one.cache, planes.configs, planes.cache = one_default, {}, planes_default, {}
+        dec.ONE_WARP_PLANES, dec.ONE_WARP_PLANES_RESIDENT = default, resident
+
+
 def explore_splits(models):
     """Small batches, where a sequence's splits are all the parallel work: ``num_splits`` (~4
     programs a SM, none shorter than MIN_SPLIT_TOKENS) at shortest splits of 256 down to 32 tokens
@@ -277,6 +317,8 @@ def main():
                     help="batch 1 and 4: the decode kernel at shorter splits than the default, then exit")
     ap.add_argument("--explore-warps", action="store_true",
                     help="GQA decode: one warp a program vs the 4-warp configs, split targets, then exit")
+    ap.add_argument("--explore-planes", action="store_true",
+                    help="GQA decode: the one-warp form of kv_decode_gqa against the generic one-warp kernel, then exit")
     ap.add_argument("--rope", action="store_true", help="also time keys cached before RoPE (int4-rope)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -289,6 +331,9 @@ def main():
         return
     if args.explore_warps:
         explore_warps(args.models.split(","))
+        return
+    if args.explore_planes:
+        explore_planes(args.models.split(","))
         return
     if args.explore_splits:
         explore_splits(args.models.split(","))

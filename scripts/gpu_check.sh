@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, then benchmarks. Usage (on the GPU machine, repo root):
-#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9t|verify-s9u|verify-s9b|verify-s10a|verify-s10b|verify-s10c|verify-s10d|verify-s11a|verify-s12a|explore-s12|verify-s12b|generate-s12|verify-s12c|explore-s12d|final-s12|profile-s12|masked-ab|verify-s13|verify-s13b|verify-s13c|final-s13|kv-tests-s13|verify-s9c|large-m]...
+#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9t|verify-s9u|verify-s9b|verify-s10a|verify-s10b|verify-s10c|verify-s10d|verify-s11a|verify-s12a|explore-s12|verify-s12b|generate-s12|verify-s12c|explore-s12d|final-s12|profile-s12|masked-ab|verify-s13|verify-s13b|verify-s13c|final-s13|kv-tests-s13|verify-s14a|verify-s9c|large-m]...
 # Each step's log goes to $OUT/<step>.log (so a step cut short still leaves its output) and
 # PYTEST_ARGS (paths) and PYTEST_K (-k expression) pick the tests of tests-some; result files to $OUT (or benchmarks/results/ when OUT is unset). STEP_TIMEOUT caps each step.
 set -uo pipefail
@@ -16,6 +16,13 @@ step() {  # name, command...
   echo "--- $name: rc=${PIPESTATUS[0]} $((SECONDS - t0)) s"
   tail -n "${TAIL:-30}" "$ATOM_AO_RESULTS/$name.log"
 }
+ncu_profile() {  # Nsight Compute on scripts/ncu_kernels.py's launches (NCU_CASES picks them)
+  local ncu; ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  "$ncu" --clock-control none --profile-from-start off --section SpeedOfLight --section Occupancy \
+    --section WarpStateStats --section SchedulerStats --section LaunchStats --section MemoryWorkloadAnalysis \
+    --print-details all python3 scripts/ncu_kernels.py ${NCU_CASES:+--cases "$NCU_CASES"}
+}
+export -f ncu_profile
 for what in "${@:-tests}"; do
   case "$what" in
     tests) step tests python3 -m pytest -q -m gpu tests -p no:cacheprovider --ignore=tests/kv/test_real_model_kv.py ;;
@@ -160,6 +167,12 @@ for what in "${@:-tests}"; do
     # the decode GPU tests alone (final-s13 cut them at 130 s)
     kv-tests-s13) T=240 step kv_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short -x \
                       tests/ops/test_kv_attention.py tests/ops/test_kv_attention_rope.py ;;
+    # session 14: the one-warp form of kv_decode_gqa (GPU tests, timed against the generic one-warp
+    # kernel), then Nsight Compute on the hot decode kernels
+    verify-s14a) T=150 step gqa_planes_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
+                     tests/ops/test_kv_attention.py -k "one_warp or gqa"
+                 T=200 step attention_explore_planes python3 benchmarks/bench_attention.py --explore-planes --models llama3-8b
+                 T=170 TAIL=400 step ncu_kernels bash -c ncu_profile ;;
     generate-s12) T=150 step generate_llama2_s12 python3 benchmarks/bench_generate.py --batches 1,64 --paths atom-kv4 --gen 16 --steps 8
                   T=300 step generate_llama3_s12 python3 benchmarks/bench_generate.py --model llama3-8b --batches 1,64 \
                       --paths atom-kv4,bf16 --gen 16 --steps 8 --profile ;;

@@ -72,6 +72,14 @@ ONE_WARP_GQA = True
 # 164 at 64; sm_90, Triton 3.6-3.9) leave room for 8 and 12. The H200 timings follow these
 # waves: at batch 64, context 8192, 2 splits (1024 programs, one wave) 416 us, 3 splits 540 us.
 ONE_WARP_RESIDENT = {64: 8, 32: 12}
+# The one-warp GQA programs at head_dim 128 (bf16 / fp16 queries) on ``kv_decode_gqa``'s WARP form
+# instead of the generic kernel: the keys' nibble planes as the A operand of S^T = K Q^T and the
+# values' as the A operand of O^T = V^T P^T, so the group's heads are the dots' N side (padded to 8,
+# not 16), unpacked two words at a time by inline asm; the scales loaded a step ahead. Offline
+# (sm_90a, Triton 3.9): 29 instead of 41 instructions a token, 168 instead of 254 registers (12
+# programs a SM, ``ONE_WARP_PLANES_RESIDENT``). Not yet timed.
+ONE_WARP_PLANES = False
+ONE_WARP_PLANES_RESIDENT = 12
 INTERPRET_PREFETCH = False  # under the interpreter (tests flip it): the kernels' prefetching variant
 UNPACK_MAGIC = True  # codes -> floats by the mantissa trick (``kv_tiles.load_codes``); False: casts
 
@@ -123,28 +131,36 @@ def _launch_mha(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_s
 
 
 def _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml, qk_scale,
-                splits, one):
+                splits, one, warp=False):
     """Grouped queries, head_dim 128: ``kv_decode_gqa.decode_gqa_kernel`` on the caches viewed
-    as int32 words (as ``_launch_mha``)."""
+    as int32 words (as ``_launch_mha``); ``warp``: its one-warp form (WARP)."""
     b, h, d = q.shape
     hkv = k_cache.shape[1]
     g = h // hkv
     args = _word_view_args(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
                            qk_scale, splits)
     magic = magic_bits(q.dtype, _INTERPRET) & 0xFFFF  # the 16-bit pattern only (no pairs flag here)
-    meta = dict(G=g, BLOCK_G=max(16, triton.next_power_of_2(g)), HALF=d // 2, PAGE=k_cache.shape[2],
+    # the heads are the dots' N side with WARP (mma.sync pads N to 8), M with 4 warps (16 rows)
+    meta = dict(G=g, BLOCK_G=max(8 if warp else 16, triton.next_power_of_2(g)), HALF=d // 2, PAGE=k_cache.shape[2],
                 HAS_START=kv_start is not None, ONE_SPLIT=one, DOT=dot_dtype(q.dtype, _INTERPRET), MAGIC=magic,
-                OFFSET={0x4300: 128.0, 0x6400: 1024.0}.get(magic, 0.0))  # every constexpr passed
+                OFFSET={0x4300: 128.0, 0x6400: 1024.0}.get(magic, 0.0), WARP=warp,
+                ASM=warp and not _INTERPRET)  # every constexpr passed
     if _INTERPRET:
-        wrap_triton(decode_gqa_kernel)[(b, hkv, splits)](*args, **meta, BLOCK_N=16, num_warps=4)
+        wrap_triton(decode_gqa_kernel)[(b, hkv, splits)](*args, **meta, BLOCK_N=16, num_warps=1 if warp else 4)
     else:
-        wrap_triton(_decode_gqa_tuned)[(b, hkv, splits)](*args, **meta)
+        wrap_triton(_decode_gqa_warp_tuned if warp else _decode_gqa_tuned)[(b, hkv, splits)](*args, **meta)
+
+
+def _gqa_planes_fit(q, k_cache, v_cache, k_rope) -> bool:
+    """Whether ``kv_decode_gqa`` takes these inputs: grouped queries, keys cached after RoPE,
+    head_dim 128 (16 words a row: a 16-deep dot a plane), 16-bit queries, word-aligned caches."""
+    g = q.shape[1] // k_cache.shape[1]
+    return (g > FMA_MAX_G and k_rope is None and q.shape[2] == 128 and q.dtype != torch.float32
+            and _as_words(k_cache) and _as_words(v_cache))
 
 
 def _gqa_kernel_fits(q, k_cache, v_cache, k_rope) -> bool:
-    g = q.shape[1] // k_cache.shape[1]
-    return (GQA_KERNEL and g > FMA_MAX_G and k_rope is None and q.shape[2] == 128 and q.dtype != torch.float32
-            and _as_words(k_cache) and _as_words(v_cache))
+    return GQA_KERNEL and _gqa_planes_fit(q, k_cache, v_cache, k_rope)
 
 
 @triton.jit
@@ -263,6 +279,17 @@ _decode_one_warp_tuned = None if _INTERPRET else triton.autotune(
     configs=_one_warp_configs(), key=["G", "HALF", "ONE_SPLIT", "num_splits"])(_decode_split_kernel)
 _decode_gqa_tuned = None if _INTERPRET else triton.autotune(
     configs=gqa_configs(), key=["G", "HALF", "ONE_SPLIT", "HAS_START", "num_splits"])(decode_gqa_kernel)
+
+
+def gqa_warp_configs():
+    # 5 stages: the word tiles' loads then run a whole step ahead (Triton's pipeliner gives the
+    # block-table lookup its own stage: with 3 stages the tiles were issued after the step's math
+    # and waited for at the top of the next step)
+    return [triton.Config({"BLOCK_N": 32}, num_warps=1, num_stages=5)]
+
+
+_decode_gqa_warp_tuned = None if _INTERPRET else triton.autotune(
+    configs=gqa_warp_configs(), key=["G", "HALF", "ONE_SPLIT", "HAS_START", "num_splits"])(decode_gqa_kernel)
 _decode_mha_tuned = None if _INTERPRET else triton.autotune(
     configs=mha_configs(), key=["HALF", "ONE_SPLIT", "HAS_START", "FOLD", "num_splits"])(decode_mha_kernel)
 _decode_split_tuned = triton.autotune(configs=_configs(), key=["G", "HALF", "ONE_SPLIT", "FMA", "ROPE", "num_splits"])(
@@ -310,13 +337,15 @@ def num_splits(batch: int, kv_heads: int, max_seq_len: int, device: torch.device
     return max(1, min(want, triton.cdiv(max_seq_len, MIN_SPLIT_TOKENS)))
 
 
-def one_warp_splits(batch: int, kv_heads: int, max_seq_len: int, half: int, device: torch.device) -> int:
+def one_warp_splits(batch: int, kv_heads: int, max_seq_len: int, half: int, device: torch.device,
+                    resident: int = 0) -> int:
     """Splits per (sequence, KV head) for the one-warp programs: as many as fit one wave
     (``ONE_WARP_RESIDENT`` a SM), none shorter than ONE_WARP_MIN_SPLIT_TOKENS; 0 when even the most
     splits leave less than a wave (then the 4-warp configs are faster: Llama-3-8B heads, H200, batch 1,
     context 4096: 12.1 against 29.5 us). A partly filled second wave costs nearly a full one, so
-    the count stops at one wave rather than overshooting it. Host ints only."""
-    slots = _n_sm(device) * ONE_WARP_RESIDENT.get(half, 8)
+    the count stops at one wave rather than overshooting it. ``resident``: programs a SM (0: the
+    generic kernel's, ``ONE_WARP_RESIDENT``). Host ints only."""
+    slots = _n_sm(device) * (resident or ONE_WARP_RESIDENT.get(half, 8))
     pairs = batch * kv_heads
     most = triton.cdiv(max_seq_len, ONE_WARP_MIN_SPLIT_TOKENS)
     if pairs * most < slots:
@@ -359,8 +388,11 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
     max_seq_len = max_seq_len or block_table.shape[1] * k_cache.shape[2]
     mha = g == 1 and k_rope is None and MHA_KERNEL and _as_words(k_cache) and _as_words(v_cache)
     gqa_planes = not mha and _gqa_kernel_fits(q, k_cache, v_cache, k_rope)
-    one_warp_fits = ONE_WARP_GQA and not (mha or gqa_planes) and g > FMA_MAX_G and k_rope is None and not _INTERPRET
-    warp_splits = one_warp_splits(b, hkv, max_seq_len, d // 2, q.device) if one_warp_fits else 0
+    one_warp_fits = ONE_WARP_GQA and not (mha or gqa_planes) and g > FMA_MAX_G and k_rope is None
+    warp_planes = one_warp_fits and ONE_WARP_PLANES and _gqa_planes_fit(q, k_cache, v_cache, k_rope)
+    one_warp_fits = one_warp_fits and (warp_planes or not _INTERPRET)  # the generic one-warp path is GPU-only
+    warp_splits = one_warp_splits(b, hkv, max_seq_len, d // 2, q.device,
+                                  ONE_WARP_PLANES_RESIDENT if warp_planes else 0) if one_warp_fits else 0
     one_warp = warp_splits > 0  # 0: less than a wave of one-warp programs, the 4-warp configs instead
     splits = warp_splits or num_splits(b, hkv, max_seq_len, q.device)
     one = splits == 1
@@ -379,9 +411,9 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
     if mha:
         _launch_mha(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
                     sm_scale * _LOG2E, splits, one)
-    elif gqa_planes:
+    elif gqa_planes or (one_warp and warp_planes):
         _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
-                    sm_scale * _LOG2E, splits, one)
+                    sm_scale * _LOG2E, splits, one, warp=not gqa_planes)
     else:
         fma = g <= FMA_MAX_G
         if fma:  # float32 operands on the CUDA cores, codes by the float32 mantissa trick

@@ -60,11 +60,71 @@ def _plane(w, P: tl.constexpr, DOT: tl.constexpr, MAGIC: tl.constexpr):
     return c.to(tl.float32).to(DOT)
 
 
+def _word_pairs_asm(magic16: int) -> str:
+    """Two int32 words -> their 8 nibble planes, each a 16-bit float pair (word 0's nibble in the
+    low half, word 1's in the high): the halves of the two words interleaved (two PRMTs), then
+    per plane one shift and one LOP3 ((x & 0x000F000F) | magic): 16 instructions for 16 codes,
+    each result one register of an MMA operand when the two words are neighbours along its K."""
+    magic = magic16 * 0x10001
+    lop = lambda dst, src: f"lop3.b32 {dst}, {src}, 0x000F000F, {magic:#x}, 0xEA;"  # noqa: E731
+    parts = ["{ .reg .b32 lo, hi, t;", "prmt.b32 lo, $8, $9, 0x5410;", "prmt.b32 hi, $8, $9, 0x7632;"]
+    for half, src in ((0, "lo"), (4, "hi")):
+        parts.append(lop(f"${half}", src))
+        for i, sh in ((1, 4), (2, 8), (3, 12)):
+            parts += [f"shr.u32 t, {src}, {sh};", lop(f"${half + i}", "t")]
+    parts.append("}")
+    return " ".join(parts)  # one line (see kv_tiles._pairs_asm)
+
+
+_WORD_PAIRS_BF16 = tl.constexpr(_word_pairs_asm(0x4300))
+_WORD_PAIRS_F16 = tl.constexpr(_word_pairs_asm(0x6400))
+
+
+@triton.jit
+def _planes8(w, DOT: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr):
+    """The 8 nibble planes (P = 0, 4, .., 28) of the int32 words w, as ``_plane`` makes them; ASM:
+    by ``_word_pairs_asm``, two words at a time (neighbours along w's last dimension)."""
+    if ASM:
+        if MAGIC == 0x4300:
+            return tl.inline_asm_elementwise(_WORD_PAIRS_BF16, "=r,=r,=r,=r,=r,=r,=r,=r,r,r", [w],
+                                             dtype=(tl.bfloat16,) * 8, is_pure=True, pack=2)
+        else:
+            return tl.inline_asm_elementwise(_WORD_PAIRS_F16, "=r,=r,=r,=r,=r,=r,=r,=r,r,r", [w],
+                                             dtype=(tl.float16,) * 8, is_pure=True, pack=2)
+    else:
+        return (_plane(w, 0, DOT, MAGIC), _plane(w, 4, DOT, MAGIC), _plane(w, 8, DOT, MAGIC),
+                _plane(w, 12, DOT, MAGIC), _plane(w, 16, DOT, MAGIC), _plane(w, 20, DOT, MAGIC),
+                _plane(w, 24, DOT, MAGIC), _plane(w, 28, DOT, MAGIC))
+
+
+@triton.jit
+def _store_plane_t(o_base, o_stride, heads, g_ok, jw, acc, corr, inv, P: tl.constexpr, HALF: tl.constexpr):
+    """One plane's (D/8, BLOCK_G) transposed accumulator -> output channels col(P, j) of each head."""
+    o = (acc + corr[None, :]) * inv[None, :]
+    col = _col0(P, HALF) + 4 * jw
+    tl.store(o_base + heads[None, :] * o_stride + col[:, None], o.to(o_base.dtype.element_ty), mask=g_ok[None, :])
+
+
 @triton.jit
 def _q_plane_t(q_base, heads, g_ok, s_qh, jw, P: tl.constexpr, HALF: tl.constexpr, DOT: tl.constexpr):
     """Q^T rows of plane P: (D/8, BLOCK_G), the query channels col(P, j) of each head."""
     col = _col0(P, HALF) + 4 * jw
     return tl.load(q_base + heads[None, :] * s_qh + col[:, None], mask=g_ok[None, :], other=0.0).to(DOT)
+
+
+@triton.jit
+def _meta_tile(km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len, s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, hk,
+               PAGE: tl.constexpr, BLOCK_N: tl.constexpr):
+    """K and V scales and zeros (BLOCK_N,) float32 of step i (0 past tile_hi: nothing read)."""
+    inside = i < tile_hi
+    n0 = tl.where(inside, i, 0) * BLOCK_N
+    ok = n0 + tl.arange(0, BLOCK_N) < tl.where(inside, seq_len, 0)
+    _, row_m = paged_rows(bt_row, n0, ok, s_cp, s_ch, s_ct, s_mp, s_mh, hk, PAGE, BLOCK_N)
+    ks = tl.load(km_ptr + row_m, mask=ok, other=0.0).to(tl.float32)
+    kz = tl.load(km_ptr + row_m + s_mw, mask=ok, other=0.0).to(tl.float32)
+    vs = tl.load(vm_ptr + row_m, mask=ok, other=0.0).to(tl.float32)
+    vz = tl.load(vm_ptr + row_m + s_mw, mask=ok, other=0.0).to(tl.float32)
+    return ks, kz, vs, vz
 
 
 @triton.jit
@@ -74,7 +134,7 @@ def decode_gqa_kernel(
     s_qb, s_qh, s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, s_btb, s_ob, s_oh,
     G: tl.constexpr, BLOCK_G: tl.constexpr, HALF: tl.constexpr, PAGE: tl.constexpr, HAS_START: tl.constexpr,
     ONE_SPLIT: tl.constexpr, DOT: tl.constexpr, MAGIC: tl.constexpr, OFFSET: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    BLOCK_N: tl.constexpr, WARP: tl.constexpr, ASM: tl.constexpr,
 ):
     b = tl.program_id(0)
     hk = tl.program_id(1)
@@ -104,8 +164,20 @@ def decode_gqa_kernel(
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
     corr = tl.zeros([BLOCK_G], tl.float32)  # sum p * (V zero) - OFFSET * sum of the dot's P row
-    acc = tl.zeros([BLOCK_G, 2 * HALF], tl.float32)  # output channels in joined-plane order
+    if WARP:  # one (D/8, BLOCK_G) transposed accumulator a plane
+        a0 = tl.zeros([HALF // 4, BLOCK_G], tl.float32)
+        a1 = tl.zeros([HALF // 4, BLOCK_G], tl.float32)
+        a2 = tl.zeros([HALF // 4, BLOCK_G], tl.float32)
+        a3 = tl.zeros([HALF // 4, BLOCK_G], tl.float32)
+        a4 = tl.zeros([HALF // 4, BLOCK_G], tl.float32)
+        a5 = tl.zeros([HALF // 4, BLOCK_G], tl.float32)
+        a6 = tl.zeros([HALF // 4, BLOCK_G], tl.float32)
+        a7 = tl.zeros([HALF // 4, BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, 2 * HALF], tl.float32)  # (not WARP) output channels in joined-plane order
     bt_row = bt_ptr + b.to(tl.int64) * s_btb
+    if WARP:  # the scales are loaded a step ahead (the pipeliner takes only the word tiles, which feed dots)
+        ks, kz, vs, vz = _meta_tile(km_ptr, vm_ptr, bt_row, tile_lo, tile_hi, seq_len,
+                                    s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, hk, PAGE, BLOCK_N)
     for i in range(tile_lo, tile_hi):
         n0 = i * BLOCK_N
         t = n0 + tl.arange(0, BLOCK_N)
@@ -113,35 +185,73 @@ def decode_gqa_kernel(
         row_c, row_m = paged_rows(bt_row, n0, ok, s_cp, s_ch, s_ct, s_mp, s_mh, hk, PAGE, BLOCK_N)
         kw = tl.load(kc_ptr + row_c[:, None] + jw[None, :], mask=ok[:, None], other=0)
         vw = tl.load(vc_ptr + row_c[:, None] + jw[None, :], mask=ok[:, None], other=0)
-        ks = tl.load(km_ptr + row_m, mask=ok, other=0.0).to(tl.float32)
-        kz = tl.load(km_ptr + row_m + s_mw, mask=ok, other=0.0).to(tl.float32)
-        vs = tl.load(vm_ptr + row_m, mask=ok, other=0.0).to(tl.float32)
-        vz = tl.load(vm_ptr + row_m + s_mw, mask=ok, other=0.0).to(tl.float32)
+        if WARP:
+            ks_n, kz_n, vs_n, vz_n = _meta_tile(km_ptr, vm_ptr, bt_row, i + 1, tile_hi, seq_len,
+                                                s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, hk, PAGE, BLOCK_N)
+        else:
+            ks = tl.load(km_ptr + row_m, mask=ok, other=0.0).to(tl.float32)
+            kz = tl.load(km_ptr + row_m + s_mw, mask=ok, other=0.0).to(tl.float32)
+            vs = tl.load(vm_ptr + row_m, mask=ok, other=0.0).to(tl.float32)
+            vz = tl.load(vm_ptr + row_m + s_mw, mask=ok, other=0.0).to(tl.float32)
 
         # S^T (BLOCK_N, BLOCK_G) = sum over planes of K_P Q_P^T (+ OFFSET * q_sum, taken off)
-        raw = tl.dot(_plane(kw, 0, DOT, MAGIC), q0)
-        raw = tl.dot(_plane(kw, 4, DOT, MAGIC), q1, raw)
-        raw = tl.dot(_plane(kw, 8, DOT, MAGIC), q2, raw)
-        raw = tl.dot(_plane(kw, 12, DOT, MAGIC), q3, raw)
-        raw = tl.dot(_plane(kw, 16, DOT, MAGIC), q4, raw)
-        raw = tl.dot(_plane(kw, 20, DOT, MAGIC), q5, raw)
-        raw = tl.dot(_plane(kw, 24, DOT, MAGIC), q6, raw)
-        raw = tl.dot(_plane(kw, 28, DOT, MAGIC), q7, raw)
+        if WARP:
+            k0, k1, k2, k3, k4, k5, k6, k7 = _planes8(kw, DOT, MAGIC, ASM)
+            raw = tl.dot(k0, q0)
+            raw = tl.dot(k1, q1, raw)
+            raw = tl.dot(k2, q2, raw)
+            raw = tl.dot(k3, q3, raw)
+            raw = tl.dot(k4, q4, raw)
+            raw = tl.dot(k5, q5, raw)
+            raw = tl.dot(k6, q6, raw)
+            raw = tl.dot(k7, q7, raw)
+        else:
+            raw = tl.dot(_plane(kw, 0, DOT, MAGIC), q0)
+            raw = tl.dot(_plane(kw, 4, DOT, MAGIC), q1, raw)
+            raw = tl.dot(_plane(kw, 8, DOT, MAGIC), q2, raw)
+            raw = tl.dot(_plane(kw, 12, DOT, MAGIC), q3, raw)
+            raw = tl.dot(_plane(kw, 16, DOT, MAGIC), q4, raw)
+            raw = tl.dot(_plane(kw, 20, DOT, MAGIC), q5, raw)
+            raw = tl.dot(_plane(kw, 24, DOT, MAGIC), q6, raw)
+            raw = tl.dot(_plane(kw, 28, DOT, MAGIC), q7, raw)
         s = ((raw - OFFSET * q_sum[None, :]) * ks[:, None] + kz[:, None] * q_sum[None, :]) * qk_scale
         if HAS_START:
             ok = ok & (t >= start)
         s = tl.where(ok[:, None], s, float("-inf"))
-        p, alpha, m_i, l_i = online_softmax(tl.trans(s), m_i, l_i)  # (BLOCK_G, BLOCK_N)
-        pt = (p * vs[None, :]).to(DOT)
-        corr = corr * alpha + tl.sum(p * vz[None, :], axis=1) - OFFSET * tl.sum(pt.to(tl.float32), axis=1)
-        # P.V over all 8 planes at once: joined along N (8 x D/8 columns) the warps share the dot
-        # (one plane a dot left N = 16 to 4 warps: each warp unpacked and multiplied every plane)
-        v01 = tl.join(_plane(vw, 0, DOT, MAGIC), _plane(vw, 4, DOT, MAGIC))
-        v23 = tl.join(_plane(vw, 8, DOT, MAGIC), _plane(vw, 12, DOT, MAGIC))
-        v45 = tl.join(_plane(vw, 16, DOT, MAGIC), _plane(vw, 20, DOT, MAGIC))
-        v67 = tl.join(_plane(vw, 24, DOT, MAGIC), _plane(vw, 28, DOT, MAGIC))
-        v_all = tl.reshape(tl.join(tl.join(v01, v23), tl.join(v45, v67)), (BLOCK_N, 2 * HALF))
-        acc = tl.dot(pt, v_all, acc * alpha[:, None])
+        if WARP:
+            # O_P^T (D/8, BLOCK_G) += V_P^T P^T for each plane: channels on the dots' M side, the
+            # group's heads on N; the transposed word tile unpacks in pairs along the tokens
+            m_new = tl.maximum(m_i, tl.max(s, axis=0))
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp2(m_i - m_use)
+            p = tl.exp2(s - m_use[None, :])  # (BLOCK_N, BLOCK_G)
+            m_i = m_new
+            l_i = l_i * alpha + tl.sum(p, axis=0)
+            pt = (p * vs[:, None]).to(DOT)
+            corr = corr * alpha + tl.sum(p * vz[:, None], axis=0) - OFFSET * tl.sum(pt.to(tl.float32), axis=0)
+            v0, v1, v2, v3, v4, v5, v6, v7 = _planes8(tl.trans(vw), DOT, MAGIC, ASM)
+            al = alpha[None, :]
+            a0 = tl.dot(v0, pt, a0 * al)
+            a1 = tl.dot(v1, pt, a1 * al)
+            a2 = tl.dot(v2, pt, a2 * al)
+            a3 = tl.dot(v3, pt, a3 * al)
+            a4 = tl.dot(v4, pt, a4 * al)
+            a5 = tl.dot(v5, pt, a5 * al)
+            a6 = tl.dot(v6, pt, a6 * al)
+            a7 = tl.dot(v7, pt, a7 * al)
+            ks, kz, vs, vz = ks_n, kz_n, vs_n, vz_n
+        else:
+            p, alpha, m_i, l_i = online_softmax(tl.trans(s), m_i, l_i)  # (BLOCK_G, BLOCK_N)
+            pt = (p * vs[None, :]).to(DOT)
+            corr = corr * alpha + tl.sum(p * vz[None, :], axis=1) - OFFSET * tl.sum(pt.to(tl.float32), axis=1)
+            # P.V over all 8 planes at once: joined along N (8 x D/8 columns) the warps share the dot
+            # (one plane a dot left N = 16 to 4 warps: each warp unpacked and multiplied every plane)
+            v01 = tl.join(_plane(vw, 0, DOT, MAGIC), _plane(vw, 4, DOT, MAGIC))
+            v23 = tl.join(_plane(vw, 8, DOT, MAGIC), _plane(vw, 12, DOT, MAGIC))
+            v45 = tl.join(_plane(vw, 16, DOT, MAGIC), _plane(vw, 20, DOT, MAGIC))
+            v67 = tl.join(_plane(vw, 24, DOT, MAGIC), _plane(vw, 28, DOT, MAGIC))
+            v_all = tl.reshape(tl.join(tl.join(v01, v23), tl.join(v45, v67)), (BLOCK_N, 2 * HALF))
+            acc = tl.dot(pt, v_all, acc * alpha[:, None])
 
     if ONE_SPLIT:
         inv = tl.where(l_i > 0, 1.0 / tl.where(l_i > 0, l_i, 1.0), 0.0)  # no key at all (all padding): 0
@@ -154,10 +264,21 @@ def decode_gqa_kernel(
         o_stride = num_splits * (2 * HALF)
         tl.store(ml_ptr + row * 2, m_i, mask=g_ok)
         tl.store(ml_ptr + row * 2 + 1, l_i, mask=g_ok)
-    # column c of the joined planes: word j = c // 8, nibble P = 16 e2 + 8 e1 + 4 e0 with
-    # (e0, e1, e2) = bits 2, 1, 0 of c (the join order above): channel col(P, j)
-    c = tl.arange(0, 2 * HALF)
-    e0, e1, e2 = (c // 4) % 2, (c // 2) % 2, c % 2
-    ch = e0 * HALF + 2 * e2 + e1 + 4 * (c // 8)
-    o = (acc + corr[:, None]) * inv[:, None]
-    tl.store(o_base + heads[:, None] * o_stride + ch[None, :], o.to(o_base.dtype.element_ty), mask=g_ok[:, None])
+    if WARP:
+        _store_plane_t(o_base, o_stride, heads, g_ok, jw, a0, corr, inv, 0, HALF)
+        _store_plane_t(o_base, o_stride, heads, g_ok, jw, a1, corr, inv, 4, HALF)
+        _store_plane_t(o_base, o_stride, heads, g_ok, jw, a2, corr, inv, 8, HALF)
+        _store_plane_t(o_base, o_stride, heads, g_ok, jw, a3, corr, inv, 12, HALF)
+        _store_plane_t(o_base, o_stride, heads, g_ok, jw, a4, corr, inv, 16, HALF)
+        _store_plane_t(o_base, o_stride, heads, g_ok, jw, a5, corr, inv, 20, HALF)
+        _store_plane_t(o_base, o_stride, heads, g_ok, jw, a6, corr, inv, 24, HALF)
+        _store_plane_t(o_base, o_stride, heads, g_ok, jw, a7, corr, inv, 28, HALF)
+    else:
+        # column c of the joined planes: word j = c // 8, nibble P = 16 e2 + 8 e1 + 4 e0 with
+        # (e0, e1, e2) = bits 2, 1, 0 of c (the join order above): channel col(P, j)
+        c = tl.arange(0, 2 * HALF)
+        e0, e1, e2 = (c // 4) % 2, (c // 2) % 2, c % 2
+        ch = e0 * HALF + 2 * e2 + e1 + 4 * (c // 8)
+        o = (acc + corr[:, None]) * inv[:, None]
+        tl.store(o_base + heads[:, None] * o_stride + ch[None, :], o.to(o_base.dtype.element_ty),
+                 mask=g_ok[:, None])

@@ -242,9 +242,15 @@ def test_decode_mha_on_a_cache_not_word_aligned():
 @pytest.mark.parametrize("heads, kv_heads, page, dtype", [
     (8, 2, 24, torch.bfloat16), (12, 4, 32, torch.float16), (9, 3, 16, torch.bfloat16), (16, 1, 64, torch.bfloat16),
 ])  # groups of 4, 3 (rows padded to 16), 16; pages of 24 (a lookup per token) and 16 / 32 / 64
-def test_decode_gqa_kernel(monkeypatch, heads, kv_heads, page, dtype):
-    # kv_decode_gqa: the nibble planes of the int32 words as dot operands (head_dim 128)
-    monkeypatch.setattr(dec, "GQA_KERNEL", True)
+@pytest.mark.parametrize("warp", [False, True])
+def test_decode_gqa_kernel(monkeypatch, heads, kv_heads, page, dtype, warp):
+    # kv_decode_gqa: the nibble planes of the int32 words as dot operands (head_dim 128); warp:
+    # its one-warp form (heads on the dots' N side), at 3 forced splits
+    if warp:
+        monkeypatch.setattr(dec, "ONE_WARP_PLANES", True)
+        monkeypatch.setattr(dec, "one_warp_splits", lambda *_a: 3)
+    else:
+        monkeypatch.setattr(dec, "GQA_KERNEL", True)
     lens = [1, 37, 70, 16]
     caches, table = paged_cache(lens, kv_heads, 128, page_size=page, seed=12)
     g = torch.Generator().manual_seed(13)
@@ -252,7 +258,7 @@ def test_decode_gqa_kernel(monkeypatch, heads, kv_heads, page, dtype):
     q[:, :, 7] *= 60  # an outlier channel
     q = q.to(dtype)
     seq_lens = torch.tensor(lens, dtype=torch.int32)
-    assert dec._gqa_kernel_fits(q, caches[0], caches[1], None)
+    assert dec._gqa_planes_fit(q, caches[0], caches[1], None)
     for hint, kv_start in ((0, None), (4096, torch.tensor([0, 5, 50, 15], dtype=torch.int32))):
         want = decode_attention_ref(q, *caches, table, seq_lens, kv_start, 128 ** -0.5)
         got = kv_decode_attention_triton(q, *caches, table, seq_lens, kv_start, 128 ** -0.5, hint)
@@ -260,11 +266,16 @@ def test_decode_gqa_kernel(monkeypatch, heads, kv_heads, page, dtype):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter's stand-in for the GPU operand types")
-def test_decode_gqa_kernel_offset_codes(monkeypatch):
+@pytest.mark.parametrize("warp", [False, True])
+def test_decode_gqa_kernel_offset_codes(monkeypatch, warp):
     # on the GPU the codes enter the dots as 1024 + c (fp16) / 128 + c (bf16) and the offset's
     # share is taken off per tile; the interpreter runs the fp16 form when told to (it has no bf16)
     import triton.language as tl
-    monkeypatch.setattr(dec, "GQA_KERNEL", True)
+    if warp:
+        monkeypatch.setattr(dec, "ONE_WARP_PLANES", True)
+        monkeypatch.setattr(dec, "one_warp_splits", lambda *_a: 2)
+    else:
+        monkeypatch.setattr(dec, "GQA_KERNEL", True)
     monkeypatch.setattr(dec, "dot_dtype", lambda dtype, interpret: tl.float16)
     monkeypatch.setattr(dec, "magic_bits", lambda dtype, interpret: 0x6400)
     lens = [1, 37, 70, 16]
@@ -323,10 +334,13 @@ def test_one_warp_split_rule():
 @pytest.mark.gpu
 @pytest.mark.parametrize("heads, kv_heads, d", [(32, 8, 128), (14, 2, 64), (28, 4, 128)])
 @pytest.mark.parametrize("splits", [1, 5])
-def test_one_warp_gqa_gpu(monkeypatch, heads, kv_heads, d, splits):
+@pytest.mark.parametrize("planes", [False, True])
+def test_one_warp_gqa_gpu(monkeypatch, heads, kv_heads, d, splits, planes):
     """The one-warp GQA path (Llama-3, Qwen2.5-0.5B, Qwen2.5-7B heads) at forced splits, bf16 and
-    fp16 queries, varying lengths and left padding, against the float32 reference."""
+    fp16 queries, varying lengths and left padding, against the float32 reference; planes: on
+    ``kv_decode_gqa``'s one-warp form where it fits (head_dim 128), else the generic kernel."""
     monkeypatch.setattr(dec, "one_warp_splits", lambda *_a: splits)
+    monkeypatch.setattr(dec, "ONE_WARP_PLANES", planes)
     lens = [2500, 31, 1200, 4096, 77]
     caches, table = paged_cache(lens, kv_heads, d, page_size=64, device="cuda", seed=11)
     seq_lens = torch.tensor(lens, dtype=torch.int32)
