@@ -244,10 +244,11 @@ def explore_warps(models):
         dec.ONE_WARP_GQA, dec.one_warp_splits = True, rule
 
 
-def explore_planes(models):
-    """GQA decode (Llama-3-8B heads): the one-warp programs on the generic kernel (the default) against
-    ``kv_decode_gqa``'s one-warp form (``ONE_WARP_PLANES``), each of its configs, its split rule at 12
-    and 8 programs a SM; the generic one-warp kernel with 5 stages."""
+def explore_planes(models, small_only=False):
+    """GQA decode (Llama-3-8B heads): ``kv_decode_gqa``'s one-warp form (``ONE_WARP_PLANES``)
+    against the generic one-warp kernel where a wave of one-warp programs exists (batch 16..256:
+    each config, its split rule at 8 / 12 / 16 programs a SM), and at small batches, which the split
+    rule sends to the 4-warp configs, the one-warp form at forced split counts."""
     import triton
 
     import atom_ao.ops.kv_decode_attention as dec
@@ -258,15 +259,15 @@ def explore_planes(models):
 
     one, planes = dec._decode_one_warp_tuned, dec._decode_gqa_warp_tuned
     one_default, planes_default = list(one.configs), list(planes.configs)
-    resident, default = dec.ONE_WARP_PLANES_RESIDENT, dec.ONE_WARP_PLANES
+    resident, default, rule = dec.ONE_WARP_PLANES_RESIDENT, dec.ONE_WARP_PLANES, dec.one_warp_splits
     try:
         for model, b, ctx in (("llama3-8b", 64, 8192), ("llama3-8b", 64, 1024), ("llama3-8b", 16, 8192),
-                              ("llama3-8b", 256, 2048), ("llama3-8b", 1, 32768)):
-            if model not in models:
+                              ("llama3-8b", 256, 2048)):
+            if model not in models or small_only:
                 continue
             print(f"{model} B={b} ctx={ctx}")
             dec.ONE_WARP_PLANES = False
-            timed("default (generic kernel, one warp)", model, b, ctx)
+            timed("generic kernel, one warp", model, b, ctx)
             one.configs, one.cache = [triton.Config({"BLOCK_N": 32, "PREFETCH": False}, num_warps=1, num_stages=5)], {}
             timed("generic one warp, 5 stages", model, b, ctx)
             one.configs, one.cache = one_default, {}
@@ -275,13 +276,27 @@ def explore_planes(models):
                 planes.configs, planes.cache = [triton.Config({"BLOCK_N": bn}, num_warps=1, num_stages=st)], {}
                 timed(f"planes one warp, BLOCK_N {bn} stages {st}", model, b, ctx)
             planes.configs, planes.cache = planes_default, {}
-            for r in (8, 16):
+            for r in (8, 12, 16):
                 dec.ONE_WARP_PLANES_RESIDENT = r
                 timed(f"planes one warp, split rule at {r} a SM", model, b, ctx)
             dec.ONE_WARP_PLANES_RESIDENT = resident
+        for model, b, ctx in (("llama3-8b", 1, 32768), ("llama3-8b", 1, 4096), ("llama3-8b", 1, 1024),
+                              ("llama3-8b", 4, 4096), ("llama3-8b", 16, 1024)):
+            if model not in models:
+                continue
+            picked = rule(b, MODELS[model][1], ctx, MODELS[model][2] // 2, torch.device("cuda"), resident)
+            print(f"{model} B={b} ctx={ctx} (rule: {picked or 'the 4-warp path'})")
+            dec.ONE_WARP_PLANES = default
+            timed("default", model, b, ctx)
+            dec.ONE_WARP_PLANES = True
+            for s in (4, 8, 16, 32, 64, 128, 256):
+                if s <= triton.cdiv(ctx, 32) and s != picked:
+                    dec.one_warp_splits = lambda *_a, s=s: s
+                    timed(f"planes one warp, {s} splits", model, b, ctx)
+            dec.one_warp_splits = rule
     finally:
         one.configs, one.cache, planes.configs, planes.cache = one_default, {}, planes_default, {}
-        dec.ONE_WARP_PLANES, dec.ONE_WARP_PLANES_RESIDENT = default, resident
+        dec.ONE_WARP_PLANES, dec.ONE_WARP_PLANES_RESIDENT, dec.one_warp_splits = default, resident, rule
 
 
 def explore_splits(models):
@@ -319,6 +334,8 @@ def main():
                     help="GQA decode: one warp a program vs the 4-warp configs, split targets, then exit")
     ap.add_argument("--explore-planes", action="store_true",
                     help="GQA decode: the one-warp form of kv_decode_gqa against the generic one-warp kernel, then exit")
+    ap.add_argument("--explore-planes-small", action="store_true",
+                    help="the small-batch half of --explore-planes (forced splits), then exit")
     ap.add_argument("--rope", action="store_true", help="also time keys cached before RoPE (int4-rope)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -332,8 +349,8 @@ def main():
     if args.explore_warps:
         explore_warps(args.models.split(","))
         return
-    if args.explore_planes:
-        explore_planes(args.models.split(","))
+    if args.explore_planes or args.explore_planes_small:
+        explore_planes(args.models.split(","), small_only=args.explore_planes_small)
         return
     if args.explore_splits:
         explore_splits(args.models.split(","))

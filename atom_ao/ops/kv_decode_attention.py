@@ -57,8 +57,9 @@ MHA_KERNEL = True  # one query head per KV head: ``kv_decode_mha`` (False: the g
 # FOLD; False: the subtraction per code). H200, Llama-2-7B heads: 2-4% faster (batch 64, context
 # 8192: 1132 -> 1107 us; ``bench_attention.py --explore``).
 MHA_FOLD = True
-# grouped queries (more than FMA_MAX_G a KV head), head_dim 128: ``kv_decode_gqa`` (nibble planes)
-# instead of the generic kernel's tensor-core path. Off until timed on a GPU.
+# grouped queries (more than FMA_MAX_G a KV head), head_dim 128: ``kv_decode_gqa``'s 4-warp form
+# (nibble planes, wgmma) instead of the generic kernel's tensor-core path. Off: slower when timed
+# (H200, session 9: 634 against 540 us at batch 64, context 8192); its one-warp form is ONE_WARP_PLANES.
 GQA_KERNEL = False
 # The generic kernel's tensor-core path (grouped queries, keys cached after RoPE) with ONE warp a
 # program: the 16-row dots (the group's query heads, padded) over 32-token steps stay inside the
@@ -75,11 +76,17 @@ ONE_WARP_RESIDENT = {64: 8, 32: 12}
 # The one-warp GQA programs at head_dim 128 (bf16 / fp16 queries) on ``kv_decode_gqa``'s WARP form
 # instead of the generic kernel: the keys' nibble planes as the A operand of S^T = K Q^T and the
 # values' as the A operand of O^T = V^T P^T, so the group's heads are the dots' N side (padded to 8,
-# not 16), unpacked two words at a time by inline asm; the scales loaded a step ahead. Offline
-# (sm_90a, Triton 3.9): 29 instead of 41 instructions a token, 168 instead of 254 registers (12
-# programs a SM, ``ONE_WARP_PLANES_RESIDENT``). Not yet timed.
-ONE_WARP_PLANES = False
-ONE_WARP_PLANES_RESIDENT = 12
+# not 16), unpacked two words at a time by inline asm; the scales loaded a step ahead, the word
+# tiles a whole step ahead (5 stages). Offline (sm_90a): 29 instead of 41 instructions a token, 168
+# instead of 254 registers. H200, Llama-3-8B heads (``bench_attention.py --explore-planes``): batch
+# 64, context 8192 416 -> 218 us (49 -> 94% of copy), 1024 63.2 -> 34.7, batch 16 / 8192 116 -> 61,
+# batch 256 / 2048 412 -> 216. Nsight Compute (``scripts/ncu_kernels.py``): the generic kernel's
+# warps waited on global loads (long scoreboard 1.93 cycles an instruction: its tiles were issued
+# after the step's math), this one's 0.08.
+ONE_WARP_PLANES = True
+# its split rule's programs a SM (it fits 12): 8 gave 2 splits at batch 64, context 1024 (34.7 us)
+# where 12 gave 3 (39.2) and 16 two waves (76.8); at 8192 and batch 256 / 2048 all within 2%
+ONE_WARP_PLANES_RESIDENT = 8
 INTERPRET_PREFETCH = False  # under the interpreter (tests flip it): the kernels' prefetching variant
 UNPACK_MAGIC = True  # codes -> floats by the mantissa trick (``kv_tiles.load_codes``); False: casts
 
