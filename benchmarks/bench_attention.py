@@ -284,7 +284,8 @@ def explore_planes(models, small_only=False):
                               ("llama3-8b", 4, 4096), ("llama3-8b", 16, 1024)):
             if model not in models:
                 continue
-            picked = rule(b, MODELS[model][1], ctx, MODELS[model][2] // 2, torch.device("cuda"), resident)
+            picked = rule(b, MODELS[model][1], ctx, MODELS[model][2] // 2, torch.device("cuda"), resident,
+                          dec.PLANES_MIN_SPLIT_TOKENS, 0.5)
             print(f"{model} B={b} ctx={ctx} (rule: {picked or 'the 4-warp path'})")
             dec.ONE_WARP_PLANES = default
             timed("default", model, b, ctx)

@@ -47,9 +47,6 @@ def main():
     ap.add_argument("--splits", default="1,2,3,4,6,8")
     ap.add_argument("--masked-ab", action="store_true",
                     help="only the default, with the unmasked main loop (full tiles) and with every load masked")
-    ap.add_argument("--pipeline-ab", action="store_true",
-                    help="only the default, with the group loop pipelining every load (the scales too) and "
-                         "only the dots' tiles (SWAP_PIPELINE_ALL off)")
     args = ap.parse_args()
     copy_bps = measured_copy_bytes_per_s()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -83,19 +80,6 @@ def main():
                 rows.append({"shape": label, "M": m, "config": config, "split": split, "us": round(us, 2),
                              "weight_TB/s": round(tbs, 2), "read_pct_of_copy": round(100 * tbs * 1e12 / copy_bps, 1)})
 
-            if args.pipeline_ab:
-                every = gemm.w4a4_gemm_triton(*a, *weights[0], None, w.group_size, x.dtype, path="swap")
-                add("default, every load pipelined", default, per_call())
-                gemm.SWAP_PIPELINE_ALL = False
-                try:
-                    dots = gemm.w4a4_gemm_triton(*a, *weights[0], None, w.group_size, x.dtype, path="swap")
-                    assert torch.equal(every, dots), "the two loop forms differ"
-                    add("default, only the dots' tiles pipelined", default, per_call())
-                finally:
-                    gemm.SWAP_PIPELINE_ALL = True
-                mine = [r for r in rows if r["shape"] == label and r["M"] == m]
-                print(markdown_table(mine, COLUMNS).split("\n", 2)[-1], flush=True)
-                continue
             if args.masked_ab:
                 fast = gemm.w4a4_gemm_triton(*a, *weights[0], None, w.group_size, x.dtype, path="swap")
                 add("default, unmasked loop", default, per_call())
@@ -113,7 +97,7 @@ def main():
             real = swap.swap_kernel_and_meta
             for cfg in configs:
                 bn, bm, st, nw = cfg if len(cfg) == 4 else (cfg[0], 16 if m <= 16 else 32, *cfg[1:])
-                fixed = {"BLOCK_N": bn, "BLOCK_M": bm, "STAGES": st, "num_warps": nw, "num_stages": st}
+                fixed = {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": nw, "num_stages": st}
                 gemm.swap_kernel_and_meta = lambda _m, fixed=fixed: (swap._w4a4_gemm_swap_kernel_jit, fixed)
                 try:
                     for s in (int(v) for v in args.splits.split(",")):

@@ -84,9 +84,15 @@ ONE_WARP_RESIDENT = {64: 8, 32: 12}
 # warps waited on global loads (long scoreboard 1.93 cycles an instruction: its tiles were issued
 # after the step's math), this one's 0.08.
 ONE_WARP_PLANES = True
-# its split rule's programs a SM (it fits 12): 8 gave 2 splits at batch 64, context 1024 (34.7 us)
-# where 12 gave 3 (39.2) and 16 two waves (76.8); at 8192 and batch 256 / 2048 all within 2%
+# its split rule (``one_warp_splits``): programs a SM (it fits 12), shortest split, and the least
+# part of a wave worth it. H200, Llama-3-8B heads (``--explore-planes``, ``--explore-planes-small``):
+# 8 a SM gave 2 splits at batch 64, context 1024 (34.7 us) where 12 gave 3 (39.2) and 16 two waves
+# (76.8); at 8192 and batch 256 / 2048 all within 2%. Small batches fill a wave with shorter splits:
+# batch 1, context 32768 128 splits 22.3 us against 40.6 on the 4-warp path, batch 4 / 4096 32
+# splits 14.9 against 23.1, batch 16 / 1024 8 splits 15.3 against 27.1; below half a wave the
+# 4-warp path stays (batch 1 / 1024 6.9 against 7.4, batch 1 / 4096 10.8 against 10.1).
 ONE_WARP_PLANES_RESIDENT = 8
+PLANES_MIN_SPLIT_TOKENS = 64
 INTERPRET_PREFETCH = False  # under the interpreter (tests flip it): the kernels' prefetching variant
 UNPACK_MAGIC = True  # codes -> floats by the mantissa trick (``kv_tiles.load_codes``); False: casts
 
@@ -345,17 +351,19 @@ def num_splits(batch: int, kv_heads: int, max_seq_len: int, device: torch.device
 
 
 def one_warp_splits(batch: int, kv_heads: int, max_seq_len: int, half: int, device: torch.device,
-                    resident: int = 0) -> int:
+                    resident: int = 0, min_tokens: int = 0, least_wave: float = 1.0) -> int:
     """Splits per (sequence, KV head) for the one-warp programs: as many as fit one wave
     (``ONE_WARP_RESIDENT`` a SM), none shorter than ONE_WARP_MIN_SPLIT_TOKENS; 0 when even the most
     splits leave less than a wave (then the 4-warp configs are faster: Llama-3-8B heads, H200, batch 1,
     context 4096: 12.1 against 29.5 us). A partly filled second wave costs nearly a full one, so
     the count stops at one wave rather than overshooting it. ``resident``: programs a SM (0: the
-    generic kernel's, ``ONE_WARP_RESIDENT``). Host ints only."""
+    generic kernel's, ``ONE_WARP_RESIDENT``); ``min_tokens``: the shortest split (0:
+    ONE_WARP_MIN_SPLIT_TOKENS); ``least_wave``: the part of a wave below which 0 is returned (the
+    planes kernel's rule: 8 a SM, 64 tokens, half a wave). Host ints only."""
     slots = _n_sm(device) * (resident or ONE_WARP_RESIDENT.get(half, 8))
     pairs = batch * kv_heads
-    most = triton.cdiv(max_seq_len, ONE_WARP_MIN_SPLIT_TOKENS)
-    if pairs * most < slots:
+    most = triton.cdiv(max_seq_len, min_tokens or ONE_WARP_MIN_SPLIT_TOKENS)
+    if pairs * most < least_wave * slots:
         return 0
     return max(1, min(most, slots // pairs))
 
@@ -398,8 +406,8 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
     one_warp_fits = ONE_WARP_GQA and not (mha or gqa_planes) and g > FMA_MAX_G and k_rope is None
     warp_planes = one_warp_fits and ONE_WARP_PLANES and _gqa_planes_fit(q, k_cache, v_cache, k_rope)
     one_warp_fits = one_warp_fits and (warp_planes or not _INTERPRET)  # the generic one-warp path is GPU-only
-    warp_splits = one_warp_splits(b, hkv, max_seq_len, d // 2, q.device,
-                                  ONE_WARP_PLANES_RESIDENT if warp_planes else 0) if one_warp_fits else 0
+    rule = (ONE_WARP_PLANES_RESIDENT, PLANES_MIN_SPLIT_TOKENS, 0.5) if warp_planes else ()
+    warp_splits = one_warp_splits(b, hkv, max_seq_len, d // 2, q.device, *rule) if one_warp_fits else 0
     one_warp = warp_splits > 0  # 0: less than a wave of one-warp programs, the 4-warp configs instead
     splits = warp_splits or num_splits(b, hkv, max_seq_len, q.device)
     one = splits == 1

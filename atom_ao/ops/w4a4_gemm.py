@@ -30,9 +30,6 @@ from atom_ao.ops.w4a4_gemm_unpacked import w4a4_gemm_unpacked
 # the swap kernel's unmasked main loop when every tile is full (``EVEN_N`` / ``EVEN_M``); False
 # masks every load (benchmarks/explore_decode_gemm.py --masked-ab times both)
 SWAP_UNMASKED = True
-# the swap kernel's group loop as tl.range(num_stages=...): its group scales pipelined with its tiles
-# (``PIPELINE_ALL``); False: plain range, the scales loaded in their group
-SWAP_PIPELINE_ALL = True
 
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -460,8 +457,7 @@ def w4a4_gemm_triton(
     if path == "swap":  # same arguments as the tile kernel, its own grid
         kernel, meta = swap_kernel_and_meta(m)
         # full tiles for every config offered: unmasked main loop
-        meta = dict(meta, EVEN_N=SWAP_UNMASKED and n % FULL_N == 0, EVEN_M=SWAP_UNMASKED and m % FULL_M == 0,
-                    PIPELINE_ALL=SWAP_PIPELINE_ALL)
+        meta = dict(meta, EVEN_N=SWAP_UNMASKED and n % FULL_N == 0, EVEN_M=SWAP_UNMASKED and m % FULL_M == 0)
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), splits, triton.cdiv(m, meta["BLOCK_M"]))  # noqa: E731
     else:
         grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), splits)  # noqa: E731

@@ -16,6 +16,11 @@ instructions a group offline.)
 Same math as the tile kernel to the bit: per group two INT8 dots (low and high nibbles, as
 16 x code), the INT32 group sum to FP32, times the token (/ 256) and weight-row scales; the INT8
 outlier block as the last K step; optional bias; split-K into a float32 workspace.
+
+Tried and dropped (H200, session 14): the group loop as ``tl.range(num_stages=3)``, which also
+pipelines the group scales (plain ``range`` pipelines only the tiles feeding the dots, and Nsight
+Compute showed the M = 1 kernel's warps waiting on global loads): slower on every Llama-2-7B
+linear, gate/up 21.8 -> 23.9 us at M = 1 and 35.0 -> 38.3 at M = 64 (same bits).
 """
 
 from __future__ import annotations
@@ -82,20 +87,6 @@ def _group_tile(ptrs, s_ptrs, rows_ok, FULL: tl.constexpr):
 
 
 @triton.jit
-def _group_step(acc, w_ptrs, a_ptrs, ws_ptrs, as_ptrs, g, mask_n, mask_m, EVEN_N: tl.constexpr,
-                EVEN_M: tl.constexpr, HALF: tl.constexpr, USE_ASM: tl.constexpr):
-    """acc (out^T) plus group g: two INT8 dots of 16 x codes, the INT32 sum to FP32, the scales."""
-    w, sw = _group_tile(w_ptrs + g * HALF, ws_ptrs + g, mask_n, EVEN_N)
-    a, sa = _group_tile(a_ptrs + g * HALF, as_ptrs + g, mask_m, EVEN_M)
-    w_lo, w_hi = unpack_int4_x16(w, USE_ASM)  # 16 x codes: the dot is 256x, sa takes 1/256
-    a_lo, a_hi = unpack_int4_x16(a, USE_ASM)
-    dot = tl.dot(w_lo, tl.trans(a_lo), out_dtype=tl.int32)
-    dot = tl.dot(w_hi, tl.trans(a_hi), dot, out_dtype=tl.int32)
-    # the tile kernel's order of the float products: equal bits
-    return acc + group_sum_x256_to_f32(dot, HALF) * (sa * SCALE_256)[None, :] * sw[:, None]
-
-
-@triton.jit
 def _w4a4_gemm_swap_kernel_jit(
     a_ptr, as_ptr, ao_ptr, aos_ptr,
     w_ptr, ws_ptr, wo_ptr, wos_ptr,
@@ -111,11 +102,7 @@ def _w4a4_gemm_swap_kernel_jit(
     # offered): the main loop's loads go unmasked (sm_90a, 64x64 tile: 369 -> 332 instructions a
     # group and 194 -> 165 registers, 3 programs a SM instead of 2)
     EVEN_N: tl.constexpr, EVEN_M: tl.constexpr,
-    # PIPELINE_ALL: the group loop as tl.range(num_stages=STAGES), which pipelines every load in
-    # it, the group scales too; else range, whose pipelining (the config's num_stages) takes only
-    # the tiles feeding the dots, so each group's scale loads wait on HBM at its math
-    PIPELINE_ALL: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, STAGES: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -132,12 +119,15 @@ def _w4a4_gemm_swap_kernel_jit(
     ws_ptrs = ws_ptr + offs_n * stride_wsn + g0
     as_ptrs = as_ptr + offs_m * stride_asm + g0
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # out^T
-    if PIPELINE_ALL:
-        for g in tl.range(0, n_g, num_stages=STAGES):
-            acc = _group_step(acc, w_ptrs, a_ptrs, ws_ptrs, as_ptrs, g, mask_n, mask_m, EVEN_N, EVEN_M, HALF, USE_ASM)
-    else:
-        for g in range(0, n_g):
-            acc = _group_step(acc, w_ptrs, a_ptrs, ws_ptrs, as_ptrs, g, mask_n, mask_m, EVEN_N, EVEN_M, HALF, USE_ASM)
+    for g in range(0, n_g):
+        w, sw = _group_tile(w_ptrs + g * HALF, ws_ptrs + g, mask_n, EVEN_N)
+        a, sa = _group_tile(a_ptrs + g * HALF, as_ptrs + g, mask_m, EVEN_M)
+        w_lo, w_hi = unpack_int4_x16(w, USE_ASM)  # 16 x codes: the dot is 256x, sa takes 1/256
+        a_lo, a_hi = unpack_int4_x16(a, USE_ASM)
+        dot = tl.dot(w_lo, tl.trans(a_lo), out_dtype=tl.int32)
+        dot = tl.dot(w_hi, tl.trans(a_hi), dot, out_dtype=tl.int32)
+        # the tile kernel's order of the float products: equal bits
+        acc += group_sum_x256_to_f32(dot, HALF) * (sa * SCALE_256)[None, :] * sw[:, None]
 
     # the outlier block and the bias belong to the first split only (masked off in the others)
     first_m = mask_m & (offs_m * 0 + split == 0)
@@ -163,7 +153,7 @@ def _w4a4_gemm_swap_kernel_jit(
 
 
 def _configs(regime):
-    return [triton.Config({"BLOCK_N": bn, "BLOCK_M": bm, "STAGES": st}, num_warps=w, num_stages=st)
+    return [triton.Config({"BLOCK_N": bn, "BLOCK_M": bm}, num_warps=w, num_stages=st)
             for bn, bm, w, st in _SWAP_REGIMES[regime]]
 
 
@@ -178,6 +168,6 @@ def swap_kernel_and_meta(m: int):
     """The kernel to launch for m tokens and its fixed meta-parameters (the interpreter cannot
     autotune: one small config)."""
     if INTERPRET:
-        return _w4a4_gemm_swap_kernel_jit, {"BLOCK_N": 32, "BLOCK_M": 16, "STAGES": 1}
+        return _w4a4_gemm_swap_kernel_jit, {"BLOCK_N": 32, "BLOCK_M": 16}
     return SWAP_KERNELS[min(r for r in _SWAP_REGIMES if m <= r)], {}
 

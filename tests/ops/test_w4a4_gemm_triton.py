@@ -171,21 +171,6 @@ def test_swap_unmasked_loop_same_bits(monkeypatch, m, n):
     _check(m, n, 256, 32, 64, torch.bfloat16, True)
 
 
-@pytest.mark.parametrize("m, n", [(1, 128), (64, 128), (5, 96)])
-def test_swap_pipeline_all_same_bits(monkeypatch, m, n):
-    """The swap kernel's group loop as tl.range (every load pipelined, the scales too) and as a plain
-    range: the same bits (on the GPU, the same kernel at real sizes: ``-k swap_path_real``)."""
-    import importlib
-    gemm = importlib.import_module("atom_ao.ops.w4a4_gemm")
-    args = _operands(m, n, 384, 32, 64, torch.bfloat16, False)
-    for splits in (1, 2):
-        fast = w4a4_gemm_triton(*args, 64, torch.bfloat16, path="swap", splits=splits)
-        monkeypatch.setattr(gemm, "SWAP_PIPELINE_ALL", False)
-        plain = w4a4_gemm_triton(*args, 64, torch.bfloat16, path="swap", splits=splits)
-        monkeypatch.setattr(gemm, "SWAP_PIPELINE_ALL", True)
-        torch.testing.assert_close(fast, plain, rtol=0, atol=0)
-
-
 def test_swap_path_refuses_large_m():
     args = _operands(72, 32, 256, 0, 128, torch.bfloat16, False)
     with pytest.raises(ValueError, match="swap"):
