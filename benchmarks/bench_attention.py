@@ -300,6 +300,41 @@ def explore_planes(models, small_only=False):
         dec.ONE_WARP_PLANES, dec.ONE_WARP_PLANES_RESIDENT, dec.one_warp_splits = default, resident, rule
 
 
+def explore_mha_planes(models):
+    """MHA decode (Llama-2-7B heads): ``kv_decode_mha`` (the default) against the one-warp planes
+    kernel (``MHA_PLANES``: the head padded to 8 on the dots' N side) at its split rule, and at
+    forced split counts where the rule leaves the MHA kernel (small batch)."""
+    import atom_ao.ops.kv_decode_attention as dec
+
+    def timed(label, model, b, ctx):
+        rows = run_case(model, b, ctx, 70, do_sdpa=False)
+        print(f"  {label:<58} {rows[0]['us']:>9} us {rows[0]['copy_pct']:>5}% of copy", flush=True)
+
+    default, rule = dec.MHA_PLANES, dec.one_warp_splits
+    try:
+        for model, b, ctx in (("llama2-7b", 64, 8192), ("llama2-7b", 64, 1024), ("llama2-7b", 16, 8192),
+                              ("llama2-7b", 256, 2048), ("llama2-7b", 1, 32768), ("llama2-7b", 4, 4096),
+                              ("llama2-7b", 1, 1024)):
+            if model not in models:
+                continue
+            h, hkv, d = MODELS[model]
+            picked = rule(b, hkv, ctx, d // 2, torch.device("cuda"), dec.ONE_WARP_PLANES_RESIDENT,
+                          dec.PLANES_MIN_SPLIT_TOKENS, 0.5)
+            print(f"{model} B={b} ctx={ctx} (planes rule: {picked or 'the MHA kernel'})")
+            dec.MHA_PLANES = False
+            timed("MHA kernel", model, b, ctx)
+            dec.MHA_PLANES = True
+            if picked:
+                timed(f"planes one warp, rule ({picked} splits)", model, b, ctx)
+            else:
+                for n in (16, 32, 64):
+                    dec.one_warp_splits = lambda *_a, n=n: n
+                    timed(f"planes one warp, {n} splits", model, b, ctx)
+                dec.one_warp_splits = rule
+    finally:
+        dec.MHA_PLANES, dec.one_warp_splits = default, rule
+
+
 def explore_splits(models):
     """Small batches, where a sequence's splits are all the parallel work: ``num_splits`` (~4
     programs a SM, none shorter than MIN_SPLIT_TOKENS) at shortest splits of 256 down to 32 tokens
@@ -337,6 +372,8 @@ def main():
                     help="GQA decode: the one-warp form of kv_decode_gqa against the generic one-warp kernel, then exit")
     ap.add_argument("--explore-planes-small", action="store_true",
                     help="the small-batch half of --explore-planes (forced splits), then exit")
+    ap.add_argument("--explore-mha-planes", action="store_true",
+                    help="MHA decode: the MHA kernel against the one-warp planes kernel, then exit")
     ap.add_argument("--rope", action="store_true", help="also time keys cached before RoPE (int4-rope)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -352,6 +389,9 @@ def main():
         return
     if args.explore_planes or args.explore_planes_small:
         explore_planes(args.models.split(","), small_only=args.explore_planes_small)
+        return
+    if args.explore_mha_planes:
+        explore_mha_planes(args.models.split(","))
         return
     if args.explore_splits:
         explore_splits(args.models.split(","))

@@ -93,6 +93,9 @@ ONE_WARP_PLANES = True
 # 4-warp path stays (batch 1 / 1024 6.9 against 7.4, batch 1 / 4096 10.8 against 10.1).
 ONE_WARP_PLANES_RESIDENT = 8
 PLANES_MIN_SPLIT_TOKENS = 64
+# MHA (one query head per KV head, head_dim 128) on the same one-warp planes kernel (its heads
+# padded to 8 on the dots' N side: the tensor cores have room) instead of ``kv_decode_mha``. Not yet timed.
+MHA_PLANES = False
 INTERPRET_PREFETCH = False  # under the interpreter (tests flip it): the kernels' prefetching variant
 UNPACK_MAGIC = True  # codes -> floats by the mantissa trick (``kv_tiles.load_codes``); False: casts
 
@@ -164,12 +167,16 @@ def _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_s
         wrap_triton(_decode_gqa_warp_tuned if warp else _decode_gqa_tuned)[(b, hkv, splits)](*args, **meta)
 
 
-def _gqa_planes_fit(q, k_cache, v_cache, k_rope) -> bool:
-    """Whether ``kv_decode_gqa`` takes these inputs: grouped queries, keys cached after RoPE,
-    head_dim 128 (16 words a row: a 16-deep dot a plane), 16-bit queries, word-aligned caches."""
-    g = q.shape[1] // k_cache.shape[1]
-    return (g > FMA_MAX_G and k_rope is None and q.shape[2] == 128 and q.dtype != torch.float32
+def _planes_fit(q, k_cache, v_cache, k_rope) -> bool:
+    """Whether ``kv_decode_gqa`` takes these inputs: keys cached after RoPE, head_dim 128 (16 words
+    a row: a 16-deep dot a plane), 16-bit queries, word-aligned caches."""
+    return (k_rope is None and q.shape[2] == 128 and q.dtype != torch.float32
             and _as_words(k_cache) and _as_words(v_cache))
+
+
+def _gqa_planes_fit(q, k_cache, v_cache, k_rope) -> bool:
+    """``_planes_fit`` with grouped queries (more than FMA_MAX_G a KV head)."""
+    return q.shape[1] // k_cache.shape[1] > FMA_MAX_G and _planes_fit(q, k_cache, v_cache, k_rope)
 
 
 def _gqa_kernel_fits(q, k_cache, v_cache, k_rope) -> bool:
@@ -404,10 +411,13 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
     mha = g == 1 and k_rope is None and MHA_KERNEL and _as_words(k_cache) and _as_words(v_cache)
     gqa_planes = not mha and _gqa_kernel_fits(q, k_cache, v_cache, k_rope)
     one_warp_fits = ONE_WARP_GQA and not (mha or gqa_planes) and g > FMA_MAX_G and k_rope is None
-    warp_planes = one_warp_fits and ONE_WARP_PLANES and _gqa_planes_fit(q, k_cache, v_cache, k_rope)
+    # the one-warp planes kernel: GQA (ONE_WARP_PLANES) or, opted in, MHA (MHA_PLANES); with fewer
+    # programs than its rule wants, the MHA kernel or the generic 4-warp configs
+    warp_planes = _planes_fit(q, k_cache, v_cache, k_rope) and (
+        (one_warp_fits and ONE_WARP_PLANES) or (mha and MHA_PLANES))
     one_warp_fits = one_warp_fits and (warp_planes or not _INTERPRET)  # the generic one-warp path is GPU-only
     rule = (ONE_WARP_PLANES_RESIDENT, PLANES_MIN_SPLIT_TOKENS, 0.5) if warp_planes else ()
-    warp_splits = one_warp_splits(b, hkv, max_seq_len, d // 2, q.device, *rule) if one_warp_fits else 0
+    warp_splits = one_warp_splits(b, hkv, max_seq_len, d // 2, q.device, *rule) if one_warp_fits or warp_planes else 0
     one_warp = warp_splits > 0  # 0: less than a wave of one-warp programs, the 4-warp configs instead
     splits = warp_splits or num_splits(b, hkv, max_seq_len, q.device)
     one = splits == 1
@@ -423,12 +433,15 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
         block_table.stride(0),
         out.stride(0), out.stride(1),
     )
-    if mha:
+    if one_warp and warp_planes:
+        _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
+                    sm_scale * _LOG2E, splits, one, warp=True)
+    elif mha:
         _launch_mha(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
                     sm_scale * _LOG2E, splits, one)
-    elif gqa_planes or (one_warp and warp_planes):
+    elif gqa_planes:
         _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
-                    sm_scale * _LOG2E, splits, one, warp=not gqa_planes)
+                    sm_scale * _LOG2E, splits, one)
     else:
         fma = g <= FMA_MAX_G
         if fma:  # float32 operands on the CUDA cores, codes by the float32 mantissa trick

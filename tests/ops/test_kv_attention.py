@@ -241,13 +241,18 @@ def test_decode_mha_on_a_cache_not_word_aligned():
 
 @pytest.mark.parametrize("heads, kv_heads, page, dtype", [
     (8, 2, 24, torch.bfloat16), (12, 4, 32, torch.float16), (9, 3, 16, torch.bfloat16), (16, 1, 64, torch.bfloat16),
-])  # groups of 4, 3 (rows padded to 16), 16; pages of 24 (a lookup per token) and 16 / 32 / 64
+    (4, 4, 24, torch.bfloat16), (2, 2, 64, torch.float16),
+])  # groups of 4, 3 (rows padded to 16), 16, 1 (MHA: the one-warp form only); pages of 24 (a
+# lookup per token) and 16 / 32 / 64
 @pytest.mark.parametrize("warp", [False, True])
 def test_decode_gqa_kernel(monkeypatch, heads, kv_heads, page, dtype, warp):
     # kv_decode_gqa: the nibble planes of the int32 words as dot operands (head_dim 128); warp:
     # its one-warp form (heads on the dots' N side), at 3 forced splits
+    if heads == kv_heads and not warp:
+        pytest.skip("MHA takes the planes kernel in its one-warp form only")
     if warp:
         monkeypatch.setattr(dec, "ONE_WARP_PLANES", True)
+        monkeypatch.setattr(dec, "MHA_PLANES", True)
         monkeypatch.setattr(dec, "one_warp_splits", lambda *_a: 3)
     else:
         monkeypatch.setattr(dec, "GQA_KERNEL", True)
@@ -258,7 +263,7 @@ def test_decode_gqa_kernel(monkeypatch, heads, kv_heads, page, dtype, warp):
     q[:, :, 7] *= 60  # an outlier channel
     q = q.to(dtype)
     seq_lens = torch.tensor(lens, dtype=torch.int32)
-    assert dec._gqa_planes_fit(q, caches[0], caches[1], None)
+    assert dec._planes_fit(q, caches[0], caches[1], None)
     for hint, kv_start in ((0, None), (4096, torch.tensor([0, 5, 50, 15], dtype=torch.int32))):
         want = decode_attention_ref(q, *caches, table, seq_lens, kv_start, 128 ** -0.5)
         got = kv_decode_attention_triton(q, *caches, table, seq_lens, kv_start, 128 ** -0.5, hint)
@@ -337,15 +342,17 @@ def test_one_warp_split_rule():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("heads, kv_heads, d", [(32, 8, 128), (14, 2, 64), (28, 4, 128)])
+@pytest.mark.parametrize("heads, kv_heads, d", [(32, 8, 128), (14, 2, 64), (28, 4, 128), (32, 32, 128)])
 @pytest.mark.parametrize("splits", [1, 5])
 @pytest.mark.parametrize("planes", [False, True])
 def test_one_warp_gqa_gpu(monkeypatch, heads, kv_heads, d, splits, planes):
     """The one-warp GQA path (Llama-3, Qwen2.5-0.5B, Qwen2.5-7B heads) at forced splits, bf16 and
     fp16 queries, varying lengths and left padding, against the float32 reference; planes: on
-    ``kv_decode_gqa``'s one-warp form where it fits (head_dim 128), else the generic kernel."""
+    ``kv_decode_gqa``'s one-warp form where it fits (head_dim 128), else the generic kernel; MHA
+    (Llama-2 heads): the planes kernel (MHA_PLANES) or the MHA kernel."""
     monkeypatch.setattr(dec, "one_warp_splits", lambda *_a: splits)
     monkeypatch.setattr(dec, "ONE_WARP_PLANES", planes)
+    monkeypatch.setattr(dec, "MHA_PLANES", planes)
     lens = [2500, 31, 1200, 4096, 77]
     caches, table = paged_cache(lens, kv_heads, d, page_size=64, device="cuda", seed=11)
     seq_lens = torch.tensor(lens, dtype=torch.int32)
