@@ -9,9 +9,11 @@ its un-normalized output with its running max and sum. A second small kernel com
 splits of each (sequence, head) by log-sum-exp. With one split the first kernel normalizes and
 writes the output itself (large batches: no second launch, no partials).
 
-One query head per KV head (MHA) without keys cached before RoPE goes to its own kernel,
-``kv_decode_mha`` (warp-private token streams on the CUDA cores), with the same grid, partials
-and reduce kernel.
+At head_dim 128 with 16-bit queries and keys cached after RoPE, GQA and MHA alike go to
+``kv_decode_gqa``'s one-warp form (nibble planes of the cache words as the A operands of
+S^T = K Q^T and O^T = V^T P^T, the group's heads on N) wherever its split rule finds a quarter
+wave of programs; below that MHA takes ``kv_decode_mha`` (warp-private token streams on the CUDA
+cores) and GQA this kernel's 4-warp configs. Same grid, partials and reduce kernel throughout.
 
 Sequence lengths vary per sequence (``seq_lens``); each sequence divides its own length among
 the splits, so the split count is chosen on the host from an upper bound alone (``max_seq_len``,
@@ -89,13 +91,20 @@ ONE_WARP_PLANES = True
 # 8 a SM gave 2 splits at batch 64, context 1024 (34.7 us) where 12 gave 3 (39.2) and 16 two waves
 # (76.8); at 8192 and batch 256 / 2048 all within 2%. Small batches fill a wave with shorter splits:
 # batch 1, context 32768 128 splits 22.3 us against 40.6 on the 4-warp path, batch 4 / 4096 32
-# splits 14.9 against 23.1, batch 16 / 1024 8 splits 15.3 against 27.1; below half a wave the
-# 4-warp path stays (batch 1 / 1024 6.9 against 7.4, batch 1 / 4096 10.8 against 10.1).
+# splits 14.9 against 23.1, batch 16 / 1024 8 splits 15.3 against 27.1. Below a quarter of a wave
+# (PLANES_LEAST_WAVE) the 4-warp path (GQA: batch 1 / 1024 6.9 against 7.4) or the MHA kernel
+# stays; at batch 1 / 4096 (GQA, half a wave) the planes took 10.1 against 10.8, and MHA at batch 1
+# / 1024 (16 splits) 8.09 against 9.75 for ``kv_decode_mha``.
 ONE_WARP_PLANES_RESIDENT = 8
 PLANES_MIN_SPLIT_TOKENS = 64
-# MHA (one query head per KV head, head_dim 128) on the same one-warp planes kernel (its heads
-# padded to 8 on the dots' N side: the tensor cores have room) instead of ``kv_decode_mha``. Not yet timed.
-MHA_PLANES = False
+PLANES_LEAST_WAVE = 0.25
+# MHA (one query head per KV head, head_dim 128) on the same one-warp planes kernel (its head
+# padded to 8 on the dots' N side: the tensor cores have room) instead of ``kv_decode_mha``, where
+# the rule gives it programs. H200, Llama-2-7B heads (``bench_attention.py --explore-mha-planes``):
+# batch 64, context 8192 1103 -> 853 us (75 -> 97% of copy), 1024 148 -> 110, batch 16 / 8192
+# 288 -> 221, batch 256 / 2048 1058 -> 848, batch 1 / 32768 105 -> 61.6, batch 4 / 4096 49.9 -> 33.8,
+# batch 1 / 1024 9.75 -> 8.09 (16 splits).
+MHA_PLANES = True
 INTERPRET_PREFETCH = False  # under the interpreter (tests flip it): the kernels' prefetching variant
 UNPACK_MAGIC = True  # codes -> floats by the mantissa trick (``kv_tiles.load_codes``); False: casts
 
@@ -416,7 +425,7 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
     warp_planes = _planes_fit(q, k_cache, v_cache, k_rope) and (
         (one_warp_fits and ONE_WARP_PLANES) or (mha and MHA_PLANES))
     one_warp_fits = one_warp_fits and (warp_planes or not _INTERPRET)  # the generic one-warp path is GPU-only
-    rule = (ONE_WARP_PLANES_RESIDENT, PLANES_MIN_SPLIT_TOKENS, 0.5) if warp_planes else ()
+    rule = (ONE_WARP_PLANES_RESIDENT, PLANES_MIN_SPLIT_TOKENS, PLANES_LEAST_WAVE) if warp_planes else ()
     warp_splits = one_warp_splits(b, hkv, max_seq_len, d // 2, q.device, *rule) if one_warp_fits or warp_planes else 0
     one_warp = warp_splits > 0  # 0: less than a wave of one-warp programs, the 4-warp configs instead
     splits = warp_splits or num_splits(b, hkv, max_seq_len, q.device)

@@ -334,11 +334,11 @@ def test_one_warp_split_rule():
     assert dec.one_warp_splits(1, 2, 1024, 64, cpu) == 0  # 4 splits x 2 heads: less than a wave
     assert dec.one_warp_splits(64, 8, 1024, 64, cpu) == 1  # more pairs than slots: no split
     assert dec.one_warp_splits(1, 4, 8192, 32, cpu) == 12  # head_dim 64: 12 a SM
-    # the planes kernel's rule: 8 a SM, splits down to 64 tokens, at least half a wave (16 of 32)
-    planes = (dec.ONE_WARP_PLANES_RESIDENT, dec.PLANES_MIN_SPLIT_TOKENS, 0.5)
+    # the planes kernel's rule: 8 a SM, splits down to 64 tokens, at least a quarter wave (8 of 32)
+    planes = (dec.ONE_WARP_PLANES_RESIDENT, dec.PLANES_MIN_SPLIT_TOKENS, dec.PLANES_LEAST_WAVE)
     assert dec.one_warp_splits(1, 2, 32768, 64, cpu, *planes) == 16  # a full wave: 16 splits x 2 heads
-    assert dec.one_warp_splits(1, 2, 512, 64, cpu, *planes) == 8  # 8 splits of 64 tokens: half a wave
-    assert dec.one_warp_splits(1, 2, 448, 64, cpu, *planes) == 0  # 7 x 2 programs: less than half
+    assert dec.one_warp_splits(1, 2, 256, 64, cpu, *planes) == 4  # 4 splits of 64 tokens: a quarter wave
+    assert dec.one_warp_splits(1, 2, 192, 64, cpu, *planes) == 0  # 3 x 2 programs: less than a quarter
 
 
 @pytest.mark.gpu
