@@ -220,6 +220,17 @@ def main_worker(rank: int, world: int, args, port: int | None = None):
         dist.destroy_process_group()
 
 
+def _spawned_worker(rank, world, args, port):
+    main_worker(rank, world, args, port)
+    # done and the group is gone: leave without interpreter finalization, where a spawned gloo
+    # rank aborted in CI after its results were written ("terminate called without an active
+    # exception", a C++ thread torn down late; tests/test_fsdp.py's worker does the same). A
+    # failure raised above and still fails the run.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -233,7 +244,7 @@ def main(argv=None):
         return
     import torch.multiprocessing as mp
 
-    mp.spawn(main_worker, args=(args.nproc, args, _free_port()), nprocs=args.nproc, join=True)
+    mp.spawn(_spawned_worker, args=(args.nproc, args, _free_port()), nprocs=args.nproc, join=True)
 
 
 if __name__ == "__main__":
