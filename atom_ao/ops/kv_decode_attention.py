@@ -375,7 +375,7 @@ def one_warp_splits(batch: int, kv_heads: int, max_seq_len: int, half: int, devi
     the count stops at one wave rather than overshooting it. ``resident``: programs a SM (0: the
     generic kernel's, ``ONE_WARP_RESIDENT``); ``min_tokens``: the shortest split (0:
     ONE_WARP_MIN_SPLIT_TOKENS); ``least_wave``: the part of a wave below which 0 is returned (the
-    planes kernel's rule: 8 a SM, 64 tokens, half a wave). Host ints only."""
+    planes kernel's rule: 8 a SM, 64 tokens, a quarter wave). Host ints only."""
     slots = _n_sm(device) * (resident or ONE_WARP_RESIDENT.get(half, 8))
     pairs = batch * kv_heads
     most = triton.cdiv(max_seq_len, min_tokens or ONE_WARP_MIN_SPLIT_TOKENS)

@@ -23,11 +23,12 @@ step ahead (with 3, Triton's pipeliner gave the block-table lookup its own stage
 were issued after a step's math and waited for at once). H200, Llama-3-8B heads: batch 64,
 context 8192 218 us (94% of copy) against 416 for the generic one-warp kernel.
 
-The 4-warp form (wgmma, 64-token steps; ``GQA_KERNEL``, off; P.V takes the 8 value planes joined
-along N in one dot, output channels in that joined order, put back in place by the store): offline 844 instructions a step
-against the generic kernel's 898, but its softmax runs along the tokens, which the wgmma spreads
-over the 4 warps, so every step's max and sum cross warps (shuffles and a barrier); timed slower
-than the generic kernel (H200, session 9: 634 against 540 us at batch 64, context 8192).
+The 4-warp form (wgmma, 64-token steps; ``GQA_KERNEL``, off; P.V takes the 8 value planes
+joined along N in one dot, output channels in that joined order, put back in place by the
+store): offline 844 instructions a step against the generic kernel's 898, but its softmax runs
+along the tokens, which the wgmma spreads over the 4 warps, so every step's max and sum cross
+warps (shuffles and a barrier); timed slower than the generic kernel (H200, session 9: 634
+against 540 us at batch 64, context 8192).
 
 Codes become bf16 / fp16 operands by the mantissa trick without the subtraction: (c | MAGIC)
 read as a 16-bit float is OFFSET + c (128 + c for bf16, 1024 + c for fp16), and the OFFSET share
@@ -203,25 +204,15 @@ def decode_gqa_kernel(
             vz = tl.load(vm_ptr + row_m + s_mw, mask=ok, other=0.0).to(tl.float32)
 
         # S^T (BLOCK_N, BLOCK_G) = sum over planes of K_P Q_P^T (+ OFFSET * q_sum, taken off)
-        if WARP:
-            k0, k1, k2, k3, k4, k5, k6, k7 = _planes8(kw, DOT, MAGIC, ASM)
-            raw = tl.dot(k0, q0)
-            raw = tl.dot(k1, q1, raw)
-            raw = tl.dot(k2, q2, raw)
-            raw = tl.dot(k3, q3, raw)
-            raw = tl.dot(k4, q4, raw)
-            raw = tl.dot(k5, q5, raw)
-            raw = tl.dot(k6, q6, raw)
-            raw = tl.dot(k7, q7, raw)
-        else:
-            raw = tl.dot(_plane(kw, 0, DOT, MAGIC), q0)
-            raw = tl.dot(_plane(kw, 4, DOT, MAGIC), q1, raw)
-            raw = tl.dot(_plane(kw, 8, DOT, MAGIC), q2, raw)
-            raw = tl.dot(_plane(kw, 12, DOT, MAGIC), q3, raw)
-            raw = tl.dot(_plane(kw, 16, DOT, MAGIC), q4, raw)
-            raw = tl.dot(_plane(kw, 20, DOT, MAGIC), q5, raw)
-            raw = tl.dot(_plane(kw, 24, DOT, MAGIC), q6, raw)
-            raw = tl.dot(_plane(kw, 28, DOT, MAGIC), q7, raw)
+        k0, k1, k2, k3, k4, k5, k6, k7 = _planes8(kw, DOT, MAGIC, ASM)
+        raw = tl.dot(k0, q0)
+        raw = tl.dot(k1, q1, raw)
+        raw = tl.dot(k2, q2, raw)
+        raw = tl.dot(k3, q3, raw)
+        raw = tl.dot(k4, q4, raw)
+        raw = tl.dot(k5, q5, raw)
+        raw = tl.dot(k6, q6, raw)
+        raw = tl.dot(k7, q7, raw)
         s = ((raw - OFFSET * q_sum[None, :]) * ks[:, None] + kz[:, None] * q_sum[None, :]) * qk_scale
         if HAS_START:
             ok = ok & (t >= start)
