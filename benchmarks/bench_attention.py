@@ -285,7 +285,7 @@ def explore_planes(models, small_only=False):
             if model not in models:
                 continue
             picked = rule(b, MODELS[model][1], ctx, MODELS[model][2] // 2, torch.device("cuda"), resident,
-                          dec.PLANES_MIN_SPLIT_TOKENS, 0.5)
+                          dec.PLANES_MIN_SPLIT_TOKENS, dec.PLANES_LEAST_WAVE)
             print(f"{model} B={b} ctx={ctx} (rule: {picked or 'the 4-warp path'})")
             dec.ONE_WARP_PLANES = default
             timed("default", model, b, ctx)
@@ -319,7 +319,7 @@ def explore_mha_planes(models):
                 continue
             h, hkv, d = MODELS[model]
             picked = rule(b, hkv, ctx, d // 2, torch.device("cuda"), dec.ONE_WARP_PLANES_RESIDENT,
-                          dec.PLANES_MIN_SPLIT_TOKENS, 0.5)
+                          dec.PLANES_MIN_SPLIT_TOKENS, dec.PLANES_LEAST_WAVE)
             print(f"{model} B={b} ctx={ctx} (planes rule: {picked or 'the MHA kernel'})")
             dec.MHA_PLANES = False
             timed("MHA kernel", model, b, ctx)

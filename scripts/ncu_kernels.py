@@ -3,12 +3,13 @@ occupancy, bandwidth), which timing alone cannot say.
 
     ncu --clock-control none --profile-from-start off --section SpeedOfLight --section Occupancy \\
         --section WarpStateStats --section SchedulerStats --section LaunchStats \\
-        python3 scripts/ncu_kernels.py [--cases gqa,gqa-planes,mha,gemm-m1,gemm-m64,bf16-m1]
+        python3 scripts/ncu_kernels.py [--cases gqa,gqa-planes,mha,mha-planes,gemm-m1,gemm-m64,bf16-m1]
 
 Every case runs once outside the profiled range first (Triton compiles and autotunes there), then
 once between cudaProfilerStart / Stop: ncu profiles those launches only (its replays flush the
 caches, so weights and caches come from HBM as in a model). Shapes: decode attention at batch 64,
-context 8192 (Llama-3-8B heads for GQA, Llama-2-7B's for MHA; pages of 64, shuffled); the W4A4
+context 8192 (Llama-3-8B heads for GQA, Llama-2-7B's for MHA; pages of 64, shuffled; "-planes":
+the one-warp planes kernel, else the generic one-warp kernel / ``kv_decode_mha``); the W4A4
 swap GEMM and bf16 ``F.linear`` on Llama-2-7B's gate/up (4096 -> 22016).
 """
 
@@ -36,7 +37,7 @@ def attention_case(model, b, ctx, planes):
     q = torch.randn(b, h, d, device="cuda", dtype=torch.bfloat16, generator=g)
 
     def run():
-        dec.ONE_WARP_PLANES = planes
+        dec.ONE_WARP_PLANES = dec.MHA_PLANES = planes
         torch.ops.atom_ao.kv_decode_attention(q, *cache, None, d ** -0.5, ctx)
     return run
 
@@ -66,6 +67,7 @@ CASES = {
     "gqa": lambda: attention_case("llama3-8b", 64, 8192, False),
     "gqa-planes": lambda: attention_case("llama3-8b", 64, 8192, True),
     "mha": lambda: attention_case("llama2-7b", 64, 8192, False),
+    "mha-planes": lambda: attention_case("llama2-7b", 64, 8192, True),
     "gemm-m1": lambda: gemm_case(1),
     "gemm-m64": lambda: gemm_case(64),
     "bf16-m1": lambda: bf16_case(1),
