@@ -27,6 +27,7 @@ under benchmarks/results/ named after the GPU.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -146,6 +147,12 @@ def check(model="llama3-8b", b=3, ctx=3000):
     assert rel < 2e-2, rel
 
 
+def _timed(label, model, b, ctx, width=58):
+    """One INT4 decode case (no SDPA) of the explore modes, printed as a labelled line."""
+    rows = run_case(model, b, ctx, 70, do_sdpa=False)
+    print(f"  {label:<{width}} {rows[0]['us']:>9} us {rows[0]['copy_pct']:>5}% of copy", flush=True)
+
+
 def explore(models):
     """Each decode-kernel config on its own (the autotuner's list, one at a time), for MHA the
     kernel with its codes' offsets subtracted per code (``MHA_FOLD`` off), for GQA the pairs unpack and the
@@ -153,9 +160,7 @@ def explore(models):
     import atom_ao.ops.kv_decode_attention as dec
     import atom_ao.ops.kv_tiles as tiles
 
-    def timed(label, model, b, ctx):
-        rows = run_case(model, b, ctx, 70, do_sdpa=False)
-        print(f"  {label:<44} {rows[0]['us']:>9} us {rows[0]['copy_pct']:>5}% of copy", flush=True)
+    timed = functools.partial(_timed, width=44)
 
     for model, b, ctx in (("llama2-7b", 64, 8192), ("llama2-7b", 64, 1024), ("llama2-7b", 16, 8192),
                           ("llama2-7b", 1, 32768),
@@ -207,10 +212,6 @@ def explore_warps(models):
 
     import atom_ao.ops.kv_decode_attention as dec
 
-    def timed(label, model, b, ctx):
-        rows = run_case(model, b, ctx, 70, do_sdpa=False)
-        print(f"  {label:<58} {rows[0]['us']:>9} us {rows[0]['copy_pct']:>5}% of copy", flush=True)
-
     one = dec._decode_one_warp_tuned
     one_default = list(one.configs)
     rule = dec.one_warp_splits
@@ -225,19 +226,19 @@ def explore_warps(models):
             print(f"{model} B={b} ctx={ctx} (one-warp rule: {picked or 'the 4-warp path'}"
                   f"{' splits' if picked else ''})")
             dec.ONE_WARP_GQA = False
-            timed("4-warp configs, autotuned", model, b, ctx)
+            _timed("4-warp configs, autotuned", model, b, ctx)
             dec.ONE_WARP_GQA = True
-            timed("default", model, b, ctx)
+            _timed("default", model, b, ctx)
             for s in (1, 2, 4, 8, 16, 32, 128):
                 if s != picked and s <= triton.cdiv(ctx, dec.ONE_WARP_MIN_SPLIT_TOKENS):
                     dec.one_warp_splits = lambda *_a, s=s: s
-                    timed(f"one warp, {s} splits", model, b, ctx)
+                    _timed(f"one warp, {s} splits", model, b, ctx)
             dec.one_warp_splits = rule
             if picked:
                 for bn, st in ((16, 3), (64, 2)):
                     one.configs = [triton.Config({"BLOCK_N": bn, "PREFETCH": False}, num_warps=1, num_stages=st)]
                     one.cache = {}
-                    timed(f"one warp, BLOCK_N {bn} stages {st}", model, b, ctx)
+                    _timed(f"one warp, BLOCK_N {bn} stages {st}", model, b, ctx)
                 one.configs, one.cache = one_default, {}
     finally:
         one.configs, one.cache = one_default, {}
@@ -253,10 +254,6 @@ def explore_planes(models, small_only=False):
 
     import atom_ao.ops.kv_decode_attention as dec
 
-    def timed(label, model, b, ctx):
-        rows = run_case(model, b, ctx, 70, do_sdpa=False)
-        print(f"  {label:<58} {rows[0]['us']:>9} us {rows[0]['copy_pct']:>5}% of copy", flush=True)
-
     one, planes = dec._decode_one_warp_tuned, dec._decode_gqa_warp_tuned
     one_default, planes_default = list(one.configs), list(planes.configs)
     resident, default, rule = dec.ONE_WARP_PLANES_RESIDENT, dec.ONE_WARP_PLANES, dec.one_warp_splits
@@ -267,18 +264,18 @@ def explore_planes(models, small_only=False):
                 continue
             print(f"{model} B={b} ctx={ctx}")
             dec.ONE_WARP_PLANES = False
-            timed("generic kernel, one warp", model, b, ctx)
+            _timed("generic kernel, one warp", model, b, ctx)
             one.configs, one.cache = [triton.Config({"BLOCK_N": 32, "PREFETCH": False}, num_warps=1, num_stages=5)], {}
-            timed("generic one warp, 5 stages", model, b, ctx)
+            _timed("generic one warp, 5 stages", model, b, ctx)
             one.configs, one.cache = one_default, {}
             dec.ONE_WARP_PLANES = True
             for bn, st in ((32, 5), (32, 3), (32, 4), (16, 5), (16, 7)):
                 planes.configs, planes.cache = [triton.Config({"BLOCK_N": bn}, num_warps=1, num_stages=st)], {}
-                timed(f"planes one warp, BLOCK_N {bn} stages {st}", model, b, ctx)
+                _timed(f"planes one warp, BLOCK_N {bn} stages {st}", model, b, ctx)
             planes.configs, planes.cache = planes_default, {}
             for r in (8, 12, 16):
                 dec.ONE_WARP_PLANES_RESIDENT = r
-                timed(f"planes one warp, split rule at {r} a SM", model, b, ctx)
+                _timed(f"planes one warp, split rule at {r} a SM", model, b, ctx)
             dec.ONE_WARP_PLANES_RESIDENT = resident
         for model, b, ctx in (("llama3-8b", 1, 32768), ("llama3-8b", 1, 4096), ("llama3-8b", 1, 1024),
                               ("llama3-8b", 4, 4096), ("llama3-8b", 16, 1024)):
@@ -288,12 +285,12 @@ def explore_planes(models, small_only=False):
                           dec.PLANES_MIN_SPLIT_TOKENS, dec.PLANES_LEAST_WAVE)
             print(f"{model} B={b} ctx={ctx} (rule: {picked or 'the 4-warp path'})")
             dec.ONE_WARP_PLANES = default
-            timed("default", model, b, ctx)
+            _timed("default", model, b, ctx)
             dec.ONE_WARP_PLANES = True
             for s in (4, 8, 16, 32, 64, 128, 256):
                 if s <= triton.cdiv(ctx, 32) and s != picked:
                     dec.one_warp_splits = lambda *_a, s=s: s
-                    timed(f"planes one warp, {s} splits", model, b, ctx)
+                    _timed(f"planes one warp, {s} splits", model, b, ctx)
             dec.one_warp_splits = rule
     finally:
         one.configs, one.cache, planes.configs, planes.cache = one_default, {}, planes_default, {}
@@ -305,10 +302,6 @@ def explore_mha_planes(models):
     kernel (``MHA_PLANES``: the head padded to 8 on the dots' N side) at its split rule, and at
     forced split counts where the rule leaves the MHA kernel (small batch)."""
     import atom_ao.ops.kv_decode_attention as dec
-
-    def timed(label, model, b, ctx):
-        rows = run_case(model, b, ctx, 70, do_sdpa=False)
-        print(f"  {label:<58} {rows[0]['us']:>9} us {rows[0]['copy_pct']:>5}% of copy", flush=True)
 
     default, rule = dec.MHA_PLANES, dec.one_warp_splits
     try:
@@ -322,14 +315,14 @@ def explore_mha_planes(models):
                           dec.PLANES_MIN_SPLIT_TOKENS, dec.PLANES_LEAST_WAVE)
             print(f"{model} B={b} ctx={ctx} (planes rule: {picked or 'the MHA kernel'})")
             dec.MHA_PLANES = False
-            timed("MHA kernel", model, b, ctx)
+            _timed("MHA kernel", model, b, ctx)
             dec.MHA_PLANES = True
             if picked:
-                timed(f"planes one warp, rule ({picked} splits)", model, b, ctx)
+                _timed(f"planes one warp, rule ({picked} splits)", model, b, ctx)
             else:
                 for n in (16, 32, 64):
                     dec.one_warp_splits = lambda *_a, n=n: n
-                    timed(f"planes one warp, {n} splits", model, b, ctx)
+                    _timed(f"planes one warp, {n} splits", model, b, ctx)
                 dec.one_warp_splits = rule
     finally:
         dec.MHA_PLANES, dec.one_warp_splits = default, rule
@@ -381,21 +374,15 @@ def main():
     COPY[0] = measured_copy_bytes_per_s()
     print(f"{gpu_name()}: device copy {COPY[0] / 1e12:.2f} TB/s (read + write), the copy_pct ceiling")
     check()
-    if args.explore:
-        explore(args.models.split(","))
-        return
-    if args.explore_warps:
-        explore_warps(args.models.split(","))
-        return
-    if args.explore_planes or args.explore_planes_small:
-        explore_planes(args.models.split(","), small_only=args.explore_planes_small)
-        return
-    if args.explore_mha_planes:
-        explore_mha_planes(args.models.split(","))
-        return
-    if args.explore_splits:
-        explore_splits(args.models.split(","))
-        return
+    explores = {  # the first flag given runs its explore mode, then exits
+        "explore": explore, "explore_warps": explore_warps,
+        "explore_planes_small": functools.partial(explore_planes, small_only=True), "explore_planes": explore_planes,
+        "explore_mha_planes": explore_mha_planes, "explore_splits": explore_splits,
+    }
+    for flag, run in explores.items():
+        if getattr(args, flag):
+            run(args.models.split(","))
+            return
     batches, contexts = (([1, 64], [2048, 32768]) if args.quick else (BATCHES, CONTEXTS))
     rows = []
     for model in args.models.split(","):

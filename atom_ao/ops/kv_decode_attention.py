@@ -183,13 +183,10 @@ def _planes_fit(q, k_cache, v_cache, k_rope) -> bool:
             and _as_words(k_cache) and _as_words(v_cache))
 
 
-def _gqa_planes_fit(q, k_cache, v_cache, k_rope) -> bool:
-    """``_planes_fit`` with grouped queries (more than FMA_MAX_G a KV head)."""
-    return q.shape[1] // k_cache.shape[1] > FMA_MAX_G and _planes_fit(q, k_cache, v_cache, k_rope)
-
-
 def _gqa_kernel_fits(q, k_cache, v_cache, k_rope) -> bool:
-    return GQA_KERNEL and _gqa_planes_fit(q, k_cache, v_cache, k_rope)
+    """The 4-warp planes kernel (GQA_KERNEL): grouped queries (more than FMA_MAX_G a KV head)
+    that ``_planes_fit``."""
+    return GQA_KERNEL and q.shape[1] // k_cache.shape[1] > FMA_MAX_G and _planes_fit(q, k_cache, v_cache, k_rope)
 
 
 @triton.jit
