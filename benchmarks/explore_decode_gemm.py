@@ -37,6 +37,7 @@ def main():
     from torchao.quantization import quantize_
 
     gemm = importlib.import_module("atom_ao.ops.w4a4_gemm")
+    gemv = importlib.import_module("atom_ao.ops.w4a4_gemv")
     swap = importlib.import_module("atom_ao.ops.w4a4_gemm_swap")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ms", default="1,16")
@@ -45,6 +46,10 @@ def main():
                     help="BLOCK_N x stages x warps of the swap kernel to time (16 tokens a tile up to M = 16, "
                          "else 32), or BLOCK_N x BLOCK_M x stages x warps")
     ap.add_argument("--splits", default="1,2,3,4,6,8")
+    ap.add_argument("--gemv", action="store_true",
+                    help="M = 1: the dp4a stream kernel (w4a4_gemv) by --gemv-configs and split, beside the swap default")
+    ap.add_argument("--gemv-configs", default="16x4x4,16x2x2,32x2x4,32x4x8,8x2x1,16x2x1,16x4x2,32x4x4,64x2x8",
+                    help="BLOCK_N x CHUNK x warps of the gemv kernel")
     ap.add_argument("--masked-ab", action="store_true",
                     help="only the default, with the unmasked main loop (full tiles) and with every load masked")
     args = ap.parse_args()
@@ -69,10 +74,10 @@ def main():
             groups = a[1].shape[1]
             default = swap.swap_split_k(m, n, groups, sms)
 
-            def per_call(**kw):
+            def per_call(path="swap", **kw):
                 def fn():
                     for wq in weights:
-                        gemm.w4a4_gemm_triton(*a, *wq, None, w.group_size, x.dtype, path="swap", **kw)
+                        gemm.w4a4_gemm_triton(*a, *wq, None, w.group_size, x.dtype, path=path, **kw)
                 return bench_us(fn) / copies
 
             def add(config, split, us):
@@ -80,6 +85,11 @@ def main():
                 rows.append({"shape": label, "M": m, "config": config, "split": split, "us": round(us, 2),
                              "weight_TB/s": round(tbs, 2), "read_pct_of_copy": round(100 * tbs * 1e12 / copy_bps, 1)})
 
+            if args.gemv and m == 1:
+                _gemv_rows(args, gemm, gemv, a, weights[0], w, x.dtype, groups, sms, per_call, add, default)
+                mine = [r for r in rows if r["shape"] == label and r["M"] == m]
+                print(markdown_table(sorted(mine, key=lambda r: r["us"]), COLUMNS).split("\n", 2)[-1], flush=True)
+                continue
             if args.masked_ab:
                 fast = gemm.w4a4_gemm_triton(*a, *weights[0], None, w.group_size, x.dtype, path="swap")
                 add("default, unmasked loop", default, per_call())
@@ -112,6 +122,28 @@ def main():
         weights = None
         torch.cuda.empty_cache()
     write_results("explore_decode_gemm", rows, COLUMNS, {"copy_bytes_per_s": copy_bps, "sms": sms})
+
+
+def _gemv_rows(args, gemm, gemv, a, wq, w, dtype, groups, sms, per_call, add, swap_split):
+    """The gemv kernel at every config and split (same result as the swap kernel to float rounding
+    of the sums, checked first), beside the swap kernel's default and the gemv default."""
+    swap_out = gemm.w4a4_gemm_triton(*a, *wq, None, w.group_size, dtype, path="swap").float()
+    add("swap default", swap_split, per_call("swap"))
+    add("gemv default", gemv.gemv_split_k(wq[0].shape[0], groups, sms), per_call("gemv"))
+    real = gemv.GEMV_CONFIG
+    for cfg in args.gemv_configs.split(","):
+        gemv.GEMV_CONFIG = tuple(int(v) for v in cfg.split("x"))
+        try:
+            got = gemm.w4a4_gemm_triton(*a, *wq, None, w.group_size, dtype, path="gemv").float()
+            err = (got - swap_out).abs().max().item() / swap_out.abs().max().item()
+            assert err < 1e-2, f"gemv {cfg} differs from swap: {err}"
+            for s in (int(v) for v in args.splits.split(",")):
+                if s <= groups and triton.cdiv(groups, triton.cdiv(groups, s)) == s:
+                    add(f"gemv {cfg}", s, per_call("gemv", splits=s))
+        except Exception as e:  # noqa: BLE001  (a config that does not compile: say so, go on)
+            print(f"  gemv {cfg}: {type(e).__name__} {str(e)[:200]}")
+        finally:
+            gemv.GEMV_CONFIG = real
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from atom_ao.ops import kv_write as wr
 gemm = importlib.import_module("atom_ao.ops.w4a4_gemm")  # the package re-exports the op under that name
 unp = importlib.import_module("atom_ao.ops.w4a4_gemm_unpacked")
 swap = importlib.import_module("atom_ao.ops.w4a4_gemm_swap")
+gemv = importlib.import_module("atom_ao.ops.w4a4_gemv")
 
 TARGET = GPUTarget("cuda", 90, 32)
 
@@ -58,9 +59,11 @@ def gemm_kernels():
             ok &= compile_one(f"gemm out={out} {bm}x{bn} prefetch={pf}", gemm._w4a4_gemm_kernel_jit, types, consts,
                               w, st)
         types = dict(common, a_ptr="*i32", ao_ptr="*i32", w_ptr="*i32", wo_ptr="*i32", out_ptr=out)
-        for bm in (1, 4):
-            consts = dict(WORDS=16, BLOCK_OW=32, HAS_OUT=True, HAS_BIAS=True, USE_ASM=True, BLOCK_M=bm, BLOCK_N=32)
-            ok &= compile_one(f"gemv out={out} BM={bm}", gemm._w4a4_gemv_kernel_jit, types, consts, 4, 1)
+        for even in (False, True):
+            bn, chunk, w = gemv.GEMV_CONFIG
+            consts = dict(WORDS=16, BLOCK_OW=32, HAS_OUT=True, HAS_BIAS=True, USE_ASM=True, EVEN_N=even, BLOCK_N=bn,
+                          CHUNK=chunk)
+            ok &= compile_one(f"gemv out={out} even={even}", gemv._w4a4_gemv_kernel, types, consts, w, 1)
     types = dict(common, a_ptr="*u8", ao_ptr="*i8", w_ptr="*u8", wo_ptr="*i8", out_ptr="*fp32")
     for bn, bm, w, st in sorted({c for cs in swap._SWAP_REGIMES.values() for c in cs}):
         for even in (False, True):

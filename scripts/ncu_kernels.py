@@ -3,14 +3,14 @@ occupancy, bandwidth), which timing alone cannot say.
 
     ncu --clock-control none --profile-from-start off --section SpeedOfLight --section Occupancy \\
         --section WarpStateStats --section SchedulerStats --section LaunchStats \\
-        python3 scripts/ncu_kernels.py [--cases gqa,gqa-planes,mha,mha-planes,gemm-m1,gemm-m64,bf16-m1]
+        python3 scripts/ncu_kernels.py [--cases gqa,gqa-planes,mha,mha-planes,gemm-m1,gemv-m1,gemm-m64,bf16-m1]
 
 Every case runs once outside the profiled range first (Triton compiles and autotunes there), then
 once between cudaProfilerStart / Stop: ncu profiles those launches only (its replays flush the
 caches, so weights and caches come from HBM as in a model). Shapes: decode attention at batch 64,
 context 8192 (Llama-3-8B heads for GQA, Llama-2-7B's for MHA; pages of 64, shuffled; "-planes":
 the one-warp planes kernel, else the generic one-warp kernel / ``kv_decode_mha``); the W4A4
-swap GEMM and bf16 ``F.linear`` on Llama-2-7B's gate/up (4096 -> 22016).
+swap GEMM (and at M = 1 the dp4a gemv) and bf16 ``F.linear`` on Llama-2-7B's gate/up (4096 -> 22016).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def attention_case(model, b, ctx, planes):
     return run
 
 
-def gemm_case(m, k=4096, n=22016):
+def gemm_case(m, k=4096, n=22016, path="swap"):
     import atom_ao
     from torchao.quantization import quantize_
 
@@ -54,7 +54,7 @@ def gemm_case(m, k=4096, n=22016):
     x[:, :8] *= 60
     a = torch.ops.atom_ao.quantize_activation(x, w.perm, w.n_outliers, w.group_size, w.act_clip_ratio)
     return lambda: gemm.w4a4_gemm_triton(*a, w.qdata, w.scale, w.outlier_qdata, w.outlier_scale, None,
-                                          w.group_size, x.dtype, path="swap")
+                                          w.group_size, x.dtype, path=path)
 
 
 def bf16_case(m, k=4096, n=22016):
@@ -69,6 +69,7 @@ CASES = {
     "mha": lambda: attention_case("llama2-7b", 64, 8192, False),
     "mha-planes": lambda: attention_case("llama2-7b", 64, 8192, True),
     "gemm-m1": lambda: gemm_case(1),
+    "gemv-m1": lambda: gemm_case(1, path="gemv"),
     "gemm-m64": lambda: gemm_case(64),
     "bf16-m1": lambda: bf16_case(1),
 }

@@ -5,8 +5,9 @@ INT8 tensor cores. Thanks to the packed layout (byte j of a group = element j | 
 j + gs/2), each group is two INT8 dots over half-groups, whose INT32 sums are exact; the
 group's FP32 scales are applied to that INT32 partial sum. The INT8 outlier block is the last
 K step, with its own per-row / per-token scales. One kernel, optional bias, fp16/bf16/fp32 out.
-M = 1 has its own dp4a kernel (below); from M = UNPACKED_MIN_M on, ``w4a4_gemm_unpacked`` unpacks
-both operands to INT8 in memory first.
+M = 1 has its own dp4a kernel (``w4a4_gemv``), 2..64 tokens the swap-AB kernel
+(``w4a4_gemm_swap``); from M = UNPACKED_MIN_M on, ``w4a4_gemm_unpacked`` unpacks both operands
+to INT8 in memory first.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from atom_ao.ops.gemm_tiles import (
     MAX_GROUP_SIZE, SCALE_256, group_sum_x256_to_f32, grouped_tile, m_bucket, outlier_block, split_share, unpack_int4_x16,
 )
 from atom_ao.ops.w4a4_gemm_swap import FULL_M, FULL_N, SWAP_MAX_M, swap_kernel_and_meta, swap_split_k
+from atom_ao.ops.w4a4_gemv import gemv_split_k, launch_gemv
 from atom_ao.ops.w4a4_gemm_unpacked import w4a4_gemm_unpacked
 
 # the swap kernel's unmasked main loop when every tile is full (``EVEN_N`` / ``EVEN_M``); False
@@ -158,121 +160,6 @@ def _w4a4_gemm_kernel_jit(
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-# ---------------------------------------------------------------- decode (M <= GEMV_MAX_M)
-# A tensor-core tile wastes 15/16 of itself on one token, and Triton moves the unpacked INT8
-# operands through shared memory byte by byte. For decode the GEMM is a stream over the
-# weights: here every operand stays in 32-bit words (4 bytes = 8 nibbles), nibbles are
-# moved to the high half of each byte (16 x code) with word-wide bit operations, and dp4a (4 INT8 products into INT32 per
-# instruction) does the group dots on the CUDA cores.
-
-
-@triton.jit
-def _nibbles(words):
-    """int32 words of packed INT4 -> (low codes, high codes) x 16 as words of 4 signed bytes: a
-    nibble in the high half of a byte, the low half zero, is the signed byte 16 x code (gemm_tiles)."""
-    high_halves = -252645136  # 0xF0F0F0F0 as an int32
-    return (words << 4) & high_halves, words & high_halves
-
-
-@triton.jit
-def _dp4a(a, b, c, USE_ASM: tl.constexpr):
-    """c + sum of the 4 products of the signed bytes of a and b (elementwise, broadcasting)."""
-    if USE_ASM:
-        return tl.inline_asm_elementwise("dp4a.s32.s32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c],
-                                         dtype=tl.int32, is_pure=True, pack=1)
-    return (c + ((a << 24) >> 24) * ((b << 24) >> 24) + ((a << 16) >> 24) * ((b << 16) >> 24)
-            + ((a << 8) >> 24) * ((b << 8) >> 24) + (a >> 24) * (b >> 24))
-
-
-@triton.jit
-def _w4a4_gemv_kernel_jit(
-    a_ptr, as_ptr, ao_ptr, aos_ptr,  # a_ptr, ao_ptr, w_ptr, wo_ptr: int32 views (4 bytes a word)
-    w_ptr, ws_ptr, wo_ptr, wos_ptr,
-    bias_ptr, out_ptr,
-    M, N, G, N_OUT_W, M_BUCKET, SPLITS,
-    stride_am, stride_asm, stride_aom,
-    stride_wn, stride_wsn, stride_won,
-    stride_om,
-    WORDS: tl.constexpr,  # int32 words per group and row (group_size / 8)
-    BLOCK_OW: tl.constexpr,  # outlier words per step
-    HAS_OUT: tl.constexpr, HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    split = tl.program_id(2)  # split-K, as in the tensor-core kernel
-    g0, n_g = split_share(G, SPLITS, split)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    offs_w = tl.arange(0, WORDS)
-    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_w[None, :] + g0 * WORDS
-    w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_w[None, :] + g0 * WORDS
-    as_ptrs = as_ptr + offs_m * stride_asm + g0
-    ws_ptrs = ws_ptr + offs_n * stride_wsn + g0
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    # next group's weight words are loaded before this group's math: two groups in flight
-    w = tl.load(w_ptrs, mask=mask_n[:, None] & (offs_n[:, None] * 0 < n_g), other=0)
-    for g in range(0, n_g):
-        more_n = mask_n & (offs_n * 0 + g + 1 < n_g)
-        w_next = tl.load(w_ptrs + (g + 1) * WORDS, mask=more_n[:, None], other=0)
-        a = tl.load(a_ptrs + g * WORDS, mask=mask_m[:, None], other=0)
-        sa = tl.load(as_ptrs + g, mask=mask_m, other=0.0)
-        sw = tl.load(ws_ptrs + g, mask=mask_n, other=0.0)
-        a_lo, a_hi = _nibbles(a)
-        w_lo, w_hi = _nibbles(w)
-        part = _dp4a(a_lo[:, None, :], w_lo[None, :, :], tl.zeros((BLOCK_M, BLOCK_N, WORDS), tl.int32), USE_ASM)
-        part = _dp4a(a_hi[:, None, :], w_hi[None, :, :], part, USE_ASM)
-        acc += tl.sum(part, axis=2).to(tl.float32) * (sa * SCALE_256)[:, None] * sw[None, :]  # part is 256x
-        w = w_next
-    first_m = mask_m & (offs_m * 0 + split == 0)  # outliers and bias: first split only
-    if HAS_OUT:
-        offs_o = tl.arange(0, BLOCK_OW)
-        part_o = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_OW), tl.int32)
-        for o0 in range(0, N_OUT_W, BLOCK_OW):
-            mask_o = (o0 + offs_o) < N_OUT_W
-            ao = tl.load(ao_ptr + offs_m[:, None] * stride_aom + (o0 + offs_o)[None, :],
-                         mask=first_m[:, None] & mask_o[None, :], other=0)
-            wo = tl.load(wo_ptr + offs_n[:, None] * stride_won + (o0 + offs_o)[None, :],
-                         mask=mask_n[:, None] & mask_o[None, :], other=0)
-            part_o = _dp4a(ao[:, None, :], wo[None, :, :], part_o, USE_ASM)
-        sao = tl.load(aos_ptr + offs_m, mask=first_m, other=0.0)  # 0, not 0 * inf, in later splits
-        swo = tl.load(wos_ptr + offs_n, mask=mask_n, other=0.0)
-        acc += tl.sum(part_o, axis=2).to(tl.float32) * sao[:, None] * swo[None, :]
-    if HAS_BIAS:
-        first_n = mask_n & (offs_n * 0 + split == 0)
-        acc += tl.load(bias_ptr + offs_n, mask=first_n, other=0.0).to(tl.float32)[None, :]
-    out_ptrs = out_ptr + split * M * N + offs_m[:, None] * stride_om + offs_n[None, :]
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
-
-
-# Measured on the H100 (bench_linear): the dp4a kernel's cost grows with the rows (every row
-# redoes the nibble unpack of the weights), so it only ever served M = 1. Since the swap-AB
-# kernel (w4a4_gemm_swap) it loses there too: H200, explore_small_m.py --ms 1, 16 x code unpack
-# in both: Llama-2-7B qkv 15.2 -> 11.1 us, o 7.9 -> 6.9, gate/up 27.1 -> 19.7, down 14.6 -> 10.9,
-# 70B o 19.8 -> 13.3. Every M up to SWAP_MAX_M takes the swap kernel; dp4a stays reachable as
-# path="packed" at M = 1 (tests, benchmarks).
-GEMV_MAX_M = 0
-
-
-# BLOCK_M choices per decode batch size (one autotuner each, see _GEMM_REGIMES for why)
-_GEMV_REGIMES = {1: (1,)}
-
-
-def _gemv_configs(regime):
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=1)
-        for bm in _GEMV_REGIMES[regime] for bn, w in ((16, 2), (32, 4), (64, 4))
-    ]
-
-
-_GEMV_KERNELS = {
-    regime: triton.autotune(configs=_gemv_configs(regime), key=["M_BUCKET", "N", "G", "N_OUT_W", "SPLITS"])(_w4a4_gemv_kernel_jit)
-    for regime in _GEMV_REGIMES
-}
-
-
 _GEMM_KERNELS = {
     regime: triton.autotune(configs=_configs(regime), key=["M_BUCKET", "N", "G", "N_OUT", "SPLITS"])(_w4a4_gemm_kernel_jit)
     for regime in _GEMM_REGIMES
@@ -373,13 +260,17 @@ def _sum_splits(ws: torch.Tensor, out: torch.Tensor) -> None:
 # (69.3 -> 95.5 us on down).
 UNPACKED_MIN_M = 1024
 
+# One token takes the dp4a stream kernel (w4a4_gemv); False: the swap kernel, as for 2..64 tokens.
+GEMV_DEFAULT = True
+
 
 def default_path(m: int, splits: int | None = None) -> str:
-    """The GEMM path for m tokens, group sizes up to MAX_GROUP_SIZE ("packed" at M <= GEMV_MAX_M
-    would be the dp4a kernel; no M takes it by default now)."""
+    """The GEMM path for m tokens, group sizes up to MAX_GROUP_SIZE."""
     if m >= UNPACKED_MIN_M and splits in (None, 1):
         return "unpacked"
-    if GEMV_MAX_M < m <= SWAP_MAX_M:
+    if m == 1 and GEMV_DEFAULT:
+        return "gemv"
+    if m <= SWAP_MAX_M:
         return "swap"
     return "packed"
 
@@ -418,7 +309,8 @@ def w4a4_gemm_triton(
 
     ``splits``: split-K factor (default: ``_split_k``'s choice; tests force one).
     ``path``: "packed" (nibbles unpacked in the main loop, tokens on the MMA's M side), "swap"
-    (``w4a4_gemm_swap``: weight rows on the MMA's M side, for 2..SWAP_MAX_M tokens) or "unpacked"
+    (``w4a4_gemm_swap``: weight rows on the MMA's M side, for up to SWAP_MAX_M tokens), "gemv"
+    (``w4a4_gemv``: one token, dp4a on the CUDA cores) or "unpacked"
     (``w4a4_gemm_unpacked``: INT8 copies first, for large M); default by M (``default_path``)."""
     m, n = a_packed.shape[0], w_packed.shape[0]
     n_out = a_outliers.shape[1]
@@ -434,25 +326,26 @@ def w4a4_gemm_triton(
         # the nibble kernels keep a group's sum of 16 x codes exact in float32 up to MAX_GROUP_SIZE;
         # the INT8-copies path has no such bound
         path = "unpacked" if group_size > MAX_GROUP_SIZE and splits in (None, 1) else default_path(m, splits)
-    if path in ("packed", "swap") and group_size > MAX_GROUP_SIZE:
+    if path in ("packed", "swap", "gemv") and group_size > MAX_GROUP_SIZE:
         raise ValueError(f"w4a4_gemm: path={path!r} takes group_size <= {MAX_GROUP_SIZE} (a group's INT32 sum of "
                          f"16 x codes must convert to float32 exactly), got {group_size}; use path='unpacked'")
-    if (path not in ("packed", "swap", "unpacked") or (path == "unpacked" and splits not in (None, 1))
-            or (path == "swap" and m > SWAP_MAX_M)):
+    if (path not in ("packed", "swap", "unpacked", "gemv") or (path == "unpacked" and splits not in (None, 1))
+            or (path == "swap" and m > SWAP_MAX_M) or (path == "gemv" and m != 1)):
         raise ValueError(f"w4a4_gemm: path={path!r} (with splits={splits}, M={m}) is not one of 'packed', "
-                         f"'swap' (M <= {SWAP_MAX_M}), 'unpacked' (no split-K)")
+                         f"'swap' (M <= {SWAP_MAX_M}), 'gemv' (M = 1), 'unpacked' (no split-K)")
     if path == "unpacked":
         return w4a4_gemm_unpacked(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
                                   w_outlier_scale, bias, group_size, out)
     if splits is None:
         splits = (swap_split_k(m, n, groups, _sm_count(out.device)) if path == "swap"
+                  else gemv_split_k(n, groups, _sm_count(out.device)) if path == "gemv"
                   else _split_k(m, n, groups, out.device))
     if not 1 <= splits <= max(groups, 1) or (groups and triton.cdiv(groups, triton.cdiv(groups, splits)) != splits):
         raise ValueError(f"w4a4_gemm: splits={splits} must leave every split some of the {groups} groups")
     ws = _workspace(out, splits)
-    if path == "packed" and m <= GEMV_MAX_M and group_size % 32 == 0 and n_out % 4 == 0:
-        _launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
-                     w_outlier_scale, bias, ws, group_size, splits)
+    if path == "gemv":
+        launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
+                    w_outlier_scale, bias, ws, group_size, splits)
         return _finish_splits(ws, out)
     if path == "swap":  # same arguments as the tile kernel, its own grid
         kernel, meta = swap_kernel_and_meta(m)
@@ -483,29 +376,6 @@ def w4a4_gemm_triton(
         **meta,
     )
     return _finish_splits(ws, out)
-
-
-def _launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
-                 w_outlier_scale, bias, out, group_size, splits):
-    m, n = out.shape[-2:]
-    n_out_w = a_outliers.shape[1] // 4
-    words = lambda t: t.view(torch.int32)  # noqa: E731  (4 packed bytes per word)
-    meta = {"BLOCK_M": min(4, triton.next_power_of_2(m)), "BLOCK_N": 16} if INTERPRET else {}
-    kernel = _w4a4_gemv_kernel_jit if INTERPRET else _GEMV_KERNELS[min(r for r in _GEMV_REGIMES if m <= r)]
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_M"]), splits)  # noqa: E731
-    wrap_triton(kernel)[grid](
-        words(a_packed), a_scale, words(a_outliers) if n_out_w else a_outliers, a_outlier_scale,
-        words(w_packed), w_scale, words(w_outliers) if n_out_w else w_outliers, w_outlier_scale,
-        bias if bias is not None else a_scale, out,
-        m, n, a_scale.shape[1], n_out_w, m_bucket(m, 4096), splits,
-        a_packed.stride(0) // 4, a_scale.stride(0), max(a_outliers.stride(0) // 4, 1),
-        w_packed.stride(0) // 4, w_scale.stride(0), max(w_outliers.stride(0) // 4, 1),
-        out.stride(-2),
-        WORDS=group_size // 8,
-        BLOCK_OW=max(4, min(32, triton.next_power_of_2(max(n_out_w, 1)))),
-        HAS_OUT=n_out_w > 0, HAS_BIAS=bias is not None, USE_ASM=not INTERPRET,
-        **meta,
-    )
 
 
 @triton_op("atom_ao::w4a4_gemm", mutates_args=())

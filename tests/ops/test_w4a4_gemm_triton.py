@@ -38,7 +38,7 @@ def _check(m, n, k, n_out, gs, dtype, bias, device=DEVICE, splits=None):
 @pytest.mark.parametrize(
     "m, n, k, n_out, gs",
     [
-        # M = 1: the dp4a decode kernel; larger M: the tensor-core kernel (prefetching up to 64)
+        # M = 1: the dp4a stream kernel (w4a4_gemv); up to 64: the swap kernel; then the tile kernel
         (1, 40, 200, 32, 64),   # decode row, K padded, N not a multiple of the tile
         (16, 64, 256, 0, 64),   # no outliers
         (3, 48, 192, 16, 64),   # 16 outliers: one masked outlier step
@@ -181,7 +181,7 @@ def test_default_path_by_m():
     from atom_ao.ops.w4a4_gemm import UNPACKED_MIN_M, default_path
     from atom_ao.ops.w4a4_gemm_swap import SWAP_MAX_M
     assert [default_path(m) for m in (1, 2, SWAP_MAX_M, SWAP_MAX_M + 1, UNPACKED_MIN_M)] == \
-        ["swap", "swap", "swap", "packed", "unpacked"]
+        ["gemv", "swap", "swap", "packed", "unpacked"]
     assert default_path(UNPACKED_MIN_M, splits=2) == "packed"
 
 
@@ -280,3 +280,38 @@ def test_in_graph_split_sum_equals_the_summing_kernel():
     assert torch.equal(sum_partials(ws, torch.float32), out)  # same order of the float32 adds
     # (the interpreter's own float32 -> bf16 cast truncates; torch's rounds to nearest, as the GPU's)
     assert torch.equal(sum_partials(ws, torch.bfloat16), out.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("n, k, n_out, gs, splits", [
+    (40, 200, 32, 64, 1),        # N off the row tile, K padded to the groups
+    (48, 5 * 64 + 32, 32, 64, 2),  # 5 groups: a partial chunk in a split (3 + 2)
+    (64, 7 * 64 + 16, 16, 64, 3),  # 7 groups in 3 splits (3 + 3 + 1), 16 outliers
+    (32, 320, 0, 128, 1),        # no outliers
+])
+@pytest.mark.parametrize("dtype, bias", [(torch.bfloat16, True), (torch.float16, False), (torch.float32, True)])
+def test_gemv_path_matches_reference(n, k, n_out, gs, splits, dtype, bias):
+    # one token: dp4a over int32 words of both operands, float32 sums over group slots; the same
+    # INT32 group dots as the tile kernels, so the reference to float rounding
+    args = _operands(1, n, k, n_out, gs, dtype, bias)
+    got = w4a4_gemm_triton(*args, gs, dtype, path="gemv", splits=splits).float().cpu()
+    want32 = w4a4_gemm_ref(*[t.cpu() if t is not None else None for t in args], gs, torch.float32)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(got, want32, rtol=tol, atol=tol * want32.abs().max().item())
+
+
+def test_gemv_path_takes_one_token():
+    args = _operands(2, 32, 256, 32, 128, torch.bfloat16, False)
+    with pytest.raises(ValueError, match="gemv"):
+        w4a4_gemm_triton(*args, 128, torch.bfloat16, path="gemv")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("splits", [None, 1, 4])
+@pytest.mark.parametrize("n, k", [(4096, 4096), (12288, 4096), (4096, 11008), (22016, 4096), (1000, 4096 + 128)])
+def test_gemv_path_real_shapes_gpu(n, k, splits):
+    args = _operands(1, n, k, 128, 128, torch.bfloat16, True, device="cuda")
+    gemv = w4a4_gemm_triton(*args, 128, torch.bfloat16, path="gemv", splits=splits)
+    swap = w4a4_gemm_triton(*args, 128, torch.bfloat16, path="swap")
+    torch.testing.assert_close(gemv.float(), swap.float(), rtol=1e-2, atol=1e-2 * swap.float().abs().max().item())
+    _check(1, n, k, 128, 128, torch.bfloat16, True, device="cuda", splits=splits)

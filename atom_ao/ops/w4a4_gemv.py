@@ -1,0 +1,156 @@
+"""The W4A4 GEMM for one token (decode at batch 1): a stream over the weights on the CUDA cores.
+
+At M = 1 every weight byte is used once, so the kernel's only job is to keep enough weight bytes
+in flight to read at HBM speed. No tensor cores and no shared memory: all operands stay in 32-bit
+words (8 nibbles), the nibbles become signed bytes times 16 by word-wide bit operations
+(``gemm_tiles``), and dp4a (4 INT8 products into INT32 a instruction) does the group dots.
+
+A step takes CHUNK groups of BLOCK_N weight rows as one (BLOCK_N, CHUNK, WORDS) tile, together
+with their weight scales, the token's words and its scales; the next step's loads are issued
+before this step's math (register double-buffering), so each warp has two steps of weight bytes
+in flight and nothing in the loop waits on a load issued the same step. The float32 group
+products are kept per (row, group slot) and summed once at the end.
+
+Same math as the tile kernels: a group's INT32 dot of 16 x codes, exact in float32, times the
+token's group scale / 256 and the row's group scale; the INT8 outlier block after the groups; bias;
+split-K into the (splits, 1, N) float32 workspace. Only the order of the float32 sums over groups
+differs from the tile kernels (slot-wise, then across slots).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+from atom_ao.ops.gemm_tiles import SCALE_256, group_sum_x256_to_f32, split_share
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _nibbles(words):
+    """int32 words of packed INT4 -> (low codes, high codes) x 16 as words of 4 signed bytes: a
+    nibble in the high half of a byte, the low half zero, is the signed byte 16 x code."""
+    high_halves = -252645136  # 0xF0F0F0F0 as an int32
+    return (words << 4) & high_halves, words & high_halves
+
+
+@triton.jit
+def _dp4a(a, b, c, USE_ASM: tl.constexpr):
+    """c + the sum of the 4 products of the signed bytes of a and b (elementwise, broadcasting)."""
+    if USE_ASM:
+        return tl.inline_asm_elementwise("dp4a.s32.s32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c],
+                                         dtype=tl.int32, is_pure=True, pack=1)
+    return (c + ((a << 24) >> 24) * ((b << 24) >> 24) + ((a << 16) >> 24) * ((b << 16) >> 24)
+            + ((a << 8) >> 24) * ((b << 8) >> 24) + (a >> 24) * (b >> 24))
+
+
+@triton.jit
+def _chunk(w_ptrs, ws_ptrs, a_ptrs, as_ptrs, slot, n_g, mask_n, EVEN_N: tl.constexpr):
+    """One step's loads: weight words (BLOCK_N, CHUNK, WORDS), weight scales (BLOCK_N, CHUNK),
+    token words (CHUNK, WORDS), token scales (CHUNK,); group slots past the share read nothing."""
+    ok = slot < n_g  # (CHUNK,)
+    ok_w = ok[None, :, None] if EVEN_N else ok[None, :, None] & mask_n[:, None, None]
+    ok_s = ok[None, :] if EVEN_N else ok[None, :] & mask_n[:, None]
+    w = tl.load(w_ptrs, mask=ok_w, other=0)
+    sw = tl.load(ws_ptrs, mask=ok_s, other=0.0)
+    a = tl.load(a_ptrs, mask=ok[:, None], other=0)
+    sa = tl.load(as_ptrs, mask=ok, other=0.0)
+    return w, sw, a, sa
+
+
+@triton.jit
+def _w4a4_gemv_kernel(
+    a_ptr, as_ptr, ao_ptr, aos_ptr,  # a_ptr, ao_ptr, w_ptr, wo_ptr: int32 views (4 bytes a word)
+    w_ptr, ws_ptr, wo_ptr, wos_ptr,
+    bias_ptr, out_ptr,
+    N, G, N_OUT_W, SPLITS,
+    stride_wn, stride_wsn, stride_won,
+    WORDS: tl.constexpr,  # int32 words per group and row (group_size / 8)
+    BLOCK_OW: tl.constexpr,  # outlier words per step
+    HAS_OUT: tl.constexpr, HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
+    EVEN_N: tl.constexpr,  # N a multiple of BLOCK_N: no row masks
+    BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    g0, n_g = split_share(G, SPLITS, split)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    offs_c = tl.arange(0, CHUNK)
+    offs_w = tl.arange(0, WORDS)
+    w_ptrs = (w_ptr + offs_n[:, None, None] * stride_wn + (g0 + offs_c)[None, :, None] * WORDS
+              + offs_w[None, None, :])
+    ws_ptrs = ws_ptr + offs_n[:, None] * stride_wsn + (g0 + offs_c)[None, :]
+    a_ptrs = a_ptr + (g0 + offs_c)[:, None] * WORDS + offs_w[None, :]
+    as_ptrs = as_ptr + g0 + offs_c
+    acc = tl.zeros((BLOCK_N, CHUNK), dtype=tl.float32)  # per group slot, summed at the end
+    w, sw, a, sa = _chunk(w_ptrs, ws_ptrs, a_ptrs, as_ptrs, offs_c, n_g, mask_n, EVEN_N)
+    for c in range(CHUNK, n_g + CHUNK, CHUNK):
+        nxt = _chunk(w_ptrs + c * WORDS, ws_ptrs + c, a_ptrs + c * WORDS, as_ptrs + c, c + offs_c, n_g, mask_n,
+                     EVEN_N)
+        a_lo, a_hi = _nibbles(a)
+        w_lo, w_hi = _nibbles(w)
+        part = _dp4a(w_lo, a_lo[None, :, :], tl.zeros((BLOCK_N, CHUNK, WORDS), tl.int32), USE_ASM)
+        part = _dp4a(w_hi, a_hi[None, :, :], part, USE_ASM)
+        dot = group_sum_x256_to_f32(tl.sum(part, axis=2), WORDS * 4)  # 256 x the group's dot, exact
+        acc += dot * (sa * SCALE_256)[None, :] * sw
+        w, sw, a, sa = nxt
+    total = tl.sum(acc, axis=1)
+
+    if split == 0:  # the outlier block and the bias: first split only
+        if HAS_OUT:
+            offs_o = tl.arange(0, BLOCK_OW)
+            part_o = tl.zeros((BLOCK_N, BLOCK_OW), tl.int32)
+            for o0 in range(0, N_OUT_W, BLOCK_OW):
+                mask_o = (o0 + offs_o) < N_OUT_W
+                ao = tl.load(ao_ptr + o0 + offs_o, mask=mask_o, other=0)
+                wo = tl.load(wo_ptr + offs_n[:, None] * stride_won + (o0 + offs_o)[None, :],
+                             mask=mask_n[:, None] & mask_o[None, :], other=0)
+                part_o = _dp4a(wo, ao[None, :], part_o, USE_ASM)
+            swo = tl.load(wos_ptr + offs_n, mask=mask_n, other=0.0)
+            total += tl.sum(part_o, axis=1).to(tl.float32) * tl.load(aos_ptr) * swo
+        if HAS_BIAS:
+            total += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    tl.store(out_ptr + split * N + offs_n, total.to(out_ptr.dtype.element_ty), mask=mask_n)
+
+
+# (BLOCK_N rows, CHUNK groups a step, warps): placeholder until timed on the GPU
+GEMV_CONFIG = (16, 4, 4)
+
+
+def gemv_split_k(n: int, groups: int, sms: int, block_n: int | None = None) -> int:
+    """Splits of the K groups: double while the row tiles give fewer than 4 programs a SM, keeping
+    >= 4 groups a share."""
+    tiles = triton.cdiv(n, block_n or GEMV_CONFIG[0])
+    splits = 1
+    while tiles * splits < 4 * sms and splits < 16 and groups >= 2 * splits * 4:
+        splits *= 2
+    return triton.cdiv(groups, triton.cdiv(groups, splits))  # no empty split
+
+
+def launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
+                w_outlier_scale, bias, out, group_size, splits, config=None):
+    """out: the (splits, 1, N) float32 workspace, or the (1, N) output when splits == 1. The format
+    makes every operand whole int32 words (group sizes and outlier counts multiples of 16)."""
+    n = w_packed.shape[0]
+    n_out_w = a_outliers.shape[1] // 4
+    block_n, chunk, warps = config or ((16, 2, 1) if INTERPRET else GEMV_CONFIG)
+    words = lambda t: t.view(torch.int32)  # noqa: E731  (4 packed bytes a word)
+    grid = (triton.cdiv(n, block_n), splits)
+    wrap_triton(_w4a4_gemv_kernel)[grid](
+        words(a_packed), a_scale, words(a_outliers) if n_out_w else a_outliers, a_outlier_scale,
+        words(w_packed), w_scale, words(w_outliers) if n_out_w else w_outliers, w_outlier_scale,
+        bias if bias is not None else a_scale, out,
+        n, a_scale.shape[1], n_out_w, splits,
+        w_packed.stride(0) // 4, w_scale.stride(0), max(w_outliers.stride(0) // 4, 1),
+        WORDS=group_size // 8,
+        BLOCK_OW=max(4, min(32, triton.next_power_of_2(max(n_out_w, 1)))),
+        HAS_OUT=n_out_w > 0, HAS_BIAS=bias is not None, USE_ASM=not INTERPRET,
+        EVEN_N=n % block_n == 0, BLOCK_N=block_n, CHUNK=chunk,
+        num_warps=warps, num_stages=1,
+    )
