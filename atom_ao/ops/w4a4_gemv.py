@@ -64,6 +64,17 @@ def _chunk(w_ptrs, ws_ptrs, a_ptrs, as_ptrs, slot, n_g, mask_n, EVEN_N: tl.const
 
 
 @triton.jit
+def _chunk_math(w, sw, a, sa, acc, WORDS: tl.constexpr, USE_ASM: tl.constexpr):
+    """acc (BLOCK_N, CHUNK) += each group's INT32 dot (exact in float32) x its token and row scales."""
+    a_lo, a_hi = _nibbles(a)
+    w_lo, w_hi = _nibbles(w)
+    part = _dp4a(w_lo, a_lo[None, :, :], tl.zeros(w.shape, tl.int32), USE_ASM)
+    part = _dp4a(w_hi, a_hi[None, :, :], part, USE_ASM)
+    dot = group_sum_x256_to_f32(tl.sum(part, axis=2), WORDS * 4)  # 256 x the group's dot
+    return acc + dot * (sa * SCALE_256)[None, :] * sw
+
+
+@triton.jit
 def _w4a4_gemv_kernel(
     a_ptr, as_ptr, ao_ptr, aos_ptr,  # a_ptr, ao_ptr, w_ptr, wo_ptr: int32 views (4 bytes a word)
     w_ptr, ws_ptr, wo_ptr, wos_ptr,
@@ -75,6 +86,8 @@ def _w4a4_gemv_kernel(
     HAS_OUT: tl.constexpr, HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
     EVEN_N: tl.constexpr,  # N a multiple of BLOCK_N: no row masks
     BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    AHEAD: tl.constexpr,  # steps of loads issued ahead in registers (0: Triton's pipeliner, STAGES)
+    STAGES: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -89,17 +102,28 @@ def _w4a4_gemv_kernel(
     a_ptrs = a_ptr + (g0 + offs_c)[:, None] * WORDS + offs_w[None, :]
     as_ptrs = as_ptr + g0 + offs_c
     acc = tl.zeros((BLOCK_N, CHUNK), dtype=tl.float32)  # per group slot, summed at the end
-    w, sw, a, sa = _chunk(w_ptrs, ws_ptrs, a_ptrs, as_ptrs, offs_c, n_g, mask_n, EVEN_N)
-    for c in range(CHUNK, n_g + CHUNK, CHUNK):
-        nxt = _chunk(w_ptrs + c * WORDS, ws_ptrs + c, a_ptrs + c * WORDS, as_ptrs + c, c + offs_c, n_g, mask_n,
-                     EVEN_N)
-        a_lo, a_hi = _nibbles(a)
-        w_lo, w_hi = _nibbles(w)
-        part = _dp4a(w_lo, a_lo[None, :, :], tl.zeros((BLOCK_N, CHUNK, WORDS), tl.int32), USE_ASM)
-        part = _dp4a(w_hi, a_hi[None, :, :], part, USE_ASM)
-        dot = group_sum_x256_to_f32(tl.sum(part, axis=2), WORDS * 4)  # 256 x the group's dot, exact
-        acc += dot * (sa * SCALE_256)[None, :] * sw
-        w, sw, a, sa = nxt
+    if AHEAD == 0:  # Triton's pipeliner: STAGES steps of loads in flight through shared memory
+        for c in tl.range(0, n_g, CHUNK, num_stages=STAGES):
+            w, sw, a, sa = _chunk(w_ptrs + c * WORDS, ws_ptrs + c, a_ptrs + c * WORDS, as_ptrs + c, c + offs_c, n_g,
+                                  mask_n, EVEN_N)
+            acc = _chunk_math(w, sw, a, sa, acc, WORDS, USE_ASM)
+    elif AHEAD == 1:  # register double-buffering
+        cur = _chunk(w_ptrs, ws_ptrs, a_ptrs, as_ptrs, offs_c, n_g, mask_n, EVEN_N)
+        for c in range(CHUNK, n_g + CHUNK, CHUNK):
+            nxt = _chunk(w_ptrs + c * WORDS, ws_ptrs + c, a_ptrs + c * WORDS, as_ptrs + c, c + offs_c, n_g, mask_n,
+                         EVEN_N)
+            acc = _chunk_math(*cur, acc, WORDS, USE_ASM)
+            cur = nxt
+    else:  # two steps ahead
+        cur = _chunk(w_ptrs, ws_ptrs, a_ptrs, as_ptrs, offs_c, n_g, mask_n, EVEN_N)
+        nxt = _chunk(w_ptrs + CHUNK * WORDS, ws_ptrs + CHUNK, a_ptrs + CHUNK * WORDS, as_ptrs + CHUNK, CHUNK + offs_c,
+                     n_g, mask_n, EVEN_N)
+        for c in range(2 * CHUNK, n_g + 2 * CHUNK, CHUNK):
+            nxt2 = _chunk(w_ptrs + c * WORDS, ws_ptrs + c, a_ptrs + c * WORDS, as_ptrs + c, c + offs_c, n_g, mask_n,
+                          EVEN_N)
+            acc = _chunk_math(*cur, acc, WORDS, USE_ASM)
+            cur = nxt
+            nxt = nxt2
     total = tl.sum(acc, axis=1)
 
     if split == 0:  # the outlier block and the bias: first split only
@@ -119,8 +143,8 @@ def _w4a4_gemv_kernel(
     tl.store(out_ptr + split * N + offs_n, total.to(out_ptr.dtype.element_ty), mask=mask_n)
 
 
-# (BLOCK_N rows, CHUNK groups a step, warps): placeholder until timed on the GPU
-GEMV_CONFIG = (16, 4, 4)
+# (BLOCK_N rows, CHUNK groups a step, warps, AHEAD, STAGES): placeholder until timed on the GPU
+GEMV_CONFIG = (16, 2, 1, 1, 1) if INTERPRET else (16, 4, 4, 1, 1)  # the interpreter: small tiles
 
 
 def gemv_split_k(n: int, groups: int, sms: int, block_n: int | None = None) -> int:
@@ -139,7 +163,7 @@ def launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scal
     makes every operand whole int32 words (group sizes and outlier counts multiples of 16)."""
     n = w_packed.shape[0]
     n_out_w = a_outliers.shape[1] // 4
-    block_n, chunk, warps = config or ((16, 2, 1) if INTERPRET else GEMV_CONFIG)
+    block_n, chunk, warps, ahead, stages = config or GEMV_CONFIG
     words = lambda t: t.view(torch.int32)  # noqa: E731  (4 packed bytes a word)
     grid = (triton.cdiv(n, block_n), splits)
     wrap_triton(_w4a4_gemv_kernel)[grid](
@@ -151,6 +175,6 @@ def launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scal
         WORDS=group_size // 8,
         BLOCK_OW=max(4, min(32, triton.next_power_of_2(max(n_out_w, 1)))),
         HAS_OUT=n_out_w > 0, HAS_BIAS=bias is not None, USE_ASM=not INTERPRET,
-        EVEN_N=n % block_n == 0, BLOCK_N=block_n, CHUNK=chunk,
-        num_warps=warps, num_stages=1,
+        EVEN_N=n % block_n == 0, BLOCK_N=block_n, CHUNK=chunk, AHEAD=ahead, STAGES=stages,
+        num_warps=warps, num_stages=stages,
     )
