@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import re
 import sys
 from pathlib import Path
 
@@ -49,10 +48,8 @@ def main():
     ap.add_argument("--splits", default="1,2,3,4,6,8")
     ap.add_argument("--gemv", action="store_true",
                     help="M = 1: the dp4a stream kernel (w4a4_gemv) by --gemv-configs and split, beside the swap default")
-    ap.add_argument("--gemv-configs", default="16x4x4a1,32x4x4a1,8x2x1a1,16x4x2a1,16x4x4a2,16x2x2a2,8x2x1a2,"
-                    "32x4x4a2,32x2x4a2,16x4x4s3,16x4x4s4,16x2x2s4,32x4x4s3,8x2x1s4",
-                    help="BLOCK_N x CHUNK x warps of the gemv kernel, then aN (loads N steps ahead in registers) "
-                         "or sN (Triton's pipeliner, N stages)")
+    ap.add_argument("--gemv-configs", default="32x4x4,16x4x4,16x4x2,8x2x1",
+                    help="BLOCK_N x CHUNK x warps of the gemv kernel")
     ap.add_argument("--masked-ab", action="store_true",
                     help="only the default, with the unmasked main loop (full tiles) and with every load masked")
     args = ap.parse_args()
@@ -135,9 +132,7 @@ def _gemv_rows(args, gemm, gemv, a, wq, w, dtype, groups, sms, per_call, add, sw
     add("gemv default", gemv.gemv_split_k(wq[0].shape[0], groups, sms), per_call("gemv"))
     real = gemv.GEMV_CONFIG
     for cfg in args.gemv_configs.split(","):
-        bn, chunk, warps, how, depth = re.fullmatch(r"(\d+)x(\d+)x(\d+)([as])(\d+)", cfg).groups()
-        gemv.GEMV_CONFIG = (int(bn), int(chunk), int(warps), int(depth) if how == "a" else 0,
-                            int(depth) if how == "s" else 1)
+        gemv.GEMV_CONFIG = tuple(int(v) for v in cfg.split("x"))
         try:
             got = gemm.w4a4_gemm_triton(*a, *wq, None, w.group_size, dtype, path="gemv").float()
             err = (got - swap_out).abs().max().item() / swap_out.abs().max().item()

@@ -15,6 +15,13 @@ Same math as the tile kernels: a group's INT32 dot of 16 x codes, exact in float
 token's group scale / 256 and the row's group scale; the INT8 outlier block after the groups; bias;
 split-K into the (splits, 1, N) float32 workspace. Only the order of the float32 sums over groups
 differs from the tile kernels (slot-wise, then across slots).
+
+H200, cold weights, against the swap kernel (results/h200/explore_gemv_ahead_session15.log):
+Llama-2-7B qkv 14.1 -> 11.3 us, o 8.3 -> 7.0, gate/up 21.9 -> 15.8 (3.1 TB/s of weights), down
+13.1 -> 11.2; Llama-3-8B gate/up 27.6 -> 22.7, down 15.5 -> 12.7. Nsight Compute (gate/up, 16-row
+tiles): warps wait on global loads (long scoreboard 14 of 19 cycles an instruction), 54% occupancy.
+Tried and dropped (same run): loads two steps ahead in registers (81 -> 88-98 us over the six
+shapes) and Triton's pipeliner on the step loop (3-4 stages through shared memory, 88-95 us).
 """
 
 from __future__ import annotations
@@ -86,8 +93,6 @@ def _w4a4_gemv_kernel(
     HAS_OUT: tl.constexpr, HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
     EVEN_N: tl.constexpr,  # N a multiple of BLOCK_N: no row masks
     BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
-    AHEAD: tl.constexpr,  # steps of loads issued ahead in registers (0: Triton's pipeliner, STAGES)
-    STAGES: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -102,28 +107,11 @@ def _w4a4_gemv_kernel(
     a_ptrs = a_ptr + (g0 + offs_c)[:, None] * WORDS + offs_w[None, :]
     as_ptrs = as_ptr + g0 + offs_c
     acc = tl.zeros((BLOCK_N, CHUNK), dtype=tl.float32)  # per group slot, summed at the end
-    if AHEAD == 0:  # Triton's pipeliner: STAGES steps of loads in flight through shared memory
-        for c in tl.range(0, n_g, CHUNK, num_stages=STAGES):
-            w, sw, a, sa = _chunk(w_ptrs + c * WORDS, ws_ptrs + c, a_ptrs + c * WORDS, as_ptrs + c, c + offs_c, n_g,
-                                  mask_n, EVEN_N)
-            acc = _chunk_math(w, sw, a, sa, acc, WORDS, USE_ASM)
-    elif AHEAD == 1:  # register double-buffering
-        cur = _chunk(w_ptrs, ws_ptrs, a_ptrs, as_ptrs, offs_c, n_g, mask_n, EVEN_N)
-        for c in range(CHUNK, n_g + CHUNK, CHUNK):
-            nxt = _chunk(w_ptrs + c * WORDS, ws_ptrs + c, a_ptrs + c * WORDS, as_ptrs + c, c + offs_c, n_g, mask_n,
-                         EVEN_N)
-            acc = _chunk_math(*cur, acc, WORDS, USE_ASM)
-            cur = nxt
-    else:  # two steps ahead
-        cur = _chunk(w_ptrs, ws_ptrs, a_ptrs, as_ptrs, offs_c, n_g, mask_n, EVEN_N)
-        nxt = _chunk(w_ptrs + CHUNK * WORDS, ws_ptrs + CHUNK, a_ptrs + CHUNK * WORDS, as_ptrs + CHUNK, CHUNK + offs_c,
-                     n_g, mask_n, EVEN_N)
-        for c in range(2 * CHUNK, n_g + 2 * CHUNK, CHUNK):
-            nxt2 = _chunk(w_ptrs + c * WORDS, ws_ptrs + c, a_ptrs + c * WORDS, as_ptrs + c, c + offs_c, n_g, mask_n,
-                          EVEN_N)
-            acc = _chunk_math(*cur, acc, WORDS, USE_ASM)
-            cur = nxt
-            nxt = nxt2
+    cur = _chunk(w_ptrs, ws_ptrs, a_ptrs, as_ptrs, offs_c, n_g, mask_n, EVEN_N)
+    for c in range(CHUNK, n_g + CHUNK, CHUNK):
+        nxt = _chunk(w_ptrs + c * WORDS, ws_ptrs + c, a_ptrs + c * WORDS, as_ptrs + c, c + offs_c, n_g, mask_n, EVEN_N)
+        acc = _chunk_math(*cur, acc, WORDS, USE_ASM)
+        cur = nxt
     total = tl.sum(acc, axis=1)
 
     if split == 0:  # the outlier block and the bias: first split only
@@ -143,16 +131,22 @@ def _w4a4_gemv_kernel(
     tl.store(out_ptr + split * N + offs_n, total.to(out_ptr.dtype.element_ty), mask=mask_n)
 
 
-# (BLOCK_N rows, CHUNK groups a step, warps, AHEAD, STAGES): placeholder until timed on the GPU
-GEMV_CONFIG = (16, 2, 1, 1, 1) if INTERPRET else (16, 4, 4, 1, 1)  # the interpreter: small tiles
+# (BLOCK_N rows, CHUNK groups a step, warps). H200, cold weights (benchmarks/explore_decode_gemm.py
+# --gemv, results/h200/explore_gemv_ahead_session15.log), the best split of each: the least total
+# time over Llama-2-7B qkv / o / gate-up / down and Llama-3-8B gate-up / down of 9 configs, 80.7 us
+# against 100.5 for the swap kernel. 32 x 4 x 16 words on 4 warps is 16 words (64 bytes) a thread a
+# step; its (32, 4) scale tile goes through shared memory (Triton keeps a load with as many elements
+# as threads in its own layout) and it still wins.
+GEMV_CONFIG = (16, 2, 1) if INTERPRET else (32, 4, 4)  # the interpreter: small tiles
 
 
 def gemv_split_k(n: int, groups: int, sms: int, block_n: int | None = None) -> int:
-    """Splits of the K groups: double while the row tiles give fewer than 4 programs a SM, keeping
-    >= 4 groups a share."""
+    """Splits of the K groups: double while the row tiles give fewer than 2 programs a SM, keeping
+    >= 4 groups a share. With the 32-row tiles that is the best split timed for each shape above
+    but Llama-3-8B gate/up (1 split: 23.5 us, best 4: 22.7): qkv and gate/up 1, o and down 4."""
     tiles = triton.cdiv(n, block_n or GEMV_CONFIG[0])
     splits = 1
-    while tiles * splits < 4 * sms and splits < 16 and groups >= 2 * splits * 4:
+    while tiles * splits < 2 * sms and splits < 16 and groups >= 2 * splits * 4:
         splits *= 2
     return triton.cdiv(groups, triton.cdiv(groups, splits))  # no empty split
 
@@ -163,7 +157,7 @@ def launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scal
     makes every operand whole int32 words (group sizes and outlier counts multiples of 16)."""
     n = w_packed.shape[0]
     n_out_w = a_outliers.shape[1] // 4
-    block_n, chunk, warps, ahead, stages = config or GEMV_CONFIG
+    block_n, chunk, warps = config or GEMV_CONFIG
     words = lambda t: t.view(torch.int32)  # noqa: E731  (4 packed bytes a word)
     grid = (triton.cdiv(n, block_n), splits)
     wrap_triton(_w4a4_gemv_kernel)[grid](
@@ -175,6 +169,6 @@ def launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scal
         WORDS=group_size // 8,
         BLOCK_OW=max(4, min(32, triton.next_power_of_2(max(n_out_w, 1)))),
         HAS_OUT=n_out_w > 0, HAS_BIAS=bias is not None, USE_ASM=not INTERPRET,
-        EVEN_N=n % block_n == 0, BLOCK_N=block_n, CHUNK=chunk, AHEAD=ahead, STAGES=stages,
-        num_warps=warps, num_stages=stages,
+        EVEN_N=n % block_n == 0, BLOCK_N=block_n, CHUNK=chunk,
+        num_warps=warps, num_stages=1,
     )

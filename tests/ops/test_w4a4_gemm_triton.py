@@ -299,9 +299,9 @@ def test_gemv_path_matches_reference(n, k, n_out, gs, splits, dtype, bias):
     torch.testing.assert_close(got, want32, rtol=tol, atol=tol * want32.abs().max().item())
 
 
-@pytest.mark.parametrize("config", [(16, 2, 1, 0, 3), (8, 2, 1, 2, 1), (16, 4, 2, 1, 1)])
-def test_gemv_loop_forms_match_reference(monkeypatch, config):
-    # the main loop's three forms (Triton's pipeliner, loads one or two steps ahead in registers)
+@pytest.mark.parametrize("config", [(8, 2, 1), (16, 4, 2)])
+def test_gemv_tiles_match_reference(monkeypatch, config):
+    # other row tiles / group steps than the interpreter's default
     import importlib
     gemv = importlib.import_module("atom_ao.ops.w4a4_gemv")
     monkeypatch.setattr(gemv, "GEMV_CONFIG", config)
