@@ -17,8 +17,8 @@ split-K into the (splits, 1, N) float32 workspace. Only the order of the float32
 differs from the tile kernels (slot-wise, then across slots).
 
 H200, cold weights, against the swap kernel (results/h200/explore_gemv_ahead_session15.log):
-Llama-2-7B qkv 14.1 -> 11.3 us, o 8.3 -> 7.0, gate/up 21.9 -> 15.8 (3.1 TB/s of weights), down
-13.1 -> 11.2; Llama-3-8B gate/up 27.6 -> 22.7, down 15.5 -> 12.7. Nsight Compute (gate/up, 16-row
+Llama-2-7B qkv 14.1 -> 11.3 us, o 8.3 -> 7.1, gate/up 21.9 -> 15.8 (3.1 TB/s of weights), down
+13.1 -> 11.2; Llama-3-8B gate/up 27.6 -> 23.5, down 15.5 -> 12.7 (each at the split of gemv_split_k). Nsight Compute (gate/up, 16-row
 tiles): warps wait on global loads (long scoreboard 14 of 19 cycles an instruction), 54% occupancy.
 Tried and dropped (same run): loads two steps ahead in registers (81 -> 88-98 us over the six
 shapes) and Triton's pipeliner on the step loop (3-4 stages through shared memory, 88-95 us).
@@ -133,7 +133,7 @@ def _w4a4_gemv_kernel(
 
 # (BLOCK_N rows, CHUNK groups a step, warps). H200, cold weights (benchmarks/explore_decode_gemm.py
 # --gemv, results/h200/explore_gemv_ahead_session15.log), the best split of each: the least total
-# time over Llama-2-7B qkv / o / gate-up / down and Llama-3-8B gate-up / down of 9 configs, 80.7 us
+# time over Llama-2-7B qkv / o / gate-up / down and Llama-3-8B gate-up / down of the 14 forms, 80.7 us
 # against 100.5 for the swap kernel. 32 x 4 x 16 words on 4 warps is 16 words (64 bytes) a thread a
 # step; its (32, 4) scale tile goes through shared memory (Triton keeps a load with as many elements
 # as threads in its own layout) and it still wins.

@@ -23,9 +23,9 @@ def _operands(m, n, k, n_out, gs, dtype, bias, seed=0, device=DEVICE):
     return [t.to(device) if t is not None else None for t in args]
 
 
-def _check(m, n, k, n_out, gs, dtype, bias, device=DEVICE, splits=None):
+def _check(m, n, k, n_out, gs, dtype, bias, device=DEVICE, splits=None, path=None):
     args = _operands(m, n, k, n_out, gs, dtype, bias, device=device)
-    got = w4a4_gemm_triton(*args, gs, dtype, splits=splits).float().cpu()
+    got = w4a4_gemm_triton(*args, gs, dtype, splits=splits, path=path).float().cpu()
     cpu_args = [t.cpu() if t is not None else None for t in args]
     want32 = w4a4_gemm_ref(*cpu_args, gs, torch.float32)
     # INT32 group sums are exact: only the order of the FP32 scaling differs (and the final cast)
@@ -292,11 +292,7 @@ def test_in_graph_split_sum_equals_the_summing_kernel():
 def test_gemv_path_matches_reference(n, k, n_out, gs, splits, dtype, bias):
     # one token: dp4a over int32 words of both operands, float32 sums over group slots; the same
     # INT32 group dots as the tile kernels, so the reference to float rounding
-    args = _operands(1, n, k, n_out, gs, dtype, bias)
-    got = w4a4_gemm_triton(*args, gs, dtype, path="gemv", splits=splits).float().cpu()
-    want32 = w4a4_gemm_ref(*[t.cpu() if t is not None else None for t in args], gs, torch.float32)
-    tol = 1e-5 if dtype == torch.float32 else 1e-2
-    torch.testing.assert_close(got, want32, rtol=tol, atol=tol * want32.abs().max().item())
+    _check(1, n, k, n_out, gs, dtype, bias, splits=splits, path="gemv")
 
 
 @pytest.mark.parametrize("config", [(8, 2, 1), (16, 4, 2)])
