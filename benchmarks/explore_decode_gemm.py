@@ -9,6 +9,10 @@ of the step ran in between). Here one replay runs the GEMM over enough copies of
 weight to exceed 2x L2, rotating, so each call streams its weight from HBM as it does in the
 model; the time is per call. Each (weight rows a tile, warps, stages) config of the M regime is
 timed with every split the shape allows, beside the default (the swap kernel's own rule).
+``--gemv`` times the M = 1 dp4a kernel's tilings and splits beside the swap kernel instead.
+The times include the kernel that sums split-K partials, as eager calls run it; compiled models
+fuse that sum into the next kernel, which ``--no-split-sum`` mimics by leaving it out (the
+splits then compete on the GEMM kernel alone).
 Prints one table per shape and M; writes JSON + markdown (explore_decode_gemm_<gpu>).
 """
 
@@ -50,6 +54,9 @@ def main():
                     help="M = 1: the dp4a stream kernel (w4a4_gemv) by --gemv-configs and split, beside the swap default")
     ap.add_argument("--gemv-configs", default="32x4x4,16x4x4,16x4x2,8x2x1",
                     help="BLOCK_N x CHUNK x warps of the gemv kernel")
+    ap.add_argument("--no-split-sum", action="store_true",
+                    help="time the GEMM kernel alone, without the kernel summing split-K partials (compiled models "
+                         "leave that sum to Inductor, which fuses it into the next kernel)")
     ap.add_argument("--masked-ab", action="store_true",
                     help="only the default, with the unmasked main loop (full tiles) and with every load masked")
     args = ap.parse_args()
@@ -78,7 +85,13 @@ def main():
                 def fn():
                     for wq in weights:
                         gemm.w4a4_gemm_triton(*a, *wq, None, w.group_size, x.dtype, path=path, **kw)
-                return bench_us(fn) / copies
+                real_finish = gemm._finish_splits
+                if args.no_split_sum:  # the partials stay in the workspace, unsummed (timing only)
+                    gemm._finish_splits = lambda ws, out: out
+                try:
+                    return bench_us(fn) / copies
+                finally:
+                    gemm._finish_splits = real_finish
 
             def add(config, split, us):
                 tbs = wbytes / us / 1e6
