@@ -58,6 +58,21 @@ def _dp4a(a, b, c, USE_ASM: tl.constexpr):
 
 
 @triton.jit
+def _program_weights(w_ptr, ws_ptr, N, G, SPLITS, stride_wn, stride_wsn, WORDS: tl.constexpr,
+                     BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
+    """This program's split, its share of the groups (first, count), its weight rows (and their
+    mask), the group slots of a step, and the first step's weight-word and scale pointers."""
+    split = tl.program_id(1)
+    g0, n_g = split_share(G, SPLITS, split)
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_c = tl.arange(0, CHUNK)
+    w_ptrs = (w_ptr + offs_n[:, None, None] * stride_wn + (g0 + offs_c)[None, :, None] * WORDS
+              + tl.arange(0, WORDS)[None, None, :])
+    ws_ptrs = ws_ptr + offs_n[:, None] * stride_wsn + (g0 + offs_c)[None, :]
+    return split, g0, n_g, offs_n, offs_n < N, offs_c, w_ptrs, ws_ptrs
+
+
+@triton.jit
 def _weight_chunk(w_ptrs, ws_ptrs, slot, n_g, mask_n, EVEN_N: tl.constexpr):
     """One step's weight words (BLOCK_N, CHUNK, WORDS) and scales (BLOCK_N, CHUNK); group slots
     past the share read nothing."""
@@ -100,17 +115,9 @@ def _w4a4_gemv_kernel(
     EVEN_N: tl.constexpr,  # N a multiple of BLOCK_N: no row masks
     BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    split = tl.program_id(1)
-    g0, n_g = split_share(G, SPLITS, split)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    offs_c = tl.arange(0, CHUNK)
-    offs_w = tl.arange(0, WORDS)
-    w_ptrs = (w_ptr + offs_n[:, None, None] * stride_wn + (g0 + offs_c)[None, :, None] * WORDS
-              + offs_w[None, None, :])
-    ws_ptrs = ws_ptr + offs_n[:, None] * stride_wsn + (g0 + offs_c)[None, :]
-    a_ptrs = a_ptr + (g0 + offs_c)[:, None] * WORDS + offs_w[None, :]
+    split, g0, n_g, offs_n, mask_n, offs_c, w_ptrs, ws_ptrs = _program_weights(
+        w_ptr, ws_ptr, N, G, SPLITS, stride_wn, stride_wsn, WORDS, BLOCK_N, CHUNK)
+    a_ptrs = a_ptr + (g0 + offs_c)[:, None] * WORDS + tl.arange(0, WORDS)[None, :]
     as_ptrs = as_ptr + g0 + offs_c
     acc = tl.zeros((BLOCK_N, CHUNK), dtype=tl.float32)  # per group slot, summed at the end
     cur = _chunk(w_ptrs, ws_ptrs, a_ptrs, as_ptrs, offs_c, n_g, mask_n, EVEN_N)
@@ -231,17 +238,9 @@ def _w4a4_gemv_quantize_kernel(
     HAS_OUT: tl.constexpr, HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
     EVEN_N: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    split = tl.program_id(1)
     clip_ratio = tl.cast(clip_ratio, tl.float32)  # Inductor passes a Python float as fp64
-    g0, n_g = split_share(G, SPLITS, split)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    offs_c = tl.arange(0, CHUNK)
-    offs_w = tl.arange(0, WORDS)
-    w_ptrs = (w_ptr + offs_n[:, None, None] * stride_wn + (g0 + offs_c)[None, :, None] * WORDS
-              + offs_w[None, None, :])
-    ws_ptrs = ws_ptr + offs_n[:, None] * stride_wsn + (g0 + offs_c)[None, :]
+    split, g0, n_g, offs_n, mask_n, offs_c, w_ptrs, ws_ptrs = _program_weights(
+        w_ptr, ws_ptr, N, G, SPLITS, stride_wn, stride_wsn, WORDS, BLOCK_N, CHUNK)
     acc = tl.zeros((BLOCK_N, CHUNK), dtype=tl.float32)
     xv = _gather_token(x_ptr, _perm_chunk(perm_ptr, g0 + offs_c, offs_c < n_g, K_NORMAL, WORDS))
     perm_next = _perm_chunk(perm_ptr, g0 + CHUNK + offs_c, CHUNK + offs_c < n_g, K_NORMAL, WORDS)

@@ -14,7 +14,7 @@ from torch.library import triton_op
 
 from atom_ao.format import k_normal_padded, quantize_activation_ref, w4a4_gemm_ref
 from atom_ao.ops.quantize_activation import check_quantize_args
-from atom_ao.ops.w4a4_gemm import MAX_GROUP_SIZE, _finish_splits, _sm_count, _workspace
+from atom_ao.ops.w4a4_gemm import MAX_GROUP_SIZE, _finish_splits, _sm_count, _workspace, check_operands
 from atom_ao.ops.w4a4_gemv import MAX_FUSED_OUTLIERS, gemv_split_k, launch_gemv_quantize
 
 
@@ -36,11 +36,7 @@ def check_one_token_args(x, perm, n_outliers, group_size, w_packed, w_scale, w_o
               ("w_outlier_scale", w_outlier_scale, (n,), torch.float32)]
     if bias is not None:
         expect.append(("bias", bias, (n,), bias.dtype))
-    for name, t, shape, dtype in expect:
-        if tuple(t.shape) != shape or t.dtype != dtype:
-            raise ValueError(f"{what}: {name} is {tuple(t.shape)} {t.dtype}, expected {shape} {dtype}")
-        if t.device != x.device:
-            raise ValueError(f"{what}: {name} is on {t.device}, x on {x.device}")
+    check_operands(what, expect, "x", x.device)
 
 
 def fused_fits(n_outliers: int, group_size: int) -> bool:
