@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
+
+# ATOM_AO_GROUP_CVT=1: every group sum converted by the int -> float instruction instead of the
+# mantissa trick (the same float: both exact). For an A/B on the GPU, set before the first launch
+# (a Triton kernel compiled with one value does not follow a change). Offline (sm_90a, ptxas
+# 3.9) ptxas emits I2FP.F32.S32 for it, and the swap kernel's 64x64 main loop drops from 332 to
+# 300 instructions a group; untimed.
+CVT_GROUP_SUMS = tl.constexpr(os.environ.get("ATOM_AO_GROUP_CVT") == "1")
 
 
 @triton.jit
@@ -11,7 +20,7 @@ def group_sum_x256_to_f32(x, HALF: tl.constexpr):
     """A group's dot of 16 x codes (|x| <= 256 * group_size * 64 = group_size * 2^14) -> float32,
     exactly: by the mantissa trick up to group size 256 (|x| <= 2^22), by the int -> float
     conversion (exact below 2^24) up to 1008; larger groups are refused by the launchers."""
-    if HALF <= 128:
+    if HALF <= 128 and not CVT_GROUP_SUMS:
         return group_sum_to_f32(x)
     return x.to(tl.float32)
 
