@@ -247,8 +247,11 @@ for what in "${@:-tests}"; do
                      --gen 16 --steps 8
                  T=80 step generate_b1_fused python3 -c "import sys, runpy; sys.argv = ['bench_generate.py', '--batches', '1', '--paths', 'atom-kv4', '--gen', '16', '--steps', '8']; import atom_ao.tensor as t; t.FUSED_ONE_TOKEN = True; runpy.run_path('benchmarks/bench_generate.py', run_name='__main__')" ;;
     # for session 16: group sums by the int -> float instruction (ATOM_AO_GROUP_CVT=1) against the mantissa
-    # trick: GEMM tests with it, the swap / gemv GEMMs timed both ways (cold weights), Llama-2 batch 64 both ways
-    verify-s16c) ATOM_AO_GROUP_CVT=1 T=120 step cvt_gemm_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
+    # trick: GEMM tests without and with it (the swap kernel's 1/256 moved to the weight scales, same bits,
+    # untimed), the swap / gemv GEMMs timed both ways (cold weights), Llama-2 batch 64 both ways
+    verify-s16c) T=120 step swap_gemm_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
+                     tests/ops/test_w4a4_gemm_triton.py -k "swap_path_real or unmasked"
+                 ATOM_AO_GROUP_CVT=1 T=120 step cvt_gemm_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                      tests/ops/test_w4a4_gemm_triton.py -k "swap_path_real or gemv or unmasked"
                  T=90 step explore_trick python3 benchmarks/explore_decode_gemm.py --ms 1,16,64 --configs 64x3x4 --splits 2
                  ATOM_AO_GROUP_CVT=1 T=90 step explore_cvt python3 benchmarks/explore_decode_gemm.py --ms 1,16,64 \
