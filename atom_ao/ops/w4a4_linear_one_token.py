@@ -51,8 +51,7 @@ def w4a4_linear_one_token_triton(x, perm, n_outliers, group_size, clip_ratio, w_
     if not fused_fits(n_outliers, group_size):
         raise ValueError(f"w4a4_linear_one_token: takes n_outliers <= {MAX_FUSED_OUTLIERS} and group_size <= "
                          f"{MAX_GROUP_SIZE}, got {n_outliers} / {group_size}")
-    # the weight's shapes expected from x: its K channels, n_outliers of them in INT8
-    n, groups = w_packed.shape[0], k_normal_padded(x.shape[1], n_outliers, group_size) // group_size
+    n, groups = w_packed.shape[0], w_scale.shape[1]
     out = torch.empty((1, n), dtype=out_dtype, device=x.device)
     if n == 0:
         return out
