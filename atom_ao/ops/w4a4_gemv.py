@@ -1,8 +1,8 @@
 """The W4A4 GEMM for one token (decode at batch 1): a stream over the weights on the CUDA cores.
 
 At M = 1 every weight byte is used once, so the kernel's only job is to keep enough weight bytes
-in flight to read at HBM speed. No tensor cores and no shared memory: all operands stay in 32-bit
-words (8 nibbles), the nibbles become signed bytes times 16 by word-wide bit operations
+in flight to read at HBM speed. No tensor cores, and shared memory only where Triton moves a
+tile between layouts: all operands stay in 32-bit words (8 nibbles), the nibbles become signed bytes times 16 by word-wide bit operations
 (``gemm_tiles``), and dp4a (4 INT8 products into INT32 a instruction) does the group dots.
 
 A step takes CHUNK groups of BLOCK_N weight rows as one (BLOCK_N, CHUNK, WORDS) tile, together
