@@ -8,9 +8,9 @@ import triton
 import triton.language as tl
 
 # ATOM_AO_GROUP_CVT=1: the nibble kernels' group sums (tile, swap, gemv; not the INT8-copies path)
-# converted by the int -> float instruction instead of the
-# mantissa trick (the same float: both exact). For an A/B on the GPU, set before the first launch
-# (a Triton kernel compiled with one value does not follow a change). Offline (sm_90a, ptxas
+# converted by the int -> float instruction instead of the mantissa trick (the same float: both
+# exact). For an A/B on the GPU, set before the first launch (a Triton kernel compiled with one
+# value does not follow a change). Offline (sm_90a, ptxas
 # 3.9) ptxas emits I2FP.F32.S32 for it, and the swap kernel's 64x64 main loop drops from 318 to
 # 286 instructions a group; untimed.
 CVT_GROUP_SUMS = tl.constexpr(os.environ.get("ATOM_AO_GROUP_CVT") == "1")
