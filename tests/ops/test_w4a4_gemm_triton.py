@@ -321,3 +321,12 @@ def test_gemv_path_real_shapes_gpu(n, k, splits):
     swap = w4a4_gemm_triton(*args, 128, torch.bfloat16, path="swap")
     torch.testing.assert_close(gemv.float(), swap.float(), rtol=1e-2, atol=1e-2 * swap.float().abs().max().item())
     _check(1, n, k, 128, 128, torch.bfloat16, True, device="cuda", splits=splits)
+
+
+def test_gemv_split_rule_picks_the_timed_splits():
+    # H200 (132 SMs), 32-row tiles: the splits timed best for Llama-2-7B's linears at M = 1
+    # (explore_gemv_ahead_session15): qkv and gate/up none, o and down 4; a share keeps >= 4 groups
+    from atom_ao.ops.w4a4_gemv import gemv_split_k
+    assert [gemv_split_k(n, g, 132, block_n=32) for n, g in ((12288, 31), (22016, 31), (4096, 31), (4096, 85))] == \
+        [1, 1, 4, 4]
+    assert gemv_split_k(64, 7, 132, block_n=32) == 1  # 7 groups: too few to share
