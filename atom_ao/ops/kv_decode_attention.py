@@ -417,8 +417,8 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
     mha = g == 1 and k_rope is None and MHA_KERNEL and _as_words(k_cache) and _as_words(v_cache)
     gqa_planes = not mha and _gqa_kernel_fits(q, k_cache, v_cache, k_rope)
     one_warp_fits = ONE_WARP_GQA and not (mha or gqa_planes) and g > FMA_MAX_G and k_rope is None
-    # the one-warp planes kernel: GQA (ONE_WARP_PLANES) or, opted in, MHA (MHA_PLANES); with fewer
-    # programs than its rule wants, the MHA kernel or the generic 4-warp configs
+    # the one-warp planes kernel: GQA (ONE_WARP_PLANES) or MHA (MHA_PLANES); with fewer programs
+    # than its rule wants, the MHA kernel or the generic 4-warp configs
     warp_planes = _planes_fit(q, k_cache, v_cache, k_rope) and (
         (one_warp_fits and ONE_WARP_PLANES) or (mha and MHA_PLANES))
     one_warp_fits = one_warp_fits and (warp_planes or not _INTERPRET)  # the generic one-warp path is GPU-only

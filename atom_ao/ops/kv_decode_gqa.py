@@ -41,7 +41,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from atom_ao.ops.kv_tiles import online_softmax, paged_rows, split_tiles
+from atom_ao.ops.kv_tiles import load_kv_meta, online_softmax, paged_rows, split_tiles
 
 
 def gqa_configs():
@@ -129,11 +129,7 @@ def _meta_tile(km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len, s_cp, s_ch, s_ct, s_
     n0 = tl.where(inside, i, 0) * BLOCK_N
     ok = n0 + tl.arange(0, BLOCK_N) < tl.where(inside, seq_len, 0)
     _, row_m = paged_rows(bt_row, n0, ok, s_cp, s_ch, s_ct, s_mp, s_mh, hk, PAGE, BLOCK_N)
-    ks = tl.load(km_ptr + row_m, mask=ok, other=0.0).to(tl.float32)
-    kz = tl.load(km_ptr + row_m + s_mw, mask=ok, other=0.0).to(tl.float32)
-    vs = tl.load(vm_ptr + row_m, mask=ok, other=0.0).to(tl.float32)
-    vz = tl.load(vm_ptr + row_m + s_mw, mask=ok, other=0.0).to(tl.float32)
-    return ks, kz, vs, vz
+    return load_kv_meta(km_ptr, vm_ptr, row_m, ok, s_mw)
 
 
 @triton.jit
@@ -198,10 +194,7 @@ def decode_gqa_kernel(
             ks_n, kz_n, vs_n, vz_n = _meta_tile(km_ptr, vm_ptr, bt_row, i + 1, tile_hi, seq_len,
                                                 s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, hk, PAGE, BLOCK_N)
         else:
-            ks = tl.load(km_ptr + row_m, mask=ok, other=0.0).to(tl.float32)
-            kz = tl.load(km_ptr + row_m + s_mw, mask=ok, other=0.0).to(tl.float32)
-            vs = tl.load(vm_ptr + row_m, mask=ok, other=0.0).to(tl.float32)
-            vz = tl.load(vm_ptr + row_m + s_mw, mask=ok, other=0.0).to(tl.float32)
+            ks, kz, vs, vz = load_kv_meta(km_ptr, vm_ptr, row_m, ok, s_mw)
 
         # S^T (BLOCK_N, BLOCK_G) = sum over planes of K_P Q_P^T (+ OFFSET * q_sum, taken off)
         k0, k1, k2, k3, k4, k5, k6, k7 = _planes8(kw, DOT, MAGIC, ASM)
@@ -220,12 +213,7 @@ def decode_gqa_kernel(
         if WARP:
             # O_P^T (D/8, BLOCK_G) += V_P^T P^T for each plane: channels on the dots' M side, the
             # group's heads on N; the transposed word tile unpacks in pairs along the tokens
-            m_new = tl.maximum(m_i, tl.max(s, axis=0))
-            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp2(m_i - m_use)
-            p = tl.exp2(s - m_use[None, :])  # (BLOCK_N, BLOCK_G)
-            m_i = m_new
-            l_i = l_i * alpha + tl.sum(p, axis=0)
+            p, alpha, m_i, l_i = online_softmax(s, m_i, l_i, 0)  # (BLOCK_N, BLOCK_G)
             pt = (p * vs[:, None]).to(DOT)
             corr = corr * alpha + tl.sum(p * vz[:, None], axis=0) - OFFSET * tl.sum(pt.to(tl.float32), axis=0)
             v0, v1, v2, v3, v4, v5, v6, v7 = _planes8(tl.trans(vw), DOT, MAGIC, ASM)

@@ -44,7 +44,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from atom_ao.ops.kv_tiles import online_softmax, split_tiles
+from atom_ao.ops.kv_tiles import load_kv_meta, online_softmax, split_tiles
 
 ROWS = 8  # cache rows per warp and step: 8 rows x 4 threads x 16 bytes = one warp at D = 128
 # The 8 nibbles of word j (``kv.format.pack_kv``): byte k holds column 4j + k in its low nibble and
@@ -165,10 +165,7 @@ def _mha_tile(kc_ptr, vc_ptr, km_ptr, vm_ptr, page, i, tile_hi, seq_len, head,
     cols = tl.arange(0, HALF // 4)[None, None, :]
     kb = tl.load(kc_ptr + row_c[:, :, None] + cols, mask=ok[:, :, None], other=0)
     vb = tl.load(vc_ptr + row_c[:, :, None] + cols, mask=ok[:, :, None], other=0)
-    ks = tl.load(km_ptr + row_m, mask=ok, other=0.0).to(tl.float32)
-    kz = tl.load(km_ptr + row_m + s_mw, mask=ok, other=0.0).to(tl.float32)
-    vs = tl.load(vm_ptr + row_m, mask=ok, other=0.0).to(tl.float32)
-    vz = tl.load(vm_ptr + row_m + s_mw, mask=ok, other=0.0).to(tl.float32)
+    ks, kz, vs, vz = load_kv_meta(km_ptr, vm_ptr, row_m, ok, s_mw)
     return kb, ks, kz, vb, vs, vz
 
 

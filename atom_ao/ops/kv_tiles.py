@@ -195,15 +195,27 @@ def fma_pv(p, acc_lo, acc_hi, c_lo, c_hi, scale, zero):
 
 
 @triton.jit
-def online_softmax(s, m_i, l_i):
+def online_softmax(s, m_i, l_i, AXIS: tl.constexpr = 1):
     """One step of the streaming softmax in base 2: s (M, BLOCK_N) log2-scaled scores, masked
-    entries -inf. Returns (p, alpha, m_new, l_new); a row that has seen no key keeps m = -inf
-    and gets p = 0 (never exp(-inf - -inf) = NaN)."""
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    entries -inf (AXIS = 0: s is (BLOCK_N, M), the tokens along dimension 0). Returns (p, alpha,
+    m_new, l_new); a row that has seen no key keeps m = -inf and gets p = 0 (never
+    exp(-inf - -inf) = NaN)."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=AXIS))
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp2(m_i - m_use)
-    p = tl.exp2(s - m_use[:, None])
-    return p, alpha, m_new, l_i * alpha + tl.sum(p, axis=1)
+    p = tl.exp2(s - tl.expand_dims(m_use, AXIS))
+    return p, alpha, m_new, l_i * alpha + tl.sum(p, axis=AXIS)
+
+
+@triton.jit
+def load_kv_meta(km_ptr, vm_ptr, row_m, ok, s_mw):
+    """K and V scales and zeros (float32, the shape of row_m) at the metadata offsets row_m
+    (``paged_rows``); masked rows read 0."""
+    ks = tl.load(km_ptr + row_m, mask=ok, other=0.0).to(tl.float32)
+    kz = tl.load(km_ptr + row_m + s_mw, mask=ok, other=0.0).to(tl.float32)
+    vs = tl.load(vm_ptr + row_m, mask=ok, other=0.0).to(tl.float32)
+    vz = tl.load(vm_ptr + row_m + s_mw, mask=ok, other=0.0).to(tl.float32)
+    return ks, kz, vs, vz
 
 
 _TL = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
