@@ -18,13 +18,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_linear import SHAPES  # noqa: E402
 from common import bench_us, markdown_table, measured_copy_bytes_per_s, write_results  # noqa: E402
+
+from atom_ao.ops.gemm_tiles import splits_fit  # noqa: E402
 
 
 def main():
@@ -62,7 +63,7 @@ def main():
             default = swap.swap_split_k(m, n, groups, sms)
             times[f"swap (split {default})"] = bench_us(lambda: gemm.w4a4_gemm_triton(*gargs, path="swap"))
             for s in (1, 2, 4, 8, 16):
-                if s != default and s <= groups and triton.cdiv(groups, triton.cdiv(groups, s)) == s:
+                if s != default and splits_fit(groups, s):
                     times[f"swap split {s}"] = bench_us(lambda: gemm.w4a4_gemm_triton(*gargs, path="swap", splits=s))
             regime = min(r for r in swap._SWAP_REGIMES if m <= r)
             real = swap.swap_kernel_and_meta

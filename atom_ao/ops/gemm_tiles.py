@@ -45,6 +45,17 @@ def split_share(G, SPLITS, split):
     return g0, tl.minimum(G, g0 + g_per) - g0
 
 
+def no_empty_split(groups: int, splits: int) -> int:
+    """The split count to launch for about ``splits`` shares of ``groups``: ``split_share`` gives
+    each cdiv(groups, splits) groups, which can leave the last shares empty; this count has none."""
+    return triton.cdiv(groups, triton.cdiv(groups, splits))
+
+
+def splits_fit(groups: int, splits: int) -> bool:
+    """Whether ``splits`` shares (``split_share``) each get some of ``groups`` (no groups: 1 split)."""
+    return 1 <= splits <= max(groups, 1) and (groups == 0 or no_empty_split(groups, splits) == splits)
+
+
 @triton.jit
 def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
     """Program id -> (tile row, tile column) in grouped order: GROUP_M tile rows walk the columns

@@ -23,7 +23,8 @@ from torch.library import triton_op, wrap_triton
 
 from atom_ao.format import w4a4_gemm_ref
 from atom_ao.ops.gemm_tiles import (
-    MAX_GROUP_SIZE, SCALE_256, group_sum_x256_to_f32, grouped_tile, m_bucket, outlier_block, split_share, unpack_int4_x16,
+    MAX_GROUP_SIZE, SCALE_256, group_sum_x256_to_f32, grouped_tile, m_bucket, no_empty_split, outlier_block, split_share,
+    splits_fit, unpack_int4_x16,
 )
 from atom_ao.ops.w4a4_gemm_swap import FULL_M, FULL_N, SWAP_MAX_M, swap_kernel_and_meta, swap_split_k
 from atom_ao.ops.w4a4_gemv import gemv_split_k, launch_gemv
@@ -200,7 +201,7 @@ def _split_k(m: int, n: int, groups: int, device: torch.device) -> int:
     while ((tiles * splits < 3 * sms or groups > 64 * splits) and splits < _MAX_SPLITS
            and groups >= 2 * splits * _MIN_GROUPS_PER_SPLIT):
         splits *= 2
-    return triton.cdiv(groups, triton.cdiv(groups, splits))  # no empty split
+    return no_empty_split(groups, splits)
 
 
 @triton.jit
@@ -345,7 +346,7 @@ def w4a4_gemm_triton(
         splits = (swap_split_k(m, n, groups, _sm_count(out.device)) if path == "swap"
                   else gemv_split_k(n, groups, _sm_count(out.device)) if path == "gemv"
                   else _split_k(m, n, groups, out.device))
-    if not 1 <= splits <= max(groups, 1) or (groups and triton.cdiv(groups, triton.cdiv(groups, splits)) != splits):
+    if not splits_fit(groups, splits):
         raise ValueError(f"w4a4_gemm: splits={splits} must leave every split some of the {groups} groups")
     ws = _workspace(out, splits)
     if path == "gemv":

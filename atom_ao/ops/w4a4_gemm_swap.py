@@ -30,7 +30,7 @@ import os
 import triton
 import triton.language as tl
 
-from atom_ao.ops.gemm_tiles import SCALE_256, group_sum_x256_to_f32, split_share, unpack_int4_x16
+from atom_ao.ops.gemm_tiles import SCALE_256, group_sum_x256_to_f32, no_empty_split, split_share, unpack_int4_x16
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -72,7 +72,7 @@ def swap_split_k(m: int, n: int, groups: int, sms: int) -> int:
     splits = 1
     while tiles * splits < target and splits < 16 and groups >= 2 * splits * min_share:
         splits *= 2
-    return triton.cdiv(groups, triton.cdiv(groups, splits))  # no empty split
+    return no_empty_split(groups, splits)
 
 
 @triton.jit

@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from atom_ao.ops.gemm_tiles import SCALE_256, group_sum_x256_to_f32, split_share
+from atom_ao.ops.gemm_tiles import SCALE_256, group_sum_x256_to_f32, no_empty_split, split_share
 from atom_ao.ops.quantize_activation import _abs_bits, _round_clamp, _safe_inverse
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -161,7 +161,7 @@ def gemv_split_k(n: int, groups: int, sms: int, block_n: int | None = None) -> i
     splits = 1
     while tiles * splits < 2 * sms and splits < 16 and groups >= 2 * splits * 4:
         splits *= 2
-    return triton.cdiv(groups, triton.cdiv(groups, splits))  # no empty split
+    return no_empty_split(groups, splits)
 
 
 def launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
