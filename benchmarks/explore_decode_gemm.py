@@ -20,18 +20,20 @@ Prints one table per shape and M; writes JSON + markdown (explore_decode_gemm_<g
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 from pathlib import Path
 
 import torch
-import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_linear import SHAPES  # noqa: E402
 from common import bench_us, markdown_table, measured_copy_bytes_per_s, write_results  # noqa: E402
+
+from atom_ao.ops.gemm_tiles import splits_fit  # noqa: E402
 
 L2_BYTES = 60e6
 COLUMNS = ["shape", "M", "config", "split", "us", "weight_TB/s", "read_pct_of_copy"]
@@ -89,13 +91,8 @@ def main():
                 def fn():
                     for wq in weights:
                         gemm.w4a4_gemm_triton(*a, *wq, None, w.group_size, x.dtype, path=path, **kw)
-                real_finish = gemm._finish_splits
-                if args.no_split_sum:  # the partials stay in the workspace, unsummed (timing only)
-                    gemm._finish_splits = lambda ws, out: out
-                try:
+                with _split_sum_off(args.no_split_sum):
                     return bench_us(fn) / copies
-                finally:
-                    gemm._finish_splits = real_finish
 
             def add(config, split, us):
                 tbs = wbytes / us / 1e6
@@ -133,7 +130,7 @@ def main():
                 gemm.swap_kernel_and_meta = lambda _m, fixed=fixed: (swap._w4a4_gemm_swap_kernel_jit, fixed)
                 try:
                     for s in (int(v) for v in args.splits.split(",")):
-                        if s <= groups and triton.cdiv(groups, triton.cdiv(groups, s)) == s:
+                        if splits_fit(groups, s):
                             add(f"{bn}x{bm} st{st} w{nw}", s, per_call(splits=s))
                 except Exception as e:  # noqa: BLE001  (a config that does not fit: say so, go on)
                     print(f"  {label} M={m} {fixed}: {type(e).__name__} {str(e)[:200]}")
@@ -144,6 +141,22 @@ def main():
         weights = None
         torch.cuda.empty_cache()
     write_results("explore_decode_gemm", rows, COLUMNS, {"copy_bytes_per_s": copy_bps, "sms": sms})
+
+
+@contextlib.contextmanager
+def _split_sum_off(off: bool):
+    """With ``off``, the GEMM launchers leave split-K partials in their workspace, unsummed (timing
+    only: compiled models fuse that sum into the next kernel)."""
+    modules = [importlib.import_module(f"atom_ao.ops.{name}") for name in ("w4a4_gemm", "w4a4_linear_one_token")]
+    real = [mod._finish_splits for mod in modules]
+    if off:
+        for mod in modules:
+            mod._finish_splits = lambda ws, out: out
+    try:
+        yield
+    finally:
+        for mod, fn in zip(modules, real):
+            mod._finish_splits = fn
 
 
 def _gemv_rows(args, gemm, gemv, a, wq, w, dtype, groups, sms, per_call, add, swap_split):
@@ -160,7 +173,7 @@ def _gemv_rows(args, gemm, gemv, a, wq, w, dtype, groups, sms, per_call, add, sw
             err = (got - swap_out).abs().max().item() / swap_out.abs().max().item()
             assert err < 1e-2, f"gemv {cfg} differs from swap: {err}"
             for s in (int(v) for v in args.splits.split(",")):
-                if s <= groups and triton.cdiv(groups, triton.cdiv(groups, s)) == s:
+                if splits_fit(groups, s):
                     add(f"gemv {cfg}", s, per_call("gemv", splits=s))
         except Exception as e:  # noqa: BLE001  (a config that does not compile: say so, go on)
             print(f"  gemv {cfg}: {type(e).__name__} {str(e)[:200]}")
@@ -186,17 +199,12 @@ def _one_token_rows(args, gemm, gemv, x, w, weights, groups, sms, copies, add):
 
     default = gemv.gemv_split_k(weights[0][0].shape[0], groups, sms)
     for s in sorted({default, *(int(v) for v in args.splits.split(","))}):
-        if s > groups or triton.cdiv(groups, triton.cdiv(groups, s)) != s:
+        if not splits_fit(groups, s):
             continue
         assert torch.equal(one(weights[0], s), two(weights[0], s)), f"fused and two-kernel results differ at split {s}"
         for name, f in (("quantize + gemv", two), ("fused", one)):
-            real_finish = gemm._finish_splits
-            if args.no_split_sum:  # both modules' reference to it
-                gemm._finish_splits = fused_mod._finish_splits = lambda ws, out: out
-            try:
+            with _split_sum_off(args.no_split_sum):
                 us = bench_us(lambda f=f: [f(wq, s) for wq in weights]) / copies
-            finally:
-                gemm._finish_splits = fused_mod._finish_splits = real_finish
             add(f"{name}{' (default split)' if s == default else ''}", s, us)
 
 
