@@ -58,18 +58,24 @@ def _dp4a(a, b, c, USE_ASM: tl.constexpr):
 
 
 @triton.jit
-def _program_weights(w_ptr, ws_ptr, N, G, SPLITS, stride_wn, stride_wsn, WORDS: tl.constexpr,
-                     BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
-    """This program's split, its share of the groups (first, count), its weight rows (and their
-    mask), the group slots of a step, and the first step's weight-word and scale pointers."""
+def _program_share(G, SPLITS, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
+    """This program's split, its share of the groups (first, count), its weight rows and the group
+    slots of a step. No pointer arguments: Inductor's mutation analysis of the TTIR counts every
+    result of a called function as derived from all its arguments, so row offsets returned by a
+    helper that also took the weight pointer would make the output store look like a store into
+    the weights (Inductor then clones and copies back the whole weight every call)."""
     split = tl.program_id(1)
     g0, n_g = split_share(G, SPLITS, split)
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_c = tl.arange(0, CHUNK)
+    return split, g0, n_g, tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N), tl.arange(0, CHUNK)
+
+
+@triton.jit
+def _weight_ptrs(w_ptr, ws_ptr, offs_n, g0, offs_c, stride_wn, stride_wsn, WORDS: tl.constexpr):
+    """The first step's weight-word (BLOCK_N, CHUNK, WORDS) and scale (BLOCK_N, CHUNK) pointers
+    (only ever loaded from)."""
     w_ptrs = (w_ptr + offs_n[:, None, None] * stride_wn + (g0 + offs_c)[None, :, None] * WORDS
               + tl.arange(0, WORDS)[None, None, :])
-    ws_ptrs = ws_ptr + offs_n[:, None] * stride_wsn + (g0 + offs_c)[None, :]
-    return split, g0, n_g, offs_n, offs_n < N, offs_c, w_ptrs, ws_ptrs
+    return w_ptrs, ws_ptr + offs_n[:, None] * stride_wsn + (g0 + offs_c)[None, :]
 
 
 @triton.jit
@@ -115,8 +121,9 @@ def _w4a4_gemv_kernel(
     EVEN_N: tl.constexpr,  # N a multiple of BLOCK_N: no row masks
     BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    split, g0, n_g, offs_n, mask_n, offs_c, w_ptrs, ws_ptrs = _program_weights(
-        w_ptr, ws_ptr, N, G, SPLITS, stride_wn, stride_wsn, WORDS, BLOCK_N, CHUNK)
+    split, g0, n_g, offs_n, offs_c = _program_share(G, SPLITS, BLOCK_N, CHUNK)
+    mask_n = offs_n < N
+    w_ptrs, ws_ptrs = _weight_ptrs(w_ptr, ws_ptr, offs_n, g0, offs_c, stride_wn, stride_wsn, WORDS)
     a_ptrs = a_ptr + (g0 + offs_c)[:, None] * WORDS + tl.arange(0, WORDS)[None, :]
     as_ptrs = as_ptr + g0 + offs_c
     acc = tl.zeros((BLOCK_N, CHUNK), dtype=tl.float32)  # per group slot, summed at the end
@@ -239,8 +246,9 @@ def _w4a4_gemv_quantize_kernel(
     EVEN_N: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
     clip_ratio = tl.cast(clip_ratio, tl.float32)  # Inductor passes a Python float as fp64
-    split, g0, n_g, offs_n, mask_n, offs_c, w_ptrs, ws_ptrs = _program_weights(
-        w_ptr, ws_ptr, N, G, SPLITS, stride_wn, stride_wsn, WORDS, BLOCK_N, CHUNK)
+    split, g0, n_g, offs_n, offs_c = _program_share(G, SPLITS, BLOCK_N, CHUNK)
+    mask_n = offs_n < N
+    w_ptrs, ws_ptrs = _weight_ptrs(w_ptr, ws_ptr, offs_n, g0, offs_c, stride_wn, stride_wsn, WORDS)
     acc = tl.zeros((BLOCK_N, CHUNK), dtype=tl.float32)
     xv = _gather_token(x_ptr, _perm_chunk(perm_ptr, g0 + offs_c, offs_c < n_g, K_NORMAL, WORDS))
     perm_next = _perm_chunk(perm_ptr, g0 + CHUNK + offs_c, CHUNK + offs_c < n_g, K_NORMAL, WORDS)
