@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, then benchmarks. Usage (on the GPU machine, repo root):
-#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9t|verify-s9u|verify-s9b|verify-s10a|verify-s10b|verify-s10c|verify-s10d|verify-s11a|verify-s12a|explore-s12|verify-s12b|generate-s12|verify-s12c|explore-s12d|final-s12|profile-s12|masked-ab|verify-s13|verify-s13b|verify-s13c|final-s13|kv-tests-s13|verify-s14a|verify-s14b|final-s14|gen-llama3-b64-s14|verify-s14d|verify-s15a|verify-s15b|verify-s15c|profile-s15|final-s15|verify-s16a|verify-s16b|verify-s16c|verify-s16d|verify-s9c|large-m]...
+#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9t|verify-s9u|verify-s9b|verify-s10a|verify-s10b|verify-s10c|verify-s10d|verify-s11a|verify-s12a|explore-s12|verify-s12b|generate-s12|verify-s12c|explore-s12d|final-s12|profile-s12|masked-ab|verify-s13|verify-s13b|verify-s13c|final-s13|kv-tests-s13|verify-s14a|verify-s14b|final-s14|gen-llama3-b64-s14|verify-s14d|verify-s15a|verify-s15b|verify-s15c|profile-s15|final-s15|verify-s16a|verify-s16c|verify-s16d|verify-s16e|verify-s9c|large-m]...
 # Each step's log goes to $OUT/<step>.log (so a step cut short still leaves its output) and
 # PYTEST_ARGS (paths) and PYTEST_K (-k expression) pick the tests of tests-some; result files to $OUT (or benchmarks/results/ when OUT is unset). STEP_TIMEOUT caps each step.
 set -uo pipefail
@@ -234,18 +234,6 @@ for what in "${@:-tests}"; do
     # for session 16: the gemv's splits timed as a compiled model runs them (no split-sum kernel)
     verify-s16a) T=200 step explore_gemv_no_sum python3 benchmarks/explore_decode_gemm.py --ms 1 --gemv --no-split-sum \
                      --splits 1,2,4,8 --shapes "llama2-7b qkv,llama2-7b o,llama2-7b gate/up,llama2-7b down,llama3-8b gate/up,llama3-8b down" ;;
-    # for session 16: the token quantized inside the gemv (atom_ao::w4a4_linear_one_token, off by default:
-    # FUSED_ONE_TOKEN): its GPU tests, timed against the quantizer + gemv with cold weights (with and without
-    # the split sum), then Llama-2 batch-1 generate with it off and on
-    verify-s16b) T=120 step one_token_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
-                     tests/ops/test_w4a4_linear_one_token.py
-                 T=120 step explore_one_token python3 benchmarks/explore_decode_gemm.py --ms 1 --one-token --splits 1,2,4 \
-                     --shapes "llama2-7b qkv,llama2-7b o,llama2-7b gate/up,llama2-7b down,llama3-8b gate/up,llama3-8b down"
-                 T=100 step explore_one_token_no_sum python3 benchmarks/explore_decode_gemm.py --ms 1 --one-token \
-                     --no-split-sum --splits 1,2,4 --shapes "llama2-7b qkv,llama2-7b o,llama2-7b gate/up,llama2-7b down"
-                 T=90 step generate_b1_two_kernels python3 benchmarks/bench_generate.py --batches 1 --paths atom-kv4,bf16 \
-                     --gen 16 --steps 8
-                 T=80 step generate_b1_fused python3 -c "import sys, runpy; sys.argv = ['bench_generate.py', '--batches', '1', '--paths', 'atom-kv4', '--gen', '16', '--steps', '8']; import atom_ao.tensor as t; t.FUSED_ONE_TOKEN = True; runpy.run_path('benchmarks/bench_generate.py', run_name='__main__')" ;;
     # for session 16: group sums by the int -> float instruction (ATOM_AO_GROUP_CVT=1) against the mantissa
     # trick: GEMM tests without and with it (the swap kernel's 1/256 moved to the weight scales, same bits,
     # untimed), the swap / gemv GEMMs timed both ways (cold weights), Llama-2 batch 64 both ways
@@ -262,10 +250,18 @@ for what in "${@:-tests}"; do
     # session 16: the gemv with its weights no longer seen as written by Inductor (they were cloned and
     # copied back every compiled call since the _program_weights refactor: 7.5 ms a token at batch 1)
     verify-s16d) T=150 step gemv_compile_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
-                     tests/test_tensor.py tests/ops/test_w4a4_gemm_triton.py tests/ops/test_w4a4_linear_one_token.py \
-                     -k "split_k_sum or gemv or swap_path_real or unmasked or fused"
+                     tests/test_tensor.py tests/ops/test_w4a4_gemm_triton.py \
+                     -k "split_k_sum or gemv or swap_path_real or unmasked"
                  T=230 step generate_llama2_s16 python3 benchmarks/bench_generate.py --batches 1,64 --paths atom-kv4,bf16 \
                      --gen 16 --steps 8 ;;
+    # session 16, after verify-s16d: the group-sum conversion (ATOM_AO_GROUP_CVT=1) against the mantissa trick
+    verify-s16e) ATOM_AO_GROUP_CVT=1 T=120 step cvt_gemm_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
+                     tests/ops/test_w4a4_gemm_triton.py -k "swap_path_real or gemv"
+                 T=80 step explore_trick python3 benchmarks/explore_decode_gemm.py --ms 1,16,64 --configs 64x3x4 --splits 2
+                 ATOM_AO_GROUP_CVT=1 T=80 step explore_cvt python3 benchmarks/explore_decode_gemm.py --ms 1,16,64 \
+                     --configs 64x3x4 --splits 2
+                 ATOM_AO_GROUP_CVT=1 T=120 step generate_b64_cvt python3 benchmarks/bench_generate.py --batches 64 \
+                     --paths atom-kv4 --gen 16 --steps 8 ;;
     verify-s14d) T=150 step mha_planes_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                      tests/ops/test_kv_attention.py -k "one_warp_gqa"
                  T=150 step attention_mha_planes python3 benchmarks/bench_attention.py --explore-mha-planes --models llama2-7b ;;

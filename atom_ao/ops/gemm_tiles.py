@@ -7,20 +7,22 @@ import os
 import triton
 import triton.language as tl
 
-# ATOM_AO_GROUP_CVT=1: the nibble kernels' group sums (tile, swap, gemv; not the INT8-copies path)
-# converted by the int -> float instruction instead of the mantissa trick (the same float: both
-# exact). For an A/B on the GPU, set before the first launch (a Triton kernel compiled with one
-# value does not follow a change). Offline (sm_90a, ptxas
-# 3.9) ptxas emits I2FP.F32.S32 for it, and the swap kernel's 64x64 main loop drops from 318 to
-# 286 instructions a group; untimed.
-CVT_GROUP_SUMS = tl.constexpr(os.environ.get("ATOM_AO_GROUP_CVT") == "1")
+# The nibble kernels' group sums (tile, swap, gemv; not the INT8-copies path) go to float32 by the
+# int -> float instruction (I2FP.F32.S32 on sm_90a); ATOM_AO_GROUP_CVT=0 (set before the first
+# launch: a compiled kernel does not follow a change) takes the mantissa trick instead, the same
+# float (both exact). H200, cold weights (results/h200/explore_decode_gemm_cvt_session16.log): the
+# swap kernel at M = 64 on the Llama-2-7B linears 95.6 -> 92.7 us summed (down 24.3 -> 22.8), M = 1
+# and 16 within 1-4%; Llama-2-7B batch 64 decode 8.47 -> 8.35 ms a token (two runs, noise ~3%).
+# Offline its 64x64 main loop issues 286 instead of 318 instructions a group.
+CVT_GROUP_SUMS = tl.constexpr(os.environ.get("ATOM_AO_GROUP_CVT", "1") != "0")
 
 
 @triton.jit
 def group_sum_x256_to_f32(x, HALF: tl.constexpr):
     """A group's dot of 16 x codes (|x| <= 256 * group_size * 64 = group_size * 2^14) -> float32,
-    exactly: by the mantissa trick up to group size 256 (|x| <= 2^22), by the int -> float
-    conversion (exact below 2^24) up to 1008; larger groups are refused by the launchers."""
+    exactly: by the int -> float conversion (exact below 2^24) up to group size 1008 (larger
+    groups are refused by the launchers), or with ATOM_AO_GROUP_CVT=0 by the mantissa trick up
+    to group size 256 (|x| <= 2^22)."""
     if HALF <= 128 and not CVT_GROUP_SUMS:
         return group_sum_to_f32(x)
     return x.to(tl.float32)

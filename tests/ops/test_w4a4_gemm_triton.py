@@ -226,6 +226,41 @@ def test_largest_group_dots_are_exact(m, path, gs):
     torch.testing.assert_close(got.cpu(), want, rtol=1e-6, atol=1e-6 * want.abs().max().item())
 
 
+def test_mantissa_trick_group_sums_same_bits():
+    """ATOM_AO_GROUP_CVT=0 (read at import: a fresh process) turns the nibble kernels' group sums
+    into float32 by the mantissa trick instead of the conversion: the same floats (both exact),
+    on the tile, swap and gemv kernels at the trick's largest group size and past it."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, sys; sys.path[:0] = ['tests', 'tests/ops']\n"
+        "from test_w4a4_gemm_triton import _operands, w4a4_gemm_triton\n"
+        "for m, path in ((1, 'gemv'), (5, 'swap'), (70, 'packed')):\n"
+        "    for gs in (128, 256, 512):\n"
+        "        args = _operands(m, 40, 2 * gs + 32, 32, gs, torch.bfloat16, True)\n"
+        "        args[0] = torch.full_like(args[0], 0x88); args[4] = torch.full_like(args[4], 0x88)\n"
+        "        torch.save(w4a4_gemm_triton(*args, gs, torch.float32, path=path), f'{sys.argv[1]}/{m}_{gs}.pt')\n"
+    )
+    import tempfile
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with tempfile.TemporaryDirectory() as tmp:
+        outs = {}
+        for cvt in ("0", "1"):
+            d = os.path.join(tmp, cvt)
+            os.makedirs(d)
+            env = {**os.environ, "ATOM_AO_GROUP_CVT": cvt, "PYTHONPATH": root}
+            run = subprocess.run([sys.executable, "-c", code, d], env=env, cwd=root, capture_output=True, text=True,
+                                 timeout=600)
+            assert run.returncode == 0, run.stderr[-2000:]
+            outs[cvt] = {f: torch.load(os.path.join(d, f)) for f in sorted(os.listdir(d))}
+        assert len(outs["0"]) == 9 and outs["0"].keys() == outs["1"].keys()
+        for f in outs["0"]:
+            assert torch.equal(outs["0"][f], outs["1"][f]), f
+
+
 def test_group_size_past_the_nibble_kernels_takes_the_int8_path():
     args = _operands(3, 32, 1024 + 32, 32, 1024, torch.bfloat16, False)
     with pytest.raises(ValueError, match="group_size <= 1008"):
