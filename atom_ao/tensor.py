@@ -11,7 +11,6 @@ from torchao.utils import TorchAOBaseTensor, fill_defaults
 import atom_ao.ops  # noqa: F401  (registers torch.ops.atom_ao.*)
 from atom_ao.ops.quantize_activation import quantize_activation_triton
 from atom_ao.ops.w4a4_gemm import check_gemm_args, w4a4_gemm_triton
-from atom_ao.ops.w4a4_linear_one_token import fused_fits, w4a4_linear_one_token_triton
 from atom_ao.format import check_layout, k_normal_padded, unpack_int4, weight_group_sums
 from atom_ao.weight import quantize_weight
 
@@ -181,13 +180,6 @@ def atom_linear(x: torch.Tensor, w: AtomQuantTensor, bias: torch.Tensor | None) 
     x2 = x.reshape(-1, k)
     if w.act_asymmetric:
         return _asymmetric_linear(x2, w, bias).reshape(*lead, w.shape[0])
-    if x2.shape[0] == 1 and x2.is_cuda and FUSED_ONE_TOKEN and fused_fits(w.n_outliers, w.group_size):
-        args = (x2, w.perm, w.n_outliers, w.group_size, w.act_clip_ratio, w.qdata, w.scale, w.outlier_qdata,
-                w.outlier_scale, bias, x.dtype)
-        if _direct_launch_ok(x2, bias):
-            with _no_wrap_triton():
-                return w4a4_linear_one_token_triton(*args).reshape(*lead, w.shape[0])
-        return torch.ops.atom_ao.w4a4_linear_one_token(*args).reshape(*lead, w.shape[0])
     if _direct_launch_ok(x2, bias):
         with _no_wrap_triton():
             a = quantize_activation_triton(x2, w.perm, w.n_outliers, w.group_size, w.act_clip_ratio)
@@ -213,11 +205,6 @@ def _asymmetric_linear(x2: torch.Tensor, w: AtomQuantTensor, bias: torch.Tensor 
                                     w.outlier_scale, bias, w.group_size, torch.float32)
     return torch.addmm(y, a[1][:, g:], w.scale[:, g:].t()).to(x2.dtype)
 
-
-# One token on CUDA: quantize and multiply in one kernel (``atom_ao::w4a4_linear_one_token``, the
-# same bits as the two ops) instead of the quantizer's own launch. Off until timed on the GPU
-# (benchmarks/explore_decode_gemm.py --one-token, bench_generate at batch 1).
-FUSED_ONE_TOKEN = False
 
 # Eager calls launch the two Triton kernels directly: the same code the ops' CUDA kernels run,
 # without torch.library's custom-op dispatch around each, which cost ~90 us (quantize) and

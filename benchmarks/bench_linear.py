@@ -7,8 +7,7 @@ Rows: median time (CUDA-graph replays), effective TOPS (2*M*N*K / time), speed-u
 and roofline % = the larger of the byte floor (bytes / copy bandwidth) and the op floor
 (ops / the tensor-core rate of that format), over the time. Paths: bf16 (``F.linear``), fp8 / int8
 (torchao, compiled), atom (the whole quantized linear: activation quantize + GEMM), atom-gemm (the
-GEMM alone), at M = 1 atom-one-kernel (the token quantized inside the gemv,
-``atom_ao::w4a4_linear_one_token``), for M <= 64 atom-gemm-nosplit (the same GEMM with split-K off) and, from M = 2,
+GEMM alone), for M <= 64 atom-gemm-nosplit (the same GEMM with split-K off) and, from M = 2,
 atom-gemm-tiles (the tile kernel that the swap-AB kernel replaces up to SWAP_MAX_M), and from M = 256 on
 atom-gemm-packed / atom-gemm-unpacked (the GEMM of the other M regime: packed nibbles unpacked in the
 main loop, or INT8 copies first; see ``UNPACKED_MIN_M``).
@@ -123,10 +122,6 @@ def run(shapes: dict, ms: list[int], contenders: list[str], compile_torchao: boo
                         times["atom-gemm-nosplit"] = bench_us(lambda: w4a4_gemm_triton(*gemm_args, splits=1))
                     if 2 <= m <= SWAP_MAX_M:  # the tile kernel the swap-AB kernel replaced there
                         times["atom-gemm-tiles"] = bench_us(lambda: w4a4_gemm_triton(*gemm_args, path="packed"))
-                    if m == 1:  # the whole linear as one kernel (off by default: FUSED_ONE_TOKEN)
-                        lot = (x, w.perm, w.n_outliers, w.group_size, w.act_clip_ratio, w.qdata, w.scale,
-                               w.outlier_qdata, w.outlier_scale, None, x.dtype)
-                        times["atom-one-kernel"] = bench_us(lambda: torch.ops.atom_ao.w4a4_linear_one_token(*lot))
                     if m >= 256:  # the other large-M kernel, to show where they cross
                         other = "packed" if m >= UNPACKED_MIN_M else "unpacked"
                         times[f"atom-gemm-{other}"] = bench_us(

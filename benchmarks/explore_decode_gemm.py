@@ -9,8 +9,7 @@ of the step ran in between). Here one replay runs the GEMM over enough copies of
 weight to exceed 2x L2, rotating, so each call streams its weight from HBM as it does in the
 model; the time is per call. Each (weight rows a tile, warps, stages) config of the M regime is
 timed with every split the shape allows, beside the default (the swap kernel's own rule).
-``--gemv`` times the M = 1 dp4a kernel's tilings and splits beside the swap kernel instead,
-``--one-token`` the whole M = 1 linear as the quantizer + gemv against both in one kernel.
+``--gemv`` times the M = 1 dp4a kernel's tilings and splits beside the swap kernel instead.
 The times include the kernel that sums split-K partials, as eager calls run it; compiled models
 fuse that sum into the next kernel, which ``--no-split-sum`` mimics by leaving it out (the
 splits then compete on the GEMM kernel alone).
@@ -57,9 +56,6 @@ def main():
                     help="M = 1: the dp4a stream kernel (w4a4_gemv) by --gemv-configs and split, beside the swap default")
     ap.add_argument("--gemv-configs", default="32x4x4,16x4x4,16x4x2,8x2x1",
                     help="BLOCK_N x CHUNK x warps of the gemv kernel")
-    ap.add_argument("--one-token", action="store_true",
-                    help="M = 1: the quantizer kernel then the gemv, against both in one kernel "
-                         "(atom_ao::w4a4_linear_one_token), each at the gemv's default split and at --splits")
     ap.add_argument("--no-split-sum", action="store_true",
                     help="time the GEMM kernel alone, without the kernel summing split-K partials (compiled models "
                          "leave that sum to Inductor, which fuses it into the next kernel)")
@@ -99,11 +95,6 @@ def main():
                 rows.append({"shape": label, "M": m, "config": config, "split": split, "us": round(us, 2),
                              "weight_TB/s": round(tbs, 2), "read_pct_of_copy": round(100 * tbs * 1e12 / copy_bps, 1)})
 
-            if args.one_token and m == 1:
-                _one_token_rows(args, gemm, gemv, x, w, weights, groups, sms, copies, add)
-                mine = [r for r in rows if r["shape"] == label and r["M"] == m]
-                print(markdown_table(sorted(mine, key=lambda r: r["us"]), COLUMNS).split("\n", 2)[-1], flush=True)
-                continue
             if args.gemv and m == 1:
                 _gemv_rows(args, gemm, gemv, a, weights[0], w, x.dtype, groups, sms, per_call, add, default)
                 mine = [r for r in rows if r["shape"] == label and r["M"] == m]
@@ -147,16 +138,14 @@ def main():
 def _split_sum_off(off: bool):
     """With ``off``, the GEMM launchers leave split-K partials in their workspace, unsummed (timing
     only: compiled models fuse that sum into the next kernel)."""
-    modules = [importlib.import_module(f"atom_ao.ops.{name}") for name in ("w4a4_gemm", "w4a4_linear_one_token")]
-    real = [mod._finish_splits for mod in modules]
+    mod = importlib.import_module("atom_ao.ops.w4a4_gemm")
+    real = mod._finish_splits
     if off:
-        for mod in modules:
-            mod._finish_splits = lambda ws, out: out
+        mod._finish_splits = lambda ws, out: out
     try:
         yield
     finally:
-        for mod, fn in zip(modules, real):
-            mod._finish_splits = fn
+        mod._finish_splits = real
 
 
 def _gemv_rows(args, gemm, gemv, a, wq, w, dtype, groups, sms, per_call, add, swap_split):
@@ -179,33 +168,6 @@ def _gemv_rows(args, gemm, gemv, a, wq, w, dtype, groups, sms, per_call, add, sw
             print(f"  gemv {cfg}: {type(e).__name__} {str(e)[:200]}")
         finally:
             gemv.GEMV_CONFIG = real
-
-
-def _one_token_rows(args, gemm, gemv, x, w, weights, groups, sms, copies, add):
-    """The whole M = 1 linear as two kernels (the quantizer, the gemv) and as one; equal bits
-    checked first."""
-    from atom_ao.ops.quantize_activation import quantize_activation_triton
-
-    fused_mod = importlib.import_module("atom_ao.ops.w4a4_linear_one_token")
-    w4a4_linear_one_token_triton = fused_mod.w4a4_linear_one_token_triton
-
-    def two(wq, splits):
-        a = quantize_activation_triton(x, w.perm, w.n_outliers, w.group_size, w.act_clip_ratio)
-        return gemm.w4a4_gemm_triton(*a, *wq, None, w.group_size, x.dtype, path="gemv", splits=splits)
-
-    def one(wq, splits):
-        return w4a4_linear_one_token_triton(x, w.perm, w.n_outliers, w.group_size, w.act_clip_ratio, *wq, None,
-                                            x.dtype, splits=splits)
-
-    default = gemv.gemv_split_k(weights[0][0].shape[0], groups, sms)
-    for s in sorted({default, *(int(v) for v in args.splits.split(","))}):
-        if not splits_fit(groups, s):
-            continue
-        assert torch.equal(one(weights[0], s), two(weights[0], s)), f"fused and two-kernel results differ at split {s}"
-        for name, f in (("quantize + gemv", two), ("fused", one)):
-            with _split_sum_off(args.no_split_sum):
-                us = bench_us(lambda f=f: [f(wq, s) for wq in weights]) / copies
-            add(f"{name}{' (default split)' if s == default else ''}", s, us)
 
 
 if __name__ == "__main__":

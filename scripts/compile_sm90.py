@@ -64,10 +64,6 @@ def gemm_kernels():
             consts = dict(WORDS=16, BLOCK_OW=32, HAS_OUT=True, HAS_BIAS=True, USE_ASM=True, EVEN_N=even, BLOCK_N=bn,
                           CHUNK=chunk)
             ok &= compile_one(f"gemv out={out} even={even}", gemv._w4a4_gemv_kernel, types, consts, w, 1)
-            qtypes = dict(x_ptr="*bf16", perm_ptr="*i32", w_ptr="*i32", ws_ptr="*fp32", wo_ptr="*i32", wos_ptr="*fp32",
-                          bias_ptr="*bf16", out_ptr=out, clip_ratio="fp32")
-            ok &= compile_one(f"gemv + quantize out={out} even={even}", gemv._w4a4_gemv_quantize_kernel, qtypes,
-                              dict(consts, BLOCK_OW=32), w, 1)
     types = dict(common, a_ptr="*u8", ao_ptr="*i8", w_ptr="*u8", wo_ptr="*i8", out_ptr="*fp32")
     for bn, bm, w, st in sorted({c for cs in swap._SWAP_REGIMES.values() for c in cs}):
         for even in (False, True):

@@ -22,6 +22,11 @@ Llama-2-7B qkv 14.1 -> 11.3 us, o 8.3 -> 7.1, gate/up 21.9 -> 15.8 (3.1 TB/s of 
 tiles): warps wait on global loads (long scoreboard 14 of 19 cycles an instruction), 54% occupancy.
 Tried and dropped (same run): loads two steps ahead in registers (81 -> 88-98 us over the six
 shapes) and Triton's pipeliner on the step loop (3-4 stages through shared memory, 88-95 us).
+Also dropped (session 16, explore_one_token_session16.log): the token quantized inside this
+kernel, each program quantizing its share step by step (one launch instead of the quantizer's
+~2.9 us one): slower on all six linears at their default splits (Llama-2-7B gate/up 18.2 -> 30.1
+us, qkv 13.0 -> 14.4, down 13.5 -> 14.9; Llama-3-8B gate/up 26.3 -> 30.7): the quantizer's
+arithmetic in the weight stream's loop costs more issue slots than the launch it saves.
 """
 
 from __future__ import annotations
@@ -34,7 +39,6 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from atom_ao.ops.gemm_tiles import SCALE_256, group_sum_x256_to_f32, no_empty_split, split_share
-from atom_ao.ops.quantize_activation import _abs_bits, _round_clamp, _safe_inverse
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -189,118 +193,6 @@ def launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scal
         WORDS=group_size // 8,
         BLOCK_OW=max(4, min(32, triton.next_power_of_2(max(n_out_w, 1)))),
         HAS_OUT=n_out_w > 0, HAS_BIAS=bias is not None, USE_ASM=not INTERPRET,
-        EVEN_N=n % block_n == 0, BLOCK_N=block_n, CHUNK=chunk,
-        num_warps=warps, num_stages=1,
-    )
-
-
-# ---------------------------------------------------------------- the token quantized in the loop
-# At M = 1 the activation quantizer is a kernel of its own that moves 8 KB in ~2.9 us of launch
-# and dependent-load latency (H200 profile, 128 of them in a Llama-2-7B decode step). Here each
-# program quantizes its share of the token itself, step by step, with the quantizer's own
-# arithmetic (``quantize_activation``: the same bits): the permutation two steps ahead, the
-# token's gathered values one step ahead, both issued before the step's math.
-
-
-@triton.jit
-def _perm_chunk(perm_ptr, groups, ok, K_NORMAL, WORDS: tl.constexpr):
-    """Source channels of the step's groups as (CHUNK, 2, WORDS, 4): group, nibble (element j or
-    j + group_size / 2 of byte j), word, byte; -1 where the reference pads (past K_NORMAL) or past
-    the share."""
-    half = tl.arange(0, 2)[None, :, None, None]
-    word = tl.arange(0, WORDS)[None, None, :, None]
-    byte = tl.arange(0, 4)[None, None, None, :]
-    pos = groups[:, None, None, None] * (8 * WORDS) + half * (4 * WORDS) + word * 4 + byte
-    return tl.load(perm_ptr + pos, mask=ok[:, None, None, None] & (pos < K_NORMAL), other=-1)
-
-
-@triton.jit
-def _gather_token(x_ptr, channels):
-    return tl.load(x_ptr + tl.maximum(channels, 0), mask=channels >= 0, other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _quantize_chunk(x, clip_ratio, PTX: tl.constexpr):
-    """(CHUNK, 2, WORDS, 4) float32 -> packed words (CHUNK, WORDS) and scales (CHUNK,), as
-    ``quantize_activation``'s kernel computes them."""
-    bits = tl.max(tl.max(tl.max(_abs_bits(x), axis=3), axis=2), axis=1)
-    scale = tl.math.div_rn(bits.to(tl.float32, bitcast=True) * clip_ratio, 7.0)  # NaN if any NaN
-    q = _round_clamp(x * _safe_inverse(scale)[:, None, None, None], -8, 7, PTX)
-    half = tl.arange(0, 2)[None, :, None, None]
-    byte = tl.arange(0, 4)[None, None, None, :]
-    # disjoint bit fields: their sum is their OR
-    words = tl.sum(tl.sum((q & 0xF) << (half * 4 + byte * 8), axis=3), axis=1)
-    return words, scale
-
-
-@triton.jit
-def _w4a4_gemv_quantize_kernel(
-    x_ptr, perm_ptr,
-    w_ptr, ws_ptr, wo_ptr, wos_ptr,  # w_ptr, wo_ptr: int32 views
-    bias_ptr, out_ptr,
-    N, G, K_NORMAL, N_OUT, SPLITS,
-    stride_wn, stride_wsn, stride_won,
-    clip_ratio,
-    WORDS: tl.constexpr, BLOCK_OW: tl.constexpr,  # outlier words, all in one step
-    HAS_OUT: tl.constexpr, HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
-    EVEN_N: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
-):
-    clip_ratio = tl.cast(clip_ratio, tl.float32)  # Inductor passes a Python float as fp64
-    split, g0, n_g, offs_n, offs_c = _program_share(G, SPLITS, BLOCK_N, CHUNK)
-    mask_n = offs_n < N
-    w_ptrs, ws_ptrs = _weight_ptrs(w_ptr, ws_ptr, offs_n, g0, offs_c, stride_wn, stride_wsn, WORDS)
-    acc = tl.zeros((BLOCK_N, CHUNK), dtype=tl.float32)
-    xv = _gather_token(x_ptr, _perm_chunk(perm_ptr, g0 + offs_c, offs_c < n_g, K_NORMAL, WORDS))
-    perm_next = _perm_chunk(perm_ptr, g0 + CHUNK + offs_c, CHUNK + offs_c < n_g, K_NORMAL, WORDS)
-    w, sw = _weight_chunk(w_ptrs, ws_ptrs, offs_c, n_g, mask_n, EVEN_N)
-    a, sa = _quantize_chunk(xv, clip_ratio, USE_ASM)
-    for c in range(CHUNK, n_g + CHUNK, CHUNK):
-        w_next, sw_next = _weight_chunk(w_ptrs + c * WORDS, ws_ptrs + c, c + offs_c, n_g, mask_n, EVEN_N)
-        xv = _gather_token(x_ptr, perm_next)
-        perm_next = _perm_chunk(perm_ptr, g0 + c + CHUNK + offs_c, c + CHUNK + offs_c < n_g, K_NORMAL, WORDS)
-        acc = _chunk_math(w, sw, a, sa, acc, WORDS, USE_ASM)
-        a, sa = _quantize_chunk(xv, clip_ratio, USE_ASM)
-        w, sw = w_next, sw_next
-    total = tl.sum(acc, axis=1)
-
-    if split == 0:  # the outlier block (INT8 per token, one step) and the bias: first split only
-        if HAS_OUT:
-            o = tl.arange(0, BLOCK_OW)[:, None] * 4 + tl.arange(0, 4)[None, :]  # (words, bytes)
-            ok_o = o < N_OUT
-            v = _gather_token(x_ptr, tl.load(perm_ptr + K_NORMAL + o, mask=ok_o, other=-1))
-            bits = tl.max(tl.max(_abs_bits(v), axis=1), axis=0)
-            scale_o = tl.math.div_rn(bits.to(tl.float32, bitcast=True), 127.0)
-            q = _round_clamp(v * _safe_inverse(scale_o), -127, 127, USE_ASM)
-            ao = tl.sum((q & 0xFF) << (tl.arange(0, 4)[None, :] * 8), axis=1)  # (BLOCK_OW,) words
-            offs_o = tl.arange(0, BLOCK_OW)
-            wo = tl.load(wo_ptr + offs_n[:, None] * stride_won + offs_o[None, :],
-                         mask=mask_n[:, None] & (offs_o[None, :] * 4 < N_OUT), other=0)
-            part_o = _dp4a(wo, ao[None, :], tl.zeros((BLOCK_N, BLOCK_OW), tl.int32), USE_ASM)
-            swo = tl.load(wos_ptr + offs_n, mask=mask_n, other=0.0)
-            total += tl.sum(part_o, axis=1).to(tl.float32) * scale_o * swo
-        if HAS_BIAS:
-            total += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    tl.store(out_ptr + split * N + offs_n, total.to(out_ptr.dtype.element_ty), mask=mask_n)
-
-
-MAX_FUSED_OUTLIERS = 256  # the outlier block is quantized in one step (its scale needs all of it)
-
-
-def launch_gemv_quantize(x, perm, n_outliers, clip_ratio, w_packed, w_scale, w_outliers, w_outlier_scale, bias,
-                         out, group_size, splits, config=None):
-    """``launch_gemv`` with the token quantized inside: x (1, K) float, perm (K,) int32."""
-    n, k = w_packed.shape[0], x.shape[1]
-    block_n, chunk, warps = config or GEMV_CONFIG
-    words = lambda t: t.view(torch.int32)  # noqa: E731
-    grid = (triton.cdiv(n, block_n), splits)
-    wrap_triton(_w4a4_gemv_quantize_kernel)[grid](
-        x, perm, words(w_packed), w_scale, words(w_outliers) if n_outliers else w_outliers, w_outlier_scale,
-        bias if bias is not None else w_scale, out,
-        n, w_scale.shape[1], k - n_outliers, n_outliers, splits,
-        w_packed.stride(0) // 4, w_scale.stride(0), max(w_outliers.stride(0) // 4, 1),
-        clip_ratio,
-        WORDS=group_size // 8, BLOCK_OW=max(4, triton.next_power_of_2(max(n_outliers // 4, 1))),
-        HAS_OUT=n_outliers > 0, HAS_BIAS=bias is not None, USE_ASM=not INTERPRET,
         EVEN_N=n % block_n == 0, BLOCK_N=block_n, CHUNK=chunk,
         num_warps=warps, num_stages=1,
     )

@@ -42,10 +42,10 @@ import atom_ao.ops  # noqa: E402,F401
 
 # the modules (atom_ao.ops re-exports some ops under their module's name)
 (kv_decode_attention, kv_prefill_attention, kv_write, quantize_activation, w4a4_gemm, w4a4_gemm_swap,
- w4a4_gemm_unpacked, w4a4_gemv, fused_quantize, one_token) = (
+ w4a4_gemm_unpacked, w4a4_gemv, fused_quantize) = (
     importlib.import_module(f"atom_ao.ops.{m}") for m in (
         "kv_decode_attention", "kv_prefill_attention", "kv_write", "quantize_activation", "w4a4_gemm",
-        "w4a4_gemm_swap", "w4a4_gemm_unpacked", "w4a4_gemv", "fused_quantize", "w4a4_linear_one_token"))
+        "w4a4_gemm_swap", "w4a4_gemm_unpacked", "w4a4_gemv", "fused_quantize"))
 from torch._higher_order_ops import triton_kernel_wrap as tkw  # noqa: E402
 
 _LAUNCHES: list = []
@@ -64,7 +64,7 @@ class _Recorder:
 
 
 for _m in (kv_decode_attention, kv_prefill_attention, kv_write, quantize_activation, w4a4_gemm, w4a4_gemm_swap,
-           w4a4_gemm_unpacked, w4a4_gemv, fused_quantize, one_token):
+           w4a4_gemm_unpacked, w4a4_gemv, fused_quantize):
     if hasattr(_m, "wrap_triton"):
         _m.wrap_triton = _Recorder
 for _m in (w4a4_gemm, kv_decode_attention):
@@ -108,12 +108,6 @@ def _gemm_cases():
         args = _operands(m, 64, 512, 32, 128, torch.bfloat16, True)
         w4a4_gemm.w4a4_gemm_triton(*args, 128, torch.bfloat16, splits=splits, path=path)
         _report(f"w4a4_gemm m={m} path={path} splits={splits}", args)
-    from test_w4a4_linear_one_token import _operands as one_token_operands
-
-    x, perm, w, b = one_token_operands(64, 512, 32, 128, torch.bfloat16, True)
-    for splits in (1, 2):
-        one_token.w4a4_linear_one_token_triton(x, perm, 32, 128, 0.9, *w, b, torch.bfloat16, splits=splits)
-        _report(f"w4a4_linear_one_token splits={splits}", [x, perm, *w, b])
 
 
 def _quantize_cases():
