@@ -178,7 +178,17 @@ def main():
     ap.add_argument("--no-compile", action="store_true", help="eager blocks (still inside a CUDA graph)")
     ap.add_argument("--profile", action="store_true",
                     help="also trace a few decode steps: GPU time per step by kernel kind and the top kernels")
+    ap.add_argument("--inductor-pdl", action="store_true",
+                    help="Inductor's programmatic dependent launch (its kernels wait on their producer inside the "
+                         "kernel, so a launch overlaps the previous kernel's tail; Hopper, torch with "
+                         "inductor.config.triton.enable_pdl)")
     args = ap.parse_args()
+    if args.inductor_pdl:
+        import torch._inductor.config as inductor_config
+
+        if not hasattr(inductor_config.triton, "enable_pdl"):
+            raise SystemExit(f"--inductor-pdl: torch {torch.__version__} has no inductor.config.triton.enable_pdl")
+        inductor_config.triton.enable_pdl = True
     shape = SHAPES[args.model]
     rows = []
     for path in args.paths.split(","):
