@@ -78,7 +78,7 @@ def _jit(kernel):
 
 def _written(kernel, kwargs) -> list[str]:
     kwargs = {k: v for k, v in kwargs.items() if k in _jit(kernel).arg_names}
-    if hasattr(tkw, "identify_accessed_tensors"):  # torch >= 2.12
+    if hasattr(tkw, "identify_accessed_tensors"):  # newer torch (2.13); older: identify_mutated_tensors
         acc = tkw.identify_accessed_tensors(kernel, kwargs, {})
         return sorted(d.name for d in acc.read_writes.writes)
     return sorted(tkw.identify_mutated_tensors(kernel, kwargs, {}))
