@@ -1,0 +1,14 @@
+"""bench_generate's profile sorts kernels into kinds; a copy back into a graph input is its own."""
+
+import cpu_smoke  # noqa: F401  (puts benchmarks/ on the path)
+from bench_generate import _kind  # noqa: E402
+
+
+def test_profile_kinds():
+    assert _kind("triton_poi_fused_copy__4") == "Inductor copy_ into an input"
+    # a fused cast is not a copy into an input
+    assert _kind("triton_poi_fused__to_copy_add_select_1") == "fused elementwise (Inductor)"
+    assert _kind("_w4a4_gemv_kernel") == "atom gemm"
+    assert _kind("_quantize_activation_kernel") == "atom quantize"
+    assert _kind("decode_gqa_kernel") == "attention"
+    assert _kind("nvjet_sm90_tst_256x8_64x6_2x1_v_bz_TNT") == "cuBLAS / torchao gemm"
