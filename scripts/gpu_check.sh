@@ -237,14 +237,14 @@ for what in "${@:-tests}"; do
     # for session 16: group sums by the int -> float instruction (ATOM_AO_GROUP_CVT=1) against the mantissa
     # trick: GEMM tests without and with it (the swap kernel's 1/256 moved to the weight scales, same bits,
     # untimed), the swap / gemv GEMMs timed both ways (cold weights), Llama-2 batch 64 both ways
-    verify-s16c) T=120 step swap_gemm_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
+    verify-s16c) ATOM_AO_GROUP_CVT=0 T=120 step swap_gemm_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                      tests/ops/test_w4a4_gemm_triton.py -k "swap_path_real or unmasked"
                  ATOM_AO_GROUP_CVT=1 T=120 step cvt_gemm_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                      tests/ops/test_w4a4_gemm_triton.py -k "swap_path_real or gemv or unmasked"
-                 T=90 step explore_trick python3 benchmarks/explore_decode_gemm.py --ms 1,16,64 --configs 64x3x4 --splits 2
+                 ATOM_AO_GROUP_CVT=0 T=90 step explore_trick python3 benchmarks/explore_decode_gemm.py --ms 1,16,64 --configs 64x3x4 --splits 2
                  ATOM_AO_GROUP_CVT=1 T=90 step explore_cvt python3 benchmarks/explore_decode_gemm.py --ms 1,16,64 \
                      --configs 64x3x4 --splits 2
-                 T=120 step generate_b64_trick python3 benchmarks/bench_generate.py --batches 64 --paths atom-kv4 --gen 16 --steps 8
+                 ATOM_AO_GROUP_CVT=0 T=120 step generate_b64_trick python3 benchmarks/bench_generate.py --batches 64 --paths atom-kv4 --gen 16 --steps 8
                  ATOM_AO_GROUP_CVT=1 T=120 step generate_b64_cvt python3 benchmarks/bench_generate.py --batches 64 \
                      --paths atom-kv4 --gen 16 --steps 8 ;;
     # session 16: the gemv with its weights no longer seen as written by Inductor (they were cloned and
@@ -257,7 +257,7 @@ for what in "${@:-tests}"; do
     # session 16, after verify-s16d: the group-sum conversion (ATOM_AO_GROUP_CVT=1) against the mantissa trick
     verify-s16e) ATOM_AO_GROUP_CVT=1 T=120 step cvt_gemm_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                      tests/ops/test_w4a4_gemm_triton.py -k "swap_path_real or gemv"
-                 T=80 step explore_trick python3 benchmarks/explore_decode_gemm.py --ms 1,16,64 --configs 64x3x4 --splits 2
+                 ATOM_AO_GROUP_CVT=0 T=80 step explore_trick python3 benchmarks/explore_decode_gemm.py --ms 1,16,64 --configs 64x3x4 --splits 2
                  ATOM_AO_GROUP_CVT=1 T=80 step explore_cvt python3 benchmarks/explore_decode_gemm.py --ms 1,16,64 \
                      --configs 64x3x4 --splits 2
                  ATOM_AO_GROUP_CVT=1 T=120 step generate_b64_cvt python3 benchmarks/bench_generate.py --batches 64 \
