@@ -1,5 +1,10 @@
 """The Triton W4A4 GEMM against the reference op (interpreter on CPU, compiled on the GPU)."""
 
+import os
+import subprocess
+import sys
+import tempfile
+
 import pytest
 import torch
 
@@ -230,10 +235,6 @@ def test_mantissa_trick_group_sums_same_bits():
     """ATOM_AO_GROUP_CVT=0 (read at import: a fresh process) turns the nibble kernels' group sums
     into float32 by the mantissa trick instead of the conversion: the same floats (both exact),
     on the tile, swap and gemv kernels at the trick's largest group size and past it."""
-    import os
-    import subprocess
-    import sys
-
     code = (
         "import torch, sys; sys.path[:0] = ['tests', 'tests/ops']\n"
         "from test_w4a4_gemm_triton import _operands, w4a4_gemm_triton\n"
@@ -243,8 +244,6 @@ def test_mantissa_trick_group_sums_same_bits():
         "        args[0] = torch.full_like(args[0], 0x88); args[4] = torch.full_like(args[4], 0x88)\n"
         "        torch.save(w4a4_gemm_triton(*args, gs, torch.float32, path=path), f'{sys.argv[1]}/{m}_{gs}.pt')\n"
     )
-    import tempfile
-
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     with tempfile.TemporaryDirectory() as tmp:
         outs = {}
@@ -291,9 +290,6 @@ def test_traced_split_k_sums_in_the_graph():
     """Traced as torch.compile traces the op's body, a split GEMM is one Triton launch and its
     partials' sum two tensor adds (3 splits) Inductor can fuse into the consumer, no summing
     kernel. (Traced without the interpreter, which would run the kernel on the fake tensors.)"""
-    import os
-    import subprocess
-    import sys
     from pathlib import Path
 
     here = Path(__file__).resolve().parent
