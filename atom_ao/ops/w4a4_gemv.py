@@ -62,43 +62,17 @@ def _dp4a(a, b, c, USE_ASM: tl.constexpr):
 
 
 @triton.jit
-def _program_share(G, SPLITS, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
-    """This program's split, its share of the groups (first, count), its weight rows and the group
-    slots of a step. No pointer arguments: Inductor's mutation analysis of the TTIR counts every
-    result of a called function as derived from all its arguments, so row offsets returned by a
-    helper that also took the weight pointer would make the output store look like a store into
-    the weights (Inductor then clones and copies back the whole weight every call)."""
-    split = tl.program_id(1)
-    g0, n_g = split_share(G, SPLITS, split)
-    return split, g0, n_g, tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N), tl.arange(0, CHUNK)
-
-
-@triton.jit
-def _weight_ptrs(w_ptr, ws_ptr, offs_n, g0, offs_c, stride_wn, stride_wsn, WORDS: tl.constexpr):
-    """The first step's weight-word (BLOCK_N, CHUNK, WORDS) and scale (BLOCK_N, CHUNK) pointers
-    (only ever loaded from)."""
-    w_ptrs = (w_ptr + offs_n[:, None, None] * stride_wn + (g0 + offs_c)[None, :, None] * WORDS
-              + tl.arange(0, WORDS)[None, None, :])
-    return w_ptrs, ws_ptr + offs_n[:, None] * stride_wsn + (g0 + offs_c)[None, :]
-
-
-@triton.jit
-def _weight_chunk(w_ptrs, ws_ptrs, slot, n_g, mask_n, EVEN_N: tl.constexpr):
-    """One step's weight words (BLOCK_N, CHUNK, WORDS) and scales (BLOCK_N, CHUNK); group slots
-    past the share read nothing."""
+def _chunk(w_ptrs, ws_ptrs, a_ptrs, as_ptrs, slot, n_g, mask_n, EVEN_N: tl.constexpr):
+    """One step's loads: weight words (BLOCK_N, CHUNK, WORDS), weight scales (BLOCK_N, CHUNK),
+    token words (CHUNK, WORDS), token scales (CHUNK,); group slots past the share read nothing."""
     ok = slot < n_g  # (CHUNK,)
     ok_w = ok[None, :, None] if EVEN_N else ok[None, :, None] & mask_n[:, None, None]
     ok_s = ok[None, :] if EVEN_N else ok[None, :] & mask_n[:, None]
-    return tl.load(w_ptrs, mask=ok_w, other=0), tl.load(ws_ptrs, mask=ok_s, other=0.0)
-
-
-@triton.jit
-def _chunk(w_ptrs, ws_ptrs, a_ptrs, as_ptrs, slot, n_g, mask_n, EVEN_N: tl.constexpr):
-    """One step's loads: the weights' (``_weight_chunk``), the token's words (CHUNK, WORDS) and
-    scales (CHUNK,)."""
-    w, sw = _weight_chunk(w_ptrs, ws_ptrs, slot, n_g, mask_n, EVEN_N)
-    ok = slot < n_g
-    return w, sw, tl.load(a_ptrs, mask=ok[:, None], other=0), tl.load(as_ptrs, mask=ok, other=0.0)
+    w = tl.load(w_ptrs, mask=ok_w, other=0)
+    sw = tl.load(ws_ptrs, mask=ok_s, other=0.0)
+    a = tl.load(a_ptrs, mask=ok[:, None], other=0)
+    sa = tl.load(as_ptrs, mask=ok, other=0.0)
+    return w, sw, a, sa
 
 
 @triton.jit
@@ -125,10 +99,22 @@ def _w4a4_gemv_kernel(
     EVEN_N: tl.constexpr,  # N a multiple of BLOCK_N: no row masks
     BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    split, g0, n_g, offs_n, offs_c = _program_share(G, SPLITS, BLOCK_N, CHUNK)
+    # The row offsets (and so the output store's address) are computed here, not returned by a
+    # helper that also takes the weight pointers: Inductor's mutation analysis of the TTIR derives
+    # every result of a called function from all its arguments, and would take the store for one
+    # into the weights, which compiled graphs then clone and copy back every call (session 16;
+    # tests/ops/test_kernel_writes.py).
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    g0, n_g = split_share(G, SPLITS, split)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    w_ptrs, ws_ptrs = _weight_ptrs(w_ptr, ws_ptr, offs_n, g0, offs_c, stride_wn, stride_wsn, WORDS)
-    a_ptrs = a_ptr + (g0 + offs_c)[:, None] * WORDS + tl.arange(0, WORDS)[None, :]
+    offs_c = tl.arange(0, CHUNK)
+    offs_w = tl.arange(0, WORDS)
+    w_ptrs = (w_ptr + offs_n[:, None, None] * stride_wn + (g0 + offs_c)[None, :, None] * WORDS
+              + offs_w[None, None, :])
+    ws_ptrs = ws_ptr + offs_n[:, None] * stride_wsn + (g0 + offs_c)[None, :]
+    a_ptrs = a_ptr + (g0 + offs_c)[:, None] * WORDS + offs_w[None, :]
     as_ptrs = as_ptr + g0 + offs_c
     acc = tl.zeros((BLOCK_N, CHUNK), dtype=tl.float32)  # per group slot, summed at the end
     cur = _chunk(w_ptrs, ws_ptrs, a_ptrs, as_ptrs, offs_c, n_g, mask_n, EVEN_N)
