@@ -294,16 +294,11 @@ def check_gemm_args(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_
     ]
     if bias is not None:
         expect.append(("bias", bias, (n,), bias.dtype))
-    check_operands("w4a4_gemm", expect, "a_packed", a_packed.device)
-
-
-def check_operands(what: str, expect: list, first: str, device: torch.device) -> None:
-    """(name, tensor, shape, dtype) each as expected and on ``device`` (that of operand ``first``)."""
     for name, t, shape, dtype in expect:
         if tuple(t.shape) != shape or t.dtype != dtype:
-            raise ValueError(f"{what}: {name} is {tuple(t.shape)} {t.dtype}, expected {shape} {dtype}")
-        if t.device != device:
-            raise ValueError(f"{what}: {name} is on {t.device}, {first} on {device}")
+            raise ValueError(f"w4a4_gemm: {name} is {tuple(t.shape)} {t.dtype}, expected {shape} {dtype}")
+        if t.device != a_packed.device:
+            raise ValueError(f"w4a4_gemm: {name} is on {t.device}, a_packed on {a_packed.device}")
 
 
 def w4a4_gemm_triton(
