@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, then benchmarks. Usage (on the GPU machine, repo root):
-#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9t|verify-s9u|verify-s9b|verify-s10a|verify-s10b|verify-s10c|verify-s10d|verify-s11a|verify-s12a|explore-s12|verify-s12b|generate-s12|verify-s12c|explore-s12d|final-s12|profile-s12|masked-ab|verify-s13|verify-s13b|verify-s13c|final-s13|kv-tests-s13|verify-s14a|verify-s14b|final-s14|gen-llama3-b64-s14|verify-s14d|verify-s15a|verify-s15b|verify-s15c|profile-s15|final-s15|verify-s16a|verify-s16c|verify-s16d|verify-s16e|final-s16|verify-s17a|verify-s9c|large-m]...
+#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9t|verify-s9u|verify-s9b|verify-s10a|verify-s10b|verify-s10c|verify-s10d|verify-s11a|verify-s12a|explore-s12|verify-s12b|generate-s12|verify-s12c|explore-s12d|final-s12|profile-s12|masked-ab|verify-s13|verify-s13b|verify-s13c|final-s13|kv-tests-s13|verify-s14a|verify-s14b|final-s14|gen-llama3-b64-s14|verify-s14d|verify-s15a|verify-s15b|verify-s15c|profile-s15|final-s15|verify-s16a|verify-s16c|verify-s16d|verify-s16e|final-s16|verify-s17a|verify-s17b|verify-s9c|large-m]...
 # Each step's log goes to $OUT/<step>.log (so a step cut short still leaves its output) and
 # PYTEST_ARGS (paths) and PYTEST_K (-k expression) pick the tests of tests-some; result files to $OUT (or benchmarks/results/ when OUT is unset). STEP_TIMEOUT caps each step.
 set -uo pipefail
@@ -274,6 +274,15 @@ for what in "${@:-tests}"; do
                      --gen 16 --steps 8 --inductor-pdl
                  T=150 step generate_b1_b64_no_pdl python3 benchmarks/bench_generate.py --batches 1,64 --paths atom-kv4 \
                      --gen 16 --steps 8 ;;
+    # session 17, first: the inlined gemv (review of session 16) on the GPU, the kernel-writes analysis
+    # on torch 2.11, Llama-2 batch 1 / 64 against bf16, then the same with Inductor's PDL (A/B in one call)
+    verify-s17b) T=150 step gemv_gpu_tests_s17 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
+                     tests/test_tensor.py tests/ops/test_w4a4_gemm_triton.py -k "split_k_sum or gemv"
+                 T=90 step kernel_writes_s17 python3 -m pytest -q -p no:cacheprovider --tb=short tests/ops/test_kernel_writes.py
+                 T=190 step generate_llama2_s17 python3 benchmarks/bench_generate.py --batches 1,64 --paths atom-kv4,bf16 \
+                     --gen 16 --steps 8
+                 T=150 step generate_b1_b64_pdl python3 benchmarks/bench_generate.py --batches 1,64 --paths atom-kv4 \
+                     --gen 16 --steps 8 --inductor-pdl ;;
     verify-s14d) T=150 step mha_planes_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                      tests/ops/test_kv_attention.py -k "one_warp_gqa"
                  T=150 step attention_mha_planes python3 benchmarks/bench_attention.py --explore-mha-planes --models llama2-7b ;;
