@@ -72,7 +72,9 @@ def _row_rstd(a_ptr, rows, ok_rows, K, stride_am, stride_ak, eps, BLOCK_M: tl.co
     for k0 in range(0, K, BLOCK_K):
         v = _row_chunk(a_ptr, rows, ok_rows, k0, K, stride_am, stride_ak, BLOCK_K).to(tl.float32)
         acc += v * v
-    mean = tl.math.div_rn(tl.sum(acc, axis=1), K.to(tl.float32))
+    # tl.cast, not K.to: torch 2.11's write analysis builds the TTIR with K as a Python int, and a
+    # failed build makes it count every argument as written (a clone of x before each call)
+    mean = tl.math.div_rn(tl.sum(acc, axis=1), tl.cast(K, tl.float32))
     return tl.math.div_rn(tl.full((BLOCK_M,), 1.0, tl.float32), tl.math.sqrt_rn(mean + eps))
 
 
@@ -148,7 +150,7 @@ def _quantize_column(a_ptr, b_ptr, w_ptr, perm_ptr, q_ptr, s_ptr, qo_ptr, so_ptr
         scale_o = tl.math.div_rn(bits_o.to(tl.float32, bitcast=True), 127.0)
         q_o = _round_clamp(v * _safe_inverse(scale_o)[:, :, None], -127, 127, PTX).to(tl.int8)
         tl.store(qo_ptr + rows64[:, None, None] * stride_qom + o, q_o, mask=ok_rows[:, None, None] & ok_o)
-        tl.store(so_ptr + rows64[:, None] + tl.zeros_like(scale_o).to(tl.int64), scale_o, mask=ok_rows[:, None])
+        tl.store(so_ptr + rows64[:, None], scale_o, mask=ok_rows[:, None])
 
 
 @triton.jit

@@ -123,9 +123,14 @@ def _quantize_cases():
         xm = torch.randn(m, 512, dtype=torch.bfloat16)
         rmsnorm_quantize_triton(xm, w, 1e-6, perm, 32, 128, 0.9)
         _report(f"rmsnorm_quantize m={m}", [xm, w, perm])
+        # the tile kernel (fused_quantize.py; RMSNorm's statistic in-kernel up to RSTD_SPLIT_M rows)
+        for asym in (False, True):
+            rmsnorm_quantize_triton(xm, w, 1e-6, perm, 32, 128, 0.9, kernel="tile", asymmetric=asym)
+            _report(f"rmsnorm_quantize m={m} tile asymmetric={asym}", [xm, w, perm])
         up = torch.randn(m, 512, dtype=torch.bfloat16)
-        silu_mul_quantize_triton(xm, up, perm, 32, 128, 0.9)
-        _report(f"silu_mul_quantize m={m}", [xm, up, perm])
+        for kernel in ("stream", "tile"):
+            silu_mul_quantize_triton(xm, up, perm, 32, 128, 0.9, kernel=kernel)
+            _report(f"silu_mul_quantize m={m} {kernel}", [xm, up, perm])
 
 
 def _kv_cases():
