@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, then benchmarks. Usage (on the GPU machine, repo root):
-#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9t|verify-s9u|verify-s9b|verify-s10a|verify-s10b|verify-s10c|verify-s10d|verify-s11a|verify-s12a|explore-s12|verify-s12b|generate-s12|verify-s12c|explore-s12d|final-s12|profile-s12|masked-ab|verify-s13|verify-s13b|verify-s13c|final-s13|kv-tests-s13|verify-s14a|verify-s14b|final-s14|gen-llama3-b64-s14|verify-s14d|verify-s15a|verify-s15b|verify-s15c|profile-s15|final-s15|verify-s16a|verify-s16c|verify-s16d|verify-s16e|final-s16|verify-s17a|verify-s17b|linear-s17a|linear-s17b|verify-s9c|large-m]...
+#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9t|verify-s9u|verify-s9b|verify-s10a|verify-s10b|verify-s10c|verify-s10d|verify-s11a|verify-s12a|explore-s12|verify-s12b|generate-s12|verify-s12c|explore-s12d|final-s12|profile-s12|masked-ab|verify-s13|verify-s13b|verify-s13c|final-s13|kv-tests-s13|verify-s14a|verify-s14b|final-s14|gen-llama3-b64-s14|verify-s14d|verify-s15a|verify-s15b|verify-s15c|profile-s15|final-s15|verify-s16a|verify-s16c|verify-s16d|verify-s16e|final-s16|verify-s17a|verify-s17b|linear-s17a|linear-s17b|final-s17|verify-s9c|large-m]...
 # Each step's log goes to $OUT/<step>.log (so a step cut short still leaves its output) and
 # PYTEST_ARGS (paths) and PYTEST_K (-k expression) pick the tests of tests-some; result files to $OUT (or benchmarks/results/ when OUT is unset). STEP_TIMEOUT caps each step.
 set -uo pipefail
@@ -290,10 +290,13 @@ for what in "${@:-tests}"; do
     linear-s17a) T=450 step linear_s17a python3 benchmarks/bench_linear.py --tag _s17a \
                      --shapes "llama2-7b qkv,llama2-7b o,llama2-7b gate/up,llama2-7b down,llama3-8b qkv" ;;
     linear-s17b) T=90 step kernel_writes_s17b python3 -m pytest -q -p no:cacheprovider --tb=short tests/ops/test_kernel_writes.py
-                 T=200 step fused_quantize_gpu_tests_s17 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
-                     tests/ops/test_rmsnorm_quantize.py tests/ops/test_silu_mul_quantize.py tests/ops/test_asymmetric_activations.py
-                 T=400 step linear_s17b python3 benchmarks/bench_linear.py --tag _s17b \
+                 T=420 step linear_s17b python3 benchmarks/bench_linear.py --tag _s17b \
                      --shapes "llama3-8b gate/up,llama3-8b down,llama2-70b o,llama2-70b down" ;;
+    # session 17, last: the fused quantizers' GPU tests after the write fixes, the batch sweep against bf16
+    final-s17) T=150 step fused_quantize_gpu_tests_s17 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
+                   tests/ops/test_rmsnorm_quantize.py tests/ops/test_silu_mul_quantize.py tests/ops/test_asymmetric_activations.py
+               T=400 step generate_sweep_s17 python3 benchmarks/bench_generate.py --batches 8,32,128,256 \
+                   --paths atom-kv4,bf16 --gen 16 --steps 8 ;;
     verify-s14d) T=150 step mha_planes_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                      tests/ops/test_kv_attention.py -k "one_warp_gqa"
                  T=150 step attention_mha_planes python3 benchmarks/bench_attention.py --explore-mha-planes --models llama2-7b ;;
