@@ -35,13 +35,15 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from atom_ao.serialization import (
+    ALIASES_KEY,
     assign_state_dict,
     flatten_state_dict,
-    read_metadata,
-    unflatten_state_dict,
+    read_state_dict,
+    split_aliases,
+    tie_aliases,
 )
 from atom_ao.tensor import AtomQuantTensor
 
@@ -49,25 +51,6 @@ __all__ = ["save_pretrained", "from_pretrained", "QUANT_METHOD", "WEIGHTS_NAME"]
 
 QUANT_METHOD = "atom_ao"
 WEIGHTS_NAME = "atom_ao_model.safetensors"
-_ALIASES_KEY = "atom_ao_aliases"
-
-
-def _storage_key(t: torch.Tensor):
-    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
-
-
-def _split_aliases(state_dict: dict) -> tuple[dict, dict[str, str]]:
-    """Drop float entries that are the same tensor as an earlier one: {dropped key: kept key}."""
-    kept, aliases, seen = {}, {}, {}
-    for key, value in state_dict.items():
-        if not isinstance(value, AtomQuantTensor) and value.numel() > 0:
-            sk = _storage_key(value)
-            if sk in seen:
-                aliases[key] = seen[sk]
-                continue
-            seen[sk] = key
-        kept[key] = value
-    return kept, aliases
 
 
 def _quantization_config(state_dict: dict) -> dict:
@@ -98,11 +81,11 @@ def save_pretrained(model: torch.nn.Module, save_directory: str | os.PathLike) -
     if stale:  # transformers would load those instead of ours, without a word about it
         raise FileExistsError(f"atom_ao.save_pretrained: {out} already holds {stale}; remove them or choose another directory")
     out.mkdir(parents=True, exist_ok=True)
-    state_dict, aliases = _split_aliases(model.state_dict())
+    state_dict, aliases = split_aliases(model.state_dict())
     if not any(isinstance(v, AtomQuantTensor) for v in state_dict.values()):
         raise ValueError("atom_ao.save_pretrained: the model has no Atom-quantized weight; use model.save_pretrained")
     tensors, meta = flatten_state_dict(state_dict)
-    meta.update({"format": "pt", _ALIASES_KEY: json.dumps(aliases)})
+    meta.update({"format": "pt", ALIASES_KEY: json.dumps(aliases)})
     save_file(tensors, str(out / WEIGHTS_NAME), metadata=meta)
 
     config = copy.deepcopy(model.config)
@@ -160,16 +143,9 @@ def from_pretrained(
         model = (getattr(cls, "from_config", None) or cls._from_config)(config)
 
     path = str(directory / qc.get("weights", WEIGHTS_NAME))
-    metadata = read_metadata(path)
-    state_dict = unflatten_state_dict(load_file(path, device=str(device)), metadata)
-    aliases = json.loads(metadata.get(_ALIASES_KEY, "{}"))
-    for key, source in aliases.items():
-        state_dict[key] = state_dict[source]
+    state_dict, aliases = read_state_dict(path, device=str(device))
     assign_state_dict(model, state_dict, strict=True)
-    for key, source in aliases.items():  # tie again: one Parameter, as at save time
-        mod, _, name = key.rpartition(".")
-        src_mod, _, src_name = source.rpartition(".")
-        setattr(model.get_submodule(mod), name, getattr(model.get_submodule(src_mod), src_name))
+    tie_aliases(model, aliases)
 
     if (directory / "generation_config.json").exists() and hasattr(model, "generation_config"):
         from transformers import GenerationConfig

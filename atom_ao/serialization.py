@@ -2,6 +2,7 @@
 
 safetensors holds plain tensors only, so each ``AtomQuantTensor`` is flattened into its
 constituent tensors under ``<key>:<part>`` and its attributes go to the file's JSON metadata.
+Tied float weights (a shared embedding / lm_head) are written once and tied again on load.
 """
 
 from __future__ import annotations
@@ -15,6 +16,33 @@ from atom_ao.tensor import AtomQuantTensor, _check_consistent
 
 _META_KEY = "atom_ao"
 _FORMAT_VERSION = 1
+ALIASES_KEY = "atom_ao_aliases"  # metadata: {key not written: the key holding the same tensor}
+
+
+def _storage_key(t: torch.Tensor):
+    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+
+
+def split_aliases(state_dict: dict) -> tuple[dict, dict[str, str]]:
+    """Drop float entries that are the same tensor as an earlier one: {dropped key: kept key}."""
+    kept, aliases, seen = {}, {}, {}
+    for key, value in state_dict.items():
+        if not isinstance(value, AtomQuantTensor) and value.numel() > 0:
+            sk = _storage_key(value)
+            if sk in seen:
+                aliases[key] = seen[sk]
+                continue
+            seen[sk] = key
+        kept[key] = value
+    return kept, aliases
+
+
+def tie_aliases(model: torch.nn.Module, aliases: dict[str, str]) -> None:
+    """Make each aliased parameter the very Parameter of its source again, as at save time."""
+    for key, source in aliases.items():
+        mod, _, name = key.rpartition(".")
+        src_mod, _, src_name = source.rpartition(".")
+        setattr(model.get_submodule(mod), name, getattr(model.get_submodule(src_mod), src_name))
 
 
 def flatten_state_dict(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -60,8 +88,11 @@ def unflatten_state_dict(tensors: dict[str, torch.Tensor], metadata: dict[str, s
 
 
 def save_quantized(model: torch.nn.Module, path: str) -> None:
-    """Write the model's state dict, quantized weights included, to one safetensors file."""
-    tensors, meta = flatten_state_dict(model.state_dict())
+    """Write the model's state dict, quantized weights included, to one safetensors file
+    (tied weights once)."""
+    state_dict, aliases = split_aliases(model.state_dict())
+    tensors, meta = flatten_state_dict(state_dict)
+    meta[ALIASES_KEY] = json.dumps(aliases)
     save_file(tensors, path, metadata=meta)
 
 
@@ -88,5 +119,17 @@ def load_quantized(model: torch.nn.Module, path: str, strict: bool = True) -> to
 
     No calibration data is needed: quantized weights replace the float ones as they are.
     """
-    state_dict = unflatten_state_dict(load_file(path), read_metadata(path))
-    return assign_state_dict(model, state_dict, strict)
+    state_dict, aliases = read_state_dict(path)
+    assign_state_dict(model, state_dict, strict)
+    tie_aliases(model, aliases)
+    return model
+
+
+def read_state_dict(path: str, device: str = "cpu") -> tuple[dict, dict[str, str]]:
+    """A safetensors file written here -> (state dict, every key present; its aliases)."""
+    metadata = read_metadata(path)
+    state_dict = unflatten_state_dict(load_file(path, device=device), metadata)
+    aliases = json.loads(metadata.get(ALIASES_KEY, "{}"))  # files written before session 17 have none
+    for key, source in aliases.items():
+        state_dict[key] = state_dict[source]
+    return state_dict, aliases

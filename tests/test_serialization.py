@@ -65,3 +65,20 @@ def test_corrupt_checkpoint_is_refused(tmp_path):
     tensors[key] = tensors[key][:, :1]
     with pytest.raises(ValueError, match="scale"):
         unflatten_state_dict(tensors, meta)
+
+
+def test_tied_weights_are_written_once_and_tied_on_load(tmp_path):
+    from safetensors import safe_open
+
+    model, ids = _quantized_model()
+    model.lm_head.weight = model.model.embed_tokens.weight  # tied, as SmolLM2 / Qwen2.5-0.5B are
+    path = str(tmp_path / "model.safetensors")
+    save_quantized(model, path)
+    with safe_open(path, "pt") as f:
+        keys = set(f.keys())
+    assert "model.embed_tokens.weight" in keys and "lm_head.weight" not in keys
+    fresh = load_quantized(tiny_llama(layers=1, seed=1), path)
+    assert fresh.lm_head.weight is fresh.model.embed_tokens.weight
+    _assert_same_state(model.state_dict(), fresh.state_dict())
+    with torch.no_grad():
+        assert torch.equal(fresh(ids).logits, model(ids).logits)
