@@ -115,13 +115,13 @@ def kv4_forward(rotate: bool | None = None, before_rope: bool | None = None):
     with False; the Hadamard rotation on / off with ``rotate``; None: the cache's defaults, keys
     before RoPE and no rotation for models with a K bias, after RoPE and rotated otherwise), the
     float attention restored after."""
-    from atom_ao.kv.cache import AtomKVCache
+    from atom_ao.kv.cache import AtomKVCache, with_cache
 
     def forward(model, ids):
         impl = model.config._attn_implementation
         try:
             cache = AtomKVCache(model, prefill="int4", rotate=rotate, k_before_rope=before_rope)
-            return model(ids, past_key_values=cache, use_cache=True).logits
+            return model(ids, **with_cache(model, cache), use_cache=True).logits
         finally:
             model.set_attn_implementation(impl)
 

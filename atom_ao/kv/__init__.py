@@ -1,7 +1,7 @@
 """INT4 KV cache (Atom): per-token, per-head asymmetric INT4 K/V, Triton kernels, transformers glue.
 
     from atom_ao.kv import AtomKVCache
-    out = model.generate(**inputs, past_key_values=AtomKVCache(model))
+    out = model.generate(**inputs, cache=AtomKVCache(model))  # older transformers: past_key_values=
 
 * ``atom_ao.kv.format``: the storage format and its plain-PyTorch quantizer (the spec);
 * ``atom_ao.kv.reference``: attention references (dequantize + softmax attention);
@@ -15,9 +15,9 @@
 """
 
 from atom_ao.kv.attention import ATTN_IMPLEMENTATION, atom_int4_attention, enable
-from atom_ao.kv.cache import AtomKVCache, AtomKVLayer
+from atom_ao.kv.cache import AtomKVCache, AtomKVLayer, with_cache
 from atom_ao.kv.format import dequantize_kv, quantize_kv
 from atom_ao.kv.smooth import smooth_keys_
 
 __all__ = ["ATTN_IMPLEMENTATION", "AtomKVCache", "AtomKVLayer", "atom_int4_attention", "dequantize_kv", "enable",
-           "quantize_kv", "smooth_keys_"]
+           "quantize_kv", "smooth_keys_", "with_cache"]

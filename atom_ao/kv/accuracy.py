@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from transformers import AttentionInterface, DynamicCache
 
 from atom_ao.kv.attention import _plain_attention
-from atom_ao.kv.cache import AtomKVCache
+from atom_ao.kv.cache import AtomKVCache, with_cache
 from atom_ao.kv.format import dequantize_kv, quantize_kv
 
 MODES = ("float", "int4", "int4-rotate", "int4-rotate-noshift", "int4-before-rope", "int4-decode", "int4-pre-rope",
@@ -85,16 +85,16 @@ def window_nll(model, window: torch.Tensor, mode: str, chunk: int = 64) -> tuple
     elif mode in ("int4", "int4-rotate", "int4-rotate-noshift"):
         cache = AtomKVCache(model, prefill="int4", rotate=mode != "int4", k_before_rope=False,
                             k_shift=None if mode.endswith("noshift") else "bias")
-        logits = model(window, past_key_values=cache, use_cache=True).logits
+        logits = model(window, **with_cache(model, cache), use_cache=True).logits
     elif mode == "int4-before-rope":
         cache = AtomKVCache(model, prefill="int4", k_before_rope=True)
-        logits = model(window, past_key_values=cache, use_cache=True).logits
+        logits = model(window, **with_cache(model, cache), use_cache=True).logits
     elif mode == "int4-decode":
         cache = AtomKVCache(model, k_before_rope=False)
         n0 = max(1, window.shape[1] // 4)
-        parts = [model(window[:, :n0], past_key_values=cache, use_cache=True).logits]
+        parts = [model(window[:, :n0], **with_cache(model, cache), use_cache=True).logits]
         for s in range(n0, window.shape[1], chunk):
-            parts.append(model(window[:, s:s + chunk], past_key_values=cache, use_cache=True).logits)
+            parts.append(model(window[:, s:s + chunk], **with_cache(model, cache), use_cache=True).logits)
         logits = torch.cat(parts, dim=1)
     else:
         raise ValueError(f"unknown mode {mode!r}, expected one of {MODES}")
@@ -134,8 +134,8 @@ def greedy_agreement(model, input_ids: torch.Tensor, new_tokens: int = 32, **cac
     gen = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, top_p=None, top_k=None,
                temperature=None)
     try:
-        ref = model.generate(input_ids, past_key_values=DynamicCache(config=model.config), **gen)
-        q = model.generate(input_ids, past_key_values=AtomKVCache(model, **cache_kw), **gen)
+        ref = model.generate(input_ids, **with_cache(model, DynamicCache(config=model.config)), **gen)
+        q = model.generate(input_ids, **with_cache(model, AtomKVCache(model, **cache_kw)), **gen)
         n = input_ids.shape[1]
         ref_new, q_new = ref[0, n:], q[0, n:]
         diff = (ref_new != q_new).nonzero()
@@ -143,8 +143,8 @@ def greedy_agreement(model, input_ids: torch.Tensor, new_tokens: int = 32, **cac
         # teacher forcing: the prompt, then the float continuation in one chunk; a chunk reads the
         # INT4 cache exactly as decode steps do (query t sees the INT4 K/V of tokens <= t)
         cache = AtomKVCache(model, **cache_kw)
-        first = model(input_ids, past_key_values=cache, use_cache=True).logits[:, -1:]
-        rest = model(ref_new[None, :-1], past_key_values=cache, use_cache=True).logits
+        first = model(input_ids, **with_cache(model, cache), use_cache=True).logits[:, -1:]
+        rest = model(ref_new[None, :-1], **with_cache(model, cache), use_cache=True).logits
         hits = int((torch.cat([first, rest], 1)[0].argmax(-1) == ref_new).sum())
     finally:
         model.set_attn_implementation(impl)

@@ -1,7 +1,11 @@
 """``AtomKVCache``: a transformers ``Cache`` that stores K/V as INT4 (``atom_ao.kv.format``).
 
-    model.generate(**inputs, past_key_values=AtomKVCache(model))        # eager, growing cache
-    model.generate(**inputs, past_key_values=AtomKVCache(model, max_cache_len=4096))  # static: compile
+    model.generate(**inputs, cache=AtomKVCache(model))        # eager, growing cache
+    model.generate(**inputs, cache=AtomKVCache(model, max_cache_len=4096))  # static: compile
+
+(``cache=`` is the keyword of recent transformers 5.x; earlier ones take ``past_key_values=``, which
+the recent ones still accept with a deprecation warning. ``with_cache(model, cache)`` gives the one
+the installed transformers takes.)
 
 Passing the model switches its attention to ``"atom_int4"`` (``atom_ao.kv.attention``), the
 attention function that reads this cache; any other cache still works under it.
@@ -18,6 +22,8 @@ step has static shapes and static addresses (torch.compile, CUDA graphs).
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
@@ -234,6 +240,13 @@ class AtomKVLayer(CacheLayerMixin):
 
     def prefetch(self):
         raise NotImplementedError("AtomKVCache does not offload")
+
+
+def with_cache(model: torch.nn.Module, cache: Cache) -> dict:
+    """``{keyword: cache}`` for ``model(...)`` / ``model.generate(...)``: ``cache`` where the model's
+    forward takes it (recent transformers 5.x, where ``past_key_values`` is deprecated), else
+    ``past_key_values``."""
+    return {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
 
 
 class AtomKVCache(Cache):

@@ -354,3 +354,20 @@ def test_k_before_rope_default_follows_the_k_bias():
     assert all(layer.rope_inv_freq is None and layer.k_shift is not None for layer in shifted.layers)
     with pytest.raises(ValueError, match="k_shift applies to keys cached after RoPE"):
         AtomKVCache(qwen, k_before_rope=True, k_shift=[torch.zeros(2, 64)] * 2)
+
+
+def test_with_cache_uses_the_keyword_the_model_takes():
+    """``with_cache`` picks ``cache=`` where the model's forward has it (recent transformers 5.x),
+    else ``past_key_values=``; generation through it equals generation through the other one."""
+    import inspect
+
+    from atom_ao.kv import with_cache
+
+    model = tiny_llama(**MODELS[0])
+    ids = _ids(1, 8)
+    kw = with_cache(model, AtomKVCache(model))
+    expected = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    assert list(kw) == [expected]
+    gen = dict(max_new_tokens=5, do_sample=False)
+    torch.testing.assert_close(model.generate(ids, **kw, **gen),
+                               model.generate(ids, past_key_values=AtomKVCache(model), **gen), atol=0, rtol=0)
