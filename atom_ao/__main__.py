@@ -1,9 +1,9 @@
 """``python -m atom_ao``: quantize a real model with Atom and show what it costs and gives.
 
 With no arguments: SmolLM2-135M (installed from the package index), calibration on the
-calibration part of the bundled Wikipedia text, Atom W4A4, perplexity FP vs Atom on the held-out
-part, a greedy sample, tokens/s bf16 vs Atom where a GPU is present, the quantized checkpoint
-(safetensors) and a JSON report in ``--out``.
+calibration part of the bundled Wikipedia text, Atom W4A4, perplexity FP vs Atom vs Atom with the
+INT4 KV cache on the held-out part, greedy samples, tokens/s bf16 vs Atom (vs Atom + INT4 KV)
+where a GPU is present, the quantized checkpoint (safetensors) and a JSON report in ``--out``.
 """
 
 from __future__ import annotations
@@ -23,21 +23,34 @@ def _lm_linears(module: torch.nn.Module, fqn: str) -> bool:
     return isinstance(module, torch.nn.Linear) and "lm_head" not in fqn
 
 
+def _generate(model, ids, kv4: bool, **kw):
+    """HF generate; ``kv4``: through the INT4 KV cache (its attention switched back after)."""
+    if not kv4:
+        return model.generate(ids, **kw)
+    from atom_ao.kv import AtomKVCache, with_cache
+
+    impl = model.config._attn_implementation
+    try:
+        return model.generate(ids, **with_cache(model, AtomKVCache(model)), **kw)
+    finally:
+        model.set_attn_implementation(impl)
+
+
 @torch.no_grad()
-def _sample(model, tok, prompt: str, new_tokens: int) -> str:
+def _sample(model, tok, prompt: str, new_tokens: int, kv4: bool = False) -> str:
     ids = tok(prompt, return_tensors="pt").input_ids.to(next(model.parameters()).device)
-    out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.eos_token_id)
+    out = _generate(model, ids, kv4, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.eos_token_id)
     return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
 @torch.no_grad()
-def _tokens_per_s(model, tok, new_tokens: int = 64) -> float:
+def _tokens_per_s(model, tok, new_tokens: int = 64, kv4: bool = False) -> float:
     ids = tok("The history of", return_tensors="pt").input_ids.to("cuda")
     kw = dict(do_sample=False, pad_token_id=tok.eos_token_id, min_new_tokens=new_tokens)
-    model.generate(ids, max_new_tokens=8, **kw | {"min_new_tokens": 8})  # warm-up / autotune
+    _generate(model, ids, kv4, max_new_tokens=8, **kw | {"min_new_tokens": 8})  # warm-up / autotune
     torch.cuda.synchronize()
     t = time.perf_counter()
-    model.generate(ids, max_new_tokens=new_tokens, **kw)
+    _generate(model, ids, kv4, max_new_tokens=new_tokens, **kw)
     torch.cuda.synchronize()
     return new_tokens / (time.perf_counter() - t)
 
@@ -59,6 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import atom_ao
     from atom_ao import data
+    from atom_ao.eval.methods import kv4_forward
     from atom_ao.eval.perplexity import perplexity
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -78,29 +92,33 @@ def main(argv: list[str] | None = None) -> dict:
     report["eval"] = {"text": "wiki held-out part (atom_ao.data.wiki_split)", "seq_len": args.seq_len,
                       "windows": args.eval_windows, "method": "non-overlapping windows"}
 
-    print(f"[1/5] perplexity of the float model ({args.eval_windows} x {args.seq_len} held-out tokens)", file=sys.stderr)
+    print(f"[1/6] perplexity of the float model ({args.eval_windows} x {args.seq_len} held-out tokens)", file=sys.stderr)
     report["ppl_fp"] = round(perplexity(model, eval_ids, **ppl_kw), 3)
     sample_fp = _sample(model, tok, args.prompt, args.new_tokens)
     if device == "cuda":
         report["tokens_per_s_bf16"] = round(_tokens_per_s(model, tok), 1)
 
-    print(f"[2/5] calibrating on {args.calib_samples} x {args.calib_seq_len} tokens and quantizing", file=sys.stderr)
+    print(f"[2/6] calibrating on {args.calib_samples} x {args.calib_seq_len} tokens and quantizing", file=sys.stderr)
     batches = data.calibration_batches(tok, n_samples=args.calib_samples, seq_len=args.calib_seq_len)
     t = time.perf_counter()
     atom_ao.quantize_calibrated(model, batches, atom_ao.atom_config(n_outliers=args.n_outliers),
                                 filter_fn=_lm_linears)
     report["quantize_s"] = round(time.perf_counter() - t, 1)
 
-    print("[3/5] perplexity of the Atom W4A4 model", file=sys.stderr)
+    print("[3/6] perplexity of the Atom W4A4 model", file=sys.stderr)
     report["ppl_atom"] = round(perplexity(model, eval_ids, **ppl_kw), 3)
-    print("[4/5] greedy sample", file=sys.stderr)
+    print("[4/6] perplexity of the Atom W4A4 model with the INT4 KV cache", file=sys.stderr)
+    report["ppl_atom_kv4"] = round(perplexity(model, eval_ids, forward=kv4_forward(), **ppl_kw), 3)
+    print("[5/6] greedy samples", file=sys.stderr)
     report["prompt"] = args.prompt
     report["sample_fp"] = sample_fp
     report["sample_atom"] = _sample(model, tok, args.prompt, args.new_tokens)
+    report["sample_atom_kv4"] = _sample(model, tok, args.prompt, args.new_tokens, kv4=True)
     if device == "cuda":
         report["tokens_per_s_atom"] = round(_tokens_per_s(model, tok), 1)
+        report["tokens_per_s_atom_kv4"] = round(_tokens_per_s(model, tok, kv4=True), 1)
 
-    print(f"[5/5] writing {out_dir}/model.safetensors and report.json", file=sys.stderr)
+    print(f"[6/6] writing {out_dir}/model.safetensors and report.json", file=sys.stderr)
     atom_ao.save_quantized(model, str(out_dir / "model.safetensors"))
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
 
@@ -109,10 +127,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  float : {report['ppl_fp']:.3f}")
     print(f"  Atom  : {report['ppl_atom']:.3f}   (W4A4, {args.n_outliers} INT8 outliers, "
           f"calibrated on {args.calib_samples} x {args.calib_seq_len} tokens in {report['quantize_s']} s)")
+    print(f"  Atom + INT4 KV cache: {report['ppl_atom_kv4']:.3f}")
     if device == "cuda":
-        print(f"  decode tokens/s (HF generate, batch 1): bf16 {report['tokens_per_s_bf16']}, "
-              f"Atom {report['tokens_per_s_atom']}")
-    print(f"  prompt: {args.prompt!r}\n  float : {sample_fp!r}\n  Atom  : {report['sample_atom']!r}")
+        print(f"  decode tokens/s (HF generate, eager, batch 1): bf16 {report['tokens_per_s_bf16']}, "
+              f"Atom {report['tokens_per_s_atom']}, Atom + INT4 KV {report['tokens_per_s_atom_kv4']}")
+    print(f"  prompt: {args.prompt!r}\n  float : {sample_fp!r}\n  Atom  : {report['sample_atom']!r}\n"
+          f"  Atom + INT4 KV: {report['sample_atom_kv4']!r}")
     return report
 
 

@@ -19,7 +19,8 @@ def test_main_job_real_model(tmp_path):
     # SmolLM2 on 4 x 1024 tokens: float 22.5, Atom 30.3 (README); one short window is noisier
     assert 5 < report["ppl_fp"] < 60
     assert report["ppl_fp"] < report["ppl_atom"] < 2 * report["ppl_fp"]
-    assert report["sample_atom"].strip()
+    assert report["ppl_fp"] < report["ppl_atom_kv4"] < 2 * report["ppl_fp"]  # W4A4 + the INT4 KV cache
+    assert report["sample_atom"].strip() and report["sample_atom_kv4"].strip()
 
     # the checkpoint loads into a fresh float model, no calibration, and gives the same logits
     model, tok = data.load_model("smollm2-135m")
