@@ -31,3 +31,20 @@ def test_main_job_real_model(tmp_path):
     with torch.no_grad():
         logits = model(ids).logits
     assert logits.isfinite().all()
+
+
+@pytest.mark.parametrize("kv4", [False, True])
+def test_main_job_static_cache_generate_matches_the_growing_one(kv4):
+    """The GPU tokens/s of the main job decode with static caches (which transformers compiles);
+    on CPU the same calls run eagerly and must produce the growing cache's tokens."""
+    from atom_ao.__main__ import _generate
+    from test_handler import tiny_llama
+
+    model = tiny_llama(layers=1)
+    ids = torch.randint(0, 512, (1, 6), generator=torch.Generator().manual_seed(0))
+    kw = dict(do_sample=False, max_new_tokens=5, min_new_tokens=5)
+    with torch.no_grad():
+        growing = _generate(model, ids, kv4, **kw)
+        static = _generate(model, ids, kv4, max_cache_len=ids.shape[1] + 5, **kw)
+    assert torch.equal(static, growing)
+    assert model.config._attn_implementation != "atom_int4"  # the INT4 cache's attention switched back
