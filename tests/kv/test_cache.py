@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from atom_ao.kv import AtomKVCache
+from atom_ao.kv import AtomKVCache, with_cache
 from kv_testing import tiny_llama
 
 MODELS = [dict(heads=4, kv_heads=2, head_dim=64), dict(heads=2, kv_heads=2, head_dim=128)]  # GQA, MHA
@@ -20,9 +20,9 @@ def _ids(b, t, seed=0):
 @torch.no_grad()
 def _stepwise_logits(model, ids, n_prompt, cache, chunk=1):
     """Logits of ids[:, n_prompt:] fed after a prompt of n_prompt tokens, ``chunk`` at a time."""
-    out = [model(ids[:, :n_prompt], past_key_values=cache, use_cache=True).logits]
+    out = [model(ids[:, :n_prompt], **with_cache(model, cache), use_cache=True).logits]
     for s in range(n_prompt, ids.shape[1], chunk):
-        out.append(model(ids[:, s:s + chunk], past_key_values=cache, use_cache=True).logits)
+        out.append(model(ids[:, s:s + chunk], **with_cache(model, cache), use_cache=True).logits)
     return torch.cat(out, dim=1)
 
 
@@ -38,7 +38,7 @@ def test_decode_and_chunks_match_one_int4_forward(shape, max_cache_len, rotate):
     ids = _ids(2, 20)
     kw = dict(max_cache_len=max_cache_len, rotate=rotate, prefill="int4", page_size=8)
     with torch.no_grad():
-        full = model(ids, past_key_values=AtomKVCache(model, **kw), use_cache=True).logits
+        full = model(ids, **with_cache(model, AtomKVCache(model, **kw)), use_cache=True).logits
     torch.testing.assert_close(_stepwise_logits(model, ids, 6, AtomKVCache(model, **kw)), full, atol=1e-3, rtol=1e-4)
     torch.testing.assert_close(_stepwise_logits(model, ids, 6, AtomKVCache(model, **kw), chunk=5), full,
                                atol=1e-3, rtol=1e-4)
@@ -49,7 +49,7 @@ def test_int4_forward_is_fake_quantized_attention():
     model = tiny_llama()
     ids = _ids(1, 24)
     with torch.no_grad():
-        got = model(ids, past_key_values=AtomKVCache(model, prefill="int4", rotate=False), use_cache=True).logits
+        got = model(ids, **with_cache(model, AtomKVCache(model, prefill="int4", rotate=False)), use_cache=True).logits
         model.set_attn_implementation("kv_test_fake_quant")
         want = model(ids, use_cache=False).logits
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
@@ -60,7 +60,7 @@ def test_float_prefill_is_the_float_model():
     ids = _ids(2, 12)
     with torch.no_grad():
         want = model(ids, use_cache=False).logits  # sdpa
-        got = model(ids, past_key_values=AtomKVCache(model), use_cache=True).logits
+        got = model(ids, **with_cache(model, AtomKVCache(model)), use_cache=True).logits
     assert model.config._attn_implementation == "atom_int4"
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
@@ -70,9 +70,9 @@ def test_generate_close_to_float_cache_and_modes_agree():
     ids = _ids(1, 16, seed=3)
     gen = dict(max_new_tokens=12, do_sample=False, return_dict_in_generate=True, output_logits=True)
     with torch.no_grad():
-        ref = model.generate(ids, past_key_values=DynamicCache(config=model.config), **gen)
-        dyn = model.generate(ids, past_key_values=AtomKVCache(model), **gen)
-        static = model.generate(ids, past_key_values=AtomKVCache(model, max_cache_len=64), **gen)
+        ref = model.generate(ids, **with_cache(model, DynamicCache(config=model.config)), **gen)
+        dyn = model.generate(ids, **with_cache(model, AtomKVCache(model)), **gen)
+        static = model.generate(ids, **with_cache(model, AtomKVCache(model, max_cache_len=64)), **gen)
     assert torch.equal(dyn.sequences, static.sequences)
     torch.testing.assert_close(torch.stack(dyn.logits), torch.stack(static.logits), atol=1e-4, rtol=1e-4)
     # the float cache's first token (same prefill) and a close first decode step
@@ -89,9 +89,9 @@ def test_left_padded_batch_matches_each_sequence_alone():
     mask[1, :5] = 0
     gen = dict(max_new_tokens=6, do_sample=False, return_dict_in_generate=True, output_logits=True)
     with torch.no_grad():
-        both = model.generate(ids, attention_mask=mask, past_key_values=AtomKVCache(model), **gen)
+        both = model.generate(ids, attention_mask=mask, **with_cache(model, AtomKVCache(model)), **gen)
         for row, alone in ((0, long), (1, short)):
-            one = model.generate(alone, past_key_values=AtomKVCache(model), **gen)
+            one = model.generate(alone, **with_cache(model, AtomKVCache(model)), **gen)
             assert torch.equal(both.sequences[row, 14:], one.sequences[0, alone.shape[1]:])
             torch.testing.assert_close(torch.stack(both.logits)[:, row], torch.stack(one.logits)[:, 0],
                                        atol=1e-3, rtol=1e-3)
@@ -101,9 +101,9 @@ def test_cache_bookkeeping():
     model = tiny_llama()
     cache = AtomKVCache(model, page_size=4)
     with torch.no_grad():
-        model(_ids(2, 10), past_key_values=cache, use_cache=True)  # grows past its first pages
+        model(_ids(2, 10), **with_cache(model, cache), use_cache=True)  # grows past its first pages
         assert cache.get_seq_length() == 10 and cache.layers[0].pages_per_seq >= 3
-        model(_ids(2, 1), past_key_values=cache, use_cache=True)
+        model(_ids(2, 1), **with_cache(model, cache), use_cache=True)
         assert cache.get_seq_length() == 11 and cache.layers[0].seq_lens.tolist() == [11, 11]
         cache.crop(-3)
         assert cache.get_seq_length() == 8
@@ -112,7 +112,7 @@ def test_cache_bookkeeping():
         cache.reset()
         assert cache.get_seq_length() == 0
         out = model.generate(_ids(1, 6), max_new_tokens=4, num_beams=2, do_sample=False,
-                             past_key_values=AtomKVCache(model))  # beam search reorders the cache
+                             **with_cache(model, AtomKVCache(model)))  # beam search reorders the cache
     assert out.shape == (1, 10)
 
 
@@ -160,9 +160,9 @@ def test_gpu_generate_eager_and_compiled():
     ids = _ids(2, 30).cuda()
     gen = dict(max_new_tokens=16, do_sample=False, return_dict_in_generate=True, output_logits=True)
     with torch.no_grad():
-        eager = model.generate(ids, past_key_values=AtomKVCache(model), **gen)
+        eager = model.generate(ids, **with_cache(model, AtomKVCache(model)), **gen)
         # a static cache: transformers compiles the decode step on CUDA by itself
-        compiled = model.generate(ids, past_key_values=AtomKVCache(model, max_cache_len=64), **gen)
+        compiled = model.generate(ids, **with_cache(model, AtomKVCache(model, max_cache_len=64)), **gen)
     assert compiled.sequences.shape == eager.sequences.shape
     a, b = torch.stack(compiled.logits)[:4].float(), torch.stack(eager.logits)[:4].float()
     if torch.equal(compiled.sequences[:, :34], eager.sequences[:, :34]):
@@ -235,7 +235,7 @@ def test_k_shift_errors():
         AtomKVCache(model, k_shift="mean")
     cache = AtomKVCache(model, k_shift=[torch.zeros(3, 64)] * 2)
     with pytest.raises(ValueError, match="k_shift has shape"):
-        model(_ids(1, 4), past_key_values=cache, use_cache=True)
+        model(_ids(1, 4), **with_cache(model, cache), use_cache=True)
 
 
 # ---------------------------------------------------------------- keys cached before RoPE
@@ -270,7 +270,7 @@ def test_k_before_rope_forward_is_its_spec(big_bias, rotate):
     ids = _ids(1, 24)
     AttentionInterface.register("kv_test_pre_rope", _pre_rope_fake_quant(model, rotate_v=bool(rotate)))
     with torch.no_grad():
-        got = model(ids, past_key_values=AtomKVCache(model, prefill="int4", k_before_rope=True, rotate=rotate),
+        got = model(ids, **with_cache(model, AtomKVCache(model, prefill="int4", k_before_rope=True, rotate=rotate)),
                     use_cache=True).logits
         model.set_attn_implementation("kv_test_pre_rope")
         want = model(ids, use_cache=False).logits
@@ -317,12 +317,11 @@ def test_k_before_rope_decode_matches_one_forward_and_generates(max_cache_len):
     ids = _ids(2, 20)
     kw = dict(max_cache_len=max_cache_len, prefill="int4", page_size=8, k_before_rope=True)
     with torch.no_grad():
-        full = model(ids, past_key_values=AtomKVCache(model, **kw), use_cache=True).logits
+        full = model(ids, **with_cache(model, AtomKVCache(model, **kw)), use_cache=True).logits
         torch.testing.assert_close(_stepwise_logits(model, ids, 6, AtomKVCache(model, **kw)), full,
                                    atol=2e-4, rtol=1e-4)
-        out = model.generate(ids[:1, :8], past_key_values=AtomKVCache(model, max_cache_len=max_cache_len,
-                                                                       k_before_rope=True),
-                             max_new_tokens=8, do_sample=False)
+        cache = AtomKVCache(model, max_cache_len=max_cache_len, k_before_rope=True)
+        out = model.generate(ids[:1, :8], **with_cache(model, cache), max_new_tokens=8, do_sample=False)
     assert out.shape == (1, 16)
 
 
@@ -360,8 +359,6 @@ def test_with_cache_uses_the_keyword_the_model_takes():
     """``with_cache`` picks ``cache=`` where the model's forward has it (recent transformers 5.x),
     else ``past_key_values=``; generation through it equals generation through the other one."""
     import inspect
-
-    from atom_ao.kv import with_cache
 
     model = tiny_llama(**MODELS[0])
     ids = _ids(1, 8)

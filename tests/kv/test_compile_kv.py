@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from atom_ao.kv import AtomKVCache
+from atom_ao.kv import AtomKVCache, with_cache
 from kv_testing import tiny_llama
 
 
@@ -11,10 +11,10 @@ def _decode(model, fwd, ids, steps=3, **cache_kw):
     cache = AtomKVCache(model, max_cache_len=32, page_size=8, **cache_kw)
     logits = []
     with torch.no_grad():
-        nxt = model(ids, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)  # eager prefill
+        nxt = model(ids, **with_cache(model, cache), use_cache=True).logits[:, -1:].argmax(-1)  # eager prefill
         for i in range(steps):
             pos = torch.full((ids.shape[0], 1), ids.shape[1] + i)
-            out = fwd(nxt, past_key_values=cache, use_cache=True, position_ids=pos).logits
+            out = fwd(nxt, **with_cache(model, cache), use_cache=True, position_ids=pos).logits
             logits.append(out)
             nxt = out[:, -1:].argmax(-1)
     return torch.cat(logits, 1), cache
