@@ -30,21 +30,12 @@ of a ``torch.save``-d state dict stays available and allow-lists ``AtomQuantTens
 from __future__ import annotations
 
 import copy
-import json
 import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from atom_ao.serialization import (
-    ALIASES_KEY,
-    assign_state_dict,
-    flatten_state_dict,
-    read_state_dict,
-    split_aliases,
-    tie_aliases,
-)
+from atom_ao.serialization import load_quantized, write_state_dict
 from atom_ao.tensor import AtomQuantTensor
 
 __all__ = ["save_pretrained", "from_pretrained", "QUANT_METHOD", "WEIGHTS_NAME"]
@@ -81,12 +72,10 @@ def save_pretrained(model: torch.nn.Module, save_directory: str | os.PathLike) -
     if stale:  # transformers would load those instead of ours, without a word about it
         raise FileExistsError(f"atom_ao.save_pretrained: {out} already holds {stale}; remove them or choose another directory")
     out.mkdir(parents=True, exist_ok=True)
-    state_dict, aliases = split_aliases(model.state_dict())
+    state_dict = model.state_dict()
     if not any(isinstance(v, AtomQuantTensor) for v in state_dict.values()):
         raise ValueError("atom_ao.save_pretrained: the model has no Atom-quantized weight; use model.save_pretrained")
-    tensors, meta = flatten_state_dict(state_dict)
-    meta.update({"format": "pt", ALIASES_KEY: json.dumps(aliases)})
-    save_file(tensors, str(out / WEIGHTS_NAME), metadata=meta)
+    write_state_dict(state_dict, str(out / WEIGHTS_NAME), {"format": "pt"})
 
     config = copy.deepcopy(model.config)
     config.quantization_config = _quantization_config(state_dict)
@@ -143,9 +132,7 @@ def from_pretrained(
         model = (getattr(cls, "from_config", None) or cls._from_config)(config)
 
     path = str(directory / qc.get("weights", WEIGHTS_NAME))
-    state_dict, aliases = read_state_dict(path, device=str(device))
-    assign_state_dict(model, state_dict, strict=True)
-    tie_aliases(model, aliases)
+    load_quantized(model, path, strict=True, device=str(device))
 
     if (directory / "generation_config.json").exists() and hasattr(model, "generation_config"):
         from transformers import GenerationConfig

@@ -16,14 +16,14 @@ from atom_ao.tensor import AtomQuantTensor, _check_consistent
 
 _META_KEY = "atom_ao"
 _FORMAT_VERSION = 1
-ALIASES_KEY = "atom_ao_aliases"  # metadata: {key not written: the key holding the same tensor}
+_ALIASES_KEY = "atom_ao_aliases"  # metadata: {key not written: the key holding the same tensor}
 
 
 def _storage_key(t: torch.Tensor):
     return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
 
 
-def split_aliases(state_dict: dict) -> tuple[dict, dict[str, str]]:
+def _split_aliases(state_dict: dict) -> tuple[dict, dict[str, str]]:
     """Drop float entries that are the same tensor as an earlier one: {dropped key: kept key}."""
     kept, aliases, seen = {}, {}, {}
     for key, value in state_dict.items():
@@ -37,7 +37,7 @@ def split_aliases(state_dict: dict) -> tuple[dict, dict[str, str]]:
     return kept, aliases
 
 
-def tie_aliases(model: torch.nn.Module, aliases: dict[str, str]) -> None:
+def _tie_aliases(model: torch.nn.Module, aliases: dict[str, str]) -> None:
     """Make each aliased parameter the very Parameter of its source again, as at save time."""
     for key, source in aliases.items():
         mod, _, name = key.rpartition(".")
@@ -90,9 +90,15 @@ def unflatten_state_dict(tensors: dict[str, torch.Tensor], metadata: dict[str, s
 def save_quantized(model: torch.nn.Module, path: str) -> None:
     """Write the model's state dict, quantized weights included, to one safetensors file
     (tied weights once)."""
-    state_dict, aliases = split_aliases(model.state_dict())
-    tensors, meta = flatten_state_dict(state_dict)
-    meta[ALIASES_KEY] = json.dumps(aliases)
+    write_state_dict(model.state_dict(), path)
+
+
+def write_state_dict(state_dict: dict, path: str, metadata: dict[str, str] | None = None) -> None:
+    """A state dict (AtomQuantTensors flattened, tied weights once) + ``metadata`` -> safetensors."""
+    kept, aliases = _split_aliases(state_dict)
+    tensors, meta = flatten_state_dict(kept)
+    meta.update(metadata or {})
+    meta[_ALIASES_KEY] = json.dumps(aliases)
     save_file(tensors, path, metadata=meta)
 
 
@@ -114,22 +120,23 @@ def assign_state_dict(model: torch.nn.Module, state_dict: dict, strict: bool = T
     return model
 
 
-def load_quantized(model: torch.nn.Module, path: str, strict: bool = True) -> torch.nn.Module:
-    """Load a ``save_quantized`` file into a float model of the same architecture.
+def load_quantized(model: torch.nn.Module, path: str, strict: bool = True, device: str = "cpu") -> torch.nn.Module:
+    """Load a ``save_quantized`` file into a float model of the same architecture, its tensors
+    read onto ``device``.
 
     No calibration data is needed: quantized weights replace the float ones as they are.
     """
-    state_dict, aliases = read_state_dict(path)
+    state_dict, aliases = _read_state_dict(path, device)
     assign_state_dict(model, state_dict, strict)
-    tie_aliases(model, aliases)
+    _tie_aliases(model, aliases)
     return model
 
 
-def read_state_dict(path: str, device: str = "cpu") -> tuple[dict, dict[str, str]]:
+def _read_state_dict(path: str, device: str = "cpu") -> tuple[dict, dict[str, str]]:
     """A safetensors file written here -> (state dict, every key present; its aliases)."""
     metadata = read_metadata(path)
     state_dict = unflatten_state_dict(load_file(path, device=device), metadata)
-    aliases = json.loads(metadata.get(ALIASES_KEY, "{}"))  # files written before session 17 have none
+    aliases = json.loads(metadata.get(_ALIASES_KEY, "{}"))  # files written before session 17 have none
     for key, source in aliases.items():
         state_dict[key] = state_dict[source]
     return state_dict, aliases
