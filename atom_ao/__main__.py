@@ -23,6 +23,14 @@ def _lm_linears(module: torch.nn.Module, fqn: str) -> bool:
     return isinstance(module, torch.nn.Linear) and "lm_head" not in fqn
 
 
+_T0 = time.perf_counter()
+
+
+def _step(msg: str) -> None:
+    # progress on stderr with the elapsed time: a GPU run spends minutes compiling the decode steps
+    print(f"[{time.perf_counter() - _T0:6.1f} s] {msg}", file=sys.stderr, flush=True)
+
+
 def _generate(model, ids, kv4: bool, max_cache_len: int | None = None, **kw):
     """HF generate; ``kv4``: through the INT4 KV cache (its attention switched back after).
     ``max_cache_len``: a static cache (float or INT4) of that length, with which transformers
@@ -78,6 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--prompt", default="The Eiffel Tower is located in")
     ap.add_argument("--new-tokens", type=int, default=32)
     args = ap.parse_args(argv)
+    global _T0
+    _T0 = time.perf_counter()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import atom_ao
@@ -102,34 +112,44 @@ def main(argv: list[str] | None = None) -> dict:
     report["eval"] = {"text": "wiki held-out part (atom_ao.data.wiki_split)", "seq_len": args.seq_len,
                       "windows": args.eval_windows, "method": "non-overlapping windows"}
 
-    print(f"[1/6] perplexity of the float model ({args.eval_windows} x {args.seq_len} held-out tokens)", file=sys.stderr)
+    _step(f"[1/7] perplexity of the float model ({args.eval_windows} x {args.seq_len} held-out tokens)")
     report["ppl_fp"] = round(perplexity(model, eval_ids, **ppl_kw), 3)
+    _step(f"      float perplexity {report['ppl_fp']}")
     sample_fp = _sample(model, tok, args.prompt, args.new_tokens)
     if device == "cuda":
+        _step("      bf16 decode tokens/s (compiles the decode step)")
         report["tokens_per_s_bf16"] = round(_tokens_per_s(model, tok), 1)
+        _step(f"      bf16: {report['tokens_per_s_bf16']} tokens/s")
 
-    print(f"[2/6] calibrating on {args.calib_samples} x {args.calib_seq_len} tokens and quantizing", file=sys.stderr)
+    _step(f"[2/7] calibrating on {args.calib_samples} x {args.calib_seq_len} tokens and quantizing")
     batches = data.calibration_batches(tok, n_samples=args.calib_samples, seq_len=args.calib_seq_len)
     t = time.perf_counter()
     atom_ao.quantize_calibrated(model, batches, atom_ao.atom_config(n_outliers=args.n_outliers),
                                 filter_fn=_lm_linears)
     report["quantize_s"] = round(time.perf_counter() - t, 1)
 
-    print("[3/6] perplexity of the Atom W4A4 model", file=sys.stderr)
+    _step("[3/7] perplexity of the Atom W4A4 model")
     report["ppl_atom"] = round(perplexity(model, eval_ids, **ppl_kw), 3)
-    print("[4/6] perplexity of the Atom W4A4 model with the INT4 KV cache", file=sys.stderr)
+    _step(f"      Atom perplexity {report['ppl_atom']}")
+    _step("[4/7] perplexity of the Atom W4A4 model with the INT4 KV cache")
     report["ppl_atom_kv4"] = round(perplexity(model, eval_ids, forward=kv4_forward(), **ppl_kw), 3)
-    print("[5/6] greedy samples", file=sys.stderr)
+    _step(f"      Atom + INT4 KV perplexity {report['ppl_atom_kv4']}")
+    _step("[5/7] greedy samples")
     report["prompt"] = args.prompt
     report["sample_fp"] = sample_fp
     report["sample_atom"] = _sample(model, tok, args.prompt, args.new_tokens)
     report["sample_atom_kv4"] = _sample(model, tok, args.prompt, args.new_tokens, kv4=True)
     if device == "cuda":
+        _step("[6/7] Atom decode tokens/s (compiles and autotunes the decode step)")
         report["tokens_per_s_atom"] = round(_tokens_per_s(model, tok), 1)
+        _step(f"      Atom: {report['tokens_per_s_atom']} tokens/s")
+        _step("      Atom + INT4 KV decode tokens/s (compiles again)")
         report["tokens_per_s_atom_kv4"] = round(_tokens_per_s(model, tok, kv4=True), 1)
+        _step(f"      Atom + INT4 KV: {report['tokens_per_s_atom_kv4']} tokens/s")
 
-    print(f"[6/6] writing {out_dir}/model.safetensors and report.json", file=sys.stderr)
+    _step(f"[7/7] writing {out_dir}/model.safetensors and report.json")
     atom_ao.save_quantized(model, str(out_dir / "model.safetensors"))
+    report["wall_s"] = round(time.perf_counter() - _T0, 1)
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
 
     print(f"\nmodel {args.model} on {device} ({report['dtype']}); perplexity on {args.eval_windows} x "
