@@ -324,7 +324,9 @@ for what in "${@:-tests}"; do
     sweep-s18b) T=560 step generate_paths_b8_b32 python3 benchmarks/bench_generate.py --batches 8,32 \
                     --paths bf16,fp8,int8,atom,atom-kv4 --gen 16 --steps 8 ;;
     # next: does Triton's warp specializer (4 warps, TMA descriptors) overlap the group scaling with the MMAs?
-    explore-ws) T=300 step explore_large_m_ws python3 benchmarks/explore_large_m.py --modes 5,9,10 ;;
+    # (large M: explore_large_m; decode M = 16 / 64 against the production op: explore_ws)
+    explore-ws) T=240 step explore_large_m_ws python3 benchmarks/explore_large_m.py --modes 5,9,10
+                T=300 step explore_ws_decode python3 benchmarks/explore_ws.py ;;
     cache-tests-s18) T=300 step cache_gpu_tests_s18 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short tests/kv/test_cache.py ;;
     verify-s14d) T=150 step mha_planes_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                      tests/ops/test_kv_attention.py -k "one_warp_gqa"
