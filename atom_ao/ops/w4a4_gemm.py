@@ -26,7 +26,8 @@ from atom_ao.ops.gemm_tiles import (
     MAX_GROUP_SIZE, SCALE_256, group_sum_x256_to_f32, grouped_tile, m_bucket, no_empty_split, outlier_block, split_share,
     splits_fit, unpack_int4_x16,
 )
-from atom_ao.ops.w4a4_gemm_swap import FULL_M, FULL_N, SWAP_MAX_M, swap_kernel_and_meta, swap_split_k
+from atom_ao.ops.w4a4_gemm_swap import (FULL_M, FULL_N, SWAP_MAX_M, launch_swap_ws, swap_kernel_and_meta,
+                                        swap_split_k, tma_ok)
 from atom_ao.ops.w4a4_gemv import gemv_split_k, launch_gemv
 from atom_ao.ops.w4a4_gemm_unpacked import w4a4_gemm_unpacked
 
@@ -264,6 +265,10 @@ UNPACKED_MIN_M = 1024
 # One token takes the dp4a stream kernel (w4a4_gemv); False: the swap kernel, as for 2..64 tokens.
 GEMV_DEFAULT = True
 
+# 2..64 tokens take the warp-specialized form of the swap kernel ("swap_ws") instead of "swap":
+# opt-in until timed on a GPU (bench_linear's atom-gemm-ws rows)
+SWAP_WS = os.environ.get("ATOM_AO_SWAP_WS") == "1"
+
 
 def default_path(m: int, splits: int | None = None) -> str:
     """The GEMM path for m tokens, group sizes up to MAX_GROUP_SIZE."""
@@ -272,7 +277,7 @@ def default_path(m: int, splits: int | None = None) -> str:
     if m == 1 and GEMV_DEFAULT:
         return "gemv"
     if m <= SWAP_MAX_M:
-        return "swap"
+        return "swap_ws" if SWAP_WS else "swap"
     return "packed"
 
 
@@ -310,7 +315,8 @@ def w4a4_gemm_triton(
 
     ``splits``: split-K factor (default: ``_split_k``'s choice; tests force one).
     ``path``: "packed" (nibbles unpacked in the main loop, tokens on the MMA's M side), "swap"
-    (``w4a4_gemm_swap``: weight rows on the MMA's M side, for up to SWAP_MAX_M tokens), "gemv"
+    (``w4a4_gemm_swap``: weight rows on the MMA's M side, for up to SWAP_MAX_M tokens), "swap_ws"
+    (its TMA / warp-specialized form; the default with ATOM_AO_SWAP_WS=1), "gemv"
     (``w4a4_gemv``: one token, dp4a on the CUDA cores) or "unpacked"
     (``w4a4_gemm_unpacked``: INT8 copies first, for large M); default by M (``default_path``)."""
     m, n = a_packed.shape[0], w_packed.shape[0]
@@ -323,26 +329,37 @@ def w4a4_gemm_triton(
     a_outliers, w_outliers = a_outliers.contiguous(), w_outliers.contiguous()
     a_scale, w_scale = a_scale.contiguous(), w_scale.contiguous()
     groups = a_scale.shape[1]
+    default = path is None
     if path is None:
         # the nibble kernels keep a group's sum of 16 x codes exact in float32 up to MAX_GROUP_SIZE;
         # the INT8-copies path has no such bound
         path = "unpacked" if group_size > MAX_GROUP_SIZE and splits in (None, 1) else default_path(m, splits)
-    if path in ("packed", "swap", "gemv") and group_size > MAX_GROUP_SIZE:
+    if path == "swap_ws" and not (group_size % 32 == 0 and tma_ok(a_packed) and tma_ok(w_packed)):
+        if default:  # the opt-in default never refuses what "swap" takes
+            path = "swap"
+        else:
+            raise ValueError(f"w4a4_gemm: path='swap_ws' loads its tiles through TMA: group_size must be a multiple "
+                             f"of 32 (got {group_size}) and the packed operands 16-byte aligned")
+    if path in ("packed", "swap", "swap_ws", "gemv") and group_size > MAX_GROUP_SIZE:
         raise ValueError(f"w4a4_gemm: path={path!r} takes group_size <= {MAX_GROUP_SIZE} (a group's INT32 sum of "
                          f"16 x codes must convert to float32 exactly), got {group_size}; use path='unpacked'")
-    if (path not in ("packed", "swap", "unpacked", "gemv") or (path == "unpacked" and splits not in (None, 1))
-            or (path == "swap" and m > SWAP_MAX_M) or (path == "gemv" and m != 1)):
+    if (path not in ("packed", "swap", "swap_ws", "unpacked", "gemv")
+            or (path == "unpacked" and splits not in (None, 1))
+            or (path in ("swap", "swap_ws") and m > SWAP_MAX_M) or (path == "gemv" and m != 1)):
         raise ValueError(f"w4a4_gemm: path={path!r} (with splits={splits}, M={m}) is not one of 'packed', "
-                         f"'swap' (M <= {SWAP_MAX_M}), 'gemv' (M = 1), 'unpacked' (no split-K)")
+                         f"'swap' / 'swap_ws' (M <= {SWAP_MAX_M}), 'gemv' (M = 1), 'unpacked' (no split-K)")
     if path == "unpacked":
         return w4a4_gemm_unpacked(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
                                   w_outlier_scale, bias, group_size, out)
     if splits is None:
-        splits = (swap_split_k(m, n, groups, _sm_count(out.device)) if path == "swap"
+        splits = (swap_split_k(m, n, groups, _sm_count(out.device)) if path in ("swap", "swap_ws")
                   else gemv_split_k(n, groups, _sm_count(out.device)) if path == "gemv"
                   else _split_k(m, n, groups, out.device))
     if not splits_fit(groups, splits):
         raise ValueError(f"w4a4_gemm: splits={splits} must leave every split some of the {groups} groups")
+    if path == "swap_ws":  # its own workspace, always (the outliers and bias are added when summing it)
+        return launch_swap_ws(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
+                              w_outlier_scale, bias, group_size, splits, out, INTERPRET)
     ws = _workspace(out, splits)
     if path == "gemv":
         launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,

@@ -176,6 +176,35 @@ def test_swap_unmasked_loop_same_bits(monkeypatch, m, n):
     _check(m, n, 256, 32, 64, torch.bfloat16, True)
 
 
+@pytest.mark.parametrize("m, n, k, n_out, gs", [(2, 40, 200, 32, 64), (19, 33, 320, 64, 128),
+                                                (40, 72, 5 * 64 + 32, 32, 64), (16, 64, 256, 0, 64)])
+@pytest.mark.parametrize("dtype, bias", [(torch.bfloat16, True), (torch.float16, False)])
+def test_swap_ws_path(m, n, k, n_out, gs, dtype, bias):
+    # TMA tile loads (rows past N or M read as zeros), the outliers and bias added with the split
+    # sum: the swap kernel's bits without split-K (the same order of float sums), its values with
+    args = _operands(m, n, k, n_out, gs, dtype, bias)
+    one = w4a4_gemm_triton(*args, gs, dtype, path="swap_ws", splits=1)
+    torch.testing.assert_close(one, w4a4_gemm_triton(*args, gs, dtype, path="swap", splits=1), rtol=0, atol=0)
+    two = w4a4_gemm_triton(*args, gs, dtype, path="swap_ws", splits=2)
+    torch.testing.assert_close(two.float(), one.float(), rtol=1e-2, atol=1e-2 * one.float().abs().max().item())
+    _check(m, n, k, n_out, gs, dtype, bias, path="swap_ws")
+
+
+def test_swap_ws_path_needs_tma_alignment(monkeypatch):
+    import importlib
+    gemm = importlib.import_module("atom_ao.ops.w4a4_gemm")
+    args = _operands(4, 32, 256 + 32, 32, 128, torch.bfloat16, False)
+    shifted = torch.empty(args[4].numel() + 1, dtype=args[4].dtype)[1:].view(args[4].shape)  # storage offset 1
+    shifted.copy_(args[4])
+    args[4] = shifted
+    with pytest.raises(ValueError, match="TMA"):
+        w4a4_gemm_triton(*args, 128, torch.bfloat16, path="swap_ws")
+    monkeypatch.setattr(gemm, "SWAP_WS", True)  # the opt-in default falls back to the swap kernel
+    assert gemm.default_path(4) == "swap_ws"
+    torch.testing.assert_close(w4a4_gemm_triton(*args, 128, torch.bfloat16),
+                               w4a4_gemm_triton(*args, 128, torch.bfloat16, path="swap"), rtol=0, atol=0)
+
+
 def test_swap_path_refuses_large_m():
     args = _operands(72, 32, 256, 0, 128, torch.bfloat16, False)
     with pytest.raises(ValueError, match="swap"):
@@ -201,6 +230,17 @@ def test_swap_path_real_shapes_gpu(m, n, k):
     # the default split-K of each path may differ: float32 partials summed in another order
     torch.testing.assert_close(swap.float(), tiles.float(), rtol=1e-2, atol=1e-2 * tiles.float().abs().max().item())
     _check(m, n, k, 128, 128, torch.bfloat16, True, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("m", [2, 16, 33, 64])
+@pytest.mark.parametrize("n, k", [(4096, 4096 + 128), (12288, 4096 + 128), (4096, 11008 + 128)])
+def test_swap_ws_path_real_shapes_gpu(m, n, k):
+    args = _operands(m, n, k, 128, 128, torch.bfloat16, True, device="cuda")
+    torch.testing.assert_close(w4a4_gemm_triton(*args, 128, torch.bfloat16, path="swap_ws", splits=1),
+                               w4a4_gemm_triton(*args, 128, torch.bfloat16, path="swap", splits=1), rtol=0, atol=0)
+    _check(m, n, k, 128, 128, torch.bfloat16, True, device="cuda", path="swap_ws")
 
 
 def test_swap_split_k_rule():
