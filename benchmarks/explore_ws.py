@@ -18,12 +18,11 @@ INT8 outlier block, no bias: ~3% of the work) and reads activations unpacked to 
 (64 x 4096 bytes: untimed, negligible next to the weights), so it is a slight upper bound on what
 the change would give the op; each row is checked against a float64 reference of the same sums.
 
-A production-shaped form (session 18: the swap kernel's own loop with TMA loads, packed
-activations unpacked in registers, then its INT8 outlier block and bias) does not compile with the
-specializer on sm_90 (Triton 3.9, `NVGPUWarpSpecialization` fails): a second `tl.dot` anywhere in
-the kernel, the outlier block after the loop or before it, breaks the pass; without the outlier
-block it compiles to 12 warps. If this explore pays, the outlier block has to move out of the
-kernel (e.g. into the split-sum kernel), so it times the loop alone.
+The production form is the op's path "swap_ws" (``w4a4_gemm_swap``, opt-in): the swap kernel's own
+loop (packed activations unpacked in registers) with TMA loads. A second `tl.dot` anywhere in the
+kernel (its INT8 outlier block, after the loop or before it) makes the specializer fail on sm_90
+(Triton 3.9, `NVGPUWarpSpecialization`), so that path adds the outlier block and the bias in the
+kernel that sums the split partials; bench_linear times it as atom-gemm-ws.
 
     python benchmarks/explore_ws.py [--ms 16,64] [--shapes "llama2-7b qkv,llama2-7b o"]
 """

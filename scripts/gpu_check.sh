@@ -328,7 +328,7 @@ for what in "${@:-tests}"; do
     # swap kernel), the write analysis of its TMA kernels on the GPU's torch, then the GEMM side by side
     # with the default swap path (bench_linear's atom-gemm / atom-gemm-ws rows) and, if it pays, decode
     verify-ws) T=240 step swap_ws_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
-                   tests/ops/test_w4a4_gemm_triton.py -k swap_ws
+                   tests/ops/test_w4a4_gemm_triton.py tests/test_tensor.py -k swap_ws
                T=120 step kernel_writes_ws python3 -m pytest -q -p no:cacheprovider --tb=short tests/ops/test_kernel_writes.py
                T=300 step linear_ws python3 benchmarks/bench_linear.py --ms 16,64 --no-torchao --tag _ws \
                    --shapes "llama2-7b qkv,llama2-7b o,llama2-7b gate/up,llama2-7b down" ;;
