@@ -9,8 +9,8 @@ one decode step captured in a CUDA graph and replayed (no launch gaps), for ever
 ``prefill_attention`` for the prompt, ``kv_decode_attention`` for each new token);
 ``atom-kv4-rope`` the same with keys cached before RoPE (``AtomKVCache(k_before_rope=True)``:
 the decode kernel adds the K bias back and rotates each key). A ``-ws`` suffix on an atom path
-(``atom-kv4-ws``) runs its 2..64-token GEMMs on the swap kernel's warp-specialized form
-(path "swap_ws", opt-in), for an A/B against the same path without it in one run.
+(``atom-kv4-ws``) runs its GEMMs on the warp-specialized forms ("swap_ws" for 2..64 tokens,
+"unpacked_ws" for the prompt's large M; opt-in), for an A/B against the same path in one run.
 Random weights: same shapes, same work. Reports prefill time, time per output token (median
 over --steps decode steps), decode tokens/s, peak memory, and the largest batch whose weights
 + KV cache fit --budget-gb (computed from the bytes per token of each KV format).
@@ -199,7 +199,8 @@ def main():
     rows = []
     gemm = importlib.import_module("atom_ao.ops.w4a4_gemm")  # atom_ao.ops re-exports the op under that name
     for path in args.paths.split(","):
-        gemm.SWAP_WS = path.endswith("-ws")  # read when the GEMM is traced (each path compiles anew)
+        # read when the GEMM is traced (each path compiles anew)
+        gemm.SWAP_WS = gemm.UNPACKED_WS = path.endswith("-ws")
         path_kind = path.removesuffix("-ws")
         try:
             model = build(shape, path_kind, args.layers, not args.no_compile)

@@ -95,6 +95,12 @@ def gemm_kernels():
                       PREFETCH_SCALES=pf)
         ok &= compile_one(f"int8 group gemm {bm}x{bn} prefetch={pf}", unp._int8_group_gemm_kernel_jit, types, consts,
                           w, st)
+    # its warp-specialized form (the outliers as the last group; 12 warps once specialized)
+    types = dict(a_ptr="*i8", as_ptr="*fp32", w_ptr="*i8", ws_ptr="*fp32", bias_ptr="*bf16", out_ptr="*bf16")
+    for cfg in unp._WS_KERNEL.configs:
+        consts = dict(GS=128, HAS_BIAS=True, **cfg.kwargs)
+        ok &= compile_one(f"int8 groups ws {cfg.kwargs['BLOCK_M']}x{cfg.kwargs['BLOCK_N']}", unp._int8_groups_ws_kernel,
+                          types, consts, cfg.num_warps, cfg.num_stages)
     return ok
 
 

@@ -186,8 +186,10 @@ def test_compiled_split_k_sum_fuses_into_the_consumer():
 
 
 @pytest.mark.gpu
-def test_compiled_swap_ws_path(monkeypatch):
-    """The opt-in warp-specialized swap path under torch.compile: Inductor launches its TMA kernels
+@pytest.mark.parametrize("flag, m, kernels", [("SWAP_WS", 16, ["_swap_ws_groups_kernel", "_swap_ws_finish_kernel"]),
+                                              ("UNPACKED_WS", 1024, ["_int8_groups_ws_kernel"])])
+def test_compiled_ws_paths(monkeypatch, flag, m, kernels):
+    """The opt-in warp-specialized paths under torch.compile: Inductor launches their TMA kernels
     (with its own scratch allocator), clones nothing, and gives eager's values."""
     import importlib
 
@@ -195,14 +197,17 @@ def test_compiled_swap_ws_path(monkeypatch):
     from torch.testing import FileCheck
 
     gemm = importlib.import_module("atom_ao.ops.w4a4_gemm")
-    monkeypatch.setattr(gemm, "SWAP_WS", True)
+    monkeypatch.setattr(gemm, flag, True)
     lin = _cuda_linear(k=4096, n=4096)
-    x = outlier_activations(16, 4096, dtype=torch.bfloat16)[0].cuda()
+    x = outlier_activations(m, 4096, dtype=torch.bfloat16)[0].cuda()
     with torch.no_grad():
         eager = lin(x)
         torch._dynamo.reset()
         compiled, codes = run_and_get_code(torch.compile(lin, fullgraph=True), x)
     code = "\n".join(codes)
-    FileCheck().check("_swap_ws_groups_kernel").check("_swap_ws_finish_kernel").run(code)
+    check = FileCheck()
+    for name in kernels:
+        check = check.check(name)
+    check.run(code)
     assert "aten.clone.default" not in code and "aten.copy_.default" not in code
     torch.testing.assert_close(compiled, eager, rtol=0, atol=0)

@@ -27,15 +27,13 @@ from __future__ import annotations
 
 import os
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
 from atom_ao.ops.gemm_tiles import (SCALE_256, group_sum_x256_to_f32, m_bucket, no_empty_split, outlier_block,
-                                    split_share, unpack_int4_x16)
+                                    split_share, tma_scratch, unpack_int4_x16)
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -272,19 +270,6 @@ SWAP_WS_KERNELS = {
 }
 
 
-def tma_ok(t: torch.Tensor) -> bool:
-    """A uint8 matrix a TMA descriptor can take: 16-byte aligned start and row stride (the caching
-    allocator aligns storages; a fake tensor under torch.compile has no address, its offset does)."""
-    return t.storage_offset() % 16 == 0 and t.stride(0) % 16 == 0 and t.stride(1) == 1
-
-
-@functools.cache
-def _tma_scratch(device: torch.device):
-    """Triton's allocator for ``device``: on-device TMA descriptors live in global scratch that
-    Triton asks the host for at launch (compiled graphs launch through Inductor's own)."""
-    return lambda size, align, stream: torch.empty(size, dtype=torch.int8, device=device)
-
-
 def launch_swap_ws(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
                    w_outlier_scale, bias, group_size: int, splits: int, out: torch.Tensor, interpret: bool):
     """The groups kernel into a (splits, M, N) float32 workspace, then the finishing kernel into
@@ -293,7 +278,7 @@ def launch_swap_ws(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_s
     groups = a_scale.shape[1]
     n_out = a_outliers.shape[1]
     part = torch.empty((splits, m, n), dtype=torch.float32, device=out.device)
-    triton.set_allocator(_tma_scratch(out.device))
+    triton.set_allocator(tma_scratch(out.device))
     if interpret:
         kernel, meta = _swap_ws_groups_kernel, {"BLOCK_N": 32, "BLOCK_M": 16, "WARP_SPEC": True}
     else:

@@ -123,6 +123,37 @@ def test_unpacked_path_equals_packed_path(m, n, k, n_out, gs, dtype, bias):
     _check(m, n, k, n_out, gs, dtype, bias)  # and the reference
 
 
+@pytest.mark.parametrize(
+    "m, n, k, n_out, gs, dtype, bias",
+    [
+        (19, 33, 320, 64, 128, torch.bfloat16, True),  # the outliers pad one group
+        (40, 64, 256, 0, 64, torch.float16, False),   # no outliers
+        (5, 48, 192, 16, 64, torch.float32, True),
+    ],
+)
+def test_unpacked_ws_path_same_bits_as_unpacked(m, n, k, n_out, gs, dtype, bias):
+    # the outlier channels as the last group of the INT8 copies, scaled by the outlier scales: the
+    # same products summed in the same order as the outlier step of the unpacked kernel
+    args = _operands(m, n, k, n_out, gs, dtype, bias)
+    ws = w4a4_gemm_triton(*args, gs, dtype, path="unpacked_ws")
+    torch.testing.assert_close(ws, w4a4_gemm_triton(*args, gs, dtype, path="unpacked"), rtol=0, atol=0)
+
+
+def test_unpacked_ws_path_outliers_over_groups_and_limits(monkeypatch):
+    import importlib
+    gemm = importlib.import_module("atom_ao.ops.w4a4_gemm")
+    # 96 outliers at group size 32: three outlier groups (their INT32 sums split: float rounding)
+    _check(7, 40, 96 + 4 * 32, 96, 32, torch.bfloat16, True, path="unpacked_ws")
+    args = _operands(6, 32, 512 + 32, 32, 512, torch.bfloat16, False)
+    with pytest.raises(ValueError, match="unpacked_ws"):  # a TMA box is 256 wide at most
+        w4a4_gemm_triton(*args, 512, torch.bfloat16, path="unpacked_ws")
+    monkeypatch.setattr(gemm, "UNPACKED_WS", True)  # the opt-in default takes the plain path there
+    assert gemm.default_path(gemm.UNPACKED_MIN_M) == "unpacked_ws"
+    monkeypatch.setattr(gemm, "UNPACKED_MIN_M", 4)
+    torch.testing.assert_close(w4a4_gemm_triton(*args, 512, torch.bfloat16),
+                               w4a4_gemm_triton(*args, 512, torch.bfloat16, path="unpacked"), rtol=0, atol=0)
+
+
 def test_unpack_int4_rows_matches_reference_order():
     from atom_ao.format import unpack_int4
     from atom_ao.ops.w4a4_gemm_unpacked import unpack_int4_rows
@@ -137,6 +168,15 @@ def test_bad_path_is_refused():
         w4a4_gemm_triton(*args, 128, torch.bfloat16, path="fast")
     with pytest.raises(ValueError, match="split-K"):
         w4a4_gemm_triton(*args, 128, torch.bfloat16, path="unpacked", splits=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [256, 512, 4096])
+@pytest.mark.parametrize("n, k", [(4096, 4096), (4096, 11008), (12288, 4096)])
+def test_unpacked_ws_path_real_shapes_gpu(m, n, k):
+    args = _operands(m, n, k, 128, 128, torch.bfloat16, True, device="cuda")
+    torch.testing.assert_close(w4a4_gemm_triton(*args, 128, torch.bfloat16, path="unpacked_ws"),
+                               w4a4_gemm_triton(*args, 128, torch.bfloat16, path="unpacked"), rtol=0, atol=0)
 
 
 @pytest.mark.gpu
