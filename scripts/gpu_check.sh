@@ -327,10 +327,10 @@ for what in "${@:-tests}"; do
     # the warp-specialized forms (paths "swap_ws", "unpacked_ws", opt-in): GPU tests (the same bits as
     # the default kernels), the write analysis of their TMA kernels on the GPU's torch, then the GEMMs side
     # by side with the default paths (bench_linear's atom-gemm / atom-gemm-ws rows) and, if they pay, decode
-    verify-ws) T=240 step swap_ws_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
+    verify-ws) T=200 step swap_ws_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                    tests/ops/test_w4a4_gemm_triton.py tests/test_tensor.py -k "swap_ws or unpacked_ws or ws_paths"
-               T=120 step kernel_writes_ws python3 -m pytest -q -p no:cacheprovider --tb=short tests/ops/test_kernel_writes.py
-               T=300 step linear_ws python3 benchmarks/bench_linear.py --ms 16,64,4096 --no-torchao --tag _ws \
+               T=90 step kernel_writes_ws python3 -m pytest -q -p no:cacheprovider --tb=short tests/ops/test_kernel_writes.py
+               T=290 step linear_ws python3 benchmarks/bench_linear.py --ms 16,64,4096 --no-torchao --tag _ws \
                    --shapes "llama2-7b qkv,llama2-7b o,llama2-7b gate/up,llama2-7b down" ;;
     generate-ws) T=560 step generate_ws python3 benchmarks/bench_generate.py --batches 16,64 \
                      --paths atom-kv4,atom-kv4-ws,bf16 --gen 16 --steps 8 ;;
