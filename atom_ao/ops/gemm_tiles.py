@@ -72,6 +72,26 @@ def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_
     return first_m + (pid % width) % group_rows, (pid % width) // group_rows
 
 
+@triton.jit
+def add_outlier_block(acc, ao_ptr, aos_ptr, wo_ptr, wos_ptr, offs_m, offs_n, rows_m, mask_n, N_OUT,
+                      stride_aom, stride_won, BLOCK_O: tl.constexpr):
+    """acc (BLOCK_M, BLOCK_N) + the INT8 outlier block, the last K step: INT8 dots of BLOCK_O
+    channels into INT32, times the per-token and per-row outlier scales. Only tokens ``rows_m``
+    are read (0, not 0 * inf, for the others)."""
+    offs_o = tl.arange(0, BLOCK_O)
+    dot_o = tl.zeros(acc.shape, dtype=tl.int32)
+    for o0 in range(0, N_OUT, BLOCK_O):
+        mask_o = (o0 + offs_o) < N_OUT
+        ao = tl.load(ao_ptr + offs_m[:, None] * stride_aom + (o0 + offs_o)[None, :],
+                     mask=rows_m[:, None] & mask_o[None, :], other=0)
+        wo = tl.load(wo_ptr + offs_n[None, :] * stride_won + (o0 + offs_o)[:, None],
+                     mask=mask_n[None, :] & mask_o[:, None], other=0)
+        dot_o = tl.dot(ao, wo, dot_o, out_dtype=tl.int32)
+    sao = tl.load(aos_ptr + offs_m, mask=rows_m, other=0.0)
+    swo = tl.load(wos_ptr + offs_n, mask=mask_n, other=0.0)
+    return acc + dot_o.to(tl.float32) * sao[:, None] * swo[None, :]
+
+
 # The two nibbles of 4 bytes as INT8 codes times 16, in 32-bit registers: a two's-complement
 # nibble in the high half of a byte (low half zero) *is* the signed byte 16 * code. High nibbles:
 # one AND; low nibbles: a shift and an AND: 3 instructions a word, where sign-extending each

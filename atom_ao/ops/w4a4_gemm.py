@@ -23,8 +23,8 @@ from torch.library import triton_op, wrap_triton
 
 from atom_ao.format import w4a4_gemm_ref
 from atom_ao.ops.gemm_tiles import (
-    MAX_GROUP_SIZE, SCALE_256, group_sum_x256_to_f32, grouped_tile, m_bucket, no_empty_split, outlier_block, split_share,
-    splits_fit, tma_ok, unpack_int4_x16,
+    MAX_GROUP_SIZE, SCALE_256, add_outlier_block, group_sum_x256_to_f32, grouped_tile, m_bucket, no_empty_split,
+    outlier_block, split_share, splits_fit, tma_ok, unpack_int4_x16,
 )
 from atom_ao.ops.w4a4_gemm_swap import FULL_M, FULL_N, SWAP_MAX_M, launch_swap_ws, swap_kernel_and_meta, swap_split_k
 from atom_ao.ops.w4a4_gemv import gemv_split_k, launch_gemv
@@ -138,20 +138,10 @@ def _w4a4_gemm_kernel_jit(
             acc = _group_partial(a, w, sa, sw, acc, HALF, USE_ASM)
 
     # the outlier block and the bias belong to the first split only (masked off in the others)
-    first_m = mask_m & (offs_m * 0 + split == 0)
     if HAS_OUT:
-        offs_o = tl.arange(0, BLOCK_O)
-        dot_o = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-        for o0 in range(0, N_OUT, BLOCK_O):
-            mask_o = (o0 + offs_o) < N_OUT
-            ao = tl.load(ao_ptr + offs_m[:, None] * stride_aom + (o0 + offs_o)[None, :],
-                         mask=first_m[:, None] & mask_o[None, :], other=0)
-            wo = tl.load(wo_ptr + offs_n[None, :] * stride_won + (o0 + offs_o)[:, None],
-                         mask=mask_n[None, :] & mask_o[:, None], other=0)
-            dot_o = tl.dot(ao, wo, dot_o, out_dtype=tl.int32)
-        sao = tl.load(aos_ptr + offs_m, mask=first_m, other=0.0)  # 0, not 0 * inf, in later splits
-        swo = tl.load(wos_ptr + offs_n, mask=mask_n, other=0.0)
-        acc += dot_o.to(tl.float32) * sao[:, None] * swo[None, :]
+        first_m = mask_m & (offs_m * 0 + split == 0)
+        acc = add_outlier_block(acc, ao_ptr, aos_ptr, wo_ptr, wos_ptr, offs_m, offs_n, first_m, mask_n, N_OUT,
+                                stride_aom, stride_won, BLOCK_O)
 
     if HAS_BIAS:
         first_n = mask_n & (offs_n * 0 + split == 0)

@@ -32,8 +32,8 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from atom_ao.ops.gemm_tiles import (SCALE_256, group_sum_x256_to_f32, m_bucket, no_empty_split, outlier_block,
-                                    split_share, tma_scratch, unpack_int4_x16)
+from atom_ao.ops.gemm_tiles import (SCALE_256, add_outlier_block, group_sum_x256_to_f32, m_bucket, no_empty_split,
+                                    outlier_block, split_share, tma_scratch, unpack_int4_x16)
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -242,18 +242,8 @@ def _swap_ws_finish_kernel(
     for s in range(1, SPLITS):
         acc += tl.load(part_ptr + s * M * N + tile, mask=mask, other=0.0)
     if HAS_OUT:
-        offs_o = tl.arange(0, BLOCK_O)
-        dot_o = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-        for o0 in range(0, N_OUT, BLOCK_O):
-            mask_o = (o0 + offs_o) < N_OUT
-            ao = tl.load(ao_ptr + offs_m[:, None] * stride_aom + (o0 + offs_o)[None, :],
-                         mask=mask_m[:, None] & mask_o[None, :], other=0)
-            wo = tl.load(wo_ptr + offs_n[None, :] * stride_won + (o0 + offs_o)[:, None],
-                         mask=mask_n[None, :] & mask_o[:, None], other=0)
-            dot_o = tl.dot(ao, wo, dot_o, out_dtype=tl.int32)
-        sao = tl.load(aos_ptr + offs_m, mask=mask_m, other=0.0)
-        swo = tl.load(wos_ptr + offs_n, mask=mask_n, other=0.0)
-        acc += dot_o.to(tl.float32) * sao[:, None] * swo[None, :]
+        acc = add_outlier_block(acc, ao_ptr, aos_ptr, wo_ptr, wos_ptr, offs_m, offs_n, mask_m, mask_n, N_OUT,
+                                stride_aom, stride_won, BLOCK_O)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
