@@ -362,7 +362,7 @@ def w4a4_gemm_triton(
         raise ValueError(f"w4a4_gemm: splits={splits} must leave every split some of the {groups} groups")
     if path == "swap_ws":  # its own workspace, always (the outliers and bias are added when summing it)
         return launch_swap_ws(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
-                              w_outlier_scale, bias, group_size, splits, out, INTERPRET)
+                              w_outlier_scale, bias, group_size, splits, out)
     ws = _workspace(out, splits)
     if path == "gemv":
         launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,

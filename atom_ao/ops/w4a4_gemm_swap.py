@@ -261,7 +261,7 @@ SWAP_WS_KERNELS = {
 
 
 def launch_swap_ws(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
-                   w_outlier_scale, bias, group_size: int, splits: int, out: torch.Tensor, interpret: bool):
+                   w_outlier_scale, bias, group_size: int, splits: int, out: torch.Tensor):
     """The groups kernel into a (splits, M, N) float32 workspace, then the finishing kernel into
     ``out``; operands contiguous, packed ones TMA-aligned (``tma_ok``)."""
     m, n = out.shape
@@ -269,7 +269,7 @@ def launch_swap_ws(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_s
     n_out = a_outliers.shape[1]
     part = torch.empty((splits, m, n), dtype=torch.float32, device=out.device)
     triton.set_allocator(tma_scratch(out.device))
-    if interpret:
+    if INTERPRET:
         kernel, meta = _swap_ws_groups_kernel, {"BLOCK_N": 32, "BLOCK_M": 16, "WARP_SPEC": True}
     else:
         kernel, meta = SWAP_WS_KERNELS[min(r for r in _SWAP_REGIMES if m <= r)], {}
@@ -278,10 +278,10 @@ def launch_swap_ws(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_s
         a_packed, a_scale, w_packed, w_scale, part,
         m, n, groups, m_bucket(m, SWAP_MAX_M), splits,
         a_packed.stride(0), a_scale.stride(0), w_packed.stride(0), w_scale.stride(0),
-        HALF=group_size // 2, USE_ASM=not interpret, **meta,
+        HALF=group_size // 2, USE_ASM=not INTERPRET, **meta,
     )
-    block_m = 16 if interpret else min(64, max(16, triton.next_power_of_2(m)))
-    block_n = 32 if interpret else 64
+    block_m = 16 if INTERPRET else min(64, max(16, triton.next_power_of_2(m)))
+    block_n = 32 if INTERPRET else 64
     wrap_triton(_swap_ws_finish_kernel)[(triton.cdiv(n, block_n), triton.cdiv(m, block_m))](
         part, a_outliers, a_outlier_scale, w_outliers, w_outlier_scale,
         bias if bias is not None else a_outlier_scale, out,
