@@ -41,14 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_linear import SHAPES  # noqa: E402
 from common import bench_us, gpu_name  # noqa: E402
 
+from atom_ao.ops.gemm_tiles import group_sum_to_f32  # noqa: E402
+
 GS = 128
 HALF = GS // 2
-
-
-@triton.jit
-def _exact_f32(x):
-    # int32 -> float32 exactly for |x| < 2^22 (a group sum of 128 INT4 products is < 2^13)
-    return (x + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
 
 
 @triton.jit
@@ -75,7 +71,7 @@ def _swap_tma_kernel(w_ptr, a_ptr, ws_ptr, as_ptr, part_ptr, M, N, G, SHARE,
         d = tl.dot(wb >> 4, a_hi.T, d, out_dtype=tl.int32)
         sw = tl.load(ws_ptr + offs_n * G + g)
         sa = tl.load(as_ptr + offs_m * G + g, mask=mask_m, other=0.0)
-        acc += _exact_f32(d) * sw[:, None] * sa[None, :]
+        acc += group_sum_to_f32(d) * sw[:, None] * sa[None, :]
     out = part_ptr + split * M * N + offs_m[None, :] * N + offs_n[:, None]
     tl.store(out, acc, mask=mask_m[None, :])
 
