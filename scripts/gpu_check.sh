@@ -330,7 +330,7 @@ for what in "${@:-tests}"; do
     verify-ws) T=200 step swap_ws_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                    tests/ops/test_w4a4_gemm_triton.py tests/test_tensor.py -k "swap_ws or unpacked_ws or ws_paths"
                T=90 step kernel_writes_ws python3 -m pytest -q -p no:cacheprovider --tb=short tests/ops/test_kernel_writes.py
-               T=290 step linear_ws python3 benchmarks/bench_linear.py --ms 16,64,4096 --no-torchao --tag _ws \
+               T=270 step linear_ws python3 benchmarks/bench_linear.py --ms 16,64,4096 --no-torchao --tag _ws \
                    --shapes "llama2-7b qkv,llama2-7b o,llama2-7b gate/up,llama2-7b down" ;;
     generate-ws) T=560 step generate_ws python3 benchmarks/bench_generate.py --batches 16,64 \
                      --paths atom-kv4,atom-kv4-ws,bf16 --gen 16 --steps 8 ;;

@@ -7,7 +7,7 @@ set -euo pipefail
 n=${1:?piece: 0 or 1}
 grep -qx '/.gpuload/' .git/info/exclude 2>/dev/null || echo /.gpuload/ >> .git/info/exclude
 gguf=$(python3 -c 'from atom_ao import data; print(data.gguf_path("smollm2-135m"))')
-wiki=$(python3 -c 'from atom_ao import data; print(data.package_dir("exllamav2") / "conversion/standard_cal_data/wiki.utf8")')
+wiki=$(python3 -c 'from atom_ao import data; print(data.ensure_package(*data.TEXT_PACKAGE) / "conversion/standard_cal_data/wiki.utf8")')
 rm -rf .gpuload && mkdir -p .gpuload
 cp "$wiki" .gpuload/
 half=50000000
