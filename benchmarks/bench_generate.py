@@ -8,9 +8,7 @@ one decode step captured in a CUDA graph and replayed (no launch gaps), for ever
 ``atom-kv4`` uses the INT4 paged cache (``gpt.Int4KVCache``: ``atom_ao::kv_write`` +
 ``prefill_attention`` for the prompt, ``kv_decode_attention`` for each new token);
 ``atom-kv4-rope`` the same with keys cached before RoPE (``AtomKVCache(k_before_rope=True)``:
-the decode kernel adds the K bias back and rotates each key). A ``-ws`` suffix on an atom path
-(``atom-kv4-ws``) runs its GEMMs on the warp-specialized forms ("swap_ws" for 2..64 tokens,
-"unpacked_ws" for the prompt's large M; opt-in), for an A/B against the same path in one run.
+the decode kernel adds the K bias back and rotates each key).
 Random weights: same shapes, same work. Reports prefill time, time per output token (median
 over --steps decode steps), decode tokens/s, peak memory, and the largest batch whose weights
 + KV cache fit --budget-gb (computed from the bytes per token of each KV format).
@@ -20,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import os
 import sys
 from pathlib import Path
@@ -85,7 +82,7 @@ def int4_cache_factory(model, batch, max_len, before_rope: bool = False):
 
 
 # kernel name -> where the decode step's time goes (the first match wins)
-_KINDS = [("atom gemm", ("w4a4_gemm", "w4a4_gemv", "sum_splits", "swap_ws")),
+_KINDS = [("atom gemm", ("w4a4_gemm", "w4a4_gemv", "sum_splits")),
           ("atom quantize", ("quantize",)),
           ("attention", ("decode", "attention", "flash", "fmha", "sdpa", "prefill", "kv_write")),
           ("cuBLAS / torchao gemm", ("gemm", "nvjet", "xmma", "cutlass", "matmul", "scaled_mm", "int_mm")),
@@ -197,19 +194,15 @@ def main():
         inductor_config.triton.enable_pdl = True
     shape = SHAPES[args.model]
     rows = []
-    gemm = importlib.import_module("atom_ao.ops.w4a4_gemm")  # atom_ao.ops re-exports the op under that name
     for path in args.paths.split(","):
-        # read when the GEMM is traced (each path compiles anew)
-        gemm.SWAP_WS = gemm.UNPACKED_WS = path.endswith("-ws")
-        path_kind = path.removesuffix("-ws")
         try:
-            model = build(shape, path_kind, args.layers, not args.no_compile)
+            model = build(shape, path, args.layers, not args.no_compile)
         except Exception as e:
             print(f"{path}: cannot build ({type(e).__name__}: {str(e)[:160]})")
             continue
         weight_gb = torch.cuda.memory_allocated() / 2**30
         s = model.s
-        per_seq = kv_bytes_per_token(s, path_kind) * (args.prompt + args.gen) / 2**30
+        per_seq = kv_bytes_per_token(s, path) * (args.prompt + args.gen) / 2**30
         fit = int(max(0.0, args.budget_gb * 0.9 - weight_gb) // per_seq)
         for b in (int(x) for x in args.batches.split(",")):
             if path == "int8" and b <= 16:  # skipped before its compile: it would only fail after it
@@ -217,7 +210,7 @@ def main():
                       "more than 16 rows)")
                 continue
             try:
-                r = run_batch(model, path_kind, b, args.prompt, args.gen, args.steps, args.profile)
+                r = run_batch(model, path, b, args.prompt, args.gen, args.steps, args.profile)
             except Exception as e:
                 print(f"{path} batch {b}: failed ({type(e).__name__}: {str(e)[:800]})")
                 torch.cuda.empty_cache()

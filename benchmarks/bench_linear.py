@@ -8,9 +8,7 @@ and roofline % = the larger of the byte floor (bytes / copy bandwidth) and the o
 (ops / the tensor-core rate of that format), over the time. Paths: bf16 (``F.linear``), fp8 / int8
 (torchao, compiled), atom (the whole quantized linear: activation quantize + GEMM), atom-gemm (the
 GEMM alone), for M <= 64 atom-gemm-nosplit (the same GEMM with split-K off) and, from M = 2,
-atom-gemm-tiles (the tile kernel that the swap-AB kernel replaces up to SWAP_MAX_M), atom-gemm-ws
-(the TMA / warp-specialized form of the default kernel, opt-in: path "swap_ws" for 2..64 tokens,
-"unpacked_ws" from UNPACKED_MIN_M on), and from M = 256 on
+atom-gemm-tiles (the tile kernel that the swap-AB kernel replaces up to SWAP_MAX_M), and from M = 256 on
 atom-gemm-packed / atom-gemm-unpacked (the GEMM of the other M regime: packed nibbles unpacked in the
 main loop, or INT8 copies first; see ``UNPACKED_MIN_M``).
 
@@ -124,12 +122,6 @@ def run(shapes: dict, ms: list[int], contenders: list[str], compile_torchao: boo
                         times["atom-gemm-nosplit"] = bench_us(lambda: w4a4_gemm_triton(*gemm_args, splits=1))
                     if 2 <= m <= SWAP_MAX_M:  # the tile kernel the swap-AB kernel replaced there
                         times["atom-gemm-tiles"] = bench_us(lambda: w4a4_gemm_triton(*gemm_args, path="packed"))
-                    ws_path = "swap_ws" if 2 <= m <= SWAP_MAX_M else "unpacked_ws" if m >= UNPACKED_MIN_M else None
-                    if ws_path:  # the default kernel's warp-specialized form (opt-in, session 18)
-                        try:
-                            times["atom-gemm-ws"] = bench_us(lambda: w4a4_gemm_triton(*gemm_args, path=ws_path))
-                        except Exception as e:  # e.g. a Triton whose warp specializer refuses it
-                            print(f"{label} M={m} atom-gemm-ws: failed ({type(e).__name__}: {str(e)[:200]})")
                     if m >= 256:  # the other large-M kernel, to show where they cross
                         other = "packed" if m >= UNPACKED_MIN_M else "unpacked"
                         times[f"atom-gemm-{other}"] = bench_us(

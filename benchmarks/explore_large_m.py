@@ -21,6 +21,7 @@ nibble unpack is not what bounds large M. This times variants of its main loop o
                  (session 18: on sm_90 Triton 3.9 partitions this loop only with 4 warps and
                  on-device descriptors, `scripts/compile_sm90.py`-style compile: 12 warps,
                  setmaxnreg; not yet timed)
+                 Session 19: on the H200's Triton 3.6 the WS form was not usable (the op's WS paths were removed).
 and torch._int_mm (cuBLAS INT8) on the same operands. Session 6, H200, M=4096 (TOPS, best tile):
 cuBLAS INT8 880, bf16 691; scaled 520 (64x128), unscaled 875, scaled-T 554, int32-acc 1221
 (128x128 8 warps), scaled-2acc 281 (out of registers on big tiles): the per-group conversion and

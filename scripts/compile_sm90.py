@@ -44,8 +44,7 @@ def compile_one(label, fn, types, consts, num_warps=4, num_stages=3):
         return False
     ptx = c.asm["ptx"]
     print(f"ok   {label}: shared={c.metadata.shared} wgmma={'wgmma' in ptx} mma={'mma.sync' in ptx} "
-          f"ptx_lines={ptx.count(chr(10))} warps={c.metadata.num_warps} "
-          f"warp_specialized={'setmaxnreg' in ptx}")
+          f"ptx_lines={ptx.count(chr(10))}")
     return True
 
 
@@ -71,19 +70,6 @@ def gemm_kernels():
             consts = dict(HALF=64, BLOCK_O=64, HAS_OUT=True, HAS_BIAS=True, USE_ASM=True, BLOCK_N=bn, BLOCK_M=bm,
                           EVEN_N=even, EVEN_M=even)
             ok &= compile_one(f"swap gemm {bn}x{bm} even={even}", swap._w4a4_gemm_swap_kernel_jit, types, consts, w, st)
-    # its warp-specialized form (4 warps; 12 once the specializer has split the loop) and the kernel
-    # that sums its partials with the outlier block and the bias
-    types = dict(a_ptr="*u8", as_ptr="*fp32", w_ptr="*u8", ws_ptr="*fp32", part_ptr="*fp32")
-    for kernel in swap.SWAP_WS_KERNELS.values():
-        for cfg in kernel.configs:
-            consts = dict(HALF=64, USE_ASM=True, **cfg.kwargs)
-            ok &= compile_one(f"swap_ws groups {cfg.kwargs['BLOCK_N']}x{cfg.kwargs['BLOCK_M']}",
-                              swap._swap_ws_groups_kernel, types, consts, cfg.num_warps, cfg.num_stages)
-    types = dict(part_ptr="*fp32", ao_ptr="*i8", aos_ptr="*fp32", wo_ptr="*i8", wos_ptr="*fp32", bias_ptr="*bf16",
-                 out_ptr="*bf16")
-    for bm in (16, 64):
-        ok &= compile_one(f"swap_ws finish {bm}x64", swap._swap_ws_finish_kernel, types,
-                          dict(BLOCK_O=64, HAS_OUT=True, HAS_BIAS=True, BLOCK_M=bm, BLOCK_N=64))
     ok &= compile_one("sum_splits", gemm._sum_splits_kernel, dict(ws_ptr="*fp32", out_ptr="*bf16"),
                       dict(SPLITS_P=8, BLOCK=512))
     # the large-M path: unpack to INT8, then the INT8 group GEMM
@@ -95,12 +81,6 @@ def gemm_kernels():
                       PREFETCH_SCALES=pf)
         ok &= compile_one(f"int8 group gemm {bm}x{bn} prefetch={pf}", unp._int8_group_gemm_kernel_jit, types, consts,
                           w, st)
-    # its warp-specialized form (the outliers as the last group; 12 warps once specialized)
-    types = dict(a_ptr="*i8", as_ptr="*fp32", w_ptr="*i8", ws_ptr="*fp32", bias_ptr="*bf16", out_ptr="*bf16")
-    for cfg in unp._WS_KERNEL.configs:
-        consts = dict(GS=128, HAS_BIAS=True, **cfg.kwargs)
-        ok &= compile_one(f"int8 groups ws {cfg.kwargs['BLOCK_M']}x{cfg.kwargs['BLOCK_N']}", unp._int8_groups_ws_kernel,
-                          types, consts, cfg.num_warps, cfg.num_stages)
     return ok
 
 

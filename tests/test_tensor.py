@@ -183,31 +183,3 @@ def test_compiled_split_k_sum_fuses_into_the_consumer():
     # (tests/ops/test_kernel_writes.py checks the analysis for every kernel on CPU)
     assert "aten.clone.default" not in code and "aten.copy_.default" not in code
     torch.testing.assert_close(compiled, eager, rtol=1e-2, atol=1e-2 * eager.abs().max().item())
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("flag, m, kernels", [("SWAP_WS", 16, ["_swap_ws_groups_kernel", "_swap_ws_finish_kernel"]),
-                                              ("UNPACKED_WS", 1024, ["_int8_groups_ws_kernel"])])
-def test_compiled_ws_paths(monkeypatch, flag, m, kernels):
-    """The opt-in warp-specialized paths under torch.compile: Inductor launches their TMA kernels
-    (with its own scratch allocator), clones nothing, and gives eager's values."""
-    import importlib
-
-    from torch._inductor.utils import run_and_get_code
-    from torch.testing import FileCheck
-
-    gemm = importlib.import_module("atom_ao.ops.w4a4_gemm")
-    monkeypatch.setattr(gemm, flag, True)
-    lin = _cuda_linear(k=4096, n=4096)
-    x = outlier_activations(m, 4096, dtype=torch.bfloat16)[0].cuda()
-    with torch.no_grad():
-        eager = lin(x)
-        torch._dynamo.reset()
-        compiled, codes = run_and_get_code(torch.compile(lin, fullgraph=True), x)
-    code = "\n".join(codes)
-    check = FileCheck()
-    for name in kernels:
-        check = check.check(name)
-    check.run(code)
-    assert "aten.clone.default" not in code and "aten.copy_.default" not in code
-    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import os
 
-import torch
 import triton
 import triton.language as tl
 
@@ -123,16 +121,3 @@ def m_bucket(m: int, cap: int) -> int:
 def outlier_block(n_out: int) -> int:
     """Outlier channels per INT8 dot of the outlier K step: 32..128."""
     return max(32, min(128, triton.next_power_of_2(max(n_out, 1))))
-
-
-def tma_ok(t: torch.Tensor) -> bool:
-    """A byte matrix a TMA descriptor can take: 16-byte aligned start and row stride (the caching
-    allocator aligns storages; a fake tensor under torch.compile has no address, its offset does)."""
-    return t.storage_offset() % 16 == 0 and t.stride(0) % 16 == 0 and t.stride(1) == 1
-
-
-@functools.cache
-def tma_scratch(device: torch.device):
-    """Triton's allocator for ``device``: on-device TMA descriptors live in global scratch that
-    Triton asks the host for at launch (compiled graphs launch through Inductor's own)."""
-    return lambda size, align, stream: torch.empty(size, dtype=torch.int8, device=device)

@@ -24,11 +24,11 @@ from torch.library import triton_op, wrap_triton
 from atom_ao.format import w4a4_gemm_ref
 from atom_ao.ops.gemm_tiles import (
     MAX_GROUP_SIZE, SCALE_256, add_outlier_block, group_sum_x256_to_f32, grouped_tile, m_bucket, no_empty_split,
-    outlier_block, split_share, splits_fit, tma_ok, unpack_int4_x16,
+    outlier_block, split_share, splits_fit, unpack_int4_x16,
 )
-from atom_ao.ops.w4a4_gemm_swap import FULL_M, FULL_N, SWAP_MAX_M, launch_swap_ws, swap_kernel_and_meta, swap_split_k
+from atom_ao.ops.w4a4_gemm_swap import FULL_M, FULL_N, SWAP_MAX_M, swap_kernel_and_meta, swap_split_k
 from atom_ao.ops.w4a4_gemv import gemv_split_k, launch_gemv
-from atom_ao.ops.w4a4_gemm_unpacked import WS_MAX_GROUP_SIZE, w4a4_gemm_unpacked, w4a4_gemm_unpacked_ws
+from atom_ao.ops.w4a4_gemm_unpacked import w4a4_gemm_unpacked
 
 # the swap kernel's unmasked main loop when every tile is full (``EVEN_N`` / ``EVEN_M``); False
 # masks every load (benchmarks/explore_decode_gemm.py --masked-ab times both)
@@ -254,21 +254,15 @@ UNPACKED_MIN_M = 1024
 # One token takes the dp4a stream kernel (w4a4_gemv); False: the swap kernel, as for 2..64 tokens.
 GEMV_DEFAULT = True
 
-# The warp-specialized forms (TMA loads, Triton's warp specializer), opt-in until timed on a GPU
-# (bench_linear's atom-gemm-ws rows): 2..64 tokens take "swap_ws" instead of "swap", and from
-# UNPACKED_MIN_M on "unpacked_ws" instead of "unpacked"
-SWAP_WS = os.environ.get("ATOM_AO_SWAP_WS") == "1"
-UNPACKED_WS = os.environ.get("ATOM_AO_UNPACKED_WS") == "1"
-
 
 def default_path(m: int, splits: int | None = None) -> str:
     """The GEMM path for m tokens, group sizes up to MAX_GROUP_SIZE."""
     if m >= UNPACKED_MIN_M and splits in (None, 1):
-        return "unpacked_ws" if UNPACKED_WS else "unpacked"
+        return "unpacked"
     if m == 1 and GEMV_DEFAULT:
         return "gemv"
     if m <= SWAP_MAX_M:
-        return "swap_ws" if SWAP_WS else "swap"
+        return "swap"
     return "packed"
 
 
@@ -306,12 +300,9 @@ def w4a4_gemm_triton(
 
     ``splits``: split-K factor (default: ``_split_k``'s choice; tests force one).
     ``path``: "packed" (nibbles unpacked in the main loop, tokens on the MMA's M side), "swap"
-    (``w4a4_gemm_swap``: weight rows on the MMA's M side, for up to SWAP_MAX_M tokens), "swap_ws"
-    (its TMA / warp-specialized form; the default with ATOM_AO_SWAP_WS=1), "gemv"
+    (``w4a4_gemm_swap``: weight rows on the MMA's M side, for up to SWAP_MAX_M tokens), "gemv"
     (``w4a4_gemv``: one token, dp4a on the CUDA cores) or "unpacked"
-    (``w4a4_gemm_unpacked``: INT8 copies first, for large M), "unpacked_ws" (its TMA / warp-specialized
-    form, the outliers as the last group; the default with ATOM_AO_UNPACKED_WS=1); default by M
-    (``default_path``)."""
+    (``w4a4_gemm_unpacked``: INT8 copies first, for large M); default by M (``default_path``)."""
     m, n = a_packed.shape[0], w_packed.shape[0]
     n_out = a_outliers.shape[1]
     out = torch.empty((m, n), dtype=out_dtype, device=a_packed.device)
@@ -322,47 +313,26 @@ def w4a4_gemm_triton(
     a_outliers, w_outliers = a_outliers.contiguous(), w_outliers.contiguous()
     a_scale, w_scale = a_scale.contiguous(), w_scale.contiguous()
     groups = a_scale.shape[1]
-    default = path is None
     if path is None:
         # the nibble kernels keep a group's sum of 16 x codes exact in float32 up to MAX_GROUP_SIZE;
         # the INT8-copies path has no such bound
         path = "unpacked" if group_size > MAX_GROUP_SIZE and splits in (None, 1) else default_path(m, splits)
-    if path == "swap_ws" and not (group_size % 32 == 0 and tma_ok(a_packed) and tma_ok(w_packed)):
-        if default:  # the opt-in default never refuses what "swap" takes
-            path = "swap"
-        else:
-            raise ValueError(f"w4a4_gemm: path='swap_ws' loads its tiles through TMA: group_size must be a multiple "
-                             f"of 32 (got {group_size}) and the packed operands 16-byte aligned")
-    if path == "unpacked_ws" and not (group_size % 16 == 0 and group_size <= WS_MAX_GROUP_SIZE):
-        if default:  # as above: "unpacked" takes every group size
-            path = "unpacked"
-        else:
-            raise ValueError(f"w4a4_gemm: path='unpacked_ws' loads whole groups through TMA: group_size must be a "
-                             f"multiple of 16 up to {WS_MAX_GROUP_SIZE}, got {group_size}")
-    if path in ("packed", "swap", "swap_ws", "gemv") and group_size > MAX_GROUP_SIZE:
+    if path in ("packed", "swap", "gemv") and group_size > MAX_GROUP_SIZE:
         raise ValueError(f"w4a4_gemm: path={path!r} takes group_size <= {MAX_GROUP_SIZE} (a group's INT32 sum of "
                          f"16 x codes must convert to float32 exactly), got {group_size}; use path='unpacked'")
-    if (path not in ("packed", "swap", "swap_ws", "unpacked", "unpacked_ws", "gemv")
-            or (path in ("unpacked", "unpacked_ws") and splits not in (None, 1))
-            or (path in ("swap", "swap_ws") and m > SWAP_MAX_M) or (path == "gemv" and m != 1)):
+    if (path not in ("packed", "swap", "unpacked", "gemv") or (path == "unpacked" and splits not in (None, 1))
+            or (path == "swap" and m > SWAP_MAX_M) or (path == "gemv" and m != 1)):
         raise ValueError(f"w4a4_gemm: path={path!r} (with splits={splits}, M={m}) is not one of 'packed', "
-                         f"'swap' / 'swap_ws' (M <= {SWAP_MAX_M}), 'gemv' (M = 1), 'unpacked' / 'unpacked_ws' "
-                         f"(no split-K)")
-    if path == "unpacked_ws":
-        return w4a4_gemm_unpacked_ws(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
-                                     w_outlier_scale, bias, group_size, out)
+                         f"'swap' (M <= {SWAP_MAX_M}), 'gemv' (M = 1), 'unpacked' (no split-K)")
     if path == "unpacked":
         return w4a4_gemm_unpacked(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
                                   w_outlier_scale, bias, group_size, out)
     if splits is None:
-        splits = (swap_split_k(m, n, groups, _sm_count(out.device)) if path in ("swap", "swap_ws")
+        splits = (swap_split_k(m, n, groups, _sm_count(out.device)) if path == "swap"
                   else gemv_split_k(n, groups, _sm_count(out.device)) if path == "gemv"
                   else _split_k(m, n, groups, out.device))
     if not splits_fit(groups, splits):
         raise ValueError(f"w4a4_gemm: splits={splits} must leave every split some of the {groups} groups")
-    if path == "swap_ws":  # its own workspace, always (the outliers and bias are added when summing it)
-        return launch_swap_ws(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
-                              w_outlier_scale, bias, group_size, splits, out)
     ws = _workspace(out, splits)
     if path == "gemv":
         launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,

@@ -27,13 +27,10 @@ from __future__ import annotations
 
 import os
 
-import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
-from atom_ao.ops.gemm_tiles import (SCALE_256, add_outlier_block, group_sum_x256_to_f32, m_bucket, no_empty_split,
-                                    outlier_block, split_share, tma_scratch, unpack_int4_x16)
+from atom_ao.ops.gemm_tiles import SCALE_256, group_sum_x256_to_f32, no_empty_split, split_share, unpack_int4_x16
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -174,119 +171,3 @@ def swap_kernel_and_meta(m: int):
     if INTERPRET:
         return _w4a4_gemm_swap_kernel_jit, {"BLOCK_N": 32, "BLOCK_M": 16}
     return SWAP_KERNELS[min(r for r in _SWAP_REGIMES if m <= r)], {}
-
-
-# ---------------------------------------------------------------- warp-specialized form (opt-in)
-# The same loop with its group tiles loaded through on-device TMA descriptors, so that Triton's
-# warp specializer can split it (sm_90: 4-warp kernels only; 12 warps after) into a producer warp
-# issuing the loads and two consumer warpgroups of BLOCK_N / 2 weight rows each: one can run its
-# MMAs while the other converts and scales its group sums. The specializer fails on a kernel with
-# a second tl.dot (Triton 3.9, sm_90 compile: the outlier block after the loop or before it), so
-# the INT8 outlier block and the bias move to the kernel that sums the split partials. Opt-in
-# (path "swap_ws", or ATOM_AO_SWAP_WS=1 for the default path) until timed on a GPU
-# (bench_linear's atom-gemm-ws rows, benchmarks/explore_ws.py).
-
-
-@triton.jit
-def _swap_ws_groups_kernel(
-    a_ptr, as_ptr, w_ptr, ws_ptr, part_ptr,
-    M, N, G, M_BUCKET, SPLITS,
-    stride_am, stride_asm, stride_wn, stride_wsn,
-    HALF: tl.constexpr, USE_ASM: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, WARP_SPEC: tl.constexpr,
-):
-    """part[split] (M, N) float32 = the split's INT4 groups, scaled, as in the swap kernel. Rows
-    past N or M read as zeros (TMA) and are not stored."""
-    pid_n = tl.program_id(0)
-    split = tl.program_id(1)
-    pid_m = tl.program_id(2)
-    g0, n_g = split_share(G, SPLITS, split)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_n = offs_n < N
-    mask_m = offs_m < M
-    w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, G * HALF], strides=[stride_wn, 1],
-                                       block_shape=[BLOCK_N, HALF])
-    a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, G * HALF], strides=[stride_am, 1],
-                                       block_shape=[BLOCK_M, HALF])
-    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # out^T
-    for g in tl.range(g0, g0 + n_g, warp_specialize=WARP_SPEC):
-        w = w_desc.load([pid_n * BLOCK_N, g * HALF])
-        a = a_desc.load([pid_m * BLOCK_M, g * HALF])
-        sw = tl.load(ws_ptr + offs_n * stride_wsn + g, mask=mask_n, other=0.0)
-        sa = tl.load(as_ptr + offs_m * stride_asm + g, mask=mask_m, other=0.0)
-        w_lo, w_hi = unpack_int4_x16(w, USE_ASM)
-        a_lo, a_hi = unpack_int4_x16(a, USE_ASM)
-        dot = tl.dot(w_lo, tl.trans(a_lo), out_dtype=tl.int32)
-        dot = tl.dot(w_hi, tl.trans(a_hi), dot, out_dtype=tl.int32)
-        acc += group_sum_x256_to_f32(dot, HALF) * sa[None, :] * (sw * SCALE_256)[:, None]
-    out_ptrs = part_ptr + split * M * N + offs_m[None, :] * N + offs_n[:, None]
-    tl.store(out_ptrs, acc, mask=mask_n[:, None] & mask_m[None, :])
-
-
-@triton.jit
-def _swap_ws_finish_kernel(
-    part_ptr, ao_ptr, aos_ptr, wo_ptr, wos_ptr, bias_ptr, out_ptr,
-    M, N, N_OUT, SPLITS, stride_aom, stride_won, stride_om,
-    BLOCK_O: tl.constexpr, HAS_OUT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """out (M, N) = the split partials summed in split order + the INT8 outlier block + bias."""
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_n = offs_n < N
-    mask_m = offs_m < M
-    mask = mask_m[:, None] & mask_n[None, :]
-    tile = offs_m[:, None] * N + offs_n[None, :]
-    acc = tl.load(part_ptr + tile, mask=mask, other=0.0)
-    for s in range(1, SPLITS):
-        acc += tl.load(part_ptr + s * M * N + tile, mask=mask, other=0.0)
-    if HAS_OUT:
-        acc = add_outlier_block(acc, ao_ptr, aos_ptr, wo_ptr, wos_ptr, offs_m, offs_n, mask_m, mask_n, N_OUT,
-                                stride_aom, stride_won, BLOCK_O)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-# 4 warps (what the specializer takes on sm_90), 128 or 256 weight rows (two consumer halves),
-# the regime's token tile
-SWAP_WS_KERNELS = {
-    regime: triton.autotune(
-        configs=[triton.Config({"BLOCK_N": bn, "BLOCK_M": regime, "WARP_SPEC": True}, num_warps=4, num_stages=3)
-                 for bn in (128, 256)],
-        key=["M_BUCKET", "N", "G", "SPLITS"])(_swap_ws_groups_kernel)
-    for regime in _SWAP_REGIMES
-}
-
-
-def launch_swap_ws(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
-                   w_outlier_scale, bias, group_size: int, splits: int, out: torch.Tensor):
-    """The groups kernel into a (splits, M, N) float32 workspace, then the finishing kernel into
-    ``out``; operands contiguous, packed ones TMA-aligned (``tma_ok``)."""
-    m, n = out.shape
-    groups = a_scale.shape[1]
-    n_out = a_outliers.shape[1]
-    part = torch.empty((splits, m, n), dtype=torch.float32, device=out.device)
-    triton.set_allocator(tma_scratch(out.device))
-    if INTERPRET:
-        kernel, meta = _swap_ws_groups_kernel, {"BLOCK_N": 32, "BLOCK_M": 16, "WARP_SPEC": True}
-    else:
-        kernel, meta = SWAP_WS_KERNELS[min(r for r in _SWAP_REGIMES if m <= r)], {}
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), splits, triton.cdiv(m, meta["BLOCK_M"]))  # noqa: E731
-    wrap_triton(kernel)[grid](
-        a_packed, a_scale, w_packed, w_scale, part,
-        m, n, groups, m_bucket(m, SWAP_MAX_M), splits,
-        a_packed.stride(0), a_scale.stride(0), w_packed.stride(0), w_scale.stride(0),
-        HALF=group_size // 2, USE_ASM=not INTERPRET, **meta,
-    )
-    block_m = 16 if INTERPRET else min(64, max(16, triton.next_power_of_2(m)))
-    block_n = 32 if INTERPRET else 64
-    wrap_triton(_swap_ws_finish_kernel)[(triton.cdiv(n, block_n), triton.cdiv(m, block_m))](
-        part, a_outliers, a_outlier_scale, w_outliers, w_outlier_scale,
-        bias if bias is not None else a_outlier_scale, out,
-        m, n, n_out, splits, max(a_outliers.stride(0), 1), max(w_outliers.stride(0), 1), out.stride(0),
-        BLOCK_O=min(64, outlier_block(n_out)), HAS_OUT=n_out > 0, HAS_BIAS=bias is not None,
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4,
-    )
-    return out

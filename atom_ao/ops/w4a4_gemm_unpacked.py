@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from atom_ao.ops.gemm_tiles import group_sum_to_f32, grouped_tile, m_bucket, outlier_block, tma_scratch
+from atom_ao.ops.gemm_tiles import group_sum_to_f32, grouped_tile, m_bucket, outlier_block
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -44,14 +44,12 @@ def _unpack_rows_kernel(src_ptr, dst_ptr, R, G, stride_s, stride_d,
     tl.store(dst + HALF, b >> 4, mask=ok)
 
 
-def unpack_int4_rows(packed: torch.Tensor, group_size: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    """(R, G * group_size / 2) uint8 -> (R, G * group_size) int8 codes in reference order
-    (into ``out``, which may be the leading columns of a wider buffer)."""
+def unpack_int4_rows(packed: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(R, G * group_size / 2) uint8 -> (R, G * group_size) int8 codes in reference order."""
     r, kb = packed.shape
     half = group_size // 2
     groups = kb // half
-    if out is None:
-        out = torch.empty((r, groups * group_size), dtype=torch.int8, device=packed.device)
+    out = torch.empty((r, groups * group_size), dtype=torch.int8, device=packed.device)
     if r == 0 or groups == 0:
         return out
     block_r, block_g = (4, 2) if INTERPRET else (16, max(1, 1024 // half))
@@ -179,92 +177,3 @@ def w4a4_gemm_unpacked(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed,
     w8 = unpack_int4_rows(w_packed, group_size)
     return int8_group_gemm(a8, a_scale, a_outliers, a_outlier_scale, w8, w_scale, w_outliers, w_outlier_scale,
                            bias, group_size, out)
-
-
-# ---------------------------------------------------------------- warp-specialized form (opt-in)
-# The INT8 group loop with its tiles loaded through on-device TMA descriptors, so that Triton's
-# warp specializer can give it a producer warp and two consumer warpgroups (sm_90: 4-warp kernels
-# only): one runs its MMAs while the other converts and scales its group sums, the part that bounds
-# the loop above (benchmarks/explore_large_m.py). The specializer fails on a kernel with a second
-# tl.dot, so the INT8 outlier block is no separate step here: its channels are appended to the INT8
-# copies as the last group(s), with the per-token / per-row outlier scales as those groups' scales
-# (the same products, summed in the same order: the same bits when the outliers fit one group).
-# Opt-in (path "unpacked_ws", or ATOM_AO_UNPACKED_WS=1 for the default path) until timed on a GPU.
-
-
-@triton.jit
-def _int8_groups_ws_kernel(
-    a_ptr, as_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr,
-    M, N, G, M_BUCKET,
-    stride_am, stride_asm, stride_wn, stride_wsn, stride_om,
-    GS: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr, WARP_SPEC: tl.constexpr,
-):
-    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, G * GS], strides=[stride_am, 1], block_shape=[BLOCK_M, GS])
-    w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, G * GS], strides=[stride_wn, 1], block_shape=[BLOCK_N, GS])
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for g in tl.range(0, G, warp_specialize=WARP_SPEC):
-        a = a_desc.load([pid_m * BLOCK_M, g * GS])
-        w = w_desc.load([pid_n * BLOCK_N, g * GS])
-        sa = tl.load(as_ptr + offs_m * stride_asm + g, mask=mask_m, other=0.0)
-        sw = tl.load(ws_ptr + offs_n * stride_wsn + g, mask=mask_n, other=0.0)
-        dot = tl.dot(a, tl.trans(w), out_dtype=tl.int32)
-        acc += dot.to(tl.float32) * sa[:, None] * sw[None, :]  # exact: |dot| < 2^24 (GS <= 1024)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
-
-
-# (BLOCK_M, BLOCK_N): 4 warps (12 once specialized: two consumer halves of BLOCK_M / 2 rows)
-_WS_CONFIGS = [(128, 128), (128, 256), (256, 128)]
-
-_WS_KERNEL = None if INTERPRET else triton.autotune(
-    configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": 8, "WARP_SPEC": True}, num_warps=4, num_stages=3)
-             for bm, bn in _WS_CONFIGS],
-    key=["M_BUCKET", "N", "G"],
-)(_int8_groups_ws_kernel)
-
-WS_MAX_GROUP_SIZE = 256  # a TMA box is at most 256 elements on a side
-
-
-def _with_outlier_groups(packed, scale, outliers, outlier_scale, group_size: int):
-    """INT8 codes (R, (G + O) * group_size): the unpacked groups, then the outlier channels
-    zero-padded to O whole groups; scales (R, G + O): the groups', then the outlier scale O times."""
-    r, groups = scale.shape
-    n_out = outliers.shape[1]
-    o = triton.cdiv(n_out, group_size)
-    codes = torch.empty((r, (groups + o) * group_size), dtype=torch.int8, device=packed.device)
-    unpack_int4_rows(packed, group_size, out=codes[:, :groups * group_size])
-    if o:
-        codes[:, groups * group_size:groups * group_size + n_out] = outliers
-        codes[:, groups * group_size + n_out:] = 0
-    scales = torch.cat([scale, outlier_scale[:, None].expand(r, o)], dim=1) if o else scale
-    return codes, scales.contiguous()
-
-
-def w4a4_gemm_unpacked_ws(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
-                          w_outlier_scale, bias, group_size: int, out: torch.Tensor) -> torch.Tensor:
-    """The unpacked GEMM with the outliers as the last group(s) and the warp-specialized loop."""
-    m, n = out.shape
-    a8, sa = _with_outlier_groups(a_packed, a_scale, a_outliers, a_outlier_scale, group_size)
-    w8, sw = _with_outlier_groups(w_packed, w_scale, w_outliers, w_outlier_scale, group_size)
-    groups = sa.shape[1]
-    triton.set_allocator(tma_scratch(out.device))
-    if INTERPRET:
-        kernel, meta = _int8_groups_ws_kernel, {"BLOCK_M": 16, "BLOCK_N": 32, "GROUP_M": 2, "WARP_SPEC": True}
-    else:
-        kernel, meta = _WS_KERNEL, {}
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    wrap_triton(kernel)[grid](
-        a8, sa, w8, sw, bias if bias is not None else sa, out,
-        m, n, groups, m_bucket(m, 8192),
-        a8.stride(0), sa.stride(0), w8.stride(0), sw.stride(0), out.stride(0),
-        GS=group_size, HAS_BIAS=bias is not None, **meta,
-    )
-    return out

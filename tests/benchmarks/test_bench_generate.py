@@ -9,7 +9,6 @@ def test_profile_kinds():
     # a fused cast is not a copy into an input
     assert _kind("triton_poi_fused__to_copy_add_select_1") == "fused elementwise (Inductor)"
     assert _kind("_w4a4_gemv_kernel") == "atom gemm"
-    assert _kind("_swap_ws_groups_kernel") == _kind("_swap_ws_finish_kernel") == "atom gemm"
     assert _kind("_quantize_activation_kernel") == "atom quantize"
     assert _kind("decode_gqa_kernel") == "attention"
     assert _kind("nvjet_sm90_tst_256x8_64x6_2x1_v_bz_TNT") == "cuBLAS / torchao gemm"

@@ -104,7 +104,6 @@ def _gemm_cases():
     from test_w4a4_gemm_triton import _operands
 
     for m, path, splits in ((1, "gemv", 1), (1, "gemv", 2), (16, "swap", 1), (16, "swap", 2), (64, "swap", 1),
-                            (16, "swap_ws", 1), (16, "swap_ws", 2), (300, "unpacked_ws", 1),
                             (300, None, 1), (300, None, 2), (300, "unpacked", 1)):
         args = _operands(m, 64, 512, 32, 128, torch.bfloat16, True)
         w4a4_gemm.w4a4_gemm_triton(*args, 128, torch.bfloat16, splits=splits, path=path)

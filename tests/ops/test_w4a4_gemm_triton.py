@@ -123,37 +123,6 @@ def test_unpacked_path_equals_packed_path(m, n, k, n_out, gs, dtype, bias):
     _check(m, n, k, n_out, gs, dtype, bias)  # and the reference
 
 
-@pytest.mark.parametrize(
-    "m, n, k, n_out, gs, dtype, bias",
-    [
-        (19, 33, 320, 64, 128, torch.bfloat16, True),  # the outliers pad one group
-        (40, 64, 256, 0, 64, torch.float16, False),   # no outliers
-        (5, 48, 192, 16, 64, torch.float32, True),
-    ],
-)
-def test_unpacked_ws_path_same_bits_as_unpacked(m, n, k, n_out, gs, dtype, bias):
-    # the outlier channels as the last group of the INT8 copies, scaled by the outlier scales: the
-    # same products summed in the same order as the outlier step of the unpacked kernel
-    args = _operands(m, n, k, n_out, gs, dtype, bias)
-    ws = w4a4_gemm_triton(*args, gs, dtype, path="unpacked_ws")
-    torch.testing.assert_close(ws, w4a4_gemm_triton(*args, gs, dtype, path="unpacked"), rtol=0, atol=0)
-
-
-def test_unpacked_ws_path_outliers_over_groups_and_limits(monkeypatch):
-    import importlib
-    gemm = importlib.import_module("atom_ao.ops.w4a4_gemm")
-    # 96 outliers at group size 32: three outlier groups (their INT32 sums split: float rounding)
-    _check(7, 40, 96 + 4 * 32, 96, 32, torch.bfloat16, True, path="unpacked_ws")
-    args = _operands(6, 32, 512 + 32, 32, 512, torch.bfloat16, False)
-    with pytest.raises(ValueError, match="unpacked_ws"):  # a TMA box is 256 wide at most
-        w4a4_gemm_triton(*args, 512, torch.bfloat16, path="unpacked_ws")
-    monkeypatch.setattr(gemm, "UNPACKED_WS", True)  # the opt-in default takes the plain path there
-    assert gemm.default_path(gemm.UNPACKED_MIN_M) == "unpacked_ws"
-    monkeypatch.setattr(gemm, "UNPACKED_MIN_M", 4)
-    torch.testing.assert_close(w4a4_gemm_triton(*args, 512, torch.bfloat16),
-                               w4a4_gemm_triton(*args, 512, torch.bfloat16, path="unpacked"), rtol=0, atol=0)
-
-
 def test_unpack_int4_rows_matches_reference_order():
     from atom_ao.format import unpack_int4
     from atom_ao.ops.w4a4_gemm_unpacked import unpack_int4_rows
@@ -168,15 +137,6 @@ def test_bad_path_is_refused():
         w4a4_gemm_triton(*args, 128, torch.bfloat16, path="fast")
     with pytest.raises(ValueError, match="split-K"):
         w4a4_gemm_triton(*args, 128, torch.bfloat16, path="unpacked", splits=2)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("m", [256, 512, 4096])
-@pytest.mark.parametrize("n, k", [(4096, 4096), (4096, 11008), (12288, 4096)])
-def test_unpacked_ws_path_real_shapes_gpu(m, n, k):
-    args = _operands(m, n, k, 128, 128, torch.bfloat16, True, device="cuda")
-    torch.testing.assert_close(w4a4_gemm_triton(*args, 128, torch.bfloat16, path="unpacked_ws"),
-                               w4a4_gemm_triton(*args, 128, torch.bfloat16, path="unpacked"), rtol=0, atol=0)
 
 
 @pytest.mark.gpu
@@ -216,35 +176,6 @@ def test_swap_unmasked_loop_same_bits(monkeypatch, m, n):
     _check(m, n, 256, 32, 64, torch.bfloat16, True)
 
 
-@pytest.mark.parametrize("m, n, k, n_out, gs", [(2, 40, 200, 32, 64), (19, 33, 320, 64, 128),
-                                                (40, 72, 5 * 64 + 32, 32, 64), (16, 64, 256, 0, 64)])
-@pytest.mark.parametrize("dtype, bias", [(torch.bfloat16, True), (torch.float16, False)])
-def test_swap_ws_path(m, n, k, n_out, gs, dtype, bias):
-    # TMA tile loads (rows past N or M read as zeros), the outliers and bias added with the split
-    # sum: the swap kernel's bits without split-K (the same order of float sums), its values with
-    args = _operands(m, n, k, n_out, gs, dtype, bias)
-    one = w4a4_gemm_triton(*args, gs, dtype, path="swap_ws", splits=1)
-    torch.testing.assert_close(one, w4a4_gemm_triton(*args, gs, dtype, path="swap", splits=1), rtol=0, atol=0)
-    two = w4a4_gemm_triton(*args, gs, dtype, path="swap_ws", splits=2)
-    torch.testing.assert_close(two.float(), one.float(), rtol=1e-2, atol=1e-2 * one.float().abs().max().item())
-    _check(m, n, k, n_out, gs, dtype, bias, path="swap_ws")
-
-
-def test_swap_ws_path_needs_tma_alignment(monkeypatch):
-    import importlib
-    gemm = importlib.import_module("atom_ao.ops.w4a4_gemm")
-    args = _operands(4, 32, 256 + 32, 32, 128, torch.bfloat16, False)
-    shifted = torch.empty(args[4].numel() + 1, dtype=args[4].dtype)[1:].view(args[4].shape)  # storage offset 1
-    shifted.copy_(args[4])
-    args[4] = shifted
-    with pytest.raises(ValueError, match="TMA"):
-        w4a4_gemm_triton(*args, 128, torch.bfloat16, path="swap_ws")
-    monkeypatch.setattr(gemm, "SWAP_WS", True)  # the opt-in default falls back to the swap kernel
-    assert gemm.default_path(4) == "swap_ws"
-    torch.testing.assert_close(w4a4_gemm_triton(*args, 128, torch.bfloat16),
-                               w4a4_gemm_triton(*args, 128, torch.bfloat16, path="swap"), rtol=0, atol=0)
-
-
 def test_swap_path_refuses_large_m():
     args = _operands(72, 32, 256, 0, 128, torch.bfloat16, False)
     with pytest.raises(ValueError, match="swap"):
@@ -270,17 +201,6 @@ def test_swap_path_real_shapes_gpu(m, n, k):
     # the default split-K of each path may differ: float32 partials summed in another order
     torch.testing.assert_close(swap.float(), tiles.float(), rtol=1e-2, atol=1e-2 * tiles.float().abs().max().item())
     _check(m, n, k, 128, 128, torch.bfloat16, True, device="cuda")
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("m", [2, 16, 33, 64])
-@pytest.mark.parametrize("n, k", [(4096, 4096 + 128), (12288, 4096 + 128), (4096, 11008 + 128)])
-def test_swap_ws_path_real_shapes_gpu(m, n, k):
-    args = _operands(m, n, k, 128, 128, torch.bfloat16, True, device="cuda")
-    torch.testing.assert_close(w4a4_gemm_triton(*args, 128, torch.bfloat16, path="swap_ws", splits=1),
-                               w4a4_gemm_triton(*args, 128, torch.bfloat16, path="swap", splits=1), rtol=0, atol=0)
-    _check(m, n, k, 128, 128, torch.bfloat16, True, device="cuda", path="swap_ws")
 
 
 def test_swap_split_k_rule():
