@@ -1,0 +1,154 @@
+"""Decode speed through transformers' own generate: bf16 vs Atom W4A4 vs Atom + INT4 KV cache.
+
+    python benchmarks/bench_hf_generate.py --model smollm2-135m --paths bf16,atom,atom-kv4
+
+What a transformers user gets: ``model.generate`` with a static cache, whose decode step
+transformers compiles itself (torch.compile, mode "reduce-overhead": Inductor + CUDA graphs),
+at batch 1. Random weights with a real model's shapes (speed only; the accuracy of the same
+models: ``python -m atom_ao``); ``--layers`` cuts the depth for a quick run. Per path: the
+first generate's seconds (compile + autotune), decode ms a token without the prompt
+((t(long) - t(short)) / extra tokens, same cache length), tokens/s, Inductor's CUDA-graph
+skips (a skipped graph launches each kernel from Python every step) and, with --profile,
+CUDA launches and graph replays per decode token and the top CPU ops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import gpu_name, markdown_table, write_results  # noqa: E402
+
+# transformers config class and fields of each model (the same as ../shared/models.md's GGUFs)
+SHAPES = {
+    "smollm2-135m": ("LlamaConfig", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                         num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                                         tie_word_embeddings=True, rope_theta=100000.0)),
+    "qwen2.5-0.5b": ("Qwen2Config", dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                                         num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
+                                         tie_word_embeddings=True, rope_theta=1000000.0)),
+}
+DEVICE = "cuda"  # the CPU smoke test sets "cpu" (transformers then runs the steps eagerly)
+LAUNCH_EVENTS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
+
+
+def build(name: str, layers: int | None):
+    import transformers
+
+    cls, fields = SHAPES[name]
+    fields = dict(fields, max_position_embeddings=4096, **({"num_hidden_layers": layers} if layers else {}))
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(getattr(transformers, cls)(**fields))
+    return model.to(DEVICE, torch.bfloat16 if DEVICE == "cuda" else torch.float32).eval()
+
+
+def sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def cudagraph_counters() -> dict:
+    from torch._dynamo.utils import counters
+
+    return {k: v for k, v in counters["inductor"].items() if "cudagraph" in k}
+
+
+@torch.no_grad()
+def run_path(model, path: str, prompt_len: int, short: int, long: int, profile: bool) -> dict:
+    from atom_ao.__main__ import _generate
+
+    ids = torch.randint(100, 1000, (1, prompt_len), device=DEVICE)
+    kv4 = path == "atom-kv4"
+
+    def gen(n: int):
+        out = _generate(model, ids, kv4, max_cache_len=prompt_len + long, do_sample=False, min_new_tokens=n,
+                        max_new_tokens=n, pad_token_id=0)
+        sync()
+        return out
+
+    def seconds(n: int, reps: int = 3) -> float:
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            gen(n)
+            ts.append(time.perf_counter() - t)
+        return sorted(ts)[len(ts) // 2]
+
+    before = cudagraph_counters()
+    t = time.perf_counter()
+    gen(long)  # compiles (and autotunes) the decode step
+    first_s = time.perf_counter() - t
+    gen(long)
+    ms = 1e3 * (seconds(long) - seconds(short)) / (long - short)
+    after = cudagraph_counters()
+    row = {"path": path, "first_generate_s": round(first_s, 1), "decode_ms": round(ms, 3),
+           "tokens_per_s": round(1e3 / ms, 1),
+           "cudagraph_skips": after.get("cudagraph_skips", 0) - before.get("cudagraph_skips", 0)}
+    if profile:
+        from torch.profiler import ProfilerActivity, profile as prof
+
+        with prof(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])) as p:
+            gen(long)
+        counts = {e.key: e.count for e in p.key_averages()}
+        row["launches_per_token"] = round(sum(counts.get(k, 0) for k in LAUNCH_EVENTS) / long, 1)
+        row["graph_replays_per_token"] = round(counts.get("cudaGraphLaunch", 0) / long, 2)
+        print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    print(row, {k: v - before.get(k, 0) for k, v in after.items()}, flush=True)
+    return row
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2-135m", choices=sorted(SHAPES))
+    ap.add_argument("--layers", type=int, default=None, help="decoder layers (default: the model's)")
+    ap.add_argument("--paths", default="bf16,atom,atom-kv4", help="bf16, atom, atom-kv4 (in this order)")
+    ap.add_argument("--prompt", type=int, default=16, help="prompt tokens")
+    ap.add_argument("--short", type=int, default=8, help="new tokens of the short run")
+    ap.add_argument("--long", type=int, default=72, help="new tokens of the long run")
+    ap.add_argument("--profile", action="store_true", help="launch counts and top CPU ops of one long run")
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args(argv)
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench_hf_generate needs a GPU (transformers compiles decode steps only there)")
+    import atom_ao
+    from torchao.quantization import quantize_
+
+    model = build(args.model, args.layers)
+    rows, quantized = [], False
+    for path in args.paths.split(","):
+        if path not in ("bf16", "atom", "atom-kv4"):
+            raise SystemExit(f"unknown path {path!r}: bf16, atom, atom-kv4")
+        if path != "bf16" and not quantized:  # data-free Atom W4A4 on every decoder linear
+            quantize_(model, atom_ao.atom_config(),
+                      filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and "lm_head" not in fqn)
+            quantized = True
+        elif path == "bf16" and quantized:
+            raise SystemExit("bf16 must come before the atom paths (the model is quantized in place)")
+        rows.append(dict(model=args.model, layers=model.config.num_hidden_layers,
+                         **run_path(model, path, args.prompt, args.short, args.long, args.profile)))
+    base = next((r["decode_ms"] for r in rows if r["path"] == "bf16"), None)
+    for r in rows:
+        r["speedup_vs_bf16"] = round(base / r["decode_ms"], 2) if base else ""
+    cols = ["model", "layers", "path", "first_generate_s", "decode_ms", "tokens_per_s", "speedup_vs_bf16",
+            "cudagraph_skips"] + (["launches_per_token", "graph_replays_per_token"] if args.profile else [])
+    print(markdown_table(rows, cols))
+    import transformers
+
+    stem = write_results(f"bench_hf_generate_{args.model}{args.tag}", rows, cols,
+                         {"gpu": gpu_name(), "torch": torch.__version__, "transformers": transformers.__version__,
+                          "argv": sys.argv[1:]})
+    print(f"wrote {stem}")
+    if args.profile:  # where the first generates' seconds went (dynamo, AOT, Inductor phases)
+        print(torch._dynamo.utils.compile_times())
+    return rows
+
+
+if __name__ == "__main__":
+    main()

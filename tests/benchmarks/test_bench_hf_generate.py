@@ -1,0 +1,28 @@
+"""CPU smoke test of benchmarks/bench_hf_generate.py: one decoder layer through transformers'
+generate (eager on CPU), bf16 -> Atom -> Atom + INT4 KV, and the results file it writes."""
+
+import json
+
+import cpu_smoke  # noqa: F401  (puts benchmarks/ on the path)
+import pytest
+
+pytest.importorskip("torchao")
+import bench_hf_generate  # noqa: E402
+
+
+def test_bench_hf_generate_cpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATOM_AO_RESULTS", str(tmp_path))
+    monkeypatch.setattr(bench_hf_generate, "DEVICE", "cpu")
+    rows = bench_hf_generate.main(["--layers", "1", "--prompt", "4", "--short", "1", "--long", "3", "--profile"])
+    assert [r["path"] for r in rows] == ["bf16", "atom", "atom-kv4"]
+    assert all(r["decode_ms"] != 0 and r["layers"] == 1 for r in rows)
+    saved = json.loads(next(tmp_path.glob("bench_hf_generate_smollm2-135m_*.json")).read_text())
+    assert [r["path"] for r in saved["rows"]] == ["bf16", "atom", "atom-kv4"]
+    assert saved["rows"][0]["speedup_vs_bf16"] == 1.0
+
+
+def test_bench_hf_generate_refuses_bad_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATOM_AO_RESULTS", str(tmp_path))
+    monkeypatch.setattr(bench_hf_generate, "DEVICE", "cpu")
+    with pytest.raises(SystemExit, match="bf16 must come before"):
+        bench_hf_generate.main(["--layers", "1", "--prompt", "4", "--short", "1", "--long", "2", "--paths", "atom,bf16"])
