@@ -330,7 +330,7 @@ for what in "${@:-tests}"; do
     # bf16's 299 (SmolLM2-135M, H200): decode ms, CUDA-graph skips, launches per token, compile phases
     hf-decode) T=${HF_T:-200} TORCH_LOGS=${HF_LOGS:-cudagraphs,perf_hints} TAIL=60 step hf_decode_4layers \
                    python3 benchmarks/bench_hf_generate.py --layers 4 --profile --tag _4layers
-               T=${HF_T2:-200} step hf_decode_30layers python3 benchmarks/bench_hf_generate.py --paths bf16,atom ;;
+               T=${HF_T2:-200} step hf_decode_layers python3 benchmarks/bench_hf_generate.py --paths bf16,atom ${HF_LAYERS2:+--layers $HF_LAYERS2} ;;
     cache-tests-s18) T=300 step cache_gpu_tests_s18 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short tests/kv/test_cache.py ;;
     verify-s14d) T=150 step mha_planes_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                      tests/ops/test_kv_attention.py -k "one_warp_gqa"
