@@ -12,6 +12,7 @@ import atom_ao.handler  # noqa: F401  (registers the quantize_ handler)
 from atom_ao.calibration import calibrate, quantize_calibrated
 from atom_ao.serialization import load_quantized, save_quantized
 from atom_ao.hf import from_pretrained, save_pretrained
+from atom_ao.unwrap import AtomLinear, unwrap_weights, wrap_weights
 
 __all__ = [
     "AtomConfig",
@@ -24,5 +25,8 @@ __all__ = [
     "load_quantized",
     "save_pretrained",
     "from_pretrained",
+    "AtomLinear",
+    "unwrap_weights",
+    "wrap_weights",
 ]
 __version__ = "0.1.0"

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from atom_ao.tensor import AtomQuantTensor, _check_consistent
+from atom_ao.unwrap import AtomLinear
 
 _META_KEY = "atom_ao"
 _FORMAT_VERSION = 1
@@ -115,7 +116,8 @@ def assign_state_dict(model: torch.nn.Module, state_dict: dict, strict: bool = T
         if isinstance(value, AtomQuantTensor):
             module_name, _, param = key.rpartition(".")
             module = model.get_submodule(module_name)
-            setattr(module, param, torch.nn.Parameter(value, requires_grad=False))
+            if not isinstance(module, AtomLinear):  # an AtomLinear loads it itself, into its buffers
+                setattr(module, param, torch.nn.Parameter(value, requires_grad=False))
     model.load_state_dict(state_dict, strict=strict, assign=True)
     return model
 

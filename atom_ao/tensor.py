@@ -174,33 +174,44 @@ implements = AtomQuantTensor.implements
 implements_torch_function = AtomQuantTensor.implements_torch_function
 
 
-def atom_linear(x: torch.Tensor, w: AtomQuantTensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """y = x @ w.T + bias through the two atom_ao ops (quantize activations, then the GEMM)."""
-    k = w.shape[1]
+def check_linear_input(x: torch.Tensor, k: int, device: torch.device) -> None:
     if x.shape[-1] != k:
         raise ValueError(f"atom_ao linear: input has {x.shape[-1]} features, weight expects {k}")
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"atom_ao linear: activations must be fp16/bf16/fp32, got {x.dtype}")
-    if x.device != w.qdata.device:
-        raise ValueError(f"atom_ao linear: input on {x.device}, weight on {w.qdata.device}")
+    if x.device != device:
+        raise ValueError(f"atom_ao linear: input on {x.device}, weight on {device}")
+
+
+def atom_linear(x: torch.Tensor, w: AtomQuantTensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """y = x @ w.T + bias through the two atom_ao ops (quantize activations, then the GEMM)."""
+    check_linear_input(x, w.shape[1], w.qdata.device)
+    if w.act_asymmetric:
+        lead = x.shape[:-1]
+        return _asymmetric_linear(x.reshape(-1, w.shape[1]), w, bias).reshape(*lead, w.shape[0])
+    return linear_from_parts(x, w.qdata, w.scale, w.outlier_qdata, w.outlier_scale, w.perm, bias,
+                             w.group_size, w.act_clip_ratio)
+
+
+def linear_from_parts(x, qdata, scale, outlier_qdata, outlier_scale, perm, bias, group_size: int,
+                      act_clip_ratio: float) -> torch.Tensor:
+    """``atom_linear`` on a symmetric weight given as its five tensors (``AtomQuantTensor`` or
+    ``atom_ao.unwrap.AtomLinear``'s buffers); the input is checked by the caller."""
+    k, n, n_out = perm.shape[0], qdata.shape[0], outlier_qdata.shape[1]
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k)
-    if w.act_asymmetric:
-        return _asymmetric_linear(x2, w, bias).reshape(*lead, w.shape[0])
     if _direct_launch_ok(x2, bias):
         with _no_wrap_triton():
-            a = quantize_activation_triton(x2, w.perm, w.n_outliers, w.group_size, w.act_clip_ratio)
-            wargs = (w.qdata, w.scale, w.outlier_qdata, w.outlier_scale, bias)
+            a = quantize_activation_triton(x2, perm, n_out, group_size, act_clip_ratio)
+            wargs = (qdata, scale, outlier_qdata, outlier_scale, bias)
             # the CUDA body of atom_ao::w4a4_gemm, repeated: moving it into a shared helper hides
             # the op's Triton kernels from torch's triton_op kernel discovery (export/AOTI)
-            check_gemm_args(*a, *wargs, w.group_size)
-            y = w4a4_gemm_triton(*a, *wargs, w.group_size, x.dtype)
-        return y.reshape(*lead, w.shape[0])
-    a = torch.ops.atom_ao.quantize_activation(x2, w.perm, w.n_outliers, w.group_size, w.act_clip_ratio)
-    y = torch.ops.atom_ao.w4a4_gemm(
-        *a, w.qdata, w.scale, w.outlier_qdata, w.outlier_scale, bias, w.group_size, x.dtype
-    )
-    return y.reshape(*lead, w.shape[0])
+            check_gemm_args(*a, *wargs, group_size)
+            y = w4a4_gemm_triton(*a, *wargs, group_size, x.dtype)
+        return y.reshape(*lead, n)
+    a = torch.ops.atom_ao.quantize_activation(x2, perm, n_out, group_size, act_clip_ratio)
+    y = torch.ops.atom_ao.w4a4_gemm(*a, qdata, scale, outlier_qdata, outlier_scale, bias, group_size, x.dtype)
+    return y.reshape(*lead, n)
 
 
 def _asymmetric_linear(x2: torch.Tensor, w: AtomQuantTensor, bias: torch.Tensor | None) -> torch.Tensor:

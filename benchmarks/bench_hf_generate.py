@@ -13,10 +13,10 @@ CUDA launches and graph replays per decode token, the top CPU ops, and the CPU m
 decode step's compiled call: Dynamo's guards, the AOT wrapper around the graph (it unwraps each
 quantized weight into its five tensors), the graph call (CUDA-graph replay and its input checks),
 against the step's GPU time. Session 19 (H200, torch 2.11) found Atom's steps CPU-bound there:
-each AtomQuantTensor weight costs ~38 us of Python per call. Two remedies to A/B:
-``atom-unwrap`` (torch's own ``unwrap_tensor_subclass_parameters``: plain-tensor parameters, the
-subclass rebuilt inside the traced graph) and ``--freezing`` (Inductor freezing: weights become
-constants, guarded by identity).
+each AtomQuantTensor weight costs ~38 us of Python per call (guards and the AOT unwrap). The
+``-unwrapped`` paths run the same model after ``atom_ao.unwrap_weights`` (each quantized linear
+an ``AtomLinear`` holding the weight's five tensors as plain buffers); ``--freezing`` compiles
+with Inductor freezing instead of mode "reduce-overhead".
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ SHAPES = {
                                          num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
                                          tie_word_embeddings=True, rope_theta=1000000.0)),
 }
+PATHS = ("bf16", "atom", "atom-kv4", "atom-unwrapped", "atom-kv4-unwrapped")
 DEVICE = "cuda"  # the CPU smoke test sets "cpu" (transformers then runs the steps eagerly)
 LAUNCH_EVENTS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
 
@@ -72,7 +73,7 @@ def run_path(model, path: str, prompt_len: int, short: int, long: int, profile: 
     from atom_ao.__main__ import _generate
 
     ids = torch.randint(100, 1000, (1, prompt_len), device=DEVICE)
-    kv4 = path == "atom-kv4"
+    kv4 = path.startswith("atom-kv4")
 
     def gen(n: int):
         out = _generate(model, ids, kv4, max_cache_len=prompt_len + long, do_sample=False, min_new_tokens=n,
@@ -88,6 +89,8 @@ def run_path(model, path: str, prompt_len: int, short: int, long: int, profile: 
             ts.append(time.perf_counter() - t)
         return sorted(ts)[len(ts) // 2]
 
+    # one compiled entry per path: else a step first evaluates (and fails) the earlier paths' guards
+    torch._dynamo.reset()
     before = cudagraph_counters()
     t = time.perf_counter()
     gen(long)  # compiles (and autotunes) the decode step
@@ -132,8 +135,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m", choices=sorted(SHAPES))
     ap.add_argument("--layers", type=int, default=None, help="decoder layers (default: the model's)")
-    ap.add_argument("--paths", default="bf16,atom,atom-kv4",
-                    help="bf16, atom, atom-kv4, atom-unwrap (in this order; atom-unwrap changes the model: last)")
+    ap.add_argument("--paths", default="bf16,atom,atom-kv4,atom-unwrapped,atom-kv4-unwrapped",
+                    help="bf16 first, then any of atom, atom-kv4, atom-unwrapped, atom-kv4-unwrapped")
     ap.add_argument("--freezing", action="store_true",
                     help="compile with Inductor freezing + CUDA graphs instead of mode reduce-overhead")
     ap.add_argument("--prompt", type=int, default=16, help="prompt tokens")
@@ -156,22 +159,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
         cfg._compile_all_devices = DEVICE != "cuda"  # the CPU smoke test compiles too (transformers' test flag)
         compile_kw["compile_config"] = cfg
     model = build(args.model, args.layers)
-    rows, quantized, paths = [], False, args.paths.split(",")
-    if "atom-unwrap" in paths[:-1]:
-        raise SystemExit("atom-unwrap must be the last path (it re-parametrizes the model's weights)")
-    for path in paths:
-        if path not in ("bf16", "atom", "atom-kv4", "atom-unwrap"):
-            raise SystemExit(f"unknown path {path!r}: bf16, atom, atom-kv4, atom-unwrap")
+    rows, quantized = [], False
+    for path in args.paths.split(","):
+        if path not in PATHS:
+            raise SystemExit(f"unknown path {path!r}: {', '.join(PATHS)}")
         if path != "bf16" and not quantized:  # data-free Atom W4A4 on every decoder linear
             quantize_(model, atom_ao.atom_config(),
                       filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and "lm_head" not in fqn)
             quantized = True
         elif path == "bf16" and quantized:
             raise SystemExit("bf16 must come before the atom paths (the model is quantized in place)")
-        if path == "atom-unwrap":  # private torch API (used by AOTInductor): an experiment, not the library's
-            from torch._functorch._aot_autograd.subclass_parametrization import unwrap_tensor_subclass_parameters
-
-            unwrap_tensor_subclass_parameters(model)
+        if path != "bf16":
+            (atom_ao.unwrap_weights if path.endswith("-unwrapped") else atom_ao.wrap_weights)(model)
         rows.append(dict(model=args.model, layers=model.config.num_hidden_layers, freezing=args.freezing,
                          **run_path(model, path, args.prompt, args.short, args.long, args.profile, compile_kw)))
     base = next((r["decode_ms"] for r in rows if r["path"] == "bf16"), None)

@@ -13,22 +13,24 @@ import bench_hf_generate  # noqa: E402
 def test_bench_hf_generate_cpu(tmp_path, monkeypatch):
     monkeypatch.setenv("ATOM_AO_RESULTS", str(tmp_path))
     monkeypatch.setattr(bench_hf_generate, "DEVICE", "cpu")
-    rows = bench_hf_generate.main(["--layers", "1", "--prompt", "4", "--short", "1", "--long", "3", "--profile"])
+    rows = bench_hf_generate.main(["--layers", "1", "--prompt", "4", "--short", "1", "--long", "3", "--profile",
+                                   "--paths", "bf16,atom,atom-kv4"])
     assert [r["path"] for r in rows] == ["bf16", "atom", "atom-kv4"]
     assert all(r["decode_ms"] != 0 and r["layers"] == 1 for r in rows)
     saved = json.loads(next(tmp_path.glob("bench_hf_generate_smollm2-135m_*.json")).read_text())
     assert [r["path"] for r in saved["rows"]] == ["bf16", "atom", "atom-kv4"]
     assert saved["rows"][0]["speedup_vs_bf16"] == 1.0
-    assert all(r["guards_us"] > 0 and r["wrapper_us"] >= 0 for r in rows)  # the step's CPU split
+    assert all(r["guards_us"] > 0 and r["wrapper_us"] >= 0 for r in rows)  # the compiled step's CPU split
 
 
-def test_bench_hf_generate_unwrap_and_freezing_cpu(tmp_path, monkeypatch):
-    # the two remedies for per-weight CPU overhead run end to end (on CPU transformers runs eagerly)
+def test_bench_hf_generate_unwrapped_and_freezing_cpu(tmp_path, monkeypatch):
+    # unwrapped weights (and back), under Inductor freezing, through transformers' compiled generate
     monkeypatch.setenv("ATOM_AO_RESULTS", str(tmp_path))
     monkeypatch.setattr(bench_hf_generate, "DEVICE", "cpu")
     rows = bench_hf_generate.main(["--layers", "1", "--prompt", "4", "--short", "1", "--long", "2",
-                                   "--paths", "atom,atom-unwrap", "--freezing"])
-    assert [(r["path"], r["freezing"]) for r in rows] == [("atom", True), ("atom-unwrap", True)]
+                                   "--paths", "atom-unwrapped,atom-kv4-unwrapped,atom", "--freezing"])
+    assert [(r["path"], r["freezing"]) for r in rows] == [("atom-unwrapped", True), ("atom-kv4-unwrapped", True),
+                                                          ("atom", True)]
 
 
 def test_bench_hf_generate_refuses_bad_order(tmp_path, monkeypatch):
@@ -36,5 +38,5 @@ def test_bench_hf_generate_refuses_bad_order(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_hf_generate, "DEVICE", "cpu")
     with pytest.raises(SystemExit, match="bf16 must come before"):
         bench_hf_generate.main(["--layers", "1", "--prompt", "4", "--short", "1", "--long", "2", "--paths", "atom,bf16"])
-    with pytest.raises(SystemExit, match="atom-unwrap must be the last"):
-        bench_hf_generate.main(["--layers", "1", "--paths", "atom-unwrap,atom"])
+    with pytest.raises(SystemExit, match="unknown path 'atom-kv8'"):
+        bench_hf_generate.main(["--layers", "1", "--paths", "atom-kv8"])
