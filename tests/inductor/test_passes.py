@@ -114,6 +114,24 @@ def test_outputs_match_eager(compiled_layer):
     assert sqnr(eager, out) > sqnr(eager, plain) - 3.0
 
 
+def test_unwrapped_weights_fuse_the_same(compiled_layer):
+    """After atom_ao.unwrap_weights (AtomLinear: the weights as plain buffers) the compiled layer
+    has the same fused quantizers and the same output as with AtomQuantTensor weights."""
+    from atom_ao import unwrap_weights
+
+    saved = inductor_config.post_grad_custom_post_pass
+    layer, x, pe = _layer()
+    quantize_(layer, atom_config())
+    unwrap_weights(layer)
+    with torch.no_grad():
+        torch._dynamo.reset()
+        out, codes = run_and_get_code(torch.compile(layer, fullgraph=True), x, position_embeddings=pe)
+    torch._dynamo.reset()
+    inductor_config.post_grad_custom_post_pass = saved
+    assert _calls("\n".join(codes)) == _calls(compiled_layer["code"])
+    torch.testing.assert_close(out[0], compiled_layer["out"], rtol=0, atol=0)
+
+
 class _Recorder(CustomGraphPass):
     def __init__(self):
         self.calls = 0
