@@ -332,10 +332,10 @@ for what in "${@:-tests}"; do
                    python3 benchmarks/bench_hf_generate.py --layers 4 --profile --tag _4layers
                T=${HF_T2:-200} step hf_decode_layers python3 benchmarks/bench_hf_generate.py --paths bf16,atom ${HF_LAYERS2:+--layers $HF_LAYERS2} ;;
     # for session 20: AtomLinear (atom_ao.unwrap_weights) on the GPU: its tests, then transformers' generate
-    # with and without it (4 layers with the CPU split; then SmolLM2's 30 layers), then the main job (gpuload first)
+    # with and without it (4 layers with the CPU split; then 12 layers, ~100 s of compile), then the main job
     hf-decode-s20) T=120 step unwrap_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short tests/test_unwrap.py
                    T=300 TAIL=12 step hf_decode_4layers_s20 python3 benchmarks/bench_hf_generate.py --layers 4 --profile --tag _4layers_s20
-                   T=170 step hf_decode_30layers_s20 python3 benchmarks/bench_hf_generate.py --paths bf16,atom-unwrapped --tag _30layers_s20 ;;
+                   T=170 step hf_decode_12layers_s20 python3 benchmarks/bench_hf_generate.py --layers 12 --paths bf16,atom-unwrapped --tag _12layers_s20 ;;
     cache-tests-s18) T=300 step cache_gpu_tests_s18 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short tests/kv/test_cache.py ;;
     verify-s14d) T=150 step mha_planes_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                      tests/ops/test_kv_attention.py -k "one_warp_gqa"
