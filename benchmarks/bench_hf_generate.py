@@ -43,7 +43,7 @@ SHAPES = {
                                          tie_word_embeddings=True, rope_theta=1000000.0)),
 }
 PATHS = ("bf16", "atom", "atom-kv4", "atom-unwrapped", "atom-kv4-unwrapped")
-DEVICE = "cuda"  # the CPU smoke test sets "cpu" (transformers then runs the steps eagerly)
+DEVICE = "cuda"  # the CPU smoke test sets "cpu" (compiled there too, without CUDA graphs)
 LAUNCH_EVENTS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
 
 
@@ -111,7 +111,7 @@ def run_path(model, path: str, prompt_len: int, short: int, long: int, profile: 
         row["launches_per_token"] = round(sum(counts.get(k, 0) for k in LAUNCH_EVENTS) / long, 1)
         row["graph_replays_per_token"] = round(counts.get("cudaGraphLaunch", 0) / long, 2)
         row.update(step_cpu_us(events))
-        print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        print(events.table(sort_by="self_cpu_time_total", row_limit=15))
     print(row, {k: v - before.get(k, 0) for k, v in after.items()}, flush=True)
     return row
 
