@@ -41,6 +41,10 @@ SHAPES = {
     "qwen2.5-0.5b": ("Qwen2Config", dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                                          num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
                                          tie_word_embeddings=True, rope_theta=1000000.0)),
+    # bench_generate.py's model, here through transformers' generate (what a transformers user sees)
+    "llama2-7b": ("LlamaConfig", dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                                      num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
+                                      tie_word_embeddings=False, rope_theta=10000.0)),
 }
 PATHS = ("bf16", "atom", "atom-kv4", "atom-unwrapped", "atom-kv4-unwrapped")
 DEVICE = "cuda"  # the CPU smoke test sets "cpu" (compiled there too, without CUDA graphs)
@@ -53,8 +57,10 @@ def build(name: str, layers: int | None):
     cls, fields = SHAPES[name]
     fields = dict(fields, max_position_embeddings=4096, **({"num_hidden_layers": layers} if layers else {}))
     torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(getattr(transformers, cls)(**fields))
-    return model.to(DEVICE, torch.bfloat16 if DEVICE == "cuda" else torch.float32).eval()
+    dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
+    with torch.device(DEVICE):  # built where it runs, in its dtype: a 7B model's CPU init takes minutes
+        model = transformers.AutoModelForCausalLM.from_config(getattr(transformers, cls)(**fields), dtype=dtype)
+    return model.eval()
 
 
 def sync() -> None:

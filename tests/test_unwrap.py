@@ -10,7 +10,7 @@ from torchao.quantization import quantize_
 
 import atom_ao
 from atom_ao import AtomLinear, AtomQuantTensor, atom_config, unwrap_weights, wrap_weights
-from conftest import outlier_activations
+from conftest import outlier_activations, sqnr
 
 
 class Block(torch.nn.Module):
@@ -125,14 +125,22 @@ def test_inductor_compiled_matches_eager():
         torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), model(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.gpu
-def test_unwrapped_gpu_eager_and_compiled_match_subclass_weights():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_unwrapped_bf16_eager_and_compiled_match_subclass_weights(device):
     model, x = _quantized_block()
-    model, x = model.cuda().to(torch.bfloat16), x.cuda().to(torch.bfloat16)
+    model, x = model.to(device, torch.bfloat16), x.to(device, torch.bfloat16)
     ref = copy.deepcopy(model)
     unwrap_weights(model)
-    torch._dynamo.reset()
     with torch.no_grad():
         expect = ref(x)
-        torch.testing.assert_close(model(x), expect, rtol=0, atol=0)  # eager: the same direct launches
-        torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), expect, rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(model(x), expect, rtol=0, atol=0)  # eager: the same ops / direct launches
+        torch._dynamo.reset()
+        compiled_ref = torch.compile(ref, fullgraph=True)(x)
+        torch._dynamo.reset()
+        compiled = torch.compile(model, fullgraph=True)(x)
+    # compiled: the same graph as the subclass weights'. Not bitwise against eager: Inductor sums
+    # q + k * v in float32 and rounds once, which moves a few bf16 inputs of the next quantizer
+    # across a code boundary (~28 dB between the two, the noise of one more INT4 rounding;
+    # scripts/unwrap_compile_diag.py)
+    assert sqnr(compiled_ref, compiled) > 50
+    assert sqnr(expect, compiled) > 20

@@ -1,5 +1,6 @@
 """CPU smoke test of benchmarks/bench_hf_generate.py: one decoder layer through transformers'
-generate (eager on CPU), bf16 -> Atom -> Atom + INT4 KV, and the results file it writes."""
+generate (compiled on the CPU too, no CUDA graphs), bf16 -> Atom -> Atom + INT4 KV, and the results
+file it writes."""
 
 import json
 
