@@ -13,7 +13,8 @@ several new tokens after others, or ``prefill="int4"``  ``kv_prefill_attention``
 =====================================================  ===========================================
 
 The ops run Triton kernels on CUDA and the plain-PyTorch references elsewhere. Padding: the
-registered mask function hands over transformers' 2-D padding mask unchanged; it must be left
+registered mask function hands over transformers' 2-D padding mask (widened to a static cache's
+length, so a compiled step sees one shape); it must be left
 padding (what ``generate`` uses for decoder-only models), turned into ``kv_start`` = the first
 attended position of each sequence. Without an ``AtomKVCache`` (no cache, a ``DynamicCache``)
 the function computes ordinary causal attention on the tensors it is given.
@@ -83,9 +84,18 @@ def atom_int4_attention(module, query, key, value, attention_mask, scaling=None,
     return out.transpose(1, 2), None
 
 
-def atom_int4_mask(*args, attention_mask: torch.Tensor | None = None, **kwargs):
-    """Mask function for ``"atom_int4"``: the 2-D padding mask as is (no data-dependent
-    shortcut, so a compiled decode step has no graph break)."""
+def atom_int4_mask(*args, attention_mask: torch.Tensor | None = None, kv_length: int | None = None, **kwargs):
+    """Mask function for ``"atom_int4"``: the 2-D padding mask (no data-dependent shortcut, so a
+    compiled decode step has no graph break), widened with True to ``kv_length`` columns: with a
+    static cache that is ``max_cache_len``, so the mask a compiled decode step takes has one
+    shape. As it came (seen + new tokens wide, one more each step), transformers 5.17's generate
+    recompiled the step with a dynamic width and CUDA graphs recorded a graph per width (session
+    20). The added columns lie after every attended position: ``kv_start`` does not change."""
+    if attention_mask is None or kv_length is None or attention_mask.dim() != 2:
+        return attention_mask
+    extra = kv_length - attention_mask.shape[-1]
+    if isinstance(extra, int) and extra > 0:  # only eagerly-known widths (growing caches: no extra)
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], extra)], dim=-1)
     return attention_mask
 
 

@@ -32,3 +32,34 @@ def test_compiled_decode_step_matches_eager(k_before_rope):
     rel = ((compiled - eager).norm() / eager.norm()).item()
     assert rel < 1e-2, rel
     assert torch.equal(compiled.argmax(-1), eager.argmax(-1))
+
+
+def test_mask_function_widens_the_padding_mask_to_the_static_length():
+    from atom_ao.kv.attention import _kv_start, atom_int4_mask
+
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)  # left padding
+    wide = atom_int4_mask(attention_mask=mask, kv_length=8)
+    assert wide.shape == (2, 8) and torch.equal(wide[:, :5], mask) and wide[:, 5:].all()
+    assert torch.equal(_kv_start(wide), _kv_start(mask))
+    assert atom_int4_mask(attention_mask=mask, kv_length=5) is mask  # growing cache: width = seen + new
+    assert atom_int4_mask(attention_mask=None, kv_length=8) is None
+
+
+def test_generate_compiles_the_static_cache_decode_step_once():
+    # transformers compiles the decode step of a static cache; the mask it takes must keep one
+    # shape (transformers 5.17 passed a mask one column wider each step: a recompile with a
+    # dynamic width, and on a GPU a CUDA graph recorded per width)
+    from torch._dynamo.utils import counters
+    from transformers import CompileConfig
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = tiny_llama(layers=1)
+    cfg = CompileConfig(mode=None, fullgraph=True)
+    cfg._compile_all_devices = True  # transformers compiles on CUDA only unless told (its own tests' flag)
+    ids = torch.randint(0, 512, (1, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model.generate(ids, **with_cache(model, AtomKVCache(model, max_cache_len=16, page_size=8)),
+                             do_sample=False, min_new_tokens=6, max_new_tokens=6, pad_token_id=0, compile_config=cfg)
+    assert out.shape == (1, 12)
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])

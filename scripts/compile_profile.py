@@ -1,0 +1,70 @@
+"""Where does the first compiled generate of an Atom model spend its time? (cProfile)
+
+    python scripts/compile_profile.py --layers 4 [--kv4] [--model smollm2-135m]
+Session 20 (H200): Llama-2-7B's Atom + INT4 KV decode step took 233 s to compile through
+transformers' generate (bf16: ~25 s); GraphLowering.run was 5-9x bf16's in the main job. This
+prints the functions with the most cumulative and own time of the first generate (compile +
+autotune + warm-up), and the time inside torch's Triton-kernel mutation analysis
+(``identify_accessed_tensors``: it lowers the kernel to TTIR at every call site), the suspect.
+"""
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import bench_hf_generate as bench  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m", choices=sorted(bench.SHAPES))
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--kv4", action="store_true")
+    ap.add_argument("--top", type=int, default=40)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        bench.DEVICE = "cpu"  # a check of the script only: the CPU compiles other code
+    import atom_ao
+    from torchao.quantization import quantize_
+
+    from atom_ao.__main__ import _generate
+
+    model = bench.build(args.model, args.layers)
+    quantize_(model, atom_ao.atom_config(),
+              filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and "lm_head" not in fqn)
+    atom_ao.unwrap_weights(model)
+    ids = torch.randint(100, 1000, (1, 16), device=bench.DEVICE)
+    kw = {}
+    if bench.DEVICE == "cpu":
+        from transformers import CompileConfig
+
+        kw["compile_config"] = CompileConfig(mode=None)
+        kw["compile_config"]._compile_all_devices = True
+    prof = cProfile.Profile()
+    t = time.perf_counter()
+    with torch.no_grad():
+        prof.enable()
+        _generate(model, ids, args.kv4, max_cache_len=32, do_sample=False, min_new_tokens=8, max_new_tokens=8,
+                  pad_token_id=0, **kw)
+        prof.disable()
+    print(f"first generate: {time.perf_counter() - t:.1f} s ({args.model}, {args.layers} layers, kv4={args.kv4})")
+    for key in ("cumulative", "tottime"):
+        s = io.StringIO()
+        pstats.Stats(prof, stream=s).sort_stats(key).print_stats(args.top)
+        print(s.getvalue())
+    s = io.StringIO()
+    pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(
+        "identify_accessed_tensors|generate_ttir|get_mutated_tensors|autotune|benchmark_all_configs")
+    print(s.getvalue())
+
+
+if __name__ == "__main__":
+    main()
