@@ -5,7 +5,8 @@ Session 20 (H200): Llama-2-7B's Atom + INT4 KV decode step took 233 s to compile
 transformers' generate (bf16: ~25 s); GraphLowering.run was 5-9x bf16's in the main job. This
 prints the functions with the most cumulative and own time of the first generate (compile +
 autotune + warm-up), and the time inside torch's Triton-kernel mutation analysis
-(``identify_accessed_tensors``: it lowers the kernel to TTIR at every call site), the suspect.
+(``identify_mutated_tensors`` / ``identify_accessed_tensors``: it lowers the kernel to TTIR at
+every call site), the suspect; ``--ttir-cache`` memoizes that analysis (``atom_ao.inductor.ttir_cache``).
 """
 import argparse
 import cProfile
@@ -29,11 +30,16 @@ def main():
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--kv4", action="store_true")
     ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--ttir-cache", action="store_true", help="memoize the mutation analysis (atom_ao.inductor.ttir_cache)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         bench.DEVICE = "cpu"  # a check of the script only: the CPU compiles other code
     import atom_ao
+    from atom_ao.inductor import ttir_cache
     from torchao.quantization import quantize_
+
+    if args.ttir_cache:
+        ttir_cache.install()
 
     from atom_ao.__main__ import _generate
 
@@ -55,14 +61,15 @@ def main():
         _generate(model, ids, args.kv4, max_cache_len=32, do_sample=False, min_new_tokens=8, max_new_tokens=8,
                   pad_token_id=0, **kw)
         prof.disable()
-    print(f"first generate: {time.perf_counter() - t:.1f} s ({args.model}, {args.layers} layers, kv4={args.kv4})")
+    print(f"first generate: {time.perf_counter() - t:.1f} s ({args.model}, {args.layers} layers, kv4={args.kv4}, "
+          f"ttir cache {'on: ' + str(ttir_cache.STATS) if args.ttir_cache else 'off'})")
     for key in ("cumulative", "tottime"):
         s = io.StringIO()
         pstats.Stats(prof, stream=s).sort_stats(key).print_stats(args.top)
         print(s.getvalue())
     s = io.StringIO()
     pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(
-        "identify_accessed_tensors|generate_ttir|get_mutated_tensors|autotune|benchmark_all_configs")
+        "identify_mutated_tensors|identify_accessed_tensors|generate_ttir|get_mutated_tensors|autotune|benchmark_all_configs")
     print(s.getvalue())
 
 

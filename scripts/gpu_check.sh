@@ -344,7 +344,12 @@ for what in "${@:-tests}"; do
                    --prompt 16 --short 8 --long 40 --profile --tag _s20 ;;
     # for session 21: where the Atom decode step's compile time goes (7B: 233 s vs bf16 ~25 s), then the
     # main job (now with the mask fix) and Llama-2-7B through transformers' generate again
-    compile-profile-s21) T=240 TAIL=80 step compile_profile_4layers python3 scripts/compile_profile.py --layers 4 --kv4 ;;
+    # (both without Inductor's on-disk caches: the second run must not reuse the first's kernels)
+    compile-profile-s21) export TORCHINDUCTOR_FORCE_DISABLE_CACHES=1
+                         T=200 TAIL=60 step compile_profile_4layers python3 scripts/compile_profile.py --layers 4 --kv4
+                         T=200 TAIL=60 step compile_profile_4layers_ttir_cache python3 scripts/compile_profile.py --layers 4 --kv4 --ttir-cache
+                         T=120 step ttir_cache_gpu_tests python3 -m pytest -q -p no:cacheprovider --tb=short tests/inductor/test_ttir_cache.py
+                         unset TORCHINDUCTOR_FORCE_DISABLE_CACHES ;;
     cache-tests-s18) T=300 step cache_gpu_tests_s18 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short tests/kv/test_cache.py ;;
     verify-s14d) T=150 step mha_planes_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                      tests/ops/test_kv_attention.py -k "one_warp_gqa"

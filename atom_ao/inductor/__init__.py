@@ -65,6 +65,9 @@ def is_installed() -> bool:
 
 def install() -> AtomFusionPass:
     """Install the pass (chained onto any existing post-grad custom pass); idempotent."""
+    from atom_ao.inductor import ttir_cache
+
+    ttir_cache.install_if_requested()  # opt-in (ATOM_AO_TTIR_CACHE=1): see ttir_cache.py
     cur = inductor_config.post_grad_custom_post_pass
     if isinstance(cur, AtomFusionPass):
         return cur
