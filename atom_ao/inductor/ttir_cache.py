@@ -20,6 +20,7 @@ Opt-in until timed on a GPU: ``ATOM_AO_TTIR_CACHE=1`` (read by ``atom_ao.inducto
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 from typing import Any
@@ -84,8 +85,7 @@ def _memoized(original):
         else:
             STATS["misses"] += 1
             CACHE[k] = original(kernel, kwargs, tma_descriptor_metadata)
-        out = CACHE[k]
-        return list(out) if isinstance(out, list) else out  # callers get their own list
+        return copy.deepcopy(CACHE[k])  # each caller its own (a list of names, or torch 2.13's TensorAccesses)
 
     analysis.__wrapped__ = original
     return analysis
