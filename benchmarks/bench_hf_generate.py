@@ -16,7 +16,9 @@ against the step's GPU time. Session 19 (H200, torch 2.11) found Atom's steps CP
 each AtomQuantTensor weight costs ~38 us of Python per call (guards and the AOT unwrap). The
 ``-unwrapped`` paths run the same model after ``atom_ao.unwrap_weights`` (each quantized linear
 an ``AtomLinear`` holding the weight's five tensors as plain buffers); ``--freezing`` compiles
-with Inductor freezing instead of mode "reduce-overhead".
+with Inductor freezing instead of mode "reduce-overhead". ``--generator atom_ao`` times
+``atom_ao.generate`` instead (the same model and caches, one compiled step and no per-token host
+loop: what is left of ``generate``'s own CPU time per token, ~2.9 ms at Llama-2-7B in session 20).
 """
 
 from __future__ import annotations
@@ -75,13 +77,19 @@ def cudagraph_counters() -> dict:
 
 
 @torch.no_grad()
-def run_path(model, path: str, prompt_len: int, short: int, long: int, profile: bool, compile_kw: dict) -> dict:
+def run_path(model, path: str, prompt_len: int, short: int, long: int, profile: bool, compile_kw: dict,
+             generator: str = "transformers") -> dict:
+    import atom_ao
     from atom_ao.__main__ import _generate
 
     ids = torch.randint(100, 1000, (1, prompt_len), device=DEVICE)
     kv4 = path.startswith("atom-kv4")
 
     def gen(n: int):
+        if generator == "atom_ao":  # one compiled step, no generate loop (atom_ao.generate)
+            out = atom_ao.generate(model, ids, n, kv4=kv4, max_cache_len=prompt_len + long)
+            sync()
+            return out
         out = _generate(model, ids, kv4, max_cache_len=prompt_len + long, do_sample=False, min_new_tokens=n,
                         max_new_tokens=n, pad_token_id=0, **compile_kw)
         sync()
@@ -149,6 +157,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--short", type=int, default=8, help="new tokens of the short run")
     ap.add_argument("--long", type=int, default=72, help="new tokens of the long run")
     ap.add_argument("--profile", action="store_true", help="launch counts and top CPU ops of one long run")
+    ap.add_argument("--generator", default="transformers", choices=["transformers", "atom_ao"],
+                    help="transformers' generate, or atom_ao.generate (one compiled step, no per-token host loop)")
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
     if DEVICE == "cuda" and not torch.cuda.is_available():
@@ -177,13 +187,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
             raise SystemExit("bf16 must come before the atom paths (the model is quantized in place)")
         if path != "bf16":
             (atom_ao.unwrap_weights if path.endswith("-unwrapped") else atom_ao.wrap_weights)(model)
-        rows.append(dict(model=args.model, layers=model.config.num_hidden_layers, freezing=args.freezing,
-                         **run_path(model, path, args.prompt, args.short, args.long, args.profile, compile_kw)))
+        rows.append(dict(model=args.model, layers=model.config.num_hidden_layers, generator=args.generator,
+                         freezing=args.freezing, **run_path(model, path, args.prompt, args.short, args.long,
+                                                            args.profile, compile_kw, args.generator)))
     base = next((r["decode_ms"] for r in rows if r["path"] == "bf16"), None)
     for r in rows:
         r["speedup_vs_bf16"] = round(base / r["decode_ms"], 2) if base else ""
-    cols = ["model", "layers", "path", "freezing", "first_generate_s", "decode_ms", "tokens_per_s", "speedup_vs_bf16",
-            "cudagraph_skips"]
+    cols = ["model", "layers", "generator", "path", "freezing", "first_generate_s", "decode_ms", "tokens_per_s",
+            "speedup_vs_bf16", "cudagraph_skips"]
     if args.profile:
         cols += ["launches_per_token", "graph_replays_per_token", "guards_us", "wrapper_us", "graph_call_us",
                  "graph_gpu_us"]

@@ -1,0 +1,113 @@
+"""Greedy decoding of a transformers causal LM without ``generate``'s per-token host work.
+
+    ids = atom_ao.generate(model, input_ids, max_new_tokens=128, kv4=True)
+
+``model.generate`` with a static cache runs its compiled decode step inside a Python loop that
+prepares inputs, builds a mask, runs logits processors and stopping criteria, and syncs with the
+GPU every token; on the H200 that was ~2.9 ms of CPU a token for Llama-2-7B in bf16 (7.42 ms a
+token against a 4.57 ms GPU step; session 20), more than Atom's whole decode step (~2.9 ms in
+``benchmarks/bench_generate.py``). Here, as in gpt-fast: the prompt runs once (eager), then one
+compiled step (``mode="reduce-overhead"``: CUDA graphs) takes the last token and its position and
+returns the next (argmax on the GPU), and the host only looks at the tokens every
+``eos_check_every`` steps to stop at ``eos_token_id``. Same model, same cache classes, same
+tokens as ``model.generate(do_sample=False)`` with that cache.
+
+Scope: greedy, a batch of prompts of one length (no padding), Llama-style models whose forward
+takes ``position_ids`` and a cache (``StaticCache``, or ``AtomKVCache`` with ``kv4=True``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["generate"]
+
+
+def _check(model, input_ids: torch.Tensor, max_new_tokens: int) -> None:
+    if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"atom_ao.generate: input_ids must be (batch, tokens) integers, got "
+                         f"{tuple(input_ids.shape)} {input_ids.dtype}")
+    if input_ids.shape[1] == 0:
+        raise ValueError("atom_ao.generate: empty prompt")
+    if max_new_tokens < 1:
+        raise ValueError(f"atom_ao.generate: max_new_tokens must be >= 1, got {max_new_tokens}")
+    device = next(model.parameters()).device
+    if input_ids.device != device:
+        raise ValueError(f"atom_ao.generate: input_ids on {input_ids.device}, model on {device}")
+
+
+def _cache(model, kv4: bool, max_cache_len: int):
+    if kv4:
+        from atom_ao.kv import AtomKVCache
+
+        return AtomKVCache(model, max_cache_len=max_cache_len)  # switches attention to "atom_int4"
+    from transformers import StaticCache
+
+    return StaticCache(config=model.config, max_cache_len=max_cache_len)
+
+
+def _step(model, tok, pos, cache, key: str):
+    logits = model(tok, position_ids=pos, use_cache=True, **{key: cache}).logits
+    return logits[:, -1].argmax(-1, keepdim=True).to(tok.dtype)
+
+
+_COMPILED: dict = {}
+
+
+def _compiled_step(mode):
+    # one compiled function for every call: the model and the cache are its arguments (guarded
+    # by identity and by type), so a second generate with a fresh cache reuses the compiled step
+    if mode not in _COMPILED:
+        _COMPILED[mode] = torch.compile(_step, mode=mode, fullgraph=True)
+    return _COMPILED[mode]
+
+
+@torch.no_grad()
+def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, kv4: bool = False,
+             max_cache_len: int | None = None, eos_token_id: int | None = None, compile: bool = True,
+             eos_check_every: int = 16) -> torch.Tensor:
+    """Greedy tokens of ``model`` after ``input_ids``: (batch, prompt + new) like ``generate``.
+
+    kv4: the INT4 KV cache (``AtomKVCache``; the model's attention is switched back after), else
+    transformers' ``StaticCache``. max_cache_len: the cache's length (default prompt + new).
+    eos_token_id: stop once every sequence has produced it (checked every ``eos_check_every``
+    steps; tokens after a sequence's first EOS are not masked). compile: compile the decode step
+    with ``mode="reduce-overhead"`` (CUDA graphs on a GPU; on a CPU plain Inductor).
+    """
+    from atom_ao.kv import with_cache
+
+    _check(model, input_ids, max_new_tokens)
+    b, t = input_ids.shape
+    total = t + max_new_tokens
+    max_cache_len = max_cache_len or total
+    if max_cache_len < total:
+        raise ValueError(f"atom_ao.generate: max_cache_len {max_cache_len} < prompt + new tokens {total}")
+    impl = model.config._attn_implementation
+    cache = _cache(model, kv4, max_cache_len)
+    cache_kw = with_cache(model, cache)
+    device = input_ids.device
+    out = torch.empty(b, total, dtype=input_ids.dtype, device=device)
+    out[:, :t] = input_ids
+
+    try:
+        pos = torch.arange(t, device=device).expand(b, t)
+        tok = model(input_ids, position_ids=pos, use_cache=True, logits_to_keep=1, **cache_kw).logits
+        tok = tok[:, -1].argmax(-1, keepdim=True).to(input_ids.dtype)  # (B, 1), contiguous: the step's input
+        out[:, t:t + 1] = tok
+        decode = _compiled_step("reduce-overhead" if device.type == "cuda" else None) if compile else _step
+        (key,) = cache_kw
+        pos = torch.full((b, 1), t, dtype=torch.int64, device=device)
+        n = t + 1
+        while n < total:
+            nxt = decode(model, tok, pos, cache, key)
+            tok.copy_(nxt)  # the same input tensor every step; the CUDA graph reuses its output buffer
+            out[:, n:n + 1] = nxt
+            pos += 1
+            n += 1
+            if eos_token_id is not None and (n - t) % eos_check_every == 0:
+                if bool((out[:, t:n] == eos_token_id).any(dim=1).all()):
+                    break
+        return out[:, :n]
+    finally:
+        if kv4:
+            model.set_attn_implementation(impl)
