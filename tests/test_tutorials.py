@@ -15,6 +15,7 @@ TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
     ("tensor_parallel.py", "tensor-parallel logits vs unsharded quantized model: cosine"),
     ("mixed_configs.py", "compiled vs eager: cosine"),
     ("save_load.py", "torch.load(weights_only=True): AtomQuantTensor"),
+    ("generate.py", "same tokens as transformers' generate with the INT4 cache: True"),
 ])
 def test_tutorial_runs(script, expect):
     # aot_eager: the inductor compile of mixed_configs.py is tested by test_fqn_config.py
