@@ -77,6 +77,8 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, kv4: bool =
     from atom_ao.kv import with_cache
 
     _check(model, input_ids, max_new_tokens)
+    if eos_check_every < 1:
+        raise ValueError(f"atom_ao.generate: eos_check_every must be >= 1, got {eos_check_every}")
     b, t = input_ids.shape
     total = t + max_new_tokens
     max_cache_len = max_cache_len or total

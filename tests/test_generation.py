@@ -62,6 +62,8 @@ def test_stops_at_eos_and_checks_its_input():
         atom_ao.generate(model, ids, 4, max_cache_len=8)
     with pytest.raises(ValueError, match="max_new_tokens"):
         atom_ao.generate(model, ids, 0)
+    with pytest.raises(ValueError, match="eos_check_every"):
+        atom_ao.generate(model, ids, 4, eos_token_id=eos, eos_check_every=0)
 
 
 @pytest.mark.gpu
