@@ -2,10 +2,12 @@
 producers. Hand-written over the FX graph (no pattern-matcher tracing), so it reads the same on
 the torch releases whose decompositions differ in detail.
 
-1. dedupe: quantize_activation nodes reading the same tensor with the same (n_outliers,
-   group_size, clip) become one. The permutation is a graph input whose value the pass cannot
-   see; atom_ao's quantize flows give every linear fed one activation the same permutation
-   (``atom_ao.handler``), and this pass relies on that.
+1. dedupe: quantize_activation nodes reading the same tensor with the same permutation tensor
+   and (n_outliers, group_size, clip) become one. atom_ao's quantize flows give every linear
+   fed one activation one shared permutation tensor (``atom_ao.handler``); each weight's copy
+   reaches the graph as an input of its own, so "the same" is read from the inputs' (fake)
+   storage. Weights built with different permutations keep a quantizer each (until session 20
+   the key left the permutation out, and such a pair compiled to wrong results).
 2. RMSNorm -> quantize  =>  ``atom_ao.rmsnorm_quantize`` (norm output not kept: it only fed
    the quantizer). The graph's row statistic (``rsqrt``) stays and is passed as ``rstd``:
    Inductor fuses that reduction into the kernel producing x (a residual add), so the fused op
@@ -55,14 +57,27 @@ def _quantize_args(q: Node):
     return (*q.args[:5], bool(asym))
 
 
+def _tensor_identity(n: Node):
+    """What tensor a node is: its fake value's storage (and view of it) when known. Each
+    AtomQuantTensor's permutation reaches the graph as an input of its own, but weights that share
+    one permutation tensor share its (fake) storage."""
+    v = val(n)
+    if isinstance(v, torch.Tensor):
+        try:
+            return (v.untyped_storage()._cdata, v.storage_offset(), tuple(v.shape), tuple(v.stride()))
+        except Exception:  # noqa: BLE001  (no storage to read: fall back to the node)
+            pass
+    return through_views(n)
+
+
 def dedupe(graph: Graph) -> int:
     """One quantize per (input, params); returns how many were removed."""
     first: dict[tuple, Node] = {}
     removed = 0
     for q in _quantize_nodes(graph):
-        x, _perm, n_out, gs, clip, asym = _quantize_args(q)
-        key = (through_views(x), str(tuple(val(x).shape)) if val(x) is not None else None, n_out, gs, clip,
-               asym)  # SymInts: str
+        x, perm, n_out, gs, clip, asym = _quantize_args(q)
+        key = (through_views(x), str(tuple(val(x).shape)) if val(x) is not None else None, _tensor_identity(perm),
+               n_out, gs, clip, asym)  # SymInts: str
         keep = first.setdefault(key, q)
         if keep is not q:
             q.replace_all_uses_with(keep)

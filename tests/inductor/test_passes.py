@@ -220,3 +220,49 @@ def test_asymmetric_layer_fuses_and_keeps_the_flag():
     assert _calls(code) == {"quantize_activation": 1, "rmsnorm_quantize": 2, "silu_mul_quantize": 1}
     FileCheck().check("torch.ops.atom_ao.rmsnorm_quantize.default(").check(", True, True, reinterpret_tensor(").run(code)
     assert sqnr(eager, out[0]) > 25.0
+
+
+class _TwoOnOneInput(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q, self.k = torch.nn.Linear(256, 256, bias=False), torch.nn.Linear(256, 256, bias=False)
+
+    def forward(self, x):
+        return self.q(x) + self.k(x)
+
+
+@pytest.mark.parametrize("unwrapped", [False, True])
+@pytest.mark.parametrize("shared", [True, False])
+def test_dedupe_only_merges_quantizers_of_one_permutation(shared, unwrapped):
+    """Two linears on one input are quantized once only when their weights hold the same
+    permutation tensor (atom_ao's flows share it); weights built with different permutations
+    (``AtomQuantTensor.from_hp``) keep a quantizer each, instead of one giving k q's codes."""
+    from atom_ao import AtomQuantTensor, unwrap_weights
+    from atom_ao.inductor.passes import LAST_COUNTS
+    from atom_ao.weight import outlier_permutation
+    from conftest import outlier_activations
+
+    torch.manual_seed(0)
+    model = _TwoOnOneInput()
+    x, _ = outlier_activations(16, 256, n_outlier_channels=4)
+    p_q = outlier_permutation(x.pow(2).sum(0), 128)
+    p_k = p_q if shared else outlier_permutation(torch.rand(256, generator=torch.Generator().manual_seed(1)), 128)
+    for lin, p in ((model.q, p_q), (model.k, p_k)):
+        w = AtomQuantTensor.from_hp(lin.weight.detach(), p, 128, 128, 1.0, 1.0)
+        lin.weight = torch.nn.Parameter(w, requires_grad=False)
+    if unwrapped:
+        unwrap_weights(model)
+    saved = inductor_config.post_grad_custom_post_pass
+    ai.install()
+    inductor_config.fx_graph_cache = False  # run the pass (and count) even when the graph was cached
+    torch._functorch.config.enable_autograd_cache = False
+    try:
+        with torch.no_grad():
+            eager = model(x)
+            torch._dynamo.reset()
+            compiled = torch.compile(model, fullgraph=True)(x)
+    finally:
+        torch._dynamo.reset()
+        inductor_config.post_grad_custom_post_pass = saved
+    assert LAST_COUNTS["deduped"] == (1 if shared else 0)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-4)
