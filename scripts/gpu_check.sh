@@ -352,7 +352,7 @@ for what in "${@:-tests}"; do
                          unset TORCHINDUCTOR_FORCE_DISABLE_CACHES ;;
     # for session 21: atom_ao.generate on the GPU (tests, then Llama-2-7B through it and through transformers)
     generate-s21) T=150 step generation_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
-                      tests/test_generation.py tests/kv/test_compile_kv.py
+                      tests/test_generation.py tests/kv/test_compile_kv.py tests/inductor/test_passes.py
                   T=${HF7B_T:-420} step hf_decode_llama2_7b_fast_s21 python3 benchmarks/bench_hf_generate.py \
                       --model llama2-7b --generator atom_ao --paths bf16,atom-kv4-unwrapped --prompt 16 --short 8 \
                       --long 40 --profile --tag _fast_s21 ;;

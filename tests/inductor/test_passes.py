@@ -231,9 +231,10 @@ class _TwoOnOneInput(torch.nn.Module):
         return self.q(x) + self.k(x)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("unwrapped", [False, True])
 @pytest.mark.parametrize("shared", [True, False])
-def test_dedupe_only_merges_quantizers_of_one_permutation(shared, unwrapped):
+def test_dedupe_only_merges_quantizers_of_one_permutation(shared, unwrapped, device):
     """Two linears on one input are quantized once only when their weights hold the same
     permutation tensor (atom_ao's flows share it); weights built with different permutations
     (``AtomQuantTensor.from_hp``) keep a quantizer each, instead of one giving k q's codes."""
@@ -250,6 +251,7 @@ def test_dedupe_only_merges_quantizers_of_one_permutation(shared, unwrapped):
     for lin, p in ((model.q, p_q), (model.k, p_k)):
         w = AtomQuantTensor.from_hp(lin.weight.detach(), p, 128, 128, 1.0, 1.0)
         lin.weight = torch.nn.Parameter(w, requires_grad=False)
+    model, x = model.to(device), x.to(device)
     if unwrapped:
         unwrap_weights(model)
     saved = inductor_config.post_grad_custom_post_pass
