@@ -64,7 +64,7 @@ def _tensor_identity(n: Node):
     v = val(n)
     if isinstance(v, torch.Tensor):
         try:
-            return (v.untyped_storage()._cdata, v.storage_offset(), tuple(v.shape), tuple(v.stride()))
+            return (v.untyped_storage()._cdata, str(v.storage_offset()), str(tuple(v.shape)), str(v.stride()))  # SymInts: str
         except Exception:  # noqa: BLE001  (no storage to read: fall back to the node)
             pass
     return through_views(n)
