@@ -18,11 +18,6 @@ from pathlib import Path
 import torch
 
 
-def _lm_linears(module: torch.nn.Module, fqn: str) -> bool:
-    # the paper quantizes the decoder's linears; the LM head stays in full precision
-    return isinstance(module, torch.nn.Linear) and "lm_head" not in fqn
-
-
 _T0 = time.perf_counter()
 
 
@@ -35,20 +30,17 @@ def _generate(model, ids, kv4: bool, max_cache_len: int | None = None, **kw):
     """HF generate; ``kv4``: through the INT4 KV cache (its attention switched back after).
     ``max_cache_len``: a static cache (float or INT4) of that length, with which transformers
     compiles the decode step on a GPU (CUDA graphs)."""
-    from atom_ao.kv import AtomKVCache, with_cache
+    from atom_ao.generation import make_cache
+    from atom_ao.kv import with_cache
 
-    if not kv4:
-        if max_cache_len is None:
-            return model.generate(ids, **kw)
-        from transformers import StaticCache
-
-        return model.generate(ids, **with_cache(model, StaticCache(config=model.config, max_cache_len=max_cache_len)),
-                              **kw)
+    if not kv4 and max_cache_len is None:
+        return model.generate(ids, **kw)
     impl = model.config._attn_implementation
     try:
-        return model.generate(ids, **with_cache(model, AtomKVCache(model, max_cache_len=max_cache_len)), **kw)
+        return model.generate(ids, **with_cache(model, make_cache(model, kv4, max_cache_len)), **kw)
     finally:
-        model.set_attn_implementation(impl)
+        if kv4:  # the INT4 cache switched the attention to "atom_int4"
+            model.set_attn_implementation(impl)
 
 
 @torch.no_grad()
@@ -62,9 +54,8 @@ def _sample(model, tok, prompt: str, new_tokens: int, kv4: bool = False) -> str:
 def _tokens_per_s(model, tok, new_tokens: int = 64, kv4: bool = False) -> float:
     """Decode tokens/s of HF generate at batch 1 with a static cache (compiled, CUDA graphs), the
     second of two same-length runs (the first compiles and autotunes; prefill is in both)."""
-    # each path compiled as a fresh process would: recompiling the same frame for another model or
-    # cache makes Dynamo mark the sizes that changed dynamic, and the INT4-cache step then recorded
-    # a new CUDA graph at each of its first sizes (6.1 tokens/s instead of ~200, session 20)
+    # each path compiled as a fresh process would: without a reset a step first runs (and fails)
+    # the earlier paths' guards, and a recompile of the same frame marks changed sizes dynamic
     torch._dynamo.reset()
     ids = tok("The history of", return_tensors="pt").input_ids.to("cuda")
     kw = dict(do_sample=False, pad_token_id=tok.eos_token_id, min_new_tokens=new_tokens, max_new_tokens=new_tokens,
@@ -98,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import atom_ao
     from atom_ao import data
-    from atom_ao.eval.methods import kv4_forward
+    from atom_ao.eval.methods import decoder_linears, kv4_forward
     from atom_ao.eval.perplexity import perplexity
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -132,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     batches = data.calibration_batches(tok, n_samples=args.calib_samples, seq_len=args.calib_seq_len)
     t = time.perf_counter()
     atom_ao.quantize_calibrated(model, batches, atom_ao.atom_config(n_outliers=args.n_outliers),
-                                filter_fn=_lm_linears)
+                                filter_fn=decoder_linears)  # the LM head stays in full precision
     report["quantize_s"] = round(time.perf_counter() - t, 1)
 
     _step("[3/7] perplexity of the Atom W4A4 model")

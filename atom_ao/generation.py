@@ -36,7 +36,8 @@ def _check(model, input_ids: torch.Tensor, max_new_tokens: int) -> None:
         raise ValueError(f"atom_ao.generate: input_ids on {input_ids.device}, model on {device}")
 
 
-def _cache(model, kv4: bool, max_cache_len: int):
+def make_cache(model, kv4: bool, max_cache_len: int | None):
+    """``AtomKVCache`` (kv4; max_cache_len None: a growing cache) or transformers' ``StaticCache``."""
     if kv4:
         from atom_ao.kv import AtomKVCache
 
@@ -85,7 +86,7 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, kv4: bool =
     if max_cache_len < total:
         raise ValueError(f"atom_ao.generate: max_cache_len {max_cache_len} < prompt + new tokens {total}")
     impl = model.config._attn_implementation
-    cache = _cache(model, kv4, max_cache_len)
+    cache = make_cache(model, kv4, max_cache_len)
     cache_kw = with_cache(model, cache)
     device = input_ids.device
     out = torch.empty(b, total, dtype=input_ids.dtype, device=device)

@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import gpu_name, markdown_table, write_results  # noqa: E402
 
+from atom_ao.eval.methods import decoder_linears  # noqa: E402  (quantize_'s filter: the LM head stays float)
+
 # transformers config class and fields of each model (the same as ../shared/models.md's GGUFs)
 SHAPES = {
     "smollm2-135m": ("LlamaConfig", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
@@ -63,6 +65,19 @@ def build(name: str, layers: int | None):
     with torch.device(DEVICE):  # built where it runs, in its dtype: a 7B model's CPU init takes minutes
         model = transformers.AutoModelForCausalLM.from_config(getattr(transformers, cls)(**fields), dtype=dtype)
     return model.eval()
+
+
+def compile_kwargs(freezing: bool = False) -> dict:
+    """``generate``'s compile_config: transformers' default (mode "reduce-overhead") on a GPU;
+    with freezing or on the CPU one of our own."""
+    if not freezing and DEVICE == "cuda":
+        return {}
+    from transformers import CompileConfig
+
+    # torch.compile takes a mode or options, not both: reduce-overhead is triton.cudagraphs
+    cfg = CompileConfig(mode=None, options={"freezing": freezing, "triton.cudagraphs": DEVICE == "cuda"})
+    cfg._compile_all_devices = DEVICE != "cuda"  # the CPU smoke test compiles too (transformers' test flag)
+    return {"compile_config": cfg}
 
 
 def sync() -> None:
@@ -166,22 +181,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import atom_ao
     from torchao.quantization import quantize_
 
-    compile_kw = {}
-    if args.freezing or DEVICE != "cuda":  # else transformers' default (mode "reduce-overhead")
-        from transformers import CompileConfig
-
-        # torch.compile takes a mode or options, not both: reduce-overhead is triton.cudagraphs
-        cfg = CompileConfig(mode=None, options={"freezing": args.freezing, "triton.cudagraphs": DEVICE == "cuda"})
-        cfg._compile_all_devices = DEVICE != "cuda"  # the CPU smoke test compiles too (transformers' test flag)
-        compile_kw["compile_config"] = cfg
+    compile_kw = compile_kwargs(args.freezing)
     model = build(args.model, args.layers)
     rows, quantized = [], False
     for path in args.paths.split(","):
         if path not in PATHS:
             raise SystemExit(f"unknown path {path!r}: {', '.join(PATHS)}")
         if path != "bf16" and not quantized:  # data-free Atom W4A4 on every decoder linear
-            quantize_(model, atom_ao.atom_config(),
-                      filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and "lm_head" not in fqn)
+            quantize_(model, atom_ao.atom_config(), filter_fn=decoder_linears)
             quantized = True
         elif path == "bf16" and quantized:
             raise SystemExit("bf16 must come before the atom paths (the model is quantized in place)")

@@ -44,16 +44,10 @@ def main():
     from atom_ao.__main__ import _generate
 
     model = bench.build(args.model, args.layers)
-    quantize_(model, atom_ao.atom_config(),
-              filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and "lm_head" not in fqn)
+    quantize_(model, atom_ao.atom_config(), filter_fn=bench.decoder_linears)
     atom_ao.unwrap_weights(model)
     ids = torch.randint(100, 1000, (1, 16), device=bench.DEVICE)
-    kw = {}
-    if bench.DEVICE == "cpu":
-        from transformers import CompileConfig
-
-        kw["compile_config"] = CompileConfig(mode=None)
-        kw["compile_config"]._compile_all_devices = True
+    kw = bench.compile_kwargs()
     prof = cProfile.Profile()
     t = time.perf_counter()
     with torch.no_grad():

@@ -8,14 +8,14 @@ from torchao.quantization import quantize_
 
 import atom_ao
 from atom_ao.__main__ import _generate
+from atom_ao.eval.methods import decoder_linears
 from test_handler import tiny_llama
 
 
 def _model(quantized: bool):
     model = tiny_llama(layers=2)
     if quantized:
-        quantize_(model, atom_ao.atom_config(), filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear)
-                  and "lm_head" not in fqn)
+        quantize_(model, atom_ao.atom_config(), filter_fn=decoder_linears)
         atom_ao.unwrap_weights(model)
     return model
 

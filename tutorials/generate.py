@@ -17,6 +17,7 @@ import torch
 import atom_ao
 from atom_ao import atom_config, data
 from atom_ao.__main__ import _generate  # transformers' generate with a given static cache
+from _common import not_lm_head
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
 dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -29,8 +30,7 @@ float_ids = atom_ao.generate(model, prompt, new, compile=on_gpu)
 print("float :", repr(tok.decode(float_ids[0, prompt.shape[1]:])))
 
 batches = data.calibration_batches(tok, n_samples=4, seq_len=256)  # small for a CPU run (main job: 16 x 512; paper: 128 x 2048)
-atom_ao.quantize_calibrated(model, batches, atom_config(), progress=False,
-                            filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and fqn != "lm_head")
+atom_ao.quantize_calibrated(model, batches, atom_config(), progress=False, filter_fn=not_lm_head)
 atom_ao.unwrap_weights(model)
 
 t = time.perf_counter()
