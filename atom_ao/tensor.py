@@ -6,6 +6,7 @@ import hashlib
 
 import torch
 from torch.utils._python_dispatch import return_and_correct_aliasing
+from torch.multiprocessing.reductions import StorageWeakRef
 from torchao.utils import TorchAOBaseTensor, fill_defaults
 
 import atom_ao.ops  # noqa: F401  (registers torch.ops.atom_ao.*)
@@ -274,9 +275,34 @@ def _(func, types, args, kwargs):
     return return_and_correct_aliasing(func, args, kwargs, new)
 
 
+# A permutation's storage (and view) -> its copy on a device. ``model.to(device)`` moves each
+# weight on its own; without this, weights that shared one permutation tensor (q/k/v, gate/up:
+# atom_ao's flows give them one) would each get a copy, and the Inductor pass, which quantizes an
+# activation once only for weights sharing one permutation *storage*, would keep a quantizer per
+# weight. Keyed by a weak reference to the storage (the weights hold views of it, not one object);
+# while that reference lives the storage's address cannot be reused, and an expired one misses.
+_MOVED_PERMS: dict = {}
+
+
+def _move_perm(perm: torch.Tensor, device) -> torch.Tensor:
+    moved = perm.to(device)
+    if moved is perm or type(perm) is not torch.Tensor or perm.is_meta or torch.compiler.is_compiling():
+        return moved  # nothing moved, no storage to key on, or fake / functional tensors while tracing
+    ref = StorageWeakRef(perm.untyped_storage())
+    key = (ref.cdata, perm.storage_offset(), tuple(perm.shape), perm.stride(), moved.device)
+    hit = _MOVED_PERMS.get(key)
+    if hit is not None and not hit[0].expired():
+        return hit[1]  # permutations are never written in place
+    for k in [k for k, (r, _) in _MOVED_PERMS.items() if r.expired()]:
+        del _MOVED_PERMS[k]
+    _MOVED_PERMS[key] = (ref, moved)
+    return moved
+
+
 @implements(aten._to_copy.default)
 def _(func, types, args, kwargs):
-    """``.to(device)`` moves the data; ``.to(dtype)`` changes the logical (activation) dtype."""
+    """``.to(device)`` moves the data; ``.to(dtype)`` changes the logical (activation) dtype.
+    Weights that shared a permutation tensor still share one after the move."""
     self = args[0]
     dtype = kwargs.get("dtype") or self.dtype
     device = kwargs.get("device") or self.device
@@ -285,7 +311,7 @@ def _(func, types, args, kwargs):
     move = lambda t: t.to(device)  # noqa: E731
     new = AtomQuantTensor(
         move(self.qdata), move(self.scale), move(self.outlier_qdata), move(self.outlier_scale),
-        move(self.perm), self.group_size, self.act_clip_ratio, dtype,
+        _move_perm(self.perm, device), self.group_size, self.act_clip_ratio, dtype,
     )
     return return_and_correct_aliasing(func, args, kwargs, new)
 

@@ -6,11 +6,13 @@ transformers' generate (bf16: ~25 s); GraphLowering.run was 5-9x bf16's in the m
 prints the functions with the most cumulative and own time of the first generate (compile +
 autotune + warm-up), and the time inside torch's Triton-kernel mutation analysis
 (``identify_mutated_tensors`` / ``identify_accessed_tensors``: it lowers the kernel to TTIR at
-every call site), the suspect; ``--ttir-cache`` memoizes that analysis (``atom_ao.inductor.ttir_cache``).
+every call site), the suspect; ``atom_ao.inductor.ttir_cache`` memoizes it (on by default since
+session 21; ``--ttir-cache off`` profiles without it).
 """
 import argparse
 import cProfile
 import io
+import os
 import pstats
 import sys
 import time
@@ -30,7 +32,8 @@ def main():
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--kv4", action="store_true")
     ap.add_argument("--top", type=int, default=40)
-    ap.add_argument("--ttir-cache", action="store_true", help="memoize the mutation analysis (atom_ao.inductor.ttir_cache)")
+    ap.add_argument("--ttir-cache", choices=["on", "off"], default="on",
+                    help="memoize the mutation analysis (atom_ao.inductor.ttir_cache; on by default)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         bench.DEVICE = "cpu"  # a check of the script only: the CPU compiles other code
@@ -38,8 +41,9 @@ def main():
     from atom_ao.inductor import ttir_cache
     from torchao.quantization import quantize_
 
-    if args.ttir_cache:
-        ttir_cache.install()
+    if args.ttir_cache == "off":
+        os.environ[ttir_cache.ENV_VAR] = "0"  # quantize_ installs atom_ao's pass, and with it the cache
+        ttir_cache.uninstall()
 
     from atom_ao.__main__ import _generate
 
@@ -56,7 +60,7 @@ def main():
                   pad_token_id=0, **kw)
         prof.disable()
     print(f"first generate: {time.perf_counter() - t:.1f} s ({args.model}, {args.layers} layers, kv4={args.kv4}, "
-          f"ttir cache {'on: ' + str(ttir_cache.STATS) if args.ttir_cache else 'off'})")
+          f"ttir cache {'on: ' + str(ttir_cache.STATS) if ttir_cache._ORIGINAL else 'off'})")
     for key in ("cumulative", "tottime"):
         s = io.StringIO()
         pstats.Stats(prof, stream=s).sort_stats(key).print_stats(args.top)

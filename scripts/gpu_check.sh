@@ -346,8 +346,8 @@ for what in "${@:-tests}"; do
     # main job (now with the mask fix) and Llama-2-7B through transformers' generate again
     # (both without Inductor's on-disk caches: the second run must not reuse the first's kernels)
     compile-profile-s21) export TORCHINDUCTOR_FORCE_DISABLE_CACHES=1
-                         T=200 TAIL=60 step compile_profile_4layers python3 scripts/compile_profile.py --layers 4 --kv4
-                         T=200 TAIL=60 step compile_profile_4layers_ttir_cache python3 scripts/compile_profile.py --layers 4 --kv4 --ttir-cache
+                         T=200 TAIL=60 step compile_profile_4layers python3 scripts/compile_profile.py --layers 4 --kv4 --ttir-cache off
+                         T=200 TAIL=60 step compile_profile_4layers_ttir_cache python3 scripts/compile_profile.py --layers 4 --kv4 --ttir-cache on
                          T=120 step ttir_cache_gpu_tests python3 -m pytest -q -p no:cacheprovider --tb=short tests/inductor/test_ttir_cache.py
                          unset TORCHINDUCTOR_FORCE_DISABLE_CACHES ;;
     # for session 21: atom_ao.generate on the GPU (tests, then Llama-2-7B through it and through transformers)

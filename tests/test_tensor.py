@@ -65,6 +65,41 @@ def test_repr_and_tensor_ops():
         w[:, :128]
 
 
+def _two_weights(perms):
+    model = torch.nn.ModuleDict({"q": torch.nn.Linear(256, 64, bias=False), "k": torch.nn.Linear(256, 32, bias=False)})
+    for (name, lin), p in zip(model.items(), perms):
+        w = AtomQuantTensor.from_hp(lin.weight.detach(), p, 128, 128, 1.0, 1.0)
+        lin.weight = torch.nn.Parameter(w, requires_grad=False)
+    return model
+
+
+@pytest.mark.parametrize("unwrapped", [False, True])
+@pytest.mark.parametrize("device", ["meta", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_moving_a_model_keeps_shared_permutations_shared(device, unwrapped):
+    """``model.to(device)`` moves each weight on its own; weights that shared one permutation
+    tensor share its one copy after the move (the Inductor pass quantizes an activation once
+    per permutation tensor), and weights with different permutations keep their own."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    x, _ = outlier_activations(16, 256, n_outlier_channels=4)
+    p = outlier_permutation(x.pow(2).sum(0), 128)
+    other = outlier_permutation(torch.rand(256, generator=torch.Generator().manual_seed(1)), 128)
+    shared, separate = _two_weights([p, p]), _two_weights([p, other])
+    if unwrapped:
+        atom_ao.unwrap_weights(shared)
+        atom_ao.unwrap_weights(separate)
+    shared.to(device)
+    separate.to(device)
+    storage = lambda m: m.weight.perm.untyped_storage()._cdata  # noqa: E731  (a Parameter holds views)
+    assert shared.q.weight.perm.device.type == device
+    assert storage(shared.q) == storage(shared.k)
+    assert storage(separate.q) != storage(separate.k)
+    shared.to(torch.bfloat16)  # a dtype change leaves the permutations alone
+    assert storage(shared.q) == storage(shared.k) and shared.q.weight.dtype == torch.bfloat16
+    if device == "cuda":
+        assert torch.equal(separate.k.weight.perm.cpu(), other)
+
+
 def test_flatten_matches_torchao_generic_form_and_round_trips():
     from torchao.utils import TorchAOBaseTensor
 

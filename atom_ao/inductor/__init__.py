@@ -67,7 +67,7 @@ def install() -> AtomFusionPass:
     """Install the pass (chained onto any existing post-grad custom pass); idempotent."""
     from atom_ao.inductor import ttir_cache
 
-    ttir_cache.install_if_requested()  # opt-in (ATOM_AO_TTIR_CACHE=1): see ttir_cache.py
+    ttir_cache.install_if_requested()  # on unless ATOM_AO_TTIR_CACHE=0: see ttir_cache.py
     cur = inductor_config.post_grad_custom_post_pass
     if isinstance(cur, AtomFusionPass):
         return cur

@@ -112,8 +112,10 @@ class AtomKVLayer(CacheLayerMixin):
         self.seq_lens = torch.zeros(self.batch_size, dtype=torch.int32, device=self.device)
         self.cumulative_length = torch.zeros((), dtype=torch.int64, device=self.device)
         if self.is_compileable and not torch.compiler.is_compiling():
+            # every tensor the decode step reads: a CUDA graph copies an input not marked static into
+            # its own buffer on every replay (session 21: 32 rotations a Llama-2-7B step)
             for buf in (self.k_cache, self.v_cache, self.k_meta, self.v_meta, self.block_table, self.seq_lens,
-                        self.cumulative_length, self.rope, self.k_bias):
+                        self.cumulative_length, self.rope, self.k_bias, self.k_shift, self.rotation):
                 if buf is not None:
                     torch._dynamo.mark_static_address(buf)
         self.is_initialized = True

@@ -21,12 +21,17 @@ def recorded(monkeypatch):
         calls.append(dict(kwargs))
         return ["out_ptr"] if kwargs.get("BLOCK", 0) != 7 else []
 
+    was_installed = bool(ttir_cache._ORIGINAL)  # on by default: atom_ao's pass installs it
+    ttir_cache.uninstall()
     monkeypatch.setattr(tkw, NAME, analysis)
     ttir_cache.install()
     ttir_cache.STATS.update(hits=0, misses=0, passed=0)
     yield calls
     ttir_cache.uninstall()
     assert getattr(tkw, NAME) is analysis
+    monkeypatch.undo()
+    if was_installed:
+        ttir_cache.install()
 
 
 def test_same_arguments_are_analysed_once(recorded):
@@ -58,11 +63,11 @@ def test_other_kernels_and_real_tensors_pass_through(recorded):
     assert len(recorded) == 4 and ttir_cache.STATS["passed"] == 4 and not ttir_cache.CACHE
 
 
-def test_opt_in_through_the_environment(monkeypatch, recorded):
+def test_on_by_default_and_off_through_the_environment(monkeypatch, recorded):
     ttir_cache.uninstall()
-    monkeypatch.delenv(ttir_cache.ENV_VAR, raising=False)
+    monkeypatch.setenv(ttir_cache.ENV_VAR, "0")
     ttir_cache.install_if_requested()
     assert not ttir_cache._ORIGINAL
-    monkeypatch.setenv(ttir_cache.ENV_VAR, "1")
+    monkeypatch.delenv(ttir_cache.ENV_VAR)
     ttir_cache.install_if_requested()
     assert getattr(tkw, NAME).__wrapped__ is not None

@@ -63,3 +63,20 @@ def test_generate_compiles_the_static_cache_decode_step_once():
                              do_sample=False, min_new_tokens=6, max_new_tokens=6, pad_token_id=0, compile_config=cfg)
     assert out.shape == (1, 12)
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+
+
+@pytest.mark.parametrize("k_before_rope", [False, True])
+def test_every_tensor_of_a_static_cache_has_a_static_address(k_before_rope):
+    # a CUDA graph (reduce-overhead) copies every input not marked static into its own buffer on
+    # each replay: for the cache's tensors that is a copy per layer and step (the rotations were)
+    model = tiny_llama()
+    cache = AtomKVCache(model, max_cache_len=32, page_size=8, k_before_rope=k_before_rope)
+    ids = torch.randint(0, 512, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model(ids, **with_cache(model, cache), use_cache=True)
+    for layer in cache.layers:
+        tensors = {n: v for n, v in vars(layer).items()
+                   if isinstance(v, torch.Tensor) and n != "rope_inv_freq"}  # read when allocating only
+        assert ("rotation" in tensors) != k_before_rope
+        loose = [n for n, v in tensors.items() if getattr(v, "_dynamo_static_input_type", None) is None]
+        assert not loose, loose
