@@ -49,6 +49,23 @@ def test_compiles_the_decode_step_once():
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
 
 
+def test_a_model_changed_between_calls_is_compiled_again():
+    # steps after the second skip Dynamo's guards; the first steps of each call still run them,
+    # so a model changed between calls (here its Atom weights wrapped back into nn.Linear) is
+    # traced again, not run through the graph of the old one
+    from torch._dynamo.utils import counters
+
+    model = _model(quantized=True)
+    ids = torch.randint(0, 512, (1, 5), generator=torch.Generator().manual_seed(3))
+    expect = atom_ao.generate(model, ids, 8, compile=False)
+    torch._dynamo.reset()
+    counters.clear()
+    assert torch.equal(atom_ao.generate(model, ids, 8)[:, :8], expect[:, :8])
+    atom_ao.wrap_weights(model)
+    assert torch.equal(atom_ao.generate(model, ids, 8)[:, :8], expect[:, :8])
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
+
+
 def test_stops_at_eos_and_checks_its_input():
     model = _model(quantized=False)
     ids = torch.randint(0, 512, (1, 5), generator=torch.Generator().manual_seed(2))
