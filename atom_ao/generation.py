@@ -63,10 +63,23 @@ def _compiled_step(mode):
     return _COMPILED[mode]
 
 
+def _capture(decode, model, tok, pos, cache, key, out) -> torch.cuda.CUDAGraph:
+    """One decode step recorded as a CUDA graph: the step, the next token into ``tok`` and into
+    ``out`` at ``pos + 1``, ``pos`` + 1. Nothing runs until ``replay()``; a replay is a whole
+    step with no host work (no guards, no Dynamo frame, no CUDA-graph-tree bookkeeping)."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):  # on a side stream of its own, memory from the graph's pool
+        nxt = decode(model, tok, pos, cache, key)
+        tok.copy_(nxt)
+        out.scatter_(1, pos + 1, nxt)
+        pos.add_(1)
+    return graph
+
+
 @torch.no_grad()
 def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, kv4: bool = False,
              max_cache_len: int | None = None, eos_token_id: int | None = None, compile: bool = True,
-             eos_check_every: int = 16) -> torch.Tensor:
+             eos_check_every: int = 16, capture: bool = False) -> torch.Tensor:
     """Greedy tokens of ``model`` after ``input_ids``: (batch, prompt + new) like ``generate``.
 
     kv4: the INT4 KV cache (``AtomKVCache``; the model's attention is switched back after), else
@@ -74,10 +87,16 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, kv4: bool =
     eos_token_id: stop once every sequence has produced it (checked every ``eos_check_every``
     steps; tokens after a sequence's first EOS are not masked). compile: compile the decode step
     with ``mode="reduce-overhead"`` (CUDA graphs on a GPU; on a CPU plain Inductor).
+    capture (CUDA, with compile): compile the step without CUDA graphs, run two steps, then record
+    one step in a CUDA graph of its own and replay it for the rest (as ``benchmarks/bench_generate.py``
+    does): the host then does one ``replay()`` a token. Not yet timed on a GPU (session 21).
     """
     from atom_ao.kv import with_cache
 
     _check(model, input_ids, max_new_tokens)
+    if capture and (input_ids.device.type != "cuda" or not compile):
+        raise ValueError(f"atom_ao.generate: capture=True records a CUDA graph of the compiled step: it needs a "
+                         f"CUDA model and compile=True (got {input_ids.device}, compile={compile})")
     if eos_check_every < 1:
         raise ValueError(f"atom_ao.generate: eos_check_every must be >= 1, got {eos_check_every}")
     b, t = input_ids.shape
@@ -97,20 +116,26 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, kv4: bool =
         tok = model(input_ids, position_ids=pos, use_cache=True, logits_to_keep=1, **cache_kw).logits
         tok = tok[:, -1].argmax(-1, keepdim=True).to(input_ids.dtype)  # (B, 1), contiguous: the step's input
         out[:, t:t + 1] = tok
-        decode = _compiled_step("reduce-overhead" if device.type == "cuda" else None) if compile else _step
+        cuda_graphs = device.type == "cuda" and not capture  # capture: our own graph, not Inductor's
+        decode = _compiled_step("reduce-overhead" if cuda_graphs else None) if compile else _step
         (key,) = cache_kw
         pos = torch.full((b, 1), t, dtype=torch.int64, device=device)
         n = t + 1
+        graph = None
         while n < total:
-            # Dynamo checks its guards on every call (on the H200, 632 us of a Llama-2-7B Atom +
-            # INT4 KV step, mostly the model's ~1100 buffers; bf16: 330). The first two steps run
-            # with them (a changed model or cache recompiles there); the later steps call the same
-            # step with the same objects in the same state, so they skip them
-            with torch.compiler.set_stance(skip_guard_eval_unsafe=compile and n >= t + 3):
-                nxt = decode(model, tok, pos, cache, key)
-            tok.copy_(nxt)  # the same input tensor every step; the CUDA graph reuses its output buffer
-            out[:, n:n + 1] = nxt
-            pos += 1
+            if capture and (graph is not None or n >= t + 3):  # two steps first: compile, autotune
+                graph = graph or _capture(decode, model, tok, pos, cache, key, out)
+                graph.replay()
+            else:
+                # Dynamo checks its guards on every call (on the H200, 632 us of a Llama-2-7B Atom +
+                # INT4 KV step, mostly the model's ~1100 buffers; bf16: 330). The first two steps run
+                # with them (a changed model or cache recompiles there); the later steps call the
+                # same step with the same objects in the same state, so they skip them
+                with torch.compiler.set_stance(skip_guard_eval_unsafe=compile and n >= t + 3):
+                    nxt = decode(model, tok, pos, cache, key)
+                tok.copy_(nxt)  # the same input tensor every step; the CUDA graph reuses its output buffer
+                out[:, n:n + 1] = nxt
+                pos += 1
             n += 1
             if eos_token_id is not None and (n - t) % eos_check_every == 0:
                 if bool((out[:, t:n] == eos_token_id).any(dim=1).all()):

@@ -18,7 +18,9 @@ each AtomQuantTensor weight costs ~38 us of Python per call (guards and the AOT 
 an ``AtomLinear`` holding the weight's five tensors as plain buffers); ``--freezing`` compiles
 with Inductor freezing instead of mode "reduce-overhead". ``--generator atom_ao`` times
 ``atom_ao.generate`` instead (the same model and caches, one compiled step and no per-token host
-loop: what is left of ``generate``'s own CPU time per token, ~2.9 ms at Llama-2-7B in session 20).
+loop: what is left of ``generate``'s own CPU time per token, ~2.9 ms at Llama-2-7B in session 20);
+``--generator atom_ao_captured`` with ``capture=True`` (the step in a CUDA graph of its own, one
+``replay()`` a token).
 """
 
 from __future__ import annotations
@@ -101,8 +103,9 @@ def run_path(model, path: str, prompt_len: int, short: int, long: int, profile: 
     kv4 = path.startswith("atom-kv4")
 
     def gen(n: int):
-        if generator == "atom_ao":  # one compiled step, no generate loop (atom_ao.generate)
-            out = atom_ao.generate(model, ids, n, kv4=kv4, max_cache_len=prompt_len + long)
+        if generator.startswith("atom_ao"):  # one compiled step, no generate loop (atom_ao.generate)
+            out = atom_ao.generate(model, ids, n, kv4=kv4, max_cache_len=prompt_len + long,
+                                   capture=generator == "atom_ao_captured")
             sync()
             return out
         out = _generate(model, ids, kv4, max_cache_len=prompt_len + long, do_sample=False, min_new_tokens=n,
@@ -172,8 +175,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--short", type=int, default=8, help="new tokens of the short run")
     ap.add_argument("--long", type=int, default=72, help="new tokens of the long run")
     ap.add_argument("--profile", action="store_true", help="launch counts and top CPU ops of one long run")
-    ap.add_argument("--generator", default="transformers", choices=["transformers", "atom_ao"],
-                    help="transformers' generate, or atom_ao.generate (one compiled step, no per-token host loop)")
+    ap.add_argument("--generator", default="transformers", choices=["transformers", "atom_ao", "atom_ao_captured"],
+                    help="transformers' generate, or atom_ao.generate (one compiled step, no per-token host loop; "
+                         "_captured: capture=True, the step in a CUDA graph of its own)")
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
     if DEVICE == "cuda" and not torch.cuda.is_available():

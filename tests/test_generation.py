@@ -81,6 +81,8 @@ def test_stops_at_eos_and_checks_its_input():
         atom_ao.generate(model, ids, 0)
     with pytest.raises(ValueError, match="eos_check_every"):
         atom_ao.generate(model, ids, 4, eos_token_id=eos, eos_check_every=0)
+    with pytest.raises(ValueError, match="capture=True .* needs a CUDA model"):
+        atom_ao.generate(model, ids, 4, capture=True)
 
 
 @pytest.mark.gpu
@@ -95,3 +97,21 @@ def test_gpu_cuda_graph_step_matches_transformers_generate(kv4):
     for _ in range(2):  # the second call replays the recorded CUDA graph
         out = atom_ao.generate(model, ids, 8, kv4=kv4)
         assert torch.equal(out[:, :ids.shape[1] + 3], expect[:, :ids.shape[1] + 3])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kv4", [False, True])
+def test_gpu_captured_step_gives_the_tokens_of_the_compiled_step(kv4):
+    # capture=True: two compiled steps, then one step recorded in atom_ao's own CUDA graph and
+    # replayed; the same tokens as the reduce-overhead path, stopping at EOS as it does
+    model = _model(quantized=True).cuda().to(torch.bfloat16)
+    ids = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(4)).cuda()
+    torch._dynamo.reset()
+    expect = atom_ao.generate(model, ids, 12, kv4=kv4)
+    for _ in range(2):  # a second call captures a new graph with a fresh cache
+        assert torch.equal(atom_ao.generate(model, ids, 12, kv4=kv4, capture=True), expect)
+    full = atom_ao.generate(model, ids[:1], 12, kv4=kv4)
+    eos = int(full[0, ids.shape[1] + 5])
+    stopped = atom_ao.generate(model, ids[:1], 12, kv4=kv4, capture=True, eos_token_id=eos, eos_check_every=2)
+    first = int((full[0, ids.shape[1]:] == eos).nonzero()[0]) + 1  # new tokens up to the first EOS
+    assert stopped.shape[1] == ids.shape[1] + first + (first % 2) and torch.equal(stopped, full[:, :stopped.shape[1]])
