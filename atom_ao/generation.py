@@ -63,17 +63,19 @@ def _compiled_step(mode):
     return _COMPILED[mode]
 
 
-def _capture(decode, model, tok, pos, cache, key, out) -> torch.cuda.CUDAGraph:
-    """One decode step recorded as a CUDA graph: the step, the next token into ``tok`` and into
-    ``out`` at ``pos + 1``, ``pos`` + 1. Nothing runs until ``replay()``; a replay is a whole
-    step with no host work (no guards, no Dynamo frame, no CUDA-graph-tree bookkeeping)."""
+def _capture(step) -> torch.cuda.CUDAGraph:
+    """``step()`` recorded as a CUDA graph: nothing runs until ``replay()``, and a replay is the
+    whole step with no host work (no guards, no Dynamo frame, no CUDA-graph-tree bookkeeping)."""
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):  # on a side stream of its own, memory from the graph's pool
-        nxt = decode(model, tok, pos, cache, key)
-        tok.copy_(nxt)
-        out.scatter_(1, pos + 1, nxt)
-        pos.add_(1)
+        step()
     return graph
+
+
+def _check_capture(device: torch.device, compile: bool) -> None:
+    if device.type != "cuda" or not compile:
+        raise ValueError(f"atom_ao.generate: capture=True records a CUDA graph of the compiled step: it needs a "
+                         f"CUDA model and compile=True (got {device}, compile={compile})")
 
 
 @torch.no_grad()
@@ -94,9 +96,8 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, kv4: bool =
     from atom_ao.kv import with_cache
 
     _check(model, input_ids, max_new_tokens)
-    if capture and (input_ids.device.type != "cuda" or not compile):
-        raise ValueError(f"atom_ao.generate: capture=True records a CUDA graph of the compiled step: it needs a "
-                         f"CUDA model and compile=True (got {input_ids.device}, compile={compile})")
+    if capture:
+        _check_capture(input_ids.device, compile)
     if eos_check_every < 1:
         raise ValueError(f"atom_ao.generate: eos_check_every must be >= 1, got {eos_check_every}")
     b, t = input_ids.shape
@@ -121,10 +122,17 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, kv4: bool =
         (key,) = cache_kw
         pos = torch.full((b, 1), t, dtype=torch.int64, device=device)
         n = t + 1
+
+        def step():  # the next token into tok and out (at pos + 1), pos + 1: all on the device
+            nxt = decode(model, tok, pos, cache, key)
+            tok.copy_(nxt)  # the same input tensor every step; the CUDA graph reuses its output buffer
+            out.scatter_(1, pos + 1, nxt)
+            pos.add_(1)
+
         graph = None
         while n < total:
             if capture and (graph is not None or n >= t + 3):  # two steps first: compile, autotune
-                graph = graph or _capture(decode, model, tok, pos, cache, key, out)
+                graph = graph or _capture(step)
                 graph.replay()
             else:
                 # Dynamo checks its guards on every call (on the H200, 632 us of a Llama-2-7B Atom +
@@ -132,10 +140,7 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, kv4: bool =
                 # with them (a changed model or cache recompiles there); the later steps call the
                 # same step with the same objects in the same state, so they skip them
                 with torch.compiler.set_stance(skip_guard_eval_unsafe=compile and n >= t + 3):
-                    nxt = decode(model, tok, pos, cache, key)
-                tok.copy_(nxt)  # the same input tensor every step; the CUDA graph reuses its output buffer
-                out[:, n:n + 1] = nxt
-                pos += 1
+                    step()
             n += 1
             if eos_token_id is not None and (n - t) % eos_check_every == 0:
                 if bool((out[:, t:n] == eos_token_id).any(dim=1).all()):

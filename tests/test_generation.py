@@ -66,6 +66,26 @@ def test_a_model_changed_between_calls_is_compiled_again():
     assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
 
 
+def test_the_captured_loop_on_a_stand_in_graph(monkeypatch):
+    # capture=True's loop (two compiled steps, then replays of one recorded step that writes the
+    # token and moves the position on the device) with a stand-in whose replay() runs the step:
+    # the CPU checks the bookkeeping, the GPU test the real CUDA graph
+    from types import SimpleNamespace
+
+    from atom_ao import generation
+
+    captured = []
+    monkeypatch.setattr(generation, "_check_capture", lambda device, compile: None)
+    monkeypatch.setattr(generation, "_capture", lambda step: captured.append(step) or SimpleNamespace(replay=step))
+    model = _model(quantized=True)
+    ids = torch.randint(0, 512, (2, 6), generator=torch.Generator().manual_seed(5))
+    torch._dynamo.reset()
+    expect = atom_ao.generate(model, ids, 9, kv4=True)
+    assert not captured
+    assert torch.equal(atom_ao.generate(model, ids, 9, kv4=True, capture=True), expect)
+    assert len(captured) == 1
+
+
 def test_stops_at_eos_and_checks_its_input():
     model = _model(quantized=False)
     ids = torch.randint(0, 512, (1, 5), generator=torch.Generator().manual_seed(2))
