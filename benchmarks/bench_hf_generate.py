@@ -69,15 +69,18 @@ def build(name: str, layers: int | None):
     return model.eval()
 
 
-def compile_kwargs(freezing: bool = False) -> dict:
+def compile_kwargs(freezing: bool = False, skip_module_guards: bool = False) -> dict:
     """``generate``'s compile_config: transformers' default (mode "reduce-overhead") on a GPU;
-    with freezing or on the CPU one of our own."""
-    if not freezing and DEVICE == "cuda":
+    with freezing, skipped module guards or on the CPU one of our own."""
+    if not freezing and not skip_module_guards and DEVICE == "cuda":
         return {}
     from transformers import CompileConfig
 
     # torch.compile takes a mode or options, not both: reduce-overhead is triton.cudagraphs
-    cfg = CompileConfig(mode=None, options={"freezing": freezing, "triton.cudagraphs": DEVICE == "cuda"})
+    options = {"freezing": freezing, "triton.cudagraphs": DEVICE == "cuda"}
+    if skip_module_guards:  # torch's own filter: no guards on nn.Module attributes (the model must not change)
+        options["guard_filter_fn"] = torch.compiler.skip_guard_on_all_nn_modules_unsafe
+    cfg = CompileConfig(mode=None, options=options)
     cfg._compile_all_devices = DEVICE != "cuda"  # the CPU smoke test compiles too (transformers' test flag)
     return {"compile_config": cfg}
 
@@ -171,6 +174,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     help="bf16 first, then any of atom, atom-kv4, atom-unwrapped, atom-kv4-unwrapped")
     ap.add_argument("--freezing", action="store_true",
                     help="compile with Inductor freezing + CUDA graphs instead of mode reduce-overhead")
+    ap.add_argument("--skip-module-guards", action="store_true",
+                    help="compile_config options guard_filter_fn=torch.compiler.skip_guard_on_all_nn_modules_unsafe")
     ap.add_argument("--prompt", type=int, default=16, help="prompt tokens")
     ap.add_argument("--short", type=int, default=8, help="new tokens of the short run")
     ap.add_argument("--long", type=int, default=72, help="new tokens of the long run")
@@ -185,7 +190,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import atom_ao
     from torchao.quantization import quantize_
 
-    compile_kw = compile_kwargs(args.freezing)
+    compile_kw = compile_kwargs(args.freezing, args.skip_module_guards)
     model = build(args.model, args.layers)
     rows, quantized = [], False
     for path in args.paths.split(","):
@@ -199,12 +204,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if path != "bf16":
             (atom_ao.unwrap_weights if path.endswith("-unwrapped") else atom_ao.wrap_weights)(model)
         rows.append(dict(model=args.model, layers=model.config.num_hidden_layers, generator=args.generator,
-                         freezing=args.freezing, **run_path(model, path, args.prompt, args.short, args.long,
+                         freezing=args.freezing, module_guards=not args.skip_module_guards, **run_path(model, path, args.prompt, args.short, args.long,
                                                             args.profile, compile_kw, args.generator)))
     base = next((r["decode_ms"] for r in rows if r["path"] == "bf16"), None)
     for r in rows:
         r["speedup_vs_bf16"] = round(base / r["decode_ms"], 2) if base else ""
-    cols = ["model", "layers", "generator", "path", "freezing", "first_generate_s", "decode_ms", "tokens_per_s",
+    cols = ["model", "layers", "generator", "path", "freezing", "module_guards", "first_generate_s", "decode_ms", "tokens_per_s",
             "speedup_vs_bf16", "cudagraph_skips"]
     if args.profile:
         cols += ["launches_per_token", "graph_replays_per_token", "guards_us", "wrapper_us", "graph_call_us",
