@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import gpu_name, markdown_table, write_results  # noqa: E402
+from common import gpu_name, markdown_table, results_dir, write_results  # noqa: E402
 
 from atom_ao.eval.methods import decoder_linears  # noqa: E402  (quantize_'s filter: the LM head stays float)
 
@@ -146,7 +146,10 @@ def run_path(model, path: str, prompt_len: int, short: int, long: int, profile: 
         row["launches_per_token"] = round(sum(counts.get(k, 0) for k in LAUNCH_EVENTS) / long, 1)
         row["graph_replays_per_token"] = round(counts.get("cudaGraphLaunch", 0) / long, 2)
         row.update(step_cpu_us(events))
-        print(events.table(sort_by="self_cpu_time_total", row_limit=15))
+        # every op of the profiled run, for where a token's time goes (syncs, copies, eager ops)
+        table = events.table(sort_by="self_cpu_time_total", row_limit=80, max_name_column_width=70)
+        (results_dir() / f"bench_hf_generate_{generator}_{path}_profile.txt").write_text(table)
+        print("\n".join(table.splitlines()[:20]))
     print(row, {k: v - before.get(k, 0) for k, v in after.items()}, flush=True)
     return row
 

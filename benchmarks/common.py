@@ -58,10 +58,16 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_results(name: str, rows: list[dict], columns: list[str], meta: dict) -> Path:
-    """JSON + markdown under benchmarks/results/, named after the benchmark and the GPU."""
+def results_dir() -> Path:
+    """benchmarks/results/, or $ATOM_AO_RESULTS (scripts/gpu_check.sh points it at the device's $OUT)."""
     out_dir = Path(os.environ.get("ATOM_AO_RESULTS", RESULTS))
     out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def write_results(name: str, rows: list[dict], columns: list[str], meta: dict) -> Path:
+    """JSON + markdown under benchmarks/results/, named after the benchmark and the GPU."""
+    out_dir = results_dir()
     stem = out_dir / f"{name}_{gpu_tag()}"
     meta = {"gpu": gpu_name(), "torch": torch.__version__, **meta}
     stem.with_name(stem.name + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

@@ -12,7 +12,7 @@ step() {  # name, command...
   local name=$1; shift
   local t0=$SECONDS
   echo "=== $name"
-  timeout "$T" "$@" 2>&1 | grep -v -E "Failed to load|register_constant|_pytree.py" > "$ATOM_AO_RESULTS/$name.log"
+  timeout "$T" "$@" 2>&1 | grep -v -E "Failed to load|register_constant|_pytree.py|torch.__trace" > "$ATOM_AO_RESULTS/$name.log"
   echo "--- $name: rc=${PIPESTATUS[0]} $((SECONDS - t0)) s"
   tail -n "${TAIL:-30}" "$ATOM_AO_RESULTS/$name.log"
 }

@@ -15,8 +15,10 @@ def test_bench_hf_generate_cpu(tmp_path, monkeypatch):
     monkeypatch.setenv("ATOM_AO_RESULTS", str(tmp_path))
     monkeypatch.setattr(bench_hf_generate, "DEVICE", "cpu")
     rows = bench_hf_generate.main(["--layers", "1", "--prompt", "4", "--short", "1", "--long", "3", "--profile",
-                                   "--paths", "bf16,atom,atom-kv4"])
+                                   "--paths", "bf16,atom,atom-kv4", "--skip-module-guards"])
     assert [r["path"] for r in rows] == ["bf16", "atom", "atom-kv4"]
+    assert not any(r["module_guards"] for r in rows)
+    assert "TorchDynamo Cache Lookup" in (tmp_path / "bench_hf_generate_transformers_atom-kv4_profile.txt").read_text()
     assert all(r["decode_ms"] != 0 and r["layers"] == 1 for r in rows)
     saved = json.loads(next(tmp_path.glob("bench_hf_generate_smollm2-135m_*.json")).read_text())
     assert [r["path"] for r in saved["rows"]] == ["bf16", "atom", "atom-kv4"]
