@@ -20,6 +20,7 @@ import argparse
 import gc
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -36,8 +37,6 @@ def _not_head(module, fqn):
 
 
 def build(shape, path: str, n_layers: int | None, compile_blocks: bool = True):
-    from dataclasses import replace
-
     from torchao.quantization import quantize_
 
     s = replace(shape, n_layers=n_layers or shape.n_layers)
@@ -179,6 +178,8 @@ def main():
     ap.add_argument("--layers", type=int, default=None, help="fewer decoder layers (all layers are alike)")
     ap.add_argument("--budget-gb", type=float, default=80.0)
     ap.add_argument("--no-compile", action="store_true", help="eager blocks (still inside a CUDA graph)")
+    ap.add_argument("--fused-qkv", action="store_true",
+                    help="one wqkv linear a layer, as gpt-fast has (every path alike), instead of wq, wk, wv")
     ap.add_argument("--profile", action="store_true",
                     help="also trace a few decode steps: GPU time per step by kernel kind and the top kernels")
     ap.add_argument("--inductor-pdl", action="store_true",
@@ -192,7 +193,7 @@ def main():
         if not hasattr(inductor_config.triton, "enable_pdl"):
             raise SystemExit(f"--inductor-pdl: torch {torch.__version__} has no inductor.config.triton.enable_pdl")
         inductor_config.triton.enable_pdl = True
-    shape = SHAPES[args.model]
+    shape = replace(SHAPES[args.model], fused_qkv=args.fused_qkv)
     rows = []
     for path in args.paths.split(","):
         try:
@@ -247,8 +248,9 @@ def _write(rows, args):
     for r in rows:
         base = next((x for x in rows if x["path"] == "bf16" and x["batch"] == r["batch"]), None)
         r["speedup_vs_bf16"] = round(r["tokens_per_s"] / base["tokens_per_s"], 2) if base else None
-    return write_results(f"bench_generate_{args.model}", rows, _columns(args),
+    return write_results(f"bench_generate_{args.model}{'_fused_qkv' if args.fused_qkv else ''}", rows, _columns(args),
                          {"command": " ".join(sys.argv), "prompt": args.prompt, "gen": args.gen,
+                          "fused_qkv": args.fused_qkv,
                           "timed_steps": args.steps, "gpu": gpu_name(),
                           "inductor_passes": os.environ.get("ATOM_AO_INDUCTOR", "1") != "0"})
 

@@ -23,6 +23,7 @@ class LlamaShape:
     intermediate: int = 11008
     vocab: int = 32000
     rope_base: float = 10000.0
+    fused_qkv: bool = False  # gpt-fast's wqkv: one linear for q, k and v (one GEMM a layer, not three)
 
     @property
     def head_dim(self) -> int:
@@ -128,9 +129,13 @@ class Block(nn.Module):
         super().__init__()
         self.s = s
         hd = s.head_dim
-        self.wq = nn.Linear(s.dim, s.n_heads * hd, bias=False)
-        self.wk = nn.Linear(s.dim, s.n_kv_heads * hd, bias=False)
-        self.wv = nn.Linear(s.dim, s.n_kv_heads * hd, bias=False)
+        self.qkv_sizes = [s.n_heads * hd, s.n_kv_heads * hd, s.n_kv_heads * hd]
+        if s.fused_qkv:
+            self.wqkv = nn.Linear(s.dim, sum(self.qkv_sizes), bias=False)
+        else:
+            self.wq = nn.Linear(s.dim, s.n_heads * hd, bias=False)
+            self.wk = nn.Linear(s.dim, s.n_kv_heads * hd, bias=False)
+            self.wv = nn.Linear(s.dim, s.n_kv_heads * hd, bias=False)
         self.wo = nn.Linear(s.n_heads * hd, s.dim, bias=False)
         self.w1 = nn.Linear(s.dim, s.intermediate, bias=False)
         self.w3 = nn.Linear(s.dim, s.intermediate, bias=False)
@@ -142,9 +147,13 @@ class Block(nn.Module):
     def attention(self, x, pos, cos, sin, mask):
         b, t, _ = x.shape
         hd, s = self.s.head_dim, self.s
-        q = self.wq(x).view(b, t, s.n_heads, hd).transpose(1, 2)
-        k = self.wk(x).view(b, t, s.n_kv_heads, hd).transpose(1, 2)
-        v = self.wv(x).view(b, t, s.n_kv_heads, hd).transpose(1, 2)
+        if s.fused_qkv:
+            q, k, v = self.wqkv(x).split(self.qkv_sizes, dim=-1)
+        else:
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        q = q.view(b, t, s.n_heads, hd).transpose(1, 2)
+        k = k.view(b, t, s.n_kv_heads, hd).transpose(1, 2)
+        v = v.view(b, t, s.n_kv_heads, hd).transpose(1, 2)
         q, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if hasattr(self.cache, "attend"):
             return self.cache.attend(q, k_rot, v, pos, mask, k_pre=k)

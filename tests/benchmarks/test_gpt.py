@@ -54,3 +54,26 @@ def test_int4_cache_with_keys_before_rope_tracks_bf16_cache():
     torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-4)
     assert sqnr(ref[1:], got[1:]) > 15.0
     assert not torch.equal(got[1:], ref[1:])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("int4", [False, True])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_fused_qkv_computes_what_the_three_linears_do(int4, compiled):
+    # --fused-qkv (gpt-fast's wqkv): the same weights stacked into one linear give the same logits
+    from dataclasses import replace
+
+    torch._dynamo.reset()  # fused and unfused blocks, prompt and decode shapes: a fresh recompile budget
+    Llama._COMPILED = None
+    torch.manual_seed(0)
+    model = Llama(SHAPE).eval()
+    fused = Llama(replace(SHAPE, fused_qkv=True)).eval()
+    state = model.state_dict()
+    for i in range(SHAPE.n_layers):
+        p = f"layers.{i}."
+        state[p + "wqkv.weight"] = torch.cat([state.pop(p + n + ".weight") for n in ("wq", "wk", "wv")])
+    fused.load_state_dict(state)
+    model.compile_blocks = fused.compile_blocks = compiled
+    ref = _decode(model, 2, 8, 3, int4=int4)
+    got = _decode(fused, 2, 8, 3, int4=int4)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
