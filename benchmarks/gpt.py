@@ -133,9 +133,7 @@ class Block(nn.Module):
         if s.fused_qkv:
             self.wqkv = nn.Linear(s.dim, sum(self.qkv_sizes), bias=False)
         else:
-            self.wq = nn.Linear(s.dim, s.n_heads * hd, bias=False)
-            self.wk = nn.Linear(s.dim, s.n_kv_heads * hd, bias=False)
-            self.wv = nn.Linear(s.dim, s.n_kv_heads * hd, bias=False)
+            self.wq, self.wk, self.wv = (nn.Linear(s.dim, n, bias=False) for n in self.qkv_sizes)
         self.wo = nn.Linear(s.n_heads * hd, s.dim, bias=False)
         self.w1 = nn.Linear(s.dim, s.intermediate, bias=False)
         self.w3 = nn.Linear(s.dim, s.intermediate, bias=False)

@@ -60,7 +60,7 @@ def main():
                   pad_token_id=0, **kw)
         prof.disable()
     print(f"first generate: {time.perf_counter() - t:.1f} s ({args.model}, {args.layers} layers, kv4={args.kv4}, "
-          f"ttir cache {'on: ' + str(ttir_cache.STATS) if ttir_cache._ORIGINAL else 'off'})")
+          f"ttir cache {'on: ' + str(ttir_cache.STATS) if ttir_cache.is_installed() else 'off'})")
     for key in ("cumulative", "tottime"):
         s = io.StringIO()
         pstats.Stats(prof, stream=s).sort_stats(key).print_stats(args.top)

@@ -118,6 +118,10 @@ def uninstall() -> None:
     CACHE.clear()
 
 
+def is_installed() -> bool:
+    return bool(_ORIGINAL)
+
+
 def install_if_requested() -> None:
     """Install unless ``ATOM_AO_TTIR_CACHE`` is 0 / false / no / off."""
     if os.environ.get(ENV_VAR, "1").strip().lower() not in ("0", "false", "no", "off"):

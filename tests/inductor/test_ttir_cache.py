@@ -21,7 +21,7 @@ def recorded(monkeypatch):
         calls.append(dict(kwargs))
         return ["out_ptr"] if kwargs.get("BLOCK", 0) != 7 else []
 
-    was_installed = bool(ttir_cache._ORIGINAL)  # on by default: atom_ao's pass installs it
+    was_installed = ttir_cache.is_installed()  # on by default: atom_ao's pass installs it
     ttir_cache.uninstall()
     monkeypatch.setattr(tkw, NAME, analysis)
     ttir_cache.install()
@@ -67,7 +67,7 @@ def test_on_by_default_and_off_through_the_environment(monkeypatch, recorded):
     ttir_cache.uninstall()
     monkeypatch.setenv(ttir_cache.ENV_VAR, "0")
     ttir_cache.install_if_requested()
-    assert not ttir_cache._ORIGINAL
+    assert not ttir_cache.is_installed()
     monkeypatch.delenv(ttir_cache.ENV_VAR)
     ttir_cache.install_if_requested()
     assert getattr(tkw, NAME).__wrapped__ is not None
