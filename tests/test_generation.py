@@ -86,6 +86,20 @@ def test_the_captured_loop_on_a_stand_in_graph(monkeypatch):
     assert len(captured) == 1
 
 
+def test_a_stance_set_by_the_caller_is_kept():
+    # the guard skip of the later steps must not switch a caller's force_eager back to compiling
+    from torch._dynamo.utils import counters
+
+    model = _model(quantized=False)
+    ids = torch.randint(0, 512, (1, 5), generator=torch.Generator().manual_seed(6))
+    torch._dynamo.reset()
+    counters.clear()
+    with torch.compiler.set_stance("force_eager"):
+        out = atom_ao.generate(model, ids, 6)
+    assert counters["stats"]["unique_graphs"] == 0, dict(counters["stats"])
+    assert torch.equal(out, atom_ao.generate(model, ids, 6, compile=False))
+
+
 def test_stops_at_eos_and_checks_its_input():
     model = _model(quantized=False)
     ids = torch.randint(0, 512, (1, 5), generator=torch.Generator().manual_seed(2))
