@@ -49,9 +49,13 @@ def make_cache(model, kv4: bool, max_cache_len: int | None):
     return StaticCache(config=model.config, max_cache_len=max_cache_len)
 
 
+def _greedy(logits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The next token of each sequence, (B, 1), from the last position's logits."""
+    return logits[:, -1].argmax(-1, keepdim=True).to(dtype)
+
+
 def _step(model, tok, pos, cache, key: str):
-    logits = model(tok, position_ids=pos, use_cache=True, **{key: cache}).logits
-    return logits[:, -1].argmax(-1, keepdim=True).to(tok.dtype)
+    return _greedy(model(tok, position_ids=pos, use_cache=True, **{key: cache}).logits, tok.dtype)
 
 
 _COMPILED: dict = {}
@@ -125,8 +129,8 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, kv4: bool =
 
     try:
         pos = torch.arange(t, device=device).expand(b, t)
-        tok = model(input_ids, position_ids=pos, use_cache=True, logits_to_keep=1, **cache_kw).logits
-        tok = tok[:, -1].argmax(-1, keepdim=True).to(input_ids.dtype)  # (B, 1), contiguous: the step's input
+        logits = model(input_ids, position_ids=pos, use_cache=True, logits_to_keep=1, **cache_kw).logits
+        tok = _greedy(logits, input_ids.dtype)  # (B, 1), contiguous: the step's input
         out[:, t:t + 1] = tok
         cuda_graphs = device.type == "cuda" and not capture  # capture: our own graph, not Inductor's
         decode = _compiled_step("reduce-overhead" if cuda_graphs else None) if compile else _step
