@@ -9,7 +9,7 @@ from torchao.quantization import quantize_
 import atom_ao
 from atom_ao import AtomQuantTensor, atom_config
 from atom_ao.weight import data_free_channel_score, outlier_permutation
-from conftest import outlier_activations, sqnr
+from conftest import outlier_activations, quantize_with_permutations, sqnr, two_permutations
 
 
 def _calibrated_linear(k, n, n_outliers, x, bias=True, seed=0):
@@ -67,9 +67,7 @@ def test_repr_and_tensor_ops():
 
 def _two_weights(perms):
     model = torch.nn.ModuleDict({"q": torch.nn.Linear(256, 64, bias=False), "k": torch.nn.Linear(256, 32, bias=False)})
-    for (name, lin), p in zip(model.items(), perms):
-        w = AtomQuantTensor.from_hp(lin.weight.detach(), p, 128, 128, 1.0, 1.0)
-        lin.weight = torch.nn.Parameter(w, requires_grad=False)
+    quantize_with_permutations(model.values(), perms)
     return model
 
 
@@ -81,9 +79,7 @@ def test_moving_a_model_keeps_shared_permutations_shared(device, unwrapped):
     per permutation tensor), and weights with different permutations keep their own."""
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    x, _ = outlier_activations(16, 256, n_outlier_channels=4)
-    p = outlier_permutation(x.pow(2).sum(0), 128)
-    other = outlier_permutation(torch.rand(256, generator=torch.Generator().manual_seed(1)), 128)
+    p, other = two_permutations()
     shared, separate = _two_weights([p, p]), _two_weights([p, other])
     if unwrapped:
         atom_ao.unwrap_weights(shared)

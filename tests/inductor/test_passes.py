@@ -238,19 +238,15 @@ def test_dedupe_only_merges_quantizers_of_one_permutation(shared, unwrapped, dev
     """Two linears on one input are quantized once only when their weights hold the same
     permutation tensor (atom_ao's flows share it); weights built with different permutations
     (``AtomQuantTensor.from_hp``) keep a quantizer each, instead of one giving k q's codes."""
-    from atom_ao import AtomQuantTensor, unwrap_weights
+    from atom_ao import unwrap_weights
     from atom_ao.inductor.passes import LAST_COUNTS
-    from atom_ao.weight import outlier_permutation
-    from conftest import outlier_activations
+    from conftest import outlier_activations, quantize_with_permutations, two_permutations
 
     torch.manual_seed(0)
     model = _TwoOnOneInput()
     x, _ = outlier_activations(16, 256, n_outlier_channels=4)
-    p_q = outlier_permutation(x.pow(2).sum(0), 128)
-    p_k = p_q if shared else outlier_permutation(torch.rand(256, generator=torch.Generator().manual_seed(1)), 128)
-    for lin, p in ((model.q, p_q), (model.k, p_k)):
-        w = AtomQuantTensor.from_hp(lin.weight.detach(), p, 128, 128, 1.0, 1.0)
-        lin.weight = torch.nn.Parameter(w, requires_grad=False)
+    p_q, other = two_permutations()
+    quantize_with_permutations([model.q, model.k], [p_q, p_q if shared else other])
     model, x = model.to(device), x.to(device)
     if unwrapped:
         unwrap_weights(model)
