@@ -207,13 +207,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if path != "bf16":
             (atom_ao.unwrap_weights if path.endswith("-unwrapped") else atom_ao.wrap_weights)(model)
         rows.append(dict(model=args.model, layers=model.config.num_hidden_layers, generator=args.generator,
-                         freezing=args.freezing, module_guards=not args.skip_module_guards, **run_path(model, path, args.prompt, args.short, args.long,
-                                                            args.profile, compile_kw, args.generator)))
+                         freezing=args.freezing, module_guards=not args.skip_module_guards,
+                         **run_path(model, path, args.prompt, args.short, args.long, args.profile, compile_kw,
+                                    args.generator)))
     base = next((r["decode_ms"] for r in rows if r["path"] == "bf16"), None)
     for r in rows:
         r["speedup_vs_bf16"] = round(base / r["decode_ms"], 2) if base else ""
-    cols = ["model", "layers", "generator", "path", "freezing", "module_guards", "first_generate_s", "decode_ms", "tokens_per_s",
-            "speedup_vs_bf16", "cudagraph_skips"]
+    cols = ["model", "layers", "generator", "path", "freezing", "module_guards", "first_generate_s", "decode_ms",
+            "tokens_per_s", "speedup_vs_bf16", "cudagraph_skips"]
     if args.profile:
         cols += ["launches_per_token", "graph_replays_per_token", "guards_us", "wrapper_us", "graph_call_us",
                  "graph_gpu_us"]
