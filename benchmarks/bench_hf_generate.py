@@ -108,7 +108,7 @@ def run_path(model, path: str, prompt_len: int, short: int, long: int, profile: 
     def gen(n: int):
         if generator.startswith("atom_ao"):  # one compiled step, no generate loop (atom_ao.generate)
             out = atom_ao.generate(model, ids, n, kv4=kv4, max_cache_len=prompt_len + long,
-                                   capture=generator == "atom_ao_captured")
+                                   capture=generator == "atom_ao_captured")  # explicit: comparable across sessions
             sync()
             return out
         out = _generate(model, ids, kv4, max_cache_len=prompt_len + long, do_sample=False, min_new_tokens=n,
@@ -184,8 +184,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--long", type=int, default=72, help="new tokens of the long run")
     ap.add_argument("--profile", action="store_true", help="launch counts and top CPU ops of one long run")
     ap.add_argument("--generator", default="transformers", choices=["transformers", "atom_ao", "atom_ao_captured"],
-                    help="transformers' generate, or atom_ao.generate (one compiled step, no per-token host loop; "
-                         "_captured: capture=True, the step in a CUDA graph of its own)")
+                    help="transformers' generate, or atom_ao.generate with capture=False (one compiled "
+                         "reduce-overhead step, no per-token host loop) / capture=True (_captured: the step in a CUDA "
+                         "graph of its own, atom_ao.generate's default on CUDA)")
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
     if DEVICE == "cuda" and not torch.cuda.is_available():

@@ -75,7 +75,7 @@ def test_the_captured_loop_on_a_stand_in_graph(monkeypatch):
     from atom_ao import generation
 
     captured = []
-    monkeypatch.setattr(generation, "_check_capture", lambda device, compile: None)
+    monkeypatch.setattr(generation, "_use_capture", lambda capture, device, compile: bool(capture))
     monkeypatch.setattr(generation, "_capture", lambda step: captured.append(step) or SimpleNamespace(replay=step))
     model = _model(quantized=True)
     ids = torch.randint(0, 512, (2, 6), generator=torch.Generator().manual_seed(5))
@@ -119,6 +119,16 @@ def test_stops_at_eos_and_checks_its_input():
         atom_ao.generate(model, ids, 4, capture=True)
 
 
+def test_capture_is_the_default_for_a_compiled_cuda_step_only():
+    from atom_ao.generation import _use_capture
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert _use_capture(None, cuda, True) and not _use_capture(None, cuda, False)
+    assert not _use_capture(None, cpu, True) and not _use_capture(False, cuda, True)
+    with pytest.raises(ValueError, match="compile=True"):
+        _use_capture(True, cuda, False)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("kv4", [False, True])
 def test_gpu_cuda_graph_step_matches_transformers_generate(kv4):
@@ -128,8 +138,8 @@ def test_gpu_cuda_graph_step_matches_transformers_generate(kv4):
         expect = _generate(model, ids, kv4, max_cache_len=ids.shape[1] + 8, do_sample=False, max_new_tokens=8,
                            min_new_tokens=8)
     torch._dynamo.reset()
-    for _ in range(2):  # the second call replays the recorded CUDA graph
-        out = atom_ao.generate(model, ids, 8, kv4=kv4)
+    for capture in (False, False, None):  # the second call replays the recorded CUDA graph; None: captured
+        out = atom_ao.generate(model, ids, 8, kv4=kv4, capture=capture)
         assert torch.equal(out[:, :ids.shape[1] + 3], expect[:, :ids.shape[1] + 3])
 
 
@@ -141,10 +151,10 @@ def test_gpu_captured_step_gives_the_tokens_of_the_compiled_step(kv4):
     model = _model(quantized=True).cuda().to(torch.bfloat16)
     ids = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(4)).cuda()
     torch._dynamo.reset()
-    expect = atom_ao.generate(model, ids, 12, kv4=kv4)
+    expect = atom_ao.generate(model, ids, 12, kv4=kv4, capture=False)
     for _ in range(2):  # a second call captures a new graph with a fresh cache
         assert torch.equal(atom_ao.generate(model, ids, 12, kv4=kv4, capture=True), expect)
-    full = atom_ao.generate(model, ids[:1], 12, kv4=kv4)
+    full = atom_ao.generate(model, ids[:1], 12, kv4=kv4, capture=False)
     eos = int(full[0, ids.shape[1] + 5])
     stopped = atom_ao.generate(model, ids[:1], 12, kv4=kv4, capture=True, eos_token_id=eos, eos_check_every=2)
     first = int((full[0, ids.shape[1]:] == eos).nonzero()[0]) + 1  # new tokens up to the first EOS
