@@ -206,34 +206,3 @@ def w4a4_gemm_ref(
     if bias is not None:
         y = y + bias.float()
     return y.to(out_dtype)
-
-
-def w4a4_gemm_dequant_ref(
-    a_packed: torch.Tensor,
-    a_scale: torch.Tensor,
-    a_outliers: torch.Tensor,
-    a_outlier_scale: torch.Tensor,
-    w_packed: torch.Tensor,
-    w_scale: torch.Tensor,
-    w_outliers: torch.Tensor,
-    w_outlier_scale: torch.Tensor,
-    bias: torch.Tensor | None,
-    group_size: int,
-    out_dtype: torch.dtype,
-) -> torch.Tensor:
-    """Reference of the BF16-dequant GEMM path (``w4a4_gemm_dequant``): every normal code becomes
-    ``bf16(code * bf16(scale))`` (weights and tokens alike) and those products are summed exactly
-    (float64); the INT8 outlier block and the bias as in ``w4a4_gemm_ref``. It differs from the
-    exact reference only by the two bf16 roundings of each operand (~50 dB SQNR)."""
-    def dequant(packed, scale):
-        rows, groups = scale.shape
-        codes = unpack_int4(packed, group_size).float().reshape(rows, groups, group_size)
-        return (codes * scale.bfloat16().float()[:, :, None]).bfloat16().double().reshape(rows, -1)
-
-    y = dequant(a_packed, a_scale) @ dequant(w_packed, w_scale).t()
-    if a_outliers.shape[1] > 0:
-        dot_o = a_outliers.double() @ w_outliers.double().t()
-        y = y + dot_o * a_outlier_scale.double()[:, None] * w_outlier_scale.double()[None, :]
-    if bias is not None:
-        y = y + bias.double()
-    return y.to(out_dtype)

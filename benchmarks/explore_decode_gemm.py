@@ -56,10 +56,6 @@ def main():
                     help="M = 1: the dp4a stream kernel (w4a4_gemv) by --gemv-configs and split, beside the swap default")
     ap.add_argument("--gemv-configs", default="32x4x4,16x4x4,16x4x2,8x2x1",
                     help="BLOCK_N x CHUNK x warps of the gemv kernel")
-    ap.add_argument("--dequant", action="store_true",
-                    help="the BF16-dequant kernel (w4a4_gemm_dequant) by --dequant-configs and split, beside the swap default")
-    ap.add_argument("--dequant-configs", default="64x64x3x4,128x64x3x4,128x64x3x8,64x32x3x4,128x32x3x4,64x16x3x4",
-                    help="BLOCK_N x BLOCK_M x stages x warps of the dequant kernel (those with BLOCK_M >= 2 M skipped)")
     ap.add_argument("--no-split-sum", action="store_true",
                     help="time the GEMM kernel alone, without the kernel summing split-K partials (compiled models "
                          "leave that sum to Inductor, which fuses it into the next kernel)")
@@ -101,11 +97,6 @@ def main():
 
             if args.gemv and m == 1:
                 _gemv_rows(args, gemm, gemv, a, weights[0], w, x.dtype, groups, sms, per_call, add, default)
-                mine = [r for r in rows if r["shape"] == label and r["M"] == m]
-                print(markdown_table(sorted(mine, key=lambda r: r["us"]), COLUMNS).split("\n", 2)[-1], flush=True)
-                continue
-            if args.dequant:
-                _dequant_rows(args, gemm, swap, a, weights[0], w, x.dtype, groups, per_call, add, default, m)
                 mine = [r for r in rows if r["shape"] == label and r["M"] == m]
                 print(markdown_table(sorted(mine, key=lambda r: r["us"]), COLUMNS).split("\n", 2)[-1], flush=True)
                 continue
@@ -155,34 +146,6 @@ def _split_sum_off(off: bool):
         yield
     finally:
         mod._finish_splits = real
-
-
-def _dequant_rows(args, gemm, swap, a, wq, w, dtype, groups, per_call, add, swap_split, m):
-    """The BF16-dequant kernel at every config and split (checked first against the swap kernel by
-    SQNR: it rounds each dequantized operand to bf16), beside both defaults."""
-    dq = importlib.import_module("atom_ao.ops.w4a4_gemm_dequant")
-    swap_out = gemm.w4a4_gemm_triton(*a, *wq, None, w.group_size, dtype, path="swap").float()
-    add("swap default", swap_split, per_call("swap"))
-    got = gemm.w4a4_gemm_triton(*a, *wq, None, w.group_size, dtype, path="dequant").float()
-    err_db = (10 * torch.log10(swap_out.pow(2).mean() / (got - swap_out).pow(2).mean())).item()
-    print(f"  dequant default vs swap: SQNR {err_db:.1f} dB", flush=True)
-    assert err_db > 35, f"dequant kernel differs from swap: SQNR {err_db:.1f} dB"
-    add("dequant default", swap_split, per_call("dequant"))
-    real = gemm.dequant.dequant_kernel_and_meta
-    for cfg in args.dequant_configs.split(","):
-        bn, bm, st, nw = (int(v) for v in cfg.split("x"))
-        if bm >= 2 * m and bm > 16:
-            continue
-        fixed = {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": nw, "num_stages": st}
-        gemm.dequant.dequant_kernel_and_meta = lambda _m, fixed=fixed: (dq._w4a4_gemm_dequant_kernel_jit, fixed)
-        try:
-            for s in (int(v) for v in args.splits.split(",")):
-                if splits_fit(groups, s):
-                    add(f"dequant {bn}x{bm} st{st} w{nw}", s, per_call("dequant", splits=s))
-        except Exception as e:  # noqa: BLE001  (a config that does not compile: say so, go on)
-            print(f"  dequant {cfg}: {type(e).__name__} {str(e)[:300]}")
-        finally:
-            gemm.dequant.dequant_kernel_and_meta = real
 
 
 def _gemv_rows(args, gemm, gemv, a, wq, w, dtype, groups, sms, per_call, add, swap_split):

@@ -17,7 +17,6 @@ gemm = importlib.import_module("atom_ao.ops.w4a4_gemm")  # the package re-export
 unp = importlib.import_module("atom_ao.ops.w4a4_gemm_unpacked")
 swap = importlib.import_module("atom_ao.ops.w4a4_gemm_swap")
 gemv = importlib.import_module("atom_ao.ops.w4a4_gemv")
-dequant = importlib.import_module("atom_ao.ops.w4a4_gemm_dequant")
 
 TARGET = GPUTarget("cuda", 90, 32)
 
@@ -71,12 +70,6 @@ def gemm_kernels():
             consts = dict(HALF=64, BLOCK_O=64, HAS_OUT=True, HAS_BIAS=True, USE_ASM=True, BLOCK_N=bn, BLOCK_M=bm,
                           EVEN_N=even, EVEN_M=even)
             ok &= compile_one(f"swap gemm {bn}x{bm} even={even}", swap._w4a4_gemm_swap_kernel_jit, types, consts, w, st)
-    for bn, bm, w, st in sorted({c for cs in dequant._DEQUANT_REGIMES.values() for c in cs}):
-        for even in (False, True):
-            consts = dict(HALF=64, BLOCK_O=64, HAS_OUT=True, HAS_BIAS=True, USE_ASM=True, BLOCK_N=bn, BLOCK_M=bm,
-                          EVEN_N=even, EVEN_M=even)
-            ok &= compile_one(f"dequant gemm {bn}x{bm} w{w} even={even}", dequant._w4a4_gemm_dequant_kernel_jit,
-                              types, consts, w, st)
     ok &= compile_one("sum_splits", gemm._sum_splits_kernel, dict(ws_ptr="*fp32", out_ptr="*bf16"),
                       dict(SPLITS_P=8, BLOCK=512))
     # the large-M path: unpack to INT8, then the INT8 group GEMM

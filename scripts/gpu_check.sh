@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, then benchmarks. Usage (on the GPU machine, repo root):
-#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9t|verify-s9u|verify-s9b|verify-s10a|verify-s10b|verify-s10c|verify-s10d|verify-s11a|verify-s12a|explore-s12|verify-s12b|generate-s12|verify-s12c|explore-s12d|final-s12|profile-s12|masked-ab|verify-s13|verify-s13b|verify-s13c|final-s13|kv-tests-s13|verify-s14a|verify-s14b|final-s14|gen-llama3-b64-s14|verify-s14d|verify-s15a|verify-s15b|verify-s15c|profile-s15|final-s15|verify-s16a|verify-s16c|verify-s16d|verify-s16e|final-s16|verify-s17a|verify-s17b|linear-s17a|linear-s17b|final-s17|gemm-tests-s18|gpuload|main-gpu-s18|sweep-s18a|sweep-s18b|cache-tests-s18|explore-ws|hf-decode|hf-decode-s20|unwrap-s20|hf-7b-s20|compile-profile-s21|generate-s21|generate-s22|captured-s22|hf-guards-s22|fused-qkv-s22|fixes-capture-s22|dequant-s22|dequant-gen-s22|capture-default-s22|verify-s9c|large-m]...
+#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9t|verify-s9u|verify-s9b|verify-s10a|verify-s10b|verify-s10c|verify-s10d|verify-s11a|verify-s12a|explore-s12|verify-s12b|generate-s12|verify-s12c|explore-s12d|final-s12|profile-s12|masked-ab|verify-s13|verify-s13b|verify-s13c|final-s13|kv-tests-s13|verify-s14a|verify-s14b|final-s14|gen-llama3-b64-s14|verify-s14d|verify-s15a|verify-s15b|verify-s15c|profile-s15|final-s15|verify-s16a|verify-s16c|verify-s16d|verify-s16e|final-s16|verify-s17a|verify-s17b|linear-s17a|linear-s17b|final-s17|gemm-tests-s18|gpuload|main-gpu-s18|sweep-s18a|sweep-s18b|cache-tests-s18|explore-ws|hf-decode|hf-decode-s20|unwrap-s20|hf-7b-s20|compile-profile-s21|generate-s21|generate-s22|captured-s22|hf-guards-s22|fused-qkv-s22|fixes-capture-s22|capture-default-s22|verify-s9c|large-m]...
 # Each step's log goes to $OUT/<step>.log (so a step cut short still leaves its output) and
 # PYTEST_ARGS (paths) and PYTEST_K (-k expression) pick the tests of tests-some; result files to $OUT (or benchmarks/results/ when OUT is unset). STEP_TIMEOUT caps each step.
 set -uo pipefail
@@ -383,16 +383,6 @@ for what in "${@:-tests}"; do
                       --model llama2-7b --layers 8 --generator $g --paths bf16,atom-kv4-unwrapped --prompt 16 --short 8 \
                       --long 40 --tag _8layers_${g}_s22
                   done ;;
-    # session 22: the BF16-dequant GEMM (w4a4_gemm_dequant): its GPU tests, then beside the swap kernel on
-    # cold weights at 16 / 64 tokens; dequant-gen-s22: batch 64 decode with it (ATOM_AO_GEMM_DEQUANT=1) and without
-    dequant-s22) T=150 step dequant_gpu_tests_s22 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
-                     tests/ops/test_w4a4_gemm_triton.py -k dequant
-                 T=${EXPLORE_T:-300} TAIL=80 step explore_dequant_s22 python3 benchmarks/explore_decode_gemm.py --dequant \
-                     --ms ${DEQUANT_MS:-16,64} --splits 1,2,4 ${DEQUANT_CONFIGS:+--dequant-configs $DEQUANT_CONFIGS} ;;
-    dequant-gen-s22) T=240 step generate_b64_swap_s22 python3 benchmarks/bench_generate.py --batches ${GEN_B:-64} \
-                         --paths bf16,atom-kv4 --gen 16 --steps 8
-                     ATOM_AO_GEMM_DEQUANT=1 T=240 step generate_b64_dequant_s22 python3 benchmarks/bench_generate.py \
-                         --batches ${GEN_B:-64} --paths atom-kv4 --gen 16 --steps 8 ;;
     # session 22, after making capture the default of atom_ao.generate on CUDA: its GPU tests, then Llama-2-7B
     # through it (captured) side by side with bf16
     capture-default-s22) T=150 step generation_gpu_tests_s22 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \

@@ -26,7 +26,6 @@ from atom_ao.ops.gemm_tiles import (
     MAX_GROUP_SIZE, SCALE_256, add_outlier_block, group_sum_x256_to_f32, grouped_tile, m_bucket, no_empty_split,
     outlier_block, split_share, splits_fit, unpack_int4_x16,
 )
-from atom_ao.ops import w4a4_gemm_dequant as dequant
 from atom_ao.ops.w4a4_gemm_swap import FULL_M, FULL_N, SWAP_MAX_M, swap_kernel_and_meta, swap_split_k
 from atom_ao.ops.w4a4_gemv import gemv_split_k, launch_gemv
 from atom_ao.ops.w4a4_gemm_unpacked import w4a4_gemm_unpacked
@@ -255,10 +254,6 @@ UNPACKED_MIN_M = 1024
 # One token takes the dp4a stream kernel (w4a4_gemv); False: the swap kernel, as for 2..64 tokens.
 GEMV_DEFAULT = True
 
-# 2..64 tokens on the BF16-dequant kernel (w4a4_gemm_dequant) instead of the swap kernel
-# (ATOM_AO_GEMM_DEQUANT=1; read at import, A/B timing until it is measured)
-DEQUANT_DEFAULT = os.environ.get("ATOM_AO_GEMM_DEQUANT", "0") == "1"
-
 
 def default_path(m: int, splits: int | None = None) -> str:
     """The GEMM path for m tokens, group sizes up to MAX_GROUP_SIZE."""
@@ -267,7 +262,7 @@ def default_path(m: int, splits: int | None = None) -> str:
     if m == 1 and GEMV_DEFAULT:
         return "gemv"
     if m <= SWAP_MAX_M:
-        return "dequant" if DEQUANT_DEFAULT and m <= dequant.DEQUANT_MAX_M else "swap"
+        return "swap"
     return "packed"
 
 
@@ -305,10 +300,8 @@ def w4a4_gemm_triton(
 
     ``splits``: split-K factor (default: ``_split_k``'s choice; tests force one).
     ``path``: "packed" (nibbles unpacked in the main loop, tokens on the MMA's M side), "swap"
-    (``w4a4_gemm_swap``: weight rows on the MMA's M side, for up to SWAP_MAX_M tokens), "dequant"
-    (``w4a4_gemm_dequant``: as swap, on BF16 tensor cores with both operands dequantized in
-    registers; not exact, see its docstring), "gemv" (``w4a4_gemv``: one token, dp4a on the CUDA
-    cores) or "unpacked"
+    (``w4a4_gemm_swap``: weight rows on the MMA's M side, for up to SWAP_MAX_M tokens), "gemv"
+    (``w4a4_gemv``: one token, dp4a on the CUDA cores) or "unpacked"
     (``w4a4_gemm_unpacked``: INT8 copies first, for large M); default by M (``default_path``)."""
     m, n = a_packed.shape[0], w_packed.shape[0]
     n_out = a_outliers.shape[1]
@@ -327,18 +320,15 @@ def w4a4_gemm_triton(
     if path in ("packed", "swap", "gemv") and group_size > MAX_GROUP_SIZE:
         raise ValueError(f"w4a4_gemm: path={path!r} takes group_size <= {MAX_GROUP_SIZE} (a group's INT32 sum of "
                          f"16 x codes must convert to float32 exactly), got {group_size}; use path='unpacked'")
-    if (path not in ("packed", "swap", "unpacked", "gemv", "dequant")
-            or (path == "unpacked" and splits not in (None, 1))
-            or (path == "swap" and m > SWAP_MAX_M) or (path == "gemv" and m != 1)
-            or (path == "dequant" and m > dequant.DEQUANT_MAX_M)):
+    if (path not in ("packed", "swap", "unpacked", "gemv") or (path == "unpacked" and splits not in (None, 1))
+            or (path == "swap" and m > SWAP_MAX_M) or (path == "gemv" and m != 1)):
         raise ValueError(f"w4a4_gemm: path={path!r} (with splits={splits}, M={m}) is not one of 'packed', "
-                         f"'swap' (M <= {SWAP_MAX_M}), 'dequant' (M <= {dequant.DEQUANT_MAX_M}), 'gemv' (M = 1), "
-                         f"'unpacked' (no split-K)")
+                         f"'swap' (M <= {SWAP_MAX_M}), 'gemv' (M = 1), 'unpacked' (no split-K)")
     if path == "unpacked":
         return w4a4_gemm_unpacked(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
                                   w_outlier_scale, bias, group_size, out)
     if splits is None:
-        splits = (swap_split_k(m, n, groups, _sm_count(out.device)) if path in ("swap", "dequant")
+        splits = (swap_split_k(m, n, groups, _sm_count(out.device)) if path == "swap"
                   else gemv_split_k(n, groups, _sm_count(out.device)) if path == "gemv"
                   else _split_k(m, n, groups, out.device))
     if not splits_fit(groups, splits):
@@ -352,10 +342,6 @@ def w4a4_gemm_triton(
         kernel, meta = swap_kernel_and_meta(m)
         # full tiles for every config offered: unmasked main loop
         meta = dict(meta, EVEN_N=SWAP_UNMASKED and n % FULL_N == 0, EVEN_M=SWAP_UNMASKED and m % FULL_M == 0)
-        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), splits, triton.cdiv(m, meta["BLOCK_M"]))  # noqa: E731
-    elif path == "dequant":  # the swap kernel's arguments and grid, BF16 dots on dequantized operands
-        kernel, meta = dequant.dequant_kernel_and_meta(m)
-        meta = dict(meta, EVEN_N=n % dequant.FULL_N == 0, EVEN_M=m % dequant.FULL_M == 0)
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), splits, triton.cdiv(m, meta["BLOCK_M"]))  # noqa: E731
     else:
         grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), splits)  # noqa: E731
