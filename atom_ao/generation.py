@@ -18,8 +18,6 @@ takes ``position_ids`` and a cache (``StaticCache``, or ``AtomKVCache`` with ``k
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 __all__ = ["generate"]
@@ -67,15 +65,6 @@ def _compiled_step(mode):
     if mode not in _COMPILED:
         _COMPILED[mode] = torch.compile(_step, mode=mode, fullgraph=True)
     return _COMPILED[mode]
-
-
-def _skip_guards(on: bool):
-    """Dynamo's skip_guard_eval_unsafe stance, unless the caller has set a stance of their own
-    (``force_eager``, a forced backend: left as it is)."""
-    cur = getattr(torch._dynamo.eval_frame, "_stance", None)  # torch's current DynamoStance
-    if not on or cur is None or cur.stance != "default" or getattr(cur, "backend", None) is not None:
-        return contextlib.nullcontext()
-    return torch.compiler.set_stance(skip_guard_eval_unsafe=True)
 
 
 def _capture(step) -> torch.cuda.CUDAGraph:
@@ -160,12 +149,10 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, kv4: bool =
                 graph = graph or _capture(step)
                 graph.replay()
             else:
-                # Dynamo checks its guards on every call (on the H200, 632 us of a Llama-2-7B Atom +
-                # INT4 KV step, mostly the model's ~1100 buffers; bf16: 330). The first two steps run
-                # with them (a changed model or cache recompiles there); the later steps call the
-                # same step with the same objects in the same state, so they skip them
-                with _skip_guards(compile and n >= t + 3):
-                    step()
+                # Dynamo checks its guards every call. Skipping them after the second step
+                # (skip_guard_eval_unsafe, session 21) made the step slower under Inductor's CUDA
+                # graphs (H200, 8 Llama-2-7B layers, Atom + INT4 KV: 0.846 -> 1.432 ms): removed
+                step()
             n += 1
             if eos_token_id is not None and (n - t) % eos_check_every == 0:
                 if bool((out[:, t:n] == eos_token_id).any(dim=1).all()):

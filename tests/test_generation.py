@@ -50,9 +50,8 @@ def test_compiles_the_decode_step_once():
 
 
 def test_a_model_changed_between_calls_is_compiled_again():
-    # steps after the second skip Dynamo's guards; the first steps of each call still run them,
-    # so a model changed between calls (here its Atom weights wrapped back into nn.Linear) is
-    # traced again, not run through the graph of the old one
+    # a model changed between calls (here its Atom weights wrapped back into nn.Linear) is traced
+    # again, not run through the graph of the old one
     from torch._dynamo.utils import counters
 
     model = _model(quantized=True)
@@ -87,7 +86,7 @@ def test_the_captured_loop_on_a_stand_in_graph(monkeypatch):
 
 
 def test_a_stance_set_by_the_caller_is_kept():
-    # the guard skip of the later steps must not switch a caller's force_eager back to compiling
+    # a caller's force_eager stance is kept: nothing compiled
     from torch._dynamo.utils import counters
 
     model = _model(quantized=False)
