@@ -7,9 +7,9 @@ prepares inputs, builds a mask, runs logits processors and stopping criteria, an
 GPU every token; on the H200 that was ~2.9 ms of CPU a token for Llama-2-7B in bf16 (7.42 ms a
 token against a 4.57 ms GPU step; session 20), more than Atom's whole decode step (~2.9 ms in
 ``benchmarks/bench_generate.py``). Here, as in gpt-fast: the prompt runs once (eager), then one
-compiled step (``mode="reduce-overhead"``: CUDA graphs) takes the last token and its position and
-returns the next (argmax on the GPU), and the host only looks at the tokens every
-``eos_check_every`` steps to stop at ``eos_token_id``. Same model, same cache classes, same
+compiled step takes the last token and its position and returns the next (argmax on the GPU); on
+a GPU that step is recorded once in a CUDA graph and replayed (``capture``), and the host only
+looks at the tokens every ``eos_check_every`` steps to stop at ``eos_token_id``. Same model, same cache classes, same
 tokens as ``model.generate(do_sample=False)`` with that cache.
 
 Scope: greedy, a batch of prompts of one length (no padding), Llama-style models whose forward
@@ -102,7 +102,7 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, kv4: bool =
     transformers' ``StaticCache``. max_cache_len: the cache's length (default prompt + new).
     eos_token_id: stop once every sequence has produced it (checked every ``eos_check_every``
     steps; tokens after a sequence's first EOS are not masked). compile: compile the decode step
-    with ``mode="reduce-overhead"`` (CUDA graphs on a GPU; on a CPU plain Inductor).
+    (Inductor; on a CPU no CUDA graphs).
     capture (CUDA, with compile; the default there): compile the step without Inductor's CUDA
     graphs, run two steps, then record one step in a CUDA graph of its own and replay it for the
     rest (as ``benchmarks/bench_generate.py`` does): the host then does one ``replay()`` a token.
