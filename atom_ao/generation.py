@@ -9,8 +9,8 @@ token against a 4.57 ms GPU step; session 20), more than Atom's whole decode ste
 ``benchmarks/bench_generate.py``). Here, as in gpt-fast: the prompt runs once (eager), then one
 compiled step takes the last token and its position and returns the next (argmax on the GPU); on
 a GPU that step is recorded once in a CUDA graph and replayed (``capture``), and the host only
-looks at the tokens every ``eos_check_every`` steps to stop at ``eos_token_id``. Same model, same cache classes, same
-tokens as ``model.generate(do_sample=False)`` with that cache.
+looks at the tokens every ``eos_check_every`` steps to stop at ``eos_token_id``. Same model,
+same cache classes, same tokens as ``model.generate(do_sample=False)`` with that cache.
 
 Scope: greedy, a batch of prompts of one length (no padding), Llama-style models whose forward
 takes ``position_ids`` and a cache (``StaticCache``, or ``AtomKVCache`` with ``kv4=True``).
@@ -77,8 +77,9 @@ def _capture(step) -> torch.cuda.CUDAGraph:
 
 
 def _use_capture(capture: bool | None, device: torch.device, compile: bool) -> bool:
-    """capture=None: on for a compiled CUDA step (H200, 8 Llama-2-7B-shaped layers, batch 1:
-    Atom + INT4 KV 1.448 -> 1.242 ms a token, bf16 1.287 -> 1.314; session 22)."""
+    """capture=None: on for a compiled CUDA step. H200, Llama-2-7B, batch 1 (session 22): Atom +
+    INT4 KV 3.01-3.05 ms a token captured, 7.38-12.31 under Inductor's CUDA graphs with the guard
+    skip since removed (without it not yet timed at 32 layers); bf16 4.51-4.87 / 4.82-5.68."""
     if capture is None:
         return device.type == "cuda" and compile
     if capture:
