@@ -13,7 +13,7 @@ from atom_ao.calibration import calibrate, quantize_calibrated
 from atom_ao.serialization import load_quantized, save_quantized
 from atom_ao.hf import from_pretrained, save_pretrained
 from atom_ao.unwrap import AtomLinear, unwrap_weights, wrap_weights
-from atom_ao.generation import generate
+from atom_ao.generation import generate, greedy_decoding
 
 __all__ = [
     "AtomConfig",
@@ -30,5 +30,6 @@ __all__ = [
     "unwrap_weights",
     "wrap_weights",
     "generate",
+    "greedy_decoding",
 ]
 __version__ = "0.1.0"

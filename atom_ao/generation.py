@@ -109,56 +109,141 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, kv4: bool =
     rest (as ``benchmarks/bench_generate.py`` does): the host then does one ``replay()`` a token.
     capture=False: the compiled step with ``mode="reduce-overhead"`` every token.
     """
-    from atom_ao.kv import with_cache
-
     _check(model, input_ids, max_new_tokens)
-    capture = _use_capture(capture, input_ids.device, compile)
-    if eos_check_every < 1:
-        raise ValueError(f"atom_ao.generate: eos_check_every must be >= 1, got {eos_check_every}")
     b, t = input_ids.shape
     total = t + max_new_tokens
     max_cache_len = max_cache_len or total
     if max_cache_len < total:
         raise ValueError(f"atom_ao.generate: max_cache_len {max_cache_len} < prompt + new tokens {total}")
+    capture = _use_capture(capture, input_ids.device, compile)
+    if eos_check_every < 1:
+        raise ValueError(f"atom_ao.generate: eos_check_every must be >= 1, got {eos_check_every}")
+    eos = None if eos_token_id is None else torch.tensor([eos_token_id], device=input_ids.device)
     impl = model.config._attn_implementation
     cache = make_cache(model, kv4, max_cache_len)
+    try:
+        return _decode(model, input_ids, cache, max_new_tokens, eos, compile, capture, eos_check_every)
+    finally:
+        if kv4:
+            model.set_attn_implementation(impl)
+
+
+def _decode(model, input_ids, cache, max_new_tokens: int, eos: torch.Tensor | None, compile: bool, capture: bool,
+            eos_check_every: int) -> torch.Tensor:
+    """The prompt, then greedy steps into ``cache`` (empty, static, long enough), stopping early
+    once every sequence has produced one of ``eos`` (checked every ``eos_check_every`` steps)."""
+    from atom_ao.kv import with_cache
+
+    b, t = input_ids.shape
+    total = t + max_new_tokens
     cache_kw = with_cache(model, cache)
     device = input_ids.device
     out = torch.empty(b, total, dtype=input_ids.dtype, device=device)
     out[:, :t] = input_ids
 
-    try:
-        pos = torch.arange(t, device=device).expand(b, t)
-        logits = model(input_ids, position_ids=pos, use_cache=True, logits_to_keep=1, **cache_kw).logits
-        tok = _greedy(logits, input_ids.dtype)  # (B, 1), contiguous: the step's input
-        out[:, t:t + 1] = tok
-        cuda_graphs = device.type == "cuda" and not capture  # capture: our own graph, not Inductor's
-        decode = _compiled_step("reduce-overhead" if cuda_graphs else None) if compile else _step
-        (key,) = cache_kw
-        pos = torch.full((b, 1), t, dtype=torch.int64, device=device)
-        n = t + 1
+    pos = torch.arange(t, device=device).expand(b, t)
+    logits = model(input_ids, position_ids=pos, use_cache=True, logits_to_keep=1, **cache_kw).logits
+    tok = _greedy(logits, input_ids.dtype)  # (B, 1), contiguous: the step's input
+    out[:, t:t + 1] = tok
+    cuda_graphs = device.type == "cuda" and not capture  # capture: our own graph, not Inductor's
+    decode = _compiled_step("reduce-overhead" if cuda_graphs else None) if compile else _step
+    (key,) = cache_kw
+    pos = torch.full((b, 1), t, dtype=torch.int64, device=device)
+    n = t + 1
 
-        def step():  # the next token into tok and out (at pos + 1), pos + 1: all on the device
-            nxt = decode(model, tok, pos, cache, key)
-            tok.copy_(nxt)  # the same input tensor every step; the CUDA graph reuses its output buffer
-            out.scatter_(1, pos + 1, nxt)
-            pos.add_(1)
+    def step():  # the next token into tok and out (at pos + 1), pos + 1: all on the device
+        nxt = decode(model, tok, pos, cache, key)
+        tok.copy_(nxt)  # the same input tensor every step; the CUDA graph reuses its output buffer
+        out.scatter_(1, pos + 1, nxt)
+        pos.add_(1)
 
-        graph = None
-        while n < total:
-            if capture and (graph is not None or n >= t + 3):  # two steps first: compile, autotune
-                graph = graph or _capture(step)
-                graph.replay()
-            else:
-                # Dynamo checks its guards every call. Skipping them after the second step
-                # (skip_guard_eval_unsafe, session 21) made the step slower under Inductor's CUDA
-                # graphs (H200, 8 Llama-2-7B layers, Atom + INT4 KV: 0.846 -> 1.432 ms): removed
-                step()
-            n += 1
-            if eos_token_id is not None and (n - t) % eos_check_every == 0:
-                if bool((out[:, t:n] == eos_token_id).any(dim=1).all()):
-                    break
-        return out[:, :n]
-    finally:
-        if kv4:
-            model.set_attn_implementation(impl)
+    graph = None
+    while n < total:
+        if capture and (graph is not None or n >= t + 3):  # two steps first: compile, autotune
+            graph = graph or _capture(step)
+            graph.replay()
+        else:
+            # Dynamo checks its guards every call. Skipping them after the second step
+            # (skip_guard_eval_unsafe, session 21) made the step slower under Inductor's CUDA
+            # graphs (H200, 8 Llama-2-7B layers, Atom + INT4 KV: 0.846 -> 1.432 ms): removed
+            step()
+        n += 1
+        if eos is not None and (n - t) % eos_check_every == 0:
+            if bool(torch.isin(out[:, t:n], eos).any(dim=1).all()):
+                break
+    return out[:, :n]
+
+
+@torch.no_grad()
+def greedy_decoding(model, input_ids: torch.Tensor, logits_processor=None, stopping_criteria=None,
+                    generation_config=None, synced_gpus: bool = False, streamer=None, *, compile: bool = True,
+                    capture: bool | None = None, eos_check_every: int = 16, **model_kwargs) -> torch.Tensor:
+    """transformers' decoding-loop hook: ``model.generate(ids, custom_generate=atom_ao.greedy_decoding,
+    max_new_tokens=n, past_key_values=AtomKVCache(model, max_cache_len=...))`` runs ``generate``'s
+    own input preparation, then this loop (``atom_ao.generate``'s: one compiled step, on a GPU one
+    CUDA graph replay a token) instead of its per-token Python loop. The same tokens as greedy
+    ``generate``: sequences that finished are padded with ``pad_token_id`` after their EOS, and the
+    output ends where the last one finished. The cache: an ``AtomKVCache`` or ``StaticCache`` passed
+    in (static, long enough; the INT4 cache's attention switch stays the caller's), else a
+    ``StaticCache`` of prompt + new tokens. Greedy only: sampling, beams, logits processors
+    (repetition penalty, min length, ...), streamers, padded prompts and dict outputs raise.
+    ``functools.partial`` sets compile / capture / eos_check_every (as in ``atom_ao.generate``)."""
+    from transformers import StaticCache
+
+    cfg = generation_config
+    refused = [what for what, bad in (
+        ("do_sample=True", cfg.do_sample), ("num_beams > 1", (cfg.num_beams or 1) > 1),
+        ("return_dict_in_generate=True", cfg.return_dict_in_generate), ("a streamer", streamer is not None),
+        ("synced_gpus=True", synced_gpus),
+        ("logits processors " + ", ".join(type(p).__name__ for p in logits_processor or ()), bool(logits_processor)),
+    ) if bad]
+    mask = model_kwargs.get("attention_mask")
+    if mask is not None and not bool(mask.all()):
+        refused.append("a padded prompt (attention_mask with zeros)")
+    if refused:
+        raise ValueError(f"atom_ao.greedy_decoding: greedy decoding only; got {'; '.join(refused)}")
+    _check(model, input_ids, 1)
+    t = input_ids.shape[1]
+    new = cfg.max_length - t
+    if new < 1:
+        raise ValueError(f"atom_ao.greedy_decoding: max_length {cfg.max_length} leaves no new token after a "
+                         f"prompt of {t}")
+    cache = model_kwargs.get("past_key_values", model_kwargs.get("cache"))
+    if not isinstance(cache, StaticCache) and not _is_atom_cache(cache):
+        cache = StaticCache(config=model.config, max_cache_len=t + new)  # generate's default DynamicCache: replaced
+    if cache.get_seq_length() != 0:
+        raise ValueError("atom_ao.greedy_decoding: the cache already holds tokens; pass an empty one")
+    limit = cache.get_max_length()  # -1: a cache that grows (AtomKVCache without max_cache_len)
+    if limit == -1 and compile:
+        raise ValueError("atom_ao.greedy_decoding: a compiled step needs a static cache: "
+                         "AtomKVCache(model, max_cache_len=...)")
+    if limit != -1 and limit < t + new:
+        raise ValueError(f"atom_ao.greedy_decoding: the cache holds {limit} tokens, the prompt and new tokens "
+                         f"{t + new}")
+    eos = cfg._eos_token_tensor
+    if eos is not None:
+        eos = eos.reshape(-1).to(input_ids.device)
+    capture = _use_capture(capture, input_ids.device, compile)
+    out = _decode(model, input_ids, cache, new, eos, compile, capture, eos_check_every)
+    if eos is None:
+        return out
+    return _pad_after_eos(out, t, eos, cfg._pad_token_tensor)
+
+
+def _is_atom_cache(cache) -> bool:
+    from atom_ao.kv import AtomKVCache
+
+    return isinstance(cache, AtomKVCache)
+
+
+def _pad_after_eos(out: torch.Tensor, t: int, eos: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+    """``generate``'s finished sequences: the tokens after a sequence's first EOS become ``pad``,
+    and the output stops at the step where the last sequence produced its EOS."""
+    hit = torch.isin(out[:, t:], eos)
+    done = hit.cumsum(1) - hit.long() > 0  # strictly after the first EOS
+    if pad is not None:
+        out = out.clone()
+        out[:, t:][done] = pad.to(out.dtype)
+    if bool(hit.any(dim=1).all()):  # every sequence finished: the step of the last first EOS
+        return out[:, :t + int(hit.int().argmax(dim=1).max()) + 1]
+    return out

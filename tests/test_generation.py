@@ -128,6 +128,68 @@ def test_capture_is_the_default_for_a_compiled_cuda_step_only():
         _use_capture(True, cuda, False)
 
 
+def _hf(model, ids, kv4, cache_len=None, **kw):
+    """transformers' generate (greedy), with the INT4 cache when kv4 (attention switched back after)."""
+    from atom_ao.kv import AtomKVCache, with_cache
+
+    impl = model.config._attn_implementation
+    cache = with_cache(model, AtomKVCache(model, max_cache_len=cache_len)) if kv4 else {}
+    try:
+        with torch.no_grad():
+            return model.generate(ids, do_sample=False, pad_token_id=0, **cache, **kw)
+    finally:
+        model.set_attn_implementation(impl)
+
+
+@pytest.mark.parametrize("kv4", [False, True])
+@pytest.mark.parametrize("compile", [False, True])
+def test_decoding_hook_gives_the_tokens_of_generate(kv4, compile):
+    # model.generate(custom_generate=atom_ao.greedy_decoding): generate's own preparation, atom_ao's
+    # loop; with the cache the caller passes (INT4) or generate's default (replaced by a StaticCache)
+    import functools
+
+    model = _model(quantized=True)
+    ids = torch.randint(0, 512, (2, 7), generator=torch.Generator().manual_seed(11))
+    hook = functools.partial(atom_ao.greedy_decoding, compile=compile)
+    expect = _hf(model, ids, kv4, cache_len=13, max_new_tokens=6)
+    torch._dynamo.reset()
+    got = _hf(model, ids, kv4, cache_len=13, max_new_tokens=6, custom_generate=hook)
+    n = ids.shape[1] + (3 if compile else 6)  # compiled: a late divergence allowed, as above
+    assert got.shape == expect.shape and torch.equal(got[:, :n], expect[:, :n])
+
+
+def test_decoding_hook_pads_finished_sequences_as_generate_does():
+    import functools
+
+    model = _model(quantized=False)
+    ids = torch.randint(0, 512, (3, 5), generator=torch.Generator().manual_seed(12))
+    full = _hf(model, ids, False, max_new_tokens=10)
+    hook = functools.partial(atom_ao.greedy_decoding, compile=False, eos_check_every=3)
+    for eos in (int(full[0, 7]), int(full[1, 5]), [int(full[0, 9]), int(full[2, 6])]):
+        expect = _hf(model, ids, False, max_new_tokens=10, eos_token_id=eos)
+        got = _hf(model, ids, False, max_new_tokens=10, eos_token_id=eos, custom_generate=hook)
+        assert torch.equal(got, expect), (eos, got, expect)
+
+
+def test_decoding_hook_refuses_what_it_does_not_do():
+    import functools
+
+    model = _model(quantized=False)
+    ids = torch.randint(0, 512, (1, 5), generator=torch.Generator().manual_seed(13))
+    hook = functools.partial(atom_ao.greedy_decoding, compile=False)
+    for kw, what in ((dict(do_sample=True), "do_sample"), (dict(repetition_penalty=1.3), "RepetitionPenalty"),
+                     (dict(num_beams=2), "num_beams"), (dict(return_dict_in_generate=True), "return_dict"),
+                     (dict(attention_mask=torch.tensor([[0, 1, 1, 1, 1]])), "padded prompt")):
+        with pytest.raises(ValueError, match=what):
+            with torch.no_grad():
+                model.generate(ids, max_new_tokens=4, pad_token_id=0, custom_generate=hook,
+                               **{"do_sample": False, **kw})
+    with pytest.raises(ValueError, match="static cache"):
+        _hf(model, ids, True, cache_len=None, max_new_tokens=4, custom_generate=atom_ao.greedy_decoding)
+    with pytest.raises(ValueError, match="holds 6 tokens"):
+        _hf(model, ids, True, cache_len=6, max_new_tokens=4, custom_generate=hook)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("kv4", [False, True])
 def test_gpu_cuda_graph_step_matches_transformers_generate(kv4):
@@ -158,3 +220,16 @@ def test_gpu_captured_step_gives_the_tokens_of_the_compiled_step(kv4):
     stopped = atom_ao.generate(model, ids[:1], 12, kv4=kv4, capture=True, eos_token_id=eos, eos_check_every=2)
     first = int((full[0, ids.shape[1]:] == eos).nonzero()[0]) + 1  # new tokens up to the first EOS
     assert stopped.shape[1] == ids.shape[1] + first + (first % 2) and torch.equal(stopped, full[:, :stopped.shape[1]])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kv4", [False, True])
+def test_gpu_decoding_hook_gives_the_tokens_of_generate(kv4):
+    # on CUDA the hook's loop replays its own CUDA graph of the step (capture, the default)
+    model = _model(quantized=True).cuda().to(torch.bfloat16)
+    ids = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(14)).cuda()
+    expect = _hf(model, ids, kv4, cache_len=21, max_new_tokens=12)
+    torch._dynamo.reset()
+    for _ in range(2):  # a second call records a new graph with a fresh cache
+        got = _hf(model, ids, kv4, cache_len=21, max_new_tokens=12, custom_generate=atom_ao.greedy_decoding)
+        assert torch.equal(got[:, :ids.shape[1] + 3], expect[:, :ids.shape[1] + 3])
