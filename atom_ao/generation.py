@@ -186,7 +186,8 @@ def greedy_decoding(model, input_ids: torch.Tensor, logits_processor=None, stopp
     output ends where the last one finished. The cache: an ``AtomKVCache`` or ``StaticCache`` passed
     in (static, long enough; the INT4 cache's attention switch stays the caller's), else a
     ``StaticCache`` of prompt + new tokens. Greedy only: sampling, beams, logits processors
-    (repetition penalty, min length, ...), streamers, padded prompts and dict outputs raise.
+    (repetition penalty, min length, ...), stopping criteria other than the length and EOS (stop
+    strings, max_time), streamers, padded prompts and dict outputs raise.
     ``functools.partial`` sets compile / capture / eos_check_every (as in ``atom_ao.generate``)."""
     from transformers import StaticCache
 
@@ -197,6 +198,10 @@ def greedy_decoding(model, input_ids: torch.Tensor, logits_processor=None, stopp
         ("synced_gpus=True", synced_gpus),
         ("logits processors " + ", ".join(type(p).__name__ for p in logits_processor or ()), bool(logits_processor)),
     ) if bad]
+    others = [type(c).__name__ for c in stopping_criteria or ()
+              if type(c).__name__ not in ("MaxLengthCriteria", "EosTokenCriteria")]  # those two it follows
+    if others:
+        refused.append("stopping criteria " + ", ".join(others))
     mask = model_kwargs.get("attention_mask")
     if mask is not None and not bool(mask.all()):
         refused.append("a padded prompt (attention_mask with zeros)")

@@ -179,7 +179,8 @@ def test_decoding_hook_refuses_what_it_does_not_do():
     hook = functools.partial(atom_ao.greedy_decoding, compile=False)
     for kw, what in ((dict(do_sample=True), "do_sample"), (dict(repetition_penalty=1.3), "RepetitionPenalty"),
                      (dict(num_beams=2), "num_beams"), (dict(return_dict_in_generate=True), "return_dict"),
-                     (dict(attention_mask=torch.tensor([[0, 1, 1, 1, 1]])), "padded prompt")):
+                     (dict(attention_mask=torch.tensor([[0, 1, 1, 1, 1]])), "padded prompt"),
+                     (dict(max_time=10.0), "MaxTimeCriteria")):
         with pytest.raises(ValueError, match=what):
             with torch.no_grad():
                 model.generate(ids, max_new_tokens=4, pad_token_id=0, custom_generate=hook,
