@@ -20,7 +20,8 @@ with Inductor freezing instead of mode "reduce-overhead". ``--generator atom_ao`
 ``atom_ao.generate`` instead (the same model and caches, one compiled step and no per-token host
 loop: what is left of ``generate``'s own CPU time per token, ~2.9 ms at Llama-2-7B in session 20);
 ``--generator atom_ao_captured`` with ``capture=True`` (the step in a CUDA graph of its own, one
-``replay()`` a token).
+``replay()`` a token, ``atom_ao.generate``'s default on CUDA); ``--generator transformers_hook``
+times transformers' ``generate`` with ``custom_generate=atom_ao.greedy_decoding`` (the same loop).
 """
 
 from __future__ import annotations
@@ -111,6 +112,11 @@ def run_path(model, path: str, prompt_len: int, short: int, long: int, profile: 
                                    capture=generator == "atom_ao_captured")  # explicit: comparable across sessions
             sync()
             return out
+        if generator == "transformers_hook":  # generate's preparation, atom_ao's loop (custom_generate)
+            out = _generate(model, ids, kv4, max_cache_len=prompt_len + long, do_sample=False, max_new_tokens=n,
+                            pad_token_id=0, eos_token_id=None, custom_generate=atom_ao.greedy_decoding)
+            sync()
+            return out
         out = _generate(model, ids, kv4, max_cache_len=prompt_len + long, do_sample=False, min_new_tokens=n,
                         max_new_tokens=n, pad_token_id=0, **compile_kw)
         sync()
@@ -183,8 +189,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--short", type=int, default=8, help="new tokens of the short run")
     ap.add_argument("--long", type=int, default=72, help="new tokens of the long run")
     ap.add_argument("--profile", action="store_true", help="launch counts and top CPU ops of one long run")
-    ap.add_argument("--generator", default="transformers", choices=["transformers", "atom_ao", "atom_ao_captured"],
-                    help="transformers' generate, or atom_ao.generate with capture=False (one compiled "
+    ap.add_argument("--generator", default="transformers",
+                    choices=["transformers", "transformers_hook", "atom_ao", "atom_ao_captured"],
+                    help="transformers' generate (_hook: with custom_generate=atom_ao.greedy_decoding, atom_ao's "
+                         "loop inside it), or atom_ao.generate with capture=False (one compiled "
                          "reduce-overhead step, no per-token host loop) / capture=True (_captured: the step in a CUDA "
                          "graph of its own, atom_ao.generate's default on CUDA)")
     ap.add_argument("--tag", default="")

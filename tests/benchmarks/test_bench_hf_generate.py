@@ -45,11 +45,13 @@ def test_bench_hf_generate_refuses_bad_order(tmp_path, monkeypatch):
         bench_hf_generate.main(["--layers", "1", "--paths", "atom-kv8"])
 
 
-def test_bench_hf_generate_atom_ao_generator_cpu(tmp_path, monkeypatch):
-    # the same paths timed through atom_ao.generate (one compiled step, no generate loop)
+@pytest.mark.parametrize("generator", ["atom_ao", "transformers_hook"])
+def test_bench_hf_generate_atom_ao_generator_cpu(tmp_path, monkeypatch, generator):
+    # the same paths timed through atom_ao.generate (one compiled step, no generate loop), or
+    # through transformers' generate with that loop as its custom_generate hook
     monkeypatch.setenv("ATOM_AO_RESULTS", str(tmp_path))
     monkeypatch.setattr(bench_hf_generate, "DEVICE", "cpu")
     rows = bench_hf_generate.main(["--layers", "1", "--prompt", "4", "--short", "1", "--long", "3",
-                                   "--paths", "bf16,atom-kv4-unwrapped", "--generator", "atom_ao"])
-    assert [(r["generator"], r["path"]) for r in rows] == [("atom_ao", "bf16"), ("atom_ao", "atom-kv4-unwrapped")]
+                                   "--paths", "bf16,atom-kv4-unwrapped", "--generator", generator])
+    assert [(r["generator"], r["path"]) for r in rows] == [(generator, "bf16"), (generator, "atom-kv4-unwrapped")]
     assert all(r["decode_ms"] != 0 for r in rows)
