@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["generate"]
+__all__ = ["generate", "greedy_decoding"]
 
 
 def _check(model, input_ids: torch.Tensor, max_new_tokens: int) -> None:
@@ -116,8 +116,6 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, kv4: bool =
     if max_cache_len < total:
         raise ValueError(f"atom_ao.generate: max_cache_len {max_cache_len} < prompt + new tokens {total}")
     capture = _use_capture(capture, input_ids.device, compile)
-    if eos_check_every < 1:
-        raise ValueError(f"atom_ao.generate: eos_check_every must be >= 1, got {eos_check_every}")
     eos = None if eos_token_id is None else torch.tensor([eos_token_id], device=input_ids.device)
     impl = model.config._attn_implementation
     cache = make_cache(model, kv4, max_cache_len)
@@ -134,6 +132,8 @@ def _decode(model, input_ids, cache, max_new_tokens: int, eos: torch.Tensor | No
     once every sequence has produced one of ``eos`` (checked every ``eos_check_every`` steps)."""
     from atom_ao.kv import with_cache
 
+    if eos_check_every < 1:
+        raise ValueError(f"atom_ao.generate: eos_check_every must be >= 1, got {eos_check_every}")
     b, t = input_ids.shape
     total = t + max_new_tokens
     cache_kw = with_cache(model, cache)
@@ -214,10 +214,10 @@ def greedy_decoding(model, input_ids: torch.Tensor, logits_processor=None, stopp
         raise ValueError(f"atom_ao.greedy_decoding: max_length {cfg.max_length} leaves no new token after a "
                          f"prompt of {t}")
     cache = model_kwargs.get("past_key_values", model_kwargs.get("cache"))
+    if cache is not None and cache.get_seq_length() != 0:
+        raise ValueError("atom_ao.greedy_decoding: the cache already holds tokens; pass an empty one")
     if not isinstance(cache, StaticCache) and not _is_atom_cache(cache):
         cache = StaticCache(config=model.config, max_cache_len=t + new)  # generate's default DynamicCache: replaced
-    if cache.get_seq_length() != 0:
-        raise ValueError("atom_ao.greedy_decoding: the cache already holds tokens; pass an empty one")
     limit = cache.get_max_length()  # -1: a cache that grows (AtomKVCache without max_cache_len)
     if limit == -1 and compile:
         raise ValueError("atom_ao.greedy_decoding: a compiled step needs a static cache: "

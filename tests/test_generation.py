@@ -189,6 +189,18 @@ def test_decoding_hook_refuses_what_it_does_not_do():
         _hf(model, ids, True, cache_len=None, max_new_tokens=4, custom_generate=atom_ao.greedy_decoding)
     with pytest.raises(ValueError, match="holds 6 tokens"):
         _hf(model, ids, True, cache_len=6, max_new_tokens=4, custom_generate=hook)
+    with pytest.raises(ValueError, match="eos_check_every"):
+        _hf(model, ids, False, max_new_tokens=4, custom_generate=functools.partial(hook, eos_check_every=0))
+    from transformers import DynamicCache
+
+    from atom_ao.kv import with_cache
+
+    used = with_cache(model, DynamicCache(config=model.config))  # {keyword: cache} for this transformers
+    with torch.no_grad():
+        model(ids, use_cache=True, **used)
+    with pytest.raises(ValueError, match="already holds tokens"):
+        with torch.no_grad():
+            model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0, custom_generate=hook, **used)
 
 
 @pytest.mark.gpu
