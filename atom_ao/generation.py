@@ -95,14 +95,14 @@ def _check_capture(device: torch.device, compile: bool) -> None:
 
 @torch.no_grad()
 def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, kv4: bool = False,
-             max_cache_len: int | None = None, eos_token_id: int | None = None, compile: bool = True,
+             max_cache_len: int | None = None, eos_token_id: int | list[int] | None = None, compile: bool = True,
              eos_check_every: int = 16, capture: bool | None = None) -> torch.Tensor:
     """Greedy tokens of ``model`` after ``input_ids``: (batch, prompt + new) like ``generate``.
 
     kv4: the INT4 KV cache (``AtomKVCache``; the model's attention is switched back after), else
     transformers' ``StaticCache``. max_cache_len: the cache's length (default prompt + new).
-    eos_token_id: stop once every sequence has produced it (checked every ``eos_check_every``
-    steps; tokens after a sequence's first EOS are not masked). compile: compile the decode step
+    eos_token_id (one id or a list): stop once every sequence has produced one (checked every
+    ``eos_check_every`` steps; tokens after a sequence's first EOS are not masked). compile: compile the decode step
     (Inductor; on a CPU no CUDA graphs).
     capture (CUDA, with compile; the default there): compile the step without Inductor's CUDA
     graphs, run two steps, then record one step in a CUDA graph of its own and replay it for the
@@ -116,7 +116,7 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, kv4: bool =
     if max_cache_len < total:
         raise ValueError(f"atom_ao.generate: max_cache_len {max_cache_len} < prompt + new tokens {total}")
     capture = _use_capture(capture, input_ids.device, compile)
-    eos = None if eos_token_id is None else torch.tensor([eos_token_id], device=input_ids.device)
+    eos = None if eos_token_id is None else torch.tensor(eos_token_id, device=input_ids.device).reshape(-1)
     impl = model.config._attn_implementation
     cache = make_cache(model, kv4, max_cache_len)
     try:

@@ -106,6 +106,8 @@ def test_stops_at_eos_and_checks_its_input():
     eos = int(full[0, 6])  # the second new token
     stopped = atom_ao.generate(model, ids, 12, compile=False, eos_token_id=eos, eos_check_every=2)
     assert stopped.shape[1] == 5 + 2 and torch.equal(stopped, full[:, :7])
+    either = atom_ao.generate(model, ids, 12, compile=False, eos_token_id=[int(full[0, 10]), eos], eos_check_every=2)
+    assert torch.equal(either, stopped)  # a list of ids: the first of them to appear stops
     with pytest.raises(ValueError, match="input_ids must be"):
         atom_ao.generate(model, ids.float(), 4)
     with pytest.raises(ValueError, match="max_cache_len 8 < prompt"):
