@@ -50,7 +50,7 @@ def main():
     ap.add_argument("--shapes", default="llama2-7b qkv,llama2-7b o,llama2-7b gate/up,llama2-7b down")
     ap.add_argument("--configs", default="128x3x4,128x5x4,64x3x4,64x5x4,128x4x8",
                     help="BLOCK_N x stages x warps of the swap kernel to time (16 tokens a tile up to M = 16, "
-                         "else 32), or BLOCK_N x BLOCK_M x stages x warps [x maxnreg]")
+                         "else 32), or BLOCK_N x BLOCK_M x stages x warps [x maxnreg (0: none) [x prefetch scales 0/1]]")
     ap.add_argument("--splits", default="1,2,3,4,6,8")
     ap.add_argument("--gemv", action="store_true",
                     help="M = 1: the dp4a stream kernel (w4a4_gemv) by --gemv-configs and split, beside the swap default")
@@ -118,14 +118,17 @@ def main():
             for cfg in configs:
                 bn, bm, st, nw = cfg[:4] if len(cfg) >= 4 else (cfg[0], 16 if m <= 16 else 32, *cfg[1:])
                 fixed = {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": nw, "num_stages": st}
-                if len(cfg) == 5:  # a register cap: more programs a SM (64x64 on 4 warps holds 167)
+                if len(cfg) >= 5 and cfg[4]:  # a register cap: more programs a SM (64x64 on 4 warps holds 167)
                     fixed["maxnreg"] = cfg[4]
+                if len(cfg) == 6:  # the group scales loaded a group ahead
+                    fixed["PREFETCH_SCALES"] = bool(cfg[5])
                 gemm.swap_kernel_and_meta = lambda _m, fixed=fixed: (swap._w4a4_gemm_swap_kernel_jit, fixed)
                 try:
                     for s in (int(v) for v in args.splits.split(",")):
                         if splits_fit(groups, s):
-                            add(f"{bn}x{bm} st{st} w{nw}" + (f" maxnreg{cfg[4]}" if len(cfg) == 5 else ""), s,
-                                per_call(splits=s))
+                            name = (f"{bn}x{bm} st{st} w{nw}" + (f" maxnreg{cfg[4]}" if len(cfg) >= 5 and cfg[4] else "")
+                                    + (" prefetch scales" if len(cfg) == 6 and cfg[5] else ""))
+                            add(name, s, per_call(splits=s))
                 except Exception as e:  # noqa: BLE001  (a config that does not fit: say so, go on)
                     print(f"  {label} M={m} {fixed}: {type(e).__name__} {str(e)[:200]}")
                 finally:

@@ -407,7 +407,9 @@ for what in "${@:-tests}"; do
     # for session 23: the swap GEMM with a register cap (more programs a SM: offline, 64x64 on 4 warps holds 167
     # registers, 3 programs a SM; capped at 128: 4, with 26 spill stores; 128x64 on 8 warps: 165, one program a SM)
     maxnreg-s23) T=300 TAIL=60 step explore_swap_maxnreg_s23 python3 benchmarks/explore_decode_gemm.py --ms 64 --splits 1,2,4 \
-                     --configs 64x64x3x4,64x64x3x4x128,64x64x2x4x128,128x64x3x8,128x64x3x8x128,64x32x3x4,64x32x3x4x96 ;;
+                     --configs 64x64x3x4,64x64x3x4x128,64x64x2x4x128,128x64x3x8,128x64x3x8x128,64x32x3x4,64x32x3x4x96,64x64x3x4x0x1,128x64x3x8x0x1
+                 T=200 TAIL=40 step explore_swap_prefetch_scales_m16_s23 python3 benchmarks/explore_decode_gemm.py --ms 16 \
+                     --splits 2,4,8 --configs 64x16x3x4,64x16x3x4x0x1 ;;
     # for session 23: capture=False without the guard skip on all 32 layers, beside the captured default (same call)
     capture-ab-s23) for g in atom_ao atom_ao_captured; do
                       T=280 step hf_decode_llama2_7b_${g}_ab_s23 python3 benchmarks/bench_hf_generate.py \

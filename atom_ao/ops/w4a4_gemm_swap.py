@@ -103,6 +103,9 @@ def _w4a4_gemm_swap_kernel_jit(
     # group and 194 -> 165 registers, 3 programs a SM instead of 2)
     EVEN_N: tl.constexpr, EVEN_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    # each group's scales loaded a group ahead (their loads otherwise start in the group that uses
+    # them, ~200 instructions before the epilogue waits on them); off: not yet timed (session 22)
+    PREFETCH_SCALES: tl.constexpr = False,
 ):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -119,9 +122,21 @@ def _w4a4_gemm_swap_kernel_jit(
     ws_ptrs = ws_ptr + offs_n * stride_wsn + g0
     as_ptrs = as_ptr + offs_m * stride_asm + g0
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # out^T
+    if PREFETCH_SCALES:  # the next group's scales in flight during this group's dots (registers)
+        sw_next = tl.load(ws_ptrs, mask=mask_n, other=0.0)
+        sa_next = tl.load(as_ptrs, mask=mask_m, other=0.0)
     for g in range(0, n_g):
-        w, sw = _group_tile(w_ptrs + g * HALF, ws_ptrs + g, mask_n, EVEN_N)
-        a, sa = _group_tile(a_ptrs + g * HALF, as_ptrs + g, mask_m, EVEN_M)
+        if PREFETCH_SCALES:
+            sw, sa = sw_next, sa_next
+            more_n = mask_n & (offs_n * 0 + g + 1 < n_g)  # tensor-shaped: the interpreter wants it
+            more_m = mask_m & (offs_m * 0 + g + 1 < n_g)
+            sw_next = tl.load(ws_ptrs + g + 1, mask=more_n, other=0.0)
+            sa_next = tl.load(as_ptrs + g + 1, mask=more_m, other=0.0)
+            w = tl.load(w_ptrs + g * HALF) if EVEN_N else tl.load(w_ptrs + g * HALF, mask=mask_n[:, None], other=0)
+            a = tl.load(a_ptrs + g * HALF) if EVEN_M else tl.load(a_ptrs + g * HALF, mask=mask_m[:, None], other=0)
+        else:
+            w, sw = _group_tile(w_ptrs + g * HALF, ws_ptrs + g, mask_n, EVEN_N)
+            a, sa = _group_tile(a_ptrs + g * HALF, as_ptrs + g, mask_m, EVEN_M)
         w_lo, w_hi = unpack_int4_x16(w, USE_ASM)  # 16 x codes: the dot is 256x, sa takes 1/256
         a_lo, a_hi = unpack_int4_x16(a, USE_ASM)
         dot = tl.dot(w_lo, tl.trans(a_lo), out_dtype=tl.int32)

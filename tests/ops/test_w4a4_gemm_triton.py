@@ -176,6 +176,20 @@ def test_swap_unmasked_loop_same_bits(monkeypatch, m, n):
     _check(m, n, 256, 32, 64, torch.bfloat16, True)
 
 
+@pytest.mark.parametrize("m, n, splits", [(64, 128, 2), (3, 48, 1), (19, 33, 3)])
+def test_swap_prefetched_scales_same_bits(monkeypatch, m, n, splits):
+    """PREFETCH_SCALES (each group's scales loaded a group ahead) changes when the scales load,
+    not the math: the same bits as the default loop, full tiles or not, split or not."""
+    import importlib
+    gemm = importlib.import_module("atom_ao.ops.w4a4_gemm")
+    args = _operands(m, n, 320, 32, 64, torch.bfloat16, True)
+    plain = w4a4_gemm_triton(*args, 64, torch.bfloat16, path="swap", splits=splits)
+    real = gemm.swap_kernel_and_meta
+    monkeypatch.setattr(gemm, "swap_kernel_and_meta", lambda m_: (real(m_)[0], {**real(m_)[1], "PREFETCH_SCALES": True}))
+    got = w4a4_gemm_triton(*args, 64, torch.bfloat16, path="swap", splits=splits)
+    torch.testing.assert_close(got, plain, rtol=0, atol=0)
+
+
 def test_swap_path_refuses_large_m():
     args = _operands(72, 32, 256, 0, 128, torch.bfloat16, False)
     with pytest.raises(ValueError, match="swap"):
