@@ -76,14 +76,21 @@ def swap_split_k(m: int, n: int, groups: int, sms: int) -> int:
 
 
 @triton.jit
-def _group_tile(ptrs, s_ptrs, rows_ok, FULL: tl.constexpr):
-    """One group's packed (rows, HALF) tile and its (rows,) scales; FULL: every row exists, no masks."""
+def _rows(ptrs, rows_ok, FULL: tl.constexpr):
+    """One group's packed (rows, HALF) tile; FULL: every row exists, no masks."""
     if FULL:
-        tile, scale = tl.load(ptrs), tl.load(s_ptrs)
+        return tl.load(ptrs)
+    return tl.load(ptrs, mask=rows_ok[:, None], other=0)
+
+
+@triton.jit
+def _group_tile(ptrs, s_ptrs, rows_ok, FULL: tl.constexpr):
+    """One group's packed (rows, HALF) tile and its (rows,) scales."""
+    if FULL:
+        scale = tl.load(s_ptrs)
     else:
-        tile = tl.load(ptrs, mask=rows_ok[:, None], other=0)
         scale = tl.load(s_ptrs, mask=rows_ok, other=0.0)
-    return tile, scale
+    return _rows(ptrs, rows_ok, FULL), scale
 
 
 @triton.jit
@@ -132,8 +139,7 @@ def _w4a4_gemm_swap_kernel_jit(
             more_m = mask_m & (offs_m * 0 + g + 1 < n_g)
             sw_next = tl.load(ws_ptrs + g + 1, mask=more_n, other=0.0)
             sa_next = tl.load(as_ptrs + g + 1, mask=more_m, other=0.0)
-            w = tl.load(w_ptrs + g * HALF) if EVEN_N else tl.load(w_ptrs + g * HALF, mask=mask_n[:, None], other=0)
-            a = tl.load(a_ptrs + g * HALF) if EVEN_M else tl.load(a_ptrs + g * HALF, mask=mask_m[:, None], other=0)
+            w, a = _rows(w_ptrs + g * HALF, mask_n, EVEN_N), _rows(a_ptrs + g * HALF, mask_m, EVEN_M)
         else:
             w, sw = _group_tile(w_ptrs + g * HALF, ws_ptrs + g, mask_n, EVEN_N)
             a, sa = _group_tile(a_ptrs + g * HALF, as_ptrs + g, mask_m, EVEN_M)
