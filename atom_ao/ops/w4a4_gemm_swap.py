@@ -112,7 +112,7 @@ def _w4a4_gemm_swap_kernel_jit(
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
     # each group's scales loaded a group ahead (their loads otherwise start in the group that uses
     # them, ~200 instructions before the epilogue waits on them); off: not yet timed (session 22)
-    PREFETCH_SCALES: tl.constexpr = False,
+    PREFETCH_SCALES: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
