@@ -82,15 +82,10 @@ def _use_capture(capture: bool | None, device: torch.device, compile: bool) -> b
     skip since removed (without it not yet timed at 32 layers); bf16 4.51-4.87 / 4.82-5.68."""
     if capture is None:
         return device.type == "cuda" and compile
-    if capture:
-        _check_capture(device, compile)
-    return capture
-
-
-def _check_capture(device: torch.device, compile: bool) -> None:
-    if device.type != "cuda" or not compile:
+    if capture and (device.type != "cuda" or not compile):
         raise ValueError(f"atom_ao.generate: capture=True records a CUDA graph of the compiled step: it needs a "
                          f"CUDA model and compile=True (got {device}, compile={compile})")
+    return capture
 
 
 @torch.no_grad()
@@ -133,7 +128,7 @@ def _decode(model, input_ids, cache, max_new_tokens: int, eos: torch.Tensor | No
     from atom_ao.kv import with_cache
 
     if eos_check_every < 1:
-        raise ValueError(f"atom_ao.generate: eos_check_every must be >= 1, got {eos_check_every}")
+        raise ValueError(f"atom_ao: eos_check_every must be >= 1, got {eos_check_every}")
     b, t = input_ids.shape
     total = t + max_new_tokens
     cache_kw = with_cache(model, cache)
@@ -191,6 +186,8 @@ def greedy_decoding(model, input_ids: torch.Tensor, logits_processor=None, stopp
     ``functools.partial`` sets compile / capture / eos_check_every (as in ``atom_ao.generate``)."""
     from transformers import StaticCache
 
+    from atom_ao.kv import AtomKVCache
+
     cfg = generation_config
     refused = [what for what, bad in (
         ("do_sample=True", cfg.do_sample), ("num_beams > 1", (cfg.num_beams or 1) > 1),
@@ -216,7 +213,7 @@ def greedy_decoding(model, input_ids: torch.Tensor, logits_processor=None, stopp
     cache = model_kwargs.get("past_key_values", model_kwargs.get("cache"))
     if cache is not None and cache.get_seq_length() != 0:
         raise ValueError("atom_ao.greedy_decoding: the cache already holds tokens; pass an empty one")
-    if not isinstance(cache, StaticCache) and not _is_atom_cache(cache):
+    if not isinstance(cache, (StaticCache, AtomKVCache)):
         cache = StaticCache(config=model.config, max_cache_len=t + new)  # generate's default DynamicCache: replaced
     limit = cache.get_max_length()  # -1: a cache that grows (AtomKVCache without max_cache_len)
     if limit == -1 and compile:
@@ -233,12 +230,6 @@ def greedy_decoding(model, input_ids: torch.Tensor, logits_processor=None, stopp
     if eos is None:
         return out
     return _pad_after_eos(out, t, eos, cfg._pad_token_tensor)
-
-
-def _is_atom_cache(cache) -> bool:
-    from atom_ao.kv import AtomKVCache
-
-    return isinstance(cache, AtomKVCache)
 
 
 def _pad_after_eos(out: torch.Tensor, t: int, eos: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:

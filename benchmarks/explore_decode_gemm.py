@@ -118,16 +118,17 @@ def main():
             for cfg in configs:
                 bn, bm, st, nw = cfg[:4] if len(cfg) >= 4 else (cfg[0], 16 if m <= 16 else 32, *cfg[1:])
                 fixed = {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": nw, "num_stages": st}
+                name = f"{bn}x{bm} st{st} w{nw}"
                 if len(cfg) >= 5 and cfg[4]:  # a register cap: more programs a SM (64x64 on 4 warps holds 167)
                     fixed["maxnreg"] = cfg[4]
-                if len(cfg) == 6:  # the group scales loaded a group ahead
-                    fixed["PREFETCH_SCALES"] = bool(cfg[5])
+                    name += f" maxnreg{cfg[4]}"
+                if len(cfg) == 6 and cfg[5]:  # the group scales loaded a group ahead
+                    fixed["PREFETCH_SCALES"] = True
+                    name += " prefetch scales"
                 gemm.swap_kernel_and_meta = lambda _m, fixed=fixed: (swap._w4a4_gemm_swap_kernel_jit, fixed)
                 try:
                     for s in (int(v) for v in args.splits.split(",")):
                         if splits_fit(groups, s):
-                            name = (f"{bn}x{bm} st{st} w{nw}" + (f" maxnreg{cfg[4]}" if len(cfg) >= 5 and cfg[4] else "")
-                                    + (" prefetch scales" if len(cfg) == 6 and cfg[5] else ""))
                             add(name, s, per_call(splits=s))
                 except Exception as e:  # noqa: BLE001  (a config that does not fit: say so, go on)
                     print(f"  {label} M={m} {fixed}: {type(e).__name__} {str(e)[:200]}")

@@ -2,6 +2,8 @@
 transformers' own greedy ``generate`` with the same cache: the same tokens, float and Atom
 weights, StaticCache and the INT4 cache, compiled or not (CPU: the references, plain Inductor)."""
 
+import functools
+
 import pytest
 import torch
 from torchao.quantization import quantize_
@@ -131,16 +133,8 @@ def test_capture_is_the_default_for_a_compiled_cuda_step_only():
 
 
 def _hf(model, ids, kv4, cache_len=None, **kw):
-    """transformers' generate (greedy), with the INT4 cache when kv4 (attention switched back after)."""
-    from atom_ao.kv import AtomKVCache, with_cache
-
-    impl = model.config._attn_implementation
-    cache = with_cache(model, AtomKVCache(model, max_cache_len=cache_len)) if kv4 else {}
-    try:
-        with torch.no_grad():
-            return model.generate(ids, do_sample=False, pad_token_id=0, **cache, **kw)
-    finally:
-        model.set_attn_implementation(impl)
+    """transformers' greedy generate, with the INT4 cache (cache_len tokens; None: growing) when kv4."""
+    return _generate(model, ids, kv4, max_cache_len=cache_len if kv4 else None, do_sample=False, pad_token_id=0, **kw)
 
 
 @pytest.mark.parametrize("kv4", [False, True])
@@ -148,8 +142,6 @@ def _hf(model, ids, kv4, cache_len=None, **kw):
 def test_decoding_hook_gives_the_tokens_of_generate(kv4, compile):
     # model.generate(custom_generate=atom_ao.greedy_decoding): generate's own preparation, atom_ao's
     # loop; with the cache the caller passes (INT4) or generate's default (replaced by a StaticCache)
-    import functools
-
     model = _model(quantized=True)
     ids = torch.randint(0, 512, (2, 7), generator=torch.Generator().manual_seed(11))
     hook = functools.partial(atom_ao.greedy_decoding, compile=compile)
@@ -161,8 +153,6 @@ def test_decoding_hook_gives_the_tokens_of_generate(kv4, compile):
 
 
 def test_decoding_hook_pads_finished_sequences_as_generate_does():
-    import functools
-
     model = _model(quantized=False)
     ids = torch.randint(0, 512, (3, 5), generator=torch.Generator().manual_seed(12))
     full = _hf(model, ids, False, max_new_tokens=10)
@@ -174,8 +164,6 @@ def test_decoding_hook_pads_finished_sequences_as_generate_does():
 
 
 def test_decoding_hook_refuses_what_it_does_not_do():
-    import functools
-
     model = _model(quantized=False)
     ids = torch.randint(0, 512, (1, 5), generator=torch.Generator().manual_seed(13))
     hook = functools.partial(atom_ao.greedy_decoding, compile=False)
