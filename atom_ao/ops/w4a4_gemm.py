@@ -266,6 +266,16 @@ def default_path(m: int, splits: int | None = None) -> str:
     return "packed"
 
 
+def tokens_as_x16_codes(a_packed: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Packed INT4 tokens (M, K / 2) -> INT8 16 x codes (M, K), each group's low nibbles then its
+    high ones (the swap kernel's unpacked halves), for ``a_codes=True``."""
+    m, kb = a_packed.shape
+    g = a_packed.view(m, kb // (group_size // 2), group_size // 2)
+    lo = (g << 4).view(torch.int8)
+    hi = (g & 0xF0).view(torch.int8)
+    return torch.cat([lo, hi], dim=2).reshape(m, 2 * kb)
+
+
 def check_gemm_args(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
                     w_outlier_scale, bias, group_size) -> None:
     """Shapes, dtypes and devices of the GEMM operands; a clear error for each mismatch."""
@@ -295,6 +305,7 @@ def w4a4_gemm_triton(
     a_packed, a_scale, a_outliers, a_outlier_scale,
     w_packed, w_scale, w_outliers, w_outlier_scale,
     bias, group_size: int, out_dtype: torch.dtype, *, splits: int | None = None, path: str | None = None,
+    a_codes: bool = False,
 ) -> torch.Tensor:
     """Launch the Triton kernel (CUDA, or CPU tensors under TRITON_INTERPRET=1).
 
@@ -302,7 +313,8 @@ def w4a4_gemm_triton(
     ``path``: "packed" (nibbles unpacked in the main loop, tokens on the MMA's M side), "swap"
     (``w4a4_gemm_swap``: weight rows on the MMA's M side, for up to SWAP_MAX_M tokens), "gemv"
     (``w4a4_gemv``: one token, dp4a on the CUDA cores) or "unpacked"
-    (``w4a4_gemm_unpacked``: INT8 copies first, for large M); default by M (``default_path``)."""
+    (``w4a4_gemm_unpacked``: INT8 copies first, for large M); default by M (``default_path``).
+    ``a_codes``: ``a_packed`` holds the tokens as INT8 16 x codes (``tokens_as_x16_codes``), swap path only."""
     m, n = a_packed.shape[0], w_packed.shape[0]
     n_out = a_outliers.shape[1]
     out = torch.empty((m, n), dtype=out_dtype, device=a_packed.device)
@@ -324,6 +336,10 @@ def w4a4_gemm_triton(
             or (path == "swap" and m > SWAP_MAX_M) or (path == "gemv" and m != 1)):
         raise ValueError(f"w4a4_gemm: path={path!r} (with splits={splits}, M={m}) is not one of 'packed', "
                          f"'swap' (M <= {SWAP_MAX_M}), 'gemv' (M = 1), 'unpacked' (no split-K)")
+    if a_codes and (path != "swap" or a_packed.dtype != torch.int8
+                    or tuple(a_packed.shape) != (m, groups * group_size)):
+        raise ValueError(f"w4a4_gemm: a_codes takes path='swap' and (M, K) = {(m, groups * group_size)} int8 "
+                         f"16 x codes, got path={path!r} and {tuple(a_packed.shape)} {a_packed.dtype}")
     if path == "unpacked":
         return w4a4_gemm_unpacked(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
                                   w_outlier_scale, bias, group_size, out)
@@ -341,7 +357,7 @@ def w4a4_gemm_triton(
     if path == "swap":  # same arguments as the tile kernel, its own grid
         kernel, meta = swap_kernel_and_meta(m)
         # full tiles for every config offered: unmasked main loop
-        meta = {"PREFETCH_SCALES": False, **meta,  # a fixed config (explore_decode_gemm) may turn it on
+        meta = {"PREFETCH_SCALES": False, **meta, "A_CODES": a_codes,  # a fixed config (explore_decode_gemm) may turn it on
                 "EVEN_N": SWAP_UNMASKED and n % FULL_N == 0, "EVEN_M": SWAP_UNMASKED and m % FULL_M == 0}
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), splits, triton.cdiv(m, meta["BLOCK_M"]))  # noqa: E731
     else:

@@ -84,13 +84,17 @@ def _rows(ptrs, rows_ok, FULL: tl.constexpr):
 
 
 @triton.jit
+def _scales(s_ptrs, rows_ok, FULL: tl.constexpr):
+    """One group's (rows,) scales."""
+    if FULL:
+        return tl.load(s_ptrs)
+    return tl.load(s_ptrs, mask=rows_ok, other=0.0)
+
+
+@triton.jit
 def _group_tile(ptrs, s_ptrs, rows_ok, FULL: tl.constexpr):
     """One group's packed (rows, HALF) tile and its (rows,) scales."""
-    if FULL:
-        scale = tl.load(s_ptrs)
-    else:
-        scale = tl.load(s_ptrs, mask=rows_ok, other=0.0)
-    return _rows(ptrs, rows_ok, FULL), scale
+    return _rows(ptrs, rows_ok, FULL), _scales(s_ptrs, rows_ok, FULL)
 
 
 @triton.jit
@@ -113,6 +117,9 @@ def _w4a4_gemm_swap_kernel_jit(
     # each group's scales loaded a group ahead (their loads otherwise start in the group that uses
     # them, ~200 instructions before the epilogue waits on them); off: not yet timed (session 22)
     PREFETCH_SCALES: tl.constexpr,
+    # the tokens as INT8 16 x codes, (M, G * 2 * HALF) with each group's low-nibble half first (the
+    # packed tile's two unpacked halves): their tiles go to shared memory as loaded, no unpack
+    A_CODES: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -125,7 +132,8 @@ def _w4a4_gemm_swap_kernel_jit(
     offs_k = tl.arange(0, HALF)
     # both tiles row-major with K contiguous: (BLOCK_N, HALF) weights, (BLOCK_M, HALF) tokens
     w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] + g0 * HALF
-    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] + g0 * HALF
+    A_STEP: tl.constexpr = 2 * HALF if A_CODES else HALF  # token bytes a group
+    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] + g0 * A_STEP
     ws_ptrs = ws_ptr + offs_n * stride_wsn + g0
     as_ptrs = as_ptr + offs_m * stride_asm + g0
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # out^T
@@ -139,12 +147,16 @@ def _w4a4_gemm_swap_kernel_jit(
             more_m = mask_m & (offs_m * 0 + g + 1 < n_g)
             sw_next = tl.load(ws_ptrs + g + 1, mask=more_n, other=0.0)
             sa_next = tl.load(as_ptrs + g + 1, mask=more_m, other=0.0)
-            w, a = _rows(w_ptrs + g * HALF, mask_n, EVEN_N), _rows(a_ptrs + g * HALF, mask_m, EVEN_M)
+            w = _rows(w_ptrs + g * HALF, mask_n, EVEN_N)
         else:
             w, sw = _group_tile(w_ptrs + g * HALF, ws_ptrs + g, mask_n, EVEN_N)
-            a, sa = _group_tile(a_ptrs + g * HALF, as_ptrs + g, mask_m, EVEN_M)
+            sa = _scales(as_ptrs + g, mask_m, EVEN_M)
+        if A_CODES:
+            a_lo = _rows(a_ptrs + g * A_STEP, mask_m, EVEN_M)
+            a_hi = _rows(a_ptrs + g * A_STEP + HALF, mask_m, EVEN_M)
+        else:
+            a_lo, a_hi = unpack_int4_x16(_rows(a_ptrs + g * A_STEP, mask_m, EVEN_M), USE_ASM)
         w_lo, w_hi = unpack_int4_x16(w, USE_ASM)  # 16 x codes: the dot is 256x, sa takes 1/256
-        a_lo, a_hi = unpack_int4_x16(a, USE_ASM)
         dot = tl.dot(w_lo, tl.trans(a_lo), out_dtype=tl.int32)
         dot = tl.dot(w_hi, tl.trans(a_hi), dot, out_dtype=tl.int32)
         # the tile kernel's products, with the exact 1/256 on the weight rows' scales (a thread

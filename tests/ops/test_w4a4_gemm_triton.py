@@ -190,6 +190,27 @@ def test_swap_prefetched_scales_same_bits(monkeypatch, m, n, splits):
     torch.testing.assert_close(got, plain, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("m, n, splits", [(64, 128, 2), (3, 48, 1), (19, 33, 3)])
+def test_swap_token_codes_same_bits(m, n, splits):
+    """The tokens given as INT8 16 x codes (no unpack in the kernel) give the packed tokens' bits."""
+    from atom_ao.ops.w4a4_gemm import tokens_as_x16_codes
+    args = _operands(m, n, 320, 32, 64, torch.bfloat16, True)
+    plain = w4a4_gemm_triton(*args, 64, torch.bfloat16, path="swap", splits=splits)
+    codes = tokens_as_x16_codes(args[0], 64)
+    got = w4a4_gemm_triton(codes, *args[1:], 64, torch.bfloat16, path="swap", splits=splits, a_codes=True)
+    torch.testing.assert_close(got, plain, rtol=0, atol=0)
+
+
+def test_token_codes_need_the_swap_path_and_their_shape():
+    from atom_ao.ops.w4a4_gemm import tokens_as_x16_codes
+    args = _operands(3, 48, 256, 16, 64, torch.bfloat16, False)
+    codes = tokens_as_x16_codes(args[0], 64)
+    with pytest.raises(ValueError, match="a_codes"):
+        w4a4_gemm_triton(codes, *args[1:], 64, torch.bfloat16, path="packed", a_codes=True)
+    with pytest.raises(ValueError, match="a_codes"):
+        w4a4_gemm_triton(args[0], *args[1:], 64, torch.bfloat16, path="swap", a_codes=True)
+
+
 def test_swap_path_refuses_large_m():
     args = _operands(72, 32, 256, 0, 128, torch.bfloat16, False)
     with pytest.raises(ValueError, match="swap"):
