@@ -51,7 +51,7 @@ def main():
     ap.add_argument("--configs", default="128x3x4,128x5x4,64x3x4,64x5x4,128x4x8",
                     help="BLOCK_N x stages x warps of the swap kernel to time (16 tokens a tile up to M = 16, "
                          "else 32), or BLOCK_N x BLOCK_M x stages x warps [x maxnreg (0: none) [x prefetch scales 0/1 "
-                         "[x tokens as INT8 16 x codes 0/1]]]")
+                         "[x tokens: 1 INT8 16 x codes, 2 group-major scales, 3 both]]]")
     ap.add_argument("--splits", default="1,2,3,4,6,8")
     ap.add_argument("--gemv", action="store_true",
                     help="M = 1: the dp4a stream kernel (w4a4_gemv) by --gemv-configs and split, beside the swap default")
@@ -85,10 +85,11 @@ def main():
             default = swap.swap_split_k(m, n, groups, sms)
 
             a_codes = gemm.tokens_as_x16_codes(a[0], w.group_size)
+            a_by_group = a[1].t().contiguous().t()
 
-            def per_call(path="swap", tokens=None, **kw):
-                ops = (*tokens, *a[1:]) if tokens else a
-                kw = {**kw, "a_codes": True} if tokens else kw
+            def per_call(path="swap", tokens=None, codes=False, **kw):
+                ops = (*tokens, *a[2:]) if tokens else a
+                kw = {**kw, "a_codes": True} if codes else kw
 
                 def fn():
                     for wq in weights:
@@ -131,19 +132,24 @@ def main():
                 if len(cfg) >= 6 and cfg[5]:  # the group scales loaded a group ahead
                     fixed["PREFETCH_SCALES"] = True
                     name += " prefetch scales"
-                codes = len(cfg) >= 7 and cfg[6]  # the tokens unpacked to INT8 16 x codes before the call
+                codes = len(cfg) >= 7 and cfg[6] & 1  # the tokens unpacked to INT8 16 x codes before the call
+                by_group = len(cfg) >= 7 and cfg[6] & 2  # the token scales stored group-major
                 if codes:
                     name += " token codes"
+                if by_group:
+                    name += " group-major scales"
                 gemm.swap_kernel_and_meta = lambda _m, fixed=fixed: (swap._w4a4_gemm_swap_kernel_jit, fixed)
                 try:
-                    if codes:
-                        got = gemm.w4a4_gemm_triton(a_codes, *a[1:], *weights[0], None, w.group_size, x.dtype,
-                                                    path="swap", a_codes=True)
+                    tokens = None
+                    if codes or by_group:
+                        tokens = (a_codes if codes else a[0], a_by_group if by_group else a[1])
+                        got = gemm.w4a4_gemm_triton(*tokens, *a[2:], *weights[0], None, w.group_size, x.dtype,
+                                                    path="swap", a_codes=bool(codes))
                         want = gemm.w4a4_gemm_triton(*a, *weights[0], None, w.group_size, x.dtype, path="swap")
-                        assert torch.equal(got, want), "token codes give other bits than packed tokens"
+                        assert torch.equal(got, want), f"{name}: other bits than packed, row-major tokens"
                     for s in (int(v) for v in args.splits.split(",")):
                         if splits_fit(groups, s):
-                            add(name, s, per_call(splits=s, tokens=(a_codes,) if codes else None))
+                            add(name, s, per_call(splits=s, tokens=tokens, codes=bool(codes)))
                 except Exception as e:  # noqa: BLE001  (a config that does not fit: say so, go on)
                     print(f"  {label} M={m} {fixed}: {type(e).__name__} {str(e)[:200]}")
                 finally:

@@ -431,13 +431,14 @@ for what in "${@:-tests}"; do
                        --model llama2-7b --generator transformers_hook --paths bf16,atom-kv4-unwrapped --prompt 16 \
                        --short 8 --long 40 --tag _transformers_hook_s23 ;;
     # session 23: the swap GEMM with the tokens given as INT8 16 x codes (no unpack, no register -> shared
-    # store of the token tile; offline 64x64: 299 -> 278 instructions a group), deeper pipelines, prefetched scales
+    # store of the token tile) and their scales group-major (a thread's 16 loaded with immediate offsets);
+    # offline 64x64 main loop 299 -> 278 (codes) -> 227 instructions a group (both), 167 -> 128 registers
     codes-s23) T=200 step swap_codes_gpu_tests_s23 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                    tests/ops/test_w4a4_gemm_triton.py -k "swap or codes"
                T=330 TAIL=60 step explore_swap_codes_m64_s23 python3 benchmarks/explore_decode_gemm.py --ms 64 \
-                   --splits 1,2,4 --configs ${CODES_CONFIGS:-64x64x3x4,128x64x3x8,64x64x3x4x0x0x1,64x64x4x4x0x0x1,64x64x6x4x0x0x1,64x64x4x4x0x1x1,128x64x3x8x0x0x1,128x64x4x8x0x0x1}
-               T=150 TAIL=40 step explore_swap_codes_m16_s23 python3 benchmarks/explore_decode_gemm.py --ms 16 \
-                   --splits 2,4,8 --configs 64x16x3x4,64x16x3x4x0x0x1,64x16x5x4x0x0x1 ;;
+                   --splits 1,2,4 --configs ${CODES_CONFIGS:-64x64x3x4,128x64x3x8,64x64x3x4x0x0x2,64x64x3x4x0x0x3,64x64x4x4x0x0x3,64x64x4x4x0x1x3,128x64x3x8x0x0x3,128x64x4x8x0x0x3}
+               T=150 TAIL=40 step explore_swap_codes_m16_m32_s23 python3 benchmarks/explore_decode_gemm.py --ms 16,32 \
+                   --splits 2,4,8 --configs 64x16x3x4,64x16x3x4x0x0x3,64x16x5x4x0x0x3,64x32x3x4,64x32x3x4x0x0x3,128x32x3x4x0x0x3 ;;
     cache-tests-s18) T=300 step cache_gpu_tests_s18 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short tests/kv/test_cache.py ;;
     verify-s14d) T=150 step mha_planes_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                      tests/ops/test_kv_attention.py -k "one_warp_gqa"

@@ -103,7 +103,7 @@ def _w4a4_gemm_swap_kernel_jit(
     w_ptr, ws_ptr, wo_ptr, wos_ptr,
     bias_ptr, out_ptr,
     M, N, G, N_OUT, M_BUCKET, SPLITS,
-    stride_am, stride_asm, stride_aom,
+    stride_am, stride_asm, stride_asg, stride_aom,  # stride_asg: between a token's group scales
     stride_wn, stride_wsn, stride_won,
     stride_om,
     HALF: tl.constexpr,  # group_size // 2: bytes per group and row
@@ -135,7 +135,7 @@ def _w4a4_gemm_swap_kernel_jit(
     A_STEP: tl.constexpr = 2 * HALF if A_CODES else HALF  # token bytes a group
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] + g0 * A_STEP
     ws_ptrs = ws_ptr + offs_n * stride_wsn + g0
-    as_ptrs = as_ptr + offs_m * stride_asm + g0
+    as_ptrs = as_ptr + offs_m * stride_asm + g0 * stride_asg
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # out^T
     if PREFETCH_SCALES:  # the next group's scales in flight during this group's dots (registers)
         sw_next = tl.load(ws_ptrs, mask=mask_n, other=0.0)
@@ -146,11 +146,11 @@ def _w4a4_gemm_swap_kernel_jit(
             more_n = mask_n & (offs_n * 0 + g + 1 < n_g)  # tensor-shaped: the interpreter wants it
             more_m = mask_m & (offs_m * 0 + g + 1 < n_g)
             sw_next = tl.load(ws_ptrs + g + 1, mask=more_n, other=0.0)
-            sa_next = tl.load(as_ptrs + g + 1, mask=more_m, other=0.0)
+            sa_next = tl.load(as_ptrs + (g + 1) * stride_asg, mask=more_m, other=0.0)
             w = _rows(w_ptrs + g * HALF, mask_n, EVEN_N)
         else:
             w, sw = _group_tile(w_ptrs + g * HALF, ws_ptrs + g, mask_n, EVEN_N)
-            sa = _scales(as_ptrs + g, mask_m, EVEN_M)
+            sa = _scales(as_ptrs + g * stride_asg, mask_m, EVEN_M)
         if A_CODES:
             a_lo = _rows(a_ptrs + g * A_STEP, mask_m, EVEN_M)
             a_hi = _rows(a_ptrs + g * A_STEP + HALF, mask_m, EVEN_M)

@@ -201,6 +201,18 @@ def test_swap_token_codes_same_bits(m, n, splits):
     torch.testing.assert_close(got, plain, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("path, m, n, splits", [("swap", 64, 128, 2), ("swap", 19, 33, 3), ("packed", 19, 40, 2),
+                                                ("gemv", 1, 40, 2)])
+def test_group_major_token_scales_same_bits(path, m, n, splits):
+    """Token scales stored group-major (a (G, M) buffer seen as (M, G)) give the row-major bits."""
+    args = _operands(m, n, 320, 32, 64, torch.bfloat16, True)
+    plain = w4a4_gemm_triton(*args, 64, torch.bfloat16, path=path, splits=splits)
+    by_group = args[1].t().contiguous().t()
+    assert m == 1 or by_group.stride() == (1, m)  # one token: both layouts are one
+    got = w4a4_gemm_triton(args[0], by_group, *args[2:], 64, torch.bfloat16, path=path, splits=splits)
+    torch.testing.assert_close(got, plain, rtol=0, atol=0)
+
+
 def test_token_codes_need_the_swap_path_and_their_shape():
     from atom_ao.ops.w4a4_gemm import tokens_as_x16_codes
     args = _operands(3, 48, 256, 16, 64, torch.bfloat16, False)
