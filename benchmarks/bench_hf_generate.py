@@ -97,13 +97,19 @@ def cudagraph_counters() -> dict:
     return {k: v for k, v in counters["inductor"].items() if "cudagraph" in k}
 
 
+GENERATORS = ("transformers", "transformers_hook", "atom_ao", "atom_ao_captured")
+
+
 @torch.no_grad()
 def run_path(model, path: str, prompt_len: int, short: int, long: int, profile: bool, compile_kw: dict,
-             generator: str = "transformers") -> dict:
+             generator: str = "transformers", reset: bool = True) -> dict:
+    """One path through one generator; the row has ``tokens`` (the long run's output) for the caller to
+    compare generators on. ``reset``: a fresh Dynamo (the first generator of a path)."""
     import atom_ao
     from atom_ao.__main__ import _generate
 
-    ids = torch.randint(100, 1000, (1, prompt_len), device=DEVICE)
+    ids = torch.randint(100, 1000, (1, prompt_len), device=DEVICE,
+                        generator=torch.Generator(DEVICE).manual_seed(0))  # the same prompt for every generator
     kv4 = path.startswith("atom-kv4")
 
     def gen(n: int):
@@ -131,15 +137,17 @@ def run_path(model, path: str, prompt_len: int, short: int, long: int, profile: 
         return sorted(ts)[len(ts) // 2]
 
     # one compiled entry per path: else a step first evaluates (and fails) the earlier paths' guards
-    torch._dynamo.reset()
+    if reset:
+        torch._dynamo.reset()
     before = cudagraph_counters()
     t = time.perf_counter()
-    gen(long)  # compiles (and autotunes) the decode step
+    tokens = gen(long)  # compiles (and autotunes) the decode step
     first_s = time.perf_counter() - t
     gen(long)
     ms = 1e3 * (seconds(long) - seconds(short)) / (long - short)
     after = cudagraph_counters()
-    row = {"path": path, "first_generate_s": round(first_s, 1), "decode_ms": round(ms, 3),
+    row = {"path": path, "generator": generator, "first_generate_s": round(first_s, 1), "decode_ms": round(ms, 3),
+           "new_tokens": tokens.shape[1] - prompt_len, "tokens": tokens,  # an early stop would skew decode_ms
            "tokens_per_s": round(1e3 / ms, 1),
            "cudagraph_skips": after.get("cudagraph_skips", 0) - before.get("cudagraph_skips", 0)}
     if profile:
@@ -156,7 +164,8 @@ def run_path(model, path: str, prompt_len: int, short: int, long: int, profile: 
         table = events.table(sort_by="self_cpu_time_total", row_limit=80, max_name_column_width=70)
         (results_dir() / f"bench_hf_generate_{generator}_{path}_profile.txt").write_text(table)
         print("\n".join(table.splitlines()[:20]))
-    print(row, {k: v - before.get(k, 0) for k, v in after.items()}, flush=True)
+    print({k: v for k, v in row.items() if k != "tokens"}, {k: v - before.get(k, 0) for k, v in after.items()},
+          flush=True)
     return row
 
 
@@ -190,11 +199,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--long", type=int, default=72, help="new tokens of the long run")
     ap.add_argument("--profile", action="store_true", help="launch counts and top CPU ops of one long run")
     ap.add_argument("--generator", default="transformers",
-                    choices=["transformers", "transformers_hook", "atom_ao", "atom_ao_captured"],
-                    help="transformers' generate (_hook: with custom_generate=atom_ao.greedy_decoding, atom_ao's "
-                         "loop inside it), or atom_ao.generate with capture=False (one compiled "
-                         "reduce-overhead step, no per-token host loop) / capture=True (_captured: the step in a CUDA "
-                         "graph of its own, atom_ao.generate's default on CUDA)")
+                    help="one or more (comma-separated, each path through each in one process, tokens compared "
+                         "with the first's) of: " + ", ".join(GENERATORS) + ": transformers' generate (_hook: with "
+                         "custom_generate=atom_ao.greedy_decoding, atom_ao's loop inside it), or atom_ao.generate with "
+                         "capture=False (one compiled reduce-overhead step, no per-token host loop) / capture=True "
+                         "(_captured: the step in a CUDA graph of its own, atom_ao.generate's default on CUDA)")
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
     if DEVICE == "cuda" and not torch.cuda.is_available():
@@ -202,6 +211,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import atom_ao
     from torchao.quantization import quantize_
 
+    generators = args.generator.split(",")
+    if any(g not in GENERATORS for g in generators):
+        raise SystemExit(f"unknown generator in {args.generator!r}: {', '.join(GENERATORS)}")
     compile_kw = compile_kwargs(args.freezing, args.skip_module_guards)
     model = build(args.model, args.layers)
     rows, quantized = [], False
@@ -215,15 +227,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
             raise SystemExit("bf16 must come before the atom paths (the model is quantized in place)")
         if path != "bf16":
             (atom_ao.unwrap_weights if path.endswith("-unwrapped") else atom_ao.wrap_weights)(model)
-        rows.append(dict(model=args.model, layers=model.config.num_hidden_layers, generator=args.generator,
-                         freezing=args.freezing, module_guards=not args.skip_module_guards,
-                         **run_path(model, path, args.prompt, args.short, args.long, args.profile, compile_kw,
-                                    args.generator)))
-    base = next((r["decode_ms"] for r in rows if r["path"] == "bf16"), None)
+        first = None
+        for i, generator in enumerate(generators):
+            row = run_path(model, path, args.prompt, args.short, args.long, args.profile, compile_kw, generator,
+                           reset=i == 0)
+            tokens = row.pop("tokens")
+            first = tokens if first is None else first
+            row["same_tokens_as_first"] = bool(torch.equal(tokens, first))
+            rows.append(dict(model=args.model, layers=model.config.num_hidden_layers, freezing=args.freezing,
+                             module_guards=not args.skip_module_guards, **row))
     for r in rows:
+        base = next((b["decode_ms"] for b in rows if b["path"] == "bf16" and b["generator"] == r["generator"]), None)
         r["speedup_vs_bf16"] = round(base / r["decode_ms"], 2) if base else ""
     cols = ["model", "layers", "generator", "path", "freezing", "module_guards", "first_generate_s", "decode_ms",
-            "tokens_per_s", "speedup_vs_bf16", "cudagraph_skips"]
+            "tokens_per_s", "speedup_vs_bf16", "new_tokens", "same_tokens_as_first", "cudagraph_skips"]
     if args.profile:
         cols += ["launches_per_token", "graph_replays_per_token", "guards_us", "wrapper_us", "graph_call_us",
                  "graph_gpu_us"]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, then benchmarks. Usage (on the GPU machine, repo root):
-#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9t|verify-s9u|verify-s9b|verify-s10a|verify-s10b|verify-s10c|verify-s10d|verify-s11a|verify-s12a|explore-s12|verify-s12b|generate-s12|verify-s12c|explore-s12d|final-s12|profile-s12|masked-ab|verify-s13|verify-s13b|verify-s13c|final-s13|kv-tests-s13|verify-s14a|verify-s14b|final-s14|gen-llama3-b64-s14|verify-s14d|verify-s15a|verify-s15b|verify-s15c|profile-s15|final-s15|verify-s16a|verify-s16c|verify-s16d|verify-s16e|final-s16|verify-s17a|verify-s17b|linear-s17a|linear-s17b|final-s17|gemm-tests-s18|gpuload|main-gpu-s18|sweep-s18a|sweep-s18b|cache-tests-s18|explore-ws|hf-decode|hf-decode-s20|unwrap-s20|hf-7b-s20|compile-profile-s21|generate-s21|generate-s22|captured-s22|hf-guards-s22|fused-qkv-s22|fixes-capture-s22|capture-default-s22|capture-ab-s22|guard-skip-ab-s22|maxnreg-s23|capture-ab-s23|hook-s23|hook-only-s23|codes-s23|verify-s9c|large-m]...
+#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9t|verify-s9u|verify-s9b|verify-s10a|verify-s10b|verify-s10c|verify-s10d|verify-s11a|verify-s12a|explore-s12|verify-s12b|generate-s12|verify-s12c|explore-s12d|final-s12|profile-s12|masked-ab|verify-s13|verify-s13b|verify-s13c|final-s13|kv-tests-s13|verify-s14a|verify-s14b|final-s14|gen-llama3-b64-s14|verify-s14d|verify-s15a|verify-s15b|verify-s15c|profile-s15|final-s15|verify-s16a|verify-s16c|verify-s16d|verify-s16e|final-s16|verify-s17a|verify-s17b|linear-s17a|linear-s17b|final-s17|gemm-tests-s18|gpuload|main-gpu-s18|sweep-s18a|sweep-s18b|cache-tests-s18|explore-ws|hf-decode|hf-decode-s20|unwrap-s20|hf-7b-s20|compile-profile-s21|generate-s21|generate-s22|captured-s22|hf-guards-s22|fused-qkv-s22|fixes-capture-s22|capture-default-s22|capture-ab-s22|guard-skip-ab-s22|maxnreg-s23|capture-ab-s23|hook-s23|hook-only-s23|codes-s23|hook-ab-s23|verify-s9c|large-m]...
 # Each step's log goes to $OUT/<step>.log (so a step cut short still leaves its output) and
 # PYTEST_ARGS (paths) and PYTEST_K (-k expression) pick the tests of tests-some; result files to $OUT (or benchmarks/results/ when OUT is unset). STEP_TIMEOUT caps each step.
 set -uo pipefail
@@ -433,12 +433,17 @@ for what in "${@:-tests}"; do
     # session 23: the swap GEMM with the tokens given as INT8 16 x codes (no unpack, no register -> shared
     # store of the token tile) and their scales group-major (a thread's 16 loaded with immediate offsets);
     # offline 64x64 main loop 299 -> 278 (codes) -> 227 instructions a group (both), 167 -> 128 registers
-    codes-s23) T=200 step swap_codes_gpu_tests_s23 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
-                   tests/ops/test_w4a4_gemm_triton.py -k "swap or codes"
+    codes-s23) T=150 step swap_codes_gpu_tests_s23 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
+                   tests/ops/test_w4a4_gemm_triton.py -k "swap or codes or group_major"
                T=330 TAIL=60 step explore_swap_codes_m64_s23 python3 benchmarks/explore_decode_gemm.py --ms 64 \
                    --splits 1,2,4 --configs ${CODES_CONFIGS:-64x64x3x4,128x64x3x8,64x64x3x4x0x0x2,64x64x3x4x0x0x3,64x64x4x4x0x0x3,64x64x4x4x0x1x3,128x64x3x8x0x0x3,128x64x4x8x0x0x3}
                T=150 TAIL=40 step explore_swap_codes_m16_m32_s23 python3 benchmarks/explore_decode_gemm.py --ms 16,32 \
                    --splits 2,4,8 --configs 64x16x3x4,64x16x3x4x0x0x3,64x16x5x4x0x0x3,64x32x3x4,64x32x3x4x0x0x3,128x32x3x4x0x0x3 ;;
+    # session 23: the hook's 1.78 ms a token (hook-only-s23) beside atom_ao.generate's captured step, one process,
+    # tokens compared, their count checked
+    hook-ab-s23) T=330 step hf_decode_llama2_7b_captured_vs_hook_s23 python3 benchmarks/bench_hf_generate.py \
+                     --model llama2-7b --generator atom_ao_captured,transformers_hook --paths ${AB_PATHS:-atom-kv4-unwrapped} \
+                     --prompt 16 --short 8 --long 40 --tag _captured_vs_hook_s23 ;;
     cache-tests-s18) T=300 step cache_gpu_tests_s18 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short tests/kv/test_cache.py ;;
     verify-s14d) T=150 step mha_planes_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                      tests/ops/test_kv_attention.py -k "one_warp_gqa"

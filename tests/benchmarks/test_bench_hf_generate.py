@@ -45,13 +45,17 @@ def test_bench_hf_generate_refuses_bad_order(tmp_path, monkeypatch):
         bench_hf_generate.main(["--layers", "1", "--paths", "atom-kv8"])
 
 
-@pytest.mark.parametrize("generator", ["atom_ao", "transformers_hook"])
-def test_bench_hf_generate_atom_ao_generator_cpu(tmp_path, monkeypatch, generator):
-    # the same paths timed through atom_ao.generate (one compiled step, no generate loop), or
-    # through transformers' generate with that loop as its custom_generate hook
+def test_bench_hf_generate_atom_ao_generators_side_by_side_cpu(tmp_path, monkeypatch):
+    # the same paths timed through atom_ao.generate (one compiled step, no generate loop) and through
+    # transformers' generate with that loop as its custom_generate hook, in one run: same tokens, all of them
     monkeypatch.setenv("ATOM_AO_RESULTS", str(tmp_path))
     monkeypatch.setattr(bench_hf_generate, "DEVICE", "cpu")
     rows = bench_hf_generate.main(["--layers", "1", "--prompt", "4", "--short", "1", "--long", "3",
-                                   "--paths", "bf16,atom-kv4-unwrapped", "--generator", generator])
-    assert [(r["generator"], r["path"]) for r in rows] == [(generator, "bf16"), (generator, "atom-kv4-unwrapped")]
-    assert all(r["decode_ms"] != 0 for r in rows)
+                                   "--paths", "bf16,atom-kv4-unwrapped", "--generator", "atom_ao,transformers_hook"])
+    assert [(r["generator"], r["path"]) for r in rows] == [
+        ("atom_ao", "bf16"), ("transformers_hook", "bf16"),
+        ("atom_ao", "atom-kv4-unwrapped"), ("transformers_hook", "atom-kv4-unwrapped")]
+    assert all(r["decode_ms"] != 0 and r["new_tokens"] == 3 and r["same_tokens_as_first"] for r in rows)
+    assert all(r["speedup_vs_bf16"] for r in rows)  # each against bf16 through its own generator
+    with pytest.raises(SystemExit, match="unknown generator"):
+        bench_hf_generate.main(["--layers", "1", "--generator", "atom_ao,hf"])
