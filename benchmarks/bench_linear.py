@@ -34,6 +34,7 @@ SHAPES = {  # (K, N) of real linears
     "llama2-7b o": (4096, 4096),
     "llama2-7b gate/up": (4096, 22016),
     "llama2-7b down": (11008, 4096),
+    "llama2-7b gate": (4096, 11008),  # gate or up alone: transformers' Llama and gpt.py run them unfused
     "llama3-8b qkv": (4096, 6144),
     "llama3-8b gate/up": (4096, 28672),
     "llama3-8b down": (14336, 4096),
