@@ -446,8 +446,10 @@ for what in "${@:-tests}"; do
                      --prompt 16 --short 8 --long 40 --tag _captured_vs_hook_s23 ;;
     # session 23: the split rule on the linears a Llama-2-7B decode step runs (q / k / v / o alike, gate and up
     # unfused, down), then bf16 and Atom + INT4 KV through atom_ao.generate and the hook, 192 tokens timed
-    splits-gen-s23) T=120 TAIL=45 step explore_swap_unfused_splits_s23 python3 benchmarks/explore_decode_gemm.py \
-                        --ms 16,64 --splits 1,2,4,8 --configs 64x64x3x4 --shapes "llama2-7b o,llama2-7b gate,llama2-7b down"
+    splits-gen-s23) for m in 64 16; do
+                      T=100 TAIL=40 step explore_swap_unfused_splits_m${m}_s23 python3 benchmarks/explore_decode_gemm.py \
+                        --ms $m --splits 1,2,4,8 --configs 64x${m}x3x4 --shapes "llama2-7b o,llama2-7b gate,llama2-7b down"
+                    done
                     T=420 step hf_decode_llama2_7b_captured_vs_hook_long_s23 python3 benchmarks/bench_hf_generate.py \
                         --model llama2-7b --generator atom_ao_captured,transformers_hook --paths bf16,atom-kv4-unwrapped \
                         --prompt 16 --short 8 --long 200 --tag _captured_vs_hook_long_s23 ;;
