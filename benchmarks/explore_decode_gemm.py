@@ -50,8 +50,7 @@ def main():
     ap.add_argument("--shapes", default="llama2-7b qkv,llama2-7b o,llama2-7b gate/up,llama2-7b down")
     ap.add_argument("--configs", default="128x3x4,128x5x4,64x3x4,64x5x4,128x4x8",
                     help="BLOCK_N x stages x warps of the swap kernel to time (16 tokens a tile up to M = 16, "
-                         "else 32), or BLOCK_N x BLOCK_M x stages x warps [x maxnreg (0: none) [x prefetch scales 0/1 "
-                         "[x tokens: 1 INT8 16 x codes, 2 group-major scales, 3 both]]]")
+                         "else 32), or BLOCK_N x BLOCK_M x stages x warps [x maxnreg]")
     ap.add_argument("--splits", default="1,2,3,4,6,8")
     ap.add_argument("--gemv", action="store_true",
                     help="M = 1: the dp4a stream kernel (w4a4_gemv) by --gemv-configs and split, beside the swap default")
@@ -84,16 +83,10 @@ def main():
             groups = a[1].shape[1]
             default = swap.swap_split_k(m, n, groups, sms)
 
-            a_codes = gemm.tokens_as_x16_codes(a[0], w.group_size)
-            a_by_group = a[1].t().contiguous().t()
-
-            def per_call(path="swap", tokens=None, codes=False, **kw):
-                ops = (*tokens, *a[2:]) if tokens else a
-                kw = {**kw, "a_codes": True} if codes else kw
-
+            def per_call(path="swap", **kw):
                 def fn():
                     for wq in weights:
-                        gemm.w4a4_gemm_triton(*ops, *wq, None, w.group_size, x.dtype, path=path, **kw)
+                        gemm.w4a4_gemm_triton(*a, *wq, None, w.group_size, x.dtype, path=path, **kw)
                 with _split_sum_off(args.no_split_sum):
                     return bench_us(fn) / copies
 
@@ -126,30 +119,14 @@ def main():
                 bn, bm, st, nw = cfg[:4] if len(cfg) >= 4 else (cfg[0], 16 if m <= 16 else 32, *cfg[1:])
                 fixed = {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": nw, "num_stages": st}
                 name = f"{bn}x{bm} st{st} w{nw}"
-                if len(cfg) >= 5 and cfg[4]:  # a register cap: more programs a SM (64x64 on 4 warps holds 167)
+                if len(cfg) == 5:  # a register cap: more programs a SM (64x64 on 4 warps holds 167)
                     fixed["maxnreg"] = cfg[4]
                     name += f" maxnreg{cfg[4]}"
-                if len(cfg) >= 6 and cfg[5]:  # the group scales loaded a group ahead
-                    fixed["PREFETCH_SCALES"] = True
-                    name += " prefetch scales"
-                codes = len(cfg) >= 7 and cfg[6] & 1  # the tokens unpacked to INT8 16 x codes before the call
-                by_group = len(cfg) >= 7 and cfg[6] & 2  # the token scales stored group-major
-                if codes:
-                    name += " token codes"
-                if by_group:
-                    name += " group-major scales"
                 gemm.swap_kernel_and_meta = lambda _m, fixed=fixed: (swap._w4a4_gemm_swap_kernel_jit, fixed)
                 try:
-                    tokens = None
-                    if codes or by_group:
-                        tokens = (a_codes if codes else a[0], a_by_group if by_group else a[1])
-                        got = gemm.w4a4_gemm_triton(*tokens, *a[2:], *weights[0], None, w.group_size, x.dtype,
-                                                    path="swap", a_codes=bool(codes))
-                        want = gemm.w4a4_gemm_triton(*a, *weights[0], None, w.group_size, x.dtype, path="swap")
-                        assert torch.equal(got, want), f"{name}: other bits than packed, row-major tokens"
                     for s in (int(v) for v in args.splits.split(",")):
                         if splits_fit(groups, s):
-                            add(name, s, per_call(splits=s, tokens=tokens, codes=bool(codes)))
+                            add(name, s, per_call(splits=s))
                 except Exception as e:  # noqa: BLE001  (a config that does not fit: say so, go on)
                     print(f"  {label} M={m} {fixed}: {type(e).__name__} {str(e)[:200]}")
                 finally:

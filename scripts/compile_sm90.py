@@ -68,10 +68,8 @@ def gemm_kernels():
     for bn, bm, w, st in sorted({c for cs in swap._SWAP_REGIMES.values() for c in cs}):
         for even in (False, True):
             consts = dict(HALF=64, BLOCK_O=64, HAS_OUT=True, HAS_BIAS=True, USE_ASM=True, BLOCK_N=bn, BLOCK_M=bm,
-                          EVEN_N=even, EVEN_M=even, PREFETCH_SCALES=False)
+                          EVEN_N=even, EVEN_M=even)
             ok &= compile_one(f"swap gemm {bn}x{bm} even={even}", swap._w4a4_gemm_swap_kernel_jit, types, consts, w, st)
-            ok &= compile_one(f"swap gemm {bn}x{bm} even={even} prefetched scales", swap._w4a4_gemm_swap_kernel_jit,
-                              types, dict(consts, PREFETCH_SCALES=True), w, st)
     ok &= compile_one("sum_splits", gemm._sum_splits_kernel, dict(ws_ptr="*fp32", out_ptr="*bf16"),
                       dict(SPLITS_P=8, BLOCK=512))
     # the large-M path: unpack to INT8, then the INT8 group GEMM

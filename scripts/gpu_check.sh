@@ -404,6 +404,7 @@ for what in "${@:-tests}"; do
                            python3 benchmarks/bench_hf_generate.py --model llama2-7b --layers 8 --generator atom_ao \
                            --paths ${AB_PATHS:-atom-kv4-unwrapped} --prompt 16 --short 8 --long 40 --tag _8layers_skip_guards_${skip}_s22
                        done ;;
+    # (session 23, at 99fe052: both slower, PREFETCH_SCALES removed after)
     # for session 23: the swap GEMM with a register cap (more programs a SM: offline, 64x64 on 4 warps holds 167
     # registers, 3 programs a SM; capped at 128: 4, with 26 spill stores; 128x64 on 8 warps: 165, one program a SM)
     maxnreg-s23) T=300 TAIL=60 step explore_swap_maxnreg_s23 python3 benchmarks/explore_decode_gemm.py --ms 64 --splits 1,2,4 \
@@ -433,6 +434,7 @@ for what in "${@:-tests}"; do
     # session 23: the swap GEMM with the tokens given as INT8 16 x codes (no unpack, no register -> shared
     # store of the token tile) and their scales group-major (a thread's 16 loaded with immediate offsets);
     # offline 64x64 main loop 299 -> 278 (codes) -> 227 instructions a group (both), 167 -> 128 registers
+    # (run at 9edf0a8: codes slower, group-major scales 3-5% faster at M = 64; both removed after, not plumbed)
     codes-s23) T=150 step swap_codes_gpu_tests_s23 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                    tests/ops/test_w4a4_gemm_triton.py -k "swap or codes or group_major"
                T=330 TAIL=60 step explore_swap_codes_m64_s23 python3 benchmarks/explore_decode_gemm.py --ms 64 \

@@ -87,7 +87,7 @@ def _w4a4_gemm_kernel_jit(
     w_ptr, ws_ptr, wo_ptr, wos_ptr,
     bias_ptr, out_ptr,
     M, N, G, N_OUT, M_BUCKET, SPLITS,
-    stride_am, stride_asm, stride_asg, stride_aom,  # stride_asg: between a token's group scales
+    stride_am, stride_asm, stride_aom,
     stride_wn, stride_wsn, stride_won,
     stride_om,
     HALF: tl.constexpr,  # group_size // 2: bytes per group and row
@@ -111,7 +111,7 @@ def _w4a4_gemm_kernel_jit(
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] + g0 * HALF
     w_ptrs = w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None] + g0 * HALF  # (HALF, BLOCK_N): W^T tile
 
-    as_ptrs = as_ptr + offs_m * stride_asm + g0 * stride_asg
+    as_ptrs = as_ptr + offs_m * stride_asm + g0
     ws_ptrs = ws_ptr + offs_n * stride_wsn + g0
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if PREFETCH:
@@ -125,7 +125,7 @@ def _w4a4_gemm_kernel_jit(
             more_n = mask_n & (offs_n * 0 + g < n_g)
             a_next = tl.load(a_ptrs + g * HALF, mask=more_m[:, None], other=0)
             w_next = tl.load(w_ptrs + g * HALF, mask=more_n[None, :], other=0)
-            sa_next = tl.load(as_ptrs + g * stride_asg, mask=more_m, other=0.0)
+            sa_next = tl.load(as_ptrs + g, mask=more_m, other=0.0)
             sw_next = tl.load(ws_ptrs + g, mask=more_n, other=0.0)
             acc = _group_partial(a, w, sa, sw, acc, HALF, USE_ASM)
             a, w, sa, sw = a_next, w_next, sa_next, sw_next
@@ -133,7 +133,7 @@ def _w4a4_gemm_kernel_jit(
         for g in range(0, n_g):
             a = tl.load(a_ptrs + g * HALF, mask=mask_m[:, None], other=0)
             w = tl.load(w_ptrs + g * HALF, mask=mask_n[None, :], other=0)
-            sa = tl.load(as_ptrs + g * stride_asg, mask=mask_m, other=0.0)
+            sa = tl.load(as_ptrs + g, mask=mask_m, other=0.0)
             sw = tl.load(ws_ptrs + g, mask=mask_n, other=0.0)
             acc = _group_partial(a, w, sa, sw, acc, HALF, USE_ASM)
 
@@ -266,16 +266,6 @@ def default_path(m: int, splits: int | None = None) -> str:
     return "packed"
 
 
-def tokens_as_x16_codes(a_packed: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Packed INT4 tokens (M, K / 2) -> INT8 16 x codes (M, K), each group's low nibbles then its
-    high ones (the swap kernel's unpacked halves), for ``a_codes=True``."""
-    m, kb = a_packed.shape
-    g = a_packed.view(m, kb // (group_size // 2), group_size // 2)
-    lo = (g << 4).view(torch.int8)
-    hi = (g & 0xF0).view(torch.int8)
-    return torch.cat([lo, hi], dim=2).reshape(m, 2 * kb)
-
-
 def check_gemm_args(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
                     w_outlier_scale, bias, group_size) -> None:
     """Shapes, dtypes and devices of the GEMM operands; a clear error for each mismatch."""
@@ -305,7 +295,6 @@ def w4a4_gemm_triton(
     a_packed, a_scale, a_outliers, a_outlier_scale,
     w_packed, w_scale, w_outliers, w_outlier_scale,
     bias, group_size: int, out_dtype: torch.dtype, *, splits: int | None = None, path: str | None = None,
-    a_codes: bool = False,
 ) -> torch.Tensor:
     """Launch the Triton kernel (CUDA, or CPU tensors under TRITON_INTERPRET=1).
 
@@ -313,8 +302,7 @@ def w4a4_gemm_triton(
     ``path``: "packed" (nibbles unpacked in the main loop, tokens on the MMA's M side), "swap"
     (``w4a4_gemm_swap``: weight rows on the MMA's M side, for up to SWAP_MAX_M tokens), "gemv"
     (``w4a4_gemv``: one token, dp4a on the CUDA cores) or "unpacked"
-    (``w4a4_gemm_unpacked``: INT8 copies first, for large M); default by M (``default_path``).
-    ``a_codes``: ``a_packed`` holds the tokens as INT8 16 x codes (``tokens_as_x16_codes``), swap path only."""
+    (``w4a4_gemm_unpacked``: INT8 copies first, for large M); default by M (``default_path``)."""
     m, n = a_packed.shape[0], w_packed.shape[0]
     n_out = a_outliers.shape[1]
     out = torch.empty((m, n), dtype=out_dtype, device=a_packed.device)
@@ -323,12 +311,7 @@ def w4a4_gemm_triton(
     # inner dims must be unit-stride for the tile loads; the ops produce them that way
     a_packed, w_packed = a_packed.contiguous(), w_packed.contiguous()
     a_outliers, w_outliers = a_outliers.contiguous(), w_outliers.contiguous()
-    w_scale = w_scale.contiguous()
-    # the tile and swap kernels take the token scales in either layout: (M, G) row-major, or
-    # group-major (a (G, M) buffer seen as (M, G)), where a group's scales of neighbouring tokens
-    # are neighbours (the swap kernel then loads a thread's 16 with immediate offsets)
-    if a_scale.stride(1) != 1 and a_scale.stride(0) != 1:
-        a_scale = a_scale.contiguous()
+    a_scale, w_scale = a_scale.contiguous(), w_scale.contiguous()
     groups = a_scale.shape[1]
     if path is None:
         # the nibble kernels keep a group's sum of 16 x codes exact in float32 up to MAX_GROUP_SIZE;
@@ -341,12 +324,6 @@ def w4a4_gemm_triton(
             or (path == "swap" and m > SWAP_MAX_M) or (path == "gemv" and m != 1)):
         raise ValueError(f"w4a4_gemm: path={path!r} (with splits={splits}, M={m}) is not one of 'packed', "
                          f"'swap' (M <= {SWAP_MAX_M}), 'gemv' (M = 1), 'unpacked' (no split-K)")
-    if a_codes and (path != "swap" or a_packed.dtype != torch.int8
-                    or tuple(a_packed.shape) != (m, groups * group_size)):
-        raise ValueError(f"w4a4_gemm: a_codes takes path='swap' and (M, K) = {(m, groups * group_size)} int8 "
-                         f"16 x codes, got path={path!r} and {tuple(a_packed.shape)} {a_packed.dtype}")
-    if path in ("unpacked", "gemv"):  # these two read row-major token scales
-        a_scale = a_scale.contiguous()
     if path == "unpacked":
         return w4a4_gemm_unpacked(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
                                   w_outlier_scale, bias, group_size, out)
@@ -364,8 +341,7 @@ def w4a4_gemm_triton(
     if path == "swap":  # same arguments as the tile kernel, its own grid
         kernel, meta = swap_kernel_and_meta(m)
         # full tiles for every config offered: unmasked main loop
-        meta = {"PREFETCH_SCALES": False, **meta, "A_CODES": a_codes,  # a fixed config (explore_decode_gemm) may turn it on
-                "EVEN_N": SWAP_UNMASKED and n % FULL_N == 0, "EVEN_M": SWAP_UNMASKED and m % FULL_M == 0}
+        meta = dict(meta, EVEN_N=SWAP_UNMASKED and n % FULL_N == 0, EVEN_M=SWAP_UNMASKED and m % FULL_M == 0)
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), splits, triton.cdiv(m, meta["BLOCK_M"]))  # noqa: E731
     else:
         grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), splits)  # noqa: E731
@@ -378,7 +354,7 @@ def w4a4_gemm_triton(
         w_packed, w_scale, w_outliers, w_outlier_scale,
         bias if bias is not None else a_scale, ws,
         m, n, groups, n_out, m_bucket(m, 4096), splits,
-        a_packed.stride(0), a_scale.stride(0), a_scale.stride(1), max(a_outliers.stride(0), 1),
+        a_packed.stride(0), a_scale.stride(0), max(a_outliers.stride(0), 1),
         w_packed.stride(0), w_scale.stride(0), max(w_outliers.stride(0), 1),
         out.stride(0),
         HALF=group_size // 2,

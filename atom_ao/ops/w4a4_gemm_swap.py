@@ -56,45 +56,42 @@ FULL_M = max(bm for configs in _SWAP_REGIMES.values() for _, bm, _, _ in configs
 
 def swap_split_k(m: int, n: int, groups: int, sms: int) -> int:
     """Splits of the K groups (1 = none): double while the weight tiles leave SMs idle, keeping
-    >= 4 groups a share. Past 32 tokens half the SMs are the target: each split's float32 partials
-    (8 bytes per token and column, written and read back) weigh as much as its weights by then.
-    Against every forced split timed on the H200 (explore_small_m: Llama-2-7B qkv / o / gate-up /
-    down and 70B o, M = 2, 16, 32, 64) the rule's pick is the fastest or within 5% of it in all 20
-    cases (worst: qkv at M = 64, 1 split 26.3 us against 25.1 with 2).
+    >= 4 groups a share. Against every forced split timed on the H200 (explore_small_m: Llama-2-7B
+    qkv / o / gate-up / down and 70B o, M = 2, 16, 32) the rule's pick is the fastest or within 5%
+    of it.
 
     Up to 16 tokens (64-row tiles) the target is 3 programs a SM and a share may be 3 groups: with
     the weights read from HBM (explore_decode_gemm, H200) that is the best split timed for each
-    Llama-2-7B linear at M = 1 and 16 (qkv 4, o 8, gate/up 2, down 8)."""
-    small = m <= 16
-    tiles = triton.cdiv(n, 64 if small else TYPICAL_BLOCK_N) * triton.cdiv(m, SWAP_MAX_M)
-    target = 3 * sms if small else sms if m <= 32 else sms // 2
-    min_share = 3 if small else 4
+    Llama-2-7B linear at M = 1 and 16 (qkv 4, o 8, gate/up 2, down 8; unfused gate 4).
+
+    Past 32 tokens a split doubles while 64-row tiles times twice the splits stay within 3 programs
+    a SM (the 64x64 tile holds 167 registers: 3 fit a SM). Cold weights, H200 (explore_decode_gemm,
+    session 23, 64x64 tiles, M = 64): qkv 2 splits 22.3-22.5 us against 26.2 for 1, the unfused
+    gate / up 2 splits 22.1 against 26.2, the fused gate/up stays at 1 (34.4 against 42.4), o and
+    down at 4 (the earlier target, half the SMs of 128-row tiles, gave qkv and gate 1)."""
+    if m > 32:
+        tiles = triton.cdiv(n, 64) * triton.cdiv(m, SWAP_MAX_M)
+        more = lambda s: 2 * tiles * s <= 3 * sms  # noqa: E731
+    else:
+        small = m <= 16
+        tiles = triton.cdiv(n, 64 if small else TYPICAL_BLOCK_N)
+        more = lambda s: tiles * s < (3 * sms if small else sms)  # noqa: E731
+    min_share = 3 if m <= 16 else 4
     splits = 1
-    while tiles * splits < target and splits < 16 and groups >= 2 * splits * min_share:
+    while more(splits) and splits < 16 and groups >= 2 * splits * min_share:
         splits *= 2
     return no_empty_split(groups, splits)
 
 
 @triton.jit
-def _rows(ptrs, rows_ok, FULL: tl.constexpr):
-    """One group's packed (rows, HALF) tile; FULL: every row exists, no masks."""
-    if FULL:
-        return tl.load(ptrs)
-    return tl.load(ptrs, mask=rows_ok[:, None], other=0)
-
-
-@triton.jit
-def _scales(s_ptrs, rows_ok, FULL: tl.constexpr):
-    """One group's (rows,) scales."""
-    if FULL:
-        return tl.load(s_ptrs)
-    return tl.load(s_ptrs, mask=rows_ok, other=0.0)
-
-
-@triton.jit
 def _group_tile(ptrs, s_ptrs, rows_ok, FULL: tl.constexpr):
-    """One group's packed (rows, HALF) tile and its (rows,) scales."""
-    return _rows(ptrs, rows_ok, FULL), _scales(s_ptrs, rows_ok, FULL)
+    """One group's packed (rows, HALF) tile and its (rows,) scales; FULL: every row exists, no masks."""
+    if FULL:
+        tile, scale = tl.load(ptrs), tl.load(s_ptrs)
+    else:
+        tile = tl.load(ptrs, mask=rows_ok[:, None], other=0)
+        scale = tl.load(s_ptrs, mask=rows_ok, other=0.0)
+    return tile, scale
 
 
 @triton.jit
@@ -103,7 +100,7 @@ def _w4a4_gemm_swap_kernel_jit(
     w_ptr, ws_ptr, wo_ptr, wos_ptr,
     bias_ptr, out_ptr,
     M, N, G, N_OUT, M_BUCKET, SPLITS,
-    stride_am, stride_asm, stride_asg, stride_aom,  # stride_asg: between a token's group scales
+    stride_am, stride_asm, stride_aom,
     stride_wn, stride_wsn, stride_won,
     stride_om,
     HALF: tl.constexpr,  # group_size // 2: bytes per group and row
@@ -114,12 +111,6 @@ def _w4a4_gemm_swap_kernel_jit(
     # group and 194 -> 165 registers, 3 programs a SM instead of 2)
     EVEN_N: tl.constexpr, EVEN_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
-    # each group's scales loaded a group ahead (their loads otherwise start in the group that uses
-    # them, ~200 instructions before the epilogue waits on them); off: not yet timed (session 22)
-    PREFETCH_SCALES: tl.constexpr,
-    # the tokens as INT8 16 x codes, (M, G * 2 * HALF) with each group's low-nibble half first (the
-    # packed tile's two unpacked halves): their tiles go to shared memory as loaded, no unpack
-    A_CODES: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -132,31 +123,15 @@ def _w4a4_gemm_swap_kernel_jit(
     offs_k = tl.arange(0, HALF)
     # both tiles row-major with K contiguous: (BLOCK_N, HALF) weights, (BLOCK_M, HALF) tokens
     w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] + g0 * HALF
-    A_STEP: tl.constexpr = 2 * HALF if A_CODES else HALF  # token bytes a group
-    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] + g0 * A_STEP
+    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] + g0 * HALF
     ws_ptrs = ws_ptr + offs_n * stride_wsn + g0
-    as_ptrs = as_ptr + offs_m * stride_asm + g0 * stride_asg
+    as_ptrs = as_ptr + offs_m * stride_asm + g0
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # out^T
-    if PREFETCH_SCALES:  # the next group's scales in flight during this group's dots (registers)
-        sw_next = tl.load(ws_ptrs, mask=mask_n, other=0.0)
-        sa_next = tl.load(as_ptrs, mask=mask_m, other=0.0)
     for g in range(0, n_g):
-        if PREFETCH_SCALES:
-            sw, sa = sw_next, sa_next
-            more_n = mask_n & (offs_n * 0 + g + 1 < n_g)  # tensor-shaped: the interpreter wants it
-            more_m = mask_m & (offs_m * 0 + g + 1 < n_g)
-            sw_next = tl.load(ws_ptrs + g + 1, mask=more_n, other=0.0)
-            sa_next = tl.load(as_ptrs + (g + 1) * stride_asg, mask=more_m, other=0.0)
-            w = _rows(w_ptrs + g * HALF, mask_n, EVEN_N)
-        else:
-            w, sw = _group_tile(w_ptrs + g * HALF, ws_ptrs + g, mask_n, EVEN_N)
-            sa = _scales(as_ptrs + g * stride_asg, mask_m, EVEN_M)
-        if A_CODES:
-            a_lo = _rows(a_ptrs + g * A_STEP, mask_m, EVEN_M)
-            a_hi = _rows(a_ptrs + g * A_STEP + HALF, mask_m, EVEN_M)
-        else:
-            a_lo, a_hi = unpack_int4_x16(_rows(a_ptrs + g * A_STEP, mask_m, EVEN_M), USE_ASM)
+        w, sw = _group_tile(w_ptrs + g * HALF, ws_ptrs + g, mask_n, EVEN_N)
+        a, sa = _group_tile(a_ptrs + g * HALF, as_ptrs + g, mask_m, EVEN_M)
         w_lo, w_hi = unpack_int4_x16(w, USE_ASM)  # 16 x codes: the dot is 256x, sa takes 1/256
+        a_lo, a_hi = unpack_int4_x16(a, USE_ASM)
         dot = tl.dot(w_lo, tl.trans(a_lo), out_dtype=tl.int32)
         dot = tl.dot(w_hi, tl.trans(a_hi), dot, out_dtype=tl.int32)
         # the tile kernel's products, with the exact 1/256 on the weight rows' scales (a thread
