@@ -77,9 +77,10 @@ def _capture(step) -> torch.cuda.CUDAGraph:
 
 
 def _use_capture(capture: bool | None, device: torch.device, compile: bool) -> bool:
-    """capture=None: on for a compiled CUDA step. H200, Llama-2-7B, batch 1 (session 22): Atom +
-    INT4 KV 3.01-3.05 ms a token captured, 7.38-12.31 under Inductor's CUDA graphs with the guard
-    skip since removed (without it not yet timed at 32 layers); bf16 4.51-4.87 / 4.82-5.68."""
+    """capture=None: on for a compiled CUDA step. H200, Llama-2-7B, batch 1, Atom + INT4 KV: 3.53 ms
+    a token captured against bf16's 4.90 (session 23, 192 tokens timed); under Inductor's CUDA graphs
+    7.38-12.31 with a guard skip since removed (session 22, 32 tokens; without it not yet timed at
+    32 layers)."""
     if capture is None:
         return device.type == "cuda" and compile
     if capture and (device.type != "cuda" or not compile):
