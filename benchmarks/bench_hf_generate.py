@@ -164,9 +164,28 @@ def run_path(model, path: str, prompt_len: int, short: int, long: int, profile: 
         table = events.table(sort_by="self_cpu_time_total", row_limit=80, max_name_column_width=70)
         (results_dir() / f"bench_hf_generate_{generator}_{path}_profile.txt").write_text(table)
         print("\n".join(table.splitlines()[:20]))
+        row["kernels_us_per_token"] = kernels_per_token(events, long)
+        print("GPU time a token by kernel (the prompt's forward included):", row["kernels_us_per_token"], flush=True)
     print({k: v for k, v in row.items() if k != "tokens"}, {k: v - before.get(k, 0) for k, v in after.items()},
           flush=True)
     return row
+
+
+def kernels_per_token(events, tokens: int, top: int = 15) -> dict:
+    """GPU microseconds a token by kernel kind (bench_generate's grouping), then the top kernels."""
+    from bench_generate import _kind
+
+    per_kernel = {}
+    for e in events:
+        us = getattr(e, "self_device_time_total", 0) or 0
+        if us > 0 and e.device_type == torch.autograd.DeviceType.CUDA:
+            per_kernel[e.key] = per_kernel.get(e.key, 0.0) + us / tokens
+    by_kind = {}
+    for k, us in per_kernel.items():
+        by_kind[_kind(k)] = by_kind.get(_kind(k), 0.0) + us
+    return {"total": round(sum(per_kernel.values()), 1),
+            **{k: round(v, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+            "top": [(k[:80], round(v, 1)) for k, v in sorted(per_kernel.items(), key=lambda kv: -kv[1])[:top]]}
 
 
 def step_cpu_us(events) -> dict:
