@@ -62,9 +62,12 @@ def main():
     ap.add_argument("--masked-ab", action="store_true",
                     help="only the default, with the unmasked main loop (full tiles) and with every load masked")
     args = ap.parse_args()
+    configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
+    if any(not 3 <= len(c) <= 5 for c in configs):  # session 22-23's prefetch / token-layout fields are gone
+        raise SystemExit(f"--configs: BLOCK_N x stages x warps or BLOCK_N x BLOCK_M x stages x warps [x maxnreg], "
+                         f"got {args.configs!r}")
     copy_bps = measured_copy_bytes_per_s()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
     rows = []
     for label in args.shapes.split(","):
         k, n = SHAPES[label]
