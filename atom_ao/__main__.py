@@ -3,12 +3,14 @@
 With no arguments: SmolLM2-135M (installed from the package index), calibration on the
 calibration part of the bundled Wikipedia text, Atom W4A4, perplexity FP vs Atom vs Atom with the
 INT4 KV cache on the held-out part, greedy samples, tokens/s bf16 vs Atom (vs Atom + INT4 KV)
-where a GPU is present, the quantized checkpoint (safetensors) and a JSON report in ``--out``.
+where a GPU is present (through transformers' own ``generate`` loop, and through atom_ao's loop as
+its ``custom_generate``), the quantized checkpoint (safetensors) and a JSON report in ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -48,6 +50,38 @@ def _sample(model, tok, prompt: str, new_tokens: int, kv4: bool = False) -> str:
     ids = tok(prompt, return_tensors="pt").input_ids.to(next(model.parameters()).device)
     out = _generate(model, ids, kv4, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.eos_token_id)
     return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def _atom_loop_tokens_per_s(model, ids: torch.Tensor, kv4: bool = False, short: int = 8, long: int = 136,
+                            compile: bool = True) -> float:
+    """Decode tokens/s of ``generate(custom_generate=atom_ao.greedy_decoding)`` (atom_ao's loop: one
+    captured CUDA graph replay a token on a GPU): the time of ``long`` new tokens less that of
+    ``short`` (the prompt and the once-a-call capture cancel), over the ``long - short`` tokens
+    between, after a first run that compiles. One cache length for both, so one compiled step."""
+    import atom_ao
+
+    torch._dynamo.reset()  # as in _tokens_per_s: each path compiled afresh
+    step = atom_ao.greedy_decoding if compile else functools.partial(atom_ao.greedy_decoding, compile=False)
+    kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None, max_cache_len=ids.shape[1] + long,
+              custom_generate=step)  # eos None: every run makes all its tokens
+
+    def seconds(n: int) -> float:
+        _sync(ids.device)
+        t = time.perf_counter()
+        out = _generate(model, ids, kv4, max_new_tokens=n, **kw)
+        _sync(ids.device)
+        if out.shape[1] != ids.shape[1] + n:
+            raise RuntimeError(f"atom_ao: the decode loop stopped after {out.shape[1] - ids.shape[1]} of {n} tokens")
+        return time.perf_counter() - t
+
+    seconds(long)  # compiles (and autotunes), captures
+    return (long - short) / (min(seconds(long) for _ in range(2)) - min(seconds(short) for _ in range(2)))
 
 
 @torch.no_grad()
@@ -118,6 +152,9 @@ def main(argv: list[str] | None = None) -> dict:
         _step("      bf16 decode tokens/s (compiles the decode step)")
         report["tokens_per_s_bf16"] = round(_tokens_per_s(model, tok), 1)
         _step(f"      bf16: {report['tokens_per_s_bf16']} tokens/s")
+        speed_ids = tok("The history of", return_tensors="pt").input_ids.to(device)
+        loop = report["tokens_per_s_atom_loop"] = {"bf16": round(_atom_loop_tokens_per_s(model, speed_ids), 1)}
+        _step(f"      bf16 through atom_ao's loop (custom_generate=atom_ao.greedy_decoding): {loop['bf16']} tokens/s")
 
     _step(f"[2/7] calibrating on {args.calib_samples} x {args.calib_seq_len} tokens and quantizing")
     batches = data.calibration_batches(tok, n_samples=args.calib_samples, seq_len=args.calib_seq_len)
@@ -153,10 +190,14 @@ def main(argv: list[str] | None = None) -> dict:
         _step("[7/7] Atom decode tokens/s (compiles and autotunes the decode step)")
         report["tokens_per_s_atom"] = round(_tokens_per_s(model, tok), 1)
         _step(f"      Atom: {report['tokens_per_s_atom']} tokens/s")
+        loop["atom"] = round(_atom_loop_tokens_per_s(model, speed_ids), 1)
+        _step(f"      Atom through atom_ao's loop: {loop['atom']} tokens/s")
         write_report()
         _step("      Atom + INT4 KV decode tokens/s (compiles again)")
         report["tokens_per_s_atom_kv4"] = round(_tokens_per_s(model, tok, kv4=True), 1)
         _step(f"      Atom + INT4 KV: {report['tokens_per_s_atom_kv4']} tokens/s")
+        loop["atom_kv4"] = round(_atom_loop_tokens_per_s(model, speed_ids, kv4=True), 1)
+        _step(f"      Atom + INT4 KV through atom_ao's loop: {loop['atom_kv4']} tokens/s")
         write_report()
 
     print(f"\nmodel {args.model} on {device} ({report['dtype']}); perplexity on {args.eval_windows} x "
@@ -169,6 +210,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  decode tokens/s (HF generate, static cache compiled by transformers, batch 1): "
               f"bf16 {report['tokens_per_s_bf16']}, "
               f"Atom {report['tokens_per_s_atom']}, Atom + INT4 KV {report['tokens_per_s_atom_kv4']}")
+        loop = report["tokens_per_s_atom_loop"]
+        print(f"  decode tokens/s (HF generate with custom_generate=atom_ao.greedy_decoding, one CUDA graph "
+              f"replay a token): bf16 {loop['bf16']}, Atom {loop['atom']}, Atom + INT4 KV {loop['atom_kv4']}")
     print(f"  prompt: {args.prompt!r}\n  float : {sample_fp!r}\n  Atom  : {report['sample_atom']!r}\n"
           f"  Atom + INT4 KV: {report['sample_atom_kv4']!r}")
     return report

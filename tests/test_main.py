@@ -48,3 +48,17 @@ def test_main_job_static_cache_generate_matches_the_growing_one(kv4):
         static = _generate(model, ids, kv4, max_cache_len=ids.shape[1] + 5, **kw)
     assert torch.equal(static, growing)
     assert model.config._attn_implementation != "atom_int4"  # the INT4 cache's attention switched back
+
+
+@pytest.mark.parametrize("kv4", [False, True])
+def test_main_job_atom_loop_tokens_per_s(kv4):
+    """The main job's second GPU speed figure: generate with atom_ao's loop as custom_generate, timed
+    as the difference of two lengths (here eager on the CPU: the same calls, no compile)."""
+    from atom_ao.__main__ import _atom_loop_tokens_per_s
+    from test_handler import tiny_llama
+
+    model = tiny_llama(layers=1)
+    ids = torch.randint(0, 512, (1, 6), generator=torch.Generator().manual_seed(0))
+    rate = _atom_loop_tokens_per_s(model, ids, kv4, short=2, long=12, compile=False)
+    assert 0 < rate < float("inf")
+    assert model.config._attn_implementation != "atom_int4"  # the INT4 cache's attention switched back
