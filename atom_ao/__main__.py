@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--prompt", default="The Eiffel Tower is located in")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--no-speed", action="store_true",
-                    help="skip the GPU decode tokens/s (each of its three paths compiles a decode step: minutes)")
+                    help="skip the GPU decode tokens/s (each of its three paths compiles two decode steps, one through each loop: minutes)")
     args = ap.parse_args(argv)
     global _T0
     _T0 = time.perf_counter()
