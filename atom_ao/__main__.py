@@ -28,18 +28,19 @@ def _step(msg: str) -> None:
     print(f"[{time.perf_counter() - _T0:6.1f} s] {msg}", file=sys.stderr, flush=True)
 
 
-def _generate(model, ids, kv4: bool, max_cache_len: int | None = None, **kw):
+def _generate(model, ids, kv4: bool, max_cache_len: int | None = None, cache=None, **kw):
     """HF generate; ``kv4``: through the INT4 KV cache (its attention switched back after).
     ``max_cache_len``: a static cache (float or INT4) of that length, with which transformers
-    compiles the decode step on a GPU (CUDA graphs)."""
+    compiles the decode step on a GPU (CUDA graphs). ``cache``: that cache, made by the caller."""
     from atom_ao.generation import make_cache
     from atom_ao.kv import with_cache
 
-    if not kv4 and max_cache_len is None:
+    if not kv4 and max_cache_len is None and cache is None:
         return model.generate(ids, **kw)
     impl = model.config._attn_implementation
     try:
-        return model.generate(ids, **with_cache(model, make_cache(model, kv4, max_cache_len)), **kw)
+        cache = cache if cache is not None else make_cache(model, kv4, max_cache_len)
+        return model.generate(ids, **with_cache(model, cache), **kw)
     finally:
         if kv4:  # the INT4 cache switched the attention to "atom_int4"
             model.set_attn_implementation(impl)

@@ -36,6 +36,23 @@ def _check(model, input_ids: torch.Tensor, max_new_tokens: int) -> None:
         raise ValueError(f"atom_ao.generate: input_ids on {input_ids.device}, model on {device}")
 
 
+def _check_cache(cache, need: int, compile: bool, who: str) -> None:
+    """A cache the loop can fill: static or INT4, empty, ``need`` tokens long, static when compiled."""
+    from transformers import StaticCache
+
+    from atom_ao.kv import AtomKVCache
+
+    if not isinstance(cache, (StaticCache, AtomKVCache)):
+        raise ValueError(f"{who}: the cache must be an AtomKVCache or a StaticCache, got {type(cache).__name__}")
+    if cache.get_seq_length() != 0:
+        raise ValueError(f"{who}: the cache already holds tokens; pass an empty one")
+    limit = cache.get_max_length()  # -1: a cache that grows (AtomKVCache without max_cache_len)
+    if limit == -1 and compile:
+        raise ValueError(f"{who}: a compiled step needs a static cache: AtomKVCache(model, max_cache_len=...)")
+    if limit != -1 and limit < need:
+        raise ValueError(f"{who}: the cache holds {limit} tokens, the prompt and new tokens {need}")
+
+
 def make_cache(model, kv4: bool, max_cache_len: int | None):
     """``AtomKVCache`` (kv4; max_cache_len None: a growing cache) or transformers' ``StaticCache``."""
     if kv4:
@@ -91,12 +108,15 @@ def _use_capture(capture: bool | None, device: torch.device, compile: bool) -> b
 
 @torch.no_grad()
 def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, kv4: bool = False,
-             max_cache_len: int | None = None, eos_token_id: int | list[int] | None = None, compile: bool = True,
-             eos_check_every: int = 16, capture: bool | None = None) -> torch.Tensor:
+             max_cache_len: int | None = None, cache=None, eos_token_id: int | list[int] | None = None,
+             compile: bool = True, eos_check_every: int = 16, capture: bool | None = None) -> torch.Tensor:
     """Greedy tokens of ``model`` after ``input_ids``: (batch, prompt + new) like ``generate``.
 
     kv4: the INT4 KV cache (``AtomKVCache``; the model's attention is switched back after), else
     transformers' ``StaticCache``. max_cache_len: the cache's length (default prompt + new).
+    cache: an empty cache of one's own instead (``AtomKVCache(model, max_cache_len=..., ...)`` with
+    other options, or a ``StaticCache``; long enough, static when compiled; its attention switch
+    stays the caller's), with kv4 / max_cache_len left unset.
     eos_token_id (one id or a list): stop once every sequence has produced one (checked every
     ``eos_check_every`` steps; tokens after a sequence's first EOS are not masked). compile: compile the decode step
     (Inductor; on a CPU no CUDA graphs).
@@ -108,11 +128,16 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, kv4: bool =
     _check(model, input_ids, max_new_tokens)
     b, t = input_ids.shape
     total = t + max_new_tokens
+    capture = _use_capture(capture, input_ids.device, compile)
+    eos = None if eos_token_id is None else torch.tensor(eos_token_id, device=input_ids.device).reshape(-1)
+    if cache is not None:
+        if kv4 or max_cache_len is not None:
+            raise ValueError("atom_ao.generate: pass a cache, or kv4 / max_cache_len to have one made, not both")
+        _check_cache(cache, total, compile, "atom_ao.generate")
+        return _decode(model, input_ids, cache, max_new_tokens, eos, compile, capture, eos_check_every)
     max_cache_len = max_cache_len or total
     if max_cache_len < total:
         raise ValueError(f"atom_ao.generate: max_cache_len {max_cache_len} < prompt + new tokens {total}")
-    capture = _use_capture(capture, input_ids.device, compile)
-    eos = None if eos_token_id is None else torch.tensor(eos_token_id, device=input_ids.device).reshape(-1)
     impl = model.config._attn_implementation
     cache = make_cache(model, kv4, max_cache_len)
     try:
@@ -216,13 +241,7 @@ def greedy_decoding(model, input_ids: torch.Tensor, logits_processor=None, stopp
         raise ValueError("atom_ao.greedy_decoding: the cache already holds tokens; pass an empty one")
     if not isinstance(cache, (StaticCache, AtomKVCache)):
         cache = StaticCache(config=model.config, max_cache_len=t + new)  # generate's default DynamicCache: replaced
-    limit = cache.get_max_length()  # -1: a cache that grows (AtomKVCache without max_cache_len)
-    if limit == -1 and compile:
-        raise ValueError("atom_ao.greedy_decoding: a compiled step needs a static cache: "
-                         "AtomKVCache(model, max_cache_len=...)")
-    if limit != -1 and limit < t + new:
-        raise ValueError(f"atom_ao.greedy_decoding: the cache holds {limit} tokens, the prompt and new tokens "
-                         f"{t + new}")
+    _check_cache(cache, t + new, compile, "atom_ao.greedy_decoding")
     eos = cfg._eos_token_tensor
     if eos is not None:
         eos = eos.reshape(-1).to(input_ids.device)

@@ -53,7 +53,9 @@ SHAPES = {
                                       num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
                                       tie_word_embeddings=False, rope_theta=10000.0)),
 }
-PATHS = ("bf16", "atom", "atom-kv4", "atom-unwrapped", "atom-kv4-unwrapped")
+# -plain: the INT4 cache without its Hadamard rotation (AtomKVCache(rotate=False): two small matmuls a
+# layer fewer on each side of the cache, more quantization error)
+PATHS = ("bf16", "atom", "atom-kv4", "atom-unwrapped", "atom-kv4-unwrapped", "atom-kv4-plain-unwrapped")
 DEVICE = "cuda"  # the CPU smoke test sets "cpu" (compiled there too, without CUDA graphs)
 LAUNCH_EVENTS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
 
@@ -111,20 +113,33 @@ def run_path(model, path: str, prompt_len: int, short: int, long: int, profile: 
     ids = torch.randint(100, 1000, (1, prompt_len), device=DEVICE,
                         generator=torch.Generator(DEVICE).manual_seed(0))  # the same prompt for every generator
     kv4 = path.startswith("atom-kv4")
+    plain = "-plain" in path
+
+    def plain_cache():  # one of our own for -plain, else None (the generators make the default one)
+        from atom_ao.kv import AtomKVCache
+
+        return AtomKVCache(model, max_cache_len=prompt_len + long, rotate=False) if plain else None
 
     def gen(n: int):
         if generator.startswith("atom_ao"):  # one compiled step, no generate loop (atom_ao.generate)
-            out = atom_ao.generate(model, ids, n, kv4=kv4, max_cache_len=prompt_len + long,
-                                   capture=generator == "atom_ao_captured")  # explicit: comparable across sessions
+            impl = model.config._attn_implementation
+            capture = generator == "atom_ao_captured"  # explicit: comparable across sessions
+            try:
+                out = (atom_ao.generate(model, ids, n, cache=plain_cache(), capture=capture) if plain else
+                       atom_ao.generate(model, ids, n, kv4=kv4, max_cache_len=prompt_len + long, capture=capture))
+            finally:
+                if plain:  # our own INT4 cache switched the attention (atom_ao.generate's it switches back)
+                    model.set_attn_implementation(impl)
             sync()
             return out
         if generator == "transformers_hook":  # generate's preparation, atom_ao's loop (custom_generate)
-            out = _generate(model, ids, kv4, max_cache_len=prompt_len + long, do_sample=False, max_new_tokens=n,
-                            pad_token_id=0, eos_token_id=None, custom_generate=atom_ao.greedy_decoding)
+            out = _generate(model, ids, kv4, max_cache_len=prompt_len + long, cache=plain_cache(), do_sample=False,
+                            max_new_tokens=n, pad_token_id=0, eos_token_id=None,
+                            custom_generate=atom_ao.greedy_decoding)
             sync()
             return out
-        out = _generate(model, ids, kv4, max_cache_len=prompt_len + long, do_sample=False, min_new_tokens=n,
-                        max_new_tokens=n, pad_token_id=0, **compile_kw)
+        out = _generate(model, ids, kv4, max_cache_len=prompt_len + long, cache=plain_cache(), do_sample=False,
+                        min_new_tokens=n, max_new_tokens=n, pad_token_id=0, **compile_kw)
         sync()
         return out
 
@@ -208,7 +223,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--model", default="smollm2-135m", choices=sorted(SHAPES))
     ap.add_argument("--layers", type=int, default=None, help="decoder layers (default: the model's)")
     ap.add_argument("--paths", default="bf16,atom,atom-kv4,atom-unwrapped,atom-kv4-unwrapped",
-                    help="bf16 first, then any of atom, atom-kv4, atom-unwrapped, atom-kv4-unwrapped")
+                    help="bf16 first, then any of " + ", ".join(PATHS[1:]))
     ap.add_argument("--freezing", action="store_true",
                     help="compile with Inductor freezing + CUDA graphs instead of mode reduce-overhead")
     ap.add_argument("--skip-module-guards", action="store_true",

@@ -39,6 +39,40 @@ def test_same_tokens_as_transformers_generate(kv4, quantized):
     assert torch.equal(compiled[:, :ids.shape[1] + 3], expect[:, :ids.shape[1] + 3])
 
 
+def test_a_cache_of_ones_own():
+    # an AtomKVCache with other options than make_cache's (here without the Hadamard rotation):
+    # the tokens of transformers' generate with that cache; the attention switch stays the caller's
+    from atom_ao.kv import AtomKVCache, with_cache
+
+    model = _model(quantized=True)
+    ids = torch.randint(0, 512, (2, 7), generator=torch.Generator().manual_seed(4))
+    impl = model.config._attn_implementation
+    with torch.no_grad():
+        expect = model.generate(ids, **with_cache(model, AtomKVCache(model, max_cache_len=13, rotate=False)),
+                                do_sample=False, max_new_tokens=6, min_new_tokens=6)
+    got = atom_ao.generate(model, ids, 6, cache=AtomKVCache(model, max_cache_len=13, rotate=False), compile=False)
+    assert torch.equal(got, expect)
+    assert model.config._attn_implementation == "atom_int4"
+    model.set_attn_implementation(impl)
+
+
+def test_a_cache_of_ones_own_is_checked():
+    from transformers import DynamicCache
+
+    from atom_ao.kv import AtomKVCache
+
+    model = _model(quantized=False)
+    ids = torch.randint(0, 512, (1, 5))
+    with pytest.raises(ValueError, match="not both"):
+        atom_ao.generate(model, ids, 4, kv4=True, cache=AtomKVCache(model, max_cache_len=9))
+    with pytest.raises(ValueError, match="AtomKVCache or a StaticCache, got DynamicCache"):
+        atom_ao.generate(model, ids, 4, cache=DynamicCache(), compile=False)
+    with pytest.raises(ValueError, match="holds 8 tokens, the prompt and new tokens 9"):
+        atom_ao.generate(model, ids, 4, cache=AtomKVCache(model, max_cache_len=8), compile=False)
+    with pytest.raises(ValueError, match="needs a static cache"):
+        atom_ao.generate(model, ids, 4, cache=AtomKVCache(model))
+
+
 def test_compiles_the_decode_step_once():
     from torch._dynamo.utils import counters
 

@@ -51,10 +51,11 @@ def test_bench_hf_generate_atom_ao_generators_side_by_side_cpu(tmp_path, monkeyp
     monkeypatch.setenv("ATOM_AO_RESULTS", str(tmp_path))
     monkeypatch.setattr(bench_hf_generate, "DEVICE", "cpu")
     rows = bench_hf_generate.main(["--layers", "1", "--prompt", "4", "--short", "1", "--long", "3",
-                                   "--paths", "bf16,atom-kv4-unwrapped", "--generator", "atom_ao,transformers_hook"])
+                                   "--paths", "bf16,atom-kv4-unwrapped,atom-kv4-plain-unwrapped",
+                                   "--generator", "atom_ao,transformers_hook,transformers"])
+    gens = ["atom_ao", "transformers_hook", "transformers"]
     assert [(r["generator"], r["path"]) for r in rows] == [
-        ("atom_ao", "bf16"), ("transformers_hook", "bf16"),
-        ("atom_ao", "atom-kv4-unwrapped"), ("transformers_hook", "atom-kv4-unwrapped")]
+        (g, p) for p in ("bf16", "atom-kv4-unwrapped", "atom-kv4-plain-unwrapped") for g in gens]
     assert all(r["decode_ms"] != 0 and r["new_tokens"] == 3 and r["same_tokens_as_first"] for r in rows)
     assert all(r["speedup_vs_bf16"] for r in rows)  # each against bf16 through its own generator
     with pytest.raises(SystemExit, match="unknown generator"):
