@@ -42,10 +42,10 @@ def _check_cache(cache, need: int, compile: bool, who: str) -> None:
 
     from atom_ao.kv import AtomKVCache
 
-    if not isinstance(cache, (StaticCache, AtomKVCache)):
-        raise ValueError(f"{who}: the cache must be an AtomKVCache or a StaticCache, got {type(cache).__name__}")
     if cache.get_seq_length() != 0:
         raise ValueError(f"{who}: the cache already holds tokens; pass an empty one")
+    if not isinstance(cache, (StaticCache, AtomKVCache)):
+        raise ValueError(f"{who}: the cache must be an AtomKVCache or a StaticCache, got {type(cache).__name__}")
     limit = cache.get_max_length()  # -1: a cache that grows (AtomKVCache without max_cache_len)
     if limit == -1 and compile:
         raise ValueError(f"{who}: a compiled step needs a static cache: AtomKVCache(model, max_cache_len=...)")
@@ -237,9 +237,7 @@ def greedy_decoding(model, input_ids: torch.Tensor, logits_processor=None, stopp
         raise ValueError(f"atom_ao.greedy_decoding: max_length {cfg.max_length} leaves no new token after a "
                          f"prompt of {t}")
     cache = model_kwargs.get("past_key_values", model_kwargs.get("cache"))
-    if cache is not None and cache.get_seq_length() != 0:
-        raise ValueError("atom_ao.greedy_decoding: the cache already holds tokens; pass an empty one")
-    if not isinstance(cache, (StaticCache, AtomKVCache)):
+    if cache is None or (not isinstance(cache, (StaticCache, AtomKVCache)) and cache.get_seq_length() == 0):
         cache = StaticCache(config=model.config, max_cache_len=t + new)  # generate's default DynamicCache: replaced
     _check_cache(cache, t + new, compile, "atom_ao.greedy_decoding")
     eos = cfg._eos_token_tensor
