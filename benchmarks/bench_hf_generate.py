@@ -123,10 +123,9 @@ def run_path(model, path: str, prompt_len: int, short: int, long: int, profile: 
     def gen(n: int):
         if generator.startswith("atom_ao"):  # one compiled step, no generate loop (atom_ao.generate)
             impl = model.config._attn_implementation
-            capture = generator == "atom_ao_captured"  # explicit: comparable across sessions
-            try:
-                out = (atom_ao.generate(model, ids, n, cache=plain_cache(), capture=capture) if plain else
-                       atom_ao.generate(model, ids, n, kv4=kv4, max_cache_len=prompt_len + long, capture=capture))
+            made = {"cache": plain_cache()} if plain else {"kv4": kv4, "max_cache_len": prompt_len + long}
+            try:  # capture explicit: comparable across sessions
+                out = atom_ao.generate(model, ids, n, capture=generator == "atom_ao_captured", **made)
             finally:
                 if plain:  # our own INT4 cache switched the attention (atom_ao.generate's it switches back)
                     model.set_attn_implementation(impl)
