@@ -73,12 +73,11 @@ def atom_int4_attention(module, query, key, value, attention_mask, scaling=None,
     if layer.rotate_k:  # the cache holds k @ H: (q @ H) . (k @ H) = q . k
         query = query @ layer.rotation
     rope = (layer.rope, layer.k_bias)  # keys cached before RoPE (both None otherwise)
-    if t == 1:
+    if t == 1:  # the cache holds v @ H: the op turns its output back (out = out_H @ H)
         out = torch.ops.atom_ao.kv_decode_attention(query[:, :, 0], *pool, kv_start, scale, layer.max_len_hint(),
-                                                    *rope)
-        out = out[:, :, None]
-    else:
-        out = torch.ops.atom_ao.kv_prefill_attention(query, *pool, kv_start, scale, *rope)
+                                                    *rope, v_rotated=layer.rotate)
+        return out[:, None], None
+    out = torch.ops.atom_ao.kv_prefill_attention(query, *pool, kv_start, scale, *rope)
     if layer.rotate:  # the cache holds v @ H: out = out_H @ H
         out = out @ layer.rotation
     return out.transpose(1, 2), None

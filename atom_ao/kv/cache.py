@@ -169,11 +169,11 @@ class AtomKVLayer(CacheLayerMixin):
             k = (k if self.k_bias is None else k - self.k_bias[None, :, None, :]).to(key_states.dtype)
         else:
             k = key_states if self.k_shift is None else key_states - self.k_shift
-            k = k @ self.rotation if self.rotate else k
-        v = value_states @ self.rotation if self.rotate else value_states
+        # the Hadamard rotations (``rotate``) run inside the write kernel
         torch.ops.atom_ao.kv_write(
-            k.transpose(1, 2).reshape(b * t, h, d), v.transpose(1, 2).reshape(b * t, h, d),
+            k.transpose(1, 2).reshape(b * t, h, d), value_states.transpose(1, 2).reshape(b * t, h, d),
             slots.reshape(-1), self.k_cache, self.v_cache, self.k_meta, self.v_meta,
+            rotate_k=self.rotate_k, rotate_v=self.rotate,
         )
         self.seq_lens.add_(t)
         if self.is_compileable:

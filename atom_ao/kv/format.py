@@ -91,6 +91,12 @@ def hadamard(d: int, dtype: torch.dtype = torch.float32, device=None) -> torch.T
     return (h / d ** 0.5).to(dtype=dtype, device=device)
 
 
+def hadamard_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x @ H`` over the last dimension in float32 (the rotation ``kv_write`` applies with
+    ``rotate_k`` / ``rotate_v``)."""
+    return x.float() @ hadamard(x.shape[-1], torch.float32, x.device)
+
+
 def check_cache(cache: torch.Tensor, meta: torch.Tensor, what: str = "cache") -> None:
     """Shapes and dtypes of one (cache, meta) pair; a clear error for each mismatch."""
     if cache.dim() != 4 or cache.dtype != torch.uint8:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from atom_ao.kv.format import gather_kv
+from atom_ao.kv.format import gather_kv, hadamard
 from atom_ao.kv.rope import rotate_keys
 
 
@@ -58,12 +58,15 @@ def cached_keys(k_cache: torch.Tensor, k_meta: torch.Tensor, block_table: torch.
 def cached_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_meta: torch.Tensor,
                          v_meta: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
                          kv_start: torch.Tensor | None, sm_scale: float, k_rope: torch.Tensor | None = None,
-                         k_bias: torch.Tensor | None = None) -> torch.Tensor:
+                         k_bias: torch.Tensor | None = None, v_rotated: bool = False) -> torch.Tensor:
     """T new queries per sequence against the INT4 cache, which already holds them (their K/V
-    were written first): query i sits at position ``seq_lens[b] - T + i``. q (B, H, T, D)."""
+    were written first): query i sits at position ``seq_lens[b] - T + i``. q (B, H, T, D).
+    ``v_rotated``: the cache holds ``v @ H``, turned back here (the same as turning the output)."""
     t = q.shape[2]
     k = cached_keys(k_cache, k_meta, block_table, k_rope, k_bias)
     v = gather_kv(v_cache, v_meta, block_table)
+    if v_rotated:
+        v = v @ hadamard(v.shape[-1], torch.float32, v.device)
     lens = seq_lens.to(torch.int64)
     pos = lens[:, None] - t + torch.arange(t, device=q.device)[None, :]
     return attention_ref(q, k, v, pos, lens, kv_start, sm_scale)
@@ -72,8 +75,8 @@ def cached_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
 def decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_meta: torch.Tensor,
                          v_meta: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
                          kv_start: torch.Tensor | None, sm_scale: float, k_rope: torch.Tensor | None = None,
-                         k_bias: torch.Tensor | None = None) -> torch.Tensor:
+                         k_bias: torch.Tensor | None = None, v_rotated: bool = False) -> torch.Tensor:
     """One query token per sequence, q (B, H, D), against the INT4 cache -> (B, H, D)."""
     out = cached_attention_ref(q[:, :, None], k_cache, v_cache, k_meta, v_meta, block_table, seq_lens,
-                               kv_start, sm_scale, k_rope, k_bias)
+                               kv_start, sm_scale, k_rope, k_bias, v_rotated)
     return out[:, :, 0]

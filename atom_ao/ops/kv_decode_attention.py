@@ -325,9 +325,10 @@ _decode_split_tuned = triton.autotune(configs=_configs(), key=["G", "HALF", "ONE
 
 @triton.jit
 def _decode_reduce_kernel(part_ptr, ml_ptr, out_ptr, H, num_splits, s_ob, s_oh,
-                          D: tl.constexpr, SPLITS_P: tl.constexpr):
+                          D: tl.constexpr, SPLITS_P: tl.constexpr, ROTATE: tl.constexpr):
     """Combine the splits of one (sequence, head): out = sum_s w_s acc_s / sum_s w_s l_s with
-    w_s = 2^(m_s - max m); empty splits (m = -inf, l = 0) weigh 0."""
+    w_s = 2^(m_s - max m); empty splits (m = -inf, l = 0) weigh 0. ROTATE: the cache holds
+    ``v @ H``, and out is turned back (``out @ H``) here, in float32, before its one rounding."""
     pid = tl.program_id(0)
     b = pid // H
     h = pid % H
@@ -344,7 +345,27 @@ def _decode_reduce_kernel(part_ptr, ml_ptr, out_ptr, H, num_splits, s_ob, s_oh,
     acc = tl.load(part_ptr + row[:, None] * D + d[None, :], mask=s_ok[:, None], other=0.0)
     o = tl.sum(acc * w[:, None], axis=0)
     o = tl.where(denom > 0, o / tl.where(denom > 0, denom, 1.0), 0.0)
-    tl.store(out_ptr + b.to(tl.int64) * s_ob + h * s_oh + d, o.to(out_ptr.dtype.element_ty))
+    o_row = out_ptr + b.to(tl.int64) * s_ob + h * s_oh
+    if ROTATE:
+        _store_rotated(o_row, o, D)
+    else:
+        tl.store(o_row + d, o.to(out_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _store_rotated(o_row, o, D: tl.constexpr):
+    """Store ``o @ H`` (H: the D x D Sylvester-Hadamard matrix / sqrt(D)) COLS columns at a time:
+    column j of H is +-1 / sqrt(D) by the parity of i & j (no matrix in memory)."""
+    COLS: tl.constexpr = 32 if D > 32 else D
+    i = tl.arange(0, D)[:, None]
+    for j0 in tl.static_range(0, D, COLS):
+        j = j0 + tl.arange(0, COLS)
+        x = i & j[None, :]
+        x = x ^ (x >> 4)
+        x = x ^ (x >> 2)
+        x = x ^ (x >> 1)
+        col = tl.sum(tl.where((x & 1) == 0, o[:, None], -o[:, None]), axis=0) * (1.0 / tl.sqrt(float(D)))
+        tl.store(o_row + j, col.to(o_row.dtype.element_ty))
 
 
 @functools.lru_cache(maxsize=None)
@@ -401,7 +422,8 @@ def check_decode_args(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens
 
 
 def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start,
-                               sm_scale: float, max_seq_len: int = 0, k_rope=None, k_bias=None) -> torch.Tensor:
+                               sm_scale: float, max_seq_len: int = 0, k_rope=None, k_bias=None,
+                               v_rotated: bool = False) -> torch.Tensor:
     """Launch the Triton kernels (CUDA, or CPU tensors under TRITON_INTERPRET=1)."""
     b, h, d = q.shape
     hkv = k_cache.shape[1]
@@ -426,7 +448,7 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
     warp_splits = one_warp_splits(b, hkv, max_seq_len, d // 2, q.device, *rule) if one_warp_fits or warp_planes else 0
     one_warp = warp_splits > 0  # 0: less than a wave of one-warp programs, the 4-warp configs instead
     splits = warp_splits or num_splits(b, hkv, max_seq_len, q.device)
-    one = splits == 1
+    one = splits == 1 and not v_rotated  # the reduce kernel turns the output back: it always runs then
     part = torch.empty((b, h, 1 if one else splits, d), dtype=torch.float32, device=q.device)
     ml = torch.empty((b, h, 1 if one else splits, 2), dtype=torch.float32, device=q.device)
     k_rope = k_rope.contiguous() if k_rope is not None else None
@@ -468,7 +490,7 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
     if not one:
         wrap_triton(_decode_reduce_kernel)[(b * h,)](
             part, ml, out, h, splits, out.stride(0), out.stride(1),
-            D=d, SPLITS_P=triton.next_power_of_2(splits), num_warps=4,
+            D=d, SPLITS_P=triton.next_power_of_2(splits), ROTATE=v_rotated, num_warps=4,
         )
     return out
 
@@ -477,19 +499,22 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
 def kv_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_meta: torch.Tensor,
                         v_meta: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
                         kv_start: torch.Tensor | None, sm_scale: float, max_seq_len: int = 0,
-                        k_rope: torch.Tensor | None = None, k_bias: torch.Tensor | None = None) -> torch.Tensor:
+                        k_rope: torch.Tensor | None = None, k_bias: torch.Tensor | None = None,
+                        v_rotated: bool = False) -> torch.Tensor:
     """(batch, heads, D) queries, one per sequence, against the INT4 paged cache -> (batch, heads, D).
 
     ``seq_lens`` counts the cached tokens (the query's own K/V already written); ``max_seq_len``
     is an upper bound on them (0: the block table's capacity), used only to size the grid.
     ``k_rope`` / ``k_bias``: keys cached before RoPE (``atom_ao.kv.rope``): the (2, positions, D/2)
     cos / sin table and the (kv_heads, D) bias added back before rotating.
+    ``v_rotated``: the cache holds ``v @ H`` (``kv_write(rotate_v=True)``); the output is turned
+    back (``out @ H``) inside the split-combining kernel, which then always runs.
     CUDA runs the Triton kernels; other devices run the reference."""
     check_decode_args(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start)
     check_rope_args(k_rope, k_bias, k_cache.shape[1], q.shape[2], block_table.shape[1] * k_cache.shape[2], q.device,
                     "kv_decode_attention")
     if q.is_cuda:
         return kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start,
-                                          sm_scale, max_seq_len, k_rope, k_bias)
+                                          sm_scale, max_seq_len, k_rope, k_bias, v_rotated)
     return decode_attention_ref(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, sm_scale,
-                                k_rope, k_bias)
+                                k_rope, k_bias, v_rotated)

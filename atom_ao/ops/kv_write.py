@@ -9,6 +9,14 @@ packed bytes and the two meta values. A token whose slot is negative is skipped.
 It agrees with ``kv_write_ref`` bit for bit: float32 arithmetic in the reference's order,
 IEEE divisions (``div_rn``), rounding half to even by adding and subtracting 1.5 * 2**23 to
 a value already clamped to [0, 15] (the clamp also keeps the multiply and the add apart).
+
+``rotate_k`` / ``rotate_v``: the rows are first turned by the Hadamard matrix (``AtomKVCache``'s
+default; ``atom_ao.kv.format.hadamard``), in the kernel: with S the +-1 Sylvester matrix of D/2,
+``x @ H = [x_lo @ S + x_hi @ S, x_lo @ S - x_hi @ S] / sqrt(D)``, two tensor-core dots of the
+halves the kernel loads anyway (16-bit rows times +-1 are exact products, summed in float32).
+One launch instead of two (B, H, 1, D) x (D, D) matmuls before it (session 24). The sums run in
+another order than the reference's float32 matmul, so a code can differ by one where a value sits
+on a rounding boundary (tests: dequantized values, not bits).
 """
 
 from __future__ import annotations
@@ -20,19 +28,50 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from atom_ao.kv.format import check_cache, check_head_dim, kv_write_ref
+from atom_ao.kv.format import check_cache, check_head_dim, hadamard_rows, kv_write_ref
+from atom_ao.ops.kv_tiles import dot_dtype, dot_precision
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _ROUND_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23
 
 
 @triton.jit
-def _quantize_rows(x_ptr, x_off, c_ptr, c_off, m_ptr, scale_off, zero_off, ok, HALF: tl.constexpr):
-    """Quantize the rows at ``x_ptr + x_off`` (each D = 2 * HALF contiguous values) into the
-    cache bytes at ``c_ptr + c_off`` and the meta values at ``m_ptr + scale_off / zero_off``."""
+def _sylvester(HALF: tl.constexpr, dtype: tl.constexpr):
+    """The (HALF, HALF) +-1 Sylvester-Hadamard matrix: entry (i, j) is -1 where i & j has an odd
+    number of set bits (indices below 256: three folds of the bits find the parity)."""
+    i = tl.arange(0, HALF)[:, None]
+    j = tl.arange(0, HALF)[None, :]
+    x = i & j
+    x = x ^ (x >> 4)
+    x = x ^ (x >> 2)
+    x = x ^ (x >> 1)
+    return (1 - 2 * (x & 1)).to(dtype)
+
+
+@triton.jit
+def _hadamard_halves(lo, hi, HALF: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
+    """(lo, hi) halves of rows x -> the halves of x @ H (H = the D = 2 HALF Sylvester matrix / sqrt(D))
+    in float32: S_D = [[S, S], [S, -S]], so x @ S_D = [x_lo S + x_hi S, x_lo S - x_hi S]."""
+    s = _sylvester(HALF, DOT)
+    p = tl.dot(lo.to(DOT), s, input_precision=PREC)
+    q = tl.dot(hi.to(DOT), s, input_precision=PREC)
+    c = 1.0 / tl.sqrt(2.0 * HALF)
+    return (p + q) * c, (p - q) * c
+
+
+@triton.jit
+def _quantize_rows(x_ptr, x_off, c_ptr, c_off, m_ptr, scale_off, zero_off, ok, HALF: tl.constexpr,
+                   ROTATE: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
+    """Quantize the rows at ``x_ptr + x_off`` (each D = 2 * HALF contiguous values; with ROTATE
+    times the Hadamard matrix first) into the cache bytes at ``c_ptr + c_off`` and the meta values
+    at ``m_ptr + scale_off / zero_off``."""
     cols = tl.arange(0, HALF)
-    lo = tl.load(x_ptr + x_off[:, None] + cols[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-    hi = tl.load(x_ptr + x_off[:, None] + HALF + cols[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+    lo = tl.load(x_ptr + x_off[:, None] + cols[None, :], mask=ok[:, None], other=0.0)
+    hi = tl.load(x_ptr + x_off[:, None] + HALF + cols[None, :], mask=ok[:, None], other=0.0)
+    if ROTATE:
+        lo, hi = _hadamard_halves(lo, hi, HALF, DOT, PREC)
+    lo = lo.to(tl.float32)
+    hi = hi.to(tl.float32)
     mx = tl.maximum(tl.max(lo, axis=1), tl.max(hi, axis=1))
     mn = tl.minimum(tl.min(lo, axis=1), tl.min(hi, axis=1))
     # a float max may drop NaN: count them and make the scale NaN, as the reference does
@@ -83,6 +122,7 @@ def _kv_write_kernel(
     s_cp, s_ch, s_ct,  # K and V caches share strides (checked by the launcher)
     s_mp, s_mh, s_mw,  # and so do their metas
     HALF: tl.constexpr, BLOCK_R: tl.constexpr,
+    ROTATE_K: tl.constexpr, ROTATE_V: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     ok = rows < R
@@ -96,8 +136,10 @@ def _kv_write_kernel(
     c_off = page * s_cp + h * s_ch + off * s_ct
     m_off = page * s_mp + h * s_mh + off
     n64 = n.to(tl.int64)
-    _quantize_rows(k_ptr, n64 * s_kn + h * s_kh, kc_ptr, c_off, km_ptr, m_off, m_off + s_mw, ok, HALF)
-    _quantize_rows(v_ptr, n64 * s_vn + h * s_vh, vc_ptr, c_off, vm_ptr, m_off, m_off + s_mw, ok, HALF)
+    _quantize_rows(k_ptr, n64 * s_kn + h * s_kh, kc_ptr, c_off, km_ptr, m_off, m_off + s_mw, ok, HALF,
+                   ROTATE_K, DOT, PREC)
+    _quantize_rows(v_ptr, n64 * s_vn + h * s_vh, vc_ptr, c_off, vm_ptr, m_off, m_off + s_mw, ok, HALF,
+                   ROTATE_V, DOT, PREC)
 
 
 def check_write_args(k, v, slots, k_cache, v_cache, k_meta, v_meta) -> None:
@@ -115,7 +157,8 @@ def check_write_args(k, v, slots, k_cache, v_cache, k_meta, v_meta) -> None:
         raise ValueError("kv_write: K and V meta must have the same dtype")
 
 
-def kv_write_triton(k, v, slots, k_cache, v_cache, k_meta, v_meta) -> None:
+def kv_write_triton(k, v, slots, k_cache, v_cache, k_meta, v_meta, rotate_k: bool = False,
+                    rotate_v: bool = False) -> None:
     """Launch the Triton kernel (CUDA, or CPU tensors under TRITON_INTERPRET=1)."""
     n, h, d = k.shape
     if n == 0:
@@ -133,18 +176,21 @@ def kv_write_triton(k, v, slots, k_cache, v_cache, k_meta, v_meta) -> None:
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         k_meta.stride(0), k_meta.stride(1), k_meta.stride(2),
-        HALF=d // 2, BLOCK_R=block_r, num_warps=4,
+        HALF=d // 2, BLOCK_R=block_r, ROTATE_K=rotate_k, ROTATE_V=rotate_v,
+        DOT=dot_dtype(k.dtype, _INTERPRET), PREC=dot_precision(k.dtype), num_warps=4,
     )
 
 
 @triton_op("atom_ao::kv_write", mutates_args={"k_cache", "v_cache", "k_meta", "v_meta"})
 def kv_write(k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-             k_meta: torch.Tensor, v_meta: torch.Tensor) -> None:
+             k_meta: torch.Tensor, v_meta: torch.Tensor, rotate_k: bool = False, rotate_v: bool = False) -> None:
     """Quantize K/V rows (tokens, kv_heads, D) to INT4 into ``slots`` of the paged cache, in place.
 
+    ``rotate_k`` / ``rotate_v``: store ``k @ H`` / ``v @ H`` (H: ``atom_ao.kv.format.hadamard``).
     CUDA runs the Triton kernel (one launch for K and V); other devices run the reference."""
     check_write_args(k, v, slots, k_cache, v_cache, k_meta, v_meta)
     if k.is_cuda:
-        kv_write_triton(k, v, slots, k_cache, v_cache, k_meta, v_meta)
+        kv_write_triton(k, v, slots, k_cache, v_cache, k_meta, v_meta, rotate_k, rotate_v)
     else:
-        kv_write_ref(k, v, slots, k_cache, v_cache, k_meta, v_meta)
+        kv_write_ref(hadamard_rows(k) if rotate_k else k, hadamard_rows(v) if rotate_v else v, slots,
+                     k_cache, v_cache, k_meta, v_meta)

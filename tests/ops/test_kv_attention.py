@@ -12,7 +12,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
-from atom_ao.kv.format import kv_write_ref, new_paged_cache  # noqa: E402
+from atom_ao.kv.format import hadamard, kv_write_ref, new_paged_cache  # noqa: E402
 from atom_ao.kv.reference import cached_attention_ref, decode_attention_ref, prefill_attention_ref  # noqa: E402
 from atom_ao.ops import kv_decode_attention as dec, kv_tiles  # noqa: E402
 from atom_ao.ops.kv_decode_attention import kv_decode_attention_triton  # noqa: E402
@@ -113,6 +113,26 @@ def test_mha_kernel_offsets_not_folded(monkeypatch, prefetch, d, page, dtype):
         _close(got, want, dtype)
 
 
+@pytest.mark.parametrize("heads, kv_heads, d, dtype", [(4, 4, 64, torch.float32), (6, 2, 128, torch.bfloat16),
+                                                  (2, 1, 32, torch.bfloat16)])
+def test_decode_v_rotated_turns_the_output_back(heads, kv_heads, d, dtype):
+    """A cache holding ``v @ H``: the combining kernel turns the output back, with one split too
+    (the single-split form, which writes the output itself, is skipped then)."""
+    lens = [1, 37, 70]
+    caches, table = paged_cache(lens, kv_heads, d, page_size=24, seed=4)
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(len(lens), heads, d, generator=g)
+    q[:, :, 3] *= 60
+    q = q.to(dtype)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    want = decode_attention_ref(q, *caches, table, seq_lens, None, d ** -0.5, v_rotated=True)
+    plain = decode_attention_ref(q, *caches, table, seq_lens, None, d ** -0.5)
+    torch.testing.assert_close(want.float(), plain.float() @ hadamard(d), rtol=2e-2, atol=2e-2)  # the spec: out @ H
+    for hint in (0, 4096):  # one split (short bound) and several
+        got = kv_decode_attention_triton(q, *caches, table, seq_lens, None, d ** -0.5, hint, v_rotated=True)
+        _close(got, want, dtype)
+
+
 def test_decode_all_padding_gives_zero():
     caches, table = paged_cache([10], 2, 64, page_size=16)
     q = torch.randn(1, 2, 64)
@@ -170,6 +190,10 @@ def test_decode_real_sizes_gpu(batch, ctx, heads, kv_heads):
     seq_lens = lens.to(torch.int32)
     want = decode_attention_ref(q, *[c.cpu() for c in caches], table.cpu(), seq_lens, None, d ** -0.5)
     got = torch.ops.atom_ao.kv_decode_attention(q.cuda(), *caches, table, seq_lens.cuda(), None, d ** -0.5, ctx)
+    _close(got, want, torch.bfloat16)
+    want = decode_attention_ref(q, *[c.cpu() for c in caches], table.cpu(), seq_lens, None, d ** -0.5, v_rotated=True)
+    got = torch.ops.atom_ao.kv_decode_attention(q.cuda(), *caches, table, seq_lens.cuda(), None, d ** -0.5, ctx,
+                                                v_rotated=True)
     _close(got, want, torch.bfloat16)
 
 

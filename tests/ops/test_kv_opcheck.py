@@ -17,19 +17,21 @@ def _rope(kv_heads, d, positions):
     return rope_table(inv_freq, positions), torch.randn(kv_heads, d)
 
 
-def test_opcheck_kv_write():
+@pytest.mark.parametrize("rotate", [False, True])
+def test_opcheck_kv_write(rotate):
     caches = new_paged_cache(4, 2, 8, 64, torch.bfloat16)
     k, v = torch.randn(5, 2, 64), torch.randn(5, 2, 64)
-    opcheck(ops.kv_write.default, (k, v, torch.tensor([0, 1, 9, 17, 30]), *caches))
+    opcheck(ops.kv_write.default, (k, v, torch.tensor([0, 1, 9, 17, 30]), *caches),
+            {"rotate_k": rotate, "rotate_v": rotate})
 
 
-@pytest.mark.parametrize("with_rope", [False, True])
-def test_opcheck_kv_decode_attention(with_rope):
+@pytest.mark.parametrize("with_rope, v_rotated", [(False, False), (True, False), (False, True)])
+def test_opcheck_kv_decode_attention(with_rope, v_rotated):
     caches, table = paged_cache([9, 20], 2, 64, page_size=8)
     extra = _rope(2, 64, table.shape[1] * 8) if with_rope else (None, None)
     args = (torch.randn(2, 4, 64), *caches, table, torch.tensor([9, 20], dtype=torch.int32),
             torch.tensor([0, 3], dtype=torch.int32), 0.125, 0, *extra)
-    opcheck(ops.kv_decode_attention.default, args)
+    opcheck(ops.kv_decode_attention.default, args, {"v_rotated": v_rotated})
 
 
 @pytest.mark.parametrize("with_rope", [False, True])
@@ -53,5 +55,10 @@ def test_opcheck_kv_attention_gpu(with_rope):
     lens = torch.tensor([90, 200], dtype=torch.int32, device="cuda")
     q = torch.randn(2, 4, 64, device="cuda", dtype=torch.bfloat16)
     opcheck(ops.kv_decode_attention.default, (q, *caches, table, lens, None, 0.125, 0, *extra))
+    opcheck(ops.kv_decode_attention.default, (q, *caches, table, lens, None, 0.125, 0, *extra), {"v_rotated": True})
+    k, v = torch.randn(2, 2, 64, device="cuda", dtype=torch.bfloat16), torch.randn(2, 2, 64, device="cuda",
+                                                                                   dtype=torch.bfloat16)
+    opcheck(ops.kv_write.default, (k, v, torch.tensor([3, 70], device="cuda"), *caches),
+            {"rotate_k": True, "rotate_v": True})
     qp = torch.randn(2, 4, 5, 64, device="cuda", dtype=torch.bfloat16)
     opcheck(ops.kv_prefill_attention.default, (qp, *caches, table, lens, None, 0.125, *extra))

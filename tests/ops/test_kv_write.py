@@ -13,7 +13,7 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
 from atom_ao.kv.format import (  # noqa: E402
-    dequantize_kv, hadamard, kv_write_ref, new_paged_cache, pack_kv, quantize_kv, unpack_kv,
+    dequantize_kv, hadamard, hadamard_rows, kv_write_ref, new_paged_cache, pack_kv, quantize_kv, unpack_kv,
 )
 from atom_ao.ops.kv_write import kv_write_triton  # noqa: E402
 
@@ -83,6 +83,66 @@ def test_kernel_matches_reference_bitwise(d, dtype, meta_dtype):
         assert torch.equal(_bits(w), _bits(o))
 
 
+def _dequantized(cache, meta):
+    return dequantize_kv(cache, meta[:, :, 0], meta[:, :, 1])  # (pages, H, page_size, D)
+
+
+def _check_rotated(k, v, slots, pages, page_size, meta_dtype, rotate_k, rotate_v, device=DEVICE):
+    """The kernel's in-register rotation against the reference on float32 ``x @ H``: the same
+    codes but where a value sits on a rounding boundary (another summation order), there one step."""
+    h, d = k.shape[1], k.shape[2]
+    want = new_paged_cache(pages, h, page_size, d, meta_dtype)
+    kv_write_ref(hadamard_rows(k.cpu()) if rotate_k else k.cpu(), hadamard_rows(v.cpu()) if rotate_v else v.cpu(),
+                 slots.cpu(), *want)
+    got = new_paged_cache(pages, h, page_size, d, meta_dtype, device=device)
+    kv_write_triton(k.to(device), v.to(device), slots.to(device), *got, rotate_k=rotate_k, rotate_v=rotate_v)
+    got = [t.cpu() for t in got]
+    for (wc, wm), (gc, gm) in (((want[0], want[2]), (got[0], got[2])), ((want[1], want[3]), (got[1], got[3]))):
+        torch.testing.assert_close(gm.float(), wm.float(), rtol=2e-3, atol=1e-6)  # scale, zero
+        same = (unpack_kv(wc) == unpack_kv(gc)).float().mean().item()
+        assert same > 0.995, same
+        step = wm[:, :, 0].float().abs()[..., None] * 1.01 + 1e-6
+        assert ((_dequantized(gc, gm) - _dequantized(wc, wm)).abs() <= step).all()
+    return want, got
+
+
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_kernel_rotation_matches_reference(d, dtype):
+    g = torch.Generator().manual_seed(d + 1)
+    n, h, page_size, pages = 21, 2, 16, 4
+    k = (torch.randn(h, n, d, generator=g) * 2).to(dtype).transpose(0, 1)
+    k[:, :, 3] *= 60  # an outlier channel: what the rotation spreads
+    v = torch.randn(n, h, d, generator=g).to(dtype)
+    slots = torch.randperm(pages * page_size, generator=g)[:n]
+    slots[7] = -1
+    _check_rotated(k, v, slots, pages, page_size, torch.float16 if dtype == torch.float16 else torch.bfloat16,
+                   True, True)
+    # K only (V rotated, K not: a cache with keys before RoPE) and the other way round
+    _check_rotated(k, v, slots, pages, page_size, torch.bfloat16, False, True)
+    _check_rotated(k, v, slots, pages, page_size, torch.bfloat16, True, False)
+
+
+def test_rotation_spreads_an_outlier_channel():
+    """What the rotation is for: one channel 100x the rest sets a plain row's scale; rotated, the
+    row's quantization error (measured after rotating back) is several times smaller."""
+    k = torch.randn(64, 2, 128)
+    k[:, :, 5] *= 100
+    h = hadamard(128)
+    plain = dequantize_kv(*quantize_kv(k, torch.float32))
+    rotated = dequantize_kv(*quantize_kv(hadamard_rows(k), torch.float32)) @ h
+    assert (rotated - k).norm() * 3 < (plain - k).norm()
+
+
+def test_op_rotation_on_cpu_is_the_reference():
+    k, v = torch.randn(5, 2, 64, dtype=torch.bfloat16), torch.randn(5, 2, 64, dtype=torch.bfloat16)
+    a = new_paged_cache(2, 2, 8, 64, torch.bfloat16)
+    b = new_paged_cache(2, 2, 8, 64, torch.bfloat16)
+    kv_write_ref(hadamard_rows(k), v, torch.arange(5), *a)
+    torch.ops.atom_ao.kv_write(k, v, torch.arange(5), *b, rotate_k=True)
+    assert all(torch.equal(_bits(x), _bits(y)) for x, y in zip(a, b))
+
+
 def test_kernel_nan_row():
     k = torch.randn(4, 2, 64)
     k[1, 0, 7] = float("nan")
@@ -115,3 +175,18 @@ def test_kernel_real_sizes_gpu(n, h, d, dtype):
     want, got = _write_both(k, v, slots, pages, page_size, meta, device="cuda")
     for w, o in zip(want, got):
         assert torch.equal(_bits(w), _bits(o))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n, h, d", [(1, 32, 128), (64, 8, 128), (4096, 32, 128), (2048, 3, 64)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_kernel_rotation_real_sizes_gpu(n, h, d, dtype):
+    g = torch.Generator().manual_seed(n + 7)
+    k = (torch.randn(n, h, d, generator=g) * 3).to(dtype)
+    k[:, :, :2] *= 50
+    v = torch.randn(n, h, d, generator=g).to(dtype)
+    page_size = 64
+    pages = -(-n // page_size) + 1
+    slots = torch.randperm(pages * page_size, generator=g)[:n]
+    meta = torch.bfloat16 if dtype == torch.bfloat16 else torch.float16
+    _check_rotated(k, v, slots, pages, page_size, meta, True, True, device="cuda")
