@@ -3,8 +3,9 @@
 With no arguments: SmolLM2-135M (installed from the package index), calibration on the
 calibration part of the bundled Wikipedia text, Atom W4A4, perplexity FP vs Atom vs Atom with the
 INT4 KV cache on the held-out part, greedy samples, tokens/s bf16 vs Atom (vs Atom + INT4 KV)
-where a GPU is present (through transformers' own ``generate`` loop, and through atom_ao's loop as
-its ``custom_generate``), the quantized checkpoint (safetensors) and a JSON report in ``--out``.
+where a GPU is present (through ``generate`` with atom_ao's loop as its ``custom_generate``;
+``--speed-loops atom_ao,generate`` adds transformers' own loop), the quantized checkpoint
+(safetensors) and a JSON report in ``--out``.
 """
 
 from __future__ import annotations
@@ -115,8 +116,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--prompt", default="The Eiffel Tower is located in")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--no-speed", action="store_true",
-                    help="skip the GPU decode tokens/s (each of its three paths compiles two decode steps, one through each loop: minutes)")
+                    help="skip the GPU decode tokens/s (each loop compiles a decode step for each of the three paths: minutes)")
+    ap.add_argument("--speed-loops", default="atom_ao",
+                    help="which generate loops to time, comma-separated: atom_ao (generate(custom_generate="
+                         "atom_ao.greedy_decoding), one CUDA graph replay a token) and / or generate (transformers' own "
+                         "loop over its compiled step); each adds three decode compiles (~2-4 min on an H200)")
     args = ap.parse_args(argv)
+    loops = [x.strip() for x in args.speed_loops.split(",") if x.strip()]
+    if not loops or set(loops) - {"atom_ao", "generate"}:
+        ap.error(f"--speed-loops: a comma-separated subset of atom_ao,generate, got {args.speed_loops!r}")
     global _T0
     _T0 = time.perf_counter()
 
@@ -149,12 +157,22 @@ def main(argv: list[str] | None = None) -> dict:
     _step(f"      float perplexity {report['ppl_fp']}")
     sample_fp = _sample(model, tok, args.prompt, args.new_tokens)
     if speed:
-        _step("      bf16 decode tokens/s (compiles the decode step)")
-        speed_ids = tok("The history of", return_tensors="pt").input_ids.to(device)  # both loops, every path
-        report["tokens_per_s_bf16"] = round(_tokens_per_s(model, speed_ids, tok.eos_token_id), 1)
-        _step(f"      bf16: {report['tokens_per_s_bf16']} tokens/s")
-        loop = report["tokens_per_s_atom_loop"] = {"bf16": round(_atom_loop_tokens_per_s(model, speed_ids), 1)}
-        _step(f"      bf16 through atom_ao's loop (custom_generate=atom_ao.greedy_decoding): {loop['bf16']} tokens/s")
+        speed_ids = tok("The history of", return_tensors="pt").input_ids.to(device)  # every loop and path
+        loop = {}
+
+        def time_path(name: str, label: str, kv4: bool = False) -> None:
+            """Decode tokens/s of one path through each loop asked for (each compiles its step)."""
+            if "generate" in loops:
+                _step(f"      {label} decode tokens/s through transformers' generate (compiles the step)")
+                report[f"tokens_per_s_{name}"] = round(_tokens_per_s(model, speed_ids, tok.eos_token_id, kv4=kv4), 1)
+                _step(f"      {label}: {report[f'tokens_per_s_{name}']} tokens/s")
+            if "atom_ao" in loops:
+                _step(f"      {label} decode tokens/s through atom_ao's loop (compiles the step)")
+                loop[name] = round(_atom_loop_tokens_per_s(model, speed_ids, kv4), 1)
+                report["tokens_per_s_atom_loop"] = loop
+                _step(f"      {label} (custom_generate=atom_ao.greedy_decoding): {loop[name]} tokens/s")
+
+        time_path("bf16", "bf16")
 
     _step(f"[2/7] calibrating on {args.calib_samples} x {args.calib_seq_len} tokens and quantizing")
     batches = data.calibration_batches(tok, n_samples=args.calib_samples, seq_len=args.calib_seq_len)
@@ -188,16 +206,9 @@ def main(argv: list[str] | None = None) -> dict:
         atom_ao.unwrap_weights(model)
         report["decode_weights"] = "atom_ao.unwrap_weights (AtomLinear)"
         _step("[7/7] Atom decode tokens/s (compiles and autotunes the decode step)")
-        report["tokens_per_s_atom"] = round(_tokens_per_s(model, speed_ids, tok.eos_token_id), 1)
-        _step(f"      Atom: {report['tokens_per_s_atom']} tokens/s")
-        loop["atom"] = round(_atom_loop_tokens_per_s(model, speed_ids), 1)
-        _step(f"      Atom through atom_ao's loop: {loop['atom']} tokens/s")
+        time_path("atom", "Atom")
         write_report()
-        _step("      Atom + INT4 KV decode tokens/s (compiles again)")
-        report["tokens_per_s_atom_kv4"] = round(_tokens_per_s(model, speed_ids, tok.eos_token_id, kv4=True), 1)
-        _step(f"      Atom + INT4 KV: {report['tokens_per_s_atom_kv4']} tokens/s")
-        loop["atom_kv4"] = round(_atom_loop_tokens_per_s(model, speed_ids, kv4=True), 1)
-        _step(f"      Atom + INT4 KV through atom_ao's loop: {loop['atom_kv4']} tokens/s")
+        time_path("atom_kv4", "Atom + INT4 KV", kv4=True)
         write_report()
 
     print(f"\nmodel {args.model} on {device} ({report['dtype']}); perplexity on {args.eval_windows} x "
@@ -206,13 +217,14 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  Atom  : {report['ppl_atom']:.3f}   (W4A4, {args.n_outliers} INT8 outliers, "
           f"calibrated on {args.calib_samples} x {args.calib_seq_len} tokens in {report['quantize_s']} s)")
     print(f"  Atom + INT4 KV cache: {report['ppl_atom_kv4']:.3f}")
-    if speed:
+    if speed and "generate" in loops:
         print(f"  decode tokens/s (HF generate, static cache compiled by transformers, batch 1): "
               f"bf16 {report['tokens_per_s_bf16']}, "
               f"Atom {report['tokens_per_s_atom']}, Atom + INT4 KV {report['tokens_per_s_atom_kv4']}")
+    if speed and "atom_ao" in loops:
         loop = report["tokens_per_s_atom_loop"]
         print(f"  decode tokens/s (HF generate with custom_generate=atom_ao.greedy_decoding, one CUDA graph "
-              f"replay a token): bf16 {loop['bf16']}, Atom {loop['atom']}, Atom + INT4 KV {loop['atom_kv4']}")
+              f"replay a token, batch 1): bf16 {loop['bf16']}, Atom {loop['atom']}, Atom + INT4 KV {loop['atom_kv4']}")
     print(f"  prompt: {args.prompt!r}\n  float : {sample_fp!r}\n  Atom  : {report['sample_atom']!r}\n"
           f"  Atom + INT4 KV: {report['sample_atom_kv4']!r}")
     return report

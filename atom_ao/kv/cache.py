@@ -66,7 +66,7 @@ class AtomKVLayer(CacheLayerMixin):
         self.meta_dtype = meta_dtype
         self.prefill = prefill
         self.rotate = rotate
-        self.rotation = None  # (D, D) Hadamard when rotate
+        self.hadamard_signs = None  # (D, D) +-1 when rotate: the Hadamard matrix H is it / sqrt(D)
         self.k_shift = k_shift  # (H_kv, D) subtracted from every cached key (see key_shift_from_bias)
         # keys cached before RoPE (atom_ao.kv.rope): the model's frequencies, the (2, slots, D/2)
         # table built from them, and the K bias taken out of every cached key
@@ -93,7 +93,9 @@ class AtomKVLayer(CacheLayerMixin):
         if self.meta_dtype is None:  # bf16 models: bf16's range; others: fp16's precision
             self.meta_dtype = torch.bfloat16 if self.dtype == torch.bfloat16 else torch.float16
         if self.rotate:
-            self.rotation = hadamard(self.head_dim, self.dtype, self.device)
+            # +-1 is exact in any float type; the 1 / sqrt(D) goes into the attention's scale
+            self.hadamard_signs = (hadamard(self.head_dim, torch.float64) * self.head_dim ** 0.5).round().to(
+                self.dtype).to(self.device)
         if self.rope_inv_freq is not None and self.rope_inv_freq.numel() * 2 != self.head_dim:
             raise NotImplementedError(f"AtomKVCache: RoPE covers {self.rope_inv_freq.numel() * 2} of head_dim "
                                       f"{self.head_dim} channels (partial rotary is not supported)")
@@ -115,7 +117,7 @@ class AtomKVLayer(CacheLayerMixin):
             # every tensor the decode step reads: a CUDA graph copies an input not marked static into
             # its own buffer on every replay (session 21: 32 rotations a Llama-2-7B step)
             for buf in (self.k_cache, self.v_cache, self.k_meta, self.v_meta, self.block_table, self.seq_lens,
-                        self.cumulative_length, self.rope, self.k_bias, self.k_shift, self.rotation):
+                        self.cumulative_length, self.rope, self.k_bias, self.k_shift, self.hadamard_signs):
                 if buf is not None:
                     torch._dynamo.mark_static_address(buf)
         self.is_initialized = True

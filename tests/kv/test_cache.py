@@ -222,7 +222,7 @@ def test_key_shift_leaves_softmax_alone_and_shrinks_its_error(rotate):
         layer.update(k, v)
         kd = gather_kv(layer.k_cache, layer.k_meta, layer.block_table)[:, :, :t]
         if rotate:
-            kd = kd @ layer.rotation.T  # the cache holds (k - c) @ H
+            kd = kd @ layer.hadamard_signs.T.float() / d ** 0.5  # the cache holds (k - c) @ H
         err[name] = float((torch.softmax(q @ kd.transpose(-1, -2), -1) - true).abs().max())
     assert err["shift"] < 0.1 and err["shift"] < 0.25 * err["none"], err
 

@@ -77,6 +77,6 @@ def test_every_tensor_of_a_static_cache_has_a_static_address(k_before_rope):
     for layer in cache.layers:
         tensors = {n: v for n, v in vars(layer).items()
                    if isinstance(v, torch.Tensor) and n != "rope_inv_freq"}  # read when allocating only
-        assert ("rotation" in tensors) != k_before_rope
+        assert ("hadamard_signs" in tensors) != k_before_rope
         loose = [n for n, v in tensors.items() if getattr(v, "_dynamo_static_input_type", None) is None]
         assert not loose, loose
