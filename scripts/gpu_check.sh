@@ -482,10 +482,10 @@ for what in "${@:-tests}"; do
     # session 24: the Hadamard rotations inside kv_write and the decode reduce kernel (GPU tests: kernels against
     # the float32 references, the cache in a model against the CPU reference, opcheck), then the same 8-layer
     # rotate / plain pair as profile-hf-s24, now with the fused rotations
-    rotate-fused-s24) T=240 TAIL=15 step rotate_fused_gpu_tests_s24 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
+    rotate-fused-s24) T=150 TAIL=15 step rotate_fused_gpu_tests_s24 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                           tests/ops/test_kv_write.py tests/ops/test_kv_opcheck.py tests/kv/test_cache.py \
                           tests/ops/test_kv_attention.py -k "real_sizes or opcheck or model or eager"
-                      T=240 TAIL=30 step hf_decode_llama2_8layers_rotate_fused_s24 python3 benchmarks/bench_hf_generate.py \
+                      T=200 TAIL=30 step hf_decode_llama2_8layers_rotate_fused_s24 python3 benchmarks/bench_hf_generate.py \
                           --model llama2-7b --layers 8 --generator atom_ao_captured \
                           --paths atom-kv4-unwrapped,atom-kv4-plain-unwrapped --prompt 16 --short 8 --long 100 --profile \
                           --tag _8layers_rotate_fused_s24 ;;
