@@ -8,7 +8,9 @@ one decode step captured in a CUDA graph and replayed (no launch gaps), for ever
 ``atom-kv4`` uses the INT4 paged cache (``gpt.Int4KVCache``: ``atom_ao::kv_write`` +
 ``prefill_attention`` for the prompt, ``kv_decode_attention`` for each new token);
 ``atom-kv4-rope`` the same with keys cached before RoPE (``AtomKVCache(k_before_rope=True)``:
-the decode kernel adds the K bias back and rotates each key).
+the decode kernel adds the K bias back and rotates each key); ``atom-kv4-hadamard`` with K and V
+stored Hadamard-rotated (``AtomKVCache``'s default, ``rotate=True``; the rotations inside
+``kv_write`` and the decode's combining kernel, the queries' one small matmul).
 Random weights: same shapes, same work. Reports prefill time, time per output token (median
 over --steps decode steps), decode tokens/s, peak memory, and the largest batch whose weights
 + KV cache fit --budget-gb (computed from the bytes per token of each KV format).
@@ -72,12 +74,13 @@ def kv_bytes_per_token(s, path: str) -> float:
     return 2 * s.n_layers * s.n_kv_heads * s.head_dim * per_elem
 
 
-def int4_cache_factory(model, batch, max_len, before_rope: bool = False):
+def int4_cache_factory(model, batch, max_len, before_rope: bool = False, hadamard: bool = False):
     from gpt import Int4KVCache
 
     s = model.s
     base = s.rope_base if before_rope else None
-    return lambda layer: Int4KVCache(batch, s.n_kv_heads, max_len, s.head_dim, torch.bfloat16, "cuda", base)
+    return lambda layer: Int4KVCache(batch, s.n_kv_heads, max_len, s.head_dim, torch.bfloat16, "cuda", base,
+                                     hadamard)
 
 
 # kernel name -> where the decode step's time goes (the first match wins)
@@ -124,7 +127,8 @@ def profile_step(graph, reps: int = 5) -> dict:
 def run_batch(model, path, batch, prompt, gen, steps, profile=False):
     max_len = prompt + gen
     kv4 = path.startswith("atom-kv4")
-    model.setup_caches(batch, max_len, int4_cache_factory(model, batch, max_len, path == "atom-kv4-rope") if kv4 else None)
+    cache = int4_cache_factory(model, batch, max_len, path == "atom-kv4-rope", path == "atom-kv4-hadamard")
+    model.setup_caches(batch, max_len, cache if kv4 else None)
     torch.cuda.reset_peak_memory_stats()
     ids = torch.randint(0, model.s.vocab, (batch, prompt), device="cuda")
     pos = torch.arange(prompt, device="cuda")

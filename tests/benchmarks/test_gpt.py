@@ -16,11 +16,12 @@ from tests.conftest import sqnr  # noqa: E402
 SHAPE = LlamaShape(dim=128, n_layers=2, n_heads=4, n_kv_heads=2, intermediate=256, vocab=97)
 
 
-def _decode(model, batch, prompt, steps, int4: bool, before_rope: bool = False):
+def _decode(model, batch, prompt, steps, int4: bool, before_rope: bool = False, hadamard: bool = False):
     s = model.s
     max_len = prompt + steps
     base = s.rope_base if before_rope else None
-    make = (lambda layer: Int4KVCache(batch, s.n_kv_heads, max_len, s.head_dim, torch.float32, "cpu", base)) if int4 else None
+    make = (lambda layer: Int4KVCache(batch, s.n_kv_heads, max_len, s.head_dim, torch.float32, "cpu", base,
+                                      hadamard)) if int4 else None
     model.setup_caches(batch, max_len, make)
     torch.manual_seed(1)
     ids = torch.randint(0, s.vocab, (batch, prompt))
@@ -54,6 +55,19 @@ def test_int4_cache_with_keys_before_rope_tracks_bf16_cache():
     torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-4)
     assert sqnr(ref[1:], got[1:]) > 15.0
     assert not torch.equal(got[1:], ref[1:])
+
+
+@torch.no_grad()
+def test_int4_cache_with_hadamard_rotation_tracks_bf16_cache():
+    # bench_generate's atom-kv4-hadamard: K and V stored rotated, queries rotated, the output turned back
+    torch.manual_seed(0)
+    model = Llama(SHAPE).eval()
+    ref = _decode(model, 2, 8, 4, int4=False)
+    plain = _decode(model, 2, 8, 4, int4=True)
+    got = _decode(model, 2, 8, 4, int4=True, hadamard=True)
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-4)
+    assert sqnr(ref[1:], got[1:]) > 15.0
+    assert not torch.equal(got[1:], plain[1:])  # another cache content than the plain INT4 one
 
 
 @torch.no_grad()
