@@ -341,31 +341,41 @@ def _decode_reduce_kernel(part_ptr, ml_ptr, out_ptr, H, num_splits, s_ob, s_oh,
     m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
     w = tl.exp2(m - m_max)
     denom = tl.sum(w * l_s, axis=0)
-    d = tl.arange(0, D)
-    acc = tl.load(part_ptr + row[:, None] * D + d[None, :], mask=s_ok[:, None], other=0.0)
-    o = tl.sum(acc * w[:, None], axis=0)
-    o = tl.where(denom > 0, o / tl.where(denom > 0, denom, 1.0), 0.0)
     o_row = out_ptr + b.to(tl.int64) * s_ob + h * s_oh
-    if ROTATE:
-        _store_rotated(o_row, o, D)
+    if ROTATE:  # out @ H from the halves: H = [[S, S], [S, -S]] / sqrt(D), S the D/2 Sylvester matrix
+        HALF: tl.constexpr = D // 2
+        d = tl.arange(0, HALF)
+        o_lo = _combine(part_ptr, row, s_ok, w, denom, d, D)
+        o_hi = _combine(part_ptr, row, s_ok, w, denom, HALF + d, D)
+        _store_times_sylvester(o_row, o_lo + o_hi, HALF)
+        _store_times_sylvester(o_row + HALF, o_lo - o_hi, HALF)
     else:
-        tl.store(o_row + d, o.to(out_ptr.dtype.element_ty))
+        d = tl.arange(0, D)
+        tl.store(o_row + d, _combine(part_ptr, row, s_ok, w, denom, d, D).to(out_ptr.dtype.element_ty))
 
 
 @triton.jit
-def _store_rotated(o_row, o, D: tl.constexpr):
-    """Store ``o @ H`` (H: the D x D Sylvester-Hadamard matrix / sqrt(D)) COLS columns at a time:
-    column j of H is +-1 / sqrt(D) by the parity of i & j (no matrix in memory)."""
-    COLS: tl.constexpr = 32 if D > 32 else D
-    i = tl.arange(0, D)[:, None]
-    for j0 in tl.static_range(0, D, COLS):
+def _combine(part_ptr, row, s_ok, w, denom, cols, D: tl.constexpr):
+    """sum_s w_s acc_s / denom over the splits, at channels ``cols`` (0 where nothing was attended)."""
+    acc = tl.load(part_ptr + row[:, None] * D + cols[None, :], mask=s_ok[:, None], other=0.0)
+    o = tl.sum(acc * w[:, None], axis=0)
+    return tl.where(denom > 0, o / tl.where(denom > 0, denom, 1.0), 0.0)
+
+
+@triton.jit
+def _store_times_sylvester(o_ptr, x, HALF: tl.constexpr):
+    """Store ``x @ S / sqrt(2 HALF)`` (S: the HALF x HALF +-1 Sylvester matrix, entry (i, j) -1 where
+    i & j has an odd number of set bits: no matrix in memory), COLS columns at a time."""
+    COLS: tl.constexpr = 32 if HALF > 32 else HALF
+    i = tl.arange(0, HALF)[:, None]
+    for j0 in tl.static_range(0, HALF, COLS):
         j = j0 + tl.arange(0, COLS)
-        x = i & j[None, :]
-        x = x ^ (x >> 4)
-        x = x ^ (x >> 2)
-        x = x ^ (x >> 1)
-        col = tl.sum(tl.where((x & 1) == 0, o[:, None], -o[:, None]), axis=0) * (1.0 / tl.sqrt(float(D)))
-        tl.store(o_row + j, col.to(o_row.dtype.element_ty))
+        p = i & j[None, :]
+        p = p ^ (p >> 4)
+        p = p ^ (p >> 2)
+        p = p ^ (p >> 1)
+        col = tl.sum(tl.where((p & 1) == 0, x[:, None], -x[:, None]), axis=0) * (1.0 / tl.sqrt(2.0 * HALF))
+        tl.store(o_ptr + j, col.to(o_ptr.dtype.element_ty))
 
 
 @functools.lru_cache(maxsize=None)

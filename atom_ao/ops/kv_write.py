@@ -1,7 +1,7 @@
 """``atom_ao::kv_write``: quantize new K/V rows to INT4 and store them in the (paged) cache.
 
 One launch writes K and V of any number of tokens (a prompt, or one token per sequence in
-decode): a program takes ``BLOCK_R`` (token, kv head) rows, loads each row as its two halves
+decode): a program takes ``BLOCK_R`` (token, kv head) rows of K or of V, loads each row as its two halves
 (elements j and j + D/2 share a byte, ``atom_ao.kv.format``), reduces min / max over both,
 rounds scale and zero to the meta dtype, quantizes with those stored values, and writes the
 packed bytes and the two meta values. A token whose slot is negative is skipped.
@@ -136,10 +136,12 @@ def _kv_write_kernel(
     c_off = page * s_cp + h * s_ch + off * s_ct
     m_off = page * s_mp + h * s_mh + off
     n64 = n.to(tl.int64)
-    _quantize_rows(k_ptr, n64 * s_kn + h * s_kh, kc_ptr, c_off, km_ptr, m_off, m_off + s_mw, ok, HALF,
-                   ROTATE_K, DOT, PREC)
-    _quantize_rows(v_ptr, n64 * s_vn + h * s_vh, vc_ptr, c_off, vm_ptr, m_off, m_off + s_mw, ok, HALF,
-                   ROTATE_V, DOT, PREC)
+    if tl.program_id(1) == 0:  # K and V rows in programs of their own: at decode a launch is one or two
+        _quantize_rows(k_ptr, n64 * s_kn + h * s_kh, kc_ptr, c_off, km_ptr, m_off, m_off + s_mw, ok, HALF,
+                       ROTATE_K, DOT, PREC)  # row tiles, and each step (loads, dots, stores) waits on the last
+    else:
+        _quantize_rows(v_ptr, n64 * s_vn + h * s_vh, vc_ptr, c_off, vm_ptr, m_off, m_off + s_mw, ok, HALF,
+                       ROTATE_V, DOT, PREC)
 
 
 def check_write_args(k, v, slots, k_cache, v_cache, k_meta, v_meta) -> None:
@@ -170,7 +172,7 @@ def kv_write_triton(k, v, slots, k_cache, v_cache, k_meta, v_meta, rotate_k: boo
         raise ValueError("kv_write: K and V caches (and metas) must have the same strides")
     rows = n * h
     block_r = 16 if _INTERPRET else 32
-    wrap_triton(_kv_write_kernel)[(triton.cdiv(rows, block_r),)](
+    wrap_triton(_kv_write_kernel)[(triton.cdiv(rows, block_r), 2)](
         k, v, slots.contiguous(), k_cache, v_cache, k_meta, v_meta,
         rows, h, k_cache.shape[2],
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
