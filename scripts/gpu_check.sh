@@ -496,7 +496,7 @@ for what in "${@:-tests}"; do
     rotate-s25) T=300 TAIL=40 step rotate_gpu_tests_s25 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short -rf \
                     tests/ops/test_kv_write.py tests/ops/test_kv_opcheck.py tests/kv/test_cache.py \
                     tests/ops/test_kv_attention.py -k "real_sizes or opcheck or model or eager"
-                T=280 TAIL=30 step generate_llama2_hadamard_b1_b64_s25 python3 benchmarks/bench_generate.py \
+                T=400 TAIL=30 step generate_llama2_hadamard_b1_b64_s25 python3 benchmarks/bench_generate.py \
                     --batches 1,64 --paths atom-kv4,atom-kv4-hadamard --gen 32 --steps 16 --profile ;;
     cache-tests-s18) T=300 step cache_gpu_tests_s18 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short tests/kv/test_cache.py ;;
     verify-s14d) T=150 step mha_planes_gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
