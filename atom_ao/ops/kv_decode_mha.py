@@ -51,10 +51,18 @@ ROWS = 8  # cache rows per warp and step: 8 rows x 4 threads x 16 bytes = one wa
 # column D/2 + 4j + k in its high one (``_planes`` takes each to a float)
 
 
+# The autotuner's choices: 2 or 4 warps with the prefetch. Every case of session 13's per-config timings
+# (H200, Llama-2-7B heads: batch 64 at 1024 and 8192, batch 16 at 8192, batch 1 at 32768;
+# results/h200/attention_explore_mha_prefetch2_session13.log) had one of these two best, and the other
+# within 10%; 8 warps or no prefetch was 1.3-2.9x slower. Those were dropped (session 24) because an
+# autotuner takes its pick on the first call's data, which in a generate loop is the first decode
+# step's near-empty cache, where every config times alike. (Session 24: the same 8-layer command ran
+# decode_mha_kernel at 13.9 us a call in one process and 5.4 in another,
+# session24_bench_hf_generate_*_rotate_{fused,profile}_s24; such a pick is the likely cause, not confirmed.)
 def mha_configs():
     return [
-        triton.Config({"WARPS": w, "PREFETCH": pf}, num_warps=w, num_stages=1)
-        for w, pf in ((2, False), (4, False), (8, False), (2, True), (4, True), (8, True))
+        triton.Config({"WARPS": w, "PREFETCH": True}, num_warps=w, num_stages=1)
+        for w in (2, 4)
     ]
 
 
