@@ -62,3 +62,10 @@ def test_main_job_atom_loop_tokens_per_s(kv4):
     rate = _atom_loop_tokens_per_s(model, ids, kv4, short=2, long=12, compile=False)
     assert 0 < rate < float("inf")
     assert model.config._attn_implementation != "atom_int4"  # the INT4 cache's attention switched back
+
+
+@pytest.mark.parametrize("loops", ["", "atom_ao,hf", "generate;atom_ao"])
+def test_main_job_refuses_unknown_speed_loops(loops, capsys):
+    with pytest.raises(SystemExit):
+        main(["--speed-loops", loops, "--device", "cpu"])
+    assert "--speed-loops" in capsys.readouterr().err
