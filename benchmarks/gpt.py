@@ -90,12 +90,9 @@ class Int4KVCache(nn.Module):
         # AtomKVCache's default (rotate=True): K and V stored times the Hadamard matrix H (kv_write turns
         # them), queries times its +-1 signs with 1/sqrt(D) in the scale, the output turned back in the
         # decode's split-combining kernel
-        signs = None
-        if hadamard:
-            from atom_ao.kv.format import hadamard as hadamard_matrix
+        from atom_ao.kv.format import hadamard_signs
 
-            signs = (hadamard_matrix(head_dim, torch.float64) * head_dim ** 0.5).round().to(dtype).to(device)
-        self.register_buffer("signs", signs, persistent=False)
+        self.register_buffer("signs", hadamard_signs(head_dim, dtype, device) if hadamard else None, persistent=False)
 
     def attend(self, q, k, v, pos, mask, k_pre=None):
         """``k``: the keys after RoPE; ``k_pre``: before it (what a before-RoPE cache stores)."""

@@ -75,7 +75,7 @@ def atom_int4_attention(module, query, key, value, attention_mask, scaling=None,
         query = query @ layer.hadamard_signs
         scale = scale * d ** -0.5
     rope = (layer.rope, layer.k_bias)  # keys cached before RoPE (both None otherwise)
-    if t == 1:  # the cache holds v @ H: the op turns its output back (out = out_H @ H)
+    if t == 1:  # v_rotated (the cache holds v @ H): the op turns its output back (out = out_H @ H)
         out = torch.ops.atom_ao.kv_decode_attention(query[:, :, 0], *pool, kv_start, scale, layer.max_len_hint(),
                                                     *rope, v_rotated=layer.rotate)
         return out[:, None], None

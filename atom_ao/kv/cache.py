@@ -28,7 +28,7 @@ import inspect
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from atom_ao.kv.format import check_head_dim, hadamard
+from atom_ao.kv.format import check_head_dim, hadamard_signs
 from atom_ao.kv.rope import rope_inv_freq, rope_table, rotary_embedding, unrotate_keys
 import atom_ao.ops.kv_write  # noqa: F401  (registers atom_ao::kv_write)
 
@@ -93,9 +93,7 @@ class AtomKVLayer(CacheLayerMixin):
         if self.meta_dtype is None:  # bf16 models: bf16's range; others: fp16's precision
             self.meta_dtype = torch.bfloat16 if self.dtype == torch.bfloat16 else torch.float16
         if self.rotate:
-            # +-1 is exact in any float type; the 1 / sqrt(D) goes into the attention's scale
-            self.hadamard_signs = (hadamard(self.head_dim, torch.float64) * self.head_dim ** 0.5).round().to(
-                self.dtype).to(self.device)
+            self.hadamard_signs = hadamard_signs(self.head_dim, self.dtype, self.device)  # 1/sqrt(D): in the scale
         if self.rope_inv_freq is not None and self.rope_inv_freq.numel() * 2 != self.head_dim:
             raise NotImplementedError(f"AtomKVCache: RoPE covers {self.rope_inv_freq.numel() * 2} of head_dim "
                                       f"{self.head_dim} channels (partial rotary is not supported)")

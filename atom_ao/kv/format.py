@@ -91,6 +91,12 @@ def hadamard(d: int, dtype: torch.dtype = torch.float32, device=None) -> torch.T
     return (h / d ** 0.5).to(dtype=dtype, device=device)
 
 
+def hadamard_signs(d: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """``hadamard(d) * sqrt(d)``: its +-1 entries, exact in any float type (a query times them, with
+    1 / sqrt(d) folded into the attention's scale, is ``q @ H`` with one rounding)."""
+    return (hadamard(d, torch.float64) * d ** 0.5).round().to(dtype=dtype, device=device)
+
+
 def hadamard_rows(x: torch.Tensor) -> torch.Tensor:
     """``x @ H`` over the last dimension in float32 (the rotation ``kv_write`` applies with
     ``rotate_k`` / ``rotate_v``)."""

@@ -136,9 +136,11 @@ def _kv_write_kernel(
     c_off = page * s_cp + h * s_ch + off * s_ct
     m_off = page * s_mp + h * s_mh + off
     n64 = n.to(tl.int64)
-    if tl.program_id(1) == 0:  # K and V rows in programs of their own: at decode a launch is one or two
+    # K and V rows in programs of their own: a decode write is one or two row tiles, and in one program
+    # each step (loads, dots, stores) would wait on the one before
+    if tl.program_id(1) == 0:
         _quantize_rows(k_ptr, n64 * s_kn + h * s_kh, kc_ptr, c_off, km_ptr, m_off, m_off + s_mw, ok, HALF,
-                       ROTATE_K, DOT, PREC)  # row tiles, and each step (loads, dots, stores) waits on the last
+                       ROTATE_K, DOT, PREC)
     else:
         _quantize_rows(v_ptr, n64 * s_vn + h * s_vh, vc_ptr, c_off, vm_ptr, m_off, m_off + s_mw, ok, HALF,
                        ROTATE_V, DOT, PREC)
