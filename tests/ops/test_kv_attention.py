@@ -115,7 +115,7 @@ def test_mha_kernel_offsets_not_folded(monkeypatch, prefetch, d, page, dtype):
 
 @pytest.mark.parametrize("heads, kv_heads, d, dtype", [(4, 4, 64, torch.float32), (6, 2, 128, torch.bfloat16),
                                                   (2, 1, 32, torch.bfloat16)])
-def test_decode_v_rotated_turns_the_output_back(heads, kv_heads, d, dtype):
+def test_decode_v_rotated_turns_the_output_back(heads, kv_heads, d, dtype, monkeypatch):
     """A cache holding ``v @ H``: the combining kernel turns the output back, with one split too
     (the single-split form, which writes the output itself, is skipped then)."""
     lens = [1, 37, 70]
@@ -128,8 +128,10 @@ def test_decode_v_rotated_turns_the_output_back(heads, kv_heads, d, dtype):
     want = decode_attention_ref(q, *caches, table, seq_lens, None, d ** -0.5, v_rotated=True)
     plain = decode_attention_ref(q, *caches, table, seq_lens, None, d ** -0.5)
     torch.testing.assert_close(want.float(), plain.float() @ hadamard(d), rtol=2e-2, atol=2e-2)  # the spec: out @ H
-    for hint in (0, 4096):  # one split (short bound) and several
-        got = kv_decode_attention_triton(q, *caches, table, seq_lens, None, d ** -0.5, hint, v_rotated=True)
+    for one_split in (False, True):
+        if one_split:
+            monkeypatch.setattr(dec, "num_splits", lambda *args: 1)
+        got = kv_decode_attention_triton(q, *caches, table, seq_lens, None, d ** -0.5, 4096, v_rotated=True)
         _close(got, want, dtype)
 
 
