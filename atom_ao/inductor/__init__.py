@@ -53,10 +53,11 @@ class AtomFusionPass(CustomGraphPass):
         # plain callable has none, and then neither do we: Inductor then skips the cache)
         if AtomFusionPass._hash is None:
             AtomFusionPass._hash = _source_hash()
+        own = ("atom_ao", AtomFusionPass._hash, passes.fuse_producers())
         if self.previous is None:
-            return ("atom_ao", AtomFusionPass._hash)
+            return own
         prev = self.previous.uuid() if isinstance(self.previous, CustomGraphPass) else None
-        return None if prev is None else ("atom_ao", AtomFusionPass._hash, prev)
+        return None if prev is None else (*own, prev)
 
 
 def is_installed() -> bool:

@@ -264,3 +264,26 @@ def test_dedupe_only_merges_quantizers_of_one_permutation(shared, unwrapped, dev
         inductor_config.post_grad_custom_post_pass = saved
     assert LAST_COUNTS["deduped"] == (1 if shared else 0)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-4)
+
+
+def test_producer_fusion_switch_keeps_dedupe(monkeypatch):
+    """``ATOM_AO_FUSE_PRODUCERS=0``: q/k/v still share one quantizer, but nothing is fused into
+    its producer (the decode-step A/B of ``gpu_check.sh fuse-ab-s25``); the cache key changes."""
+    from atom_ao.inductor import passes
+
+    saved = inductor_config.post_grad_custom_post_pass
+    ai.uninstall()
+    layer, x, pe = _layer()
+    quantize_(layer, atom_config())
+    on = inductor_config.post_grad_custom_post_pass.uuid()
+    monkeypatch.setenv(passes.FUSE_ENV_VAR, "0")
+    assert inductor_config.post_grad_custom_post_pass.uuid() != on
+    with torch.no_grad():
+        torch._dynamo.reset()
+        out, codes = run_and_get_code(torch.compile(layer, fullgraph=True), x, position_embeddings=pe)
+    torch._dynamo.reset()
+    ai.uninstall()
+    inductor_config.post_grad_custom_post_pass = saved
+    assert _calls("\n".join(codes)) == {"quantize_activation": 4, "rmsnorm_quantize": 0, "silu_mul_quantize": 0}
+    assert passes.LAST_COUNTS["deduped"] == 3 and "rmsnorm_quantize" not in passes.LAST_COUNTS
+    assert sqnr(layer(x, position_embeddings=pe)[0], out[0]) > 25.0
