@@ -130,9 +130,10 @@ def fuse(graph: Graph) -> dict[str, int]:
     return counts
 
 
-# ``ATOM_AO_FUSE_PRODUCERS=0``: dedupe only, no producer fusion (an A/B switch for the decode step:
-# session 24's profile had transformers' Llama, fused, at 23.4 us a layer of quantizer and
-# elementwise kernels against 17.9 in gpt.py's step, whose F.rms_norm the pass does not match)
+# ``ATOM_AO_FUSE_PRODUCERS=0``: dedupe only, no producer fusion (an A/B switch for the batch-1 decode
+# step, where a fused quantizer's extra reads may cost more than the launch it saves: session 24's
+# profile had transformers' Llama at 23.4 us a layer of quantizer and elementwise kernels against
+# 17.9 in gpt.py's step, both fused, the difference not explained)
 FUSE_ENV_VAR = "ATOM_AO_FUSE_PRODUCERS"
 
 

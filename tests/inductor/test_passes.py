@@ -272,6 +272,8 @@ def test_producer_fusion_switch_keeps_dedupe(monkeypatch):
     from atom_ao.inductor import passes
 
     saved = inductor_config.post_grad_custom_post_pass
+    inductor_config.fx_graph_cache = False  # compile for real (the fixture restores both)
+    torch._functorch.config.enable_autograd_cache = False
     ai.uninstall()
     layer, x, pe = _layer()
     quantize_(layer, atom_config())
@@ -284,6 +286,6 @@ def test_producer_fusion_switch_keeps_dedupe(monkeypatch):
     torch._dynamo.reset()
     ai.uninstall()
     inductor_config.post_grad_custom_post_pass = saved
+    # 4 plain quantizers: q/k/v share one and gate/up one (7 without the dedupe), none fused
     assert _calls("\n".join(codes)) == {"quantize_activation": 4, "rmsnorm_quantize": 0, "silu_mul_quantize": 0}
-    assert passes.LAST_COUNTS["deduped"] == 3 and "rmsnorm_quantize" not in passes.LAST_COUNTS
     assert sqnr(layer(x, position_embeddings=pe)[0], out[0]) > 25.0
