@@ -158,7 +158,9 @@ def main(argv: list[str] | None = None) -> dict:
     sample_fp = _sample(model, tok, args.prompt, args.new_tokens)
     if speed:
         speed_ids = tok("The history of", return_tensors="pt").input_ids.to(device)  # every loop and path
-        loop = {}
+        loop = {}  # filled path by path
+        if "atom_ao" in loops:
+            report["tokens_per_s_atom_loop"] = loop
 
         def time_path(name: str, label: str, kv4: bool = False) -> None:
             """Decode tokens/s of one path through each loop asked for (each compiles its step)."""
@@ -169,7 +171,6 @@ def main(argv: list[str] | None = None) -> dict:
             if "atom_ao" in loops:
                 _step(f"      {label} decode tokens/s through atom_ao's loop (compiles the step)")
                 loop[name] = round(_atom_loop_tokens_per_s(model, speed_ids, kv4), 1)
-                report["tokens_per_s_atom_loop"] = loop
                 _step(f"      {label} (custom_generate=atom_ao.greedy_decoding): {loop[name]} tokens/s")
 
         time_path("bf16", "bf16")

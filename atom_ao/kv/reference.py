@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from atom_ao.kv.format import gather_kv, hadamard
+from atom_ao.kv.format import gather_kv, hadamard_rows
 from atom_ao.kv.rope import rotate_keys
 
 
@@ -66,7 +66,7 @@ def cached_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     k = cached_keys(k_cache, k_meta, block_table, k_rope, k_bias)
     v = gather_kv(v_cache, v_meta, block_table)
     if v_rotated:
-        v = v @ hadamard(v.shape[-1], torch.float32, v.device)
+        v = hadamard_rows(v)
     lens = seq_lens.to(torch.int64)
     pos = lens[:, None] - t + torch.arange(t, device=q.device)[None, :]
     return attention_ref(q, k, v, pos, lens, kv_start, sm_scale)

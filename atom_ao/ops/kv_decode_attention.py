@@ -38,7 +38,8 @@ from atom_ao.ops.kv_decode_gqa import decode_gqa_kernel, gqa_configs
 from atom_ao.ops.kv_decode_mha import ROWS as MHA_ROWS, decode_mha_kernel, mha_configs
 from atom_ao.ops.kv_tiles import (
     F32_MAGIC, dot_dtype, dot_precision, fma_pv, fma_scores, half_dots, int4_pv, int4_scores, load_codes,
-    load_raw, magic_bits, online_softmax, operand_dtype, paged_rows, rope_keys, split_tiles, unpack_codes,
+    load_raw, magic_bits, online_softmax, operand_dtype, paged_rows, rope_keys, split_tiles,
+    sylvester_sign_is_negative, unpack_codes,
 )
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -364,17 +365,14 @@ def _combine(part_ptr, row, s_ok, w, denom, cols, D: tl.constexpr):
 
 @triton.jit
 def _store_times_sylvester(o_ptr, x, HALF: tl.constexpr):
-    """Store ``x @ S / sqrt(2 HALF)`` (S: the HALF x HALF +-1 Sylvester matrix, entry (i, j) -1 where
-    i & j has an odd number of set bits: no matrix in memory), COLS columns at a time."""
+    """Store ``x @ S / sqrt(2 HALF)`` (S: the HALF x HALF +-1 Sylvester matrix, no matrix in
+    memory), COLS columns at a time."""
     COLS: tl.constexpr = 32 if HALF > 32 else HALF
     i = tl.arange(0, HALF)[:, None]
     for j0 in tl.static_range(0, HALF, COLS):
         j = j0 + tl.arange(0, COLS)
-        p = i & j[None, :]
-        p = p ^ (p >> 4)
-        p = p ^ (p >> 2)
-        p = p ^ (p >> 1)
-        col = tl.sum(tl.where((p & 1) == 0, x[:, None], -x[:, None]), axis=0) * (1.0 / tl.sqrt(2.0 * HALF))
+        neg = sylvester_sign_is_negative(i, j[None, :])
+        col = tl.sum(tl.where(neg, -x[:, None], x[:, None]), axis=0) * (1.0 / tl.sqrt(2.0 * HALF))
         tl.store(o_ptr + j, col.to(o_ptr.dtype.element_ty))
 
 

@@ -61,6 +61,18 @@ _PAIRS_F16 = tl.constexpr(_pairs_asm(0x6400, 0x3C00))
 
 
 @triton.jit
+def sylvester_sign_is_negative(i, j):
+    """Where entry (i, j) of the +-1 Sylvester-Hadamard matrix is -1: i & j has an odd number of set
+    bits (indices below 256: three folds of the bits find the parity). The KV cache's Hadamard
+    rotation (``kv_write``, the decode's combining kernel) builds the matrix from this, none in memory."""
+    x = i & j
+    x = x ^ (x >> 4)
+    x = x ^ (x >> 2)
+    x = x ^ (x >> 1)
+    return (x & 1) == 1
+
+
+@triton.jit
 def load_raw(c_ptr, m_ptr, row_c, row_m, ok, s_mw, HALF: tl.constexpr):
     """(BLOCK_N,) row offsets -> the packed byte tile (BLOCK_N, HALF) uint8, scale and zero
     (BLOCK_N,) float32. Masked rows read byte 0, scale 0, zero 0 (they are masked later)."""
