@@ -493,10 +493,10 @@ for what in "${@:-tests}"; do
     # 4096 x 32-row kv_write cases failing on a bound since widened), then their cost where timing is steady:
     # gpt.py's captured step (bench_generate) with the plain INT4 cache and with AtomKVCache's Hadamard default,
     # batch 1 and 64, 32 layers, kernel time by kind at batch 1
-    rotate-s25) T=300 TAIL=40 step rotate_gpu_tests_s25 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short -rf \
+    rotate-s25) T=${ROT_TEST_T:-230} TAIL=40 step rotate_gpu_tests_s25 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short -rf \
                     tests/ops/test_kv_write.py tests/ops/test_kv_opcheck.py tests/kv/test_cache.py \
                     tests/ops/test_kv_attention.py -k "real_sizes or opcheck or model or eager"
-                T=400 TAIL=30 step generate_llama2_hadamard_b1_b64_s25 python3 benchmarks/bench_generate.py \
+                T=${ROT_BENCH_T:-340} TAIL=30 step generate_llama2_hadamard_b1_b64_s25 python3 benchmarks/bench_generate.py \
                     --batches 1,64 --paths atom-kv4,atom-kv4-hadamard --gen 32 --steps 16 --profile ;;
     # for session 25: are the fused quantizers (RMSNorm / SiLU*up into the quantizer) a win in a batch-1 decode
     # step? transformers' Llama, 8 layers, the plain INT4 cache, kernel time by kind, with the producer
