@@ -184,6 +184,9 @@ def main():
     ap.add_argument("--no-compile", action="store_true", help="eager blocks (still inside a CUDA graph)")
     ap.add_argument("--fused-qkv", action="store_true",
                     help="one wqkv linear a layer, as gpt-fast has (every path alike), instead of wq, wk, wv")
+    ap.add_argument("--fused-gate-up", action="store_true",
+                    help="one w13 linear a layer for the MLP's gate and up, as vLLM's gate_up_proj (every path "
+                         "alike), instead of w1 and w3")
     ap.add_argument("--profile", action="store_true",
                     help="also trace a few decode steps: GPU time per step by kernel kind and the top kernels")
     ap.add_argument("--inductor-pdl", action="store_true",
@@ -197,7 +200,7 @@ def main():
         if not hasattr(inductor_config.triton, "enable_pdl"):
             raise SystemExit(f"--inductor-pdl: torch {torch.__version__} has no inductor.config.triton.enable_pdl")
         inductor_config.triton.enable_pdl = True
-    shape = replace(SHAPES[args.model], fused_qkv=args.fused_qkv)
+    shape = replace(SHAPES[args.model], fused_qkv=args.fused_qkv, fused_gate_up=args.fused_gate_up)
     rows = []
     for path in args.paths.split(","):
         try:
@@ -252,9 +255,10 @@ def _write(rows, args):
     for r in rows:
         base = next((x for x in rows if x["path"] == "bf16" and x["batch"] == r["batch"]), None)
         r["speedup_vs_bf16"] = round(r["tokens_per_s"] / base["tokens_per_s"], 2) if base else None
-    return write_results(f"bench_generate_{args.model}{'_fused_qkv' if args.fused_qkv else ''}", rows, _columns(args),
+    fused = ("_fused_qkv" if args.fused_qkv else "") + ("_fused_gate_up" if args.fused_gate_up else "")
+    return write_results(f"bench_generate_{args.model}{fused}", rows, _columns(args),
                          {"command": " ".join(sys.argv), "prompt": args.prompt, "gen": args.gen,
-                          "fused_qkv": args.fused_qkv,
+                          "fused_qkv": args.fused_qkv, "fused_gate_up": args.fused_gate_up,
                           "timed_steps": args.steps, "gpu": gpu_name(),
                           "inductor_passes": os.environ.get("ATOM_AO_INDUCTOR", "1") != "0"})
 

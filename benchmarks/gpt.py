@@ -24,6 +24,7 @@ class LlamaShape:
     vocab: int = 32000
     rope_base: float = 10000.0
     fused_qkv: bool = False  # gpt-fast's wqkv: one linear for q, k and v (one GEMM a layer, not three)
+    fused_gate_up: bool = False  # vLLM's gate_up_proj: one linear for w1 and w3 (their halves feed silu * up)
 
     @property
     def head_dim(self) -> int:
@@ -146,8 +147,11 @@ class Block(nn.Module):
         else:
             self.wq, self.wk, self.wv = (nn.Linear(s.dim, n, bias=False) for n in self.qkv_sizes)
         self.wo = nn.Linear(s.n_heads * hd, s.dim, bias=False)
-        self.w1 = nn.Linear(s.dim, s.intermediate, bias=False)
-        self.w3 = nn.Linear(s.dim, s.intermediate, bias=False)
+        if s.fused_gate_up:
+            self.w13 = nn.Linear(s.dim, 2 * s.intermediate, bias=False)
+        else:
+            self.w1 = nn.Linear(s.dim, s.intermediate, bias=False)
+            self.w3 = nn.Linear(s.dim, s.intermediate, bias=False)
         self.w2 = nn.Linear(s.intermediate, s.dim, bias=False)
         self.attn_norm = nn.RMSNorm(s.dim, eps=1e-5)
         self.ffn_norm = nn.RMSNorm(s.dim, eps=1e-5)
@@ -178,7 +182,11 @@ class Block(nn.Module):
         y = self.attention(self.attn_norm(x), pos, cos, sin, mask)
         x = x + self.wo(y.transpose(1, 2).reshape(b, t, -1))
         h = self.ffn_norm(x)
-        return x + self.w2(F.silu(self.w1(h)) * self.w3(h))
+        if self.s.fused_gate_up:  # two column slices of one output: the silu * up quantizer reads them strided
+            gate, up = self.w13(h).chunk(2, dim=-1)
+        else:
+            gate, up = self.w1(h), self.w3(h)
+        return x + self.w2(F.silu(gate) * up)
 
 
 class Llama(nn.Module):

@@ -91,3 +91,57 @@ def test_fused_qkv_computes_what_the_three_linears_do(int4, compiled):
     ref = _decode(model, 2, 8, 3, int4=int4)
     got = _decode(fused, 2, 8, 3, int4=int4)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def _stacked_gate_up(state, n_layers):
+    for i in range(n_layers):
+        p = f"layers.{i}."
+        state[p + "w13.weight"] = torch.cat([state.pop(p + n + ".weight") for n in ("w1", "w3")])
+    return state
+
+
+@torch.no_grad()
+def test_fused_gate_up_computes_what_the_two_linears_do():
+    # --fused-gate-up (vLLM's gate_up_proj): w1 and w3 stacked into one linear, halves into silu * up
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    model = Llama(SHAPE).eval()
+    fused = Llama(replace(SHAPE, fused_gate_up=True)).eval()
+    fused.load_state_dict(_stacked_gate_up(model.state_dict(), SHAPE.n_layers))
+    torch.testing.assert_close(_decode(fused, 2, 8, 3, int4=True), _decode(model, 2, 8, 3, int4=True),
+                               rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_fused_gate_up_quantized_with_atom_keeps_the_silu_mul_quantizer():
+    # Atom on w13: its rows are quantized as w1's and w3's were (the data-free outliers come from the
+    # stacked weights either way), and the compiled block still fuses silu * up into down_proj's
+    # quantizer, which reads the two halves of w13's output as strided columns
+    from dataclasses import replace
+
+    from torch._inductor.utils import run_and_get_code
+    from torchao.quantization import quantize_
+
+    import atom_ao
+
+    shape = LlamaShape(dim=256, n_layers=1, n_heads=4, n_kv_heads=2, intermediate=512, vocab=97)
+    torch.manual_seed(0)
+    model = Llama(shape).eval().to(torch.bfloat16)
+    fused = Llama(replace(shape, fused_gate_up=True)).eval().to(torch.bfloat16)
+    fused.load_state_dict(_stacked_gate_up(model.state_dict(), shape.n_layers))
+    not_head = lambda m, fqn: isinstance(m, torch.nn.Linear) and fqn != "lm_head"  # noqa: E731
+    for m in (model, fused):
+        quantize_(m, atom_ao.atom_config(), filter_fn=not_head)
+    torch._dynamo.reset()
+    Llama._COMPILED = None
+    model.compile_blocks = fused.compile_blocks = True
+    ref = _decode(model, 1, 4, 1, int4=False)
+    torch._dynamo.reset()
+    Llama._COMPILED = None
+    got, codes = run_and_get_code(_decode, fused, 1, 4, 1, False)
+    code = "\n".join(codes)
+    assert code.count("torch.ops.atom_ao.silu_mul_quantize.default(") >= 1, "silu * up not fused into the quantizer"
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    torch._dynamo.reset()
+    Llama._COMPILED = None
