@@ -171,7 +171,7 @@ def run_batch(model, path, batch, prompt, gen, steps, profile=False):
     return out
 
 
-def main():
+def parse_args(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="llama2-7b", choices=sorted(SHAPES))
     ap.add_argument("--batches", default="1,8,32,64")
@@ -182,9 +182,11 @@ def main():
     ap.add_argument("--layers", type=int, default=None, help="fewer decoder layers (all layers are alike)")
     ap.add_argument("--budget-gb", type=float, default=80.0)
     ap.add_argument("--no-compile", action="store_true", help="eager blocks (still inside a CUDA graph)")
-    ap.add_argument("--fused-qkv", action="store_true",
+    # on by default (session 25): what gpt-fast and serving engines run; --no-fused-qkv --no-fused-gate-up
+    # give the seven linears a layer of a transformers Llama (earlier sessions' figures)
+    ap.add_argument("--fused-qkv", action=argparse.BooleanOptionalAction, default=True,
                     help="one wqkv linear a layer, as gpt-fast has (every path alike), instead of wq, wk, wv")
-    ap.add_argument("--fused-gate-up", action="store_true",
+    ap.add_argument("--fused-gate-up", action=argparse.BooleanOptionalAction, default=True,
                     help="one w13 linear a layer for the MLP's gate and up, as vLLM's gate_up_proj (every path "
                          "alike), instead of w1 and w3")
     ap.add_argument("--profile", action="store_true",
@@ -193,7 +195,11 @@ def main():
                     help="Inductor's programmatic dependent launch (its kernels wait on their producer inside the "
                          "kernel, so a launch overlaps the previous kernel's tail; Hopper, torch with "
                          "inductor.config.triton.enable_pdl)")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main():
+    args = parse_args()
     if args.inductor_pdl:
         import torch._inductor.config as inductor_config
 
@@ -255,12 +261,16 @@ def _write(rows, args):
     for r in rows:
         base = next((x for x in rows if x["path"] == "bf16" and x["batch"] == r["batch"]), None)
         r["speedup_vs_bf16"] = round(r["tokens_per_s"] / base["tokens_per_s"], 2) if base else None
-    fused = ("_fused_qkv" if args.fused_qkv else "") + ("_fused_gate_up" if args.fused_gate_up else "")
-    return write_results(f"bench_generate_{args.model}{fused}", rows, _columns(args),
+    return write_results(f"bench_generate_{args.model}{_form_tag(args)}", rows, _columns(args),
                          {"command": " ".join(sys.argv), "prompt": args.prompt, "gen": args.gen,
                           "fused_qkv": args.fused_qkv, "fused_gate_up": args.fused_gate_up,
                           "timed_steps": args.steps, "gpu": gpu_name(),
                           "inductor_passes": os.environ.get("ATOM_AO_INDUCTOR", "1") != "0"})
+
+
+def _form_tag(args) -> str:
+    # result files of the fused default keep the plain name; the unfused forms say so
+    return ("" if args.fused_qkv else "_unfused_qkv") + ("" if args.fused_gate_up else "_unfused_gate_up")
 
 
 def _plot(rows, path, model):

@@ -16,11 +16,17 @@ import json
 from pathlib import Path
 
 
+def model_form(meta: dict) -> str:
+    """Which projections the run's model fused (files before session 25 have neither key: unfused)."""
+    fused = [n for n in ("fused_qkv", "fused_gate_up") if meta.get(n, False)]
+    return "+".join(fused) or "unfused"
+
+
 def merge(files: list[str]) -> tuple[list[dict], list[str]]:
     rows, gpus = {}, []
     for f in files:
         d = json.loads(Path(f).read_text())
-        gpus.append(d["meta"].get("gpu", "?"))
+        gpus.append(f"{d['meta'].get('gpu', '?')} ({model_form(d['meta'])})")
         for r in d["rows"]:
             rows[(r["path"], r["batch"])] = {**r, "file": Path(f).name}
     return sorted(rows.values(), key=lambda r: (r["path"], r["batch"])), gpus
@@ -64,7 +70,8 @@ def main(argv=None):
     rows, gpus = merge(a.files)
     models = sorted({r["model"] for r in rows})
     if len(models) != 1 or len(set(gpus)) != 1:
-        raise SystemExit(f"plot_generate: one model and one GPU per plot, got models {models}, GPUs {sorted(set(gpus))}")
+        raise SystemExit(f"plot_generate: one model, GPU and model form per plot, got models {models}, "
+                         f"GPUs (form) {sorted(set(gpus))}")
     title = f"{models[0]} decode throughput, {gpus[0]} (prompt 1024)"
     md = f"# {title}\n\nMerged from: {', '.join(Path(f).name for f in a.files)}\n\n{table(rows)}\n"
     Path(a.out + ".md").write_text(md)

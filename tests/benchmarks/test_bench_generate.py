@@ -1,7 +1,7 @@
 """bench_generate's profile sorts kernels into kinds; a copy back into a graph input is its own."""
 
 import cpu_smoke  # noqa: F401  (puts benchmarks/ on the path)
-from bench_generate import _kind  # noqa: E402
+from bench_generate import _form_tag, _kind, parse_args  # noqa: E402
 
 
 def test_profile_kinds():
@@ -12,3 +12,11 @@ def test_profile_kinds():
     assert _kind("_quantize_activation_kernel") == "atom quantize"
     assert _kind("decode_gqa_kernel") == "attention"
     assert _kind("nvjet_sm90_tst_256x8_64x6_2x1_v_bz_TNT") == "cuBLAS / torchao gemm"
+
+
+def test_projections_are_fused_by_default():
+    args = parse_args([])
+    assert args.fused_qkv and args.fused_gate_up and _form_tag(args) == ""
+    args = parse_args(["--no-fused-qkv", "--no-fused-gate-up"])
+    assert not args.fused_qkv and not args.fused_gate_up
+    assert _form_tag(args) == "_unfused_qkv_unfused_gate_up"

@@ -8,9 +8,9 @@ import cpu_smoke  # noqa: F401  (benchmarks on the path)
 import plot_generate
 
 
-def _run(tmp_path, name, gpu, rows):
+def _run(tmp_path, name, gpu, rows, **meta):
     p = tmp_path / name
-    p.write_text(json.dumps({"meta": {"gpu": gpu}, "rows": rows}))
+    p.write_text(json.dumps({"meta": {"gpu": gpu, **meta}, "rows": rows}))
     return str(p)
 
 
@@ -25,7 +25,7 @@ def test_merge_later_rows_win_and_table_lists_each_run(tmp_path):
     rows, gpus = plot_generate.merge([a, b])
     assert [(r["path"], r["batch"], r["tpot_ms"], r["file"]) for r in rows] == [
         ("atom-kv4", 1, 3.8, "b.json"), ("atom-kv4", 8, 4.4, "b.json"), ("bf16", 1, 5.0, "a.json")]
-    assert gpus == ["H200", "H200"]
+    assert gpus == ["H200 (unfused)", "H200 (unfused)"]
     md = plot_generate.table(rows)
     assert "| atom-kv4 | 8 | 4.40 | 1818 | - |" in md and "| bf16 | 1 | 5.00 | 200 | 1.00x |" in md
 
@@ -33,5 +33,13 @@ def test_merge_later_rows_win_and_table_lists_each_run(tmp_path):
 def test_mixed_models_or_gpus_are_refused(tmp_path):
     a = _run(tmp_path, "a.json", "H200", [_row("bf16", 1, 5.0)])
     b = _run(tmp_path, "b.json", "H100", [_row("bf16", 8, 6.0)])
-    with pytest.raises(SystemExit, match="one model and one GPU"):
+    with pytest.raises(SystemExit, match="one model, GPU and model form"):
+        plot_generate.main([a, b, "--out", str(tmp_path / "x")])
+
+
+def test_fused_and_unfused_runs_are_refused(tmp_path):
+    # bench_generate fuses q/k/v and gate/up by default since session 25; older files have neither key
+    a = _run(tmp_path, "a.json", "H200", [_row("bf16", 1, 5.0)])
+    b = _run(tmp_path, "b.json", "H200", [_row("bf16", 8, 6.0)], fused_qkv=True, fused_gate_up=True)
+    with pytest.raises(SystemExit, match="fused_qkv\\+fused_gate_up"):
         plot_generate.main([a, b, "--out", str(tmp_path / "x")])
