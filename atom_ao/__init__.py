@@ -13,6 +13,7 @@ from atom_ao.calibration import calibrate, quantize_calibrated
 from atom_ao.serialization import load_quantized, save_quantized
 from atom_ao.hf import from_pretrained, save_pretrained
 from atom_ao.unwrap import AtomLinear, unwrap_weights, wrap_weights
+from atom_ao.fuse import AtomProjection, FusedProjections, fuse_projections, unfuse_projections
 from atom_ao.generation import generate, greedy_decoding
 
 __all__ = [
@@ -29,6 +30,10 @@ __all__ = [
     "AtomLinear",
     "unwrap_weights",
     "wrap_weights",
+    "AtomProjection",
+    "FusedProjections",
+    "fuse_projections",
+    "unfuse_projections",
     "generate",
     "greedy_decoding",
 ]

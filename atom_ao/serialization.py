@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from atom_ao.tensor import AtomQuantTensor, _check_consistent
+from atom_ao.fuse import AtomProjection
 from atom_ao.unwrap import AtomLinear
 
 _META_KEY = "atom_ao"
@@ -116,7 +117,7 @@ def assign_state_dict(model: torch.nn.Module, state_dict: dict, strict: bool = T
         if isinstance(value, AtomQuantTensor):
             module_name, _, param = key.rpartition(".")
             module = model.get_submodule(module_name)
-            if not isinstance(module, AtomLinear):  # an AtomLinear loads it itself, into its buffers
+            if not isinstance(module, (AtomLinear, AtomProjection)):  # these load it themselves, into buffers
                 setattr(module, param, torch.nn.Parameter(value, requires_grad=False))
     model.load_state_dict(state_dict, strict=strict, assign=True)
     return model

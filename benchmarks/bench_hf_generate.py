@@ -15,7 +15,8 @@ quantized weight into its five tensors), the graph call (CUDA-graph replay and i
 against the step's GPU time. Session 19 (H200, torch 2.11) found Atom's steps CPU-bound there:
 each AtomQuantTensor weight costs ~38 us of Python per call (guards and the AOT unwrap). The
 ``-unwrapped`` paths run the same model after ``atom_ao.unwrap_weights`` (each quantized linear
-an ``AtomLinear`` holding the weight's five tensors as plain buffers); ``--freezing`` compiles
+an ``AtomLinear`` holding the weight's five tensors as plain buffers), ``-fused`` paths then after
+``atom_ao.fuse_projections`` (q/k/v and gate/up one GEMM each); ``--freezing`` compiles
 with Inductor freezing instead of mode "reduce-overhead". ``--generator atom_ao`` times
 ``atom_ao.generate`` instead (the same model and caches, one compiled step and no per-token host
 loop: what is left of ``generate``'s own CPU time per token, ~2.9 ms at Llama-2-7B in session 20);
@@ -55,7 +56,9 @@ SHAPES = {
 }
 # -plain: the INT4 cache without its Hadamard rotation (AtomKVCache(rotate=False): two small matmuls a
 # layer fewer on each side of the cache, more quantization error)
-PATHS = ("bf16", "atom", "atom-kv4", "atom-unwrapped", "atom-kv4-unwrapped", "atom-kv4-plain-unwrapped")
+# -fused: unwrapped, then atom_ao.fuse_projections (q/k/v and gate/up one GEMM each)
+PATHS = ("bf16", "atom", "atom-kv4", "atom-unwrapped", "atom-kv4-unwrapped", "atom-kv4-plain-unwrapped",
+         "atom-kv4-fused", "atom-kv4-plain-fused")
 DEVICE = "cuda"  # the CPU smoke test sets "cpu" (compiled there too, without CUDA graphs)
 LAUNCH_EVENTS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
 
@@ -261,7 +264,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         elif path == "bf16" and quantized:
             raise SystemExit("bf16 must come before the atom paths (the model is quantized in place)")
         if path != "bf16":
-            (atom_ao.unwrap_weights if path.endswith("-unwrapped") else atom_ao.wrap_weights)(model)
+            atom_ao.unfuse_projections(model)  # a fused path before: one linear each again
+            (atom_ao.unwrap_weights if path.endswith(("-unwrapped", "-fused")) else atom_ao.wrap_weights)(model)
+            if path.endswith("-fused"):
+                atom_ao.fuse_projections(model)
         first = None
         for i, generator in enumerate(generators):
             row = run_path(model, path, args.prompt, args.short, args.long, args.profile, compile_kw, generator,

@@ -31,9 +31,9 @@ def test_bench_hf_generate_unwrapped_and_freezing_cpu(tmp_path, monkeypatch):
     monkeypatch.setenv("ATOM_AO_RESULTS", str(tmp_path))
     monkeypatch.setattr(bench_hf_generate, "DEVICE", "cpu")
     rows = bench_hf_generate.main(["--layers", "1", "--prompt", "4", "--short", "1", "--long", "2",
-                                   "--paths", "atom-unwrapped,atom-kv4-unwrapped,atom", "--freezing"])
-    assert [(r["path"], r["freezing"]) for r in rows] == [("atom-unwrapped", True), ("atom-kv4-unwrapped", True),
-                                                          ("atom", True)]
+                                   "--paths", "atom-unwrapped,atom-kv4-fused,atom-kv4-unwrapped,atom", "--freezing"])
+    assert [(r["path"], r["freezing"]) for r in rows] == [("atom-unwrapped", True), ("atom-kv4-fused", True),
+                                                          ("atom-kv4-unwrapped", True), ("atom", True)]
 
 
 def test_bench_hf_generate_refuses_bad_order(tmp_path, monkeypatch):
