@@ -203,9 +203,11 @@ def main(argv: list[str] | None = None) -> dict:
     write_report()
     if speed:
         # as the README says to: plain-tensor weights, so the compiled step does not pay ~38 us of
-        # guards and unwrapping per AtomQuantTensor per token (same ops, same numbers)
+        # guards and unwrapping per AtomQuantTensor per token (same ops, same numbers), and q/k/v
+        # and gate/up one GEMM each (the same numbers again: a GEMM's rows are independent)
         atom_ao.unwrap_weights(model)
-        report["decode_weights"] = "atom_ao.unwrap_weights (AtomLinear)"
+        fused = atom_ao.fuse_projections(model)
+        report["decode_weights"] = f"atom_ao.unwrap_weights (AtomLinear), fuse_projections ({fused} groups)"
         _step("[7/7] Atom decode tokens/s (compiles and autotunes the decode step)")
         time_path("atom", "Atom")
         write_report()
