@@ -139,6 +139,10 @@ def main():
                 ok &= compile_one(label, mha.decode_mha_kernel, mtypes, consts, cfg.num_warps, cfg.num_stages)
         ok &= compile_one(f"decode reduce {dt}", dec._decode_reduce_kernel,
                           dict(part_ptr="*fp32", ml_ptr="*fp32", out_ptr=f"*{dt}"), dict(D=128, SPLITS_P=8))
+        for half in (32, 64):
+            ok &= compile_one(f"decode reduce rotate {dt} D={2 * half}", dec._decode_reduce_rotate_kernel,
+                              dict(part_ptr="*fp32", ml_ptr="*fp32", out_ptr=f"*{dt}"),
+                              dict(HALF=half, BLOCK_R=dec.REDUCE_ROTATE_ROWS, DOT=tl.bfloat16, SPLIT_HI_LO=True))
         # prefill
         for from_cache in (False, True):
             kt = "*u8" if from_cache else f"*{dt}"

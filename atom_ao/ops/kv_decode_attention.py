@@ -49,6 +49,8 @@ _LOG2E = 1.4426950408889634
 # 1024: 256 -> 64 took Llama-2-7B heads 17.2 -> 9.8 us, Llama-3-8B 11.3 -> 6.9; Llama-3 at 8192
 # 19.4 -> 14.6; Llama-2 batch 4 at 1024 22.6 -> 17.7 (32 was no faster anywhere).
 MIN_SPLIT_TOKENS = 64
+# (sequence, head) rows a program of the rotating combine takes: 16, the dots' smallest M
+REDUCE_ROTATE_ROWS = 16
 # The one-warp GQA rule's shortest split: its waves were timed with 256 (64 not yet)
 ONE_WARP_MIN_SPLIT_TOKENS = 256
 # Up to this many query heads per KV head the generic kernel's scores and P.V run on the CUDA
@@ -326,10 +328,9 @@ _decode_split_tuned = triton.autotune(configs=_configs(), key=["G", "HALF", "ONE
 
 @triton.jit
 def _decode_reduce_kernel(part_ptr, ml_ptr, out_ptr, H, num_splits, s_ob, s_oh,
-                          D: tl.constexpr, SPLITS_P: tl.constexpr, ROTATE: tl.constexpr):
+                          D: tl.constexpr, SPLITS_P: tl.constexpr):
     """Combine the splits of one (sequence, head): out = sum_s w_s acc_s / sum_s w_s l_s with
-    w_s = 2^(m_s - max m); empty splits (m = -inf, l = 0) weigh 0. ROTATE: the cache holds
-    ``v @ H``, and out is turned back (``out @ H``) here, in float32, before its one rounding."""
+    w_s = 2^(m_s - max m); empty splits (m = -inf, l = 0) weigh 0."""
     pid = tl.program_id(0)
     b = pid // H
     h = pid % H
@@ -342,38 +343,67 @@ def _decode_reduce_kernel(part_ptr, ml_ptr, out_ptr, H, num_splits, s_ob, s_oh,
     m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
     w = tl.exp2(m - m_max)
     denom = tl.sum(w * l_s, axis=0)
-    o_row = out_ptr + b.to(tl.int64) * s_ob + h * s_oh
-    if ROTATE:  # out @ H from the halves: H = [[S, S], [S, -S]] / sqrt(D), S the D/2 Sylvester matrix
-        HALF: tl.constexpr = D // 2
-        d = tl.arange(0, HALF)
-        o_lo = _combine(part_ptr, row, s_ok, w, denom, d, D)
-        o_hi = _combine(part_ptr, row, s_ok, w, denom, HALF + d, D)
-        _store_times_sylvester(o_row, o_lo + o_hi, HALF)
-        _store_times_sylvester(o_row + HALF, o_lo - o_hi, HALF)
-    else:
-        d = tl.arange(0, D)
-        tl.store(o_row + d, _combine(part_ptr, row, s_ok, w, denom, d, D).to(out_ptr.dtype.element_ty))
-
-
-@triton.jit
-def _combine(part_ptr, row, s_ok, w, denom, cols, D: tl.constexpr):
-    """sum_s w_s acc_s / denom over the splits, at channels ``cols`` (0 where nothing was attended)."""
-    acc = tl.load(part_ptr + row[:, None] * D + cols[None, :], mask=s_ok[:, None], other=0.0)
+    d = tl.arange(0, D)
+    acc = tl.load(part_ptr + row[:, None] * D + d[None, :], mask=s_ok[:, None], other=0.0)
     o = tl.sum(acc * w[:, None], axis=0)
-    return tl.where(denom > 0, o / tl.where(denom > 0, denom, 1.0), 0.0)
+    o = tl.where(denom > 0, o / tl.where(denom > 0, denom, 1.0), 0.0)  # nothing attended: 0
+    tl.store(out_ptr + b.to(tl.int64) * s_ob + h * s_oh + d, o.to(out_ptr.dtype.element_ty))
 
 
 @triton.jit
-def _store_times_sylvester(o_ptr, x, HALF: tl.constexpr):
-    """Store ``x @ S / sqrt(2 HALF)`` (S: the HALF x HALF +-1 Sylvester matrix, no matrix in
-    memory), COLS columns at a time."""
-    COLS: tl.constexpr = 32 if HALF > 32 else HALF
-    i = tl.arange(0, HALF)[:, None]
-    for j0 in tl.static_range(0, HALF, COLS):
-        j = j0 + tl.arange(0, COLS)
-        neg = sylvester_sign_is_negative(i, j[None, :])
-        col = tl.sum(tl.where(neg, -x[:, None], x[:, None]), axis=0) * (1.0 / tl.sqrt(2.0 * HALF))
-        tl.store(o_ptr + j, col.to(o_ptr.dtype.element_ty))
+def _decode_reduce_rotate_kernel(part_ptr, ml_ptr, out_ptr, R, H, num_splits, s_ob, s_oh,
+                                 HALF: tl.constexpr, BLOCK_R: tl.constexpr, DOT: tl.constexpr,
+                                 SPLIT_HI_LO: tl.constexpr):
+    """The combine of ``_decode_reduce_kernel`` for BLOCK_R (sequence, head) rows at once, then the
+    rows turned back from the rotated cache: out = o @ H, H = [[S, S], [S, -S]] / sqrt(D) with S the
+    HALF x HALF +-1 Sylvester matrix (made in registers), as tensor-core dots of the halves. The
+    float32 o enters the dots as hi + lo in DOT (SPLIT_HI_LO: two bf16 / fp16 parts, each times
+    +-1 exact, summed in float32: ~16 bits of o kept where one 16-bit operand keeps 8-11); the
+    interpreter's float32 DOT takes o whole. Session 24's one-row form summed columns across warps
+    (8 reductions a row): 254 us a batch-64 Llama-2 step on the H200 (session 25)."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    r_ok = r < R
+    r64 = tl.where(r_ok, r, 0).to(tl.int64)
+    # the largest m of each row's splits, then the splits one at a time (any number of them)
+    m_max = tl.full([BLOCK_R], float("-inf"), tl.float32)
+    for sp in range(num_splits):
+        m_max = tl.maximum(m_max, tl.load(ml_ptr + (r64 * num_splits + sp) * 2, mask=r_ok, other=float("-inf")))
+    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
+    d = tl.arange(0, HALF)
+    o_lo = tl.zeros([BLOCK_R, HALF], tl.float32)
+    o_hi = tl.zeros([BLOCK_R, HALF], tl.float32)
+    denom = tl.zeros([BLOCK_R], tl.float32)
+    for sp in range(num_splits):
+        row = r64 * num_splits + sp
+        w = tl.exp2(tl.load(ml_ptr + row * 2, mask=r_ok, other=float("-inf")) - m_max)
+        denom += w * tl.load(ml_ptr + row * 2 + 1, mask=r_ok, other=0.0)
+        base = part_ptr + row[:, None] * (2 * HALF) + d[None, :]
+        o_lo += w[:, None] * tl.load(base, mask=r_ok[:, None], other=0.0)
+        o_hi += w[:, None] * tl.load(base + HALF, mask=r_ok[:, None], other=0.0)
+    inv = tl.where(denom > 0, 1.0 / tl.where(denom > 0, denom, 1.0), 0.0)  # nothing attended: 0
+    o_lo = o_lo * inv[:, None]
+    o_hi = o_hi * inv[:, None]
+    neg = sylvester_sign_is_negative(d[:, None], d[None, :])
+    sgn = tl.where(neg, -1.0, 1.0).to(DOT)
+    c = 1.0 / tl.sqrt(2.0 * HALF)
+    top = _times_signs(o_lo + o_hi, sgn, DOT, SPLIT_HI_LO) * c
+    bottom = _times_signs(o_lo - o_hi, sgn, DOT, SPLIT_HI_LO) * c
+    b = r64 // H
+    o_row = out_ptr + b * s_ob + (r64 - b * H) * s_oh
+    tl.store(o_row[:, None] + d[None, :], top.to(out_ptr.dtype.element_ty), mask=r_ok[:, None])
+    tl.store(o_row[:, None] + HALF + d[None, :], bottom.to(out_ptr.dtype.element_ty), mask=r_ok[:, None])
+
+
+@triton.jit
+def _times_signs(x, sgn, DOT: tl.constexpr, SPLIT_HI_LO: tl.constexpr):
+    """float32 (BLOCK_R, HALF) x times the +-1 (HALF, HALF) matrix, float32 out."""
+    if SPLIT_HI_LO:
+        hi = x.to(DOT)
+        lo = (x - hi.to(tl.float32)).to(DOT)
+        y = tl.dot(lo, sgn, tl.dot(hi, sgn))
+    else:
+        y = tl.dot(x, sgn, input_precision="ieee")
+    return y
 
 
 @functools.lru_cache(maxsize=None)
@@ -495,10 +525,18 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
         else:
             tuned = _decode_one_warp_tuned if one_warp else _decode_split_tuned
             wrap_triton(tuned)[(b, hkv, splits)](*args, **meta)
-    if not one:
+    if v_rotated:
+        rows = b * h
+        whole = _INTERPRET or q.dtype == torch.float32  # float32 dots (IEEE); else bf16 hi + lo parts
+        wrap_triton(_decode_reduce_rotate_kernel)[(triton.cdiv(rows, REDUCE_ROTATE_ROWS),)](
+            part, ml, out, rows, h, splits, out.stride(0), out.stride(1),
+            HALF=d // 2, BLOCK_R=REDUCE_ROTATE_ROWS, DOT=tl.float32 if whole else tl.bfloat16,
+            SPLIT_HI_LO=not whole, num_warps=4,
+        )
+    elif not one:
         wrap_triton(_decode_reduce_kernel)[(b * h,)](
             part, ml, out, h, splits, out.stride(0), out.stride(1),
-            D=d, SPLITS_P=triton.next_power_of_2(splits), ROTATE=v_rotated, num_warps=4,
+            D=d, SPLITS_P=triton.next_power_of_2(splits), num_warps=4,
         )
     return out
 

@@ -23,7 +23,7 @@ EXPECTED_KERNELS = {
     "_w4a4_gemv_kernel", "_w4a4_gemm_swap_kernel_jit", "_w4a4_gemm_kernel_jit",
     "_sum_splits_kernel", "_unpack_rows_kernel", "_int8_group_gemm_kernel_jit", "_quantize_activation_kernel",
     "_row_rstd_kernel", "_fused_quantize_kernel", "decode_gqa_kernel", "decode_mha_kernel", "_decode_split_kernel",
-    "_decode_reduce_kernel", "_kv_write_kernel", "_prefill_kernel",
+    "_decode_reduce_kernel", "_decode_reduce_rotate_kernel", "_kv_write_kernel", "_prefill_kernel",
 }
 
 

@@ -135,6 +135,42 @@ def test_decode_v_rotated_turns_the_output_back(heads, kv_heads, d, dtype, monke
         _close(got, want, dtype)
 
 
+@pytest.mark.parametrize("rows, splits, d", [(5, 1, 64), (37, 3, 128), (32, 2, 32)])
+def test_rotating_combine_by_16_row_tiles(rows, splits, d):
+    """The combining kernel of a rotated cache (16 rows a program, the output turned by H in two
+    dots of the halves) against the same math in float64, with float32 dots and with the GPU's
+    split operands (hi + lo in a 16-bit type; fp16 here, as the interpreter's bf16 dots are not
+    bf16 products). A row with no attended key (all splits empty) gives 0."""
+    import triton
+    import triton.language as tl
+    from torch.library import wrap_triton
+
+    g = torch.Generator().manual_seed(rows)
+    part = torch.randn(rows, splits, d, generator=g) * 3
+    part[:, :, 5] *= 40  # a loud channel
+    m = torch.randn(rows, splits, generator=g) * 4
+    l_s = torch.rand(rows, splits, generator=g) + 0.5
+    if splits > 1:
+        m[1, 0], l_s[1, 0], part[1, 0] = float("-inf"), 0.0, 0.0  # an empty split
+    m[0], l_s[0], part[0] = float("-inf"), 0.0, 0.0  # nothing attended at all
+    ml = torch.stack([m, l_s], -1).contiguous()
+    mx = m.max(1, keepdim=True).values.double().nan_to_num(neginf=0.0)
+    w = torch.exp2(m.double() - torch.where(mx.isinf(), 0.0, mx))
+    den = (w * l_s.double()).sum(1, keepdim=True)
+    o = (w[:, :, None] * part.double()).sum(1) / torch.where(den > 0, den, 1.0)
+    want = o @ hadamard(d).double()
+    heads = 1 if rows % 2 else 2
+    for dot, split in ((tl.float32, False), (tl.float16, True)):
+        out = torch.full((rows // heads, heads, d), float("nan"))
+        wrap_triton(dec._decode_reduce_rotate_kernel)[(triton.cdiv(rows, dec.REDUCE_ROTATE_ROWS),)](
+            part, ml, out, rows, heads, splits, out.stride(0), out.stride(1),
+            HALF=d // 2, BLOCK_R=dec.REDUCE_ROTATE_ROWS, DOT=dot, SPLIT_HI_LO=split)
+        out = out.reshape(rows, d).double()
+        assert torch.equal(out[0], torch.zeros(d, dtype=torch.float64))
+        rel = ((out - want).norm() / want.norm()).item()
+        assert rel < (1e-6 if not split else 1e-5), (dot, rel)
+
+
 def test_decode_all_padding_gives_zero():
     caches, table = paged_cache([10], 2, 64, page_size=16)
     q = torch.randn(1, 2, 64)
