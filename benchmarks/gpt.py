@@ -89,7 +89,7 @@ class Int4KVCache(nn.Module):
         self.register_buffer("rope", rope, persistent=False)  # None buffers: no before-RoPE keys
         self.register_buffer("k_bias", k_bias, persistent=False)
         # AtomKVCache's default (rotate=True): K and V stored times the Hadamard matrix H (kv_write turns
-        # them), queries times its +-1 signs with 1/sqrt(D) in the scale, the output turned back in the
+        # them), the queries turned inside the decode kernels (rotate_q), the output turned back in the
         # decode's split-combining kernel
         from atom_ao.kv.format import hadamard_signs
 
@@ -107,12 +107,11 @@ class Int4KVCache(nn.Module):
         scale = d ** -0.5
         if t > 1:  # the prompt, written at positions 0..t-1 (attends to its own float K/V: no rotation)
             return torch.ops.atom_ao.prefill_attention(q, k, v, None, scale)
-        if rotate and self.rope is None:
-            q, scale = q @ self.signs, scale * d ** -0.5
         seq_lens = (pos[-1:] + 1).to(torch.int32).expand(b).contiguous()
         out = torch.ops.atom_ao.kv_decode_attention(q[:, :, 0], self.k_cache, self.v_cache, self.k_meta, self.v_meta,
                                                     self.block_table, seq_lens, None, scale, self.max_len,
-                                                    self.rope, self.k_bias, v_rotated=rotate)
+                                                    self.rope, self.k_bias, v_rotated=rotate,
+                                                    rotate_q=rotate and self.rope is None)
         return out[:, :, None]
 
 

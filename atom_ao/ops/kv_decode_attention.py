@@ -38,7 +38,7 @@ from atom_ao.ops.kv_decode_gqa import decode_gqa_kernel, gqa_configs
 from atom_ao.ops.kv_decode_mha import ROWS as MHA_ROWS, decode_mha_kernel, mha_configs
 from atom_ao.ops.kv_tiles import (
     F32_MAGIC, dot_dtype, dot_precision, fma_pv, fma_scores, half_dots, int4_pv, int4_scores, load_codes,
-    load_raw, magic_bits, online_softmax, operand_dtype, paged_rows, rope_keys, split_tiles,
+    load_raw, magic_bits, online_softmax, operand_dtype, paged_rows, rope_keys, rotate_queries, split_tiles,
     sylvester_sign_is_negative, unpack_codes,
 )
 
@@ -131,26 +131,27 @@ def _as_words(cache: torch.Tensor) -> bool:
     return cache.storage_offset() % 4 == 0 and all(s % 4 == 0 for s in cache.stride()[:-1])
 
 
-def _word_view_args(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml, qk_scale,
-                    splits) -> tuple:
+def _word_view_args(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml, qr,
+                    qk_scale, splits) -> tuple:
     """The positional arguments of the kernels that read the caches as int32 words (``kv_decode_mha``,
     ``kv_decode_gqa``: the same signature up to the constexprs): cache strides in words."""
     kw, vw = k_cache.view(torch.int32), v_cache.view(torch.int32)
     return (q, kw, vw, k_meta, v_meta, block_table, seq_lens, kv_start if kv_start is not None else seq_lens,
-            out, part, ml, qk_scale, splits, q.shape[1],
+            out, part, ml, qr, qk_scale, splits, q.shape[1],
             q.stride(0), q.stride(1), kw.stride(0), kw.stride(1), kw.stride(2),
             k_meta.stride(0), k_meta.stride(1), k_meta.stride(2), block_table.stride(0), out.stride(0), out.stride(1))
 
 
-def _launch_mha(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml, qk_scale,
+def _launch_mha(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml, qr, qk_scale,
                 splits, one):
     """One query head per KV head: ``kv_decode_mha.decode_mha_kernel``, on the caches viewed as
     int32 words (a row of D/2 bytes is D/8 words; page, head and row strides in words)."""
     b, h, d = q.shape
     args = _word_view_args(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
-                           qk_scale, splits)
+                           qr if qr is not None else q, qk_scale, splits)
     meta = dict(HALF=d // 2, PAGE=k_cache.shape[2], HAS_START=kv_start is not None, ONE_SPLIT=one, ASM=not _INTERPRET,
-                ROWS=MHA_ROWS, FOLD=MHA_FOLD)  # every constexpr passed: Inductor's wrap_triton fills in no defaults
+                ROWS=MHA_ROWS, FOLD=MHA_FOLD, ROTATE_Q=qr is not None)  # every constexpr passed: Inductor's
+    # wrap_triton fills in no defaults
     if _INTERPRET:
         wrap_triton(decode_mha_kernel)[(b, h, splits)](*args, **meta, WARPS=2, PREFETCH=INTERPRET_PREFETCH,
                                                         num_warps=2)
@@ -158,7 +159,7 @@ def _launch_mha(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_s
         wrap_triton(_decode_mha_tuned)[(b, h, splits)](*args, **meta)
 
 
-def _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml, qk_scale,
+def _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml, qr, qk_scale,
                 splits, one, warp=False):
     """Grouped queries, head_dim 128: ``kv_decode_gqa.decode_gqa_kernel`` on the caches viewed
     as int32 words (as ``_launch_mha``); ``warp``: its one-warp form (WARP)."""
@@ -166,13 +167,13 @@ def _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_s
     hkv = k_cache.shape[1]
     g = h // hkv
     args = _word_view_args(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
-                           qk_scale, splits)
+                           qr if qr is not None else q, qk_scale, splits)
     magic = magic_bits(q.dtype, _INTERPRET) & 0xFFFF  # the 16-bit pattern only (no pairs flag here)
     # the heads are the dots' N side with WARP (mma.sync pads N to 8), M with 4 warps (16 rows)
     meta = dict(G=g, BLOCK_G=max(8 if warp else 16, triton.next_power_of_2(g)), HALF=d // 2, PAGE=k_cache.shape[2],
                 HAS_START=kv_start is not None, ONE_SPLIT=one, DOT=dot_dtype(q.dtype, _INTERPRET), MAGIC=magic,
                 OFFSET={0x4300: 128.0, 0x6400: 1024.0}.get(magic, 0.0), WARP=warp,
-                ASM=warp and not _INTERPRET)  # every constexpr passed
+                ASM=warp and not _INTERPRET, ROTATE_Q=qr is not None)  # every constexpr passed
     if _INTERPRET:
         wrap_triton(decode_gqa_kernel)[(b, hkv, splits)](*args, **meta, BLOCK_N=16, num_warps=1 if warp else 4)
     else:
@@ -210,7 +211,7 @@ def _load_tile(kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len,
 @triton.jit
 def _decode_split_kernel(
     q_ptr, kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_ptr, len_ptr, start_ptr,
-    out_ptr, part_ptr, ml_ptr, rope_ptr, kb_ptr,
+    out_ptr, part_ptr, ml_ptr, rope_ptr, kb_ptr, qr_ptr,
     qk_scale, num_splits, H, rope_sin_off,
     s_qb, s_qh,
     s_cp, s_ch, s_ct, s_mp, s_mh, s_mw,  # K and V share cache strides, and meta strides
@@ -219,7 +220,7 @@ def _decode_split_kernel(
     G: tl.constexpr, BLOCK_G: tl.constexpr, HALF: tl.constexpr, PAGE: tl.constexpr, HAS_START: tl.constexpr,
     ONE_SPLIT: tl.constexpr, DOT: tl.constexpr, MAGIC: tl.constexpr, PREC: tl.constexpr, FMA: tl.constexpr,
     ROPE: tl.constexpr, HAS_KBIAS: tl.constexpr,
-    BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
+    BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr, ROTATE_Q: tl.constexpr,
 ):
     b = tl.program_id(0)
     hk = tl.program_id(1)
@@ -228,6 +229,12 @@ def _decode_split_kernel(
     # the math (and break the dots' accumulator type)
     qk_scale = tl.cast(qk_scale, tl.float32)
     seq_len, start, tile_lo, tile_hi = split_tiles(len_ptr, start_ptr, b, sp, num_splits, HAS_START, BLOCK_N)
+    ROT_ROWS: tl.constexpr = BLOCK_G if BLOCK_G > 16 else 16  # the dots' M side: 16 rows at least
+    if ROTATE_Q:  # the cache holds k @ H: the group's queries turned first, then read from qr_ptr
+        r = tl.arange(0, ROT_ROWS)
+        rotate_queries(q_ptr, qr_ptr, b.to(tl.int64) * s_qb, hk * G + r, r < G, s_qh, HALF)
+        tl.debug_barrier()
+        q_ptr = qr_ptr
 
     g = tl.arange(0, BLOCK_G)
     g_ok = g < G
@@ -461,7 +468,7 @@ def check_decode_args(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens
 
 def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start,
                                sm_scale: float, max_seq_len: int = 0, k_rope=None, k_bias=None,
-                               v_rotated: bool = False) -> torch.Tensor:
+                               v_rotated: bool = False, rotate_q: bool = False) -> torch.Tensor:
     """Launch the Triton kernels (CUDA, or CPU tensors under TRITON_INTERPRET=1)."""
     b, h, d = q.shape
     hkv = k_cache.shape[1]
@@ -473,6 +480,11 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
         q = q.contiguous()
     if k_cache.stride() != v_cache.stride() or k_meta.stride() != v_meta.stride():
         raise ValueError("kv_decode_attention: K and V caches (and metas) must have the same strides")
+    # rotate_q: the kernels turn the queries by the +-1 signs into qr (same strides as q) and read them
+    # from there; H = signs / sqrt(D), the 1/sqrt(D) goes into the scale
+    qr = torch.empty_strided(q.shape, q.stride(), dtype=q.dtype, device=q.device) if rotate_q else None
+    if rotate_q:
+        sm_scale = sm_scale * d ** -0.5
     max_seq_len = max_seq_len or block_table.shape[1] * k_cache.shape[2]
     mha = g == 1 and k_rope is None and MHA_KERNEL and _as_words(k_cache) and _as_words(v_cache)
     gqa_planes = not mha and _gqa_kernel_fits(q, k_cache, v_cache, k_rope)
@@ -493,20 +505,20 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
     args = (
         q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start if kv_start is not None else seq_lens,
         out, part, ml, k_rope if k_rope is not None else ml, k_bias.contiguous() if k_bias is not None else ml,
-        sm_scale * _LOG2E, splits, h, k_rope.stride(0) if k_rope is not None else 0,
+        qr if qr is not None else q, sm_scale * _LOG2E, splits, h, k_rope.stride(0) if k_rope is not None else 0,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), k_meta.stride(0), k_meta.stride(1), k_meta.stride(2),
         block_table.stride(0),
         out.stride(0), out.stride(1),
     )
     if one_warp and warp_planes:
-        _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
+        _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml, qr,
                     sm_scale * _LOG2E, splits, one, warp=True)
     elif mha:
-        _launch_mha(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
+        _launch_mha(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml, qr,
                     sm_scale * _LOG2E, splits, one)
     elif gqa_planes:
-        _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
+        _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml, qr,
                     sm_scale * _LOG2E, splits, one)
     else:
         fma = g <= FMA_MAX_G
@@ -519,7 +531,7 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
             magic = magic_bits(op_dtype, _INTERPRET, pairs=True if one_warp else None) if UNPACK_MAGIC else 0
         meta = dict(G=g, BLOCK_G=block_g, HALF=d // 2, PAGE=k_cache.shape[2], HAS_START=kv_start is not None,
                     ONE_SPLIT=one, DOT=dot, MAGIC=magic, PREC=dot_precision(q.dtype), FMA=fma,
-                    ROPE=k_rope is not None, HAS_KBIAS=k_bias is not None)
+                    ROPE=k_rope is not None, HAS_KBIAS=k_bias is not None, ROTATE_Q=rotate_q)
         if _INTERPRET:
             wrap_triton(_decode_split_kernel)[(b, hkv, splits)](*args, **meta, BLOCK_N=16, PREFETCH=INTERPRET_PREFETCH)
         else:
@@ -546,7 +558,7 @@ def kv_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
                         v_meta: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
                         kv_start: torch.Tensor | None, sm_scale: float, max_seq_len: int = 0,
                         k_rope: torch.Tensor | None = None, k_bias: torch.Tensor | None = None,
-                        v_rotated: bool = False) -> torch.Tensor:
+                        v_rotated: bool = False, rotate_q: bool = False) -> torch.Tensor:
     """(batch, heads, D) queries, one per sequence, against the INT4 paged cache -> (batch, heads, D).
 
     ``seq_lens`` counts the cached tokens (the query's own K/V already written); ``max_seq_len``
@@ -555,12 +567,17 @@ def kv_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     cos / sin table and the (kv_heads, D) bias added back before rotating.
     ``v_rotated``: the cache holds ``v @ H`` (``kv_write(rotate_v=True)``); the output is turned
     back (``out @ H``) inside the split-combining kernel, which then always runs.
+    ``rotate_q``: the cache holds ``k @ H`` (``kv_write(rotate_k=True)``); the kernels turn the
+    queries (``q @ H``) before reading it, instead of a (D, D) matmul before the op.
     CUDA runs the Triton kernels; other devices run the reference."""
     check_decode_args(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start)
     check_rope_args(k_rope, k_bias, k_cache.shape[1], q.shape[2], block_table.shape[1] * k_cache.shape[2], q.device,
                     "kv_decode_attention")
+    if rotate_q and k_rope is not None:
+        raise ValueError("kv_decode_attention: rotate_q is for keys cached after RoPE (k_rope None): a cache of "
+                         "keys before RoPE is not rotated (AtomKVCache.rotate_k)")
     if q.is_cuda:
         return kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start,
-                                          sm_scale, max_seq_len, k_rope, k_bias, v_rotated)
+                                          sm_scale, max_seq_len, k_rope, k_bias, v_rotated, rotate_q)
     return decode_attention_ref(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, sm_scale,
-                                k_rope, k_bias, v_rotated)
+                                k_rope, k_bias, v_rotated, rotate_q)

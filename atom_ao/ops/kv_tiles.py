@@ -13,12 +13,16 @@ as ``b & 15`` (first half of head_dim) and ``b >> 4`` (second half).
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 
 F32_MAGIC = tl.constexpr(0x4B000000)  # the bits of 2.0**23 in float32
+# the interpreter's dot multiplies the raw bits of bf16 values (``dot_dtype``): float32 there
+FLOAT32_DOTS = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 # MAGIC | BY_PAIRS: the 16-bit trick by inline asm, two codes per instruction (see ``_PAIRS``)
 BY_PAIRS = tl.constexpr(1 << 16)
 # the launchers' default (``magic_bits``); the one-warp GQA decode path always takes the pairs
@@ -70,6 +74,32 @@ def sylvester_sign_is_negative(i, j):
     x = x ^ (x >> 2)
     x = x ^ (x >> 1)
     return (x & 1) == 1
+
+
+@triton.jit
+def rotate_queries(q_ptr, qr_ptr, q_off, heads, ok, s_qh, HALF: tl.constexpr):
+    """Query rows at ``q_ptr + q_off + heads * s_qh`` (``heads``: 16 or more, ``ok`` masks the real
+    ones) times the +-1 Sylvester matrix of D = 2 HALF, stored at the same offsets of ``qr_ptr`` in
+    its dtype: a cache holding ``k @ H`` is read with ``q @ H = (q @ signs) / sqrt(D)``, the
+    1/sqrt(D) in the caller's scale. Two tensor-core dots of the halves (16-bit values times +-1:
+    exact products, float32 sums), then one rounding, as the (D, D) matmul this replaces. The
+    decode kernels call it first and read their queries from ``qr_ptr`` after a barrier: every
+    split program of a head writes the same values there."""
+    d = tl.arange(0, HALF)
+    rows = q_off + heads[:, None] * s_qh + d[None, :]
+    lo = tl.load(q_ptr + rows, mask=ok[:, None], other=0.0)
+    hi = tl.load(q_ptr + rows + HALF, mask=ok[:, None], other=0.0)
+    neg = sylvester_sign_is_negative(d[:, None], d[None, :])
+    if FLOAT32_DOTS or lo.dtype == tl.float32:
+        sgn = tl.where(neg, -1.0, 1.0)
+        p = tl.dot(lo.to(tl.float32), sgn, input_precision="ieee")
+        r = tl.dot(hi.to(tl.float32), sgn, input_precision="ieee")
+    else:
+        sgn = tl.where(neg, -1.0, 1.0).to(lo.dtype)
+        p = tl.dot(lo, sgn)
+        r = tl.dot(hi, sgn)
+    tl.store(qr_ptr + rows, (p + r).to(qr_ptr.dtype.element_ty), mask=ok[:, None])
+    tl.store(qr_ptr + rows + HALF, (p - r).to(qr_ptr.dtype.element_ty), mask=ok[:, None])
 
 
 @triton.jit

@@ -135,6 +135,37 @@ def test_decode_v_rotated_turns_the_output_back(heads, kv_heads, d, dtype, monke
         _close(got, want, dtype)
 
 
+@pytest.mark.parametrize("heads, kv_heads, d, dtype, planes", [
+    (4, 4, 128, torch.bfloat16, True), (4, 4, 128, torch.bfloat16, False), (6, 2, 128, torch.bfloat16, True),
+    (6, 2, 128, torch.bfloat16, False), (4, 4, 64, torch.float32, True), (12, 4, 64, torch.bfloat16, True),
+    (2, 1, 32, torch.bfloat16, True)])
+def test_decode_rotate_q_turns_the_queries_inside(heads, kv_heads, d, dtype, planes, monkeypatch):
+    """A cache holding ``k @ H``: the kernels turn the queries themselves (``rotate_q``), with one
+    split and with several, as the reference does (``q @ signs`` rounded, 1/sqrt(D) in the scale):
+    the one-warp planes kernel (MHA and GQA at D = 128), without it (``planes`` False) the MHA
+    kernel and the 4-warp planes form, and the generic kernel (D 32 / 64)."""
+    monkeypatch.setattr(dec, "MHA_PLANES", planes)
+    monkeypatch.setattr(dec, "ONE_WARP_PLANES", planes)
+    lens = [1, 37, 300]
+    caches, table = paged_cache(lens, kv_heads, d, page_size=32, seed=6)
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(len(lens), heads, d, generator=g)
+    q[:, :, 2] *= 70
+    q = q.to(dtype)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    want = decode_attention_ref(q, *caches, table, seq_lens, None, d ** -0.5, v_rotated=True, rotate_q=True)
+    turned = (q.float() @ hadamard(d)).to(dtype)  # the spec: the plain decode of q @ H
+    spec = decode_attention_ref(turned, *caches, table, seq_lens, None, d ** -0.5, v_rotated=True)
+    _close(want, spec, dtype, tol=2e-2)
+    for one_split in (False, True):
+        if one_split:
+            monkeypatch.setattr(dec, "num_splits", lambda *args: 1)
+            monkeypatch.setattr(dec, "one_warp_splits", lambda *args: 1)
+        got = kv_decode_attention_triton(q, *caches, table, seq_lens, None, d ** -0.5, 512, v_rotated=True,
+                                         rotate_q=True)
+        _close(got, want, dtype)
+
+
 @pytest.mark.parametrize("rows, splits, d", [(5, 1, 64), (37, 3, 128), (32, 2, 32)])
 def test_rotating_combine_by_16_row_tiles(rows, splits, d):
     """The combining kernel of a rotated cache (16 rows a program, the output turned by H in two
@@ -232,6 +263,12 @@ def test_decode_real_sizes_gpu(batch, ctx, heads, kv_heads):
     want = decode_attention_ref(q, *[c.cpu() for c in caches], table.cpu(), seq_lens, None, d ** -0.5, v_rotated=True)
     got = torch.ops.atom_ao.kv_decode_attention(q.cuda(), *caches, table, seq_lens.cuda(), None, d ** -0.5, ctx,
                                                 v_rotated=True)
+    _close(got, want, torch.bfloat16)
+    # and the queries turned inside the kernels (AtomKVCache's default decode)
+    want = decode_attention_ref(q, *[c.cpu() for c in caches], table.cpu(), seq_lens, None, d ** -0.5, v_rotated=True,
+                                rotate_q=True)
+    got = torch.ops.atom_ao.kv_decode_attention(q.cuda(), *caches, table, seq_lens.cuda(), None, d ** -0.5, ctx,
+                                                v_rotated=True, rotate_q=True)
     _close(got, want, torch.bfloat16)
 
 
