@@ -229,12 +229,8 @@ def _decode_split_kernel(
     # the math (and break the dots' accumulator type)
     qk_scale = tl.cast(qk_scale, tl.float32)
     seq_len, start, tile_lo, tile_hi = split_tiles(len_ptr, start_ptr, b, sp, num_splits, HAS_START, BLOCK_N)
-    ROT_ROWS: tl.constexpr = BLOCK_G if BLOCK_G > 16 else 16  # the dots' M side: 16 rows at least
     if ROTATE_Q:  # the cache holds k @ H: the group's queries turned first, then read from qr_ptr
-        r = tl.arange(0, ROT_ROWS)
-        rotate_queries(q_ptr, qr_ptr, b.to(tl.int64) * s_qb, hk * G + r, r < G, s_qh, HALF)
-        tl.debug_barrier()
-        q_ptr = qr_ptr
+        q_ptr = rotate_queries(q_ptr, qr_ptr, b, hk * G, s_qb, s_qh, G, BLOCK_G, HALF)
 
     g = tl.arange(0, BLOCK_G)
     g_ok = g < G

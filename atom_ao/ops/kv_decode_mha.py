@@ -192,11 +192,8 @@ def decode_mha_kernel(
     sp = tl.program_id(2)
     qk_scale = tl.cast(qk_scale, tl.float32)  # Inductor passes a Python float as fp64
     seq_len, start, tile_lo, tile_hi = split_tiles(len_ptr, start_ptr, b, sp, num_splits, HAS_START, BLOCK)
-    if ROTATE_Q:  # the cache holds k @ H: the query turned first (as 16 rows, the dots' M side), then read from qr_ptr
-        r = tl.arange(0, 16)
-        rotate_queries(q_ptr, qr_ptr, b.to(tl.int64) * s_qb, h + r, r < 1, s_qh, HALF)
-        tl.debug_barrier()
-        q_ptr = qr_ptr
+    if ROTATE_Q:  # the cache holds k @ H: the query turned first, then read from qr_ptr
+        q_ptr = rotate_queries(q_ptr, qr_ptr, b, h, s_qb, s_qh, 1, 1, HALF)
 
     q_row = q_ptr + b.to(tl.int64) * s_qb + h * s_qh
     d = tl.arange(0, HALF)

@@ -77,29 +77,35 @@ def sylvester_sign_is_negative(i, j):
 
 
 @triton.jit
-def rotate_queries(q_ptr, qr_ptr, q_off, heads, ok, s_qh, HALF: tl.constexpr):
-    """Query rows at ``q_ptr + q_off + heads * s_qh`` (``heads``: 16 or more, ``ok`` masks the real
-    ones) times the +-1 Sylvester matrix of D = 2 HALF, stored at the same offsets of ``qr_ptr`` in
-    its dtype: a cache holding ``k @ H`` is read with ``q @ H = (q @ signs) / sqrt(D)``, the
-    1/sqrt(D) in the caller's scale. Two tensor-core dots of the halves (16-bit values times +-1:
-    exact products, float32 sums), then one rounding, as the (D, D) matmul this replaces. The
-    decode kernels call it first and read their queries from ``qr_ptr`` after a barrier: every
-    split program of a head writes the same values there."""
+def rotate_queries(q_ptr, qr_ptr, b, head0, s_qb, s_qh, G: tl.constexpr, BLOCK_G: tl.constexpr,
+                   HALF: tl.constexpr):
+    """The G query rows of sequence ``b`` from head ``head0`` times the +-1 Sylvester matrix of
+    D = 2 HALF, stored at the same offsets of ``qr_ptr`` (q's strides) in its dtype; returns
+    ``qr_ptr``, to read them from after the barrier here. A cache holding ``k @ H`` is read with
+    ``q @ H = (q @ signs) / sqrt(D)``, the 1/sqrt(D) in the caller's scale. Two tensor-core dots of
+    the halves (16-bit values times +-1: exact products, float32 sums; at least 16 rows, the dots'
+    M side), then one rounding, as the (D, D) matmul this replaces. Every split program of a head
+    writes the same values there."""
+    ROWS: tl.constexpr = BLOCK_G if BLOCK_G > 16 else 16
+    r = tl.arange(0, ROWS)
+    ok = r < G
     d = tl.arange(0, HALF)
-    rows = q_off + heads[:, None] * s_qh + d[None, :]
+    rows = b.to(tl.int64) * s_qb + (head0 + r)[:, None] * s_qh + d[None, :]
     lo = tl.load(q_ptr + rows, mask=ok[:, None], other=0.0)
     hi = tl.load(q_ptr + rows + HALF, mask=ok[:, None], other=0.0)
     neg = sylvester_sign_is_negative(d[:, None], d[None, :])
     if FLOAT32_DOTS or lo.dtype == tl.float32:
         sgn = tl.where(neg, -1.0, 1.0)
         p = tl.dot(lo.to(tl.float32), sgn, input_precision="ieee")
-        r = tl.dot(hi.to(tl.float32), sgn, input_precision="ieee")
+        t = tl.dot(hi.to(tl.float32), sgn, input_precision="ieee")
     else:
         sgn = tl.where(neg, -1.0, 1.0).to(lo.dtype)
         p = tl.dot(lo, sgn)
-        r = tl.dot(hi, sgn)
-    tl.store(qr_ptr + rows, (p + r).to(qr_ptr.dtype.element_ty), mask=ok[:, None])
-    tl.store(qr_ptr + rows + HALF, (p - r).to(qr_ptr.dtype.element_ty), mask=ok[:, None])
+        t = tl.dot(hi, sgn)
+    tl.store(qr_ptr + rows, (p + t).to(qr_ptr.dtype.element_ty), mask=ok[:, None])
+    tl.store(qr_ptr + rows + HALF, (p - t).to(qr_ptr.dtype.element_ty), mask=ok[:, None])
+    tl.debug_barrier()  # the program's own stores, visible to all its threads
+    return qr_ptr
 
 
 @triton.jit

@@ -113,18 +113,20 @@ def test_mha_kernel_offsets_not_folded(monkeypatch, prefetch, d, page, dtype):
         _close(got, want, dtype)
 
 
+def _decode_case(lens, heads, kv_heads, d, dtype, page_size, seed):
+    """A paged cache of ``lens`` tokens and one query a sequence with a loud channel."""
+    caches, table = paged_cache(lens, kv_heads, d, page_size=page_size, seed=seed)
+    q = torch.randn(len(lens), heads, d, generator=torch.Generator().manual_seed(seed + 1))
+    q[:, :, 3] *= 60
+    return q.to(dtype), caches, table, torch.tensor(lens, dtype=torch.int32)
+
+
 @pytest.mark.parametrize("heads, kv_heads, d, dtype", [(4, 4, 64, torch.float32), (6, 2, 128, torch.bfloat16),
                                                   (2, 1, 32, torch.bfloat16)])
 def test_decode_v_rotated_turns_the_output_back(heads, kv_heads, d, dtype, monkeypatch):
     """A cache holding ``v @ H``: the combining kernel turns the output back, with one split too
     (the single-split form, which writes the output itself, is skipped then)."""
-    lens = [1, 37, 70]
-    caches, table = paged_cache(lens, kv_heads, d, page_size=24, seed=4)
-    g = torch.Generator().manual_seed(5)
-    q = torch.randn(len(lens), heads, d, generator=g)
-    q[:, :, 3] *= 60
-    q = q.to(dtype)
-    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    q, caches, table, seq_lens = _decode_case([1, 37, 70], heads, kv_heads, d, dtype, page_size=24, seed=4)
     want = decode_attention_ref(q, *caches, table, seq_lens, None, d ** -0.5, v_rotated=True)
     plain = decode_attention_ref(q, *caches, table, seq_lens, None, d ** -0.5)
     torch.testing.assert_close(want.float(), plain.float() @ hadamard(d), rtol=2e-2, atol=2e-2)  # the spec: out @ H
@@ -146,13 +148,7 @@ def test_decode_rotate_q_turns_the_queries_inside(heads, kv_heads, d, dtype, pla
     kernel and the 4-warp planes form, and the generic kernel (D 32 / 64)."""
     monkeypatch.setattr(dec, "MHA_PLANES", planes)
     monkeypatch.setattr(dec, "ONE_WARP_PLANES", planes)
-    lens = [1, 37, 300]
-    caches, table = paged_cache(lens, kv_heads, d, page_size=32, seed=6)
-    g = torch.Generator().manual_seed(7)
-    q = torch.randn(len(lens), heads, d, generator=g)
-    q[:, :, 2] *= 70
-    q = q.to(dtype)
-    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    q, caches, table, seq_lens = _decode_case([1, 37, 300], heads, kv_heads, d, dtype, page_size=32, seed=6)
     want = decode_attention_ref(q, *caches, table, seq_lens, None, d ** -0.5, v_rotated=True, rotate_q=True)
     turned = (q.float() @ hadamard(d)).to(dtype)  # the spec: the plain decode of q @ H
     spec = decode_attention_ref(turned, *caches, table, seq_lens, None, d ** -0.5, v_rotated=True)
