@@ -91,9 +91,7 @@ class Int4KVCache(nn.Module):
         # AtomKVCache's default (rotate=True): K and V stored times the Hadamard matrix H (kv_write turns
         # them), the queries turned inside the decode kernels (rotate_q), the output turned back in the
         # decode's split-combining kernel
-        from atom_ao.kv.format import hadamard_signs
-
-        self.register_buffer("signs", hadamard_signs(head_dim, dtype, device) if hadamard else None, persistent=False)
+        self.hadamard = hadamard
 
     def attend(self, q, k, v, pos, mask, k_pre=None):
         """``k``: the keys after RoPE; ``k_pre``: before it (what a before-RoPE cache stores)."""
@@ -101,7 +99,7 @@ class Int4KVCache(nn.Module):
         slots = (self.seq_base[:, None] + pos[None, :]).reshape(-1)
         rows = lambda x: x.transpose(1, 2).reshape(b * t, hkv, d)  # noqa: E731
         stored = k if self.rope is None else k_pre
-        rotate = self.signs is not None
+        rotate = self.hadamard
         torch.ops.atom_ao.kv_write(rows(stored), rows(v), slots, self.k_cache, self.v_cache, self.k_meta, self.v_meta,
                                    rotate_k=rotate and self.rope is None, rotate_v=rotate)
         scale = d ** -0.5
