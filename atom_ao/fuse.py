@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import torch
 
+from atom_ao.handler import SAME_INPUT  # linears a parent feeds from one activation, by name
 from atom_ao.tensor import AtomQuantTensor
 from atom_ao.unwrap import _PARTS, AtomLinear
 
 __all__ = ["AtomProjection", "FusedProjections", "fuse_projections", "unfuse_projections"]
 
-# linears a parent feeds from one activation, by attribute name (as atom_ao.handler groups them)
-SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("w1", "w3"), ("wq", "wk", "wv"),
-            ("query", "key", "value"))
 
 
 class FusedProjections(AtomLinear):
@@ -155,7 +153,7 @@ def fuse_projections(model: torch.nn.Module) -> int:
     ``.to(device)`` (a move keeps the fusion, but the stacked copy is made where the weights are)."""
     fused = 0
     for parent in list(model.modules()):
-        for names in SIBLINGS:
+        for names in SAME_INPUT:
             linears = [parent._modules.get(n) for n in names]
             if any(m is None for m in linears) or not _fusable(linears):
                 continue

@@ -48,8 +48,8 @@ def _shared_permutation(score: torch.Tensor, n_outliers: int) -> torch.Tensor:
 # Data-free, the score comes from each weight; linears fed one activation (q/k/v, gate/up)
 # are given the score of their stacked weights instead (what one fused qkv linear would get),
 # so they share a permutation as in the calibrated flow, and the activation is quantized once.
-_SAME_INPUT = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("w1", "w3"), ("wq", "wk", "wv"),
-               ("query", "key", "value"))
+SAME_INPUT = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("w1", "w3"), ("wq", "wk", "wv"),
+              ("query", "key", "value"))
 _GROUP_SCORES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
@@ -71,7 +71,7 @@ def _parent_and_name(module: torch.nn.Module):
 
 def _data_free_score(module: torch.nn.Linear) -> torch.Tensor:
     parent, name = _parent_and_name(module)
-    group = next((g for g in _SAME_INPUT if name in g), None) if parent is not None else None
+    group = next((g for g in SAME_INPUT if name in g), None) if parent is not None else None
     if group is None:
         return data_free_channel_score(module.weight.detach())
     scores = _GROUP_SCORES.setdefault(parent, {})

@@ -39,7 +39,7 @@ from atom_ao.ops.kv_decode_mha import ROWS as MHA_ROWS, decode_mha_kernel, mha_c
 from atom_ao.ops.kv_tiles import (
     F32_MAGIC, dot_dtype, dot_precision, fma_pv, fma_scores, half_dots, int4_pv, int4_scores, load_codes,
     load_raw, magic_bits, online_softmax, operand_dtype, paged_rows, rope_keys, rotate_queries, split_tiles,
-    sylvester_sign_is_negative, unpack_codes,
+    sylvester_signs, unpack_codes,
 )
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -386,8 +386,7 @@ def _decode_reduce_rotate_kernel(part_ptr, ml_ptr, out_ptr, R, H, num_splits, s_
     inv = tl.where(denom > 0, 1.0 / tl.where(denom > 0, denom, 1.0), 0.0)  # nothing attended: 0
     o_lo = o_lo * inv[:, None]
     o_hi = o_hi * inv[:, None]
-    neg = sylvester_sign_is_negative(d[:, None], d[None, :])
-    sgn = tl.where(neg, -1.0, 1.0).to(DOT)
+    sgn = sylvester_signs(HALF, DOT)
     c = 1.0 / tl.sqrt(2.0 * HALF)
     top = _times_signs(o_lo + o_hi, sgn, DOT, SPLIT_HI_LO) * c
     bottom = _times_signs(o_lo - o_hi, sgn, DOT, SPLIT_HI_LO) * c

@@ -77,15 +77,32 @@ def sylvester_sign_is_negative(i, j):
 
 
 @triton.jit
+def sylvester_signs(HALF: tl.constexpr, DOT: tl.constexpr):
+    """The (HALF, HALF) +-1 Sylvester-Hadamard matrix in DOT, made in registers."""
+    d = tl.arange(0, HALF)
+    return tl.where(sylvester_sign_is_negative(d[:, None], d[None, :]), -1.0, 1.0).to(DOT)
+
+
+@triton.jit
+def sylvester_halves(lo, hi, HALF: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
+    """(lo, hi) halves of rows x -> the halves of x @ S_D in float32, S_D the +-1 Sylvester matrix of
+    D = 2 HALF: S_D = [[S, S], [S, -S]], so x @ S_D = [x_lo S + x_hi S, x_lo S - x_hi S], two dots
+    (16-bit values times +-1: exact products, float32 sums). ``x @ H`` is this over sqrt(D)."""
+    s = sylvester_signs(HALF, DOT)
+    p = tl.dot(lo.to(DOT), s, input_precision=PREC)
+    q = tl.dot(hi.to(DOT), s, input_precision=PREC)
+    return p + q, p - q
+
+
+@triton.jit
 def rotate_queries(q_ptr, qr_ptr, b, head0, s_qb, s_qh, G: tl.constexpr, BLOCK_G: tl.constexpr,
                    HALF: tl.constexpr):
     """The G query rows of sequence ``b`` from head ``head0`` times the +-1 Sylvester matrix of
-    D = 2 HALF, stored at the same offsets of ``qr_ptr`` (q's strides) in its dtype; returns
-    ``qr_ptr``, to read them from after the barrier here. A cache holding ``k @ H`` is read with
-    ``q @ H = (q @ signs) / sqrt(D)``, the 1/sqrt(D) in the caller's scale. Two tensor-core dots of
-    the halves (16-bit values times +-1: exact products, float32 sums; at least 16 rows, the dots'
-    M side), then one rounding, as the (D, D) matmul this replaces. Every split program of a head
-    writes the same values there."""
+    D = 2 HALF (``sylvester_halves``), stored at the same offsets of ``qr_ptr`` (q's strides) in its
+    dtype; returns ``qr_ptr``, to read them from after the barrier here. A cache holding ``k @ H``
+    is read with ``q @ H = (q @ signs) / sqrt(D)``, the 1/sqrt(D) in the caller's scale: one
+    rounding, as the (D, D) matmul this replaces (at least 16 rows, the dots' M side). Every split
+    program of a head writes the same values there."""
     ROWS: tl.constexpr = BLOCK_G if BLOCK_G > 16 else 16
     r = tl.arange(0, ROWS)
     ok = r < G
@@ -93,17 +110,12 @@ def rotate_queries(q_ptr, qr_ptr, b, head0, s_qb, s_qh, G: tl.constexpr, BLOCK_G
     rows = b.to(tl.int64) * s_qb + (head0 + r)[:, None] * s_qh + d[None, :]
     lo = tl.load(q_ptr + rows, mask=ok[:, None], other=0.0)
     hi = tl.load(q_ptr + rows + HALF, mask=ok[:, None], other=0.0)
-    neg = sylvester_sign_is_negative(d[:, None], d[None, :])
     if FLOAT32_DOTS or lo.dtype == tl.float32:
-        sgn = tl.where(neg, -1.0, 1.0)
-        p = tl.dot(lo.to(tl.float32), sgn, input_precision="ieee")
-        t = tl.dot(hi.to(tl.float32), sgn, input_precision="ieee")
+        top, bottom = sylvester_halves(lo, hi, HALF, tl.float32, "ieee")
     else:
-        sgn = tl.where(neg, -1.0, 1.0).to(lo.dtype)
-        p = tl.dot(lo, sgn)
-        t = tl.dot(hi, sgn)
-    tl.store(qr_ptr + rows, (p + t).to(qr_ptr.dtype.element_ty), mask=ok[:, None])
-    tl.store(qr_ptr + rows + HALF, (p - t).to(qr_ptr.dtype.element_ty), mask=ok[:, None])
+        top, bottom = sylvester_halves(lo, hi, HALF, lo.dtype, "tf32")  # the precision is for float32 only
+    tl.store(qr_ptr + rows, top.to(qr_ptr.dtype.element_ty), mask=ok[:, None])
+    tl.store(qr_ptr + rows + HALF, bottom.to(qr_ptr.dtype.element_ty), mask=ok[:, None])
     tl.debug_barrier()  # the program's own stores, visible to all its threads
     return qr_ptr
 

@@ -29,7 +29,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from atom_ao.kv.format import check_cache, check_head_dim, hadamard_rows, kv_write_ref
-from atom_ao.ops.kv_tiles import dot_dtype, dot_precision, sylvester_sign_is_negative
+from atom_ao.ops.kv_tiles import dot_dtype, dot_precision, sylvester_halves
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _ROUND_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23
@@ -38,13 +38,10 @@ _ROUND_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23
 @triton.jit
 def _hadamard_halves(lo, hi, HALF: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """(lo, hi) halves of rows x -> the halves of x @ H (H = the D = 2 HALF Sylvester matrix / sqrt(D))
-    in float32: S_D = [[S, S], [S, -S]], so x @ S_D = [x_lo S + x_hi S, x_lo S - x_hi S]."""
-    neg = sylvester_sign_is_negative(tl.arange(0, HALF)[:, None], tl.arange(0, HALF)[None, :])
-    s = tl.where(neg, -1.0, 1.0).to(DOT)  # the (HALF, HALF) +-1 matrix
-    p = tl.dot(lo.to(DOT), s, input_precision=PREC)
-    q = tl.dot(hi.to(DOT), s, input_precision=PREC)
+    in float32."""
+    top, bottom = sylvester_halves(lo, hi, HALF, DOT, PREC)
     c = 1.0 / tl.sqrt(2.0 * HALF)
-    return (p + q) * c, (p - q) * c
+    return top * c, bottom * c
 
 
 @triton.jit
