@@ -89,9 +89,11 @@ class Int4KVCache(nn.Module):
         self.register_buffer("rope", rope, persistent=False)  # None buffers: no before-RoPE keys
         self.register_buffer("k_bias", k_bias, persistent=False)
         # AtomKVCache's default (rotate=True): K and V stored times the Hadamard matrix H (kv_write turns
-        # them), the queries turned inside the decode kernels (rotate_q), the output turned back in the
+        # them), queries times its +-1 signs with 1/sqrt(D) in the scale, the output turned back in the
         # decode's split-combining kernel
-        self.hadamard = hadamard
+        from atom_ao.kv.format import hadamard_signs
+
+        self.register_buffer("signs", hadamard_signs(head_dim, dtype, device) if hadamard else None, persistent=False)
 
     def attend(self, q, k, v, pos, mask, k_pre=None):
         """``k``: the keys after RoPE; ``k_pre``: before it (what a before-RoPE cache stores)."""
@@ -99,17 +101,18 @@ class Int4KVCache(nn.Module):
         slots = (self.seq_base[:, None] + pos[None, :]).reshape(-1)
         rows = lambda x: x.transpose(1, 2).reshape(b * t, hkv, d)  # noqa: E731
         stored = k if self.rope is None else k_pre
-        rotate = self.hadamard
+        rotate = self.signs is not None
         torch.ops.atom_ao.kv_write(rows(stored), rows(v), slots, self.k_cache, self.v_cache, self.k_meta, self.v_meta,
                                    rotate_k=rotate and self.rope is None, rotate_v=rotate)
         scale = d ** -0.5
         if t > 1:  # the prompt, written at positions 0..t-1 (attends to its own float K/V: no rotation)
             return torch.ops.atom_ao.prefill_attention(q, k, v, None, scale)
+        if rotate and self.rope is None:
+            q, scale = q @ self.signs, scale * d ** -0.5
         seq_lens = (pos[-1:] + 1).to(torch.int32).expand(b).contiguous()
         out = torch.ops.atom_ao.kv_decode_attention(q[:, :, 0], self.k_cache, self.v_cache, self.k_meta, self.v_meta,
                                                     self.block_table, seq_lens, None, scale, self.max_len,
-                                                    self.rope, self.k_bias, v_rotated=rotate,
-                                                    rotate_q=rotate and self.rope is None)
+                                                    self.rope, self.k_bias, v_rotated=rotate)
         return out[:, :, None]
 
 

@@ -99,7 +99,7 @@ def main():
         # the nibble-plane GQA decode kernel (off by default): codes as OFFSET + c
         types = dict(q_ptr=f"*{dt}", kc_ptr="*i32", vc_ptr="*i32", km_ptr=f"*{dt}", vm_ptr=f"*{dt}", bt_ptr="*i32",
                      len_ptr="*i32", start_ptr="*i32", out_ptr=f"*{dt}", part_ptr="*fp32", ml_ptr="*fp32",
-                     qr_ptr=f"*{dt}", qk_scale="fp32")
+                     qk_scale="fp32")
         # and its one-warp form (WARP: heads on the dots' N side, inline-asm unpack)
         for warp, cfgs in ((False, gqa.gqa_configs()), (True, dec.gqa_warp_configs())):
             for cfg in cfgs:
@@ -107,14 +107,13 @@ def main():
                     magic = dec.magic_bits(tdtype, False) & 0xFFFF
                     consts = dict(G=g, BLOCK_G=8 if warp else 16, HALF=64, PAGE=page, HAS_START=True, ONE_SPLIT=one,
                                   DOT=tdt, MAGIC=magic, OFFSET=128.0 if magic == 0x4300 else 1024.0, WARP=warp, ASM=warp,
-                                  ROTATE_Q=not one, **cfg.kwargs)
-                    ok &= compile_one(f"decode gqa {dt} {cfg.kwargs} w{cfg.num_warps} one={one} page={page} warp={warp} "
-                                      f"rotate_q={not one}",
+                                  **cfg.kwargs)
+                    ok &= compile_one(f"decode gqa {dt} {cfg.kwargs} w{cfg.num_warps} one={one} page={page} warp={warp}",
                                       gqa.decode_gqa_kernel, types, consts, cfg.num_warps, cfg.num_stages)
         # decode split
         types = dict(q_ptr=f"*{dt}", kc_ptr="*u8", vc_ptr="*u8", km_ptr=f"*{dt}", vm_ptr=f"*{dt}", bt_ptr="*i32",
                      len_ptr="*i32", start_ptr="*i32", out_ptr=f"*{dt}", part_ptr="*fp32", ml_ptr="*fp32",
-                     rope_ptr="*fp32", kb_ptr="*fp32", qr_ptr=f"*{dt}", qk_scale="fp32")
+                     rope_ptr="*fp32", kb_ptr="*fp32", qk_scale="fp32")
         for g, half, one, page, bn, w, st, rope in (
                 (1, 64, True, 16, 64, 4, 3, False), (4, 64, False, 16, 128, 8, 3, False),
                 (7, 32, False, 64, 64, 4, 4, False), (4, 32, True, 256, 128, 8, 4, False),
@@ -124,8 +123,7 @@ def main():
                           HALF=half, PAGE=page, HAS_START=True, ONE_SPLIT=one,
                           DOT=tl.float32 if fma else tdt,
                           MAGIC=dec.F32_MAGIC.value if fma else dec.magic_bits(tdtype, False),
-                          PREC="tf32", FMA=fma, ROPE=rope, HAS_KBIAS=rope, BLOCK_N=bn, PREFETCH=bn == 64,
-                          ROTATE_Q=not rope and not one)
+                          PREC="tf32", FMA=fma, ROPE=rope, HAS_KBIAS=rope, BLOCK_N=bn, PREFETCH=bn == 64)
             ok &= compile_one(f"decode {dt} G={g} D={2*half} one={one} page={page} BN={bn} rope={rope} "
                               f"prefetch={bn == 64}", dec._decode_split_kernel, types, consts, w, st)
             if not fma:  # the codes unpacked two per instruction (kv_tiles.UNPACK_BY_PAIRS)
@@ -138,15 +136,15 @@ def main():
             for cfg in mha.mha_configs():
                 fold = (half, page) != (32, 64)  # one case with the offsets subtracted per code (MHA_FOLD off)
                 consts = dict(HALF=half, PAGE=page, HAS_START=True, ONE_SPLIT=one, ASM=True, ROWS=mha.ROWS,
-                              FOLD=fold, ROTATE_Q=one, **cfg.kwargs)
+                              FOLD=fold, **cfg.kwargs)
                 label = f"decode mha {dt} D={2*half} page={page} one={one} fold={fold} {cfg.kwargs}"
                 ok &= compile_one(label, mha.decode_mha_kernel, mtypes, consts, cfg.num_warps, cfg.num_stages)
         ok &= compile_one(f"decode reduce {dt}", dec._decode_reduce_kernel,
                           dict(part_ptr="*fp32", ml_ptr="*fp32", out_ptr=f"*{dt}"), dict(D=128, SPLITS_P=8))
-        for half in (32, 64):
-            ok &= compile_one(f"decode reduce rotate {dt} D={2 * half}", dec._decode_reduce_rotate_kernel,
+        for half, splits in ((32, 1), (64, 1), (64, 3), (64, 33), (64, 100)):  # 16 to 1 rows a program
+            ok &= compile_one(f"decode reduce rotate {dt} D={2 * half} splits={splits}", dec._decode_reduce_rotate_kernel,
                               dict(part_ptr="*fp32", ml_ptr="*fp32", out_ptr=f"*{dt}"),
-                              dict(HALF=half, BLOCK_R=dec.REDUCE_ROTATE_ROWS, DOT=tl.bfloat16, SPLIT_HI_LO=True))
+                              dict(HALF=half, **dec.reduce_rotate_tiling(splits), DOT=tl.bfloat16, SPLIT_HI_LO=True))
         # prefill
         for from_cache in (False, True):
             kt = "*u8" if from_cache else f"*{dt}"

@@ -71,14 +71,14 @@ def atom_int4_attention(module, query, key, value, attention_mask, scaling=None,
         out = torch.ops.atom_ao.prefill_attention(query, key.key, key.value, kv_start, scale)
         return out.transpose(1, 2), None
     d = query.shape[-1]
-    rope = (layer.rope, layer.k_bias)  # keys cached before RoPE (both None otherwise)
-    if t == 1:  # the cache holds k @ H and v @ H: the op turns the query (rotate_q) and its output back
-        out = torch.ops.atom_ao.kv_decode_attention(query[:, :, 0], *pool, kv_start, scale, layer.max_len_hint(),
-                                                    *rope, v_rotated=layer.rotate, rotate_q=layer.rotate_k)
-        return out[:, None], None
     if layer.rotate_k:  # the cache holds k @ H: (q @ H) . (k @ H) = q . k, with q @ H = (q @ signs) / sqrt(D)
         query = query @ layer.hadamard_signs
         scale = scale * d ** -0.5
+    rope = (layer.rope, layer.k_bias)  # keys cached before RoPE (both None otherwise)
+    if t == 1:  # v_rotated (the cache holds v @ H): the op turns its output back (out = out_H @ H)
+        out = torch.ops.atom_ao.kv_decode_attention(query[:, :, 0], *pool, kv_start, scale, layer.max_len_hint(),
+                                                    *rope, v_rotated=layer.rotate)
+        return out[:, None], None
     out = torch.ops.atom_ao.kv_prefill_attention(query, *pool, kv_start, scale, *rope)
     if layer.rotate:  # the cache holds v @ H: out = out_H @ H
         out = ((out.float() @ layer.hadamard_signs.float()) * d ** -0.5).to(out.dtype)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from atom_ao.kv.format import gather_kv, hadamard_rows, hadamard_signs
+from atom_ao.kv.format import gather_kv, hadamard_rows
 from atom_ao.kv.rope import rotate_keys
 
 
@@ -75,15 +75,8 @@ def cached_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
 def decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_meta: torch.Tensor,
                          v_meta: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
                          kv_start: torch.Tensor | None, sm_scale: float, k_rope: torch.Tensor | None = None,
-                         k_bias: torch.Tensor | None = None, v_rotated: bool = False,
-                         rotate_q: bool = False) -> torch.Tensor:
-    """One query token per sequence, q (B, H, D), against the INT4 cache -> (B, H, D).
-    ``rotate_q``: the cache holds ``k @ H``: q is turned first, as ``q @ signs`` rounded to its
-    dtype with 1/sqrt(D) in the scale (``format.hadamard_signs``; what the kernels compute)."""
-    if rotate_q:
-        d = q.shape[-1]
-        q = (q.float() @ hadamard_signs(d, torch.float32, q.device)).to(q.dtype)
-        sm_scale = sm_scale * d ** -0.5
+                         k_bias: torch.Tensor | None = None, v_rotated: bool = False) -> torch.Tensor:
+    """One query token per sequence, q (B, H, D), against the INT4 cache -> (B, H, D)."""
     out = cached_attention_ref(q[:, :, None], k_cache, v_cache, k_meta, v_meta, block_table, seq_lens,
                                kv_start, sm_scale, k_rope, k_bias, v_rotated)
     return out[:, :, 0]

@@ -38,7 +38,7 @@ from atom_ao.ops.kv_decode_gqa import decode_gqa_kernel, gqa_configs
 from atom_ao.ops.kv_decode_mha import ROWS as MHA_ROWS, decode_mha_kernel, mha_configs
 from atom_ao.ops.kv_tiles import (
     F32_MAGIC, dot_dtype, dot_precision, fma_pv, fma_scores, half_dots, int4_pv, int4_scores, load_codes,
-    load_raw, magic_bits, online_softmax, operand_dtype, paged_rows, rope_keys, rotate_queries, split_tiles,
+    load_raw, magic_bits, online_softmax, operand_dtype, paged_rows, rope_keys, split_tiles,
     sylvester_signs, unpack_codes,
 )
 
@@ -49,8 +49,8 @@ _LOG2E = 1.4426950408889634
 # 1024: 256 -> 64 took Llama-2-7B heads 17.2 -> 9.8 us, Llama-3-8B 11.3 -> 6.9; Llama-3 at 8192
 # 19.4 -> 14.6; Llama-2 batch 4 at 1024 22.6 -> 17.7 (32 was no faster anywhere).
 MIN_SPLIT_TOKENS = 64
-# (sequence, head) rows a program of the rotating combine takes: 16, the dots' smallest M
-REDUCE_ROTATE_ROWS = 16
+# splits a pass of the rotating combine (``reduce_rotate_tiling``): its dots' M side is at most 64
+REDUCE_ROTATE_CHUNK = 64
 # The one-warp GQA rule's shortest split: its waves were timed with 256 (64 not yet)
 ONE_WARP_MIN_SPLIT_TOKENS = 256
 # Up to this many query heads per KV head the generic kernel's scores and P.V run on the CUDA
@@ -131,27 +131,26 @@ def _as_words(cache: torch.Tensor) -> bool:
     return cache.storage_offset() % 4 == 0 and all(s % 4 == 0 for s in cache.stride()[:-1])
 
 
-def _word_view_args(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml, qr,
-                    qk_scale, splits) -> tuple:
+def _word_view_args(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml, qk_scale,
+                    splits) -> tuple:
     """The positional arguments of the kernels that read the caches as int32 words (``kv_decode_mha``,
     ``kv_decode_gqa``: the same signature up to the constexprs): cache strides in words."""
     kw, vw = k_cache.view(torch.int32), v_cache.view(torch.int32)
     return (q, kw, vw, k_meta, v_meta, block_table, seq_lens, kv_start if kv_start is not None else seq_lens,
-            out, part, ml, qr, qk_scale, splits, q.shape[1],
+            out, part, ml, qk_scale, splits, q.shape[1],
             q.stride(0), q.stride(1), kw.stride(0), kw.stride(1), kw.stride(2),
             k_meta.stride(0), k_meta.stride(1), k_meta.stride(2), block_table.stride(0), out.stride(0), out.stride(1))
 
 
-def _launch_mha(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml, qr, qk_scale,
+def _launch_mha(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml, qk_scale,
                 splits, one):
     """One query head per KV head: ``kv_decode_mha.decode_mha_kernel``, on the caches viewed as
     int32 words (a row of D/2 bytes is D/8 words; page, head and row strides in words)."""
     b, h, d = q.shape
     args = _word_view_args(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
-                           qr if qr is not None else q, qk_scale, splits)
+                           qk_scale, splits)
     meta = dict(HALF=d // 2, PAGE=k_cache.shape[2], HAS_START=kv_start is not None, ONE_SPLIT=one, ASM=not _INTERPRET,
-                ROWS=MHA_ROWS, FOLD=MHA_FOLD, ROTATE_Q=qr is not None)  # every constexpr passed: Inductor's
-    # wrap_triton fills in no defaults
+                ROWS=MHA_ROWS, FOLD=MHA_FOLD)  # every constexpr passed: Inductor's wrap_triton fills in no defaults
     if _INTERPRET:
         wrap_triton(decode_mha_kernel)[(b, h, splits)](*args, **meta, WARPS=2, PREFETCH=INTERPRET_PREFETCH,
                                                         num_warps=2)
@@ -159,7 +158,7 @@ def _launch_mha(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_s
         wrap_triton(_decode_mha_tuned)[(b, h, splits)](*args, **meta)
 
 
-def _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml, qr, qk_scale,
+def _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml, qk_scale,
                 splits, one, warp=False):
     """Grouped queries, head_dim 128: ``kv_decode_gqa.decode_gqa_kernel`` on the caches viewed
     as int32 words (as ``_launch_mha``); ``warp``: its one-warp form (WARP)."""
@@ -167,13 +166,13 @@ def _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_s
     hkv = k_cache.shape[1]
     g = h // hkv
     args = _word_view_args(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
-                           qr if qr is not None else q, qk_scale, splits)
+                           qk_scale, splits)
     magic = magic_bits(q.dtype, _INTERPRET) & 0xFFFF  # the 16-bit pattern only (no pairs flag here)
     # the heads are the dots' N side with WARP (mma.sync pads N to 8), M with 4 warps (16 rows)
     meta = dict(G=g, BLOCK_G=max(8 if warp else 16, triton.next_power_of_2(g)), HALF=d // 2, PAGE=k_cache.shape[2],
                 HAS_START=kv_start is not None, ONE_SPLIT=one, DOT=dot_dtype(q.dtype, _INTERPRET), MAGIC=magic,
                 OFFSET={0x4300: 128.0, 0x6400: 1024.0}.get(magic, 0.0), WARP=warp,
-                ASM=warp and not _INTERPRET, ROTATE_Q=qr is not None)  # every constexpr passed
+                ASM=warp and not _INTERPRET)  # every constexpr passed
     if _INTERPRET:
         wrap_triton(decode_gqa_kernel)[(b, hkv, splits)](*args, **meta, BLOCK_N=16, num_warps=1 if warp else 4)
     else:
@@ -211,7 +210,7 @@ def _load_tile(kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len,
 @triton.jit
 def _decode_split_kernel(
     q_ptr, kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_ptr, len_ptr, start_ptr,
-    out_ptr, part_ptr, ml_ptr, rope_ptr, kb_ptr, qr_ptr,
+    out_ptr, part_ptr, ml_ptr, rope_ptr, kb_ptr,
     qk_scale, num_splits, H, rope_sin_off,
     s_qb, s_qh,
     s_cp, s_ch, s_ct, s_mp, s_mh, s_mw,  # K and V share cache strides, and meta strides
@@ -220,7 +219,7 @@ def _decode_split_kernel(
     G: tl.constexpr, BLOCK_G: tl.constexpr, HALF: tl.constexpr, PAGE: tl.constexpr, HAS_START: tl.constexpr,
     ONE_SPLIT: tl.constexpr, DOT: tl.constexpr, MAGIC: tl.constexpr, PREC: tl.constexpr, FMA: tl.constexpr,
     ROPE: tl.constexpr, HAS_KBIAS: tl.constexpr,
-    BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr, ROTATE_Q: tl.constexpr,
+    BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     b = tl.program_id(0)
     hk = tl.program_id(1)
@@ -229,8 +228,6 @@ def _decode_split_kernel(
     # the math (and break the dots' accumulator type)
     qk_scale = tl.cast(qk_scale, tl.float32)
     seq_len, start, tile_lo, tile_hi = split_tiles(len_ptr, start_ptr, b, sp, num_splits, HAS_START, BLOCK_N)
-    if ROTATE_Q:  # the cache holds k @ H: the group's queries turned first, then read from qr_ptr
-        q_ptr = rotate_queries(q_ptr, qr_ptr, b, hk * G, s_qb, s_qh, G, BLOCK_G, HALF)
 
     g = tl.arange(0, BLOCK_G)
     g_ok = g < G
@@ -355,45 +352,58 @@ def _decode_reduce_kernel(part_ptr, ml_ptr, out_ptr, H, num_splits, s_ob, s_oh,
 
 @triton.jit
 def _decode_reduce_rotate_kernel(part_ptr, ml_ptr, out_ptr, R, H, num_splits, s_ob, s_oh,
-                                 HALF: tl.constexpr, BLOCK_R: tl.constexpr, DOT: tl.constexpr,
-                                 SPLIT_HI_LO: tl.constexpr):
-    """The combine of ``_decode_reduce_kernel`` for BLOCK_R (sequence, head) rows at once, then the
-    rows turned back from the rotated cache: out = o @ H, H = [[S, S], [S, -S]] / sqrt(D) with S the
-    HALF x HALF +-1 Sylvester matrix (made in registers), as tensor-core dots of the halves. The
-    float32 o enters the dots as hi + lo in DOT (SPLIT_HI_LO: two bf16 / fp16 parts, each times
-    +-1 exact, summed in float32: ~16 bits of o kept where one 16-bit operand keeps 8-11); the
-    interpreter's float32 DOT takes o whole. Session 24's one-row form summed columns across warps
-    (8 reductions a row): 254 us a batch-64 Llama-2 step on the H200 (session 25)."""
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+                                 HALF: tl.constexpr, ROWS: tl.constexpr, SPLITS_P: tl.constexpr,
+                                 CHUNK: tl.constexpr, DOT: tl.constexpr, SPLIT_HI_LO: tl.constexpr):
+    """The combine of ``_decode_reduce_kernel`` for ROWS (sequence, head) rows, turned back from the
+    rotated cache: out = o @ H, H = [[S, S], [S, -S]] / sqrt(D) with S the HALF x HALF +-1
+    Sylvester matrix (made in registers). H is linear, so each weighted partial w_s acc_s / denom
+    is turned and the turned partials summed: the dots' M side is ROWS x CHUNK partials (at least
+    16), so one row with many splits and 16 rows of one split fill the same tile, and the splits
+    load CHUNK at a time instead of one by one (session 25's 16-row form, a split a step: 286 us
+    of a batch-1 Llama-2 step on the H200, where 32 rows made 2 programs). The float32 partials
+    enter the dots as hi + lo in DOT (SPLIT_HI_LO: two bf16 / fp16 parts, each times +-1 exact,
+    summed in float32: ~16 bits kept where one 16-bit operand keeps 8-11); the interpreter's
+    float32 DOT takes them whole."""
+    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     r_ok = r < R
     r64 = tl.where(r_ok, r, 0).to(tl.int64)
-    # the largest m of each row's splits, then the splits one at a time (any number of them)
-    m_max = tl.full([BLOCK_R], float("-inf"), tl.float32)
-    for sp in range(num_splits):
-        m_max = tl.maximum(m_max, tl.load(ml_ptr + (r64 * num_splits + sp) * 2, mask=r_ok, other=float("-inf")))
+    # every split's m and l at once: the largest m and the denominator of each row
+    s = tl.arange(0, SPLITS_P)
+    ok = r_ok[:, None] & (s < num_splits)[None, :]
+    ml = ml_ptr + (r64[:, None] * num_splits + s[None, :]) * 2  # partials are contiguous (B, H, splits, ..)
+    m = tl.load(ml, mask=ok, other=float("-inf"))
+    m_max = tl.max(m, axis=1)
     m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
-    d = tl.arange(0, HALF)
-    o_lo = tl.zeros([BLOCK_R, HALF], tl.float32)
-    o_hi = tl.zeros([BLOCK_R, HALF], tl.float32)
-    denom = tl.zeros([BLOCK_R], tl.float32)
-    for sp in range(num_splits):
-        row = r64 * num_splits + sp
-        w = tl.exp2(tl.load(ml_ptr + row * 2, mask=r_ok, other=float("-inf")) - m_max)
-        denom += w * tl.load(ml_ptr + row * 2 + 1, mask=r_ok, other=0.0)
-        base = part_ptr + row[:, None] * (2 * HALF) + d[None, :]
-        o_lo += w[:, None] * tl.load(base, mask=r_ok[:, None], other=0.0)
-        o_hi += w[:, None] * tl.load(base + HALF, mask=r_ok[:, None], other=0.0)
+    denom = tl.sum(tl.exp2(m - m_max[:, None]) * tl.load(ml + 1, mask=ok, other=0.0), axis=1)
     inv = tl.where(denom > 0, 1.0 / tl.where(denom > 0, denom, 1.0), 0.0)  # nothing attended: 0
-    o_lo = o_lo * inv[:, None]
-    o_hi = o_hi * inv[:, None]
     sgn = sylvester_signs(HALF, DOT)
-    c = 1.0 / tl.sqrt(2.0 * HALF)
-    top = _times_signs(o_lo + o_hi, sgn, DOT, SPLIT_HI_LO) * c
-    bottom = _times_signs(o_lo - o_hi, sgn, DOT, SPLIT_HI_LO) * c
+    d = tl.arange(0, HALF)
+    c = tl.arange(0, CHUNK)
+    top = tl.zeros([ROWS, HALF], tl.float32)
+    bottom = tl.zeros([ROWS, HALF], tl.float32)
+    for s0 in range(0, num_splits, CHUNK):  # one pass unless more than CHUNK splits
+        sp = s0 + c
+        okc = r_ok[:, None] & (sp < num_splits)[None, :]
+        row = r64[:, None] * num_splits + sp[None, :]  # (ROWS, CHUNK)
+        w = tl.exp2(tl.load(ml_ptr + row * 2, mask=okc, other=float("-inf")) - m_max[:, None]) * inv[:, None]
+        base = part_ptr + row[:, :, None] * (2 * HALF) + d[None, None, :]
+        lo = tl.reshape(tl.load(base, mask=okc[:, :, None], other=0.0) * w[:, :, None], (ROWS * CHUNK, HALF))
+        hi = tl.reshape(tl.load(base + HALF, mask=okc[:, :, None], other=0.0) * w[:, :, None], (ROWS * CHUNK, HALF))
+        top += tl.sum(tl.reshape(_times_signs(lo + hi, sgn, DOT, SPLIT_HI_LO), (ROWS, CHUNK, HALF)), axis=1)
+        bottom += tl.sum(tl.reshape(_times_signs(lo - hi, sgn, DOT, SPLIT_HI_LO), (ROWS, CHUNK, HALF)), axis=1)
+    scale = 1.0 / tl.sqrt(2.0 * HALF)
     b = r64 // H
     o_row = out_ptr + b * s_ob + (r64 - b * H) * s_oh
-    tl.store(o_row[:, None] + d[None, :], top.to(out_ptr.dtype.element_ty), mask=r_ok[:, None])
-    tl.store(o_row[:, None] + HALF + d[None, :], bottom.to(out_ptr.dtype.element_ty), mask=r_ok[:, None])
+    tl.store(o_row[:, None] + d[None, :], (top * scale).to(out_ptr.dtype.element_ty), mask=r_ok[:, None])
+    tl.store(o_row[:, None] + HALF + d[None, :], (bottom * scale).to(out_ptr.dtype.element_ty), mask=r_ok[:, None])
+
+
+def reduce_rotate_tiling(splits: int) -> dict:
+    """The rotating combine's constexprs for ``splits`` partials a row: rows a program so that the
+    dots' M side (ROWS x CHUNK) is at least 16, every split's m / l in one load (SPLITS_P) and the
+    partials at most REDUCE_ROTATE_CHUNK splits a pass."""
+    splits_p = triton.next_power_of_2(splits)
+    return dict(ROWS=max(1, 16 // splits_p), SPLITS_P=splits_p, CHUNK=min(splits_p, REDUCE_ROTATE_CHUNK))
 
 
 @triton.jit
@@ -463,7 +473,7 @@ def check_decode_args(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens
 
 def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start,
                                sm_scale: float, max_seq_len: int = 0, k_rope=None, k_bias=None,
-                               v_rotated: bool = False, rotate_q: bool = False) -> torch.Tensor:
+                               v_rotated: bool = False) -> torch.Tensor:
     """Launch the Triton kernels (CUDA, or CPU tensors under TRITON_INTERPRET=1)."""
     b, h, d = q.shape
     hkv = k_cache.shape[1]
@@ -475,11 +485,6 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
         q = q.contiguous()
     if k_cache.stride() != v_cache.stride() or k_meta.stride() != v_meta.stride():
         raise ValueError("kv_decode_attention: K and V caches (and metas) must have the same strides")
-    # rotate_q: the kernels turn the queries by the +-1 signs into qr (same strides as q) and read them
-    # from there; H = signs / sqrt(D), the 1/sqrt(D) goes into the scale
-    qr = torch.empty_strided(q.shape, q.stride(), dtype=q.dtype, device=q.device) if rotate_q else None
-    if rotate_q:
-        sm_scale = sm_scale * d ** -0.5
     max_seq_len = max_seq_len or block_table.shape[1] * k_cache.shape[2]
     mha = g == 1 and k_rope is None and MHA_KERNEL and _as_words(k_cache) and _as_words(v_cache)
     gqa_planes = not mha and _gqa_kernel_fits(q, k_cache, v_cache, k_rope)
@@ -500,20 +505,20 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
     args = (
         q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start if kv_start is not None else seq_lens,
         out, part, ml, k_rope if k_rope is not None else ml, k_bias.contiguous() if k_bias is not None else ml,
-        qr if qr is not None else q, sm_scale * _LOG2E, splits, h, k_rope.stride(0) if k_rope is not None else 0,
+        sm_scale * _LOG2E, splits, h, k_rope.stride(0) if k_rope is not None else 0,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), k_meta.stride(0), k_meta.stride(1), k_meta.stride(2),
         block_table.stride(0),
         out.stride(0), out.stride(1),
     )
     if one_warp and warp_planes:
-        _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml, qr,
+        _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
                     sm_scale * _LOG2E, splits, one, warp=True)
     elif mha:
-        _launch_mha(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml, qr,
+        _launch_mha(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
                     sm_scale * _LOG2E, splits, one)
     elif gqa_planes:
-        _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml, qr,
+        _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
                     sm_scale * _LOG2E, splits, one)
     else:
         fma = g <= FMA_MAX_G
@@ -526,7 +531,7 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
             magic = magic_bits(op_dtype, _INTERPRET, pairs=True if one_warp else None) if UNPACK_MAGIC else 0
         meta = dict(G=g, BLOCK_G=block_g, HALF=d // 2, PAGE=k_cache.shape[2], HAS_START=kv_start is not None,
                     ONE_SPLIT=one, DOT=dot, MAGIC=magic, PREC=dot_precision(q.dtype), FMA=fma,
-                    ROPE=k_rope is not None, HAS_KBIAS=k_bias is not None, ROTATE_Q=rotate_q)
+                    ROPE=k_rope is not None, HAS_KBIAS=k_bias is not None)
         if _INTERPRET:
             wrap_triton(_decode_split_kernel)[(b, hkv, splits)](*args, **meta, BLOCK_N=16, PREFETCH=INTERPRET_PREFETCH)
         else:
@@ -535,10 +540,10 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
     if v_rotated:
         rows = b * h
         whole = _INTERPRET or q.dtype == torch.float32  # float32 dots (IEEE); else bf16 hi + lo parts
-        wrap_triton(_decode_reduce_rotate_kernel)[(triton.cdiv(rows, REDUCE_ROTATE_ROWS),)](
+        tiling = reduce_rotate_tiling(splits)
+        wrap_triton(_decode_reduce_rotate_kernel)[(triton.cdiv(rows, tiling["ROWS"]),)](
             part, ml, out, rows, h, splits, out.stride(0), out.stride(1),
-            HALF=d // 2, BLOCK_R=REDUCE_ROTATE_ROWS, DOT=tl.float32 if whole else tl.bfloat16,
-            SPLIT_HI_LO=not whole, num_warps=4,
+            HALF=d // 2, **tiling, DOT=tl.float32 if whole else tl.bfloat16, SPLIT_HI_LO=not whole, num_warps=4,
         )
     elif not one:
         wrap_triton(_decode_reduce_kernel)[(b * h,)](
@@ -553,7 +558,7 @@ def kv_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
                         v_meta: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
                         kv_start: torch.Tensor | None, sm_scale: float, max_seq_len: int = 0,
                         k_rope: torch.Tensor | None = None, k_bias: torch.Tensor | None = None,
-                        v_rotated: bool = False, rotate_q: bool = False) -> torch.Tensor:
+                        v_rotated: bool = False) -> torch.Tensor:
     """(batch, heads, D) queries, one per sequence, against the INT4 paged cache -> (batch, heads, D).
 
     ``seq_lens`` counts the cached tokens (the query's own K/V already written); ``max_seq_len``
@@ -562,17 +567,12 @@ def kv_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     cos / sin table and the (kv_heads, D) bias added back before rotating.
     ``v_rotated``: the cache holds ``v @ H`` (``kv_write(rotate_v=True)``); the output is turned
     back (``out @ H``) inside the split-combining kernel, which then always runs.
-    ``rotate_q``: the cache holds ``k @ H`` (``kv_write(rotate_k=True)``); the kernels turn the
-    queries (``q @ H``) before reading it, instead of a (D, D) matmul before the op.
     CUDA runs the Triton kernels; other devices run the reference."""
     check_decode_args(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start)
     check_rope_args(k_rope, k_bias, k_cache.shape[1], q.shape[2], block_table.shape[1] * k_cache.shape[2], q.device,
                     "kv_decode_attention")
-    if rotate_q and k_rope is not None:
-        raise ValueError("kv_decode_attention: rotate_q is for keys cached after RoPE (k_rope None): a cache of "
-                         "keys before RoPE is not rotated (AtomKVCache.rotate_k)")
     if q.is_cuda:
         return kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start,
-                                          sm_scale, max_seq_len, k_rope, k_bias, v_rotated, rotate_q)
+                                          sm_scale, max_seq_len, k_rope, k_bias, v_rotated)
     return decode_attention_ref(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, sm_scale,
-                                k_rope, k_bias, v_rotated, rotate_q)
+                                k_rope, k_bias, v_rotated)

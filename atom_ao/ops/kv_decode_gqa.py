@@ -41,7 +41,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from atom_ao.ops.kv_tiles import load_kv_meta, online_softmax, paged_rows, rotate_queries, split_tiles
+from atom_ao.ops.kv_tiles import load_kv_meta, online_softmax, paged_rows, split_tiles
 
 
 def gqa_configs():
@@ -134,20 +134,18 @@ def _meta_tile(km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len, s_cp, s_ch, s_ct, s_
 
 @triton.jit
 def decode_gqa_kernel(
-    q_ptr, kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_ptr, len_ptr, start_ptr, out_ptr, part_ptr, ml_ptr, qr_ptr,
+    q_ptr, kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_ptr, len_ptr, start_ptr, out_ptr, part_ptr, ml_ptr,
     qk_scale, num_splits, H,
     s_qb, s_qh, s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, s_btb, s_ob, s_oh,
     G: tl.constexpr, BLOCK_G: tl.constexpr, HALF: tl.constexpr, PAGE: tl.constexpr, HAS_START: tl.constexpr,
     ONE_SPLIT: tl.constexpr, DOT: tl.constexpr, MAGIC: tl.constexpr, OFFSET: tl.constexpr,
-    BLOCK_N: tl.constexpr, WARP: tl.constexpr, ASM: tl.constexpr, ROTATE_Q: tl.constexpr,
+    BLOCK_N: tl.constexpr, WARP: tl.constexpr, ASM: tl.constexpr,
 ):
     b = tl.program_id(0)
     hk = tl.program_id(1)
     sp = tl.program_id(2)
     qk_scale = tl.cast(qk_scale, tl.float32)  # Inductor passes a Python float as fp64
     seq_len, start, tile_lo, tile_hi = split_tiles(len_ptr, start_ptr, b, sp, num_splits, HAS_START, BLOCK_N)
-    if ROTATE_Q:  # the cache holds k @ H: the group's queries turned first, then read from qr_ptr
-        q_ptr = rotate_queries(q_ptr, qr_ptr, b, hk * G, s_qb, s_qh, G, BLOCK_G, HALF)
 
     g = tl.arange(0, BLOCK_G)
     g_ok = g < G

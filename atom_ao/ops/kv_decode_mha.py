@@ -44,7 +44,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from atom_ao.ops.kv_tiles import load_kv_meta, online_softmax, rotate_queries, split_tiles
+from atom_ao.ops.kv_tiles import load_kv_meta, online_softmax, split_tiles
 
 ROWS = 8  # cache rows per warp and step: 8 rows x 4 threads x 16 bytes = one warp at D = 128
 # The 8 nibbles of word j (``kv.format.pack_kv``): byte k holds column 4j + k in its low nibble and
@@ -179,12 +179,12 @@ def _mha_tile(kc_ptr, vc_ptr, km_ptr, vm_ptr, page, i, tile_hi, seq_len, head,
 
 @triton.jit
 def decode_mha_kernel(
-    q_ptr, kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_ptr, len_ptr, start_ptr, out_ptr, part_ptr, ml_ptr, qr_ptr,
+    q_ptr, kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_ptr, len_ptr, start_ptr, out_ptr, part_ptr, ml_ptr,
     qk_scale, num_splits, H,
     s_qb, s_qh, s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, s_btb, s_ob, s_oh,
     HALF: tl.constexpr, PAGE: tl.constexpr, HAS_START: tl.constexpr, ONE_SPLIT: tl.constexpr,
     WARPS: tl.constexpr, PREFETCH: tl.constexpr, ASM: tl.constexpr, ROWS: tl.constexpr,
-    FOLD: tl.constexpr, ROTATE_Q: tl.constexpr,
+    FOLD: tl.constexpr,
 ):
     BLOCK: tl.constexpr = WARPS * ROWS
     b = tl.program_id(0)
@@ -192,8 +192,6 @@ def decode_mha_kernel(
     sp = tl.program_id(2)
     qk_scale = tl.cast(qk_scale, tl.float32)  # Inductor passes a Python float as fp64
     seq_len, start, tile_lo, tile_hi = split_tiles(len_ptr, start_ptr, b, sp, num_splits, HAS_START, BLOCK)
-    if ROTATE_Q:  # the cache holds k @ H: the query turned first, then read from qr_ptr
-        q_ptr = rotate_queries(q_ptr, qr_ptr, b, h, s_qb, s_qh, 1, 1, HALF)
 
     q_row = q_ptr + b.to(tl.int64) * s_qb + h * s_qh
     d = tl.arange(0, HALF)

@@ -13,16 +13,12 @@ as ``b & 15`` (first half of head_dim) and ``b >> 4`` (second half).
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 
 F32_MAGIC = tl.constexpr(0x4B000000)  # the bits of 2.0**23 in float32
-# the interpreter's dot multiplies the raw bits of bf16 values (``dot_dtype``): float32 there
-FLOAT32_DOTS = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 # MAGIC | BY_PAIRS: the 16-bit trick by inline asm, two codes per instruction (see ``_PAIRS``)
 BY_PAIRS = tl.constexpr(1 << 16)
 # the launchers' default (``magic_bits``); the one-warp GQA decode path always takes the pairs
@@ -92,32 +88,6 @@ def sylvester_halves(lo, hi, HALF: tl.constexpr, DOT: tl.constexpr, PREC: tl.con
     p = tl.dot(lo.to(DOT), s, input_precision=PREC)
     q = tl.dot(hi.to(DOT), s, input_precision=PREC)
     return p + q, p - q
-
-
-@triton.jit
-def rotate_queries(q_ptr, qr_ptr, b, head0, s_qb, s_qh, G: tl.constexpr, BLOCK_G: tl.constexpr,
-                   HALF: tl.constexpr):
-    """The G query rows of sequence ``b`` from head ``head0`` times the +-1 Sylvester matrix of
-    D = 2 HALF (``sylvester_halves``), stored at the same offsets of ``qr_ptr`` (q's strides) in its
-    dtype; returns ``qr_ptr``, to read them from after the barrier here. A cache holding ``k @ H``
-    is read with ``q @ H = (q @ signs) / sqrt(D)``, the 1/sqrt(D) in the caller's scale: one
-    rounding, as the (D, D) matmul this replaces (at least 16 rows, the dots' M side). Every split
-    program of a head writes the same values there."""
-    ROWS: tl.constexpr = BLOCK_G if BLOCK_G > 16 else 16
-    r = tl.arange(0, ROWS)
-    ok = r < G
-    d = tl.arange(0, HALF)
-    rows = b.to(tl.int64) * s_qb + (head0 + r)[:, None] * s_qh + d[None, :]
-    lo = tl.load(q_ptr + rows, mask=ok[:, None], other=0.0)
-    hi = tl.load(q_ptr + rows + HALF, mask=ok[:, None], other=0.0)
-    if FLOAT32_DOTS or lo.dtype == tl.float32:
-        top, bottom = sylvester_halves(lo, hi, HALF, tl.float32, "ieee")
-    else:
-        top, bottom = sylvester_halves(lo, hi, HALF, lo.dtype, "tf32")  # the precision is for float32 only
-    tl.store(qr_ptr + rows, top.to(qr_ptr.dtype.element_ty), mask=ok[:, None])
-    tl.store(qr_ptr + rows + HALF, bottom.to(qr_ptr.dtype.element_ty), mask=ok[:, None])
-    tl.debug_barrier()  # the program's own stores, visible to all its threads
-    return qr_ptr
 
 
 @triton.jit

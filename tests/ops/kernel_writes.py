@@ -147,8 +147,8 @@ def _kv_cases():
             kv_decode_attention.kv_decode_attention_triton(q, *caches, table, seq_lens, kv_start, d ** -0.5, hint)
             _report(f"kv_decode heads={heads}/{kv_heads} d={d} hint={hint}", inputs)
         kv_decode_attention.kv_decode_attention_triton(q, *caches, table, seq_lens, kv_start, d ** -0.5, 0,
-                                                       v_rotated=True, rotate_q=True)  # the rotating forms
-        _report(f"kv_decode heads={heads}/{kv_heads} d={d} v_rotated rotate_q", inputs)
+                                                       v_rotated=True)  # the rotating combine
+        _report(f"kv_decode heads={heads}/{kv_heads} d={d} v_rotated", inputs)
         if heads == kv_heads:  # MHA without the planes kernel: kv_decode_mha
             kv_decode_attention.MHA_PLANES, saved = False, kv_decode_attention.MHA_PLANES
             kv_decode_attention.kv_decode_attention_triton(q, *caches, table, seq_lens, kv_start, d ** -0.5, 0)

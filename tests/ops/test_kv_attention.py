@@ -137,37 +137,14 @@ def test_decode_v_rotated_turns_the_output_back(heads, kv_heads, d, dtype, monke
         _close(got, want, dtype)
 
 
-@pytest.mark.parametrize("heads, kv_heads, d, dtype, planes", [
-    (4, 4, 128, torch.bfloat16, True), (4, 4, 128, torch.bfloat16, False), (6, 2, 128, torch.bfloat16, True),
-    (6, 2, 128, torch.bfloat16, False), (4, 4, 64, torch.float32, True), (12, 4, 64, torch.bfloat16, True),
-    (2, 1, 32, torch.bfloat16, True)])
-def test_decode_rotate_q_turns_the_queries_inside(heads, kv_heads, d, dtype, planes, monkeypatch):
-    """A cache holding ``k @ H``: the kernels turn the queries themselves (``rotate_q``), with one
-    split and with several, as the reference does (``q @ signs`` rounded, 1/sqrt(D) in the scale):
-    the one-warp planes kernel (MHA and GQA at D = 128), without it (``planes`` False) the MHA
-    kernel and the 4-warp planes form, and the generic kernel (D 32 / 64)."""
-    monkeypatch.setattr(dec, "MHA_PLANES", planes)
-    monkeypatch.setattr(dec, "ONE_WARP_PLANES", planes)
-    q, caches, table, seq_lens = _decode_case([1, 37, 300], heads, kv_heads, d, dtype, page_size=32, seed=6)
-    want = decode_attention_ref(q, *caches, table, seq_lens, None, d ** -0.5, v_rotated=True, rotate_q=True)
-    turned = (q.float() @ hadamard(d)).to(dtype)  # the spec: the plain decode of q @ H
-    spec = decode_attention_ref(turned, *caches, table, seq_lens, None, d ** -0.5, v_rotated=True)
-    _close(want, spec, dtype, tol=2e-2)
-    for one_split in (False, True):
-        if one_split:
-            monkeypatch.setattr(dec, "num_splits", lambda *args: 1)
-            monkeypatch.setattr(dec, "one_warp_splits", lambda *args: 1)
-        got = kv_decode_attention_triton(q, *caches, table, seq_lens, None, d ** -0.5, 512, v_rotated=True,
-                                         rotate_q=True)
-        _close(got, want, dtype)
-
-
-@pytest.mark.parametrize("rows, splits, d", [(5, 1, 64), (37, 3, 128), (32, 2, 32)])
-def test_rotating_combine_by_16_row_tiles(rows, splits, d):
-    """The combining kernel of a rotated cache (16 rows a program, the output turned by H in two
-    dots of the halves) against the same math in float64, with float32 dots and with the GPU's
-    split operands (hi + lo in a 16-bit type; fp16 here, as the interpreter's bf16 dots are not
-    bf16 products). A row with no attended key (all splits empty) gives 0."""
+# one split (16 rows a program), a few (8 or 4 rows), many (one row, its splits the dots' rows),
+# more than a pass holds (REDUCE_ROTATE_CHUNK: two passes)
+@pytest.mark.parametrize("rows, splits, d", [(5, 1, 64), (37, 3, 128), (32, 2, 32), (6, 33, 64), (3, 70, 32)])
+def test_rotating_combine(rows, splits, d):
+    """The combining kernel of a rotated cache (rows x splits partials a program, each turned by H
+    in two dots of the halves, then summed) against the same math in float64, with float32 dots
+    and with the GPU's split operands (hi + lo in a 16-bit type; fp16 here, as the interpreter's
+    bf16 dots are not bf16 products). A row with no attended key (all splits empty) gives 0."""
     import triton
     import triton.language as tl
     from torch.library import wrap_triton
@@ -179,6 +156,7 @@ def test_rotating_combine_by_16_row_tiles(rows, splits, d):
     l_s = torch.rand(rows, splits, generator=g) + 0.5
     if splits > 1:
         m[1, 0], l_s[1, 0], part[1, 0] = float("-inf"), 0.0, 0.0  # an empty split
+        m[1, -1], l_s[1, -1], part[1, -1] = float("-inf"), 0.0, 0.0  # and one in the last pass
     m[0], l_s[0], part[0] = float("-inf"), 0.0, 0.0  # nothing attended at all
     ml = torch.stack([m, l_s], -1).contiguous()
     mx = m.max(1, keepdim=True).values.double().nan_to_num(neginf=0.0)
@@ -189,9 +167,11 @@ def test_rotating_combine_by_16_row_tiles(rows, splits, d):
     heads = 1 if rows % 2 else 2
     for dot, split in ((tl.float32, False), (tl.float16, True)):
         out = torch.full((rows // heads, heads, d), float("nan"))
-        wrap_triton(dec._decode_reduce_rotate_kernel)[(triton.cdiv(rows, dec.REDUCE_ROTATE_ROWS),)](
+        tiling = dec.reduce_rotate_tiling(splits)
+        assert tiling["ROWS"] * tiling["CHUNK"] >= 16  # the GPU's dots take at least 16 rows
+        wrap_triton(dec._decode_reduce_rotate_kernel)[(triton.cdiv(rows, tiling["ROWS"]),)](
             part, ml, out, rows, heads, splits, out.stride(0), out.stride(1),
-            HALF=d // 2, BLOCK_R=dec.REDUCE_ROTATE_ROWS, DOT=dot, SPLIT_HI_LO=split)
+            HALF=d // 2, **tiling, DOT=dot, SPLIT_HI_LO=split)
         out = out.reshape(rows, d).double()
         assert torch.equal(out[0], torch.zeros(d, dtype=torch.float64))
         rel = ((out - want).norm() / want.norm()).item()
@@ -259,12 +239,6 @@ def test_decode_real_sizes_gpu(batch, ctx, heads, kv_heads):
     want = decode_attention_ref(q, *[c.cpu() for c in caches], table.cpu(), seq_lens, None, d ** -0.5, v_rotated=True)
     got = torch.ops.atom_ao.kv_decode_attention(q.cuda(), *caches, table, seq_lens.cuda(), None, d ** -0.5, ctx,
                                                 v_rotated=True)
-    _close(got, want, torch.bfloat16)
-    # and the queries turned inside the kernels (AtomKVCache's default decode)
-    want = decode_attention_ref(q, *[c.cpu() for c in caches], table.cpu(), seq_lens, None, d ** -0.5, v_rotated=True,
-                                rotate_q=True)
-    got = torch.ops.atom_ao.kv_decode_attention(q.cuda(), *caches, table, seq_lens.cuda(), None, d ** -0.5, ctx,
-                                                v_rotated=True, rotate_q=True)
     _close(got, want, torch.bfloat16)
 
 

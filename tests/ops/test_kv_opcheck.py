@@ -31,15 +31,7 @@ def test_opcheck_kv_decode_attention(with_rope, v_rotated):
     extra = _rope(2, 64, table.shape[1] * 8) if with_rope else (None, None)
     args = (torch.randn(2, 4, 64), *caches, table, torch.tensor([9, 20], dtype=torch.int32),
             torch.tensor([0, 3], dtype=torch.int32), 0.125, 0, *extra)
-    # a rotated cache (v_rotated) holds k @ H too (post-RoPE keys): its queries are turned (rotate_q)
-    opcheck(ops.kv_decode_attention.default, args, {"v_rotated": v_rotated, "rotate_q": v_rotated})
-
-
-def test_decode_rotate_q_refuses_keys_before_rope():
-    caches, table = paged_cache([9], 2, 64, page_size=8)
-    with pytest.raises(ValueError, match="rotate_q is for keys cached after RoPE"):
-        ops.kv_decode_attention(torch.randn(1, 4, 64), *caches, table, torch.tensor([9], dtype=torch.int32), None,
-                                0.125, 0, *_rope(2, 64, table.shape[1] * 8), rotate_q=True)
+    opcheck(ops.kv_decode_attention.default, args, {"v_rotated": v_rotated})
 
 
 @pytest.mark.parametrize("with_rope", [False, True])
@@ -63,8 +55,7 @@ def test_opcheck_kv_attention_gpu(with_rope):
     lens = torch.tensor([90, 200], dtype=torch.int32, device="cuda")
     q = torch.randn(2, 4, 64, device="cuda", dtype=torch.bfloat16)
     opcheck(ops.kv_decode_attention.default, (q, *caches, table, lens, None, 0.125, 0, *extra))
-    opcheck(ops.kv_decode_attention.default, (q, *caches, table, lens, None, 0.125, 0, *extra),
-            {"v_rotated": True, "rotate_q": not with_rope})
+    opcheck(ops.kv_decode_attention.default, (q, *caches, table, lens, None, 0.125, 0, *extra), {"v_rotated": True})
     k, v = torch.randn(2, 2, 64, device="cuda", dtype=torch.bfloat16), torch.randn(2, 2, 64, device="cuda",
                                                                                    dtype=torch.bfloat16)
     opcheck(ops.kv_write.default, (k, v, torch.tensor([3, 70], device="cuda"), *caches),
