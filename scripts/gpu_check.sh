@@ -554,8 +554,9 @@ for what in "${@:-tests}"; do
     # for session 27: where the batch-64 swap GEMM (1.2 TB/s of weights in the step) loses time: every
     # M = 64 config and split with cold weights (the split sum left to the consumer, as compiled), then
     # Nsight Compute on it and on bf16's cuBLAS
-    m64-s27) T=300 TAIL=60 step explore_m64_s27 python3 benchmarks/explore_decode_gemm.py --ms 64 --splits 1,2,4 \
-                 --no-split-sum --configs "64x64x3x4,64x64x4x4,128x64x3x8,128x64x4x8,64x32x3x4" \
+    # (two groups' loads a step: 237 registers at 64x64 offline, 2 programs a SM; 168 caps it at 3)
+    m64-s27) T=360 TAIL=60 step explore_m64_s27 python3 benchmarks/explore_decode_gemm.py --ms 64 --splits 1,2,4 \
+                 --no-split-sum --groups-a-step 1,2 --configs "64x64x3x4,64x64x4x4,128x64x3x8,64x64x3x4x168" \
                  --shapes "llama2-7b qkv,llama2-7b o,llama2-7b gate/up,llama2-7b down"
              NCU_CASES=gemm-m64 T=150 TAIL=120 step ncu_m64_s27 bash -c ncu_profile ;;
     cache-tests-s18) T=300 step cache_gpu_tests_s18 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short tests/kv/test_cache.py ;;

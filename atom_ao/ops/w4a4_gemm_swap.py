@@ -35,6 +35,9 @@ from atom_ao.ops.gemm_tiles import SCALE_256, group_sum_x256_to_f32, no_empty_sp
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 SWAP_MAX_M = 64  # the largest token tile offered below
+# groups a step of the main loop whose loads go out together (the kernel's GROUPS_A_STEP); 2 is for
+# ``explore_decode_gemm.py --groups-a-step`` until timed (same bits: the sums keep their order)
+SWAP_GROUPS_A_STEP = 1
 
 # (BLOCK_N weight rows, BLOCK_M tokens, warps, stages) per token regime; one autotuner each.
 # H200, benchmarks/explore_small_m.py (results/h200/explore_small_m_*): 256-row tiles on 8 warps
@@ -94,6 +97,19 @@ def _group_tile(ptrs, s_ptrs, rows_ok, FULL: tl.constexpr):
 
 
 @triton.jit
+def _group_math(w, sw, a, sa, acc, HALF: tl.constexpr, USE_ASM: tl.constexpr):
+    """acc (out^T) += one group: two INT8 dots of the 16 x codes, the INT32 sum to float32, times
+    the token scales (/ 256) and the weight rows' scales."""
+    w_lo, w_hi = unpack_int4_x16(w, USE_ASM)  # 16 x codes: the dot is 256x, sa takes 1/256
+    a_lo, a_hi = unpack_int4_x16(a, USE_ASM)
+    dot = tl.dot(w_lo, tl.trans(a_lo), out_dtype=tl.int32)
+    dot = tl.dot(w_hi, tl.trans(a_hi), dot, out_dtype=tl.int32)
+    # the tile kernel's products, with the exact 1/256 on the weight rows' scales (a thread
+    # holds 2 of them and 16 token scales): the same bits, 14 fewer multiplies a group
+    return acc + group_sum_x256_to_f32(dot, HALF) * sa[None, :] * (sw * SCALE_256)[:, None]
+
+
+@triton.jit
 def _w4a4_gemm_swap_kernel_jit(
     a_ptr, as_ptr, ao_ptr, aos_ptr,
     w_ptr, ws_ptr, wo_ptr, wos_ptr,
@@ -109,6 +125,9 @@ def _w4a4_gemm_swap_kernel_jit(
     # offered): the main loop's loads go unmasked (sm_90a, 64x64 tile: 369 -> 332 instructions a
     # group and 194 -> 165 registers, 3 programs a SM instead of 2)
     EVEN_N: tl.constexpr, EVEN_M: tl.constexpr,
+    # groups whose loads a step issues together (1 or 2; ``SWAP_GROUPS_A_STEP``): the M = 64 kernel
+    # waits on its weight loads (Nsight Compute, H200, gate/up: 2.6 programs a SM, 1.47 TB/s)
+    GROUPS_A_STEP: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -126,16 +145,17 @@ def _w4a4_gemm_swap_kernel_jit(
     ws_ptrs = ws_ptr + offs_n * stride_wsn + g0
     as_ptrs = as_ptr + offs_m * stride_asm + g0
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # out^T
-    for g in range(0, n_g):
+    for g in range(0, n_g, GROUPS_A_STEP):
         w, sw = _group_tile(w_ptrs + g * HALF, ws_ptrs + g, mask_n, EVEN_N)
         a, sa = _group_tile(a_ptrs + g * HALF, as_ptrs + g, mask_m, EVEN_M)
-        w_lo, w_hi = unpack_int4_x16(w, USE_ASM)  # 16 x codes: the dot is 256x, sa takes 1/256
-        a_lo, a_hi = unpack_int4_x16(a, USE_ASM)
-        dot = tl.dot(w_lo, tl.trans(a_lo), out_dtype=tl.int32)
-        dot = tl.dot(w_hi, tl.trans(a_hi), dot, out_dtype=tl.int32)
-        # the tile kernel's products, with the exact 1/256 on the weight rows' scales (a thread
-        # holds 2 of them and 16 token scales): the same bits, 14 fewer multiplies a group
-        acc += group_sum_x256_to_f32(dot, HALF) * sa[None, :] * (sw * SCALE_256)[:, None]
+        if GROUPS_A_STEP == 2:  # the next group's loads issued before this one's math (a share's
+            # odd last group reads nothing: zero codes and scales add 0)
+            more = (offs_n * 0 + g + 1) < n_g
+            w2, sw2 = _group_tile(w_ptrs + (g + 1) * HALF, ws_ptrs + g + 1, mask_n & more, False)
+            a2, sa2 = _group_tile(a_ptrs + (g + 1) * HALF, as_ptrs + g + 1, mask_m & (offs_m * 0 + g + 1 < n_g), False)
+        acc = _group_math(w, sw, a, sa, acc, HALF, USE_ASM)
+        if GROUPS_A_STEP == 2:
+            acc = _group_math(w2, sw2, a2, sa2, acc, HALF, USE_ASM)
 
     # the outlier block and the bias belong to the first split only (masked off in the others)
     first_m = mask_m & (offs_m * 0 + split == 0)

@@ -176,6 +176,23 @@ def test_swap_unmasked_loop_same_bits(monkeypatch, m, n):
     _check(m, n, 256, 32, 64, torch.bfloat16, True)
 
 
+@pytest.mark.parametrize("m, n, k", [(64, 128, 5 * 64), (3, 40, 7 * 64), (19, 256, 4 * 64)])
+def test_swap_two_groups_a_step_same_bits(monkeypatch, m, n, k):
+    """The swap kernel's main loop with two groups' loads a step (GROUPS_A_STEP = 2): the same bits
+    as one a step, with full and partial tiles and shares of odd and even group counts (5 and 7
+    groups split in 2: the odd last group reads nothing)."""
+    import importlib
+    swap = importlib.import_module("atom_ao.ops.w4a4_gemm_swap")
+    args = _operands(m, n, k, 32, 64, torch.bfloat16, True)
+    for splits in (1, 2):
+        one = w4a4_gemm_triton(*args, 64, torch.bfloat16, path="swap", splits=splits)
+        monkeypatch.setattr(swap, "SWAP_GROUPS_A_STEP", 2)
+        two = w4a4_gemm_triton(*args, 64, torch.bfloat16, path="swap", splits=splits)
+        monkeypatch.setattr(swap, "SWAP_GROUPS_A_STEP", 1)
+        torch.testing.assert_close(two, one, rtol=0, atol=0)
+    _check(m, n, k, 32, 64, torch.bfloat16, True)
+
+
 def test_swap_path_refuses_large_m():
     args = _operands(72, 32, 256, 0, 128, torch.bfloat16, False)
     with pytest.raises(ValueError, match="swap"):
