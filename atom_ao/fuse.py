@@ -33,7 +33,6 @@ from atom_ao.unwrap import _PARTS, AtomLinear
 __all__ = ["AtomProjection", "FusedProjections", "fuse_projections", "unfuse_projections"]
 
 
-
 class FusedProjections(AtomLinear):
     """One AtomLinear over its siblings' stacked rows, and the output they share in a forward.
     Registered on the parent under ``fused_<names>``; it saves nothing (the siblings do)."""

@@ -131,7 +131,8 @@ def main():
                     add("default (autotuned)" + tag, default, per_call())
                     for cfg in configs:
                         bn, bm, st, nw = cfg[:4] if len(cfg) >= 4 else (cfg[0], 16 if m <= 16 else 32, *cfg[1:])
-                        fixed = {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": nw, "num_stages": st}
+                        fixed = {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": nw, "num_stages": st,
+                                 "GROUPS_A_STEP": step}
                         name = f"{bn}x{bm} st{st} w{nw}" + tag
                         if len(cfg) == 5:  # a register cap: more programs a SM (64x64 on 4 warps holds 167)
                             fixed["maxnreg"] = cfg[4]

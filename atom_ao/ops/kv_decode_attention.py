@@ -408,7 +408,7 @@ def reduce_rotate_tiling(splits: int) -> dict:
 
 @triton.jit
 def _times_signs(x, sgn, DOT: tl.constexpr, SPLIT_HI_LO: tl.constexpr):
-    """float32 (BLOCK_R, HALF) x times the +-1 (HALF, HALF) matrix, float32 out."""
+    """float32 (rows, HALF) x times the +-1 (HALF, HALF) matrix, float32 out."""
     if SPLIT_HI_LO:
         hi = x.to(DOT)
         lo = (x - hi.to(tl.float32)).to(DOT)

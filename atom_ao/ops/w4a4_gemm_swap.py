@@ -151,9 +151,10 @@ def _w4a4_gemm_swap_kernel_jit(
         a, sa = _group_tile(a_ptrs + g * HALF, as_ptrs + g, mask_m, EVEN_M)
         if GROUPS_A_STEP == 2:  # the next group's loads issued before this one's math (a share's
             # odd last group reads nothing: zero codes and scales add 0)
-            more = (offs_n * 0 + g + 1) < n_g
-            w2, sw2 = _group_tile(w_ptrs + (g + 1) * HALF, ws_ptrs + g + 1, mask_n & more, False)
-            a2, sa2 = _group_tile(a_ptrs + (g + 1) * HALF, as_ptrs + g + 1, mask_m & (offs_m * 0 + g + 1 < n_g), False)
+            more_n = (offs_n * 0 + g + 1) < n_g  # as tensors: the interpreter masks with no scalar bool
+            more_m = (offs_m * 0 + g + 1) < n_g
+            w2, sw2 = _group_tile(w_ptrs + (g + 1) * HALF, ws_ptrs + g + 1, mask_n & more_n, False)
+            a2, sa2 = _group_tile(a_ptrs + (g + 1) * HALF, as_ptrs + g + 1, mask_m & more_m, False)
         acc = _group_math(w, sw, a, sa, acc, HALF, USE_ASM)
         if GROUPS_A_STEP == 2:
             acc = _group_math(w2, sw2, a2, sa2, acc, HALF, USE_ASM)
@@ -195,7 +196,7 @@ SWAP_KERNELS = {
 
 def swap_kernel_and_meta(m: int):
     """The kernel to launch for m tokens and its fixed meta-parameters (the interpreter cannot
-    autotune: one small config)."""
+    autotune: one small config); SWAP_GROUPS_A_STEP is read here, at each launch."""
     if INTERPRET:
-        return _w4a4_gemm_swap_kernel_jit, {"BLOCK_N": 32, "BLOCK_M": 16}
-    return SWAP_KERNELS[min(r for r in _SWAP_REGIMES if m <= r)], {}
+        return _w4a4_gemm_swap_kernel_jit, {"BLOCK_N": 32, "BLOCK_M": 16, "GROUPS_A_STEP": SWAP_GROUPS_A_STEP}
+    return SWAP_KERNELS[min(r for r in _SWAP_REGIMES if m <= r)], {"GROUPS_A_STEP": SWAP_GROUPS_A_STEP}
