@@ -69,14 +69,6 @@ def build(shape, path: str, n_layers: int | None, compile_blocks: bool = True):
     return model
 
 
-def set_swap_groups_a_step(n: int):
-    from atom_ao.ops import w4a4_gemm_swap
-
-    if n not in (1, 2):
-        raise SystemExit(f"--swap-groups-a-step: {n} is not 1 or 2")
-    w4a4_gemm_swap.SWAP_GROUPS_A_STEP = n
-
-
 def kv_bytes_per_token(s, path: str) -> float:
     per_elem = 0.5 + 4 / s.head_dim if path.startswith("atom-kv4") else 2.0  # INT4 + fp16 scale/zero per head
     return 2 * s.n_layers * s.n_kv_heads * s.head_dim * per_elem
@@ -199,9 +191,6 @@ def parse_args(argv=None):
                          "alike), instead of w1 and w3")
     ap.add_argument("--profile", action="store_true",
                     help="also trace a few decode steps: GPU time per step by kernel kind and the top kernels")
-    ap.add_argument("--swap-groups-a-step", default="1",
-                    help="comma list (1, 2) of the swap GEMM's groups a main-loop step; each atom path runs once "
-                         "per value (rows labelled <path>/gs<N> when more than one)")
     ap.add_argument("--inductor-pdl", action="store_true",
                     help="Inductor's programmatic dependent launch (its kernels wait on their producer inside the "
                          "kernel, so a launch overlaps the previous kernel's tail; Hopper, torch with "
@@ -219,15 +208,11 @@ def main():
         inductor_config.triton.enable_pdl = True
     shape = replace(SHAPES[args.model], fused_qkv=args.fused_qkv, fused_gate_up=args.fused_gate_up)
     rows = []
-    steps = [int(x) for x in args.swap_groups_a_step.split(",")]
-    runs = [(p, g) for p in args.paths.split(",") for g in (steps if p.startswith("atom") else [steps[0]])]
-    for path, groups_a_step in runs:
-        label = f"{path}/gs{groups_a_step}" if len(steps) > 1 and path.startswith("atom") else path
-        set_swap_groups_a_step(groups_a_step)  # read when the step is compiled (build resets Dynamo)
+    for path in args.paths.split(","):
         try:
             model = build(shape, path, args.layers, not args.no_compile)
         except Exception as e:
-            print(f"{label}: cannot build ({type(e).__name__}: {str(e)[:160]})")
+            print(f"{path}: cannot build ({type(e).__name__}: {str(e)[:160]})")
             continue
         weight_gb = torch.cuda.memory_allocated() / 2**30
         s = model.s
@@ -241,17 +226,17 @@ def main():
             try:
                 r = run_batch(model, path, b, args.prompt, args.gen, args.steps, args.profile)
             except Exception as e:
-                print(f"{label} batch {b}: failed ({type(e).__name__}: {str(e)[:800]})")
+                print(f"{path} batch {b}: failed ({type(e).__name__}: {str(e)[:800]})")
                 torch.cuda.empty_cache()
                 continue
-            row = {"model": args.model, "layers": s.n_layers, "path": label, "batch": b, **r,
+            row = {"model": args.model, "layers": s.n_layers, "path": path, "batch": b, **r,
                    "weights_gb": round(weight_gb, 2), f"max_batch_{int(args.budget_gb)}gb": fit}
             prof = row.pop("profile", None)
             rows.append(row)
             print(row, flush=True)
             if prof:
                 row["profile_by_kind_us"] = prof["by_kind_us"]  # in the JSON, not the table
-                print(f"  profile {label} batch {b}: {prof['gpu_us_per_step']} us of kernels per step")
+                print(f"  profile {path} batch {b}: {prof['gpu_us_per_step']} us of kernels per step")
                 for k, us in prof["by_kind_us"].items():
                     print(f"    {k:32s} {us:10.1f} us")
                 for k, us in prof["top_kernels_us"]:

@@ -10,7 +10,8 @@ weight to exceed 2x L2, rotating, so each call streams its weight from HBM as it
 model; the time is per call. Each (weight rows a tile, warps, stages) config of the M regime is
 timed with every split the shape allows, beside the default (the swap kernel's own rule).
 ``--gemv`` times the M = 1 dp4a kernel's tilings and splits beside the swap kernel instead.
-``--groups-a-step 1,2`` times each config with the main loop issuing one or two groups' loads a step.
+``--scales-ab`` times each config and split with the group scales row-major and group-major, loaded
+in their step, a group ahead or pipelined (the swap kernel's SCALES).
 The times include the kernel that sums split-K partials, as eager calls run it; compiled models
 fuse that sum into the next kernel, which ``--no-split-sum`` mimics by leaving it out (the
 splits then compete on the GEMM kernel alone).
@@ -60,9 +61,10 @@ def main():
     ap.add_argument("--no-split-sum", action="store_true",
                     help="time the GEMM kernel alone, without the kernel summing split-K partials (compiled models "
                          "leave that sum to Inductor, which fuses it into the next kernel)")
-    ap.add_argument("--groups-a-step", default="1",
-                    help="comma list of the swap kernel's GROUPS_A_STEP (1 or 2: groups whose loads a main-loop step "
-                         "issues together) to time each config with (same bits, checked first)")
+    ap.add_argument("--scales-ab", action="store_true",
+                    help="each config and split with the scales row-major and group-major ((G, M) / (G, N) in "
+                         "memory) and loaded in their step, a group ahead or pipelined by tl.range (the swap "
+                         "kernel's SCALES 0 / 1 / 2; same bits, checked)")
     ap.add_argument("--masked-ab", action="store_true",
                     help="only the default, with the unmasked main loop (full tiles) and with every load masked")
     args = ap.parse_args()
@@ -90,10 +92,12 @@ def main():
             groups = a[1].shape[1]
             default = swap.swap_split_k(m, n, groups, sms)
 
-            def per_call(path="swap", **kw):
+            def per_call(path="swap", operands=None, **kw):
+                a_c, weights_c = operands or (a, weights)
+
                 def fn():
-                    for wq in weights:
-                        gemm.w4a4_gemm_triton(*a, *wq, None, w.group_size, x.dtype, path=path, **kw)
+                    for wq in weights_c:
+                        gemm.w4a4_gemm_triton(*a_c, *wq, None, w.group_size, x.dtype, path=path, **kw)
                 with _split_sum_off(args.no_split_sum):
                     return bench_us(fn) / copies
 
@@ -120,39 +124,67 @@ def main():
                 mine = [r for r in rows if r["shape"] == label and r["M"] == m]
                 print(markdown_table(mine, COLUMNS).split("\n", 2)[-1], flush=True)
                 continue
+            if args.scales_ab:
+                _scales_rows(args, gemm, swap, a, weights, w, x.dtype, groups, configs, per_call, add, m)
+                mine = [r for r in rows if r["shape"] == label and r["M"] == m]
+                print(markdown_table(sorted(mine, key=lambda r: r["us"]), COLUMNS).split("\n", 2)[-1], flush=True)
+                continue
+            add("default (autotuned)", default, per_call())
             real = swap.swap_kernel_and_meta
-            first = gemm.w4a4_gemm_triton(*a, *weights[0], None, w.group_size, x.dtype, path="swap")
-            for step in (int(v) for v in args.groups_a_step.split(",")):
-                swap.SWAP_GROUPS_A_STEP = step
-                tag = "" if step == 1 else f" {step} groups a step"
+            for cfg in configs:
+                bn, bm, st, nw = cfg[:4] if len(cfg) >= 4 else (cfg[0], 16 if m <= 16 else 32, *cfg[1:])
+                fixed = {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": nw, "num_stages": st}
+                name = f"{bn}x{bm} st{st} w{nw}"
+                if len(cfg) == 5:  # a register cap: more programs a SM (64x64 on 4 warps holds 167)
+                    fixed["maxnreg"] = cfg[4]
+                    name += f" maxnreg{cfg[4]}"
+                gemm.swap_kernel_and_meta = lambda _m, fixed=fixed: (swap._w4a4_gemm_swap_kernel_jit, fixed)
                 try:
-                    got = gemm.w4a4_gemm_triton(*a, *weights[0], None, w.group_size, x.dtype, path="swap")
-                    assert torch.equal(got, first), f"GROUPS_A_STEP={step} changed the bits"
-                    add("default (autotuned)" + tag, default, per_call())
-                    for cfg in configs:
-                        bn, bm, st, nw = cfg[:4] if len(cfg) >= 4 else (cfg[0], 16 if m <= 16 else 32, *cfg[1:])
-                        fixed = {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": nw, "num_stages": st,
-                                 "GROUPS_A_STEP": step}
-                        name = f"{bn}x{bm} st{st} w{nw}" + tag
-                        if len(cfg) == 5:  # a register cap: more programs a SM (64x64 on 4 warps holds 167)
-                            fixed["maxnreg"] = cfg[4]
-                            name += f" maxnreg{cfg[4]}"
-                        gemm.swap_kernel_and_meta = lambda _m, fixed=fixed: (swap._w4a4_gemm_swap_kernel_jit, fixed)
-                        try:
-                            for s in (int(v) for v in args.splits.split(",")):
-                                if splits_fit(groups, s):
-                                    add(name, s, per_call(splits=s))
-                        except Exception as e:  # noqa: BLE001  (a config that does not fit: say so, go on)
-                            print(f"  {label} M={m} {fixed}: {type(e).__name__} {str(e)[:200]}")
-                        finally:
-                            gemm.swap_kernel_and_meta = real
+                    for s in (int(v) for v in args.splits.split(",")):
+                        if splits_fit(groups, s):
+                            add(name, s, per_call(splits=s))
+                except Exception as e:  # noqa: BLE001  (a config that does not fit: say so, go on)
+                    print(f"  {label} M={m} {fixed}: {type(e).__name__} {str(e)[:200]}")
                 finally:
-                    swap.SWAP_GROUPS_A_STEP = 1
+                    gemm.swap_kernel_and_meta = real
             mine = [r for r in rows if r["shape"] == label and r["M"] == m]
             print(markdown_table(sorted(mine, key=lambda r: r["us"]), COLUMNS).split("\n", 2)[-1], flush=True)
         weights = None
         torch.cuda.empty_cache()
     write_results("explore_decode_gemm", rows, COLUMNS, {"copy_bytes_per_s": copy_bps, "sms": sms})
+
+
+def _group_major(t: torch.Tensor) -> torch.Tensor:
+    """The same (rows, G) values stored group by group (unit row stride)."""
+    return t.t().contiguous().t()
+
+
+def _scales_rows(args, gemm, swap, a, weights, w, dtype, groups, configs, per_call, add, m):
+    """--scales-ab: every config x split x scale layout x SCALES (the weights' scale copies made
+    once, outside the timing; the token scales likewise)."""
+    layouts = {"row-major": (a, weights),
+               "group-major": ((a[0], _group_major(a[1]), *a[2:]),
+                               [(q, _group_major(s), o, os_) for q, s, o, os_ in weights])}
+    want = gemm.w4a4_gemm_triton(*a, *weights[0], None, w.group_size, dtype, path="swap")
+    real = swap.swap_kernel_and_meta
+    for cfg in configs:
+        bn, bm, st, nw = cfg[:4] if len(cfg) >= 4 else (cfg[0], 16 if m <= 16 else 32, *cfg[1:])
+        for layout, (a_l, weights_l) in layouts.items():
+            for scales in (0, 1, 2):
+                fixed = {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": nw, "num_stages": st, "SCALES": scales,
+                         "NUM_STAGES": st}
+                gemm.swap_kernel_and_meta = lambda _m, fixed=fixed: (swap._w4a4_gemm_swap_kernel_jit, fixed)
+                name = f"{bn}x{bm} st{st} w{nw} {layout} scales{scales}"
+                try:
+                    got = gemm.w4a4_gemm_triton(*a_l, *weights_l[0], None, w.group_size, dtype, path="swap")
+                    assert torch.equal(got, want), f"{name}: other bits"
+                    for s in (int(v) for v in args.splits.split(",")):
+                        if splits_fit(groups, s):
+                            add(name, s, per_call(splits=s, operands=(a_l, weights_l)))
+                except Exception as e:  # noqa: BLE001  (a config that does not fit: say so, go on)
+                    print(f"  M={m} {name}: {type(e).__name__} {str(e)[:200]}")
+                finally:
+                    gemm.swap_kernel_and_meta = real
 
 
 @contextlib.contextmanager

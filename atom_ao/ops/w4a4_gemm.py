@@ -311,7 +311,6 @@ def w4a4_gemm_triton(
     # inner dims must be unit-stride for the tile loads; the ops produce them that way
     a_packed, w_packed = a_packed.contiguous(), w_packed.contiguous()
     a_outliers, w_outliers = a_outliers.contiguous(), w_outliers.contiguous()
-    a_scale, w_scale = a_scale.contiguous(), w_scale.contiguous()
     groups = a_scale.shape[1]
     if path is None:
         # the nibble kernels keep a group's sum of 16 x codes exact in float32 up to MAX_GROUP_SIZE;
@@ -324,6 +323,8 @@ def w4a4_gemm_triton(
             or (path == "swap" and m > SWAP_MAX_M) or (path == "gemv" and m != 1)):
         raise ValueError(f"w4a4_gemm: path={path!r} (with splits={splits}, M={m}) is not one of 'packed', "
                          f"'swap' (M <= {SWAP_MAX_M}), 'gemv' (M = 1), 'unpacked' (no split-K)")
+    if path != "swap":  # the swap kernel takes either scale layout: row-major or group-major
+        a_scale, w_scale = a_scale.contiguous(), w_scale.contiguous()
     if path == "unpacked":
         return w4a4_gemm_unpacked(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
                                   w_outlier_scale, bias, group_size, out)
@@ -341,7 +342,8 @@ def w4a4_gemm_triton(
     if path == "swap":  # same arguments as the tile kernel, its own grid
         kernel, meta = swap_kernel_and_meta(m)
         # full tiles for every config offered: unmasked main loop
-        meta = dict(meta, EVEN_N=SWAP_UNMASKED and n % FULL_N == 0, EVEN_M=SWAP_UNMASKED and m % FULL_M == 0)
+        meta = dict(meta, EVEN_N=SWAP_UNMASKED and n % FULL_N == 0, EVEN_M=SWAP_UNMASKED and m % FULL_M == 0,
+                    stride_asg=a_scale.stride(1), stride_wsg=w_scale.stride(1))
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), splits, triton.cdiv(m, meta["BLOCK_M"]))  # noqa: E731
     else:
         grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), splits)  # noqa: E731

@@ -35,9 +35,7 @@ from atom_ao.ops.gemm_tiles import SCALE_256, group_sum_x256_to_f32, no_empty_sp
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 SWAP_MAX_M = 64  # the largest token tile offered below
-# groups a step of the main loop whose loads go out together (the kernel's GROUPS_A_STEP); 2 is for
-# ``explore_decode_gemm.py --groups-a-step`` until timed (same bits: the sums keep their order)
-SWAP_GROUPS_A_STEP = 1
+SWAP_SCALES = 0  # the kernel's SCALES: when a group's scales are loaded (explore_decode_gemm --scales-ab)
 
 # (BLOCK_N weight rows, BLOCK_M tokens, warps, stages) per token regime; one autotuner each.
 # H200, benchmarks/explore_small_m.py (results/h200/explore_small_m_*): 256-row tiles on 8 warps
@@ -118,6 +116,7 @@ def _w4a4_gemm_swap_kernel_jit(
     stride_am, stride_asm, stride_aom,
     stride_wn, stride_wsn, stride_won,
     stride_om,
+    stride_asg, stride_wsg,  # the scales' group strides: 1 row-major (M, G) / (N, G), M / N group-major
     HALF: tl.constexpr,  # group_size // 2: bytes per group and row
     BLOCK_O: tl.constexpr,  # outlier channels per dot
     HAS_OUT: tl.constexpr, HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
@@ -125,11 +124,8 @@ def _w4a4_gemm_swap_kernel_jit(
     # offered): the main loop's loads go unmasked (sm_90a, 64x64 tile: 369 -> 332 instructions a
     # group and 194 -> 165 registers, 3 programs a SM instead of 2)
     EVEN_N: tl.constexpr, EVEN_M: tl.constexpr,
-    # groups a main-loop step (1 or 2; ``SWAP_GROUPS_A_STEP``), both groups' tiles and scales loaded
-    # before their math: the M = 64 kernel reads 1.47 TB/s with 0.71 eligible warps a scheduler,
-    # long-scoreboard stalls first (Nsight Compute, H200, gate/up); the scales wait every group
-    GROUPS_A_STEP: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    SCALES: tl.constexpr,  # 0: loaded in the group's step; 1: a group ahead; 2: tl.range pipelines them
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, NUM_STAGES: tl.constexpr = 3,
 ):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -143,21 +139,29 @@ def _w4a4_gemm_swap_kernel_jit(
     # both tiles row-major with K contiguous: (BLOCK_N, HALF) weights, (BLOCK_M, HALF) tokens
     w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] + g0 * HALF
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] + g0 * HALF
-    ws_ptrs = ws_ptr + offs_n * stride_wsn + g0
-    as_ptrs = as_ptr + offs_m * stride_asm + g0
+    ws_ptrs = ws_ptr + offs_n * stride_wsn + g0 * stride_wsg
+    as_ptrs = as_ptr + offs_m * stride_asm + g0 * stride_asg
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # out^T
-    for g in range(0, n_g, GROUPS_A_STEP):
-        w, sw = _group_tile(w_ptrs + g * HALF, ws_ptrs + g, mask_n, EVEN_N)
-        a, sa = _group_tile(a_ptrs + g * HALF, as_ptrs + g, mask_m, EVEN_M)
-        if GROUPS_A_STEP == 2:  # the next group's loads issued before this one's math (a share's
-            # odd last group reads nothing: zero codes and scales add 0)
-            more_n = (offs_n * 0 + g + 1) < n_g  # as tensors: the interpreter masks with no scalar bool
-            more_m = (offs_m * 0 + g + 1) < n_g
-            w2, sw2 = _group_tile(w_ptrs + (g + 1) * HALF, ws_ptrs + g + 1, mask_n & more_n, False)
-            a2, sa2 = _group_tile(a_ptrs + (g + 1) * HALF, as_ptrs + g + 1, mask_m & more_m, False)
-        acc = _group_math(w, sw, a, sa, acc, HALF, USE_ASM)
-        if GROUPS_A_STEP == 2:
-            acc = _group_math(w2, sw2, a2, sa2, acc, HALF, USE_ASM)
+    if SCALES == 2:  # tl.range pipelines every load of the loop, the scales' too
+        for g in tl.range(0, n_g, num_stages=NUM_STAGES):
+            w, sw = _group_tile(w_ptrs + g * HALF, ws_ptrs + g * stride_wsg, mask_n, EVEN_N)
+            a, sa = _group_tile(a_ptrs + g * HALF, as_ptrs + g * stride_asg, mask_m, EVEN_M)
+            acc = _group_math(w, sw, a, sa, acc, HALF, USE_ASM)
+    elif SCALES == 1:  # each group's scales loaded in the step before
+        sw_next = tl.load(ws_ptrs, mask=mask_n, other=0.0)
+        sa_next = tl.load(as_ptrs, mask=mask_m, other=0.0)
+        for g in range(0, n_g):
+            w, _ = _group_tile(w_ptrs + g * HALF, ws_ptrs, mask_n, EVEN_N)
+            a, _ = _group_tile(a_ptrs + g * HALF, as_ptrs, mask_m, EVEN_M)
+            sw, sa = sw_next, sa_next
+            sw_next = tl.load(ws_ptrs + (g + 1) * stride_wsg, mask=mask_n & ((offs_n * 0 + g + 1) < n_g), other=0.0)
+            sa_next = tl.load(as_ptrs + (g + 1) * stride_asg, mask=mask_m & ((offs_m * 0 + g + 1) < n_g), other=0.0)
+            acc = _group_math(w, sw, a, sa, acc, HALF, USE_ASM)
+    else:
+        for g in range(0, n_g):
+            w, sw = _group_tile(w_ptrs + g * HALF, ws_ptrs + g * stride_wsg, mask_n, EVEN_N)
+            a, sa = _group_tile(a_ptrs + g * HALF, as_ptrs + g * stride_asg, mask_m, EVEN_M)
+            acc = _group_math(w, sw, a, sa, acc, HALF, USE_ASM)
 
     # the outlier block and the bias belong to the first split only (masked off in the others)
     first_m = mask_m & (offs_m * 0 + split == 0)
@@ -196,7 +200,7 @@ SWAP_KERNELS = {
 
 def swap_kernel_and_meta(m: int):
     """The kernel to launch for m tokens and its fixed meta-parameters (the interpreter cannot
-    autotune: one small config); SWAP_GROUPS_A_STEP is read here, at each launch."""
+    autotune: one small config)."""
     if INTERPRET:
-        return _w4a4_gemm_swap_kernel_jit, {"BLOCK_N": 32, "BLOCK_M": 16, "GROUPS_A_STEP": SWAP_GROUPS_A_STEP}
-    return SWAP_KERNELS[min(r for r in _SWAP_REGIMES if m <= r)], {"GROUPS_A_STEP": SWAP_GROUPS_A_STEP}
+        return _w4a4_gemm_swap_kernel_jit, {"BLOCK_N": 32, "BLOCK_M": 16, "SCALES": SWAP_SCALES}
+    return SWAP_KERNELS[min(r for r in _SWAP_REGIMES if m <= r)], {"SCALES": SWAP_SCALES}

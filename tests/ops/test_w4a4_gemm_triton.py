@@ -176,20 +176,25 @@ def test_swap_unmasked_loop_same_bits(monkeypatch, m, n):
     _check(m, n, 256, 32, 64, torch.bfloat16, True)
 
 
-@pytest.mark.parametrize("m, n, k", [(64, 128, 5 * 64), (3, 40, 7 * 64), (19, 256, 4 * 64)])
-def test_swap_two_groups_a_step_same_bits(monkeypatch, m, n, k):
-    """The swap kernel's main loop with two groups' loads a step (GROUPS_A_STEP = 2): the same bits
-    as one a step, with full and partial tiles and shares of odd and even group counts (5 and 7
-    groups split in 2: the odd last group reads nothing)."""
+@pytest.mark.parametrize("m, n, k", [(64, 128, 5 * 64), (3, 40, 7 * 64)])
+def test_swap_scale_layouts_and_loads_same_bits(monkeypatch, m, n, k):
+    """The swap kernel with group-major scales ((M, G) and (N, G) with unit row stride) and with
+    the scales loaded a group ahead or pipelined by tl.range: the same bits as row-major scales
+    loaded in their step, over full and partial tiles and odd shares (7 groups in 2 splits)."""
     import importlib
     swap = importlib.import_module("atom_ao.ops.w4a4_gemm_swap")
     args = _operands(m, n, k, 32, 64, torch.bfloat16, True)
+    group_major = list(args)
+    group_major[1], group_major[5] = (t.t().contiguous().t() for t in (args[1], args[5]))
+    assert group_major[1].stride(0) == 1 and group_major[5].stride(0) == 1
     for splits in (1, 2):
-        one = w4a4_gemm_triton(*args, 64, torch.bfloat16, path="swap", splits=splits)
-        monkeypatch.setattr(swap, "SWAP_GROUPS_A_STEP", 2)
-        two = w4a4_gemm_triton(*args, 64, torch.bfloat16, path="swap", splits=splits)
-        monkeypatch.setattr(swap, "SWAP_GROUPS_A_STEP", 1)
-        torch.testing.assert_close(two, one, rtol=0, atol=0)
+        want = w4a4_gemm_triton(*args, 64, torch.bfloat16, path="swap", splits=splits)
+        for scales in (0, 1, 2):
+            monkeypatch.setattr(swap, "SWAP_SCALES", scales)
+            for operands in (args, group_major):
+                got = w4a4_gemm_triton(*operands, 64, torch.bfloat16, path="swap", splits=splits)
+                torch.testing.assert_close(got, want, rtol=0, atol=0)
+        monkeypatch.setattr(swap, "SWAP_SCALES", 0)
     _check(m, n, k, 32, 64, torch.bfloat16, True)
 
 
