@@ -69,6 +69,13 @@ def build(shape, path: str, n_layers: int | None, compile_blocks: bool = True):
     return model
 
 
+def set_act_scales(layout: str):
+    import importlib
+
+    # the module itself: the package re-exports the op under the module's name
+    importlib.import_module("atom_ao.ops.quantize_activation").GROUP_MAJOR_SCALES = layout == "group"
+
+
 def kv_bytes_per_token(s, path: str) -> float:
     per_elem = 0.5 + 4 / s.head_dim if path.startswith("atom-kv4") else 2.0  # INT4 + fp16 scale/zero per head
     return 2 * s.n_layers * s.n_kv_heads * s.head_dim * per_elem
@@ -191,6 +198,10 @@ def parse_args(argv=None):
                          "alike), instead of w1 and w3")
     ap.add_argument("--profile", action="store_true",
                     help="also trace a few decode steps: GPU time per step by kernel kind and the top kernels")
+    ap.add_argument("--act-scales", default="group",
+                    help="comma list of the activation scales' layout (group, row: quantize_activation's "
+                         "GROUP_MAJOR_SCALES); each atom path runs once per layout (rows <path>/<layout>-scales "
+                         "when more than one; Inductor's FX graph cache is then off)")
     ap.add_argument("--inductor-pdl", action="store_true",
                     help="Inductor's programmatic dependent launch (its kernels wait on their producer inside the "
                          "kernel, so a launch overlaps the previous kernel's tail; Hopper, torch with "
@@ -208,11 +219,21 @@ def main():
         inductor_config.triton.enable_pdl = True
     shape = replace(SHAPES[args.model], fused_qkv=args.fused_qkv, fused_gate_up=args.fused_gate_up)
     rows = []
-    for path in args.paths.split(","):
+    layouts = args.act_scales.split(",")
+    if any(v not in ("group", "row") for v in layouts):
+        raise SystemExit(f"--act-scales: group and/or row, got {args.act_scales!r}")
+    if len(layouts) > 1:  # a cached graph compiled for one layout must not serve the other
+        import torch._inductor.config as inductor_config
+
+        inductor_config.fx_graph_cache = False
+    runs = [(p, v) for p in args.paths.split(",") for v in (layouts if p.startswith("atom") else layouts[:1])]
+    for path, layout in runs:
+        label = f"{path}/{layout}-scales" if len(layouts) > 1 and path.startswith("atom") else path
+        set_act_scales(layout)
         try:
             model = build(shape, path, args.layers, not args.no_compile)
         except Exception as e:
-            print(f"{path}: cannot build ({type(e).__name__}: {str(e)[:160]})")
+            print(f"{label}: cannot build ({type(e).__name__}: {str(e)[:160]})")
             continue
         weight_gb = torch.cuda.memory_allocated() / 2**30
         s = model.s
@@ -226,17 +247,17 @@ def main():
             try:
                 r = run_batch(model, path, b, args.prompt, args.gen, args.steps, args.profile)
             except Exception as e:
-                print(f"{path} batch {b}: failed ({type(e).__name__}: {str(e)[:800]})")
+                print(f"{label} batch {b}: failed ({type(e).__name__}: {str(e)[:800]})")
                 torch.cuda.empty_cache()
                 continue
-            row = {"model": args.model, "layers": s.n_layers, "path": path, "batch": b, **r,
+            row = {"model": args.model, "layers": s.n_layers, "path": label, "batch": b, **r,
                    "weights_gb": round(weight_gb, 2), f"max_batch_{int(args.budget_gb)}gb": fit}
             prof = row.pop("profile", None)
             rows.append(row)
             print(row, flush=True)
             if prof:
                 row["profile_by_kind_us"] = prof["by_kind_us"]  # in the JSON, not the table
-                print(f"  profile {path} batch {b}: {prof['gpu_us_per_step']} us of kernels per step")
+                print(f"  profile {label} batch {b}: {prof['gpu_us_per_step']} us of kernels per step")
                 for k, us in prof["by_kind_us"].items():
                     print(f"    {k:32s} {us:10.1f} us")
                 for k, us in prof["top_kernels_us"]:

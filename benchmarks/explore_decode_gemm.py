@@ -133,7 +133,7 @@ def main():
             real = swap.swap_kernel_and_meta
             for cfg in configs:
                 bn, bm, st, nw = cfg[:4] if len(cfg) >= 4 else (cfg[0], 16 if m <= 16 else 32, *cfg[1:])
-                fixed = {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": nw, "num_stages": st}
+                fixed = {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": nw, "num_stages": st, "SCALES": 0, "NUM_STAGES": st}
                 name = f"{bn}x{bm} st{st} w{nw}"
                 if len(cfg) == 5:  # a register cap: more programs a SM (64x64 on 4 warps holds 167)
                     fixed["maxnreg"] = cfg[4]

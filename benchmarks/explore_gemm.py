@@ -99,6 +99,7 @@ def main():
                     *a, wq["qdata"], wq["scale"], wq["outlier_qdata"], wq["outlier_scale"], a[1], out,
                     m, n, a[1].shape[1], 128, m, a[0].stride(0), a[1].stride(0), a[2].stride(0),
                     wq["qdata"].stride(0), wq["scale"].stride(0), wq["outlier_qdata"].stride(0), out.stride(0),
+                    a[1].stride(1), wq["scale"].stride(1),
                     HALF=gs // 2, BLOCK_O=128, HAS_OUT=True, HAS_BIAS=False, USE_ASM=True,
                     num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs)
             try:

@@ -66,10 +66,11 @@ def gemm_kernels():
             ok &= compile_one(f"gemv out={out} even={even}", gemv._w4a4_gemv_kernel, types, consts, w, 1)
     types = dict(common, a_ptr="*u8", ao_ptr="*i8", w_ptr="*u8", wo_ptr="*i8", out_ptr="*fp32")
     for bn, bm, w, st in sorted({c for cs in swap._SWAP_REGIMES.values() for c in cs}):
-        for even in (False, True):
+        for even, scales in ((False, 0), (True, 0), (True, 1), (True, 2)):  # SCALES: explore_decode_gemm --scales-ab
             consts = dict(HALF=64, BLOCK_O=64, HAS_OUT=True, HAS_BIAS=True, USE_ASM=True, BLOCK_N=bn, BLOCK_M=bm,
-                          EVEN_N=even, EVEN_M=even)
-            ok &= compile_one(f"swap gemm {bn}x{bm} even={even}", swap._w4a4_gemm_swap_kernel_jit, types, consts, w, st)
+                          EVEN_N=even, EVEN_M=even, SCALES=scales, NUM_STAGES=st)
+            ok &= compile_one(f"swap gemm {bn}x{bm} even={even} scales={scales}", swap._w4a4_gemm_swap_kernel_jit,
+                              types, consts, w, st)
     ok &= compile_one("sum_splits", gemm._sum_splits_kernel, dict(ws_ptr="*fp32", out_ptr="*bf16"),
                       dict(SPLITS_P=8, BLOCK=512))
     # the large-M path: unpack to INT8, then the INT8 group GEMM

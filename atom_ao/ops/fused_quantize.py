@@ -91,7 +91,7 @@ def _row_rstd_kernel(a_ptr, rstd_ptr, M, K, stride_am, stride_ak, eps, BLOCK_M: 
 @triton.jit
 def _quantize_column(a_ptr, b_ptr, w_ptr, perm_ptr, q_ptr, s_ptr, qo_ptr, so_ptr, pid_c, n_gb, rows, ok_rows, rstd,
                      K_NORMAL, G, N_OUT, stride_am, stride_ak, stride_bm, stride_bk, stride_qm, stride_sm,
-                     stride_qom, clip_ratio, MODE: tl.constexpr, X_KIND: tl.constexpr, OUT_KIND: tl.constexpr,
+                     stride_sg, stride_qom, clip_ratio, MODE: tl.constexpr, X_KIND: tl.constexpr, OUT_KIND: tl.constexpr,
                      CAST_FIRST: tl.constexpr, HALF: tl.constexpr, HALF_P: tl.constexpr, BLOCK_O: tl.constexpr,
                      HAS_OUT: tl.constexpr, PTX: tl.constexpr, GPB: tl.constexpr, ASYM: tl.constexpr):
     # column pid_c of rows: GPB INT4 groups of the permuted normal channels, or (pid_c == n_gb)
@@ -125,7 +125,7 @@ def _quantize_column(a_ptr, b_ptr, w_ptr, perm_ptr, q_ptr, s_ptr, qo_ptr, so_ptr
             inv = _safe_inverse(scale)[:, :, None]
             ql = _round_clamp((xl - lo[:, :, None]) * inv, 0, 15, PTX) - 8
             qh = _round_clamp((xh - lo[:, :, None]) * inv, 0, 15, PTX) - 8
-            tl.store(s_ptr + rows64[:, None] * stride_sm + G + g2, lo + scale * 8.0,
+            tl.store(s_ptr + rows64[:, None] * stride_sm + (G + g2) * stride_sg, lo + scale * 8.0,
                      mask=ok_rows[:, None] & (g2 < G))
         else:
             bits = tl.maximum(tl.max(_abs_bits(xl), axis=2), tl.max(_abs_bits(xh), axis=2))
@@ -137,7 +137,7 @@ def _quantize_column(a_ptr, b_ptr, w_ptr, perm_ptr, q_ptr, s_ptr, qo_ptr, so_ptr
         packed = ((ql & 0xF) | (qh << 4)).to(tl.uint8)
         ok_m = ok_rows[:, None, None]
         tl.store(q_ptr + rows64[:, None, None] * stride_qm + g * HALF + j, packed, mask=ok_m & ok_j)
-        tl.store(s_ptr + rows64[:, None] * stride_sm + g2, scale, mask=ok_rows[:, None] & (g2 < G))
+        tl.store(s_ptr + rows64[:, None] * stride_sm + g2 * stride_sg, scale, mask=ok_rows[:, None] & (g2 < G))
     elif HAS_OUT:
         # names of their own: Triton 3.6 unifies the types of every name assigned in both
         # branches of a run-time if, and this branch's tiles have other shapes
@@ -158,6 +158,7 @@ def _fused_quantize_kernel(
     a_ptr, b_ptr, w_ptr, perm_ptr, q_ptr, s_ptr, qo_ptr, so_ptr, rstd_ptr,
     M, K, K_NORMAL, G, N_OUT, M_BUCKET,
     stride_am, stride_ak, stride_bm, stride_bk, stride_qm, stride_sm, stride_qom,
+    stride_sg,  # the scales' group stride (row-major [scales | zeros] asymmetric, else group-major)
     eps, clip_ratio,
     MODE: tl.constexpr, X_KIND: tl.constexpr, OUT_KIND: tl.constexpr, CAST_FIRST: tl.constexpr,
     HALF: tl.constexpr, HALF_P: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -182,7 +183,7 @@ def _fused_quantize_kernel(
         rstd = tl.zeros((BLOCK_M,), tl.float32)
     _quantize_column(a_ptr, b_ptr, w_ptr, perm_ptr, q_ptr, s_ptr, qo_ptr, so_ptr, pid_c, n_gb, rows, ok_rows,
                      rstd, K_NORMAL, G, N_OUT, stride_am, stride_ak, stride_bm, stride_bk, stride_qm,
-                     stride_sm, stride_qom, clip_ratio, MODE, X_KIND, OUT_KIND, CAST_FIRST, HALF, HALF_P,
+                     stride_sm, stride_sg, stride_qom, clip_ratio, MODE, X_KIND, OUT_KIND, CAST_FIRST, HALF, HALF_P,
                      BLOCK_O, HAS_OUT, PTX, GPB, ASYM)
 
 
@@ -260,7 +261,7 @@ def fused_quantize_triton(mode: int, a, b, w, perm, eps: float, n_outliers: int,
         a, b, w, perm.to(device=a.device, dtype=torch.int32).contiguous(), q, s, qo, so, s if rstd is None else rstd,
         m, k, k - n_outliers, groups, n_outliers, m_bucket(m, 4096),
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), q.stride(0), s.stride(0), max(qo.stride(0), 1),
-        float(eps), float(clip_ratio),
+        s.stride(1), float(eps), float(clip_ratio),
         MODE=mode, X_KIND=KIND[a.dtype], OUT_KIND=KIND[out_dtype], CAST_FIRST=bool(cast_first),
         HALF=half, HALF_P=triton.next_power_of_2(half),
         BLOCK_O=max(16, triton.next_power_of_2(max(n_outliers, 1))),

@@ -179,7 +179,7 @@ def _tile_index(LANES: tl.constexpr, J: tl.constexpr, C: tl.constexpr, LANES_FIR
 
 @triton.jit
 def _int4_groups(a_ptr, b_ptr, w_ptr, rstd_ptr, perm_ptr, q_ptr, s_ptr, pid_c, rb_start, rb_end, M, K_NORMAL, G,
-                 stride_am, stride_ak, stride_bm, stride_qm, stride_sm, unit, clip_ratio,
+                 stride_am, stride_ak, stride_bm, stride_qm, stride_sm, stride_sg, unit, clip_ratio,
                  MODE: tl.constexpr, X_KIND: tl.constexpr, OUT_KIND: tl.constexpr, CAST_FIRST: tl.constexpr,
                  HALF: tl.constexpr, HALF_P: tl.constexpr, GPB: tl.constexpr, BLOCK_M: tl.constexpr,
                  LANES: tl.constexpr, PTX: tl.constexpr, IDX64: tl.constexpr, COL_MASK: tl.constexpr,
@@ -240,7 +240,7 @@ def _int4_groups(a_ptr, b_ptr, w_ptr, rstd_ptr, perm_ptr, q_ptr, s_ptr, pid_c, r
         tl.store(q_ptrs, packed, mask=ok_m[None, :, None, None] & ok_gj)
         # the scales are stored from the tile's own layout (by the lane holding j = 0): a
         # (BLOCK_M, GPB) store would get a layout of its own and a shared-memory round trip
-        s_ptrs = tl.broadcast_to(s_ptr + (rows64 * stride_sm)[None, :, None, None] + g, xl.shape)
+        s_ptrs = tl.broadcast_to(s_ptr + (rows64 * stride_sm)[None, :, None, None] + g * stride_sg, xl.shape)
         tl.store(s_ptrs, scale[None, :, :, None] + tl.zeros_like(xl), mask=ok_m[None, :, None, None] & (g < G) & (j == 0))
         al, bl, ah, bh, rstd = nal, nbl, nah, nbh, nrstd
 
@@ -292,6 +292,7 @@ def _quantize_activation_kernel(
     a_ptr, b_ptr, w_ptr, rstd_ptr, perm_ptr, q_ptr, s_ptr, qo_ptr, so_ptr,
     M, K_NORMAL, G, N_OUT, M_BUCKET,
     stride_am, stride_ak, stride_bm, stride_qm, stride_sm, stride_qom, unit,
+    stride_sg,  # the scales' group stride (empty_outputs: group-major, M)
     clip_ratio,
     MODE: tl.constexpr,  # the producer in front (atom_ao.ops.producers): RMSNorm, SiLU * up, none
     X_KIND: tl.constexpr,  # the inputs' dtype (producers.KIND)
@@ -330,7 +331,7 @@ def _quantize_activation_kernel(
 
     if pid_c < n_gb:
         _int4_groups(a_ptr, b_ptr, w_ptr, rstd_ptr, perm_ptr, q_ptr, s_ptr, pid_c, rb_start, rb_end, M, K_NORMAL, G,
-                     stride_am, stride_ak, stride_bm, stride_qm, stride_sm, unit, clip_ratio,
+                     stride_am, stride_ak, stride_bm, stride_qm, stride_sm, stride_sg, unit, clip_ratio,
                      MODE, X_KIND, OUT_KIND, CAST_FIRST, HALF, HALF_P, GPB, BLOCK_M, min(LANES, HALF_P), PTX, IDX64,
                      COL_MASK, LANES_FIRST)
     elif HAS_OUT:
@@ -365,14 +366,32 @@ def check_quantize_args(what: str, x: torch.Tensor, perm: torch.Tensor, n_outlie
         raise ValueError(f"{what}: bad group_size={group_size} / n_outliers={n_outliers} for K={k}")
 
 
+# the symmetric scales' layout (empty_outputs); False (row-major) is for side-by-side timing
+# (bench_generate.py --act-scales); read at each call
+GROUP_MAJOR_SCALES = True
+
+
 def empty_outputs(x: torch.Tensor, n_outliers: int, group_size: int, asymmetric: bool = False):
     """The four output tensors of a quantizer of ``x`` (M, K): packed codes, group scales
-    (``[scales | zero points]`` if asymmetric), outlier codes, outlier scales."""
+    (``[scales | zero points]`` if asymmetric), outlier codes, outlier scales.
+
+    The symmetric scales are (M, G) stored group by group (strides (1, M)): a GEMM program's
+    token scales of one group are then contiguous. In the swap GEMM at M = 64 (64x64 tile)
+    each thread's 16 token scales sit at immediate offsets of one pointer instead of 16
+    pointers: offline 286 -> 241 instructions a group; H200, cold weights, Llama-2-7B (session 27,
+    ``explore_decode_gemm.py --scales-ab``): 3-6% faster (qkv 20.0 -> 19.0 us, gate/up 34.3 -> 32.6)."""
     m, k = x.shape
     kp = k_normal_padded(k, n_outliers, group_size)
     dev = x.device
+    groups = kp // group_size
+    if asymmetric:
+        scales = torch.empty((m, 2 * groups), dtype=torch.float32, device=dev)
+    elif GROUP_MAJOR_SCALES:
+        scales = torch.empty((groups, m), dtype=torch.float32, device=dev).t()
+    else:
+        scales = torch.empty((m, groups), dtype=torch.float32, device=dev)
     return (torch.empty((m, kp // 2), dtype=torch.uint8, device=dev),
-            torch.empty((m, (2 if asymmetric else 1) * (kp // group_size)), dtype=torch.float32, device=dev),
+            scales,
             torch.empty((m, n_outliers), dtype=torch.int8, device=dev),
             # no outlier channels: the reference's scale is 0 (and nothing is launched for them)
             (torch.empty if n_outliers else torch.zeros)((m,), dtype=torch.float32, device=dev))
@@ -425,7 +444,7 @@ def launch_streaming(mode: int, a, b, w, rstd, perm, n_outliers: int, group_size
     wrap_triton(kernel)[grid if config is None else grid(meta)](
         a, b, a if w is None else w, s if rstd is None else rstd, perm, q, s, qo, so,
         m, k - n_outliers, groups, n_outliers, m_bucket(m, 4096),
-        a.stride(0), a.stride(1), b.stride(0), q.stride(0), s.stride(0), max(qo.stride(0), 1), 1,
+        a.stride(0), a.stride(1), b.stride(0), q.stride(0), s.stride(0), max(qo.stride(0), 1), 1, s.stride(1),
         float(clip_ratio),
         MODE=mode,
         X_KIND=KIND[a.dtype] if a.dtype in KIND else 0,  # PLAIN reads any float dtype as is

@@ -90,6 +90,7 @@ def _w4a4_gemm_kernel_jit(
     stride_am, stride_asm, stride_aom,
     stride_wn, stride_wsn, stride_won,
     stride_om,
+    stride_asg, stride_wsg,  # the scales' group strides (token scales: group-major, see empty_outputs)
     HALF: tl.constexpr,  # group_size // 2: bytes per group and row
     BLOCK_O: tl.constexpr,  # outlier channels per dot
     HAS_OUT: tl.constexpr,
@@ -111,8 +112,8 @@ def _w4a4_gemm_kernel_jit(
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] + g0 * HALF
     w_ptrs = w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None] + g0 * HALF  # (HALF, BLOCK_N): W^T tile
 
-    as_ptrs = as_ptr + offs_m * stride_asm + g0
-    ws_ptrs = ws_ptr + offs_n * stride_wsn + g0
+    as_ptrs = as_ptr + offs_m * stride_asm + g0 * stride_asg
+    ws_ptrs = ws_ptr + offs_n * stride_wsn + g0 * stride_wsg
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if PREFETCH:
         # register double-buffering: group g+1's tiles are in flight while group g computes
@@ -125,16 +126,16 @@ def _w4a4_gemm_kernel_jit(
             more_n = mask_n & (offs_n * 0 + g < n_g)
             a_next = tl.load(a_ptrs + g * HALF, mask=more_m[:, None], other=0)
             w_next = tl.load(w_ptrs + g * HALF, mask=more_n[None, :], other=0)
-            sa_next = tl.load(as_ptrs + g, mask=more_m, other=0.0)
-            sw_next = tl.load(ws_ptrs + g, mask=more_n, other=0.0)
+            sa_next = tl.load(as_ptrs + g * stride_asg, mask=more_m, other=0.0)
+            sw_next = tl.load(ws_ptrs + g * stride_wsg, mask=more_n, other=0.0)
             acc = _group_partial(a, w, sa, sw, acc, HALF, USE_ASM)
             a, w, sa, sw = a_next, w_next, sa_next, sw_next
     else:
         for g in range(0, n_g):
             a = tl.load(a_ptrs + g * HALF, mask=mask_m[:, None], other=0)
             w = tl.load(w_ptrs + g * HALF, mask=mask_n[None, :], other=0)
-            sa = tl.load(as_ptrs + g, mask=mask_m, other=0.0)
-            sw = tl.load(ws_ptrs + g, mask=mask_n, other=0.0)
+            sa = tl.load(as_ptrs + g * stride_asg, mask=mask_m, other=0.0)
+            sw = tl.load(ws_ptrs + g * stride_wsg, mask=mask_n, other=0.0)
             acc = _group_partial(a, w, sa, sw, acc, HALF, USE_ASM)
 
     # the outlier block and the bias belong to the first split only (masked off in the others)
@@ -323,8 +324,8 @@ def w4a4_gemm_triton(
             or (path == "swap" and m > SWAP_MAX_M) or (path == "gemv" and m != 1)):
         raise ValueError(f"w4a4_gemm: path={path!r} (with splits={splits}, M={m}) is not one of 'packed', "
                          f"'swap' (M <= {SWAP_MAX_M}), 'gemv' (M = 1), 'unpacked' (no split-K)")
-    if path != "swap":  # the swap kernel takes either scale layout: row-major or group-major
-        a_scale, w_scale = a_scale.contiguous(), w_scale.contiguous()
+    if path == "gemv":  # one token: its scales need a unit group stride (the other kernels take any)
+        a_scale, w_scale = (t if t.stride(1) == 1 else t.contiguous() for t in (a_scale, w_scale))
     if path == "unpacked":
         return w4a4_gemm_unpacked(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
                                   w_outlier_scale, bias, group_size, out)
@@ -342,8 +343,7 @@ def w4a4_gemm_triton(
     if path == "swap":  # same arguments as the tile kernel, its own grid
         kernel, meta = swap_kernel_and_meta(m)
         # full tiles for every config offered: unmasked main loop
-        meta = dict(meta, EVEN_N=SWAP_UNMASKED and n % FULL_N == 0, EVEN_M=SWAP_UNMASKED and m % FULL_M == 0,
-                    stride_asg=a_scale.stride(1), stride_wsg=w_scale.stride(1))
+        meta = dict(meta, EVEN_N=SWAP_UNMASKED and n % FULL_N == 0, EVEN_M=SWAP_UNMASKED and m % FULL_M == 0)
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), splits, triton.cdiv(m, meta["BLOCK_M"]))  # noqa: E731
     else:
         grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), splits)  # noqa: E731
@@ -359,6 +359,7 @@ def w4a4_gemm_triton(
         a_packed.stride(0), a_scale.stride(0), max(a_outliers.stride(0), 1),
         w_packed.stride(0), w_scale.stride(0), max(w_outliers.stride(0), 1),
         out.stride(0),
+        a_scale.stride(1), w_scale.stride(1),
         HALF=group_size // 2,
         # 64 outlier channels a step, not 128: sm_90a ptxas, 128 made the swap kernel's 128x16 tile take
         # 229 registers (128 with 64) and the tile kernel's 64x128 spill 468 bytes inside its main loop

@@ -125,7 +125,8 @@ def _w4a4_gemm_swap_kernel_jit(
     # group and 194 -> 165 registers, 3 programs a SM instead of 2)
     EVEN_N: tl.constexpr, EVEN_M: tl.constexpr,
     SCALES: tl.constexpr,  # 0: loaded in the group's step; 1: a group ahead; 2: tl.range pipelines them
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, NUM_STAGES: tl.constexpr = 3,
+    NUM_STAGES: tl.constexpr,  # SCALES == 2: the loop's stages
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -202,5 +203,5 @@ def swap_kernel_and_meta(m: int):
     """The kernel to launch for m tokens and its fixed meta-parameters (the interpreter cannot
     autotune: one small config)."""
     if INTERPRET:
-        return _w4a4_gemm_swap_kernel_jit, {"BLOCK_N": 32, "BLOCK_M": 16, "SCALES": SWAP_SCALES}
-    return SWAP_KERNELS[min(r for r in _SWAP_REGIMES if m <= r)], {"SCALES": SWAP_SCALES}
+        return _w4a4_gemm_swap_kernel_jit, {"BLOCK_N": 32, "BLOCK_M": 16, "SCALES": SWAP_SCALES, "NUM_STAGES": 3}
+    return SWAP_KERNELS[min(r for r in _SWAP_REGIMES if m <= r)], {"SCALES": SWAP_SCALES, "NUM_STAGES": 3}

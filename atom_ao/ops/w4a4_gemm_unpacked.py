@@ -68,6 +68,7 @@ def _int8_group_gemm_kernel_jit(
     stride_am, stride_asm, stride_aom,
     stride_wn, stride_wsn, stride_won,
     stride_om,
+    stride_asg, stride_wsg,  # the scales' group strides (token scales: group-major, see empty_outputs)
     GS: tl.constexpr,  # group size: the K of one dot
     BLOCK_O: tl.constexpr,
     HAS_OUT: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -98,8 +99,8 @@ def _int8_group_gemm_kernel_jit(
         sw = tl.load(ws_ptrs)
         for g in range(0, G):
             nxt = tl.minimum(g + 1, G - 1)
-            sa_next = tl.load(as_ptrs + nxt)
-            sw_next = tl.load(ws_ptrs + nxt)
+            sa_next = tl.load(as_ptrs + nxt * stride_asg)
+            sw_next = tl.load(ws_ptrs + nxt * stride_wsg)
             dot = tl.dot(tl.load(a_ptrs + g * GS), tl.load(w_ptrs + g * GS), out_dtype=tl.int32)
             acc = acc + group_sum_to_f32(dot) * sa[:, None] * sw[None, :]
             sa, sw = sa_next, sw_next
@@ -107,8 +108,8 @@ def _int8_group_gemm_kernel_jit(
         for g in range(0, G):
             a = tl.load(a_ptrs + g * GS)
             w = tl.load(w_ptrs + g * GS)
-            sa = tl.load(as_ptrs + g)
-            sw = tl.load(ws_ptrs + g)
+            sa = tl.load(as_ptrs + g * stride_asg)
+            sw = tl.load(ws_ptrs + g * stride_wsg)
             dot = tl.dot(a, w, out_dtype=tl.int32)
             acc = acc + group_sum_to_f32(dot) * sa[:, None] * sw[None, :]
 
@@ -162,6 +163,7 @@ def int8_group_gemm(a8, a_scale, a_outliers, a_outlier_scale, w8, w_scale, w_out
         a8.stride(0), a_scale.stride(0), max(a_outliers.stride(0), 1),
         w8.stride(0), w_scale.stride(0), max(w_outliers.stride(0), 1),
         out.stride(0),
+        a_scale.stride(1), w_scale.stride(1),
         GS=group_size,
         BLOCK_O=min(64, outlier_block(n_out)),  # 128: 40-244 bytes of spills (sm_90a ptxas)
         HAS_OUT=n_out > 0, HAS_BIAS=bias is not None,

@@ -89,6 +89,20 @@ def test_clip_ratios_and_calibrated_perm(clip):
     _check(x, _perm(576, 128, kind="calibrated", x=x), 128, 128, clip)
 
 
+@pytest.mark.parametrize("group_major", [True, False])
+def test_scales_group_major(monkeypatch, group_major):
+    """The group scales come out (M, G) stored group by group (strides (1, M)), the layout the swap
+    GEMM reads fastest; GROUP_MAJOR_SCALES = False (for side-by-side timing) writes them row-major.
+    Both hold the reference's values."""
+    import importlib
+    qa = importlib.import_module("atom_ao.ops.quantize_activation")
+    monkeypatch.setattr(qa, "GROUP_MAJOR_SCALES", group_major)
+    x, _ = outlier_activations(6, 448, dtype=torch.bfloat16, seed=5)
+    got = _check(x, _perm(448, 64, seed=2), 64, 128)
+    assert got[1].shape == (6, 3)
+    assert got[1].stride() == ((1, 6) if group_major else (3, 1))
+
+
 def test_non_contiguous_input():
     x, _ = outlier_activations(9, 400, dtype=torch.float16, seed=1)
     perm = _perm(400, 32)

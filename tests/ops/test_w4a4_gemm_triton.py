@@ -198,6 +198,20 @@ def test_swap_scale_layouts_and_loads_same_bits(monkeypatch, m, n, k):
     _check(m, n, k, 32, 64, torch.bfloat16, True)
 
 
+@pytest.mark.parametrize("m, path", [(1, "gemv"), (1, "swap"), (5, "swap"), (5, "packed"), (5, "unpacked"),
+                                     (70, "packed")])
+def test_every_path_takes_either_token_scale_layout(m, path):
+    """The quantizers write the token scales group-major (``empty_outputs``); every GEMM path reads
+    them by their strides: the same bits as with row-major scales (and group-major weight scales)."""
+    args = _operands(m, 72, 5 * 64, 16, 64, torch.bfloat16, True)
+    want = w4a4_gemm_triton(*args, 64, torch.bfloat16, path=path)
+    other = list(args)
+    other[1] = args[1].t().contiguous().t() if args[1].is_contiguous() else args[1].contiguous()
+    other[5] = args[5].t().contiguous().t()
+    assert other[1].stride() != args[1].stride() or m == 1
+    torch.testing.assert_close(w4a4_gemm_triton(*other, 64, torch.bfloat16, path=path), want, rtol=0, atol=0)
+
+
 def test_swap_path_refuses_large_m():
     args = _operands(72, 32, 256, 0, 128, torch.bfloat16, False)
     with pytest.raises(ValueError, match="swap"):
