@@ -19,7 +19,9 @@ no interleaving: the same layout on both operands makes the two half dots add up
 group dot.
 
 Scales are float32. A zero group gets scale 0 and q 0 (dequantizes to 0, never NaN); a NaN
-anywhere in a group makes that group's scale NaN, so NaN in gives NaN out.
+anywhere in a group makes that group's scale NaN, so NaN in gives NaN out. The Triton
+quantizers store the (M, G) activation scales group by group (strides (1, M); the reference
+returns them row-major): the same values, which every GEMM path reads by their strides.
 
 Asymmetric activations (``AtomConfig(act_mapping="asymmetric")``, not the paper's): the normal
 groups of activations get a float zero point too, ``x ~ scale * q + zero`` with ``lo = clip *

@@ -379,7 +379,7 @@ def empty_outputs(x: torch.Tensor, n_outliers: int, group_size: int, asymmetric:
     token scales of one group are then contiguous. In the swap GEMM at M = 64 (64x64 tile)
     each thread's 16 token scales sit at immediate offsets of one pointer instead of 16
     pointers: offline 286 -> 241 instructions a group; H200, cold weights, Llama-2-7B (session 27,
-    ``explore_decode_gemm.py --scales-ab``): 3-6% faster (qkv 20.0 -> 19.0 us, gate/up 34.3 -> 32.6)."""
+    ``explore_decode_gemm.py --scales-ab``): 2-5% faster (qkv 20.0 -> 19.0 us, gate/up 34.3 -> 32.6)."""
     m, k = x.shape
     kp = k_normal_padded(k, n_outliers, group_size)
     dev = x.device

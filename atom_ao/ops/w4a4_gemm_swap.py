@@ -20,7 +20,13 @@ outlier block as the last K step; optional bias; split-K into a float32 workspac
 Tried and dropped (H200, session 14): the group loop as ``tl.range(num_stages=3)``, which also
 pipelines the group scales (plain ``range`` pipelines only the tiles feeding the dots, and Nsight
 Compute showed the M = 1 kernel's warps waiting on global loads): slower on every Llama-2-7B
-linear, gate/up 21.8 -> 23.9 us at M = 1 and 35.0 -> 38.3 at M = 64 (same bits).
+linear, gate/up 21.8 -> 23.9 us at M = 1 and 35.0 -> 38.3 at M = 64 (same bits). Session 27
+(M = 64, cold weights, ``explore_decode_gemm.py``): two groups' loads a main-loop step were
+slower at every shape's best split (removed); ``SCALES`` 1 (a group's scales loaded in the step
+before) and 2 (``tl.range`` pipelines them) stay selectable: with group-major weight and token
+scales, 1 was 2-5% faster on qkv, o and down and 1% slower on gate/up, 2 slower or equal; with
+row-major scales both were slower. The default is 0; the token scales come group-major from the
+quantizers (``quantize_activation.empty_outputs``), 2-5% faster than row-major on each shape.
 """
 
 from __future__ import annotations
@@ -124,7 +130,9 @@ def _w4a4_gemm_swap_kernel_jit(
     # offered): the main loop's loads go unmasked (sm_90a, 64x64 tile: 369 -> 332 instructions a
     # group and 194 -> 165 registers, 3 programs a SM instead of 2)
     EVEN_N: tl.constexpr, EVEN_M: tl.constexpr,
-    SCALES: tl.constexpr,  # 0: loaded in the group's step; 1: a group ahead; 2: tl.range pipelines them
+    # when a group's scales are loaded: 0 in its step, 1 a step ahead (registers), 2 by tl.range's
+    # pipeline (module docstring: 0 is the default, the others for explore_decode_gemm --scales-ab)
+    SCALES: tl.constexpr,
     NUM_STAGES: tl.constexpr,  # SCALES == 2: the loop's stages
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
