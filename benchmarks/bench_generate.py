@@ -202,6 +202,9 @@ def parse_args(argv=None):
                     help="comma list of the activation scales' layout (group, row: quantize_activation's "
                          "GROUP_MAJOR_SCALES); each atom path runs once per layout (rows <path>/<layout>-scales "
                          "when more than one; Inductor's FX graph cache is then off)")
+    ap.add_argument("--flag-ab", default=None, metavar="MODULE:NAME",
+                    help="a boolean module flag (e.g. atom_ao.ops.kv_decode_attention:PLANES_PEEL): each atom path "
+                         "runs with it False, then True (rows <path>/NAME=0|1; Inductor's FX graph cache off)")
     ap.add_argument("--inductor-pdl", action="store_true",
                     help="Inductor's programmatic dependent launch (its kernels wait on their producer inside the "
                          "kernel, so a launch overlaps the previous kernel's tail; Hopper, torch with "
@@ -226,9 +229,24 @@ def main():
         import torch._inductor.config as inductor_config
 
         inductor_config.fx_graph_cache = False
-    runs = [(p, v) for p in args.paths.split(",") for v in (layouts if p.startswith("atom") else layouts[:1])]
-    for path, layout in runs:
+    flag_mod, flag_name = args.flag_ab.split(":") if args.flag_ab else (None, None)
+    flags = [False, True] if flag_mod else [None]
+    if flag_mod:
+        import importlib
+
+        import torch._inductor.config as inductor_config
+
+        flag_mod = importlib.import_module(flag_mod)
+        if not isinstance(getattr(flag_mod, flag_name, None), bool):
+            raise SystemExit(f"--flag-ab: {args.flag_ab} is not a boolean module flag")
+        inductor_config.fx_graph_cache = False
+    runs = [(p, v, f) for p in args.paths.split(",") for v in (layouts if p.startswith("atom") else layouts[:1])
+            for f in (flags if p.startswith("atom") else flags[:1])]
+    for path, layout, flag in runs:
         label = f"{path}/{layout}-scales" if len(layouts) > 1 and path.startswith("atom") else path
+        if flag is not None:
+            setattr(flag_mod, flag_name, flag)
+            label += f"/{flag_name}={int(flag)}"
         set_act_scales(layout)
         try:
             model = build(shape, path, args.layers, not args.no_compile)
