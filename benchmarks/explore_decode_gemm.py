@@ -10,8 +10,9 @@ weight to exceed 2x L2, rotating, so each call streams its weight from HBM as it
 model; the time is per call. Each (weight rows a tile, warps, stages) config of the M regime is
 timed with every split the shape allows, beside the default (the swap kernel's own rule).
 ``--gemv`` times the M = 1 dp4a kernel's tilings and splits beside the swap kernel instead.
-``--scales-ab`` times each config and split with the group scales row-major and group-major, loaded
-in their step, a group ahead or pipelined (the swap kernel's SCALES).
+``--scales-ab`` times each config and split with the group scales row-major, the token scales
+group-major (the quantizers' layout) or both group-major, loaded in their step, a group ahead or
+pipelined (the swap kernel's SCALES).
 The times include the kernel that sums split-K partials, as eager calls run it; compiled models
 fuse that sum into the next kernel, which ``--no-split-sum`` mimics by leaving it out (the
 splits then compete on the GEMM kernel alone).
@@ -62,9 +63,9 @@ def main():
                     help="time the GEMM kernel alone, without the kernel summing split-K partials (compiled models "
                          "leave that sum to Inductor, which fuses it into the next kernel)")
     ap.add_argument("--scales-ab", action="store_true",
-                    help="each config and split with the scales row-major and group-major ((G, M) / (G, N) in "
-                         "memory) and loaded in their step, a group ahead or pipelined by tl.range (the swap "
-                         "kernel's SCALES 0 / 1 / 2; same bits, checked)")
+                    help="each config and split with the scales row-major, the token scales group-major ((G, M) in "
+                         "memory, the quantizers' layout) or both group-major, loaded in their step, a group ahead "
+                         "or pipelined by tl.range (the swap kernel's SCALES 0 / 1 / 2; same bits, checked)")
     ap.add_argument("--masked-ab", action="store_true",
                     help="only the default, with the unmasked main loop (full tiles) and with every load masked")
     args = ap.parse_args()
@@ -162,9 +163,11 @@ def _group_major(t: torch.Tensor) -> torch.Tensor:
 def _scales_rows(args, gemm, swap, a, weights, w, dtype, groups, configs, per_call, add, m):
     """--scales-ab: every config x split x scale layout x SCALES (the weights' scale copies made
     once, outside the timing; the token scales likewise)."""
-    layouts = {"row-major": (a, weights),
-               "group-major": ((a[0], _group_major(a[1]), *a[2:]),
-                               [(q, _group_major(s), o, os_) for q, s, o, os_ in weights])}
+    row_a = (a[0], a[1].contiguous(), *a[2:])  # the quantizers write the token scales group-major
+    tok_a = (a[0], _group_major(a[1]), *a[2:])
+    layouts = {"row-major": (row_a, weights),
+               "token-group-major": (tok_a, weights),  # the production layout since session 27
+               "group-major": (tok_a, [(q, _group_major(s), o, os_) for q, s, o, os_ in weights])}
     want = gemm.w4a4_gemm_triton(*a, *weights[0], None, w.group_size, dtype, path="swap")
     real = swap.swap_kernel_and_meta
     for cfg in configs:
