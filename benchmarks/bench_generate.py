@@ -69,6 +69,34 @@ def build(shape, path: str, n_layers: int | None, compile_blocks: bool = True):
     return model
 
 
+def run_plan(args) -> list[tuple[str, str, bool | None, str]]:
+    """(path, activation-scale layout, --flag-ab value or None, row label) of each build, in order:
+    every atom path once per layout of --act-scales and per value of --flag-ab (False, then
+    True); other paths once, with the first layout and the flag left alone."""
+    layouts = args.act_scales.split(",")
+    if any(v not in ("group", "row") for v in layouts):
+        raise SystemExit(f"--act-scales: group and/or row, got {args.act_scales!r}")
+    flag_name = args.flag_ab.split(":")[1] if args.flag_ab else None
+    plan = []
+    for path in args.paths.split(","):
+        atom = path.startswith("atom")
+        for layout in layouts if atom else layouts[:1]:
+            for flag in ([False, True] if atom and flag_name else [None]):
+                label = f"{path}/{layout}-scales" if atom and len(layouts) > 1 else path
+                label += "" if flag is None else f"/{flag_name}={int(flag)}"
+                plan.append((path, layout, flag, label))
+    return plan
+
+
+def set_module_flag(module: str, name: str, value: bool):
+    import importlib
+
+    mod = importlib.import_module(module)
+    if not isinstance(getattr(mod, name, None), bool):
+        raise SystemExit(f"--flag-ab: {module}:{name} is not a boolean module flag")
+    setattr(mod, name, value)
+
+
 def set_act_scales(layout: str):
     import importlib
 
@@ -222,31 +250,17 @@ def main():
         inductor_config.triton.enable_pdl = True
     shape = replace(SHAPES[args.model], fused_qkv=args.fused_qkv, fused_gate_up=args.fused_gate_up)
     rows = []
-    layouts = args.act_scales.split(",")
-    if any(v not in ("group", "row") for v in layouts):
-        raise SystemExit(f"--act-scales: group and/or row, got {args.act_scales!r}")
-    if len(layouts) > 1:  # a cached graph compiled for one layout must not serve the other
+    plan = run_plan(args)
+    if any(layout != plan[0][1] or flag is not None for _, layout, flag, _ in plan):
         import torch._inductor.config as inductor_config
 
-        inductor_config.fx_graph_cache = False
+        inductor_config.fx_graph_cache = False  # a graph cached for one form must not serve the other
     flag_mod, flag_name = args.flag_ab.split(":") if args.flag_ab else (None, None)
-    flags = [False, True] if flag_mod else [None]
     if flag_mod:
-        import importlib
-
-        import torch._inductor.config as inductor_config
-
-        flag_mod = importlib.import_module(flag_mod)
-        if not isinstance(getattr(flag_mod, flag_name, None), bool):
-            raise SystemExit(f"--flag-ab: {args.flag_ab} is not a boolean module flag")
-        inductor_config.fx_graph_cache = False
-    runs = [(p, v, f) for p in args.paths.split(",") for v in (layouts if p.startswith("atom") else layouts[:1])
-            for f in (flags if p.startswith("atom") else flags[:1])]
-    for path, layout, flag in runs:
-        label = f"{path}/{layout}-scales" if len(layouts) > 1 and path.startswith("atom") else path
+        set_module_flag(flag_mod, flag_name, False)  # a bad name stops here, before any build
+    for path, layout, flag, label in plan:
         if flag is not None:
-            setattr(flag_mod, flag_name, flag)
-            label += f"/{flag_name}={int(flag)}"
+            set_module_flag(flag_mod, flag_name, flag)
         set_act_scales(layout)
         try:
             model = build(shape, path, args.layers, not args.no_compile)

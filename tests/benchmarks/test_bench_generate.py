@@ -1,7 +1,7 @@
 """bench_generate's profile sorts kernels into kinds; a copy back into a graph input is its own."""
 
 import cpu_smoke  # noqa: F401  (puts benchmarks/ on the path)
-from bench_generate import _form_tag, _kind, parse_args  # noqa: E402
+from bench_generate import _form_tag, _kind, parse_args, run_plan  # noqa: E402
 
 
 def test_profile_kinds():
@@ -20,3 +20,15 @@ def test_projections_are_fused_by_default():
     args = parse_args(["--no-fused-qkv", "--no-fused-gate-up"])
     assert not args.fused_qkv and not args.fused_gate_up
     assert _form_tag(args) == "_unfused_qkv_unfused_gate_up"
+
+
+def test_run_plan_ab_forms_only_for_atom_paths():
+    """--act-scales and --flag-ab repeat the atom paths only: bf16 keeps its plain label, the row
+    every ratio is taken against."""
+    plan = run_plan(parse_args(["--paths", "bf16,atom-kv4", "--act-scales", "group,row",
+                                "--flag-ab", "atom_ao.ops.kv_decode_attention:PLANES_PEEL"]))
+    assert [label for *_, label in plan] == [
+        "bf16", "atom-kv4/group-scales/PLANES_PEEL=0", "atom-kv4/group-scales/PLANES_PEEL=1",
+        "atom-kv4/row-scales/PLANES_PEEL=0", "atom-kv4/row-scales/PLANES_PEEL=1"]
+    assert plan[0][1:3] == ("group", None) and plan[2][1:3] == ("group", True)
+    assert [label for *_, label in run_plan(parse_args(["--paths", "bf16,fp8,atom"]))] == ["bf16", "fp8", "atom"]
