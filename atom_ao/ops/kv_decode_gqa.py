@@ -133,6 +133,23 @@ def _meta_tile(km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len, s_cp, s_ch, s_ct, s_
 
 
 @triton.jit
+def _plane_scores(kw, q0, q1, q2, q3, q4, q5, q6, q7, q_sum, ks, kz, qk_scale,
+                  DOT: tl.constexpr, MAGIC: tl.constexpr, OFFSET: tl.constexpr, ASM: tl.constexpr):
+    """S^T (BLOCK_N, BLOCK_G), log2-scaled: the sum over the 8 planes of K_P Q_P^T of the word tile
+    kw, its OFFSET share (OFFSET * q_sum) taken off, times the keys' scales, plus their zeros."""
+    k0, k1, k2, k3, k4, k5, k6, k7 = _planes8(kw, DOT, MAGIC, ASM)
+    raw = tl.dot(k0, q0)
+    raw = tl.dot(k1, q1, raw)
+    raw = tl.dot(k2, q2, raw)
+    raw = tl.dot(k3, q3, raw)
+    raw = tl.dot(k4, q4, raw)
+    raw = tl.dot(k5, q5, raw)
+    raw = tl.dot(k6, q6, raw)
+    raw = tl.dot(k7, q7, raw)
+    return ((raw - OFFSET * q_sum[None, :]) * ks[:, None] + kz[:, None] * q_sum[None, :]) * qk_scale
+
+
+@triton.jit
 def _warp_step(kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len, start,
                s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, hk, qk_scale, q_sum,
                q0, q1, q2, q3, q4, q5, q6, q7, a0, a1, a2, a3, a4, a5, a6, a7,
@@ -158,17 +175,7 @@ def _warp_step(kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len, star
     ks_n, kz_n, vs_n, vz_n = _meta_tile(km_ptr, vm_ptr, bt_row, i + 1, tile_hi, seq_len,
                                         s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, hk, PAGE, BLOCK_N)
 
-    # S^T (BLOCK_N, BLOCK_G) = sum over planes of K_P Q_P^T (+ OFFSET * q_sum, taken off)
-    k0, k1, k2, k3, k4, k5, k6, k7 = _planes8(kw, DOT, MAGIC, ASM)
-    raw = tl.dot(k0, q0)
-    raw = tl.dot(k1, q1, raw)
-    raw = tl.dot(k2, q2, raw)
-    raw = tl.dot(k3, q3, raw)
-    raw = tl.dot(k4, q4, raw)
-    raw = tl.dot(k5, q5, raw)
-    raw = tl.dot(k6, q6, raw)
-    raw = tl.dot(k7, q7, raw)
-    sc = ((raw - OFFSET * q_sum[None, :]) * ks[:, None] + kz[:, None] * q_sum[None, :]) * qk_scale
+    sc = _plane_scores(kw, q0, q1, q2, q3, q4, q5, q6, q7, q_sum, ks, kz, qk_scale, DOT, MAGIC, OFFSET, ASM)
     if MASKED:
         if HAS_START:
             ok = ok & (t >= start)
@@ -243,6 +250,7 @@ def decode_gqa_kernel(
     if WARP:  # the scales are loaded a step ahead (the pipeliner takes only the word tiles, which feed dots)
         ks, kz, vs, vz = _meta_tile(km_ptr, vm_ptr, bt_row, tile_lo, tile_hi, seq_len,
                                     s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, hk, PAGE, BLOCK_N)
+        tail_lo = tile_lo
         if PEEL and not HAS_START:  # (left padding masks early tiles too: then every tile is masked)
             tail_lo = tl.maximum(tile_lo, tl.minimum(tile_hi, seq_len // BLOCK_N))
             for i in range(tile_lo, tail_lo):
@@ -251,20 +259,14 @@ def decode_gqa_kernel(
                     s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, hk, qk_scale, q_sum,
                     q0, q1, q2, q3, q4, q5, q6, q7, a0, a1, a2, a3, a4, a5, a6, a7,
                     m_i, l_i, corr, ks, kz, vs, vz, False, HAS_START, HALF, PAGE, DOT, MAGIC, OFFSET, ASM, BLOCK_N)
-            # the partial tile (at most one), not pipelined: a pipelined second loop took 254 registers
-            for i in tl.range(tail_lo, tile_hi, num_stages=1):
-                a0, a1, a2, a3, a4, a5, a6, a7, m_i, l_i, corr, ks, kz, vs, vz = _warp_step(
-                    kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len, start,
-                    s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, hk, qk_scale, q_sum,
-                    q0, q1, q2, q3, q4, q5, q6, q7, a0, a1, a2, a3, a4, a5, a6, a7,
-                    m_i, l_i, corr, ks, kz, vs, vz, True, HAS_START, HALF, PAGE, DOT, MAGIC, OFFSET, ASM, BLOCK_N)
-        else:
-            for i in range(tile_lo, tile_hi):
-                a0, a1, a2, a3, a4, a5, a6, a7, m_i, l_i, corr, ks, kz, vs, vz = _warp_step(
-                    kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len, start,
-                    s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, hk, qk_scale, q_sum,
-                    q0, q1, q2, q3, q4, q5, q6, q7, a0, a1, a2, a3, a4, a5, a6, a7,
-                    m_i, l_i, corr, ks, kz, vs, vz, True, HAS_START, HALF, PAGE, DOT, MAGIC, OFFSET, ASM, BLOCK_N)
+        # masked tiles: all of them, or (peeled) the partial one, not pipelined (a pipelined second
+        # loop took the kernel to 254 registers)
+        for i in tl.range(tail_lo, tile_hi, num_stages=1 if PEEL and not HAS_START else None):
+            a0, a1, a2, a3, a4, a5, a6, a7, m_i, l_i, corr, ks, kz, vs, vz = _warp_step(
+                kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len, start,
+                s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, hk, qk_scale, q_sum,
+                q0, q1, q2, q3, q4, q5, q6, q7, a0, a1, a2, a3, a4, a5, a6, a7,
+                m_i, l_i, corr, ks, kz, vs, vz, True, HAS_START, HALF, PAGE, DOT, MAGIC, OFFSET, ASM, BLOCK_N)
     else:
         for i in range(tile_lo, tile_hi):
             n0 = i * BLOCK_N
@@ -275,17 +277,7 @@ def decode_gqa_kernel(
             vw = tl.load(vc_ptr + row_c[:, None] + jw[None, :], mask=ok[:, None], other=0)
             ks, kz, vs, vz = load_kv_meta(km_ptr, vm_ptr, row_m, ok, s_mw)
 
-            # S^T (BLOCK_N, BLOCK_G) = sum over planes of K_P Q_P^T (+ OFFSET * q_sum, taken off)
-            k0, k1, k2, k3, k4, k5, k6, k7 = _planes8(kw, DOT, MAGIC, ASM)
-            raw = tl.dot(k0, q0)
-            raw = tl.dot(k1, q1, raw)
-            raw = tl.dot(k2, q2, raw)
-            raw = tl.dot(k3, q3, raw)
-            raw = tl.dot(k4, q4, raw)
-            raw = tl.dot(k5, q5, raw)
-            raw = tl.dot(k6, q6, raw)
-            raw = tl.dot(k7, q7, raw)
-            s = ((raw - OFFSET * q_sum[None, :]) * ks[:, None] + kz[:, None] * q_sum[None, :]) * qk_scale
+            s = _plane_scores(kw, q0, q1, q2, q3, q4, q5, q6, q7, q_sum, ks, kz, qk_scale, DOT, MAGIC, OFFSET, ASM)
             if HAS_START:
                 ok = ok & (t >= start)
             s = tl.where(ok[:, None], s, float("-inf"))
