@@ -587,8 +587,8 @@ for what in "${@:-tests}"; do
                              tests/test_tensor.py tests/inductor/test_passes.py tests/test_fuse.py tests/test_generation.py
                          T=230 TAIL=20 step generate_act_scales_b64_s27 python3 benchmarks/bench_generate.py --batches 64 \
                              --paths atom-kv4,bf16 --act-scales row,group --gen 32 --steps 16 --profile ;;
-    peel-s28) T=200 step peel_gpu_tests_s28 python3 -m pytest -q -p no:cacheprovider --tb=short tests/ops/test_kv_attention.py \
-                  -k "peeled or one_warp_gqa_gpu or decode_gqa_kernel"
+    peel-s28) T=200 step peel_gpu_tests_s28 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
+                  tests/ops/test_kv_attention.py -k "peeled or one_warp_gqa_gpu"
               T=360 TAIL=60 step generate_peel_s28 python3 benchmarks/bench_generate.py --batches 1,64 --paths bf16,atom-kv4 \
                   --flag-ab atom_ao.ops.kv_decode_attention:PLANES_PEEL --gen 32 --steps 16 --profile ;;
     scales-s28) T=420 TAIL=60 step explore_scales_s28 python3 benchmarks/explore_decode_gemm.py --ms 16,64 --splits 1,2,4,8 \
