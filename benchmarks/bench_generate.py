@@ -98,10 +98,8 @@ def set_module_flag(module: str, name: str, value: bool):
 
 
 def set_act_scales(layout: str):
-    import importlib
-
-    # the module itself: the package re-exports the op under the module's name
-    importlib.import_module("atom_ao.ops.quantize_activation").GROUP_MAJOR_SCALES = layout == "group"
+    # by module path: the package re-exports the op under the module's name
+    set_module_flag("atom_ao.ops.quantize_activation", "GROUP_MAJOR_SCALES", layout == "group")
 
 
 def kv_bytes_per_token(s, path: str) -> float:
