@@ -229,7 +229,7 @@ def parse_args(argv=None):
                          "GROUP_MAJOR_SCALES); each atom path runs once per layout (rows <path>/<layout>-scales "
                          "when more than one; Inductor's FX graph cache is then off)")
     ap.add_argument("--flag-ab", default=None, metavar="MODULE:NAME",
-                    help="a boolean module flag (e.g. atom_ao.ops.kv_decode_attention:PLANES_PEEL): each atom path "
+                    help="a boolean module flag (e.g. atom_ao.ops.kv_decode_attention:MHA_PLANES): each atom path "
                          "runs with it False, then True (rows <path>/NAME=0|1; Inductor's FX graph cache off)")
     ap.add_argument("--inductor-pdl", action="store_true",
                     help="Inductor's programmatic dependent launch (its kernels wait on their producer inside the "

@@ -108,11 +108,6 @@ PLANES_LEAST_WAVE = 0.25
 # 288 -> 221, batch 256 / 2048 1058 -> 848, batch 1 / 32768 105 -> 61.6, batch 4 / 4096 49.9 -> 33.8,
 # batch 1 / 1024 9.75 -> 8.09 (16 splits).
 MHA_PLANES = True
-# the planes kernel's one-warp form with its full tiles in a loop of their own, loads and scores
-# unmasked, and the sequence's last (partial) tile after it (``kv_decode_gqa._warp_step``;
-# offline, sm_90a, bf16, MHA: 923 -> 808 instructions a 32-token step, 168 -> 194 registers).
-# Off until timed on the GPU (session 27: no device time left); same bits (interpreter test).
-PLANES_PEEL = False
 INTERPRET_PREFETCH = False  # under the interpreter (tests flip it): the kernels' prefetching variant
 UNPACK_MAGIC = True  # codes -> floats by the mantissa trick (``kv_tiles.load_codes``); False: casts
 
@@ -177,7 +172,7 @@ def _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_s
     meta = dict(G=g, BLOCK_G=max(8 if warp else 16, triton.next_power_of_2(g)), HALF=d // 2, PAGE=k_cache.shape[2],
                 HAS_START=kv_start is not None, ONE_SPLIT=one, DOT=dot_dtype(q.dtype, _INTERPRET), MAGIC=magic,
                 OFFSET={0x4300: 128.0, 0x6400: 1024.0}.get(magic, 0.0), WARP=warp,
-                ASM=warp and not _INTERPRET, PEEL=warp and PLANES_PEEL)  # every constexpr passed
+                ASM=warp and not _INTERPRET)  # every constexpr passed
     if _INTERPRET:
         wrap_triton(decode_gqa_kernel)[(b, hkv, splits)](*args, **meta, BLOCK_N=16, num_warps=1 if warp else 4)
     else:

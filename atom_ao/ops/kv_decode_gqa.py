@@ -154,32 +154,28 @@ def _warp_step(kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len, star
                s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, hk, qk_scale, q_sum,
                q0, q1, q2, q3, q4, q5, q6, q7, a0, a1, a2, a3, a4, a5, a6, a7,
                m_i, l_i, corr, ks, kz, vs, vz,
-               MASKED: tl.constexpr, HAS_START: tl.constexpr, HALF: tl.constexpr, PAGE: tl.constexpr,
+               HAS_START: tl.constexpr, HALF: tl.constexpr, PAGE: tl.constexpr,
                DOT: tl.constexpr, MAGIC: tl.constexpr, OFFSET: tl.constexpr, ASM: tl.constexpr,
                BLOCK_N: tl.constexpr):
     """One 32-token step of the one-warp form (tile i; its scales ks..vz were loaded the step
-    before, the next step's are loaded here). MASKED: the tile may hold tokens past the sequence
-    (or before ``start``); a full tile's loads and scores go unmasked (offline, sm_90a, bf16,
-    the peeled kernel: 923 -> 808 instructions a step, 168 -> 194 registers)."""
+    before, the next step's are loaded here). Session 28 (H200) timed a peeled form, full tiles
+    unmasked in a loop of their own and the partial tile after it (offline 923 -> 808 instructions
+    a step, 168 -> 194 registers): batch 64 3646 -> 3792 us of this kernel a Llama-2-7B step,
+    batch 1 194 -> 201 (``results/h200/session28_generate_peel.log``), and removed it."""
     jw = tl.arange(0, HALF // 4)
     n0 = i * BLOCK_N
     t = n0 + tl.arange(0, BLOCK_N)
     ok = t < seq_len
     row_c, row_m = paged_rows(bt_row, n0, ok, s_cp, s_ch, s_ct, s_mp, s_mh, hk, PAGE, BLOCK_N)
-    if MASKED:
-        kw = tl.load(kc_ptr + row_c[:, None] + jw[None, :], mask=ok[:, None], other=0)
-        vw = tl.load(vc_ptr + row_c[:, None] + jw[None, :], mask=ok[:, None], other=0)
-    else:
-        kw = tl.load(kc_ptr + row_c[:, None] + jw[None, :])
-        vw = tl.load(vc_ptr + row_c[:, None] + jw[None, :])
+    kw = tl.load(kc_ptr + row_c[:, None] + jw[None, :], mask=ok[:, None], other=0)
+    vw = tl.load(vc_ptr + row_c[:, None] + jw[None, :], mask=ok[:, None], other=0)
     ks_n, kz_n, vs_n, vz_n = _meta_tile(km_ptr, vm_ptr, bt_row, i + 1, tile_hi, seq_len,
                                         s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, hk, PAGE, BLOCK_N)
 
     sc = _plane_scores(kw, q0, q1, q2, q3, q4, q5, q6, q7, q_sum, ks, kz, qk_scale, DOT, MAGIC, OFFSET, ASM)
-    if MASKED:
-        if HAS_START:
-            ok = ok & (t >= start)
-        sc = tl.where(ok[:, None], sc, float("-inf"))
+    if HAS_START:
+        ok = ok & (t >= start)
+    sc = tl.where(ok[:, None], sc, float("-inf"))
     # O_P^T (D/8, BLOCK_G) += V_P^T P^T for each plane: channels on the dots' M side, the
     # group's heads on N; the transposed word tile unpacks in pairs along the tokens
     p, alpha, m_i, l_i = online_softmax(sc, m_i, l_i, 0)  # (BLOCK_N, BLOCK_G)
@@ -206,7 +202,6 @@ def decode_gqa_kernel(
     G: tl.constexpr, BLOCK_G: tl.constexpr, HALF: tl.constexpr, PAGE: tl.constexpr, HAS_START: tl.constexpr,
     ONE_SPLIT: tl.constexpr, DOT: tl.constexpr, MAGIC: tl.constexpr, OFFSET: tl.constexpr,
     BLOCK_N: tl.constexpr, WARP: tl.constexpr, ASM: tl.constexpr,
-    PEEL: tl.constexpr,  # WARP: full tiles in an unmasked loop, the sequence's last (partial) tile after
 ):
     b = tl.program_id(0)
     hk = tl.program_id(1)
@@ -250,23 +245,12 @@ def decode_gqa_kernel(
     if WARP:  # the scales are loaded a step ahead (the pipeliner takes only the word tiles, which feed dots)
         ks, kz, vs, vz = _meta_tile(km_ptr, vm_ptr, bt_row, tile_lo, tile_hi, seq_len,
                                     s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, hk, PAGE, BLOCK_N)
-        tail_lo = tile_lo
-        if PEEL and not HAS_START:  # (left padding masks early tiles too: then every tile is masked)
-            tail_lo = tl.maximum(tile_lo, tl.minimum(tile_hi, seq_len // BLOCK_N))
-            for i in range(tile_lo, tail_lo):
-                a0, a1, a2, a3, a4, a5, a6, a7, m_i, l_i, corr, ks, kz, vs, vz = _warp_step(
-                    kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len, start,
-                    s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, hk, qk_scale, q_sum,
-                    q0, q1, q2, q3, q4, q5, q6, q7, a0, a1, a2, a3, a4, a5, a6, a7,
-                    m_i, l_i, corr, ks, kz, vs, vz, False, HAS_START, HALF, PAGE, DOT, MAGIC, OFFSET, ASM, BLOCK_N)
-        # masked tiles: all of them, or (peeled) the partial one, not pipelined (a pipelined second
-        # loop took the kernel to 254 registers)
-        for i in tl.range(tail_lo, tile_hi, num_stages=1 if PEEL and not HAS_START else None):
+        for i in range(tile_lo, tile_hi):
             a0, a1, a2, a3, a4, a5, a6, a7, m_i, l_i, corr, ks, kz, vs, vz = _warp_step(
                 kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len, start,
                 s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, hk, qk_scale, q_sum,
                 q0, q1, q2, q3, q4, q5, q6, q7, a0, a1, a2, a3, a4, a5, a6, a7,
-                m_i, l_i, corr, ks, kz, vs, vz, True, HAS_START, HALF, PAGE, DOT, MAGIC, OFFSET, ASM, BLOCK_N)
+                m_i, l_i, corr, ks, kz, vs, vz, HAS_START, HALF, PAGE, DOT, MAGIC, OFFSET, ASM, BLOCK_N)
     else:
         for i in range(tile_lo, tile_hi):
             n0 = i * BLOCK_N

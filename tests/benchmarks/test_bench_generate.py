@@ -26,9 +26,9 @@ def test_run_plan_ab_forms_only_for_atom_paths():
     """--act-scales and --flag-ab repeat the atom paths only: bf16 keeps its plain label, the row
     every ratio is taken against."""
     plan = run_plan(parse_args(["--paths", "bf16,atom-kv4", "--act-scales", "group,row",
-                                "--flag-ab", "atom_ao.ops.kv_decode_attention:PLANES_PEEL"]))
+                                "--flag-ab", "atom_ao.ops.kv_decode_attention:MHA_PLANES"]))
     assert [label for *_, label in plan] == [
-        "bf16", "atom-kv4/group-scales/PLANES_PEEL=0", "atom-kv4/group-scales/PLANES_PEEL=1",
-        "atom-kv4/row-scales/PLANES_PEEL=0", "atom-kv4/row-scales/PLANES_PEEL=1"]
+        "bf16", "atom-kv4/group-scales/MHA_PLANES=0", "atom-kv4/group-scales/MHA_PLANES=1",
+        "atom-kv4/row-scales/MHA_PLANES=0", "atom-kv4/row-scales/MHA_PLANES=1"]
     assert plan[0][1:3] == ("group", None) and plan[2][1:3] == ("group", True)
     assert [label for *_, label in run_plan(parse_args(["--paths", "bf16,fp8,atom"]))] == ["bf16", "fp8", "atom"]

@@ -339,45 +339,6 @@ def test_decode_gqa_kernel(monkeypatch, heads, kv_heads, page, dtype, warp):
         _close(got, want, dtype)
 
 
-def _peel_case(monkeypatch, heads, kv_heads, lens, splits, page, device):
-    """kv_decode_gqa's one-warp form with PLANES_PEEL on and off: the outputs, bit for bit."""
-    monkeypatch.setattr(dec, "ONE_WARP_PLANES", True)
-    monkeypatch.setattr(dec, "MHA_PLANES", True)
-    monkeypatch.setattr(dec, "one_warp_splits", lambda *_a: splits)
-    caches, table = paged_cache(lens, kv_heads, 128, page_size=page, seed=14, device=device)
-    g = torch.Generator().manual_seed(15)
-    q = torch.randn(len(lens), heads, 128, generator=g)
-    q[:, :, 5] *= 60  # an outlier channel
-    q = q.to(torch.bfloat16).to(device)
-    seq_lens = torch.tensor(lens, dtype=torch.int32, device=device)
-    for kv_start in (None, torch.tensor([0, 3, 40, 1][:len(lens)], dtype=torch.int32, device=device)):
-        outs = []
-        for peel in (False, True):
-            monkeypatch.setattr(dec, "PLANES_PEEL", peel)
-            outs.append(kv_decode_attention_triton(q, *caches, table, seq_lens, kv_start, 128 ** -0.5, 0))
-        torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=0)
-    want = decode_attention_ref(q.cpu(), *[c.cpu() for c in caches], table.cpu(), seq_lens.cpu(), None, 128 ** -0.5)
-    monkeypatch.setattr(dec, "PLANES_PEEL", True)
-    _close(kv_decode_attention_triton(q, *caches, table, seq_lens, None, 128 ** -0.5, 0).cpu(), want, torch.bfloat16)
-
-
-@pytest.mark.parametrize("heads, kv_heads, splits", [(4, 4, 1), (8, 2, 3)])
-def test_decode_planes_peeled_tail_same_bits(monkeypatch, heads, kv_heads, splits):
-    """PLANES_PEEL: the one-warp planes kernel's full tiles in an unmasked loop and the partial
-    tile after it give the masked loop's bits: lengths on and off the tile (16 in the
-    interpreter), shorter than one tile, splits whose share ends mid-sequence; with left padding
-    (kv_start) every tile stays masked."""
-    _peel_case(monkeypatch, heads, kv_heads, [1, 32, 70, 47], splits, 16, "cpu" if not torch.cuda.is_available()
-               else "cuda")
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("heads, kv_heads, splits", [(32, 32, 1), (32, 8, 5)])
-def test_decode_planes_peeled_tail_same_bits_gpu(monkeypatch, heads, kv_heads, splits):
-    """The same on the GPU (32-token tiles, pages of 64) at longer lengths."""
-    _peel_case(monkeypatch, heads, kv_heads, [2500, 31, 1216, 4096], splits, 64, "cuda")
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter's stand-in for the GPU operand types")
 @pytest.mark.parametrize("warp", [False, True])
 def test_decode_gqa_kernel_offset_codes(monkeypatch, warp):
