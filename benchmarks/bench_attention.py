@@ -328,6 +328,43 @@ def explore_mha_planes(models):
         dec.MHA_PLANES, dec.one_warp_splits = default, rule
 
 
+def explore_mha_batch(models):
+    """MHA decode at a large batch and a generation's context (Llama-2-7B heads, as bench_generate's
+    batch-64 step): the planes kernel's split rule gives one split (2048 one-warp programs, ~1.4
+    waves at the 11-12 a SM that fit), against forced 2 / 3 / 4 splits (whole waves, plus the
+    reduce kernel) and the pipeline's stages; a read-only pass (``torch.sum`` over 1 GiB) beside
+    the copy as the ceiling of a kernel that only reads."""
+    import triton
+
+    import atom_ao.ops.kv_decode_attention as dec
+
+    x = torch.empty(1 << 28, dtype=torch.float32, device="cuda").uniform_()
+    print(f"  read-only ceiling (torch.sum, 1 GiB): {x.numel() * 4 / bench_us(lambda: x.sum()) / 1e6:.2f} TB/s")
+    del x
+    planes, rule = dec._decode_gqa_warp_tuned, dec.one_warp_splits
+    default_configs = list(planes.configs)
+    try:
+        for model, b, ctx in (("llama2-7b", 64, 1056), ("llama2-7b", 64, 2048), ("llama2-7b", 32, 1056)):
+            if model not in models:
+                continue
+            h, hkv, d = MODELS[model]
+            picked = rule(b, hkv, ctx, d // 2, torch.device("cuda"), dec.ONE_WARP_PLANES_RESIDENT,
+                          dec.PLANES_MIN_SPLIT_TOKENS, dec.PLANES_LEAST_WAVE)
+            print(f"{model} B={b} ctx={ctx} (rule: {picked} splits)")
+            _timed("default", model, b, ctx)
+            for n in (2, 3, 4, 6):
+                dec.one_warp_splits = lambda *_a, n=n: n
+                _timed(f"{n} splits", model, b, ctx)
+            dec.one_warp_splits = rule
+            for st in (3, 4, 6):
+                planes.configs, planes.cache = [triton.Config({"BLOCK_N": 32}, num_warps=1, num_stages=st)], {}
+                _timed(f"rule's splits, {st} stages", model, b, ctx)
+            planes.configs, planes.cache = default_configs, {}
+    finally:
+        dec.one_warp_splits = rule
+        planes.configs, planes.cache = default_configs, {}
+
+
 def explore_splits(models):
     """Small batches, where a sequence's splits are all the parallel work: ``num_splits`` (~4
     programs a SM, none shorter than MIN_SPLIT_TOKENS) at shortest splits of 256 down to 32 tokens
@@ -367,6 +404,8 @@ def main():
                     help="the small-batch half of --explore-planes (forced splits), then exit")
     ap.add_argument("--explore-mha-planes", action="store_true",
                     help="MHA decode: the MHA kernel against the one-warp planes kernel, then exit")
+    ap.add_argument("--explore-mha-batch", action="store_true",
+                    help="MHA decode at batch 32-64, a generation's context: forced splits and stages, then exit")
     ap.add_argument("--rope", action="store_true", help="also time keys cached before RoPE (int4-rope)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -378,6 +417,7 @@ def main():
         "explore": explore, "explore_warps": explore_warps,
         "explore_planes_small": functools.partial(explore_planes, small_only=True), "explore_planes": explore_planes,
         "explore_mha_planes": explore_mha_planes, "explore_splits": explore_splits,
+        "explore_mha_batch": explore_mha_batch,
     }
     for flag, run in explores.items():
         if getattr(args, flag):

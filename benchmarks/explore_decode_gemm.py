@@ -11,8 +11,7 @@ model; the time is per call. Each (weight rows a tile, warps, stages) config of 
 timed with every split the shape allows, beside the default (the swap kernel's own rule).
 ``--gemv`` times the M = 1 dp4a kernel's tilings and splits beside the swap kernel instead.
 ``--scales-ab`` times each config and split with the group scales row-major, the token scales
-group-major (the quantizers' layout) or both group-major, loaded in their step, a group ahead or
-pipelined (the swap kernel's SCALES).
+group-major (the quantizers' layout) or both group-major.
 The times include the kernel that sums split-K partials, as eager calls run it; compiled models
 fuse that sum into the next kernel, which ``--no-split-sum`` mimics by leaving it out (the
 splits then compete on the GEMM kernel alone).
@@ -64,8 +63,7 @@ def main():
                          "leave that sum to Inductor, which fuses it into the next kernel)")
     ap.add_argument("--scales-ab", action="store_true",
                     help="each config and split with the scales row-major, the token scales group-major ((G, M) in "
-                         "memory, the quantizers' layout) or both group-major, loaded in their step, a group ahead "
-                         "or pipelined by tl.range (the swap kernel's SCALES 0 / 1 / 2; same bits, checked)")
+                         "memory, the quantizers' layout) or both group-major (same bits, checked)")
     ap.add_argument("--masked-ab", action="store_true",
                     help="only the default, with the unmasked main loop (full tiles) and with every load masked")
     args = ap.parse_args()
@@ -134,7 +132,7 @@ def main():
             real = swap.swap_kernel_and_meta
             for cfg in configs:
                 bn, bm, st, nw = cfg[:4] if len(cfg) >= 4 else (cfg[0], 16 if m <= 16 else 32, *cfg[1:])
-                fixed = {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": nw, "num_stages": st, "SCALES": 0, "NUM_STAGES": st}
+                fixed = {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": nw, "num_stages": st}
                 name = f"{bn}x{bm} st{st} w{nw}"
                 if len(cfg) == 5:  # a register cap: more programs a SM (64x64 on 4 warps holds 167)
                     fixed["maxnreg"] = cfg[4]
@@ -161,7 +159,7 @@ def _group_major(t: torch.Tensor) -> torch.Tensor:
 
 
 def _scales_rows(args, gemm, swap, a, weights, w, dtype, groups, configs, per_call, add, m):
-    """--scales-ab: every config x split x scale layout x SCALES (the weights' scale copies made
+    """--scales-ab: every config x split x scale layout (the weights' scale copies made
     once, outside the timing; the token scales likewise)."""
     row_a = (a[0], a[1].contiguous(), *a[2:])  # the quantizers write the token scales group-major
     tok_a = (a[0], _group_major(a[1]), *a[2:])
@@ -173,21 +171,19 @@ def _scales_rows(args, gemm, swap, a, weights, w, dtype, groups, configs, per_ca
     for cfg in configs:
         bn, bm, st, nw = cfg[:4] if len(cfg) >= 4 else (cfg[0], 16 if m <= 16 else 32, *cfg[1:])
         for layout, (a_l, weights_l) in layouts.items():
-            for scales in (0, 1, 2):
-                fixed = {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": nw, "num_stages": st, "SCALES": scales,
-                         "NUM_STAGES": st}
-                gemm.swap_kernel_and_meta = lambda _m, fixed=fixed: (swap._w4a4_gemm_swap_kernel_jit, fixed)
-                name = f"{bn}x{bm} st{st} w{nw} {layout} scales{scales}"
-                try:
-                    got = gemm.w4a4_gemm_triton(*a_l, *weights_l[0], None, w.group_size, dtype, path="swap")
-                    assert torch.equal(got, want), f"{name}: other bits"
-                    for s in (int(v) for v in args.splits.split(",")):
-                        if splits_fit(groups, s):
-                            add(name, s, per_call(splits=s, operands=(a_l, weights_l)))
-                except Exception as e:  # noqa: BLE001  (a config that does not fit: say so, go on)
-                    print(f"  M={m} {name}: {type(e).__name__} {str(e)[:200]}")
-                finally:
-                    gemm.swap_kernel_and_meta = real
+            fixed = {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": nw, "num_stages": st}
+            gemm.swap_kernel_and_meta = lambda _m, fixed=fixed: (swap._w4a4_gemm_swap_kernel_jit, fixed)
+            name = f"{bn}x{bm} st{st} w{nw} {layout}"
+            try:
+                got = gemm.w4a4_gemm_triton(*a_l, *weights_l[0], None, w.group_size, dtype, path="swap")
+                assert torch.equal(got, want), f"{name}: other bits"
+                for s in (int(v) for v in args.splits.split(",")):
+                    if splits_fit(groups, s):
+                        add(name, s, per_call(splits=s, operands=(a_l, weights_l)))
+            except Exception as e:  # noqa: BLE001  (a config that does not fit: say so, go on)
+                print(f"  M={m} {name}: {type(e).__name__} {str(e)[:200]}")
+            finally:
+                gemm.swap_kernel_and_meta = real
 
 
 @contextlib.contextmanager

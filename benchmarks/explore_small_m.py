@@ -68,7 +68,7 @@ def main():
             regime = min(r for r in swap._SWAP_REGIMES if m <= r)
             real = swap.swap_kernel_and_meta
             for bn, bm, nw, st in swap._SWAP_REGIMES[regime]:
-                fixed = {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": nw, "num_stages": st, "SCALES": 0, "NUM_STAGES": st}
+                fixed = {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": nw, "num_stages": st}
                 gemm.swap_kernel_and_meta = lambda _m, fixed=fixed: (swap._w4a4_gemm_swap_kernel_jit, fixed)
                 try:
                     times[f"swap {bn}x{bm} w{nw} s{st}"] = bench_us(lambda: gemm.w4a4_gemm_triton(*gargs, path="swap"))

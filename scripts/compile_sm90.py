@@ -66,10 +66,10 @@ def gemm_kernels():
             ok &= compile_one(f"gemv out={out} even={even}", gemv._w4a4_gemv_kernel, types, consts, w, 1)
     types = dict(common, a_ptr="*u8", ao_ptr="*i8", w_ptr="*u8", wo_ptr="*i8", out_ptr="*fp32")
     for bn, bm, w, st in sorted({c for cs in swap._SWAP_REGIMES.values() for c in cs}):
-        for even, scales in ((False, 0), (True, 0), (True, 1), (True, 2)):  # SCALES: explore_decode_gemm --scales-ab
+        for even in (False, True):
             consts = dict(HALF=64, BLOCK_O=64, HAS_OUT=True, HAS_BIAS=True, USE_ASM=True, BLOCK_N=bn, BLOCK_M=bm,
-                          EVEN_N=even, EVEN_M=even, SCALES=scales, NUM_STAGES=st)
-            ok &= compile_one(f"swap gemm {bn}x{bm} even={even} scales={scales}", swap._w4a4_gemm_swap_kernel_jit,
+                          EVEN_N=even, EVEN_M=even)
+            ok &= compile_one(f"swap gemm {bn}x{bm} even={even}", swap._w4a4_gemm_swap_kernel_jit,
                               types, consts, w, st)
     ok &= compile_one("sum_splits", gemm._sum_splits_kernel, dict(ws_ptr="*fp32", out_ptr="*bf16"),
                       dict(SPLITS_P=8, BLOCK=512))
@@ -102,16 +102,14 @@ def main():
                      len_ptr="*i32", start_ptr="*i32", out_ptr=f"*{dt}", part_ptr="*fp32", ml_ptr="*fp32",
                      qk_scale="fp32")
         # and its one-warp form (WARP: heads on the dots' N side, inline-asm unpack)
-        for warp, peel, cfgs in ((False, False, gqa.gqa_configs()), (True, False, dec.gqa_warp_configs()),
-                                 (True, True, dec.gqa_warp_configs())):
+        for warp, cfgs in ((False, gqa.gqa_configs()), (True, dec.gqa_warp_configs())):
             for cfg in cfgs:
                 for one, page, g in ((True, 64, 4), (False, 24, 7)):
                     magic = dec.magic_bits(tdtype, False) & 0xFFFF
                     consts = dict(G=g, BLOCK_G=8 if warp else 16, HALF=64, PAGE=page, HAS_START=True, ONE_SPLIT=one,
                                   DOT=tdt, MAGIC=magic, OFFSET=128.0 if magic == 0x4300 else 1024.0, WARP=warp, ASM=warp,
-                                  PEEL=peel, **cfg.kwargs)
-                    ok &= compile_one(f"decode gqa {dt} {cfg.kwargs} w{cfg.num_warps} one={one} page={page} warp={warp} "
-                                      f"peel={peel}",
+                                  **cfg.kwargs)
+                    ok &= compile_one(f"decode gqa {dt} {cfg.kwargs} w{cfg.num_warps} one={one} page={page} warp={warp}",
                                       gqa.decode_gqa_kernel, types, consts, cfg.num_warps, cfg.num_stages)
         # decode split
         types = dict(q_ptr=f"*{dt}", kc_ptr="*u8", vc_ptr="*u8", km_ptr=f"*{dt}", vm_ptr=f"*{dt}", bt_ptr="*i32",

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, then benchmarks. Usage (on the GPU machine, repo root):
-#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9t|verify-s9u|verify-s9b|verify-s10a|verify-s10b|verify-s10c|verify-s10d|verify-s11a|verify-s12a|explore-s12|verify-s12b|generate-s12|verify-s12c|explore-s12d|final-s12|profile-s12|masked-ab|verify-s13|verify-s13b|verify-s13c|final-s13|kv-tests-s13|verify-s14a|verify-s14b|final-s14|gen-llama3-b64-s14|verify-s14d|verify-s15a|verify-s15b|verify-s15c|profile-s15|final-s15|verify-s16a|verify-s16c|verify-s16d|verify-s16e|final-s16|verify-s17a|verify-s17b|linear-s17a|linear-s17b|final-s17|gemm-tests-s18|gpuload|main-gpu-s18|sweep-s18a|sweep-s18b|cache-tests-s18|explore-ws|hf-decode|hf-decode-s20|unwrap-s20|hf-7b-s20|compile-profile-s21|generate-s21|generate-s22|captured-s22|hf-guards-s22|fused-qkv-s22|fixes-capture-s22|capture-default-s22|capture-ab-s22|guard-skip-ab-s22|maxnreg-s23|capture-ab-s23|hook-s23|hook-only-s23|codes-s23|hook-ab-s23|splits-gen-s23|profile-hf-s23|rotate-cost-s24|profile-hf-s24|rotate-fused-s24|rotate-s25|fuse-ab-s25|fused-s25|fused-b64-s25|rotate-rest-s25|fused-hf-s26|rotate-s26|combine-s26|hf-fused-s26b|m64-s27|m64-gen-s27|scales-s27|gmajor-tests-s27|gmajor-rest-s27|gmajor-compiled-s27|peel-s28|scales-s28|gmajor-gen-s27|verify-s9c|large-m]...
+#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9t|verify-s9u|verify-s9b|verify-s10a|verify-s10b|verify-s10c|verify-s10d|verify-s11a|verify-s12a|explore-s12|verify-s12b|generate-s12|verify-s12c|explore-s12d|final-s12|profile-s12|masked-ab|verify-s13|verify-s13b|verify-s13c|final-s13|kv-tests-s13|verify-s14a|verify-s14b|final-s14|gen-llama3-b64-s14|verify-s14d|verify-s15a|verify-s15b|verify-s15c|profile-s15|final-s15|verify-s16a|verify-s16c|verify-s16d|verify-s16e|final-s16|verify-s17a|verify-s17b|linear-s17a|linear-s17b|final-s17|gemm-tests-s18|gpuload|main-gpu-s18|sweep-s18a|sweep-s18b|cache-tests-s18|explore-ws|hf-decode|hf-decode-s20|unwrap-s20|hf-7b-s20|compile-profile-s21|generate-s21|generate-s22|captured-s22|hf-guards-s22|fused-qkv-s22|fixes-capture-s22|capture-default-s22|capture-ab-s22|guard-skip-ab-s22|maxnreg-s23|capture-ab-s23|hook-s23|hook-only-s23|codes-s23|hook-ab-s23|splits-gen-s23|profile-hf-s23|rotate-cost-s24|profile-hf-s24|rotate-fused-s24|rotate-s25|fuse-ab-s25|fused-s25|fused-b64-s25|rotate-rest-s25|fused-hf-s26|rotate-s26|combine-s26|hf-fused-s26b|m64-s27|m64-gen-s27|scales-s27|gmajor-tests-s27|gmajor-rest-s27|gmajor-compiled-s27|scales-s28|mha-batch-s28|gmajor-gen-s27|verify-s9c|large-m]...
 # Each step's log goes to $OUT/<step>.log (so a step cut short still leaves its output) and
 # PYTEST_ARGS (paths) and PYTEST_K (-k expression) pick the tests of tests-some; result files to $OUT (or benchmarks/results/ when OUT is unset). STEP_TIMEOUT caps each step.
 set -uo pipefail
@@ -587,10 +587,14 @@ for what in "${@:-tests}"; do
                              tests/test_tensor.py tests/inductor/test_passes.py tests/test_fuse.py tests/test_generation.py
                          T=230 TAIL=20 step generate_act_scales_b64_s27 python3 benchmarks/bench_generate.py --batches 64 \
                              --paths atom-kv4,bf16 --act-scales row,group --gen 32 --steps 16 --profile ;;
-    peel-s28) T=200 step peel_gpu_tests_s28 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
-                  tests/ops/test_kv_attention.py -k "peeled or one_warp_gqa_gpu"
-              T=360 TAIL=60 step generate_peel_s28 python3 benchmarks/bench_generate.py --batches 1,64 --paths bf16,atom-kv4 \
-                  --flag-ab atom_ao.ops.kv_decode_attention:PLANES_PEEL --gen 32 --steps 16 --profile ;;
+    mha-batch-s28) T=200 TAIL=40 step attention_mha_batch_s28 python3 benchmarks/bench_attention.py --explore-mha-batch \
+                       --models llama2-7b
+                   T=60 TAIL=8 step down_split_sum_s28 python3 benchmarks/explore_decode_gemm.py --ms 64 --splits 4,8 \
+                       --configs 64x64x3x4 --shapes "llama2-7b down"
+                   T=60 TAIL=8 step down_no_split_sum_s28 python3 benchmarks/explore_decode_gemm.py --ms 64 --splits 4,8 \
+                       --no-split-sum --configs 64x64x3x4 --shapes "llama2-7b down"
+                   T=120 step swap_gqa_gpu_tests_s28 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
+                       tests/ops/test_w4a4_gemm_triton.py tests/ops/test_kv_attention.py -k "swap or one_warp_gqa_gpu" ;;
     scales-s28) T=420 TAIL=60 step explore_scales_s28 python3 benchmarks/explore_decode_gemm.py --ms 16,64 --splits 1,2,4,8 \
                     --no-split-sum --scales-ab --configs "64x64x3x4,64x16x3x4" \
                     --shapes "llama2-7b qkv,llama2-7b o,llama2-7b gate/up,llama2-7b down"

@@ -22,11 +22,14 @@ pipelines the group scales (plain ``range`` pipelines only the tiles feeding the
 Compute showed the M = 1 kernel's warps waiting on global loads): slower on every Llama-2-7B
 linear, gate/up 21.8 -> 23.9 us at M = 1 and 35.0 -> 38.3 at M = 64 (same bits). Session 27
 (M = 64, cold weights, ``explore_decode_gemm.py``): two groups' loads a main-loop step were
-slower at every shape's best split (removed); ``SCALES`` 1 (a group's scales loaded in the step
-before) and 2 (``tl.range`` pipelines them) stay selectable: with group-major weight and token
-scales, 1 was 2-5% faster on qkv, o and down and 1% slower on gate/up, 2 slower or equal; with
-row-major scales both were slower. The default is 0; the token scales come group-major from the
-quantizers (``quantize_activation.empty_outputs``), 2-5% faster than row-major on each shape.
+slower at every shape's best split (removed). The token scales come group-major from the
+quantizers (``quantize_activation.empty_outputs``), 2-5% faster than row-major at each shape's
+best split in that run; session 28 (M = 16 and 64) found the same at M = 64 (qkv 19.9 -> 19.0 us,
+down 20.6 -> 18.4, gate/up 34.3 -> 32.5) and a wash at 16. Loading a group's scales a step ahead
+or through ``tl.range``'s pipeline (sessions 27-28, ``results/h200/session28_explore_scales``):
+with the production layout (group-major token scales, row-major weight scales) no faster at any
+shape's best split but Llama-2-7B down at 16 tokens (12.3 -> 12.0 us), slower at 64 (qkv 19.0 ->
+19.1, o 9.7 -> 9.7, gate/up 32.5 -> 36.0, down 18.4 -> 19.1); removed.
 """
 
 from __future__ import annotations
@@ -41,7 +44,6 @@ from atom_ao.ops.gemm_tiles import SCALE_256, group_sum_x256_to_f32, no_empty_sp
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 SWAP_MAX_M = 64  # the largest token tile offered below
-SWAP_SCALES = 0  # the kernel's SCALES: when a group's scales are loaded (explore_decode_gemm --scales-ab)
 
 # (BLOCK_N weight rows, BLOCK_M tokens, warps, stages) per token regime; one autotuner each.
 # H200, benchmarks/explore_small_m.py (results/h200/explore_small_m_*): 256-row tiles on 8 warps
@@ -54,6 +56,7 @@ _SWAP_REGIMES = {
     32: [(128, 32, 4, 3), (64, 32, 4, 3)],
     64: [(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3)],
 }
+LONG_SHARE = 8  # groups a split keeps after the extra doubling past 32 tokens (swap_split_k)
 TYPICAL_BLOCK_N = 128  # for the split-K choice, made before the autotuner picks a config
 # the largest tile offered (powers of two, so a multiple of every other): N and M multiples of these
 # leave every tile full, and the kernel's main loop skips its masks (EVEN_N / EVEN_M)
@@ -76,7 +79,9 @@ def swap_split_k(m: int, n: int, groups: int, sms: int) -> int:
     session 23, 64x64 tiles, M = 64): qkv 2 splits 22.3-22.5 us against 26.2 for 1, the unfused
     gate / up 2 splits 22.1 against 26.2, the fused gate/up stays at 1 (34.4 against 42.4), o and
     down at 4 (the earlier target, half the SMs of 128-row tiles, gave qkv and gate 1). Not timed:
-    Llama-3-8B's fused qkv (6144 rows) now takes 4 splits, 2 before."""
+    Llama-3-8B's fused qkv (6144 rows) now takes 4 splits, 2 before. Session 28, with the token
+    scales group-major, down was faster at 8 (the extra doubling below); not timed: the 8192-row
+    shapes (Llama-2-70B o), which it takes from 2 splits to 4."""
     small = m <= 16
     tiles = triton.cdiv(n, TYPICAL_BLOCK_N if 16 < m <= 32 else 64) * triton.cdiv(m, SWAP_MAX_M)
     # programs (tiles x splits) below which the split doubles: 3 a SM, one a SM, and past 32 tokens
@@ -85,6 +90,11 @@ def swap_split_k(m: int, n: int, groups: int, sms: int) -> int:
     min_share = 3 if small else 4
     splits = 1
     while tiles * splits < target and splits < 16 and groups >= 2 * splits * min_share:
+        splits *= 2
+    # past 32 tokens, long shares split once more while twice the programs fit 4 a SM: Llama-2-7B
+    # down (85 groups) 4 -> 8 splits, 19.7 -> 18.4 us at M = 64 (H200, session 28, cold weights,
+    # group-major token scales; o's 8-group shares stay at 4: 9.7 against 10.4 at 8)
+    while m > 32 and 2 * tiles * splits <= 4 * sms and splits < 16 and groups >= 2 * splits * LONG_SHARE:
         splits *= 2
     return no_empty_split(groups, splits)
 
@@ -130,10 +140,6 @@ def _w4a4_gemm_swap_kernel_jit(
     # offered): the main loop's loads go unmasked (sm_90a, 64x64 tile: 369 -> 332 instructions a
     # group and 194 -> 165 registers, 3 programs a SM instead of 2)
     EVEN_N: tl.constexpr, EVEN_M: tl.constexpr,
-    # when a group's scales are loaded: 0 in its step, 1 a step ahead (registers), 2 by tl.range's
-    # pipeline (module docstring: 0 is the default, the others for explore_decode_gemm --scales-ab)
-    SCALES: tl.constexpr,
-    NUM_STAGES: tl.constexpr,  # SCALES == 2: the loop's stages
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -151,26 +157,10 @@ def _w4a4_gemm_swap_kernel_jit(
     ws_ptrs = ws_ptr + offs_n * stride_wsn + g0 * stride_wsg
     as_ptrs = as_ptr + offs_m * stride_asm + g0 * stride_asg
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # out^T
-    if SCALES == 2:  # tl.range pipelines every load of the loop, the scales' too
-        for g in tl.range(0, n_g, num_stages=NUM_STAGES):
-            w, sw = _group_tile(w_ptrs + g * HALF, ws_ptrs + g * stride_wsg, mask_n, EVEN_N)
-            a, sa = _group_tile(a_ptrs + g * HALF, as_ptrs + g * stride_asg, mask_m, EVEN_M)
-            acc = _group_math(w, sw, a, sa, acc, HALF, USE_ASM)
-    elif SCALES == 1:  # each group's scales loaded in the step before
-        sw_next = tl.load(ws_ptrs, mask=mask_n, other=0.0)
-        sa_next = tl.load(as_ptrs, mask=mask_m, other=0.0)
-        for g in range(0, n_g):
-            w, _ = _group_tile(w_ptrs + g * HALF, ws_ptrs, mask_n, EVEN_N)
-            a, _ = _group_tile(a_ptrs + g * HALF, as_ptrs, mask_m, EVEN_M)
-            sw, sa = sw_next, sa_next
-            sw_next = tl.load(ws_ptrs + (g + 1) * stride_wsg, mask=mask_n & ((offs_n * 0 + g + 1) < n_g), other=0.0)
-            sa_next = tl.load(as_ptrs + (g + 1) * stride_asg, mask=mask_m & ((offs_m * 0 + g + 1) < n_g), other=0.0)
-            acc = _group_math(w, sw, a, sa, acc, HALF, USE_ASM)
-    else:
-        for g in range(0, n_g):
-            w, sw = _group_tile(w_ptrs + g * HALF, ws_ptrs + g * stride_wsg, mask_n, EVEN_N)
-            a, sa = _group_tile(a_ptrs + g * HALF, as_ptrs + g * stride_asg, mask_m, EVEN_M)
-            acc = _group_math(w, sw, a, sa, acc, HALF, USE_ASM)
+    for g in range(0, n_g):
+        w, sw = _group_tile(w_ptrs + g * HALF, ws_ptrs + g * stride_wsg, mask_n, EVEN_N)
+        a, sa = _group_tile(a_ptrs + g * HALF, as_ptrs + g * stride_asg, mask_m, EVEN_M)
+        acc = _group_math(w, sw, a, sa, acc, HALF, USE_ASM)
 
     # the outlier block and the bias belong to the first split only (masked off in the others)
     first_m = mask_m & (offs_m * 0 + split == 0)
@@ -211,5 +201,5 @@ def swap_kernel_and_meta(m: int):
     """The kernel to launch for m tokens and its fixed meta-parameters (the interpreter cannot
     autotune: one small config)."""
     if INTERPRET:
-        return _w4a4_gemm_swap_kernel_jit, {"BLOCK_N": 32, "BLOCK_M": 16, "SCALES": SWAP_SCALES, "NUM_STAGES": 3}
-    return SWAP_KERNELS[min(r for r in _SWAP_REGIMES if m <= r)], {"SCALES": SWAP_SCALES, "NUM_STAGES": 3}
+        return _w4a4_gemm_swap_kernel_jit, {"BLOCK_N": 32, "BLOCK_M": 16}
+    return SWAP_KERNELS[min(r for r in _SWAP_REGIMES if m <= r)], {}
