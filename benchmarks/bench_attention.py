@@ -365,6 +365,33 @@ def explore_mha_batch(models):
         planes.configs, planes.cache = default_configs, {}
 
 
+def explore_fill(models):
+    """Batch 1, long context: the planes kernel's split rule plans 8 one-warp programs a SM
+    (``ONE_WARP_PLANES_RESIDENT``) where 12 fit by registers (168 a thread; 8 KB of shared memory
+    each). At batch 64 every SM holds 12 and the kernel reads at ~60% of a read-only pass
+    (``--explore-mha-batch``); here the rule's splits against forced splits that fill 10-12 a SM."""
+    import atom_ao.ops.kv_decode_attention as dec
+
+    rule = dec.one_warp_splits
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    try:
+        for model, b, ctx in (("llama2-7b", 1, 32768), ("llama3-8b", 1, 32768), ("llama2-7b", 1, 8192)):
+            if model not in models:
+                continue
+            h, hkv, d = MODELS[model]
+            picked = rule(b, hkv, ctx, d // 2, torch.device("cuda"), dec.ONE_WARP_PLANES_RESIDENT,
+                          dec.PLANES_MIN_SPLIT_TOKENS, dec.PLANES_LEAST_WAVE)
+            print(f"{model} B={b} ctx={ctx} (rule: {picked} splits)")
+            _timed("default", model, b, ctx)
+            for per_sm in (10, 11, 12):
+                n = min(sms * per_sm // (b * hkv), -(-ctx // dec.PLANES_MIN_SPLIT_TOKENS))
+                dec.one_warp_splits = lambda *_a, n=n: n
+                _timed(f"{n} splits ({per_sm} a SM)", model, b, ctx)
+            dec.one_warp_splits = rule
+    finally:
+        dec.one_warp_splits = rule
+
+
 def explore_splits(models):
     """Small batches, where a sequence's splits are all the parallel work: ``num_splits`` (~4
     programs a SM, none shorter than MIN_SPLIT_TOKENS) at shortest splits of 256 down to 32 tokens
@@ -406,6 +433,8 @@ def main():
                     help="MHA decode: the MHA kernel against the one-warp planes kernel, then exit")
     ap.add_argument("--explore-mha-batch", action="store_true",
                     help="MHA decode at batch 32-64, a generation's context: forced splits and stages, then exit")
+    ap.add_argument("--explore-fill", action="store_true",
+                    help="batch 1, long context: the planes kernel's splits against splits filling 10-12 a SM, then exit")
     ap.add_argument("--rope", action="store_true", help="also time keys cached before RoPE (int4-rope)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -417,7 +446,7 @@ def main():
         "explore": explore, "explore_warps": explore_warps,
         "explore_planes_small": functools.partial(explore_planes, small_only=True), "explore_planes": explore_planes,
         "explore_mha_planes": explore_mha_planes, "explore_splits": explore_splits,
-        "explore_mha_batch": explore_mha_batch,
+        "explore_mha_batch": explore_mha_batch, "explore_fill": explore_fill,
     }
     for flag, run in explores.items():
         if getattr(args, flag):
