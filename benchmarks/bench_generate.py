@@ -228,9 +228,10 @@ def parse_args(argv=None):
                     help="comma list of the activation scales' layout (group, row: quantize_activation's "
                          "GROUP_MAJOR_SCALES); each atom path runs once per layout (rows <path>/<layout>-scales "
                          "when more than one; Inductor's FX graph cache is then off)")
-    ap.add_argument("--flag-ab", default=None, metavar="MODULE:NAME",
-                    help="a boolean module flag (e.g. atom_ao.ops.kv_decode_attention:MHA_PLANES): each atom path "
-                         "runs with it False, then True (rows <path>/NAME=0|1; Inductor's FX graph cache off)")
+    ap.add_argument("--flag-ab", default=None, metavar="MODULE:NAME[+NAME...]",
+                    help="boolean module flags (e.g. atom_ao.ops.kv_decode_attention:PLANES_V_T+PLANES_REG_CAP): each "
+                         "atom path runs with them all False, then all True (rows <path>/NAME=0|1; Inductor's FX "
+                         "graph cache off)")
     ap.add_argument("--inductor-pdl", action="store_true",
                     help="Inductor's programmatic dependent launch (its kernels wait on their producer inside the "
                          "kernel, so a launch overlaps the previous kernel's tail; Hopper, torch with "
@@ -253,12 +254,12 @@ def main():
         import torch._inductor.config as inductor_config
 
         inductor_config.fx_graph_cache = False  # a graph cached for one form must not serve the other
-    flag_mod, flag_name = args.flag_ab.split(":") if args.flag_ab else (None, None)
-    if flag_mod:
-        set_module_flag(flag_mod, flag_name, False)  # a bad name stops here, before any build
+    flag_mod, flag_names = args.flag_ab.split(":") if args.flag_ab else (None, "")
+    for name in filter(None, flag_names.split("+")):
+        set_module_flag(flag_mod, name, False)  # a bad name stops here, before any build
     for path, layout, flag, label in plan:
-        if flag is not None:
-            set_module_flag(flag_mod, flag_name, flag)
+        for name in filter(None, flag_names.split("+")) if flag is not None else ():
+            set_module_flag(flag_mod, name, flag)
         set_act_scales(layout)
         try:
             model = build(shape, path, args.layers, not args.no_compile)

@@ -32,3 +32,5 @@ def test_run_plan_ab_forms_only_for_atom_paths():
         "atom-kv4/row-scales/MHA_PLANES=0", "atom-kv4/row-scales/MHA_PLANES=1"]
     assert plan[0][1:3] == ("group", None) and plan[2][1:3] == ("group", True)
     assert [label for *_, label in run_plan(parse_args(["--paths", "bf16,fp8,atom"]))] == ["bf16", "fp8", "atom"]
+    both = run_plan(parse_args(["--paths", "atom-kv4", "--flag-ab", "m:A+B"]))  # flags flipped together
+    assert [label for *_, label in both] == ["atom-kv4/A+B=0", "atom-kv4/A+B=1"]
