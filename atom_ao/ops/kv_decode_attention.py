@@ -114,6 +114,8 @@ MHA_PLANES = True
 # 128 a thread with one split (767 instructions, no spill: 16 programs a SM instead of 12; a batch-64
 # Llama-2-7B step's 2048 programs in one wave), 152 with splits (767, no spill: 13 a SM). Both off
 # until timed on the GPU (session 28: no device time left); the math is the same (interpreter test).
+# The caps hold in eager calls only: Inductor regenerates a user kernel's autotuner from each
+# config's kwargs, warps and stages (torch 2.13 ``triton_heuristics.config_to_dict``), and drops maxnreg.
 PLANES_V_T = False
 PLANES_REG_CAP = False
 INTERPRET_PREFETCH = False  # under the interpreter (tests flip it): the kernels' prefetching variant
