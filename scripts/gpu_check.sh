@@ -599,7 +599,7 @@ for what in "${@:-tests}"; do
                        tests/ops/test_kv_attention.py -k "v_transposed or one_warp_gqa_gpu"
                    T=240 TAIL=40 step attention_planes_ab_s29 python3 benchmarks/bench_attention.py --explore-planes-ab ;;
     planes-gen-s29) T=500 TAIL=70 step generate_planes_ab_s29 python3 benchmarks/bench_generate.py --batches 1,64 \
-                        --paths bf16,atom-kv4 --flag-ab atom_ao.ops.kv_decode_attention:PLANES_V_T+PLANES_REG_CAP \
+                        --paths bf16,atom-kv4 --flag-ab atom_ao.ops.kv_decode_attention:PLANES_V_T \
                         --gen 32 --steps 16 --profile ;;
     fill-s29) T=150 TAIL=30 step attention_fill_s29 python3 benchmarks/bench_attention.py --explore-fill ;;
     scales-s28) T=420 TAIL=60 step explore_scales_s28 python3 benchmarks/explore_decode_gemm.py --ms 16,64 --splits 1,2,4,8 \
