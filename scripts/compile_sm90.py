@@ -114,10 +114,11 @@ def main():
                     magic = dec.magic_bits(tdtype, False) & 0xFFFF
                     consts = dict(G=g, BLOCK_G=8 if warp else 16, HALF=64, PAGE=page, HAS_START=True, ONE_SPLIT=one,
                                   DOT=tdt, MAGIC=magic, OFFSET=128.0 if magic == 0x4300 else 1024.0, WARP=warp, ASM=warp,
-                                  V_T=v_t, **cfg.kwargs)
+                                  V_T=v_t, **{k: v for k, v in cfg.kwargs.items() if k != "maxnreg"})
                     ok &= compile_one(f"decode gqa {dt} {cfg.kwargs} w{cfg.num_warps} one={one} page={page} warp={warp} "
-                                      f"v_t={v_t} maxnreg={cfg.maxnreg}",
-                                      gqa.decode_gqa_kernel, types, consts, cfg.num_warps, cfg.num_stages, cfg.maxnreg)
+                                      f"v_t={v_t}",
+                                      gqa.decode_gqa_kernel, types, consts, cfg.num_warps, cfg.num_stages,
+                                      cfg.kwargs.get("maxnreg"))
         # decode split
         types = dict(q_ptr=f"*{dt}", kc_ptr="*u8", vc_ptr="*u8", km_ptr=f"*{dt}", vm_ptr=f"*{dt}", bt_ptr="*i32",
                      len_ptr="*i32", start_ptr="*i32", out_ptr=f"*{dt}", part_ptr="*fp32", ml_ptr="*fp32",

@@ -596,10 +596,10 @@ for what in "${@:-tests}"; do
                    T=120 step swap_gqa_gpu_tests_s28 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                        tests/ops/test_w4a4_gemm_triton.py tests/ops/test_kv_attention.py -k "swap or one_warp_gqa_gpu" ;;
     planes-ab-s29) T=200 step planes_v_t_gpu_tests_s29 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
-                       tests/ops/test_kv_attention.py -k "v_transposed or one_warp_gqa_gpu"
+                       tests/ops/test_kv_attention.py -k "v_transposed or one_warp_gqa_gpu or register_cap"
                    T=240 TAIL=40 step attention_planes_ab_s29 python3 benchmarks/bench_attention.py --explore-planes-ab ;;
     planes-gen-s29) T=500 TAIL=70 step generate_planes_ab_s29 python3 benchmarks/bench_generate.py --batches 1,64 \
-                        --paths bf16,atom-kv4 --flag-ab atom_ao.ops.kv_decode_attention:PLANES_V_T \
+                        --paths bf16,atom-kv4 --flag-ab atom_ao.ops.kv_decode_attention:PLANES_V_T+PLANES_REG_CAP \
                         --gen 32 --steps 16 --profile ;;
     fill-s29) T=150 TAIL=30 step attention_fill_s29 python3 benchmarks/bench_attention.py --explore-fill ;;
     scales-s28) T=420 TAIL=60 step explore_scales_s28 python3 benchmarks/explore_decode_gemm.py --ms 16,64 --splits 1,2,4,8 \

@@ -114,8 +114,8 @@ MHA_PLANES = True
 # 128 a thread with one split (767 instructions, no spill: 16 programs a SM instead of 12; a batch-64
 # Llama-2-7B step's 2048 programs in one wave), 152 with splits (767, no spill: 13 a SM). Both off
 # until timed on the GPU (session 28: no device time left); the math is the same (interpreter test).
-# The caps hold in eager calls only: Inductor regenerates a user kernel's autotuner from each
-# config's kwargs, warps and stages (torch 2.13 ``triton_heuristics.config_to_dict``), and drops maxnreg.
+# (The caps ride in the configs' kwargs, where Inductor's copy of the autotuner keeps them:
+# ``gqa_warp_configs``.)
 PLANES_V_T = False
 PLANES_REG_CAP = False
 INTERPRET_PREFETCH = False  # under the interpreter (tests flip it): the kernels' prefetching variant
@@ -324,8 +324,11 @@ _decode_gqa_tuned = None if _INTERPRET else triton.autotune(
 def gqa_warp_configs(maxnreg: int | None = None):
     # 5 stages: the word tiles' loads then run a whole step ahead (Triton's pipeliner gives the
     # block-table lookup its own stage: with 3 stages the tiles were issued after the step's math
-    # and waited for at the top of the next step); maxnreg: PLANES_REG_CAP's register caps
-    return [triton.Config({"BLOCK_N": 32}, num_warps=1, num_stages=5, maxnreg=maxnreg)]
+    # and waited for at the top of the next step). maxnreg (PLANES_REG_CAP) rides in the config's
+    # kwargs: Inductor rebuilds a user kernel's configs from their kwargs, warps and stages only
+    # (torch 2.13 ``triton_heuristics.config_to_dict``) and takes maxnreg back out of the kwargs
+    # (``config_from_dict``); Triton's launcher reads it there as a compile option
+    return [triton.Config({"BLOCK_N": 32, **({"maxnreg": maxnreg} if maxnreg else {})}, num_warps=1, num_stages=5)]
 
 
 PLANES_REG_CAPS = {True: 128, False: 152}  # ONE_SPLIT -> registers a thread (PLANES_REG_CAP)

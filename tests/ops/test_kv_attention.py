@@ -462,6 +462,32 @@ def test_planes_v_transposed_gpu(monkeypatch, heads, kv_heads, splits, reg_cap):
 
 
 @pytest.mark.gpu
+def test_planes_register_cap_survives_compile(monkeypatch):
+    """PLANES_REG_CAP's maxnreg rides in the autotuner configs' kwargs, which Inductor copies into
+    the compiled graph's kernel (a config's maxnreg attribute it drops): the generated code names
+    the cap, and the compiled call gives the eager call's bits."""
+    from torch._inductor.utils import run_and_get_code
+    from torch.testing import FileCheck
+
+    monkeypatch.setattr(dec, "one_warp_splits", lambda *_a: 1)
+    monkeypatch.setattr(dec, "MHA_PLANES", True)
+    monkeypatch.setattr(dec, "PLANES_V_T", True)
+    monkeypatch.setattr(dec, "PLANES_REG_CAP", True)
+    lens = [700, 64, 1300]
+    caches, table = paged_cache(lens, 32, 128, page_size=64, device="cuda", seed=20)
+    seq_lens = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    q = torch.randn(len(lens), 32, 128, generator=torch.Generator().manual_seed(21)).to(torch.bfloat16).cuda()
+
+    def attend(q):
+        return torch.ops.atom_ao.kv_decode_attention(q, *caches, table, seq_lens, None, 128 ** -0.5, 2048)
+
+    torch._dynamo.reset()
+    got, codes = run_and_get_code(torch.compile(attend, fullgraph=True), q)
+    FileCheck().check("decode_gqa_kernel").check(f"'maxnreg': {dec.PLANES_REG_CAPS[True]}").run("\n".join(codes))
+    torch.testing.assert_close(got, attend(q), rtol=0, atol=0)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("heads, kv_heads, d", [(32, 8, 128), (14, 2, 64), (28, 4, 128), (32, 32, 128)])
 @pytest.mark.parametrize("splits", [1, 5])
 @pytest.mark.parametrize("planes", [False, True])
