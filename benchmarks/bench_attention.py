@@ -395,8 +395,7 @@ def explore_fill(models):
 def explore_planes_ab(models):
     """The one-warp planes kernel as it is, with V's words loaded transposed (``PLANES_V_T``), and
     with that and the register caps (``PLANES_REG_CAP``: 128 with one split, 152 with several), at
-    its split rule: the batch-64 generation contexts of ``--explore-mha-batch`` and batch 1 at 32768.
-    Eager calls."""
+    its split rule: the batch-64 generation contexts of ``--explore-mha-batch`` and batch 1 at 32768."""
     import atom_ao.ops.kv_decode_attention as dec
 
     forms = (("default", False, False), ("V transposed", True, False), ("V transposed + register caps", True, True))
