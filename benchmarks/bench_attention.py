@@ -328,6 +328,31 @@ def explore_mha_planes(models):
         dec.MHA_PLANES, dec.one_warp_splits = default, rule
 
 
+def _cases(models, cases):
+    """The (model, batch, context) cases of the models asked for."""
+    return [case for case in cases if case[0] in models]
+
+
+def _rule_case(dec, model, b, ctx):
+    """A case's header with the planes kernel's split rule, then the default timed."""
+    h, hkv, d = MODELS[model]
+    picked = dec.one_warp_splits(b, hkv, ctx, d // 2, torch.device("cuda"), dec.ONE_WARP_PLANES_RESIDENT,
+                                 dec.PLANES_MIN_SPLIT_TOKENS, dec.PLANES_LEAST_WAVE)
+    print(f"{model} B={b} ctx={ctx} (rule: {picked} splits)")
+    _timed("default", model, b, ctx)
+
+
+def _timed_splits(dec, model, b, ctx, splits: dict[str, int]):
+    """Each label's forced split count timed; the split rule restored after."""
+    rule = dec.one_warp_splits
+    try:
+        for label, n in splits.items():
+            dec.one_warp_splits = lambda *_a, n=n: n
+            _timed(label, model, b, ctx)
+    finally:
+        dec.one_warp_splits = rule
+
+
 def explore_mha_batch(models):
     """MHA decode at a large batch and a generation's context (Llama-2-7B heads, as bench_generate's
     batch-64 step): the planes kernel's split rule gives one split (2048 one-warp programs, ~1.4
@@ -341,27 +366,18 @@ def explore_mha_batch(models):
     x = torch.empty(1 << 28, dtype=torch.float32, device="cuda").uniform_()
     print(f"  read-only ceiling (torch.sum, 1 GiB): {x.numel() * 4 / bench_us(lambda: x.sum()) / 1e6:.2f} TB/s")
     del x
-    planes, rule = dec._decode_gqa_warp_tuned, dec.one_warp_splits
+    planes = dec._decode_gqa_warp_tuned
     default_configs = list(planes.configs)
     try:
-        for model, b, ctx in (("llama2-7b", 64, 1056), ("llama2-7b", 64, 2048), ("llama2-7b", 32, 1056)):
-            if model not in models:
-                continue
-            h, hkv, d = MODELS[model]
-            picked = rule(b, hkv, ctx, d // 2, torch.device("cuda"), dec.ONE_WARP_PLANES_RESIDENT,
-                          dec.PLANES_MIN_SPLIT_TOKENS, dec.PLANES_LEAST_WAVE)
-            print(f"{model} B={b} ctx={ctx} (rule: {picked} splits)")
-            _timed("default", model, b, ctx)
-            for n in (2, 3, 4, 6):
-                dec.one_warp_splits = lambda *_a, n=n: n
-                _timed(f"{n} splits", model, b, ctx)
-            dec.one_warp_splits = rule
+        cases = (("llama2-7b", 64, 1056), ("llama2-7b", 64, 2048), ("llama2-7b", 32, 1056))
+        for model, b, ctx in _cases(models, cases):
+            _rule_case(dec, model, b, ctx)
+            _timed_splits(dec, model, b, ctx, {f"{n} splits": n for n in (2, 3, 4, 6)})
             for st in (3, 4, 6):
                 planes.configs, planes.cache = [triton.Config({"BLOCK_N": 32}, num_warps=1, num_stages=st)], {}
                 _timed(f"rule's splits, {st} stages", model, b, ctx)
             planes.configs, planes.cache = default_configs, {}
     finally:
-        dec.one_warp_splits = rule
         planes.configs, planes.cache = default_configs, {}
 
 
@@ -372,24 +388,13 @@ def explore_fill(models):
     (``--explore-mha-batch``); here the rule's splits against forced splits that fill 10-12 a SM."""
     import atom_ao.ops.kv_decode_attention as dec
 
-    rule = dec.one_warp_splits
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    try:
-        for model, b, ctx in (("llama2-7b", 1, 32768), ("llama3-8b", 1, 32768), ("llama2-7b", 1, 8192)):
-            if model not in models:
-                continue
-            h, hkv, d = MODELS[model]
-            picked = rule(b, hkv, ctx, d // 2, torch.device("cuda"), dec.ONE_WARP_PLANES_RESIDENT,
-                          dec.PLANES_MIN_SPLIT_TOKENS, dec.PLANES_LEAST_WAVE)
-            print(f"{model} B={b} ctx={ctx} (rule: {picked} splits)")
-            _timed("default", model, b, ctx)
-            for per_sm in (10, 11, 12):
-                n = min(sms * per_sm // (b * hkv), -(-ctx // dec.PLANES_MIN_SPLIT_TOKENS))
-                dec.one_warp_splits = lambda *_a, n=n: n
-                _timed(f"{n} splits ({per_sm} a SM)", model, b, ctx)
-            dec.one_warp_splits = rule
-    finally:
-        dec.one_warp_splits = rule
+    for model, b, ctx in _cases(models, (("llama2-7b", 1, 32768), ("llama3-8b", 1, 32768), ("llama2-7b", 1, 8192))):
+        hkv = MODELS[model][1]
+        _rule_case(dec, model, b, ctx)
+        most = -(-ctx // dec.PLANES_MIN_SPLIT_TOKENS)
+        fill = {per_sm: min(sms * per_sm // (b * hkv), most) for per_sm in (10, 11, 12)}
+        _timed_splits(dec, model, b, ctx, {f"{n} splits ({per_sm} a SM)": n for per_sm, n in fill.items()})
 
 
 def explore_planes_ab(models):
@@ -401,11 +406,9 @@ def explore_planes_ab(models):
     forms = (("default", False, False), ("V transposed", True, False), ("V transposed + register caps", True, True))
     default = dec.PLANES_V_T, dec.PLANES_REG_CAP
     try:
-        for model, b, ctx in (("llama2-7b", 64, 1056), ("llama2-7b", 64, 2048), ("llama2-7b", 32, 1056),
-                              ("llama2-7b", 1, 32768), ("llama3-8b", 64, 1056), ("llama3-8b", 64, 8192),
-                              ("llama3-8b", 1, 32768)):
-            if model not in models:
-                continue
+        cases = (("llama2-7b", 64, 1056), ("llama2-7b", 64, 2048), ("llama2-7b", 32, 1056), ("llama2-7b", 1, 32768),
+                 ("llama3-8b", 64, 1056), ("llama3-8b", 64, 8192), ("llama3-8b", 1, 32768))
+        for model, b, ctx in _cases(models, cases):
             print(f"{model} B={b} ctx={ctx}")
             for label, v_t, cap in forms:
                 dec.PLANES_V_T, dec.PLANES_REG_CAP = v_t, cap
@@ -456,9 +459,11 @@ def main():
     ap.add_argument("--explore-mha-batch", action="store_true",
                     help="MHA decode at batch 32-64, a generation's context: forced splits and stages, then exit")
     ap.add_argument("--explore-fill", action="store_true",
-                    help="batch 1, long context: the planes kernel's splits against splits filling 10-12 a SM, then exit")
+                    help="batch 1, long context: the planes kernel's splits against splits filling 10-12 a SM, "
+                         "then exit")
     ap.add_argument("--explore-planes-ab", action="store_true",
-                    help="the planes kernel with V loaded transposed and register caps against its default, then exit")
+                    help="the planes kernel with V loaded transposed and register caps against its default, "
+                         "then exit")
     ap.add_argument("--rope", action="store_true", help="also time keys cached before RoPE (int4-rope)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -470,7 +475,8 @@ def main():
         "explore": explore, "explore_warps": explore_warps,
         "explore_planes_small": functools.partial(explore_planes, small_only=True), "explore_planes": explore_planes,
         "explore_mha_planes": explore_mha_planes, "explore_splits": explore_splits,
-        "explore_mha_batch": explore_mha_batch, "explore_fill": explore_fill, "explore_planes_ab": explore_planes_ab,
+        "explore_mha_batch": explore_mha_batch, "explore_fill": explore_fill,
+        "explore_planes_ab": explore_planes_ab,
     }
     for flag, run in explores.items():
         if getattr(args, flag):

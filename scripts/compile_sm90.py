@@ -106,9 +106,10 @@ def main():
                      qk_scale="fp32")
         # and its one-warp form (WARP: heads on the dots' N side, inline-asm unpack)
         # (V_T: V's words loaded transposed; with PLANES_REG_CAP's register caps)
+        caps = dec.PLANES_REG_CAPS
         for warp, v_t, cfgs in ((False, False, gqa.gqa_configs()), (True, False, dec.gqa_warp_configs()),
                                 (True, True, dec.gqa_warp_configs()),
-                                *((True, True, dec.gqa_warp_configs(cap)) for cap in sorted(set(dec.PLANES_REG_CAPS.values())))):
+                                *((True, True, dec.gqa_warp_configs(cap)) for cap in sorted(set(caps.values())))):
             for cfg in cfgs:
                 for one, page, g in ((True, 64, 4), (False, 24, 7)):
                     magic = dec.magic_bits(tdtype, False) & 0xFFFF

@@ -186,7 +186,9 @@ def _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_s
     if _INTERPRET:
         wrap_triton(decode_gqa_kernel)[(b, hkv, splits)](*args, **meta, BLOCK_N=16, num_warps=1 if warp else 4)
     else:
-        tuned = (_decode_gqa_warp_capped[one] if PLANES_REG_CAP else _decode_gqa_warp_tuned) if warp else _decode_gqa_tuned
+        tuned = _decode_gqa_tuned
+        if warp:
+            tuned = _decode_gqa_warp_capped[one] if PLANES_REG_CAP else _decode_gqa_warp_tuned
         wrap_triton(tuned)[(b, hkv, splits)](*args, **meta)
 
 
