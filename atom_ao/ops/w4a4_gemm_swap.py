@@ -28,8 +28,8 @@ best split in that run; session 28 (M = 16 and 64) found the same at M = 64 (qkv
 down 20.6 -> 18.4, gate/up 34.3 -> 32.5) and a wash at 16. Loading a group's scales a step ahead
 or through ``tl.range``'s pipeline (sessions 27-28, ``results/h200/session28_explore_scales``):
 with the production layout (group-major token scales, row-major weight scales) no faster at any
-shape's best split but Llama-2-7B down at 16 tokens (12.3 -> 12.0 us), slower at 64 (qkv 19.0 ->
-19.1, o 9.7 -> 9.7, gate/up 32.5 -> 36.0, down 18.4 -> 19.1); removed.
+shape's best split but Llama-2-7B down at 16 tokens (12.3 -> 12.0 us); at 64 o equal (9.7) and
+the rest slower (qkv 19.0 -> 19.1, gate/up 32.5 -> 36.0, down 18.4 -> 19.1); removed.
 """
 
 from __future__ import annotations
