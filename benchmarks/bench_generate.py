@@ -255,10 +255,11 @@ def main():
 
         inductor_config.fx_graph_cache = False  # a graph cached for one form must not serve the other
     flag_mod, flag_names = args.flag_ab.split(":") if args.flag_ab else (None, "")
-    for name in filter(None, flag_names.split("+")):
+    flag_names = [name for name in flag_names.split("+") if name]
+    for name in flag_names:
         set_module_flag(flag_mod, name, False)  # a bad name stops here, before any build
     for path, layout, flag, label in plan:
-        for name in filter(None, flag_names.split("+")) if flag is not None else ():
+        for name in flag_names if flag is not None else ():
             set_module_flag(flag_mod, name, flag)
         set_act_scales(layout)
         try:

@@ -124,28 +124,14 @@ def main():
                 print(markdown_table(mine, COLUMNS).split("\n", 2)[-1], flush=True)
                 continue
             if args.scales_ab:
-                _scales_rows(args, gemm, swap, a, weights, w, x.dtype, groups, configs, per_call, add, m)
+                _scales_rows(args, gemm, swap, a, weights, w, x.dtype, groups, configs, per_call, add, label, m)
                 mine = [r for r in rows if r["shape"] == label and r["M"] == m]
                 print(markdown_table(sorted(mine, key=lambda r: r["us"]), COLUMNS).split("\n", 2)[-1], flush=True)
                 continue
             add("default (autotuned)", default, per_call())
-            real = swap.swap_kernel_and_meta
             for cfg in configs:
-                bn, bm, st, nw = cfg[:4] if len(cfg) >= 4 else (cfg[0], 16 if m <= 16 else 32, *cfg[1:])
-                fixed = {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": nw, "num_stages": st}
-                name = f"{bn}x{bm} st{st} w{nw}"
-                if len(cfg) == 5:  # a register cap: more programs a SM (64x64 on 4 warps holds 167)
-                    fixed["maxnreg"] = cfg[4]
-                    name += f" maxnreg{cfg[4]}"
-                gemm.swap_kernel_and_meta = lambda _m, fixed=fixed: (swap._w4a4_gemm_swap_kernel_jit, fixed)
-                try:
-                    for s in (int(v) for v in args.splits.split(",")):
-                        if splits_fit(groups, s):
-                            add(name, s, per_call(splits=s))
-                except Exception as e:  # noqa: BLE001  (a config that does not fit: say so, go on)
-                    print(f"  {label} M={m} {fixed}: {type(e).__name__} {str(e)[:200]}")
-                finally:
-                    gemm.swap_kernel_and_meta = real
+                fixed, name = _fixed_config(cfg, m)
+                _time_config(gemm, swap, fixed, name, f"{label} M={m}", args.splits, groups, per_call, add)
             mine = [r for r in rows if r["shape"] == label and r["M"] == m]
             print(markdown_table(sorted(mine, key=lambda r: r["us"]), COLUMNS).split("\n", 2)[-1], flush=True)
         weights = None
@@ -158,32 +144,52 @@ def _group_major(t: torch.Tensor) -> torch.Tensor:
     return t.t().contiguous().t()
 
 
-def _scales_rows(args, gemm, swap, a, weights, w, dtype, groups, configs, per_call, add, m):
+def _fixed_config(cfg: tuple, m: int) -> tuple[dict, str]:
+    """A --configs entry -> the swap kernel's fixed meta-parameters and the row's name."""
+    bn, bm, st, nw = cfg[:4] if len(cfg) >= 4 else (cfg[0], 16 if m <= 16 else 32, *cfg[1:])
+    fixed = {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": nw, "num_stages": st}
+    name = f"{bn}x{bm} st{st} w{nw}"
+    if len(cfg) == 5:  # a register cap: more programs a SM (64x64 on 4 warps holds 167)
+        fixed["maxnreg"] = cfg[4]
+        name += f" maxnreg{cfg[4]}"
+    return fixed, name
+
+
+def _time_config(gemm, swap, fixed, name, where, splits, groups, per_call, add, operands=None, check=None):
+    """The swap kernel at one fixed config, timed at every split of --splits the shape allows;
+    ``check`` (run first, on the fixed config) may refuse it. A config that does not fit (or
+    fails its check) is reported and skipped."""
+    real = swap.swap_kernel_and_meta
+    gemm.swap_kernel_and_meta = lambda _m: (swap._w4a4_gemm_swap_kernel_jit, fixed)
+    try:
+        if check is not None:
+            check()
+        for s in (int(v) for v in splits.split(",")):
+            if splits_fit(groups, s):
+                add(name, s, per_call(splits=s, operands=operands))
+    except Exception as e:  # noqa: BLE001  (a config that does not fit: say so, go on)
+        print(f"  {where} {name}: {type(e).__name__} {str(e)[:200]}")
+    finally:
+        gemm.swap_kernel_and_meta = real
+
+
+def _scales_rows(args, gemm, swap, a, weights, w, dtype, groups, configs, per_call, add, label, m):
     """--scales-ab: every config x split x scale layout (the weights' scale copies made
-    once, outside the timing; the token scales likewise)."""
+    once, outside the timing; the token scales likewise), each layout's bits checked first."""
     row_a = (a[0], a[1].contiguous(), *a[2:])  # the quantizers write the token scales group-major
     tok_a = (a[0], _group_major(a[1]), *a[2:])
     layouts = {"row-major": (row_a, weights),
                "token-group-major": (tok_a, weights),  # the production layout since session 27
                "group-major": (tok_a, [(q, _group_major(s), o, os_) for q, s, o, os_ in weights])}
     want = gemm.w4a4_gemm_triton(*a, *weights[0], None, w.group_size, dtype, path="swap")
-    real = swap.swap_kernel_and_meta
     for cfg in configs:
-        bn, bm, st, nw = cfg[:4] if len(cfg) >= 4 else (cfg[0], 16 if m <= 16 else 32, *cfg[1:])
+        fixed, name = _fixed_config(cfg, m)
         for layout, (a_l, weights_l) in layouts.items():
-            fixed = {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": nw, "num_stages": st}
-            gemm.swap_kernel_and_meta = lambda _m, fixed=fixed: (swap._w4a4_gemm_swap_kernel_jit, fixed)
-            name = f"{bn}x{bm} st{st} w{nw} {layout}"
-            try:
+            def same_bits(a_l=a_l, weights_l=weights_l, who=f"{name} {layout}"):
                 got = gemm.w4a4_gemm_triton(*a_l, *weights_l[0], None, w.group_size, dtype, path="swap")
-                assert torch.equal(got, want), f"{name}: other bits"
-                for s in (int(v) for v in args.splits.split(",")):
-                    if splits_fit(groups, s):
-                        add(name, s, per_call(splits=s, operands=(a_l, weights_l)))
-            except Exception as e:  # noqa: BLE001  (a config that does not fit: say so, go on)
-                print(f"  M={m} {name}: {type(e).__name__} {str(e)[:200]}")
-            finally:
-                gemm.swap_kernel_and_meta = real
+                assert torch.equal(got, want), f"{who}: other bits"
+            _time_config(gemm, swap, fixed, f"{name} {layout}", f"{label} M={m}", args.splits, groups, per_call,
+                         add, operands=(a_l, weights_l), check=same_bits)
 
 
 @contextlib.contextmanager
