@@ -397,26 +397,6 @@ def explore_fill(models):
         _timed_splits(dec, model, b, ctx, {f"{n} splits ({per_sm} a SM)": n for per_sm, n in fill.items()})
 
 
-def explore_planes_ab(models):
-    """The one-warp planes kernel as it is, with V's words loaded transposed (``PLANES_V_T``), and
-    with that and the register caps (``PLANES_REG_CAP``: 128 with one split, 152 with several), at
-    its split rule: the batch-64 generation contexts of ``--explore-mha-batch`` and batch 1 at 32768."""
-    import atom_ao.ops.kv_decode_attention as dec
-
-    forms = (("default", False, False), ("V transposed", True, False), ("V transposed + register caps", True, True))
-    default = dec.PLANES_V_T, dec.PLANES_REG_CAP
-    try:
-        cases = (("llama2-7b", 64, 1056), ("llama2-7b", 64, 2048), ("llama2-7b", 32, 1056), ("llama2-7b", 1, 32768),
-                 ("llama3-8b", 64, 1056), ("llama3-8b", 64, 8192), ("llama3-8b", 1, 32768))
-        for model, b, ctx in _cases(models, cases):
-            print(f"{model} B={b} ctx={ctx}")
-            for label, v_t, cap in forms:
-                dec.PLANES_V_T, dec.PLANES_REG_CAP = v_t, cap
-                _timed(label, model, b, ctx)
-    finally:
-        dec.PLANES_V_T, dec.PLANES_REG_CAP = default
-
-
 def explore_splits(models):
     """Small batches, where a sequence's splits are all the parallel work: ``num_splits`` (~4
     programs a SM, none shorter than MIN_SPLIT_TOKENS) at shortest splits of 256 down to 32 tokens
@@ -461,9 +441,6 @@ def main():
     ap.add_argument("--explore-fill", action="store_true",
                     help="batch 1, long context: the planes kernel's splits against splits filling 10-12 a SM, "
                          "then exit")
-    ap.add_argument("--explore-planes-ab", action="store_true",
-                    help="the planes kernel with V loaded transposed and register caps against its default, "
-                         "then exit")
     ap.add_argument("--rope", action="store_true", help="also time keys cached before RoPE (int4-rope)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -476,7 +453,6 @@ def main():
         "explore_planes_small": functools.partial(explore_planes, small_only=True), "explore_planes": explore_planes,
         "explore_mha_planes": explore_mha_planes, "explore_splits": explore_splits,
         "explore_mha_batch": explore_mha_batch, "explore_fill": explore_fill,
-        "explore_planes_ab": explore_planes_ab,
     }
     for flag, run in explores.items():
         if getattr(args, flag):

@@ -229,7 +229,7 @@ def parse_args(argv=None):
                          "GROUP_MAJOR_SCALES); each atom path runs once per layout (rows <path>/<layout>-scales "
                          "when more than one; Inductor's FX graph cache is then off)")
     ap.add_argument("--flag-ab", default=None, metavar="MODULE:NAME[+NAME...]",
-                    help="boolean module flags (e.g. atom_ao.ops.kv_decode_attention:PLANES_V_T+PLANES_REG_CAP): each "
+                    help="boolean module flags (e.g. atom_ao.ops.kv_decode_attention:MHA_PLANES+ONE_WARP_PLANES): each "
                          "atom path runs with them all False, then all True (rows <path>/NAME=0|1; Inductor's FX "
                          "graph cache off)")
     ap.add_argument("--inductor-pdl", action="store_true",

@@ -31,17 +31,14 @@ def sig_of(fn, types, consts):
     return sig
 
 
-def compile_one(label, fn, types, consts, num_warps=4, num_stages=3, maxnreg=None):
+def compile_one(label, fn, types, consts, num_warps=4, num_stages=3):
     sig = sig_of(fn, types, consts)
     # pointers, and the strides (s_*), which Triton's JIT specializes as multiples of 16 at run time
     ptrs = [i for i, n in enumerate(fn.arg_names) if sig[n].startswith("*") or n.startswith("s_")]
     attrs = {(i,): [["tt.divisibility", 16]] for i in ptrs}
     src = ASTSource(fn, sig, consts, attrs=attrs)
     try:
-        options = {"num_warps": num_warps, "num_stages": num_stages}
-        if maxnreg:
-            options["maxnreg"] = maxnreg
-        c = triton.compile(src, target=TARGET, options=options)
+        c = triton.compile(src, target=TARGET, options={"num_warps": num_warps, "num_stages": num_stages})
     except Exception as e:  # noqa: BLE001
         print(f"FAIL {label}: {type(e).__name__}: {str(e)[:2000]}")
         return False
@@ -105,21 +102,15 @@ def main():
                      len_ptr="*i32", start_ptr="*i32", out_ptr=f"*{dt}", part_ptr="*fp32", ml_ptr="*fp32",
                      qk_scale="fp32")
         # and its one-warp form (WARP: heads on the dots' N side, inline-asm unpack)
-        # (V_T: V's words loaded transposed; with PLANES_REG_CAP's register caps)
-        caps = dec.PLANES_REG_CAPS
-        for warp, v_t, cfgs in ((False, False, gqa.gqa_configs()), (True, False, dec.gqa_warp_configs()),
-                                (True, True, dec.gqa_warp_configs()),
-                                *((True, True, dec.gqa_warp_configs(cap)) for cap in sorted(set(caps.values())))):
+        for warp, cfgs in ((False, gqa.gqa_configs()), (True, dec.gqa_warp_configs())):
             for cfg in cfgs:
                 for one, page, g in ((True, 64, 4), (False, 24, 7)):
                     magic = dec.magic_bits(tdtype, False) & 0xFFFF
                     consts = dict(G=g, BLOCK_G=8 if warp else 16, HALF=64, PAGE=page, HAS_START=True, ONE_SPLIT=one,
                                   DOT=tdt, MAGIC=magic, OFFSET=128.0 if magic == 0x4300 else 1024.0, WARP=warp, ASM=warp,
-                                  V_T=v_t, **{k: v for k, v in cfg.kwargs.items() if k != "maxnreg"})
-                    ok &= compile_one(f"decode gqa {dt} {cfg.kwargs} w{cfg.num_warps} one={one} page={page} warp={warp} "
-                                      f"v_t={v_t}",
-                                      gqa.decode_gqa_kernel, types, consts, cfg.num_warps, cfg.num_stages,
-                                      cfg.kwargs.get("maxnreg"))
+                                  **cfg.kwargs)
+                    ok &= compile_one(f"decode gqa {dt} {cfg.kwargs} w{cfg.num_warps} one={one} page={page} warp={warp}",
+                                      gqa.decode_gqa_kernel, types, consts, cfg.num_warps, cfg.num_stages)
         # decode split
         types = dict(q_ptr=f"*{dt}", kc_ptr="*u8", vc_ptr="*u8", km_ptr=f"*{dt}", vm_ptr=f"*{dt}", bt_ptr="*i32",
                      len_ptr="*i32", start_ptr="*i32", out_ptr=f"*{dt}", part_ptr="*fp32", ml_ptr="*fp32",

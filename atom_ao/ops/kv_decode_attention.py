@@ -108,16 +108,6 @@ PLANES_LEAST_WAVE = 0.25
 # 288 -> 221, batch 256 / 2048 1058 -> 848, batch 1 / 32768 105 -> 61.6, batch 4 / 4096 49.9 -> 33.8,
 # batch 1 / 1024 9.75 -> 8.09 (16 splits).
 MHA_PLANES = True
-# the planes kernel's one-warp form with V's word tile loaded transposed (``kv_decode_gqa._warp_step``,
-# V_T): offline, sm_90a, 923 -> 743 instructions a 32-token step, registers 168 -> 166 with one
-# split, 184 with several. With PLANES_REG_CAP its configs cap the registers (``gqa_warp_configs``):
-# 128 a thread with one split (767 instructions, no spill: 16 programs a SM instead of 12; a batch-64
-# Llama-2-7B step's 2048 programs in one wave), 152 with splits (767, no spill: 13 a SM). Both off
-# until timed on the GPU (session 28: no device time left); the math is the same (interpreter test).
-# (The caps ride in the configs' kwargs, where Inductor's copy of the autotuner keeps them:
-# ``gqa_warp_configs``.)
-PLANES_V_T = False
-PLANES_REG_CAP = False
 INTERPRET_PREFETCH = False  # under the interpreter (tests flip it): the kernels' prefetching variant
 UNPACK_MAGIC = True  # codes -> floats by the mantissa trick (``kv_tiles.load_codes``); False: casts
 
@@ -182,14 +172,11 @@ def _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_s
     meta = dict(G=g, BLOCK_G=max(8 if warp else 16, triton.next_power_of_2(g)), HALF=d // 2, PAGE=k_cache.shape[2],
                 HAS_START=kv_start is not None, ONE_SPLIT=one, DOT=dot_dtype(q.dtype, _INTERPRET), MAGIC=magic,
                 OFFSET={0x4300: 128.0, 0x6400: 1024.0}.get(magic, 0.0), WARP=warp,
-                ASM=warp and not _INTERPRET, V_T=warp and PLANES_V_T)  # every constexpr passed
+                ASM=warp and not _INTERPRET)  # every constexpr passed
     if _INTERPRET:
         wrap_triton(decode_gqa_kernel)[(b, hkv, splits)](*args, **meta, BLOCK_N=16, num_warps=1 if warp else 4)
     else:
-        tuned = _decode_gqa_tuned
-        if warp:
-            tuned = _decode_gqa_warp_capped[one] if PLANES_REG_CAP else _decode_gqa_warp_tuned
-        wrap_triton(tuned)[(b, hkv, splits)](*args, **meta)
+        wrap_triton(_decode_gqa_warp_tuned if warp else _decode_gqa_tuned)[(b, hkv, splits)](*args, **meta)
 
 
 def _planes_fit(q, k_cache, v_cache, k_rope) -> bool:
@@ -323,24 +310,15 @@ _decode_gqa_tuned = None if _INTERPRET else triton.autotune(
     configs=gqa_configs(), key=["G", "HALF", "ONE_SPLIT", "HAS_START", "num_splits"])(decode_gqa_kernel)
 
 
-def gqa_warp_configs(maxnreg: int | None = None):
+def gqa_warp_configs():
     # 5 stages: the word tiles' loads then run a whole step ahead (Triton's pipeliner gives the
     # block-table lookup its own stage: with 3 stages the tiles were issued after the step's math
-    # and waited for at the top of the next step). maxnreg (PLANES_REG_CAP) rides in the config's
-    # kwargs: Inductor rebuilds a user kernel's configs from their kwargs, warps and stages only
-    # (torch 2.13 ``triton_heuristics.config_to_dict``) and takes maxnreg back out of the kwargs
-    # (``config_from_dict``); Triton's launcher reads it there as a compile option
-    return [triton.Config({"BLOCK_N": 32, **({"maxnreg": maxnreg} if maxnreg else {})}, num_warps=1, num_stages=5)]
-
-
-PLANES_REG_CAPS = {True: 128, False: 152}  # ONE_SPLIT -> registers a thread (PLANES_REG_CAP)
+    # and waited for at the top of the next step)
+    return [triton.Config({"BLOCK_N": 32}, num_warps=1, num_stages=5)]
 
 
 _decode_gqa_warp_tuned = None if _INTERPRET else triton.autotune(
     configs=gqa_warp_configs(), key=["G", "HALF", "ONE_SPLIT", "HAS_START", "num_splits"])(decode_gqa_kernel)
-_decode_gqa_warp_capped = None if _INTERPRET else {
-    one: triton.autotune(configs=gqa_warp_configs(cap), key=["G", "HALF", "ONE_SPLIT", "HAS_START", "num_splits"])(
-        decode_gqa_kernel) for one, cap in PLANES_REG_CAPS.items()}
 _decode_mha_tuned = None if _INTERPRET else triton.autotune(
     configs=mha_configs(), key=["HALF", "ONE_SPLIT", "HAS_START", "FOLD", "num_splits"])(decode_mha_kernel)
 _decode_split_tuned = triton.autotune(configs=_configs(), key=["G", "HALF", "ONE_SPLIT", "FMA", "ROPE", "num_splits"])(

@@ -156,27 +156,29 @@ def _warp_step(kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len, star
                m_i, l_i, corr, ks, kz, vs, vz,
                HAS_START: tl.constexpr, HALF: tl.constexpr, PAGE: tl.constexpr,
                DOT: tl.constexpr, MAGIC: tl.constexpr, OFFSET: tl.constexpr, ASM: tl.constexpr,
-               V_T: tl.constexpr, BLOCK_N: tl.constexpr):
+               BLOCK_N: tl.constexpr):
     """One 32-token step of the one-warp form (tile i; its scales ks..vz were loaded the step
     before, the next step's are loaded here). Session 28 (H200) timed a peeled form, full tiles
     unmasked in a loop of their own and the partial tile after it (offline 923 -> 808 instructions
     a step, 168 -> 194 registers): batch 64 3646 -> 3792 us of this kernel a Llama-2-7B step,
     batch 1 194 -> 201 (``results/h200/session28_generate_peel.log``), and removed it.
-    V_T: V's word tile loaded as (D/8, BLOCK_N), through transposed pointers, instead of loaded as
+    V's word tile is loaded as (D/8, BLOCK_N), through transposed pointers, rather than loaded as
     K's and transposed in registers: the copy to shared memory then keeps global memory's word
-    order and moves 16 bytes an instruction (4 before: the shared tile was token-major). Offline,
-    sm_90a, MHA and GQA: 923 -> 743 instructions a step (one split: 168 -> 166 registers; with
-    splits 168 -> 184)."""
+    order and moves 16 bytes an instruction (4 when the shared tile was token-major). Offline,
+    sm_90a: 923 -> 743 instructions a step. H200, session 29 (``bench_attention.py
+    --explore-planes-ab`` then, ``results/h200/session29_attention_planes_ab_s29.log``): Llama-2-7B
+    heads batch 64 / 1056 114.0 -> 92.9 us, batch 1 / 32768 61.7 -> 50.3; Llama-3-8B batch 64 /
+    8192 221.6 -> 186.8, batch 1 / 32768 22.8 -> 19.6. Capping the registers as well (maxnreg 128
+    with one split, 152 with several: 16 / 13 programs a SM instead of 12) was within 2% either way
+    and was dropped."""
     jw = tl.arange(0, HALF // 4)
     n0 = i * BLOCK_N
     t = n0 + tl.arange(0, BLOCK_N)
     ok = t < seq_len
     row_c, row_m = paged_rows(bt_row, n0, ok, s_cp, s_ch, s_ct, s_mp, s_mh, hk, PAGE, BLOCK_N)
     kw = tl.load(kc_ptr + row_c[:, None] + jw[None, :], mask=ok[:, None], other=0)
-    if V_T:  # V's words as (D/8, BLOCK_N): the shared copy keeps global memory's word order (16-byte copies)
-        vwt = tl.load(vc_ptr + row_c[None, :] + jw[:, None], mask=ok[None, :], other=0)
-    else:
-        vwt = tl.trans(tl.load(vc_ptr + row_c[:, None] + jw[None, :], mask=ok[:, None], other=0))
+    # V's words as (D/8, BLOCK_N): the shared copy keeps global memory's word order (16-byte copies)
+    vwt = tl.load(vc_ptr + row_c[None, :] + jw[:, None], mask=ok[None, :], other=0)
     ks_n, kz_n, vs_n, vz_n = _meta_tile(km_ptr, vm_ptr, bt_row, i + 1, tile_hi, seq_len,
                                         s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, hk, PAGE, BLOCK_N)
 
@@ -210,7 +212,6 @@ def decode_gqa_kernel(
     G: tl.constexpr, BLOCK_G: tl.constexpr, HALF: tl.constexpr, PAGE: tl.constexpr, HAS_START: tl.constexpr,
     ONE_SPLIT: tl.constexpr, DOT: tl.constexpr, MAGIC: tl.constexpr, OFFSET: tl.constexpr,
     BLOCK_N: tl.constexpr, WARP: tl.constexpr, ASM: tl.constexpr,
-    V_T: tl.constexpr,  # WARP: V's words loaded transposed (``_warp_step``)
 ):
     b = tl.program_id(0)
     hk = tl.program_id(1)
@@ -259,7 +260,7 @@ def decode_gqa_kernel(
                 kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len, start,
                 s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, hk, qk_scale, q_sum,
                 q0, q1, q2, q3, q4, q5, q6, q7, a0, a1, a2, a3, a4, a5, a6, a7,
-                m_i, l_i, corr, ks, kz, vs, vz, HAS_START, HALF, PAGE, DOT, MAGIC, OFFSET, ASM, V_T, BLOCK_N)
+                m_i, l_i, corr, ks, kz, vs, vz, HAS_START, HALF, PAGE, DOT, MAGIC, OFFSET, ASM, BLOCK_N)
     else:
         for i in range(tile_lo, tile_hi):
             n0 = i * BLOCK_N
