@@ -381,6 +381,38 @@ def explore_mha_batch(models):
         planes.configs, planes.cache = default_configs, {}
 
 
+def explore_stages(models):
+    """The planes kernel's pipeline depth. Its loop's first stages go to the block-table lookup, so
+    the shared buffers of the word tiles grow only every other stage (offline, sm_90a: 1 buffer at
+    3-4 stages, 2 at 5-6, 3 at 7-8, 4 at 9-10): the default 5 keeps one 32-token step (4 KB) in
+    flight a program. Here 7 and 9 (two and three steps ahead), and each with the registers capped
+    at 128 a thread with one split and 152 with several (16 / 13 programs a SM instead of 12)."""
+    import triton
+
+    import atom_ao.ops.kv_decode_attention as dec
+
+    planes = dec._decode_gqa_warp_tuned
+    default_configs = list(planes.configs)
+    forms = [(f"{st} stages{' + register cap' if cap else ''}", st, cap)
+             for st, cap in ((5, False), (7, False), (9, False), (7, True), (9, True))]
+    try:
+        cases = (("llama2-7b", 64, 1056), ("llama2-7b", 64, 2048), ("llama2-7b", 1, 32768),
+                 ("llama3-8b", 64, 1056), ("llama3-8b", 64, 8192), ("llama3-8b", 1, 32768))
+        for model, b, ctx in _cases(models, cases):
+            _rule_case(dec, model, b, ctx)
+            splits = dec.one_warp_splits(b, MODELS[model][1], ctx, MODELS[model][2] // 2, torch.device("cuda"),
+                                         dec.ONE_WARP_PLANES_RESIDENT, dec.PLANES_MIN_SPLIT_TOKENS,
+                                         dec.PLANES_LEAST_WAVE)
+            for label, st, cap in forms:
+                reg_cap = (128 if splits <= 1 else 152) if cap else None
+                cfgs = [triton.Config({"BLOCK_N": 32}, num_warps=1, num_stages=st, maxnreg=reg_cap)]
+                planes.configs, planes.cache = cfgs, {}
+                _timed(label, model, b, ctx)
+            planes.configs, planes.cache = default_configs, {}
+    finally:
+        planes.configs, planes.cache = default_configs, {}
+
+
 def explore_fill(models):
     """Batch 1, long context: the planes kernel's split rule plans 8 one-warp programs a SM
     (``ONE_WARP_PLANES_RESIDENT``) where 12 fit by registers (168 a thread; 8 KB of shared memory
@@ -438,6 +470,9 @@ def main():
                     help="MHA decode: the MHA kernel against the one-warp planes kernel, then exit")
     ap.add_argument("--explore-mha-batch", action="store_true",
                     help="MHA decode at batch 32-64, a generation's context: forced splits and stages, then exit")
+    ap.add_argument("--explore-stages", action="store_true",
+                    help="the planes kernel at 7 and 9 pipeline stages (2-3 steps of loads in flight), with and "
+                         "without a register cap, then exit")
     ap.add_argument("--explore-fill", action="store_true",
                     help="batch 1, long context: the planes kernel's splits against splits filling 10-12 a SM, "
                          "then exit")
@@ -452,7 +487,7 @@ def main():
         "explore": explore, "explore_warps": explore_warps,
         "explore_planes_small": functools.partial(explore_planes, small_only=True), "explore_planes": explore_planes,
         "explore_mha_planes": explore_mha_planes, "explore_splits": explore_splits,
-        "explore_mha_batch": explore_mha_batch, "explore_fill": explore_fill,
+        "explore_mha_batch": explore_mha_batch, "explore_fill": explore_fill, "explore_stages": explore_stages,
     }
     for flag, run in explores.items():
         if getattr(args, flag):
