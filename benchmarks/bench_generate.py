@@ -12,7 +12,10 @@ the decode kernel adds the K bias back and rotates each key); ``atom-kv4-hadamar
 stored Hadamard-rotated (``AtomKVCache``'s default, ``rotate=True``; the rotations inside
 ``kv_write`` and the decode's combining kernel, the queries' one small matmul).
 Random weights: same shapes, same work. Reports prefill time, time per output token (median
-over --steps decode steps), decode tokens/s, peak memory, and the largest batch whose weights
+over --steps decode steps at positions spread evenly over the --gen generated tokens: the bf16
+paths' SDPA reads the whole static cache, prompt + gen, at every step, with a mask, as gpt-fast's
+does, while the INT4 kernel reads each sequence's filled length, so a step's cost there grows
+along the generation), decode tokens/s, peak memory, and the largest batch whose weights
 + KV cache fit --budget-gb (computed from the bytes per token of each KV format).
 """
 
@@ -157,6 +160,14 @@ def profile_step(graph, reps: int = 5) -> dict:
 
 
 @torch.no_grad()
+def timed_positions(prompt: int, gen: int, steps: int) -> list[int]:
+    """``steps`` decode positions spread evenly over the generated tokens prompt .. prompt + gen - 1
+    (all of them when steps >= gen)."""
+    if steps >= gen:
+        return list(range(prompt, prompt + gen))
+    return [prompt + i * (gen - 1) // max(steps - 1, 1) for i in range(steps)]
+
+
 def run_batch(model, path, batch, prompt, gen, steps, profile=False):
     max_len = prompt + gen
     kv4 = path.startswith("atom-kv4")
@@ -187,8 +198,8 @@ def run_batch(model, path, batch, prompt, gen, steps, profile=False):
             out = model(tok, step_pos)
     torch.cuda.current_stream().wait_stream(stream)
     times = []
-    for i in range(steps):
-        step_pos.fill_(prompt + i)
+    for p in timed_positions(prompt, gen, steps):
+        step_pos.fill_(p)
         start.record()
         graph.replay()
         end.record()
@@ -199,7 +210,9 @@ def run_batch(model, path, batch, prompt, gen, steps, profile=False):
     out = {"prefill_ms": round(prefill_ms, 2), "tpot_ms": round(tpot, 3),
            "tokens_per_s": round(batch * 1e3 / tpot, 1),
            "peak_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
-    if profile:
+    if profile:  # at the middle timed position
+        positions = timed_positions(prompt, gen, steps)
+        step_pos.fill_(positions[len(positions) // 2])
         out["profile"] = profile_step(graph)
     return out
 
@@ -211,7 +224,7 @@ def parse_args(argv=None):
     ap.add_argument("--paths", default="bf16,fp8,int8,atom,atom-kv4")
     ap.add_argument("--prompt", type=int, default=1024)
     ap.add_argument("--gen", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=32, help="decode steps timed (of the --gen)")
+    ap.add_argument("--steps", type=int, default=32, help="decode steps timed, at positions spread evenly over the --gen generated tokens")
     ap.add_argument("--layers", type=int, default=None, help="fewer decoder layers (all layers are alike)")
     ap.add_argument("--budget-gb", type=float, default=80.0)
     ap.add_argument("--no-compile", action="store_true", help="eager blocks (still inside a CUDA graph)")

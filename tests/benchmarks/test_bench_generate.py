@@ -34,3 +34,12 @@ def test_run_plan_ab_forms_only_for_atom_paths():
     assert [label for *_, label in run_plan(parse_args(["--paths", "bf16,fp8,atom"]))] == ["bf16", "fp8", "atom"]
     both = run_plan(parse_args(["--paths", "atom-kv4", "--flag-ab", "m:A+B"]))  # flags flipped together
     assert [label for *_, label in both] == ["atom-kv4/A+B=0", "atom-kv4/A+B=1"]
+
+
+def test_timed_positions_spread_over_the_generation():
+    from bench_generate import timed_positions
+
+    assert timed_positions(1024, 256, 32)[0] == 1024 and timed_positions(1024, 256, 32)[-1] == 1024 + 255
+    assert len(set(timed_positions(1024, 256, 32))) == 32
+    assert timed_positions(10, 4, 16) == [10, 11, 12, 13]  # fewer tokens than steps: each once
+    assert timed_positions(10, 32, 1) == [10]
