@@ -159,7 +159,6 @@ def profile_step(graph, reps: int = 5) -> dict:
             "top_kernels_us": [(k[:90], round(v, 1)) for k, v in top]}
 
 
-@torch.no_grad()
 def timed_positions(prompt: int, gen: int, steps: int) -> list[int]:
     """``steps`` decode positions spread evenly over the generated tokens prompt .. prompt + gen - 1
     (all of them when steps >= gen)."""
@@ -168,6 +167,7 @@ def timed_positions(prompt: int, gen: int, steps: int) -> list[int]:
     return [prompt + i * (gen - 1) // max(steps - 1, 1) for i in range(steps)]
 
 
+@torch.no_grad()  # compiled for inference: with grad on, AOTAutograd traces a joint graph
 def run_batch(model, path, batch, prompt, gen, steps, profile=False):
     max_len = prompt + gen
     kv4 = path.startswith("atom-kv4")

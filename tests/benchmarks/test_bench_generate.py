@@ -43,3 +43,11 @@ def test_timed_positions_spread_over_the_generation():
     assert len(set(timed_positions(1024, 256, 32))) == 32
     assert timed_positions(10, 4, 16) == [10, 11, 12, 13]  # fewer tokens than steps: each once
     assert timed_positions(10, 32, 1) == [10]
+
+
+def test_run_batch_runs_without_grad():
+    # run_batch needs a GPU; its no_grad wrapper is what keeps torch.compile from tracing a joint
+    # (training) graph, which fails on the custom ops and keeps activations (session 29 lost it once)
+    import bench_generate
+
+    assert getattr(bench_generate.run_batch, "__wrapped__", None) is not None
