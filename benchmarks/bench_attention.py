@@ -386,7 +386,9 @@ def explore_stages(models):
     the shared buffers of the word tiles grow only every other stage (offline, sm_90a: 1 buffer at
     3-4 stages, 2 at 5-6, 3 at 7-8, 4 at 9-10): the default 5 keeps one 32-token step (4 KB) in
     flight a program. Here 7 and 9 (two and three steps ahead), and each with the registers capped
-    at 128 a thread with one split and 152 with several (16 / 13 programs a SM instead of 12)."""
+    at 128 a thread with one split and 152 with several (Triton 3.9 offline builds 164-168; the
+    H200's Triton 3.6 builds the default in 128). H200, session 29: both deeper forms slower
+    (Llama-2-7B heads, batch 64 / 1056: 92.6 us at 5 stages, 110.3 at 7, 99.5 at 9)."""
     import triton
 
     import atom_ao.ops.kv_decode_attention as dec
@@ -414,18 +416,20 @@ def explore_stages(models):
 
 
 def explore_fill(models):
-    """Batch 1, long context: the planes kernel's split rule plans 8 one-warp programs a SM
-    (``ONE_WARP_PLANES_RESIDENT``) where 12 fit by registers (168 a thread; 8 KB of shared memory
-    each). At batch 64 every SM holds 12 and the kernel reads at ~60% of a read-only pass
-    (``--explore-mha-batch``); here the rule's splits against forced splits that fill 10-12 a SM."""
+    """The planes kernel's split rule (8 one-warp programs a SM planned, ``ONE_WARP_PLANES_RESIDENT``)
+    against forced splits filling 12 and 16 a SM (Triton 3.6 builds it in 128 registers, so 16
+    fit): batch 1 at long contexts, and Llama-3-8B heads at batch 16 / 64, where the rule's splits
+    leave ~8 a SM (Nsight Compute, batch 64 / 8192: 11% achieved occupancy)."""
     import atom_ao.ops.kv_decode_attention as dec
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    for model, b, ctx in _cases(models, (("llama2-7b", 1, 32768), ("llama3-8b", 1, 32768), ("llama2-7b", 1, 8192))):
+    cases = (("llama2-7b", 1, 32768), ("llama3-8b", 1, 32768), ("llama2-7b", 1, 8192), ("llama3-8b", 1, 8192),
+             ("llama3-8b", 64, 8192), ("llama3-8b", 64, 1056), ("llama3-8b", 16, 8192))
+    for model, b, ctx in _cases(models, cases):
         hkv = MODELS[model][1]
         _rule_case(dec, model, b, ctx)
         most = -(-ctx // dec.PLANES_MIN_SPLIT_TOKENS)
-        fill = {per_sm: min(sms * per_sm // (b * hkv), most) for per_sm in (10, 11, 12)}
+        fill = {per_sm: max(1, min(sms * per_sm // (b * hkv), most)) for per_sm in (12, 16)}
         _timed_splits(dec, model, b, ctx, {f"{n} splits ({per_sm} a SM)": n for per_sm, n in fill.items()})
 
 
@@ -474,7 +478,7 @@ def main():
                     help="the planes kernel at 7 and 9 pipeline stages (2-3 steps of loads in flight), with and "
                          "without a register cap, then exit")
     ap.add_argument("--explore-fill", action="store_true",
-                    help="batch 1, long context: the planes kernel's splits against splits filling 10-12 a SM, "
+                    help="the planes kernel's split rule against splits filling 12 and 16 a SM, "
                          "then exit")
     ap.add_argument("--rope", action="store_true", help="also time keys cached before RoPE (int4-rope)")
     args = ap.parse_args()

@@ -87,7 +87,12 @@ ONE_WARP_RESIDENT = {64: 8, 32: 12}
 # 64, context 8192 416 -> 218 us (49 -> 94% of copy), 1024 63.2 -> 34.7, batch 16 / 8192 116 -> 61,
 # batch 256 / 2048 412 -> 216. Nsight Compute (``scripts/ncu_kernels.py``): the generic kernel's
 # warps waited on global loads (long scoreboard 1.93 cycles an instruction: its tiles were issued
-# after the step's math), this one's 0.08.
+# after the step's math), this one's 0.08. Session 29, V's words loaded transposed: the H200's Triton
+# 3.6 builds it in 128 registers (16 a SM fit); Nsight Compute, batch 64 / 8192: MHA 3.52 TB/s of
+# DRAM (73%), 0.65 instructions issued a scheduler-cycle, the stalls mostly "not selected" and
+# "math pipe throttle" (the integer pipe's unpacking); GQA (2 splits) 3.09 TB/s at 11% achieved
+# occupancy. Forcing 12 or 16 programs a SM by more splits (``bench_attention.py --explore-fill``)
+# moved every case timed by less than 3% except where it lost (``results/h200/session29_*``).
 ONE_WARP_PLANES = True
 # its split rule (``one_warp_splits``): programs a SM (it fits 12), shortest split, and the least
 # part of a wave worth it. H200, Llama-3-8B heads (``--explore-planes``, ``--explore-planes-small``):
