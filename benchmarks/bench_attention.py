@@ -37,7 +37,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import bench_us, gpu_name, markdown_table, measured_copy_bytes_per_s, write_results  # noqa: E402
+from common import (bench_us, gpu_name, markdown_table, measured_copy_bytes_per_s, set_module_flag,  # noqa: E402
+                    write_results)
 
 MODELS = {"llama2-7b": (32, 32, 128), "llama3-8b": (32, 8, 128)}  # heads, kv_heads, head_dim
 BATCHES = [1, 16, 64, 256]
@@ -415,6 +416,32 @@ def explore_stages(models):
         planes.configs, planes.cache = default_configs, {}
 
 
+def explore_flag_ab(models, spec: str):
+    """``--flag-ab MODULE:NAME[+NAME...]``: the INT4 decode with the named boolean flags all False,
+    then all True, at the planes kernel's batch-64 generation contexts and batch 1 / 32768 (the
+    flags restored after)."""
+    import importlib
+
+    module, _, names = spec.partition(":")
+    names = names.split("+")
+    mod = importlib.import_module(module)
+    saved = {n: getattr(mod, n, None) for n in names}
+    for n in names:
+        set_module_flag(module, n, False)  # a bad name stops here, before any timing
+    try:
+        cases = (("llama2-7b", 64, 1056), ("llama2-7b", 64, 2048), ("llama2-7b", 32, 1056), ("llama2-7b", 1, 32768),
+                 ("llama3-8b", 64, 1056), ("llama3-8b", 64, 8192), ("llama3-8b", 1, 32768))
+        for model, b, ctx in _cases(models, cases):
+            print(f"{model} B={b} ctx={ctx}")
+            for value in (False, True):
+                for n in names:
+                    set_module_flag(module, n, value)
+                _timed(f"{'+'.join(names)}={int(value)}", model, b, ctx)
+    finally:
+        for n, v in saved.items():
+            setattr(mod, n, v)
+
+
 def explore_fill(models):
     """The planes kernel's split rule (8 one-warp programs a SM planned, ``ONE_WARP_PLANES_RESIDENT``)
     against forced splits filling 12 and 16 a SM (Triton 3.6 builds it in 128 registers, so 16
@@ -480,6 +507,9 @@ def main():
     ap.add_argument("--explore-fill", action="store_true",
                     help="the planes kernel's split rule against splits filling 12 and 16 a SM, "
                          "then exit")
+    ap.add_argument("--flag-ab", default=None, metavar="MODULE:NAME[+NAME...]",
+                    help="boolean module flags (e.g. atom_ao.ops.kv_decode_attention:PLANES_HI16): the INT4 "
+                         "decode with them all False, then all True, on a few cases, then exit")
     ap.add_argument("--rope", action="store_true", help="also time keys cached before RoPE (int4-rope)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -493,6 +523,9 @@ def main():
         "explore_mha_planes": explore_mha_planes, "explore_splits": explore_splits,
         "explore_mha_batch": explore_mha_batch, "explore_fill": explore_fill, "explore_stages": explore_stages,
     }
+    if args.flag_ab:
+        explore_flag_ab(args.models.split(","), args.flag_ab)
+        return
     for flag, run in explores.items():
         if getattr(args, flag):
             run(args.models.split(","))

@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import gpu_name, markdown_table, write_results  # noqa: E402
+from common import gpu_name, markdown_table, set_module_flag, write_results  # noqa: E402
 from gpt import SHAPES, Llama  # noqa: E402
 
 
@@ -89,15 +89,6 @@ def run_plan(args) -> list[tuple[str, str, bool | None, str]]:
                 label += "" if flag is None else f"/{flag_name}={int(flag)}"
                 plan.append((path, layout, flag, label))
     return plan
-
-
-def set_module_flag(module: str, name: str, value: bool):
-    import importlib
-
-    mod = importlib.import_module(module)
-    if not isinstance(getattr(mod, name, None), bool):
-        raise SystemExit(f"--flag-ab: {module}:{name} is not a boolean module flag")
-    setattr(mod, name, value)
 
 
 def set_act_scales(layout: str):

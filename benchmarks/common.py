@@ -74,3 +74,13 @@ def write_results(name: str, rows: list[dict], columns: list[str], meta: dict) -
     header = f"{name} on {meta['gpu']} (torch {meta['torch']})\n\n"
     stem.with_name(stem.name + ".md").write_text(header + markdown_table(rows, columns) + "\n")
     return stem
+
+
+def set_module_flag(module: str, name: str, value: bool):
+    """A boolean module-level switch (``--flag-ab``), with a clear error for anything else."""
+    import importlib
+
+    mod = importlib.import_module(module)
+    if not isinstance(getattr(mod, name, None), bool):
+        raise SystemExit(f"--flag-ab: {module}:{name} is not a boolean module flag")
+    setattr(mod, name, value)

@@ -102,15 +102,18 @@ def main():
                      len_ptr="*i32", start_ptr="*i32", out_ptr=f"*{dt}", part_ptr="*fp32", ml_ptr="*fp32",
                      qk_scale="fp32")
         # and its one-warp form (WARP: heads on the dots' N side, inline-asm unpack)
-        for warp, cfgs in ((False, gqa.gqa_configs()), (True, dec.gqa_warp_configs())):
+        # (HI16, one-warp form only: fp16 dots with the high nibbles in place, for bf16 queries too)
+        for warp, hi16, cfgs in ((False, False, gqa.gqa_configs()), (True, False, dec.gqa_warp_configs()),
+                                 (True, True, dec.gqa_warp_configs())):
             for cfg in cfgs:
                 for one, page, g in ((True, 64, 4), (False, 24, 7)):
-                    magic = dec.magic_bits(tdtype, False) & 0xFFFF
+                    magic = 0x6400 if hi16 else dec.magic_bits(tdtype, False) & 0xFFFF
                     consts = dict(G=g, BLOCK_G=8 if warp else 16, HALF=64, PAGE=page, HAS_START=True, ONE_SPLIT=one,
-                                  DOT=tdt, MAGIC=magic, OFFSET=128.0 if magic == 0x4300 else 1024.0, WARP=warp, ASM=warp,
+                                  DOT=tl.float16 if hi16 else tdt, MAGIC=magic,
+                                  OFFSET=128.0 if magic == 0x4300 else 1024.0, WARP=warp, ASM=warp, HI16=hi16,
                                   **cfg.kwargs)
-                    ok &= compile_one(f"decode gqa {dt} {cfg.kwargs} w{cfg.num_warps} one={one} page={page} warp={warp}",
-                                      gqa.decode_gqa_kernel, types, consts, cfg.num_warps, cfg.num_stages)
+                    ok &= compile_one(f"decode gqa {dt} {cfg.kwargs} w{cfg.num_warps} one={one} page={page} warp={warp} "
+                                      f"hi16={hi16}", gqa.decode_gqa_kernel, types, consts, cfg.num_warps, cfg.num_stages)
         # decode split
         types = dict(q_ptr=f"*{dt}", kc_ptr="*u8", vc_ptr="*u8", km_ptr=f"*{dt}", vm_ptr=f"*{dt}", bt_ptr="*i32",
                      len_ptr="*i32", start_ptr="*i32", out_ptr=f"*{dt}", part_ptr="*fp32", ml_ptr="*fp32",

@@ -94,6 +94,13 @@ ONE_WARP_RESIDENT = {64: 8, 32: 12}
 # occupancy. Forcing 12 or 16 programs a SM by more splits (``bench_attention.py --explore-fill``)
 # moved every case timed by less than 3% except where it lost (``results/h200/session29_*``).
 ONE_WARP_PLANES = True
+# the planes kernel's one-warp form on fp16 dots with each byte's high nibble taken in place (HI16:
+# (x & 0x00F000F0) | 0x6400 is 1024 + 16 c in fp16, so a 16-bit half's four nibbles need one shift
+# instead of three; the queries of those planes times 1/16, their sums / 16 at the end), also for
+# bf16 queries (bf16 values in fp16's range convert exactly). Offline (sm_90a, Triton 3.9): see
+# ``kv_decode_gqa._word_pairs_hi16_asm``. Off until timed on the GPU (session 29 had no device
+# time left): Nsight Compute found the kernel's integer pipe throttling it.
+PLANES_HI16 = False
 # its split rule (``one_warp_splits``): programs a SM (it fits 12), shortest split, and the least
 # part of a wave worth it. H200, Llama-3-8B heads (``--explore-planes``, ``--explore-planes-small``):
 # 8 a SM gave 2 splits at batch 64, context 1024 (34.7 us) where 12 gave 3 (39.2) and 16 two waves
@@ -173,11 +180,15 @@ def _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_s
     args = _word_view_args(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
                            qk_scale, splits)
     magic = magic_bits(q.dtype, _INTERPRET) & 0xFFFF  # the 16-bit pattern only (no pairs flag here)
+    dot = dot_dtype(q.dtype, _INTERPRET)
+    hi16 = warp and PLANES_HI16 and magic in (0x4300, 0x6400)
+    if hi16:  # fp16 dots (the high nibbles in place need fp16's mantissa), bf16 queries too
+        dot, magic = tl.float16, 0x6400
     # the heads are the dots' N side with WARP (mma.sync pads N to 8), M with 4 warps (16 rows)
     meta = dict(G=g, BLOCK_G=max(8 if warp else 16, triton.next_power_of_2(g)), HALF=d // 2, PAGE=k_cache.shape[2],
-                HAS_START=kv_start is not None, ONE_SPLIT=one, DOT=dot_dtype(q.dtype, _INTERPRET), MAGIC=magic,
+                HAS_START=kv_start is not None, ONE_SPLIT=one, DOT=dot, MAGIC=magic,
                 OFFSET={0x4300: 128.0, 0x6400: 1024.0}.get(magic, 0.0), WARP=warp,
-                ASM=warp and not _INTERPRET)  # every constexpr passed
+                ASM=warp and not _INTERPRET, HI16=hi16)  # every constexpr passed
     if _INTERPRET:
         wrap_triton(decode_gqa_kernel)[(b, hkv, splits)](*args, **meta, BLOCK_N=16, num_warps=1 if warp else 4)
     else:

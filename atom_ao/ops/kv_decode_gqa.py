@@ -89,10 +89,43 @@ _WORD_PAIRS_BF16 = tl.constexpr(_word_pairs_asm(0x4300))
 _WORD_PAIRS_F16 = tl.constexpr(_word_pairs_asm(0x6400))
 
 
+def _word_pairs_hi16_asm() -> str:
+    """``_word_pairs_asm`` for fp16 with each byte's high nibble taken in place: (x & 0x00F000F0) |
+    0x6400 is 1024 + 16 c in fp16 (10 mantissa bits hold bits 4-7; bf16's 7 do not), so a
+    16-bit half needs one shift (by 8) for its four nibbles instead of three: 12 instructions for
+    16 codes instead of 16, all of them on the integer pipe that Nsight Compute found throttling
+    the kernel. Planes P = 4, 12, 20, 28 come out as 1024 + 16 c (``_plane_hi16``)."""
+    magic = 0x6400 * 0x10001
+    lop = lambda dst, src, mask: f"lop3.b32 {dst}, {src}, {mask:#x}, {magic:#x}, 0xEA;"  # noqa: E731
+    parts = ["{ .reg .b32 lo, hi, t;", "prmt.b32 lo, $8, $9, 0x5410;", "prmt.b32 hi, $8, $9, 0x7632;"]
+    for half, src in ((0, "lo"), (4, "hi")):
+        parts += [lop(f"${half}", src, 0x000F000F), lop(f"${half + 1}", src, 0x00F000F0), f"shr.u32 t, {src}, 8;",
+                  lop(f"${half + 2}", "t", 0x000F000F), lop(f"${half + 3}", "t", 0x00F000F0)]
+    parts.append("}")
+    return " ".join(parts)
+
+
+_WORD_PAIRS_HI16 = tl.constexpr(_word_pairs_hi16_asm())
+
+
 @triton.jit
-def _planes8(w, DOT: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr):
+def _plane_hi16(w, P: tl.constexpr, DOT: tl.constexpr, MAGIC: tl.constexpr):
+    """Nibble P (a byte's high nibble, P % 8 == 4) of the words w as 1024 + 16 c (fp16, HI16)."""
+    return (((w >> (P - 4)) & 0xF0) | MAGIC).to(tl.int16).to(DOT, bitcast=True)
+
+
+@triton.jit
+def _planes8(w, DOT: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr, HI16: tl.constexpr = False):
     """The 8 nibble planes (P = 0, 4, .., 28) of the int32 words w, as ``_plane`` makes them; ASM:
-    by ``_word_pairs_asm``, two words at a time (neighbours along w's last dimension)."""
+    by ``_word_pairs_asm``, two words at a time (neighbours along w's last dimension). HI16 (fp16
+    MAGIC only): the high nibbles' planes (P = 4, 12, ..) as 1024 + 16 c."""
+    if HI16:
+        if ASM:
+            return tl.inline_asm_elementwise(_WORD_PAIRS_HI16, "=r,=r,=r,=r,=r,=r,=r,=r,r,r", [w],
+                                             dtype=(tl.float16,) * 8, is_pure=True, pack=2)
+        return (_plane(w, 0, DOT, MAGIC), _plane_hi16(w, 4, DOT, MAGIC), _plane(w, 8, DOT, MAGIC),
+                _plane_hi16(w, 12, DOT, MAGIC), _plane(w, 16, DOT, MAGIC), _plane_hi16(w, 20, DOT, MAGIC),
+                _plane(w, 24, DOT, MAGIC), _plane_hi16(w, 28, DOT, MAGIC))
     if ASM:
         if MAGIC == 0x4300:
             return tl.inline_asm_elementwise(_WORD_PAIRS_BF16, "=r,=r,=r,=r,=r,=r,=r,=r,r,r", [w],
@@ -107,18 +140,27 @@ def _planes8(w, DOT: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr):
 
 
 @triton.jit
-def _store_plane_t(o_base, o_stride, heads, g_ok, jw, acc, corr, inv, P: tl.constexpr, HALF: tl.constexpr):
-    """One plane's (D/8, BLOCK_G) transposed accumulator -> output channels col(P, j) of each head."""
+def _store_plane_t(o_base, o_stride, heads, g_ok, jw, acc, corr, inv, P: tl.constexpr, HALF: tl.constexpr,
+                   SCALE: tl.constexpr = 1.0):
+    """One plane's (D/8, BLOCK_G) transposed accumulator -> output channels col(P, j) of each head
+    (SCALE: 1/16 for a HI16 plane, whose codes entered the dots 16 x)."""
+    if SCALE != 1.0:
+        acc = acc * SCALE
     o = (acc + corr[None, :]) * inv[None, :]
     col = _col0(P, HALF) + 4 * jw
     tl.store(o_base + heads[None, :] * o_stride + col[:, None], o.to(o_base.dtype.element_ty), mask=g_ok[None, :])
 
 
 @triton.jit
-def _q_plane_t(q_base, heads, g_ok, s_qh, jw, P: tl.constexpr, HALF: tl.constexpr, DOT: tl.constexpr):
-    """Q^T rows of plane P: (D/8, BLOCK_G), the query channels col(P, j) of each head."""
+def _q_plane_t(q_base, heads, g_ok, s_qh, jw, P: tl.constexpr, HALF: tl.constexpr, DOT: tl.constexpr,
+               HI16: tl.constexpr = False):
+    """Q^T rows of plane P: (D/8, BLOCK_G), the query channels col(P, j) of each head (HI16: a
+    high-nibble plane's times 1/16, exact, against its codes' 16 x)."""
     col = _col0(P, HALF) + 4 * jw
-    return tl.load(q_base + heads[None, :] * s_qh + col[:, None], mask=g_ok[None, :], other=0.0).to(DOT)
+    q = tl.load(q_base + heads[None, :] * s_qh + col[:, None], mask=g_ok[None, :], other=0.0).to(DOT)
+    if HI16 and P % 8 == 4:
+        q = q * 0.0625
+    return q
 
 
 @triton.jit
@@ -134,10 +176,12 @@ def _meta_tile(km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len, s_cp, s_ch, s_ct, s_
 
 @triton.jit
 def _plane_scores(kw, q0, q1, q2, q3, q4, q5, q6, q7, q_sum, ks, kz, qk_scale,
-                  DOT: tl.constexpr, MAGIC: tl.constexpr, OFFSET: tl.constexpr, ASM: tl.constexpr):
+                  DOT: tl.constexpr, MAGIC: tl.constexpr, OFFSET: tl.constexpr, ASM: tl.constexpr,
+                  HI16: tl.constexpr = False, q_off=None):
     """S^T (BLOCK_N, BLOCK_G), log2-scaled: the sum over the 8 planes of K_P Q_P^T of the word tile
-    kw, its OFFSET share (OFFSET * q_sum) taken off, times the keys' scales, plus their zeros."""
-    k0, k1, k2, k3, k4, k5, k6, k7 = _planes8(kw, DOT, MAGIC, ASM)
+    kw, its OFFSET share (OFFSET * q_sum; HI16: ``q_off``) taken off, times the keys' scales, plus
+    their zeros."""
+    k0, k1, k2, k3, k4, k5, k6, k7 = _planes8(kw, DOT, MAGIC, ASM, HI16)
     raw = tl.dot(k0, q0)
     raw = tl.dot(k1, q1, raw)
     raw = tl.dot(k2, q2, raw)
@@ -146,7 +190,11 @@ def _plane_scores(kw, q0, q1, q2, q3, q4, q5, q6, q7, q_sum, ks, kz, qk_scale,
     raw = tl.dot(k5, q5, raw)
     raw = tl.dot(k6, q6, raw)
     raw = tl.dot(k7, q7, raw)
-    return ((raw - OFFSET * q_sum[None, :]) * ks[:, None] + kz[:, None] * q_sum[None, :]) * qk_scale
+    if HI16:
+        raw = raw - q_off[None, :]
+    else:
+        raw = raw - OFFSET * q_sum[None, :]
+    return (raw * ks[:, None] + kz[:, None] * q_sum[None, :]) * qk_scale
 
 
 @triton.jit
@@ -156,7 +204,7 @@ def _warp_step(kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len, star
                m_i, l_i, corr, ks, kz, vs, vz,
                HAS_START: tl.constexpr, HALF: tl.constexpr, PAGE: tl.constexpr,
                DOT: tl.constexpr, MAGIC: tl.constexpr, OFFSET: tl.constexpr, ASM: tl.constexpr,
-               BLOCK_N: tl.constexpr):
+               BLOCK_N: tl.constexpr, HI16: tl.constexpr = False, q_off=None, cpt=None):
     """One 32-token step of the one-warp form (tile i; its scales ks..vz were loaded the step
     before, the next step's are loaded here). Session 28 (H200) timed a peeled form, full tiles
     unmasked in a loop of their own and the partial tile after it (offline 923 -> 808 instructions
@@ -182,7 +230,8 @@ def _warp_step(kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len, star
     ks_n, kz_n, vs_n, vz_n = _meta_tile(km_ptr, vm_ptr, bt_row, i + 1, tile_hi, seq_len,
                                         s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, hk, PAGE, BLOCK_N)
 
-    sc = _plane_scores(kw, q0, q1, q2, q3, q4, q5, q6, q7, q_sum, ks, kz, qk_scale, DOT, MAGIC, OFFSET, ASM)
+    sc = _plane_scores(kw, q0, q1, q2, q3, q4, q5, q6, q7, q_sum, ks, kz, qk_scale, DOT, MAGIC, OFFSET, ASM,
+                       HI16, q_off)
     if HAS_START:
         ok = ok & (t >= start)
     sc = tl.where(ok[:, None], sc, float("-inf"))
@@ -190,8 +239,11 @@ def _warp_step(kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len, star
     # group's heads on N; the transposed word tile unpacks in pairs along the tokens
     p, alpha, m_i, l_i = online_softmax(sc, m_i, l_i, 0)  # (BLOCK_N, BLOCK_G)
     pt = (p * vs[:, None]).to(DOT)
-    corr = corr * alpha + tl.sum(p * vz[:, None], axis=0) - OFFSET * tl.sum(pt.to(tl.float32), axis=0)
-    v0, v1, v2, v3, v4, v5, v6, v7 = _planes8(vwt, DOT, MAGIC, ASM)
+    spt = tl.sum(pt.to(tl.float32), axis=0)
+    corr = corr * alpha + tl.sum(p * vz[:, None], axis=0) - OFFSET * spt
+    if HI16:  # the sum of the dot's P rows as well: the high-nibble planes' offset is OFFSET / 16
+        cpt = cpt * alpha + spt
+    v0, v1, v2, v3, v4, v5, v6, v7 = _planes8(vwt, DOT, MAGIC, ASM, HI16)
     al = alpha[None, :]
     a0 = tl.dot(v0, pt, a0 * al)
     a1 = tl.dot(v1, pt, a1 * al)
@@ -201,7 +253,7 @@ def _warp_step(kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len, star
     a5 = tl.dot(v5, pt, a5 * al)
     a6 = tl.dot(v6, pt, a6 * al)
     a7 = tl.dot(v7, pt, a7 * al)
-    return a0, a1, a2, a3, a4, a5, a6, a7, m_i, l_i, corr, ks_n, kz_n, vs_n, vz_n
+    return a0, a1, a2, a3, a4, a5, a6, a7, m_i, l_i, corr, ks_n, kz_n, vs_n, vz_n, cpt
 
 
 @triton.jit
@@ -212,6 +264,7 @@ def decode_gqa_kernel(
     G: tl.constexpr, BLOCK_G: tl.constexpr, HALF: tl.constexpr, PAGE: tl.constexpr, HAS_START: tl.constexpr,
     ONE_SPLIT: tl.constexpr, DOT: tl.constexpr, MAGIC: tl.constexpr, OFFSET: tl.constexpr,
     BLOCK_N: tl.constexpr, WARP: tl.constexpr, ASM: tl.constexpr,
+    HI16: tl.constexpr = False,  # WARP, fp16 dots: high nibbles in place (``_word_pairs_hi16_asm``)
 ):
     b = tl.program_id(0)
     hk = tl.program_id(1)
@@ -224,23 +277,28 @@ def decode_gqa_kernel(
     heads = hk * G + g
     q_base = q_ptr + b.to(tl.int64) * s_qb
     d = tl.arange(0, HALF)
-    q_sum = (tl.sum(tl.load(q_base + heads[:, None] * s_qh + d[None, :], mask=g_ok[:, None], other=0.0)
-                    .to(DOT).to(tl.float32), axis=1)
-             + tl.sum(tl.load(q_base + heads[:, None] * s_qh + HALF + d[None, :], mask=g_ok[:, None], other=0.0)
-                      .to(DOT).to(tl.float32), axis=1))  # (BLOCK_G,), of the values the dots see
+    q_lo = tl.sum(tl.load(q_base + heads[:, None] * s_qh + d[None, :], mask=g_ok[:, None], other=0.0)
+                  .to(DOT).to(tl.float32), axis=1)
+    q_hi = tl.sum(tl.load(q_base + heads[:, None] * s_qh + HALF + d[None, :], mask=g_ok[:, None], other=0.0)
+                  .to(DOT).to(tl.float32), axis=1)
+    q_sum = q_lo + q_hi  # (BLOCK_G,), of the values the dots see
+    # HI16: the offset's share, the high-nibble channels' (HALF..) codes entering as 1024 + 16 c
+    # against queries / 16
+    q_off = OFFSET * q_lo + (OFFSET / 16) * q_hi
     jw = tl.arange(0, HALF // 4)
-    q0 = _q_plane_t(q_base, heads, g_ok, s_qh, jw, 0, HALF, DOT)
-    q1 = _q_plane_t(q_base, heads, g_ok, s_qh, jw, 4, HALF, DOT)
-    q2 = _q_plane_t(q_base, heads, g_ok, s_qh, jw, 8, HALF, DOT)
-    q3 = _q_plane_t(q_base, heads, g_ok, s_qh, jw, 12, HALF, DOT)
-    q4 = _q_plane_t(q_base, heads, g_ok, s_qh, jw, 16, HALF, DOT)
-    q5 = _q_plane_t(q_base, heads, g_ok, s_qh, jw, 20, HALF, DOT)
-    q6 = _q_plane_t(q_base, heads, g_ok, s_qh, jw, 24, HALF, DOT)
-    q7 = _q_plane_t(q_base, heads, g_ok, s_qh, jw, 28, HALF, DOT)
+    q0 = _q_plane_t(q_base, heads, g_ok, s_qh, jw, 0, HALF, DOT, HI16)
+    q1 = _q_plane_t(q_base, heads, g_ok, s_qh, jw, 4, HALF, DOT, HI16)
+    q2 = _q_plane_t(q_base, heads, g_ok, s_qh, jw, 8, HALF, DOT, HI16)
+    q3 = _q_plane_t(q_base, heads, g_ok, s_qh, jw, 12, HALF, DOT, HI16)
+    q4 = _q_plane_t(q_base, heads, g_ok, s_qh, jw, 16, HALF, DOT, HI16)
+    q5 = _q_plane_t(q_base, heads, g_ok, s_qh, jw, 20, HALF, DOT, HI16)
+    q6 = _q_plane_t(q_base, heads, g_ok, s_qh, jw, 24, HALF, DOT, HI16)
+    q7 = _q_plane_t(q_base, heads, g_ok, s_qh, jw, 28, HALF, DOT, HI16)
 
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
     corr = tl.zeros([BLOCK_G], tl.float32)  # sum p * (V zero) - OFFSET * sum of the dot's P row
+    cpt = tl.zeros([BLOCK_G], tl.float32)  # HI16: sum of the dot's P row
     if WARP:  # one (D/8, BLOCK_G) transposed accumulator a plane
         a0 = tl.zeros([HALF // 4, BLOCK_G], tl.float32)
         a1 = tl.zeros([HALF // 4, BLOCK_G], tl.float32)
@@ -256,11 +314,12 @@ def decode_gqa_kernel(
         ks, kz, vs, vz = _meta_tile(km_ptr, vm_ptr, bt_row, tile_lo, tile_hi, seq_len,
                                     s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, hk, PAGE, BLOCK_N)
         for i in range(tile_lo, tile_hi):
-            a0, a1, a2, a3, a4, a5, a6, a7, m_i, l_i, corr, ks, kz, vs, vz = _warp_step(
+            a0, a1, a2, a3, a4, a5, a6, a7, m_i, l_i, corr, ks, kz, vs, vz, cpt = _warp_step(
                 kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len, start,
                 s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, hk, qk_scale, q_sum,
                 q0, q1, q2, q3, q4, q5, q6, q7, a0, a1, a2, a3, a4, a5, a6, a7,
-                m_i, l_i, corr, ks, kz, vs, vz, HAS_START, HALF, PAGE, DOT, MAGIC, OFFSET, ASM, BLOCK_N)
+                m_i, l_i, corr, ks, kz, vs, vz, HAS_START, HALF, PAGE, DOT, MAGIC, OFFSET, ASM, BLOCK_N,
+                HI16, q_off, cpt)
     else:
         for i in range(tile_lo, tile_hi):
             n0 = i * BLOCK_N
@@ -299,14 +358,17 @@ def decode_gqa_kernel(
         tl.store(ml_ptr + row * 2, m_i, mask=g_ok)
         tl.store(ml_ptr + row * 2 + 1, l_i, mask=g_ok)
     if WARP:
+        # HI16: the high-nibble planes' codes entered as 1024 + 16 c: their sums / 16, offset OFFSET / 16
+        c_hi = corr + (OFFSET - OFFSET / 16) * cpt if HI16 else corr
+        s_hi: tl.constexpr = 0.0625 if HI16 else 1.0
         _store_plane_t(o_base, o_stride, heads, g_ok, jw, a0, corr, inv, 0, HALF)
-        _store_plane_t(o_base, o_stride, heads, g_ok, jw, a1, corr, inv, 4, HALF)
+        _store_plane_t(o_base, o_stride, heads, g_ok, jw, a1, c_hi, inv, 4, HALF, s_hi)
         _store_plane_t(o_base, o_stride, heads, g_ok, jw, a2, corr, inv, 8, HALF)
-        _store_plane_t(o_base, o_stride, heads, g_ok, jw, a3, corr, inv, 12, HALF)
+        _store_plane_t(o_base, o_stride, heads, g_ok, jw, a3, c_hi, inv, 12, HALF, s_hi)
         _store_plane_t(o_base, o_stride, heads, g_ok, jw, a4, corr, inv, 16, HALF)
-        _store_plane_t(o_base, o_stride, heads, g_ok, jw, a5, corr, inv, 20, HALF)
+        _store_plane_t(o_base, o_stride, heads, g_ok, jw, a5, c_hi, inv, 20, HALF, s_hi)
         _store_plane_t(o_base, o_stride, heads, g_ok, jw, a6, corr, inv, 24, HALF)
-        _store_plane_t(o_base, o_stride, heads, g_ok, jw, a7, corr, inv, 28, HALF)
+        _store_plane_t(o_base, o_stride, heads, g_ok, jw, a7, c_hi, inv, 28, HALF, s_hi)
     else:
         # column c of the joined planes: word j = c // 8, nibble P = 16 e2 + 8 e1 + 4 e0 with
         # (e0, e1, e2) = bits 2, 1, 0 of c (the join order above): channel col(P, j)

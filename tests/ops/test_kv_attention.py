@@ -365,6 +365,34 @@ def test_decode_gqa_kernel_offset_codes(monkeypatch, warp):
         _close(got, want, torch.float16)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter's stand-in for the GPU operand types")
+@pytest.mark.parametrize("heads, kv_heads, splits", [(8, 2, 2), (4, 4, 1)])
+def test_decode_planes_hi16(monkeypatch, heads, kv_heads, splits):
+    # PLANES_HI16: fp16 dots with the high nibbles as 1024 + 16 c against queries / 16, their sums
+    # / 16 and their offset share OFFSET / 16 at the end; against the reference and the fp16 form
+    # without it (which it matches to fp16 rounding, not to the bit: the products' sums differ)
+    import triton.language as tl
+    monkeypatch.setattr(dec, "ONE_WARP_PLANES", True)
+    monkeypatch.setattr(dec, "MHA_PLANES", True)
+    monkeypatch.setattr(dec, "one_warp_splits", lambda *_a: splits)
+    monkeypatch.setattr(dec, "dot_dtype", lambda dtype, interpret: tl.float16)
+    monkeypatch.setattr(dec, "magic_bits", lambda dtype, interpret: 0x6400)
+    lens = [1, 37, 70, 16]
+    caches, table = paged_cache(lens, kv_heads, 128, page_size=24, seed=21)
+    q = torch.randn(len(lens), heads, 128, generator=torch.Generator().manual_seed(22))
+    q[:, :, 70] *= 60  # an outlier channel among the high nibbles' (64..127)
+    q = q.to(torch.float16)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    kv_start = torch.tensor([0, 5, 50, 3], dtype=torch.int32)
+    for start in (None, kv_start):
+        base = kv_decode_attention_triton(q, *caches, table, seq_lens, start, 128 ** -0.5, 0)
+        monkeypatch.setattr(dec, "PLANES_HI16", True)
+        got = kv_decode_attention_triton(q, *caches, table, seq_lens, start, 128 ** -0.5, 0)
+        monkeypatch.setattr(dec, "PLANES_HI16", False)
+        _close(got, decode_attention_ref(q, *caches, table, seq_lens, start, 128 ** -0.5), torch.float16)
+        torch.testing.assert_close(got, base, rtol=0, atol=2 ** -10 * base.abs().max().item())
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("batch, ctx, heads, kv_heads", [(1, 8192, 32, 8), (64, 512, 32, 8), (3, 33000, 32, 8),
                                                           (5, 3000, 28, 4)])
@@ -408,6 +436,35 @@ def test_one_warp_split_rule():
     assert dec.one_warp_splits(1, 2, 32768, 64, cpu, *planes) == 16  # a full wave: 16 splits x 2 heads
     assert dec.one_warp_splits(1, 2, 256, 64, cpu, *planes) == 4  # 4 splits of 64 tokens: a quarter wave
     assert dec.one_warp_splits(1, 2, 192, 64, cpu, *planes) == 0  # 3 x 2 programs: less than a quarter
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("heads, kv_heads", [(32, 8), (32, 32)])
+@pytest.mark.parametrize("splits", [1, 5])
+def test_planes_hi16_gpu(monkeypatch, heads, kv_heads, splits):
+    """PLANES_HI16 (fp16 dots, the high nibbles in place by ``_word_pairs_hi16_asm``) on Llama-3 and
+    Llama-2 heads, bf16 and fp16 queries: against the float32 reference, and within a few ulps of
+    the default kernel's output."""
+    monkeypatch.setattr(dec, "one_warp_splits", lambda *_a: splits)
+    monkeypatch.setattr(dec, "ONE_WARP_PLANES", True)
+    monkeypatch.setattr(dec, "MHA_PLANES", True)
+    lens = [2500, 31, 1200, 4096, 77]
+    caches, table = paged_cache(lens, kv_heads, 128, page_size=64, device="cuda", seed=23)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    kv_start = torch.tensor([0, 0, 100, 0, 5], dtype=torch.int32)
+    g = torch.Generator().manual_seed(24)
+    for dtype in (torch.bfloat16, torch.float16):
+        q = torch.randn(len(lens), heads, 128, generator=g)
+        q[:, :, 70] *= 60  # an outlier among the high nibbles' channels
+        q = q.to(dtype)
+        args = (q.cuda(), *caches, table, seq_lens.cuda(), kv_start.cuda(), 128 ** -0.5, 4096)
+        monkeypatch.setattr(dec, "PLANES_HI16", False)
+        base = kv_decode_attention_triton(*args)
+        monkeypatch.setattr(dec, "PLANES_HI16", True)
+        got = kv_decode_attention_triton(*args)
+        want = decode_attention_ref(q, *[c.cpu() for c in caches], table.cpu(), seq_lens, kv_start, 128 ** -0.5)
+        _close(got, want, dtype)
+        torch.testing.assert_close(got, base, rtol=0, atol=2 ** -7 * base.abs().max().item())
 
 
 @pytest.mark.gpu
