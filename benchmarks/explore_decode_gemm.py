@@ -11,7 +11,9 @@ model; the time is per call. Each (weight rows a tile, warps, stages) config of 
 timed with every split the shape allows, beside the default (the swap kernel's own rule).
 ``--gemv`` times the M = 1 dp4a kernel's tilings and splits beside the swap kernel instead.
 ``--scales-ab`` times each config and split with the group scales row-major, the token scales
-group-major (the quantizers' layout) or both group-major.
+group-major (the quantizers' layout) or both group-major. ``--out-share 0,2,3`` times the
+autotuned kernel at each split with the outlier block in every split (0) or in the first split
+only, its share that many groups shorter (``w4a4_gemm_swap.OUT_SHARE``).
 The times include the kernel that sums split-K partials, as eager calls run it; compiled models
 fuse that sum into the next kernel, which ``--no-split-sum`` mimics by leaving it out (the
 splits then compete on the GEMM kernel alone).
@@ -66,6 +68,8 @@ def main():
                          "memory, the quantizers' layout) or both group-major (same bits, checked)")
     ap.add_argument("--masked-ab", action="store_true",
                     help="only the default, with the unmasked main loop (full tiles) and with every load masked")
+    ap.add_argument("--out-share", default=None,
+                    help="comma list of w4a4_gemm_swap.OUT_SHARE values: the default config at each split with each")
     args = ap.parse_args()
     configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
     if any(not 3 <= len(c) <= 5 for c in configs):  # session 22-23's prefetch / token-layout fields are gone
@@ -122,6 +126,12 @@ def main():
                     gemm.SWAP_UNMASKED = True
                 mine = [r for r in rows if r["shape"] == label and r["M"] == m]
                 print(markdown_table(mine, COLUMNS).split("\n", 2)[-1], flush=True)
+                continue
+            if args.out_share:
+                _out_share_rows(args, swap, groups, per_call, add, default)
+                mine = [r for r in rows if r["shape"] == label and r["M"] == m]
+                print(markdown_table(sorted(mine, key=lambda r: (r["split"], r["us"])), COLUMNS).split("\n", 2)[-1],
+                      flush=True)
                 continue
             if args.scales_ab:
                 _scales_rows(args, gemm, swap, a, weights, w, x.dtype, groups, configs, per_call, add, label, m)
@@ -190,6 +200,20 @@ def _scales_rows(args, gemm, swap, a, weights, w, dtype, groups, configs, per_ca
                 assert torch.equal(got, want), f"{who}: other bits"
             _time_config(gemm, swap, fixed, f"{name} {layout}", f"{label} M={m}", args.splits, groups, per_call,
                          add, operands=(a_l, weights_l), check=same_bits)
+
+
+def _out_share_rows(args, swap, groups, per_call, add, default):
+    """--out-share: the autotuned kernel at each split of --splits the shape allows (the rule's
+    marked), once per OUT_SHARE value; the module's value restored after."""
+    saved = swap.OUT_SHARE
+    try:
+        for share in (int(v) for v in args.out_share.split(",")):
+            swap.OUT_SHARE = share
+            for s in (int(v) for v in args.splits.split(",")):
+                if splits_fit(groups, s):
+                    add(f"OUT_SHARE={share}{' (rule)' if s == default else ''}", s, per_call(splits=s))
+    finally:
+        swap.OUT_SHARE = saved
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from atom_ao.ops.gemm_tiles import (
     MAX_GROUP_SIZE, SCALE_256, add_outlier_block, group_sum_x256_to_f32, grouped_tile, m_bucket, no_empty_split,
     outlier_block, split_share, splits_fit, unpack_int4_x16,
 )
+from atom_ao.ops import w4a4_gemm_swap as swap_module  # OUT_SHARE read at each call
 from atom_ao.ops.w4a4_gemm_swap import FULL_M, FULL_N, SWAP_MAX_M, swap_kernel_and_meta, swap_split_k
 from atom_ao.ops.w4a4_gemv import gemv_split_k, launch_gemv
 from atom_ao.ops.w4a4_gemm_unpacked import w4a4_gemm_unpacked
@@ -343,7 +344,8 @@ def w4a4_gemm_triton(
     if path == "swap":  # same arguments as the tile kernel, its own grid
         kernel, meta = swap_kernel_and_meta(m)
         # full tiles for every config offered: unmasked main loop
-        meta = dict(meta, EVEN_N=SWAP_UNMASKED and n % FULL_N == 0, EVEN_M=SWAP_UNMASKED and m % FULL_M == 0)
+        meta = dict(meta, EVEN_N=SWAP_UNMASKED and n % FULL_N == 0, EVEN_M=SWAP_UNMASKED and m % FULL_M == 0,
+                    OUT_SHARE=swap_module.OUT_SHARE if splits > 1 and n_out > 0 else 0)
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), splits, triton.cdiv(m, meta["BLOCK_M"]))  # noqa: E731
     else:
         grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), splits)  # noqa: E731

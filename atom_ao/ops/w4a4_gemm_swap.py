@@ -57,6 +57,12 @@ _SWAP_REGIMES = {
     64: [(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3)],
 }
 LONG_SHARE = 8  # groups a split keeps after the extra doubling past 32 tokens (swap_split_k)
+# With split-K, the outlier block only in the first split, which counts it as this many groups of
+# its share (0: every split runs the block, the later ones on zeroed tokens, and the shares are
+# even). The block reads a row's N_OUT = 128 INT8 weights, the bytes of two packed groups, so
+# 2 balances the loads; on Llama-2-7B at M = 64 o (4 splits) and down (8) a share is 8-11 groups.
+# Off until timed on the GPU (session 29: offline only).
+OUT_SHARE = 0
 TYPICAL_BLOCK_N = 128  # for the split-K choice, made before the autotuner picks a config
 # the largest tile offered (powers of two, so a multiple of every other): N and M multiples of these
 # leave every tile full, and the kernel's main loop skips its masks (EVEN_N / EVEN_M)
@@ -111,6 +117,36 @@ def _group_tile(ptrs, s_ptrs, rows_ok, FULL: tl.constexpr):
 
 
 @triton.jit
+def _share(G, SPLITS, split, OUT_SHARE: tl.constexpr):
+    """``split_share``, or with OUT_SHARE the first split's share OUT_SHARE groups shorter (its
+    outlier block counted as those) and the rest spread evenly; a share may be empty."""
+    if OUT_SHARE == 0:
+        return split_share(G, SPLITS, split)
+    per = tl.cdiv(G + OUT_SHARE, SPLITS)
+    g0 = tl.maximum(split * per - OUT_SHARE, 0)
+    end = tl.minimum(tl.maximum((split + 1) * per - OUT_SHARE, 0), G)
+    return g0, tl.maximum(end - g0, 0)
+
+
+@triton.jit
+def _outlier_block(acc, wo_ptr, ao_ptr, wos_ptr, aos_ptr, offs_n, offs_m, mask_n, first_m, N_OUT,
+                   stride_won, stride_aom, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_O: tl.constexpr):
+    """acc += the INT8 outlier channels' product (tokens of ``first_m`` only: zero elsewhere)."""
+    offs_o = tl.arange(0, BLOCK_O)
+    dot_o = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)
+    for o0 in range(0, N_OUT, BLOCK_O):
+        mask_o = (o0 + offs_o) < N_OUT
+        wo = tl.load(wo_ptr + offs_n[:, None] * stride_won + (o0 + offs_o)[None, :],
+                     mask=mask_n[:, None] & mask_o[None, :], other=0)
+        ao = tl.load(ao_ptr + offs_m[:, None] * stride_aom + (o0 + offs_o)[None, :],
+                     mask=first_m[:, None] & mask_o[None, :], other=0)
+        dot_o = tl.dot(wo, tl.trans(ao), dot_o, out_dtype=tl.int32)
+    swo = tl.load(wos_ptr + offs_n, mask=mask_n, other=0.0)
+    sao = tl.load(aos_ptr + offs_m, mask=first_m, other=0.0)  # 0, not 0 * inf, in later splits
+    return acc + dot_o.to(tl.float32) * sao[None, :] * swo[:, None]
+
+
+@triton.jit
 def _group_math(w, sw, a, sa, acc, HALF: tl.constexpr, USE_ASM: tl.constexpr):
     """acc (out^T) += one group: two INT8 dots of the 16 x codes, the INT32 sum to float32, times
     the token scales (/ 256) and the weight rows' scales."""
@@ -141,11 +177,12 @@ def _w4a4_gemm_swap_kernel_jit(
     # group and 194 -> 165 registers, 3 programs a SM instead of 2)
     EVEN_N: tl.constexpr, EVEN_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    OUT_SHARE: tl.constexpr = 0,  # the module's OUT_SHARE: the outlier block in the first split only
 ):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     pid_m = tl.program_id(2)
-    g0, n_g = split_share(G, SPLITS, split)
+    g0, n_g = _share(G, SPLITS, split, OUT_SHARE)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_n = offs_n < N
@@ -165,18 +202,12 @@ def _w4a4_gemm_swap_kernel_jit(
     # the outlier block and the bias belong to the first split only (masked off in the others)
     first_m = mask_m & (offs_m * 0 + split == 0)
     if HAS_OUT:
-        offs_o = tl.arange(0, BLOCK_O)
-        dot_o = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)
-        for o0 in range(0, N_OUT, BLOCK_O):
-            mask_o = (o0 + offs_o) < N_OUT
-            wo = tl.load(wo_ptr + offs_n[:, None] * stride_won + (o0 + offs_o)[None, :],
-                         mask=mask_n[:, None] & mask_o[None, :], other=0)
-            ao = tl.load(ao_ptr + offs_m[:, None] * stride_aom + (o0 + offs_o)[None, :],
-                         mask=first_m[:, None] & mask_o[None, :], other=0)
-            dot_o = tl.dot(wo, tl.trans(ao), dot_o, out_dtype=tl.int32)
-        swo = tl.load(wos_ptr + offs_n, mask=mask_n, other=0.0)
-        sao = tl.load(aos_ptr + offs_m, mask=first_m, other=0.0)  # 0, not 0 * inf, in later splits
-        acc += dot_o.to(tl.float32) * sao[None, :] * swo[:, None]
+        if OUT_SHARE == 0:
+            acc = _outlier_block(acc, wo_ptr, ao_ptr, wos_ptr, aos_ptr, offs_n, offs_m, mask_n, first_m, N_OUT,
+                                 stride_won, stride_aom, BLOCK_N, BLOCK_M, BLOCK_O)
+        elif split == 0:  # the later splits skip it (their shares are longer by OUT_SHARE / (SPLITS - 1))
+            acc = _outlier_block(acc, wo_ptr, ao_ptr, wos_ptr, aos_ptr, offs_n, offs_m, mask_n, first_m, N_OUT,
+                                 stride_won, stride_aom, BLOCK_N, BLOCK_M, BLOCK_O)
     if HAS_BIAS:
         first_n = mask_n & (offs_n * 0 + split == 0)
         acc += tl.load(bias_ptr + offs_n, mask=first_n, other=0.0).to(tl.float32)[:, None]

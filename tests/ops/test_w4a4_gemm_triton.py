@@ -176,6 +176,40 @@ def test_swap_unmasked_loop_same_bits(monkeypatch, m, n):
     _check(m, n, 256, 32, 64, torch.bfloat16, True)
 
 
+@pytest.mark.parametrize("m, n, k, n_out", [(64, 128, 9 * 64, 32), (3, 40, 7 * 64, 16), (5, 48, 4 * 64, 0)])
+def test_swap_outliers_in_the_first_split_only(monkeypatch, m, n, k, n_out):
+    """OUT_SHARE: with split-K the outlier block runs in the first split only, whose share is that
+    many groups shorter (20: down to none). Against the reference at every split count that leaves
+    the even shares non-empty (the weighted ones may come out empty), and against the even shares to float rounding
+    (the splits' partial sums are grouped differently)."""
+    import importlib
+    swap = importlib.import_module("atom_ao.ops.w4a4_gemm_swap")
+    args = _operands(m, n, k, n_out, 64, torch.bfloat16, True)
+    cpu_args = [t.cpu() if t is not None else None for t in args]
+    want = w4a4_gemm_ref(*cpu_args, 64, torch.float32)
+    from atom_ao.ops.gemm_tiles import splits_fit
+    for splits in [s for s in (1, 2, 3, 4, 5) if splits_fit(args[1].shape[1], s)]:
+        even = w4a4_gemm_triton(*args, 64, torch.bfloat16, path="swap", splits=splits).float().cpu()
+        for share in (3, 20):
+            monkeypatch.setattr(swap, "OUT_SHARE", share)
+            got = w4a4_gemm_triton(*args, 64, torch.bfloat16, path="swap", splits=splits).float().cpu()
+            monkeypatch.setattr(swap, "OUT_SHARE", 0)
+            torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2 * want.abs().max().item())
+            torch.testing.assert_close(got, even, rtol=0, atol=2 ** -7 * even.abs().max().item())
+
+
+def test_swap_share_covers_the_groups_once():
+    # _share's host-side twin: every group in exactly one share, the first OUT_SHARE shorter
+    def shares(g, splits, w):
+        per = -(-(g + w) // splits)
+        return [(max(s * per - w, 0), min(max((s + 1) * per - w, 0), g)) for s in range(splits)]
+
+    for g, splits, w in ((32, 4, 2), (86, 8, 2), (7, 2, 3), (4, 2, 20), (31, 16, 2)):
+        covered = [i for lo, hi in shares(g, splits, w) for i in range(lo, hi)]
+        assert covered == list(range(g))
+    assert shares(32, 4, 2) == [(0, 7), (7, 16), (16, 25), (25, 32)]
+
+
 @pytest.mark.parametrize("m, n, k", [(64, 128, 5 * 64), (3, 40, 7 * 64)])
 def test_swap_scale_layouts_same_bits(m, n, k):
     """The swap kernel with group-major scales ((M, G) and (N, G) with unit row stride): the same
@@ -229,6 +263,26 @@ def test_swap_path_real_shapes_gpu(m, n, k):
     tiles = w4a4_gemm_triton(*args, 128, torch.bfloat16, path="packed", splits=1)
     # the default split-K of each path may differ: float32 partials summed in another order
     torch.testing.assert_close(swap.float(), tiles.float(), rtol=1e-2, atol=1e-2 * tiles.float().abs().max().item())
+    _check(m, n, k, 128, 128, torch.bfloat16, True, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("m", [16, 64])
+@pytest.mark.parametrize("n, k", [(4096, 4096 + 128), (4096, 11008 + 128)])
+def test_swap_out_share_gpu(monkeypatch, m, n, k):
+    """OUT_SHARE (outliers in the first split only) at Llama-2-7B o / down shapes, the rule's split
+    and 8: the reference, and the even shares to float rounding."""
+    import importlib
+    swap = importlib.import_module("atom_ao.ops.w4a4_gemm_swap")
+    args = _operands(m, n, k, 128, 128, torch.bfloat16, True, device="cuda")
+    for splits in (None, 8):
+        even = w4a4_gemm_triton(*args, 128, torch.bfloat16, path="swap", splits=splits).float()
+        monkeypatch.setattr(swap, "OUT_SHARE", 2)
+        got = w4a4_gemm_triton(*args, 128, torch.bfloat16, path="swap", splits=splits).float()
+        monkeypatch.setattr(swap, "OUT_SHARE", 0)
+        torch.testing.assert_close(got, even, rtol=0, atol=2 ** -7 * even.abs().max().item())
+    monkeypatch.setattr(swap, "OUT_SHARE", 2)
     _check(m, n, k, 128, 128, torch.bfloat16, True, device="cuda")
 
 
