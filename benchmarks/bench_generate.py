@@ -215,7 +215,8 @@ def parse_args(argv=None):
     ap.add_argument("--paths", default="bf16,fp8,int8,atom,atom-kv4")
     ap.add_argument("--prompt", type=int, default=1024)
     ap.add_argument("--gen", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=32, help="decode steps timed, at positions spread evenly over the --gen generated tokens")
+    ap.add_argument("--steps", type=int, default=32,
+                    help="decode steps timed, at positions spread evenly over the --gen generated tokens")
     ap.add_argument("--layers", type=int, default=None, help="fewer decoder layers (all layers are alike)")
     ap.add_argument("--budget-gb", type=float, default=80.0)
     ap.add_argument("--no-compile", action="store_true", help="eager blocks (still inside a CUDA graph)")

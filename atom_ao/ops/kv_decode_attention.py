@@ -97,7 +97,8 @@ ONE_WARP_PLANES = True
 # the planes kernel's one-warp form on fp16 dots with each byte's high nibble taken in place (HI16:
 # (x & 0x00F000F0) | 0x6400 is 1024 + 16 c in fp16, so a 16-bit half's four nibbles need one shift
 # instead of three; the queries of those planes times 1/16, their sums / 16 at the end), also for
-# bf16 queries (bf16 values in fp16's range convert exactly). Offline (sm_90a, Triton 3.9): see
+# bf16 queries (bf16 values in fp16's range convert exactly; a query entry past 65504 would not:
+# post-RoPE queries of the models here stay far below). Offline (sm_90a, Triton 3.9): see
 # ``kv_decode_gqa._word_pairs_hi16_asm``. Off until timed on the GPU (session 29 had no device
 # time left): Nsight Compute found the kernel's integer pipe throttling it.
 PLANES_HI16 = False

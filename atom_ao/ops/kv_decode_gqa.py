@@ -213,12 +213,12 @@ def _warp_step(kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len, star
     V's word tile is loaded as (D/8, BLOCK_N), through transposed pointers, rather than loaded as
     K's and transposed in registers: the copy to shared memory then keeps global memory's word
     order and moves 16 bytes an instruction (4 when the shared tile was token-major). Offline,
-    sm_90a: 923 -> 743 instructions a step. H200, session 29 (``bench_attention.py
-    --explore-planes-ab`` then, ``results/h200/session29_attention_planes_ab_s29.log``): Llama-2-7B
-    heads batch 64 / 1056 114.0 -> 92.9 us, batch 1 / 32768 61.7 -> 50.3; Llama-3-8B batch 64 /
-    8192 221.6 -> 186.8, batch 1 / 32768 22.8 -> 19.6. Capping the registers as well (maxnreg 128
-    with one split, 152 with several: 16 / 13 programs a SM instead of 12) was within 2% either way
-    and was dropped."""
+    sm_90a: 923 -> 743 instructions a step. H200, session 29 (an A/B explore since removed,
+    ``results/h200/session29_attention_planes_ab_s29.log``): Llama-2-7B heads batch 64 / 1056
+    114.0 -> 92.9 us, batch 1 / 32768 61.7 -> 50.3; Llama-3-8B batch 64 / 8192 221.6 -> 186.8,
+    batch 1 / 32768 22.8 -> 19.6. Capping the registers as well (maxnreg 128 with one split, 152
+    with several) was within 2% either way and was dropped: the H200's Triton 3.6 builds the
+    kernel in 128 registers anyway (Nsight Compute), where Triton 3.9 offline takes 164-168."""
     jw = tl.arange(0, HALF // 4)
     n0 = i * BLOCK_N
     t = n0 + tl.arange(0, BLOCK_N)
