@@ -264,7 +264,7 @@ def decode_gqa_kernel(
     G: tl.constexpr, BLOCK_G: tl.constexpr, HALF: tl.constexpr, PAGE: tl.constexpr, HAS_START: tl.constexpr,
     ONE_SPLIT: tl.constexpr, DOT: tl.constexpr, MAGIC: tl.constexpr, OFFSET: tl.constexpr,
     BLOCK_N: tl.constexpr, WARP: tl.constexpr, ASM: tl.constexpr,
-    HI16: tl.constexpr = False,  # WARP, fp16 dots: high nibbles in place (``_word_pairs_hi16_asm``)
+    HI16: tl.constexpr,  # WARP, fp16 dots: high nibbles in place (``_word_pairs_hi16_asm``)
 ):
     b = tl.program_id(0)
     hk = tl.program_id(1)

@@ -177,7 +177,7 @@ def _w4a4_gemm_swap_kernel_jit(
     # group and 194 -> 165 registers, 3 programs a SM instead of 2)
     EVEN_N: tl.constexpr, EVEN_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
-    OUT_SHARE: tl.constexpr = 0,  # the module's OUT_SHARE: the outlier block in the first split only
+    OUT_SHARE: tl.constexpr,  # the module's OUT_SHARE: the outlier block in the first split only
 ):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
