@@ -154,6 +154,11 @@ def _group_major(t: torch.Tensor) -> torch.Tensor:
     return t.t().contiguous().t()
 
 
+def _fitting_splits(splits: str, groups: int) -> list[int]:
+    """The split counts of a --splits list that leave every share of ``groups`` some groups."""
+    return [s for s in (int(v) for v in splits.split(",")) if splits_fit(groups, s)]
+
+
 def _fixed_config(cfg: tuple, m: int) -> tuple[dict, str]:
     """A --configs entry -> the swap kernel's fixed meta-parameters and the row's name."""
     bn, bm, st, nw = cfg[:4] if len(cfg) >= 4 else (cfg[0], 16 if m <= 16 else 32, *cfg[1:])
@@ -174,9 +179,8 @@ def _time_config(gemm, swap, fixed, name, where, splits, groups, per_call, add, 
     try:
         if check is not None:
             check()
-        for s in (int(v) for v in splits.split(",")):
-            if splits_fit(groups, s):
-                add(name, s, per_call(splits=s, operands=operands))
+        for s in _fitting_splits(splits, groups):
+            add(name, s, per_call(splits=s, operands=operands))
     except Exception as e:  # noqa: BLE001  (a config that does not fit: say so, go on)
         print(f"  {where} {name}: {type(e).__name__} {str(e)[:200]}")
     finally:
@@ -209,9 +213,8 @@ def _out_share_rows(args, swap, groups, per_call, add, default):
     try:
         for share in (int(v) for v in args.out_share.split(",")):
             swap.OUT_SHARE = share
-            for s in (int(v) for v in args.splits.split(",")):
-                if splits_fit(groups, s):
-                    add(f"OUT_SHARE={share}{' (rule)' if s == default else ''}", s, per_call(splits=s))
+            for s in _fitting_splits(args.splits, groups):
+                add(f"OUT_SHARE={share}{' (rule)' if s == default else ''}", s, per_call(splits=s))
     finally:
         swap.OUT_SHARE = saved
 
@@ -243,9 +246,8 @@ def _gemv_rows(args, gemm, gemv, a, wq, w, dtype, groups, sms, per_call, add, sw
             got = gemm.w4a4_gemm_triton(*a, *wq, None, w.group_size, dtype, path="gemv").float()
             err = (got - swap_out).abs().max().item() / swap_out.abs().max().item()
             assert err < 1e-2, f"gemv {cfg} differs from swap: {err}"
-            for s in (int(v) for v in args.splits.split(",")):
-                if splits_fit(groups, s):
-                    add(f"gemv {cfg}", s, per_call("gemv", splits=s))
+            for s in _fitting_splits(args.splits, groups):
+                add(f"gemv {cfg}", s, per_call("gemv", splits=s))
         except Exception as e:  # noqa: BLE001  (a config that does not compile: say so, go on)
             print(f"  gemv {cfg}: {type(e).__name__} {str(e)[:200]}")
         finally:

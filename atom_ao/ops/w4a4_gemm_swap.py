@@ -202,10 +202,8 @@ def _w4a4_gemm_swap_kernel_jit(
     # the outlier block and the bias belong to the first split only (masked off in the others)
     first_m = mask_m & (offs_m * 0 + split == 0)
     if HAS_OUT:
-        if OUT_SHARE == 0:
-            acc = _outlier_block(acc, wo_ptr, ao_ptr, wos_ptr, aos_ptr, offs_n, offs_m, mask_n, first_m, N_OUT,
-                                 stride_won, stride_aom, BLOCK_N, BLOCK_M, BLOCK_O)
-        elif split == 0:  # the later splits skip it (their shares are longer by OUT_SHARE / (SPLITS - 1))
+        # with OUT_SHARE the later splits skip it (their shares are longer by OUT_SHARE / (SPLITS - 1))
+        if OUT_SHARE == 0 or split == 0:
             acc = _outlier_block(acc, wo_ptr, ao_ptr, wos_ptr, aos_ptr, offs_n, offs_m, mask_n, first_m, N_OUT,
                                  stride_won, stride_aom, BLOCK_N, BLOCK_M, BLOCK_O)
     if HAS_BIAS:
