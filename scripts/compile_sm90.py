@@ -66,7 +66,7 @@ def gemm_kernels():
             ok &= compile_one(f"gemv out={out} even={even}", gemv._w4a4_gemv_kernel, types, consts, w, 1)
     types = dict(common, a_ptr="*u8", ao_ptr="*i8", w_ptr="*u8", wo_ptr="*i8", out_ptr="*fp32")
     for bn, bm, w, st in sorted({c for cs in swap._SWAP_REGIMES.values() for c in cs}):
-        for even, out_share in ((False, 0), (True, 0), (True, 2)):  # OUT_SHARE: outliers in the first split only
+        for even, out_share in ((False, 0), (True, 0), (True, swap.OUT_SHARE or 2)):  # OUT_SHARE: outliers in split 0 only
             consts = dict(HALF=64, BLOCK_O=64, HAS_OUT=True, HAS_BIAS=True, USE_ASM=True, BLOCK_N=bn, BLOCK_M=bm,
                           EVEN_N=even, EVEN_M=even, OUT_SHARE=out_share)
             ok &= compile_one(f"swap gemm {bn}x{bm} even={even} out_share={out_share}", swap._w4a4_gemm_swap_kernel_jit,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, then benchmarks. Usage (on the GPU machine, repo root):
-#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9t|verify-s9u|verify-s9b|verify-s10a|verify-s10b|verify-s10c|verify-s10d|verify-s11a|verify-s12a|explore-s12|verify-s12b|generate-s12|verify-s12c|explore-s12d|final-s12|profile-s12|masked-ab|verify-s13|verify-s13b|verify-s13c|final-s13|kv-tests-s13|verify-s14a|verify-s14b|final-s14|gen-llama3-b64-s14|verify-s14d|verify-s15a|verify-s15b|verify-s15c|profile-s15|final-s15|verify-s16a|verify-s16c|verify-s16d|verify-s16e|final-s16|verify-s17a|verify-s17b|linear-s17a|linear-s17b|final-s17|gemm-tests-s18|gpuload|main-gpu-s18|sweep-s18a|sweep-s18b|cache-tests-s18|explore-ws|hf-decode|hf-decode-s20|unwrap-s20|hf-7b-s20|compile-profile-s21|generate-s21|generate-s22|captured-s22|hf-guards-s22|fused-qkv-s22|fixes-capture-s22|capture-default-s22|capture-ab-s22|guard-skip-ab-s22|maxnreg-s23|capture-ab-s23|hook-s23|hook-only-s23|codes-s23|hook-ab-s23|splits-gen-s23|profile-hf-s23|rotate-cost-s24|profile-hf-s24|rotate-fused-s24|rotate-s25|fuse-ab-s25|fused-s25|fused-b64-s25|rotate-rest-s25|fused-hf-s26|rotate-s26|combine-s26|hf-fused-s26b|m64-s27|m64-gen-s27|scales-s27|gmajor-tests-s27|gmajor-rest-s27|gmajor-compiled-s27|scales-s28|mha-batch-s28|stages-s29|hi16-s30|hi16-gen-s30|out-share-s30|both-ab-s30|ncu-planes-s29|gen256-s29|fill-s29|gmajor-gen-s27|verify-s9c|large-m]...
+#   bash scripts/gpu_check.sh [tests|tests-some|quick|linear|attention|generate-smoke|generate|layer|kv-rope|kv-tests|attn-explore|attn-quick|verify-s7|verify-s8|verify-s9a|verify-s9t|verify-s9u|verify-s9b|verify-s10a|verify-s10b|verify-s10c|verify-s10d|verify-s11a|verify-s12a|explore-s12|verify-s12b|generate-s12|verify-s12c|explore-s12d|final-s12|profile-s12|masked-ab|verify-s13|verify-s13b|verify-s13c|final-s13|kv-tests-s13|verify-s14a|verify-s14b|final-s14|gen-llama3-b64-s14|verify-s14d|verify-s15a|verify-s15b|verify-s15c|profile-s15|final-s15|verify-s16a|verify-s16c|verify-s16d|verify-s16e|final-s16|verify-s17a|verify-s17b|linear-s17a|linear-s17b|final-s17|gemm-tests-s18|gpuload|main-gpu-s18|sweep-s18a|sweep-s18b|cache-tests-s18|explore-ws|hf-decode|hf-decode-s20|unwrap-s20|hf-7b-s20|compile-profile-s21|generate-s21|generate-s22|captured-s22|hf-guards-s22|fused-qkv-s22|fixes-capture-s22|capture-default-s22|capture-ab-s22|guard-skip-ab-s22|maxnreg-s23|capture-ab-s23|hook-s23|hook-only-s23|codes-s23|hook-ab-s23|splits-gen-s23|profile-hf-s23|rotate-cost-s24|profile-hf-s24|rotate-fused-s24|rotate-s25|fuse-ab-s25|fused-s25|fused-b64-s25|rotate-rest-s25|fused-hf-s26|rotate-s26|combine-s26|hf-fused-s26b|m64-s27|m64-gen-s27|scales-s27|gmajor-tests-s27|gmajor-rest-s27|gmajor-compiled-s27|scales-s28|mha-batch-s28|stages-s29|hi16-s30|hi16-gen-s30|out-share-s30|both-ab-s30|swap-model-s30|ncu-planes-s29|gen256-s29|fill-s29|gmajor-gen-s27|verify-s9c|large-m]...
 # Each step's log goes to $OUT/<step>.log (so a step cut short still leaves its output) and
 # PYTEST_ARGS (paths) and PYTEST_K (-k expression) pick the tests of tests-some; result files to $OUT (or benchmarks/results/ when OUT is unset). STEP_TIMEOUT caps each step.
 set -uo pipefail
@@ -615,6 +615,16 @@ for what in "${@:-tests}"; do
                        --splits 1,2,4,8 --no-split-sum --out-share 0,2,3 \
                        --shapes "llama2-7b qkv,llama2-7b o,llama2-7b gate/up,llama2-7b down" ;;
     both-ab-s30) bash "$0" hi16-s30 out-share-s30 ;;  # one device call: both A/Bs with their GPU tests
+    swap-model-s30) export TORCHINDUCTOR_FORCE_DISABLE_CACHES=1  # each form compiles and autotunes afresh
+                    for form in auto:0 auto:3 64x64x3x4:0 64x64x3x4:3 64x32x3x4:0 128x64x3x8:0; do
+                      cfg=${form%%:*}; share=${form##*:}
+                      T=150 TAIL=0 step "swap_model_${cfg}_share${share}_s30" python3 benchmarks/explore_swap_in_model.py \
+                          --out-share "$share" $([ "$cfg" != auto ] && echo --swap-config "$cfg") -- \
+                          --batches 64 --paths atom-kv4 --gen 32 --steps 16 --profile
+                      grep -E "swap GEMM in the model|'tpot_ms'|kernels per step|_w4a4_gemm_swap" \
+                          "$ATOM_AO_RESULTS/swap_model_${cfg}_share${share}_s30.log" | cut -c1-160
+                    done
+                    unset TORCHINDUCTOR_FORCE_DISABLE_CACHES ;;
     fill-s29) T=150 TAIL=30 step attention_fill_s29 python3 benchmarks/bench_attention.py --explore-fill ;;
     scales-s28) T=420 TAIL=60 step explore_scales_s28 python3 benchmarks/explore_decode_gemm.py --ms 16,64 --splits 1,2,4,8 \
                     --no-split-sum --scales-ab --configs "64x64x3x4,64x16x3x4" \

@@ -99,9 +99,11 @@ ONE_WARP_PLANES = True
 # instead of three; the queries of those planes times 1/16, their sums / 16 at the end), also for
 # bf16 queries (bf16 values in fp16's range convert exactly; a query entry past 65504 would not:
 # post-RoPE queries of the models here stay far below). Offline (sm_90a, Triton 3.9): see
-# ``kv_decode_gqa._word_pairs_hi16_asm``. Off until timed on the GPU (session 29 had no device
-# time left): Nsight Compute found the kernel's integer pipe throttling it.
-PLANES_HI16 = False
+# ``kv_decode_gqa._word_pairs_hi16_asm``. Nsight Compute had found the integer pipe throttling the
+# kernel; H200, session 30 (``bench_attention.py --flag-ab ...:PLANES_HI16``): Llama-2-7B heads
+# batch 64 / 1056 88.1 -> 78.8 us, batch 1 / 32768 50.1 -> 45.6; Llama-3-8B batch 64 / 8192
+# 186.2 -> 170.6, batch 1 / 32768 19.6 -> 18.2.
+PLANES_HI16 = True
 # its split rule (``one_warp_splits``): programs a SM (it fits 12), shortest split, and the least
 # part of a wave worth it. H200, Llama-3-8B heads (``--explore-planes``, ``--explore-planes-small``):
 # 8 a SM gave 2 splits at batch 64, context 1024 (34.7 us) where 12 gave 3 (39.2) and 16 two waves

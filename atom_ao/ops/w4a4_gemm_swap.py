@@ -51,18 +51,26 @@ SWAP_MAX_M = 64  # the largest token tile offered below
 # Up to 16 tokens one config: with the weights read from HBM, as in a model (explore_decode_gemm,
 # H200, session 12), 64-row tiles at the split ``swap_split_k`` gives them were the fastest on
 # all four Llama-2-7B linears at M = 1 and 16 (the autotuner, timing one L2-resident weight, took 128).
+# 33-64 tokens one config too: in gpt.py's compiled Llama-2-7B step at batch 64 (H200, session 30,
+# ``explore_swap_in_model.py``, each form compiled afresh) the swap GEMM took 2504 us a step on
+# 64x64 alone, 2535 autotuned over the three configs once offered, 2802 on 128x64 / 8 warps and
+# 3262 on 64x32; other autotuned runs had taken 2637 and 2735 (their picks, cached by Inductor,
+# differed from run to run).
 _SWAP_REGIMES = {
     16: [(64, 16, 4, 3)],
     32: [(128, 32, 4, 3), (64, 32, 4, 3)],
-    64: [(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3)],
+    64: [(64, 64, 4, 3)],
 }
 LONG_SHARE = 8  # groups a split keeps after the extra doubling past 32 tokens (swap_split_k)
 # With split-K, the outlier block only in the first split, which counts it as this many groups of
 # its share (0: every split runs the block, the later ones on zeroed tokens, and the shares are
-# even). The block reads a row's N_OUT = 128 INT8 weights, the bytes of two packed groups, so
-# 2 balances the loads; on Llama-2-7B at M = 64 o (4 splits) and down (8) a share is 8-11 groups.
-# Off until timed on the GPU (session 29: offline only).
-OUT_SHARE = 0
+# even). The block reads a row's N_OUT = 128 INT8 weights, the bytes of two packed groups; on
+# Llama-2-7B at M = 64 o (4 splits) and down (8) a share is 8-11 groups. H200, session 30:
+# explore_decode_gemm --out-share 0,2,3 at the rule's splits, M = 64: o 9.72 / 9.43 / 9.06 us,
+# down 17.8 / 16.5 / 16.4, qkv 19.0 / 18.6 (0 / 2), gate/up (1 split) unchanged; M = 16 o 6.91 /
+# 6.27 / 6.11, down 12.3 / 11.5 / 11.6. In gpt.py's compiled step at batch 64 (64x64 tiles) the
+# swap GEMM went 2504 -> 2411 us a step (0 -> 3; results/h200/session30_swap_model_*).
+OUT_SHARE = 3
 TYPICAL_BLOCK_N = 128  # for the split-K choice, made before the autotuner picks a config
 # the largest tile offered (powers of two, so a multiple of every other): N and M multiples of these
 # leave every tile full, and the kernel's main loop skips its masks (EVEN_N / EVEN_M)

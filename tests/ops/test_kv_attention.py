@@ -385,10 +385,10 @@ def test_decode_planes_hi16(monkeypatch, heads, kv_heads, splits):
     seq_lens = torch.tensor(lens, dtype=torch.int32)
     kv_start = torch.tensor([0, 5, 50, 3], dtype=torch.int32)
     for start in (None, kv_start):
+        monkeypatch.setattr(dec, "PLANES_HI16", False)
         base = kv_decode_attention_triton(q, *caches, table, seq_lens, start, 128 ** -0.5, 0)
         monkeypatch.setattr(dec, "PLANES_HI16", True)
         got = kv_decode_attention_triton(q, *caches, table, seq_lens, start, 128 ** -0.5, 0)
-        monkeypatch.setattr(dec, "PLANES_HI16", False)
         _close(got, decode_attention_ref(q, *caches, table, seq_lens, start, 128 ** -0.5), torch.float16)
         torch.testing.assert_close(got, base, rtol=0, atol=2 ** -10 * base.abs().max().item())
 

@@ -189,11 +189,11 @@ def test_swap_outliers_in_the_first_split_only(monkeypatch, m, n, k, n_out):
     want = w4a4_gemm_ref(*cpu_args, 64, torch.float32)
     from atom_ao.ops.gemm_tiles import splits_fit
     for splits in [s for s in (1, 2, 3, 4, 5) if splits_fit(args[1].shape[1], s)]:
+        monkeypatch.setattr(swap, "OUT_SHARE", 0)
         even = w4a4_gemm_triton(*args, 64, torch.bfloat16, path="swap", splits=splits).float().cpu()
         for share in (3, 20):
             monkeypatch.setattr(swap, "OUT_SHARE", share)
             got = w4a4_gemm_triton(*args, 64, torch.bfloat16, path="swap", splits=splits).float().cpu()
-            monkeypatch.setattr(swap, "OUT_SHARE", 0)
             torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2 * want.abs().max().item())
             torch.testing.assert_close(got, even, rtol=0, atol=2 ** -7 * even.abs().max().item())
 
@@ -272,18 +272,19 @@ def test_swap_path_real_shapes_gpu(m, n, k):
 @pytest.mark.parametrize("n, k", [(4096, 4096 + 128), (4096, 11008 + 128)])
 def test_swap_out_share_gpu(monkeypatch, m, n, k):
     """OUT_SHARE (outliers in the first split only) at Llama-2-7B o / down shapes, the rule's split
-    and 8: the reference, and the even shares to float rounding."""
+    and 8: the reference (the module's default), and the even shares to float rounding."""
     import importlib
     swap = importlib.import_module("atom_ao.ops.w4a4_gemm_swap")
+    _check(m, n, k, 128, 128, torch.bfloat16, True, device="cuda")
+    default = swap.OUT_SHARE
     args = _operands(m, n, k, 128, 128, torch.bfloat16, True, device="cuda")
     for splits in (None, 8):
-        even = w4a4_gemm_triton(*args, 128, torch.bfloat16, path="swap", splits=splits).float()
-        monkeypatch.setattr(swap, "OUT_SHARE", 2)
-        got = w4a4_gemm_triton(*args, 128, torch.bfloat16, path="swap", splits=splits).float()
         monkeypatch.setattr(swap, "OUT_SHARE", 0)
-        torch.testing.assert_close(got, even, rtol=0, atol=2 ** -7 * even.abs().max().item())
-    monkeypatch.setattr(swap, "OUT_SHARE", 2)
-    _check(m, n, k, 128, 128, torch.bfloat16, True, device="cuda")
+        even = w4a4_gemm_triton(*args, 128, torch.bfloat16, path="swap", splits=splits).float()
+        for share in sorted({2, 3, default} - {0}):
+            monkeypatch.setattr(swap, "OUT_SHARE", share)
+            got = w4a4_gemm_triton(*args, 128, torch.bfloat16, path="swap", splits=splits).float()
+            torch.testing.assert_close(got, even, rtol=0, atol=2 ** -7 * even.abs().max().item())
 
 
 def test_swap_split_k_rule():
