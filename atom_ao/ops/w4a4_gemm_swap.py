@@ -54,8 +54,8 @@ SWAP_MAX_M = 64  # the largest token tile offered below
 # 33-64 tokens one config too: in gpt.py's compiled Llama-2-7B step at batch 64 (H200, session 30,
 # ``explore_swap_in_model.py``, each form compiled afresh) the swap GEMM took 2504 us a step on
 # 64x64 alone, 2535 autotuned over the three configs once offered, 2802 on 128x64 / 8 warps and
-# 3262 on 64x32; other autotuned runs took 2637 and 2735 (the pick, timed on one L2-resident
-# weight and cached on disk by Inductor, differs from run to run).
+# 3262 on 64x32; other autotuned runs took 2637 and 2735 (the pick, timed on one weight at
+# compile time and cached on disk by Inductor, differs from run to run).
 _SWAP_REGIMES = {
     16: [(64, 16, 4, 3)],
     32: [(128, 32, 4, 3), (64, 32, 4, 3)],
