@@ -18,9 +18,6 @@ import runpy
 import sys
 from pathlib import Path
 
-# a graph or autotuning result cached by an earlier form (another OUT_SHARE, another config) must
-# not serve this one: a module constant read at trace time is not part of every cache key
-os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -51,6 +48,12 @@ def main():
     ap.add_argument("--out-share", type=int, default=None, help="w4a4_gemm_swap.OUT_SHARE (default: the module's)")
     ap.add_argument("--swap-config", default=None, help="BLOCK_N x BLOCK_M x stages x warps for every regime")
     args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    # an autotuning pick or graph cached by an earlier form (another OUT_SHARE, another config) must
+    # not serve this one: set before torch is imported, and on Inductor's config after
+    os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
+    import torch._inductor.config as inductor_config
+
+    inductor_config.force_disable_caches = os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] == "1"
     from atom_ao.ops import w4a4_gemm_swap as swap
 
     if args.out_share is not None:

@@ -25,8 +25,13 @@ def test_pin_swap_config_bad(spec):
 
 
 def test_forwards_to_bench_generate(monkeypatch):
+    import torch._inductor.config as inductor_config
+
     swap = importlib.import_module("atom_ao.ops.w4a4_gemm_swap")
     monkeypatch.setattr(swap, "OUT_SHARE", swap.OUT_SHARE)
+    # main turns Inductor's caches off for its own process: not for the rest of this one
+    monkeypatch.setenv("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
+    monkeypatch.setattr(inductor_config, "force_disable_caches", inductor_config.force_disable_caches)
     seen = {}
     monkeypatch.setattr(explore_swap_in_model.runpy, "run_path",
                         lambda path, run_name: seen.update(path=path, argv=list(explore_swap_in_model.sys.argv),
@@ -35,4 +40,4 @@ def test_forwards_to_bench_generate(monkeypatch):
                         ["explore_swap_in_model.py", "--out-share", "5", "--", "--batches", "64"])
     explore_swap_in_model.main()
     assert seen["path"].endswith("bench_generate.py") and seen["argv"][1:] == ["--batches", "64"]
-    assert seen["share"] == 5
+    assert seen["share"] == 5 and inductor_config.force_disable_caches
