@@ -145,3 +145,21 @@ def test_fused_gate_up_quantized_with_atom_keeps_the_silu_mul_quantizer():
     torch.testing.assert_close(got, ref, rtol=0, atol=0)
     torch._dynamo.reset()
     Llama._COMPILED = None
+
+
+@torch.no_grad()
+def test_decode_lengths_made_once_a_step(monkeypatch):
+    # the INT4 decode's (b,) sequence lengths come from the model's forward, once a step: made inside
+    # the shared compiled block they cost a small kernel in every layer
+    import gpt
+
+    calls = []
+    real = gpt.decode_seq_lens
+    monkeypatch.setattr(gpt, "decode_seq_lens", lambda pos, b: calls.append(b) or real(pos, b))
+    torch.manual_seed(0)
+    model = Llama(SHAPE).eval()
+    _decode(model, 3, 8, 4, int4=True)
+    assert calls == [3] * 4  # 4 decode steps, 2 layers; the prompt needs none
+    calls.clear()
+    _decode(model, 3, 8, 2, int4=False)  # the bf16 cache takes none
+    assert calls == []
