@@ -95,12 +95,20 @@ class Int4KVCache(nn.Module):
 
         self.register_buffer("signs", hadamard_signs(head_dim, dtype, device) if hadamard else None, persistent=False)
 
-    def attend(self, q, k, v, pos, mask, k_pre=None, seq_lens=None):
-        """``k``: the keys after RoPE; ``k_pre``: before it (what a before-RoPE cache stores);
-        ``seq_lens``: (b,) int32 filled lengths for a decode step (``decode_seq_lens``), made once a
-        step by the caller (else here, a small kernel in every layer)."""
-        b, hkv, t, d = k.shape
+    def step_inputs(self, pos: torch.Tensor, batch: int):
+        """(slots, seq_lens) of a step at positions pos: the cache rows the new K/V go to (b * t,) and,
+        for a decode step (t = 1), each sequence's filled length (b,) int32 (else None). Every layer's
+        cache has the same layout, so the model makes them once a step (``Llama.forward``): made
+        inside the shared block they cost small kernels in every layer."""
         slots = (self.seq_base[:, None] + pos[None, :]).reshape(-1)
+        seq_lens = (pos[-1:] + 1).to(torch.int32).expand(batch).contiguous() if pos.shape[0] == 1 else None
+        return slots, seq_lens
+
+    def attend(self, q, k, v, pos, mask, k_pre=None, step=None):
+        """``k``: the keys after RoPE; ``k_pre``: before it (what a before-RoPE cache stores);
+        ``step``: ``step_inputs(pos, b)``, made here when not given."""
+        b, hkv, t, d = k.shape
+        slots, seq_lens = step if step is not None else self.step_inputs(pos, b)
         rows = lambda x: x.transpose(1, 2).reshape(b * t, hkv, d)  # noqa: E731
         stored = k if self.rope is None else k_pre
         rotate = self.signs is not None
@@ -111,17 +119,10 @@ class Int4KVCache(nn.Module):
             return torch.ops.atom_ao.prefill_attention(q, k, v, None, scale)
         if rotate and self.rope is None:
             q, scale = q @ self.signs, scale * d ** -0.5
-        if seq_lens is None:
-            seq_lens = decode_seq_lens(pos, b)
         out = torch.ops.atom_ao.kv_decode_attention(q[:, :, 0], self.k_cache, self.v_cache, self.k_meta, self.v_meta,
                                                     self.block_table, seq_lens, None, scale, self.max_len,
                                                     self.rope, self.k_bias, v_rotated=rotate)
         return out[:, :, None]
-
-
-def decode_seq_lens(pos: torch.Tensor, batch: int) -> torch.Tensor:
-    """(batch,) int32: every sequence filled up to the decode position pos (t = 1) inclusive."""
-    return (pos[-1:] + 1).to(torch.int32).expand(batch).contiguous()
 
 
 def inv_freq(rope_base: float, head_dim: int, device=None) -> torch.Tensor:
@@ -165,7 +166,7 @@ class Block(nn.Module):
         self.ffn_norm = nn.RMSNorm(s.dim, eps=1e-5)
         self.cache = None
 
-    def attention(self, x, pos, cos, sin, mask, seq_lens=None):
+    def attention(self, x, pos, cos, sin, mask, step=None):
         b, t, _ = x.shape
         hd, s = self.s.head_dim, self.s
         if s.fused_qkv:
@@ -177,7 +178,7 @@ class Block(nn.Module):
         v = v.view(b, t, s.n_kv_heads, hd).transpose(1, 2)
         q, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if hasattr(self.cache, "attend"):
-            return self.cache.attend(q, k_rot, v, pos, mask, k_pre=k, seq_lens=seq_lens)
+            return self.cache.attend(q, k_rot, v, pos, mask, k_pre=k, step=step)
         return self._sdpa(q, k_rot, v, pos, mask)
 
     def _sdpa(self, q, k, v, pos, mask):
@@ -185,9 +186,9 @@ class Block(nn.Module):
         y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, enable_gqa=True)
         return y
 
-    def forward(self, x, pos, cos, sin, mask, seq_lens=None):
+    def forward(self, x, pos, cos, sin, mask, step=None):
         b, t, _ = x.shape
-        y = self.attention(self.attn_norm(x), pos, cos, sin, mask, seq_lens)
+        y = self.attention(self.attn_norm(x), pos, cos, sin, mask, step)
         x = x + self.wo(y.transpose(1, 2).reshape(b, t, -1))
         h = self.ffn_norm(x)
         if self.s.fused_gate_up:  # two column slices of one output: the silu * up quantizer reads them strided
@@ -209,8 +210,8 @@ class Llama(nn.Module):
         self.compile_blocks = False  # torch.compile one Block forward, shared by every layer
 
     @staticmethod
-    def _block_forward(layer, x, pos, cos, sin, mask, seq_lens=None):
-        return layer(x, pos, cos, sin, mask, seq_lens)
+    def _block_forward(layer, x, pos, cos, sin, mask, step=None):
+        return layer(x, pos, cos, sin, mask, step)
 
     def setup_caches(self, batch: int, max_len: int, make_cache=None):
         """Allocate one cache per layer; ``make_cache(layer)`` builds another kind (INT4)."""
@@ -237,13 +238,12 @@ class Llama(nn.Module):
         x = self.embed(ids)
         cos, sin = self.cos[pos], self.sin[pos]
         mask = self.causal[pos][None, None]  # (1, 1, t, max_len): static shape for decode
-        # the INT4 caches' decode lengths, once a step: made inside the shared block they cost a
-        # small kernel in every layer (the batch-64 H200 profile of session 30 has a 62 us a step
-        # ``..._to_copy_add_clone_expand_select_slice`` kernel, likely this; not yet re-timed)
-        seq_lens = None
-        if ids.shape[1] == 1 and hasattr(self.layers[0].cache, "attend"):
-            seq_lens = decode_seq_lens(pos, ids.shape[0])
+        # the INT4 caches' write slots and decode lengths, once a step (the batch-64 H200 profile of
+        # session 30 has a 62 us a step ``..._to_copy_add_clone_expand_select_slice`` kernel: likely
+        # these, made in every layer; not yet re-timed)
+        cache = self.layers[0].cache
+        step = cache.step_inputs(pos, ids.shape[0]) if hasattr(cache, "step_inputs") else None
         block = self._compiled_block() if self.compile_blocks else self._block_forward
         for layer in self.layers:
-            x = block(layer, x, pos, cos, sin, mask, seq_lens)
+            x = block(layer, x, pos, cos, sin, mask, step)
         return self.lm_head(self.norm(x[:, -1]))

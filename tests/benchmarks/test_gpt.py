@@ -148,18 +148,18 @@ def test_fused_gate_up_quantized_with_atom_keeps_the_silu_mul_quantizer():
 
 
 @torch.no_grad()
-def test_decode_lengths_made_once_a_step(monkeypatch):
-    # the INT4 decode's (b,) sequence lengths come from the model's forward, once a step: made inside
-    # the shared compiled block they cost a small kernel in every layer
-    import gpt
-
+def test_cache_step_inputs_made_once_a_step(monkeypatch):
+    # the INT4 cache's write slots and decode lengths come from the model's forward, once a step:
+    # made inside the shared compiled block they cost small kernels in every layer
     calls = []
-    real = gpt.decode_seq_lens
-    monkeypatch.setattr(gpt, "decode_seq_lens", lambda pos, b: calls.append(b) or real(pos, b))
+    real = Int4KVCache.step_inputs
+    monkeypatch.setattr(Int4KVCache, "step_inputs", lambda self, pos, b: calls.append(pos.shape[0]) or real(self, pos, b))
     torch.manual_seed(0)
     model = Llama(SHAPE).eval()
     _decode(model, 3, 8, 4, int4=True)
-    assert calls == [3] * 4  # 4 decode steps, 2 layers; the prompt needs none
-    calls.clear()
-    _decode(model, 3, 8, 2, int4=False)  # the bf16 cache takes none
-    assert calls == []
+    assert calls == [8, 1, 1, 1, 1]  # the prompt, then 4 decode steps; 2 layers each
+    cache = model.layers[0].cache
+    slots, seq_lens = real(cache, torch.tensor([9]), 3)
+    assert slots.tolist() == [9, 9 + cache.pages_per_seq * cache.PAGE, 9 + 2 * cache.pages_per_seq * cache.PAGE]
+    assert seq_lens.dtype == torch.int32 and seq_lens.tolist() == [10, 10, 10]
+    assert real(cache, torch.arange(4), 3)[1] is None  # a prompt has no decode lengths
