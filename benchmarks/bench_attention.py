@@ -37,8 +37,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (bench_us, gpu_name, markdown_table, measured_copy_bytes_per_s, set_module_flag,  # noqa: E402
-                    write_results)
+from common import (bench_us, gpu_name, kernel_us, markdown_table, measured_copy_bytes_per_s,  # noqa: E402
+                    set_module_flag, write_results)
 
 MODELS = {"llama2-7b": (32, 32, 128), "llama3-8b": (32, 8, 128)}  # heads, kv_heads, head_dim
 BATCHES = [1, 16, 64, 256]
@@ -442,6 +442,33 @@ def explore_flag_ab(models, spec: str):
             setattr(mod, n, v)
 
 
+def breakdown(models):
+    """``--breakdown``: the small-batch cases still short of 3x SDPA (session 29) by kernel: the
+    split kernel and the reduce, each in GPU us per call (profiler, plain launches), beside the
+    CUDA-graph time of the whole call (its difference: what launching two kernels costs)."""
+    cases = (("llama2-7b", 1, 8192), ("llama2-7b", 1, 32768), ("llama3-8b", 1, 8192), ("llama3-8b", 1, 32768),
+             ("llama3-8b", 16, 8192))
+    for model, b, ctx in _cases(models, cases):
+        h, hkv, d = MODELS[model]
+        g = torch.Generator(device="cuda").manual_seed(b * 100003 + ctx)
+        q = torch.randn(b, h, d, device="cuda", dtype=torch.bfloat16, generator=g)
+        copies = max(1, min(128, int(-(-2 * L2_BYTES // int4_bytes(b, ctx, hkv, d)))))
+        caches = [make_int4(b, ctx, hkv, d, g) for _ in range(copies)]
+
+        def fn():
+            for c in caches:
+                torch.ops.atom_ao.kv_decode_attention(q, *c[:6], None, d ** -0.5, ctx)
+
+        graph_us = bench_us(fn) / copies
+        kernels = {k: us / copies for k, us in kernel_us(fn).items()}
+        print(f"{model} B={b} ctx={ctx}: {graph_us:.2f} us a call in a CUDA graph, "
+              f"{sum(kernels.values()):.2f} us of kernels", flush=True)
+        for name, us in kernels.items():
+            print(f"  {us:8.2f} us  {name[:90]}")
+        caches = None
+        torch.cuda.empty_cache()
+
+
 def explore_fill(models):
     """The planes kernel's split rule (8 one-warp programs a SM planned, ``ONE_WARP_PLANES_RESIDENT``)
     against forced splits filling 12 and 16 a SM (Triton 3.6 builds it in 128 registers, so 16
@@ -510,6 +537,8 @@ def main():
     ap.add_argument("--flag-ab", default=None, metavar="MODULE:NAME[+NAME...]",
                     help="boolean module flags (e.g. atom_ao.ops.kv_decode_attention:PLANES_HI16): the INT4 "
                          "decode with them all False, then all True, on a few cases, then exit")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="the batch-1 / 16 cases short of 3x by kernel (split kernel, reduce), then exit")
     ap.add_argument("--rope", action="store_true", help="also time keys cached before RoPE (int4-rope)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -522,6 +551,7 @@ def main():
         "explore_planes_small": functools.partial(explore_planes, small_only=True), "explore_planes": explore_planes,
         "explore_mha_planes": explore_mha_planes, "explore_splits": explore_splits,
         "explore_mha_batch": explore_mha_batch, "explore_fill": explore_fill, "explore_stages": explore_stages,
+        "breakdown": breakdown,
     }
     if args.flag_ab:
         explore_flag_ab(args.models.split(","), args.flag_ab)

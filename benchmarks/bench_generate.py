@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import gpu_name, markdown_table, set_module_flag, write_results  # noqa: E402
+from common import gpu_name, markdown_table, per_call_us, set_module_flag, write_results  # noqa: E402
 from gpt import SHAPES, Llama  # noqa: E402
 
 
@@ -135,12 +135,7 @@ def profile_step(graph, reps: int = 5) -> dict:
         for _ in range(reps):
             graph.replay()
         torch.cuda.synchronize()
-    per_kernel = {}
-    for e in prof.key_averages():
-        us = getattr(e, "device_time_total", None)
-        us = e.cuda_time_total if us is None else us
-        if us > 0:
-            per_kernel[e.key] = per_kernel.get(e.key, 0.0) + us / reps
+    per_kernel = per_call_us(prof.key_averages(), reps)
     by_kind = {}
     for k, us in per_kernel.items():
         by_kind[_kind(k)] = by_kind.get(_kind(k), 0.0) + us

@@ -84,3 +84,29 @@ def set_module_flag(module: str, name: str, value: bool):
     if not isinstance(getattr(mod, name, None), bool):
         raise SystemExit(f"--flag-ab: {module}:{name} is not a boolean module flag")
     setattr(mod, name, value)
+
+
+def kernel_us(fn, reps: int = 20) -> dict[str, float]:
+    """GPU microseconds per call of ``fn`` by kernel name (a profiler trace of ``reps`` plain calls,
+    after one untimed): where a case's time goes, beside its CUDA-graph timing."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    return per_call_us(prof.key_averages(), reps)
+
+
+def per_call_us(events, calls: int) -> dict[str, float]:
+    """Profiler key averages -> {kernel name: device us per call}, largest first (events with no
+    device time, the CPU-side ones, left out)."""
+    out = {}
+    for e in events:
+        us = getattr(e, "device_time_total", None)
+        us = e.cuda_time_total if us is None else us
+        if us > 0:
+            out[e.key] = out.get(e.key, 0.0) + us / calls
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))

@@ -634,7 +634,8 @@ for what in "${@:-tests}"; do
                         done ;;
     verify-s31) T=560 step gpu_tests_s31 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                     tests/ops/test_w4a4_gemm_triton.py tests/ops/test_kv_attention.py tests/test_compile.py ;;
-    table-s31) T=300 TAIL=45 step attention_table_s31 python3 benchmarks/bench_attention.py ;;
+    table-s31) T=300 TAIL=45 step attention_table_s31 python3 benchmarks/bench_attention.py
+               T=150 TAIL=40 step attention_breakdown_s31 python3 benchmarks/bench_attention.py --breakdown ;;
     gen256-s31) T=580 TAIL=70 step generate_gen256_s31 python3 benchmarks/bench_generate.py --batches 1,64 \
                     --paths bf16,fp8,atom-kv4 --gen 256 --steps 32 --profile ;;
     fill-s29) T=150 TAIL=30 step attention_fill_s29 python3 benchmarks/bench_attention.py --explore-fill ;;
