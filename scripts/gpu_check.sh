@@ -631,10 +631,11 @@ for what in "${@:-tests}"; do
                     --paths bf16,fp8,atom-kv4 --gen 256 --steps 16 ;;
     sweep-s31b) T=580 TAIL=20 step generate_sweep_b128_b256_s31 python3 benchmarks/bench_generate.py --batches 128,256 \
                     --paths bf16,fp8,atom-kv4 --gen 256 --steps 16 ;;
+    # (c, d: no bf16 rows, so no ratios in their files: absolute ms a token for the plot and table)
     sweep-s31c) T=580 TAIL=20 step generate_sweep_int8_s31 python3 benchmarks/bench_generate.py --batches 32,64,128,256 \
-                    --paths bf16,int8 --gen 256 --steps 16 ;;
-    sweep-s31d) T=580 TAIL=20 step generate_sweep_atom_bf16kv_s31 python3 benchmarks/bench_generate.py --batches 1,8,64,256 \
-                    --paths bf16,atom --gen 256 --steps 16 ;;
+                    --paths int8 --gen 256 --steps 16 ;;
+    sweep-s31d) T=580 TAIL=20 step generate_sweep_atom_bf16kv_s31 python3 benchmarks/bench_generate.py \
+                    --batches 1,8,32,64,128 --paths atom --gen 256 --steps 16 ;;
     swap-model-m32-s31) for cfg in auto 128x32x3x4 64x32x3x4; do  # the 17-32-token regime, still autotuned
                           T=150 TAIL=0 step "swap_model_m32_${cfg}_s31" python3 benchmarks/explore_swap_in_model.py \
                               $([ "$cfg" != auto ] && echo --swap-config "$cfg") -- \
