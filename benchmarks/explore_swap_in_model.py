@@ -36,8 +36,7 @@ def pin_swap_config(spec: str) -> str:
         raise SystemExit(f"--swap-config: BLOCK_M <= {swap.SWAP_MAX_M} and every field >= 1; got {spec!r}")
     config = triton.Config({"BLOCK_N": bn, "BLOCK_M": bm}, num_warps=nw, num_stages=st)
     for regime in swap.SWAP_KERNELS:
-        swap.SWAP_KERNELS[regime] = triton.autotune(configs=[config], key=["M_BUCKET", "N", "G", "N_OUT", "SPLITS"])(
-            swap._w4a4_gemm_swap_kernel_jit)
+        swap.SWAP_KERNELS[regime] = swap.swap_autotuner([config])
     return f"{bn}x{bm} st{st} w{nw}"
 
 

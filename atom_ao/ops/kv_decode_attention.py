@@ -97,8 +97,9 @@ ONE_WARP_PLANES = True
 # the planes kernel's one-warp form on fp16 dots with each byte's high nibble taken in place (HI16:
 # (x & 0x00F000F0) | 0x6400 is 1024 + 16 c in fp16, so a 16-bit half's four nibbles need one shift
 # instead of three; the queries of those planes times 1/16, their sums / 16 at the end), also for
-# bf16 queries (bf16 values in fp16's range convert exactly; a query entry past 65504 would not:
-# post-RoPE queries of the models here stay far below). Offline (sm_90a, Triton 3.9): see
+# bf16 queries (bf16 values between ~1e-3 and 65504 convert exactly, smaller ones become fp16
+# subnormals; the largest query entries measured, SmolLM2-135M 21.7 and Qwen2.5-0.5B 82.5, stay far
+# below the top: README, "INT4 KV cache"). Offline (sm_90a, Triton 3.9): see
 # ``kv_decode_gqa._word_pairs_hi16_asm``. Nsight Compute had found the integer pipe throttling the
 # kernel; H200, session 30 (``bench_attention.py --flag-ab ...:PLANES_HI16``): Llama-2-7B heads
 # batch 64 / 1056 88.1 -> 78.8 us, batch 1 / 32768 50.1 -> 45.6; Llama-3-8B batch 64 / 8192

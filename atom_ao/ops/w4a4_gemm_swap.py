@@ -227,11 +227,12 @@ def _configs(regime):
             for bn, bm, w, st in _SWAP_REGIMES[regime]]
 
 
-SWAP_KERNELS = {
-    regime: triton.autotune(configs=_configs(regime), key=["M_BUCKET", "N", "G", "N_OUT", "SPLITS"])(
-        _w4a4_gemm_swap_kernel_jit)
-    for regime in _SWAP_REGIMES
-}
+def swap_autotuner(configs):
+    """The swap kernel autotuned over ``configs`` (triton.Config), tuned per shape and split."""
+    return triton.autotune(configs=configs, key=["M_BUCKET", "N", "G", "N_OUT", "SPLITS"])(_w4a4_gemm_swap_kernel_jit)
+
+
+SWAP_KERNELS = {regime: swap_autotuner(_configs(regime)) for regime in _SWAP_REGIMES}
 
 
 def swap_kernel_and_meta(m: int):
