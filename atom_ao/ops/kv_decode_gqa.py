@@ -32,8 +32,9 @@ against 540 us at batch 64, context 8192).
 
 Codes become bf16 / fp16 operands by the mantissa trick without the subtraction: (c | MAGIC)
 read as a 16-bit float is OFFSET + c (128 + c for bf16, 1024 + c for fp16), and the OFFSET share
-of each dot (OFFSET * the query's sum; OFFSET * the sum of the P row as the dot saw it) is taken
-off once per tile in float32.
+of each dot is taken off once per tile in float32: the scores' (OFFSET * the query's sum) after
+their dots, P.V's (OFFSET * the sum of the P row as the dot saw it) through the dot's accumulator
+input, so the accumulators never carry the offsets of earlier tiles.
 """
 
 from __future__ import annotations
@@ -175,6 +176,13 @@ def _meta_tile(km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len, s_cp, s_ch, s_ct, s_
 
 
 @triton.jit
+def _offset_share(pt, OFFSET: tl.constexpr, AXIS: tl.constexpr):
+    """OFFSET x the P sums of a P.V dot (pt as the dot sees it, summed along its tokens' AXIS),
+    shaped to broadcast against the dot's accumulator: the share of the codes' OFFSET."""
+    return tl.expand_dims(OFFSET * tl.sum(pt.to(tl.float32), axis=AXIS), AXIS)
+
+
+@triton.jit
 def _plane_scores(kw, q0, q1, q2, q3, q4, q5, q6, q7, q_sum, ks, kz, qk_scale,
                   DOT: tl.constexpr, MAGIC: tl.constexpr, OFFSET: tl.constexpr, ASM: tl.constexpr,
                   HI16: tl.constexpr = False, q_off=None):
@@ -204,7 +212,7 @@ def _warp_step(kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len, star
                m_i, l_i, corr, ks, kz, vs, vz,
                HAS_START: tl.constexpr, HALF: tl.constexpr, PAGE: tl.constexpr,
                DOT: tl.constexpr, MAGIC: tl.constexpr, OFFSET: tl.constexpr, ASM: tl.constexpr,
-               BLOCK_N: tl.constexpr, HI16: tl.constexpr = False, q_off=None, cpt=None):
+               BLOCK_N: tl.constexpr, HI16: tl.constexpr = False, q_off=None):
     """One 32-token step of the one-warp form (tile i; its scales ks..vz were loaded the step
     before, the next step's are loaded here). Session 28 (H200) timed a peeled form, full tiles
     unmasked in a loop of their own and the partial tile after it (offline 923 -> 808 instructions
@@ -239,21 +247,24 @@ def _warp_step(kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len, star
     # group's heads on N; the transposed word tile unpacks in pairs along the tokens
     p, alpha, m_i, l_i = online_softmax(sc, m_i, l_i, 0)  # (BLOCK_N, BLOCK_G)
     pt = (p * vs[:, None]).to(DOT)
-    spt = tl.sum(pt.to(tl.float32), axis=0)
-    corr = corr * alpha + tl.sum(p * vz[:, None], axis=0) - OFFSET * spt
-    if HI16:  # the sum of the dot's P rows as well: the high-nibble planes' offset is OFFSET / 16
-        cpt = cpt * alpha + spt
+    corr = corr * alpha + tl.sum(p * vz[:, None], axis=0)
     v0, v1, v2, v3, v4, v5, v6, v7 = _planes8(vwt, DOT, MAGIC, ASM, HI16)
     al = alpha[None, :]
-    a0 = tl.dot(v0, pt, a0 * al)
-    a1 = tl.dot(v1, pt, a1 * al)
-    a2 = tl.dot(v2, pt, a2 * al)
-    a3 = tl.dot(v3, pt, a3 * al)
-    a4 = tl.dot(v4, pt, a4 * al)
-    a5 = tl.dot(v5, pt, a5 * al)
-    a6 = tl.dot(v6, pt, a6 * al)
-    a7 = tl.dot(v7, pt, a7 * al)
-    return a0, a1, a2, a3, a4, a5, a6, a7, m_i, l_i, corr, ks_n, kz_n, vs_n, vz_n, cpt
+    # every plane's codes enter as OFFSET + c (HI16's high planes OFFSET + 16 c): the step's OFFSET
+    # share leaves through the dot's accumulator input (one FMA an element), so the accumulators
+    # hold only the codes' part. Subtracted once at the end instead, the accumulators carried
+    # OFFSET x the whole split's P sum and the tensor cores' fp32 sums lost the codes' low bits:
+    # H200, session 31, Llama-3-8B heads, batch 3 / 33000 with HI16 (OFFSET 1024), 2.09% error.
+    off = _offset_share(pt, OFFSET, 0)
+    a0 = tl.dot(v0, pt, a0 * al - off)
+    a1 = tl.dot(v1, pt, a1 * al - off)
+    a2 = tl.dot(v2, pt, a2 * al - off)
+    a3 = tl.dot(v3, pt, a3 * al - off)
+    a4 = tl.dot(v4, pt, a4 * al - off)
+    a5 = tl.dot(v5, pt, a5 * al - off)
+    a6 = tl.dot(v6, pt, a6 * al - off)
+    a7 = tl.dot(v7, pt, a7 * al - off)
+    return a0, a1, a2, a3, a4, a5, a6, a7, m_i, l_i, corr, ks_n, kz_n, vs_n, vz_n
 
 
 @triton.jit
@@ -297,8 +308,7 @@ def decode_gqa_kernel(
 
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
-    corr = tl.zeros([BLOCK_G], tl.float32)  # sum p * (V zero) - OFFSET * sum of the dot's P row
-    cpt = tl.zeros([BLOCK_G], tl.float32)  # HI16: sum of the dot's P row
+    corr = tl.zeros([BLOCK_G], tl.float32)  # sum p * (V zero)
     if WARP:  # one (D/8, BLOCK_G) transposed accumulator a plane
         a0 = tl.zeros([HALF // 4, BLOCK_G], tl.float32)
         a1 = tl.zeros([HALF // 4, BLOCK_G], tl.float32)
@@ -314,12 +324,12 @@ def decode_gqa_kernel(
         ks, kz, vs, vz = _meta_tile(km_ptr, vm_ptr, bt_row, tile_lo, tile_hi, seq_len,
                                     s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, hk, PAGE, BLOCK_N)
         for i in range(tile_lo, tile_hi):
-            a0, a1, a2, a3, a4, a5, a6, a7, m_i, l_i, corr, ks, kz, vs, vz, cpt = _warp_step(
+            a0, a1, a2, a3, a4, a5, a6, a7, m_i, l_i, corr, ks, kz, vs, vz = _warp_step(
                 kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_row, i, tile_hi, seq_len, start,
                 s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, hk, qk_scale, q_sum,
                 q0, q1, q2, q3, q4, q5, q6, q7, a0, a1, a2, a3, a4, a5, a6, a7,
                 m_i, l_i, corr, ks, kz, vs, vz, HAS_START, HALF, PAGE, DOT, MAGIC, OFFSET, ASM, BLOCK_N,
-                HI16, q_off, cpt)
+                HI16, q_off)
     else:
         for i in range(tile_lo, tile_hi):
             n0 = i * BLOCK_N
@@ -336,7 +346,7 @@ def decode_gqa_kernel(
             s = tl.where(ok[:, None], s, float("-inf"))
             p, alpha, m_i, l_i = online_softmax(tl.trans(s), m_i, l_i)  # (BLOCK_G, BLOCK_N)
             pt = (p * vs[None, :]).to(DOT)
-            corr = corr * alpha + tl.sum(p * vz[None, :], axis=1) - OFFSET * tl.sum(pt.to(tl.float32), axis=1)
+            corr = corr * alpha + tl.sum(p * vz[None, :], axis=1)
             # P.V over all 8 planes at once: joined along N (8 x D/8 columns) the warps share the dot
             # (one plane a dot left N = 16 to 4 warps: each warp unpacked and multiplied every plane)
             v01 = tl.join(_plane(vw, 0, DOT, MAGIC), _plane(vw, 4, DOT, MAGIC))
@@ -344,7 +354,7 @@ def decode_gqa_kernel(
             v45 = tl.join(_plane(vw, 16, DOT, MAGIC), _plane(vw, 20, DOT, MAGIC))
             v67 = tl.join(_plane(vw, 24, DOT, MAGIC), _plane(vw, 28, DOT, MAGIC))
             v_all = tl.reshape(tl.join(tl.join(v01, v23), tl.join(v45, v67)), (BLOCK_N, 2 * HALF))
-            acc = tl.dot(pt, v_all, acc * alpha[:, None])
+            acc = tl.dot(pt, v_all, acc * alpha[:, None] - _offset_share(pt, OFFSET, 1))
 
     if ONE_SPLIT:
         inv = tl.where(l_i > 0, 1.0 / tl.where(l_i > 0, l_i, 1.0), 0.0)  # no key at all (all padding): 0
@@ -358,17 +368,16 @@ def decode_gqa_kernel(
         tl.store(ml_ptr + row * 2, m_i, mask=g_ok)
         tl.store(ml_ptr + row * 2 + 1, l_i, mask=g_ok)
     if WARP:
-        # HI16: the high-nibble planes' codes entered as 1024 + 16 c: their sums / 16, offset OFFSET / 16
-        c_hi = corr + (OFFSET - OFFSET / 16) * cpt if HI16 else corr
+        # HI16: the high-nibble planes' codes entered as 16 c (their offset left in the steps): sums / 16
         s_hi: tl.constexpr = 0.0625 if HI16 else 1.0
         _store_plane_t(o_base, o_stride, heads, g_ok, jw, a0, corr, inv, 0, HALF)
-        _store_plane_t(o_base, o_stride, heads, g_ok, jw, a1, c_hi, inv, 4, HALF, s_hi)
+        _store_plane_t(o_base, o_stride, heads, g_ok, jw, a1, corr, inv, 4, HALF, s_hi)
         _store_plane_t(o_base, o_stride, heads, g_ok, jw, a2, corr, inv, 8, HALF)
-        _store_plane_t(o_base, o_stride, heads, g_ok, jw, a3, c_hi, inv, 12, HALF, s_hi)
+        _store_plane_t(o_base, o_stride, heads, g_ok, jw, a3, corr, inv, 12, HALF, s_hi)
         _store_plane_t(o_base, o_stride, heads, g_ok, jw, a4, corr, inv, 16, HALF)
-        _store_plane_t(o_base, o_stride, heads, g_ok, jw, a5, c_hi, inv, 20, HALF, s_hi)
+        _store_plane_t(o_base, o_stride, heads, g_ok, jw, a5, corr, inv, 20, HALF, s_hi)
         _store_plane_t(o_base, o_stride, heads, g_ok, jw, a6, corr, inv, 24, HALF)
-        _store_plane_t(o_base, o_stride, heads, g_ok, jw, a7, c_hi, inv, 28, HALF, s_hi)
+        _store_plane_t(o_base, o_stride, heads, g_ok, jw, a7, corr, inv, 28, HALF, s_hi)
     else:
         # column c of the joined planes: word j = c // 8, nibble P = 16 e2 + 8 e1 + 4 e0 with
         # (e0, e1, e2) = bits 2, 1, 0 of c (the join order above): channel col(P, j)
