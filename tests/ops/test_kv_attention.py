@@ -226,6 +226,10 @@ def test_ops_dispatch_to_reference_on_cpu():
     (1, 8192, 32, 8), (16, 2048, 32, 32), (64, 512, 32, 8), (3, 33000, 32, 8), (4, 4096, 32, 32), (7, 1000, 9, 3),
 ])
 def test_decode_real_sizes_gpu(batch, ctx, heads, kv_heads):
+    # tighter than bf16's 2e-2: on the H200 (session 31, ``scripts/decode_error.py``) these cases
+    # are within 1.6e-3 of the bf16 reference (3.2e-3 with PLANES_HI16 off); before P.V's offset
+    # left through the dots' accumulator input, batch 3 / 33000 reached 2.09e-2
+    tol = 6e-3
     d = 128
     g = torch.Generator().manual_seed(batch)
     lens = torch.randint(ctx // 2, ctx + 1, (batch,), generator=g)
@@ -235,11 +239,11 @@ def test_decode_real_sizes_gpu(batch, ctx, heads, kv_heads):
     seq_lens = lens.to(torch.int32)
     want = decode_attention_ref(q, *[c.cpu() for c in caches], table.cpu(), seq_lens, None, d ** -0.5)
     got = torch.ops.atom_ao.kv_decode_attention(q.cuda(), *caches, table, seq_lens.cuda(), None, d ** -0.5, ctx)
-    _close(got, want, torch.bfloat16)
+    _close(got, want, torch.bfloat16, tol)
     want = decode_attention_ref(q, *[c.cpu() for c in caches], table.cpu(), seq_lens, None, d ** -0.5, v_rotated=True)
     got = torch.ops.atom_ao.kv_decode_attention(q.cuda(), *caches, table, seq_lens.cuda(), None, d ** -0.5, ctx,
                                                 v_rotated=True)
-    _close(got, want, torch.bfloat16)
+    _close(got, want, torch.bfloat16, tol)
 
 
 @pytest.mark.gpu
