@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from atom_ao.kv.reference import decode_attention_ref  # noqa: E402
-from tests.ops.test_kv_attention import paged_cache  # noqa: E402
+from tests.ops.test_kv_attention import real_size_case  # noqa: E402
 
 CASES = [(1, 8192, 32, 8), (3, 33000, 32, 8), (1, 32768, 32, 32), (4, 4096, 32, 32), (64, 2048, 32, 8)]
 
@@ -39,12 +39,7 @@ def main():
     print("| batch | ctx | heads | kv heads | bf16 floor | " + " | ".join(f"{n} on | {n} off" for _, n in flags) + " |")
     for batch, ctx, heads, kv_heads in CASES:
         d = 128
-        g = torch.Generator().manual_seed(batch)
-        lens = torch.randint(ctx // 2, ctx + 1, (batch,), generator=g)
-        lens[0] = ctx
-        caches, table = paged_cache(lens.tolist(), kv_heads, d, page_size=64, device="cuda")
-        q = torch.randn(batch, heads, d, generator=g).to(torch.bfloat16)
-        seq_lens = lens.to(torch.int32)
+        caches, table, q, seq_lens = real_size_case(batch, ctx, heads, kv_heads, d)  # the GPU test's case
         # the reference on the same query values in float32 (its output stays float32)
         want = decode_attention_ref(q.float(), *[c.cpu() for c in caches], table.cpu(), seq_lens, None, d ** -0.5)
         row = [f"{rel(want.to(torch.bfloat16), want):.2e}"]

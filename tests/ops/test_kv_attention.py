@@ -221,6 +221,17 @@ def test_ops_dispatch_to_reference_on_cpu():
 # ---------------------------------------------------------------- real sizes on the GPU
 
 
+def real_size_case(batch, ctx, heads, kv_heads, d):
+    """A CUDA paged cache of ``batch`` sequences, the first ``ctx`` long and the rest between
+    ctx / 2 and ctx, with bf16 queries (CPU) and int32 lengths (CPU)."""
+    g = torch.Generator().manual_seed(batch)
+    lens = torch.randint(ctx // 2, ctx + 1, (batch,), generator=g)
+    lens[0] = ctx
+    caches, table = paged_cache(lens.tolist(), kv_heads, d, page_size=64, device="cuda")
+    q = torch.randn(batch, heads, d, generator=g).to(torch.bfloat16)
+    return caches, table, q, lens.to(torch.int32)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("batch, ctx, heads, kv_heads", [
     (1, 8192, 32, 8), (16, 2048, 32, 32), (64, 512, 32, 8), (3, 33000, 32, 8), (4, 4096, 32, 32), (7, 1000, 9, 3),
@@ -231,12 +242,7 @@ def test_decode_real_sizes_gpu(batch, ctx, heads, kv_heads):
     # left through the dots' accumulator input, batch 3 / 33000 reached 2.09e-2
     tol = 6e-3
     d = 128
-    g = torch.Generator().manual_seed(batch)
-    lens = torch.randint(ctx // 2, ctx + 1, (batch,), generator=g)
-    lens[0] = ctx
-    caches, table = paged_cache(lens.tolist(), kv_heads, d, page_size=64, device="cuda")
-    q = torch.randn(batch, heads, d, generator=g).to(torch.bfloat16)
-    seq_lens = lens.to(torch.int32)
+    caches, table, q, seq_lens = real_size_case(batch, ctx, heads, kv_heads, d)
     want = decode_attention_ref(q, *[c.cpu() for c in caches], table.cpu(), seq_lens, None, d ** -0.5)
     got = torch.ops.atom_ao.kv_decode_attention(q.cuda(), *caches, table, seq_lens.cuda(), None, d ** -0.5, ctx)
     _close(got, want, torch.bfloat16, tol)
