@@ -57,6 +57,12 @@ def bf16_bytes(b, ctx, hkv, d):
     return 2 * b * ctx * hkv * d * 2
 
 
+def cold_copies(nbytes: float) -> int:
+    """How many copies of a case's cache a timed call cycles through: together at least twice the
+    L2, so each call reads from HBM (1 to 128)."""
+    return max(1, min(128, int(-(-2 * L2_BYTES // nbytes))))
+
+
 def make_int4(b, ctx, hkv, d, g):
     """A random INT4 cache (codes, scales, zeros of realistic size) and a shuffled block table."""
     import atom_ao.ops.kv_decode_attention  # noqa: F401  (registers the op)
@@ -89,7 +95,7 @@ def run_case(model, b, ctx, mem_gb, do_int4=True, do_sdpa=True, do_rope=False):
                          ("sdpa", bf16_bytes(b, ctx, hkv, d))):
         if (path == "int4" and not do_int4) or (path == "sdpa" and not do_sdpa) or (path == "int4-rope" and not do_rope):
             continue
-        copies = max(1, min(128, int(-(-2 * L2_BYTES // nbytes))))
+        copies = cold_copies(nbytes)
         if copies * nbytes > mem_gb * 1e9:
             print(f"  {model} B={b} ctx={ctx} {path}: {copies * nbytes / 1e9:.0f} GB does not fit, skipped")
             continue
@@ -452,7 +458,7 @@ def breakdown(models):
         h, hkv, d = MODELS[model]
         g = torch.Generator(device="cuda").manual_seed(b * 100003 + ctx)
         q = torch.randn(b, h, d, device="cuda", dtype=torch.bfloat16, generator=g)
-        copies = max(1, min(128, int(-(-2 * L2_BYTES // int4_bytes(b, ctx, hkv, d)))))
+        copies = cold_copies(int4_bytes(b, ctx, hkv, d))
         caches = [make_int4(b, ctx, hkv, d, g) for _ in range(copies)]
 
         def fn():

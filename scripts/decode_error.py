@@ -19,20 +19,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from atom_ao.kv.reference import decode_attention_ref  # noqa: E402
-from tests.ops.test_kv_attention import real_size_case  # noqa: E402
+from tests.ops.test_kv_attention import real_size_case, rel_error  # noqa: E402
 
 CASES = [(1, 8192, 32, 8), (3, 33000, 32, 8), (1, 32768, 32, 32), (4, 4096, 32, 32), (64, 2048, 32, 8)]
-
-
-def rel(got, want):
-    got, want = got.float().cpu(), want.float().cpu()
-    return ((got - want).norm() / want.norm()).item()
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--flags", default="atom_ao.ops.kv_decode_attention:PLANES_HI16",
-                    help="module:NAME booleans, each timed on and off")
+                    help="module:NAME booleans, each measured on and off")
     args = ap.parse_args()
     flags = [f.split(":") for f in args.flags.split(",") if f]
     print(f"device: {torch.cuda.get_device_name()}")
@@ -42,7 +37,7 @@ def main():
         caches, table, q, seq_lens = real_size_case(batch, ctx, heads, kv_heads, d)  # the GPU test's case
         # the reference on the same query values in float32 (its output stays float32)
         want = decode_attention_ref(q.float(), *[c.cpu() for c in caches], table.cpu(), seq_lens, None, d ** -0.5)
-        row = [f"{rel(want.to(torch.bfloat16), want):.2e}"]
+        row = [f"{rel_error(want.to(torch.bfloat16), want):.2e}"]
         for mod, name in flags:
             m = importlib.import_module(mod)
             keep = getattr(m, name)
@@ -50,7 +45,7 @@ def main():
                 setattr(m, name, on)
                 got = torch.ops.atom_ao.kv_decode_attention(q.cuda(), *caches, table, seq_lens.cuda(), None,
                                                             d ** -0.5, ctx)
-                row.append(f"{rel(got, want):.2e}")
+                row.append(f"{rel_error(got, want):.2e}")
             setattr(m, name, keep)
         print(f"| {batch} | {ctx} | {heads} | {kv_heads} | " + " | ".join(row) + " |", flush=True)
 

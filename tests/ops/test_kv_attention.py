@@ -41,10 +41,16 @@ def paged_cache(lens, kv_heads, d, page_size, meta_dtype=torch.bfloat16, seed=0,
 FOLD_F32_TOL = 2e-4
 
 
-def _close(got, want, dtype, tol=None):
+def rel_error(got, want):
+    """|got - want| / |want| in float32 on the CPU (the measure ``_close`` bounds; also
+    ``scripts/decode_error.py``'s)."""
     got, want = got.float().cpu(), want.float().cpu()
+    return ((got - want).norm() / want.norm()).item()
+
+
+def _close(got, want, dtype, tol=None):
     tol = tol or (2e-5 if dtype == torch.float32 else 2e-2)
-    rel = ((got - want).norm() / want.norm()).item()
+    rel = rel_error(got, want)
     assert rel < tol, rel
     assert got.isfinite().all()
 
