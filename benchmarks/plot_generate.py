@@ -32,14 +32,22 @@ def merge(files: list[str]) -> tuple[list[dict], list[str]]:
     return sorted(rows.values(), key=lambda r: (r["path"], r["batch"])), gpus
 
 
+def budget_fit(row: dict) -> tuple[str, str]:
+    """bench_generate's fixed-memory figure (key max_batch_<N>gb): ('80 GB', '408'), or ('', '-') if absent."""
+    key = next((k for k in row if k.startswith("max_batch_")), None)
+    return (key[len("max_batch_"):-2] + " GB", str(row[key])) if key else ("", "-")
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| path | batch | ms / token | tokens/s | vs bf16 (same run) | prefill ms | peak GB | file |",
-             "|---|---|---|---|---|---|---|---|"]
+    budget = next((b for b, _ in map(budget_fit, rows) if b), "budget")
+    lines = [f"| path | batch | ms / token | tokens/s | vs bf16 (same run) | prefill ms | peak GB | "
+             f"largest batch in {budget} | file |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = r.get("speedup_vs_bf16")
         lines.append(f"| {r['path']} | {r['batch']} | {r['tpot_ms']:.2f} | {r['tokens_per_s']:.0f} | "
                      f"{'-' if ratio is None else f'{ratio:.2f}x'} | {r['prefill_ms']:.0f} | {r['peak_gb']:.1f} | "
-                     f"{r['file']} |")
+                     f"{budget_fit(r)[1]} | {r['file']} |")
     return "\n".join(lines)
 
 

@@ -14,9 +14,10 @@ def _run(tmp_path, name, gpu, rows, **meta):
     return str(p)
 
 
-def _row(path, batch, tpot, model="llama2-7b", ratio=None):
-    return {"model": model, "path": path, "batch": batch, "tpot_ms": tpot, "tokens_per_s": batch * 1e3 / tpot,
-            "prefill_ms": 10.0, "peak_gb": 1.0, "speedup_vs_bf16": ratio}
+def _row(path, batch, tpot, model="llama2-7b", ratio=None, fit=None):
+    row = {"model": model, "path": path, "batch": batch, "tpot_ms": tpot, "tokens_per_s": batch * 1e3 / tpot,
+           "prefill_ms": 10.0, "peak_gb": 1.0, "speedup_vs_bf16": ratio}
+    return row if fit is None else {**row, "max_batch_80gb": fit}
 
 
 def test_merge_later_rows_win_and_table_lists_each_run(tmp_path):
@@ -28,6 +29,13 @@ def test_merge_later_rows_win_and_table_lists_each_run(tmp_path):
     assert gpus == ["H200 (unfused)", "H200 (unfused)"]
     md = plot_generate.table(rows)
     assert "| atom-kv4 | 8 | 4.40 | 1818 | - |" in md and "| bf16 | 1 | 5.00 | 200 | 1.00x |" in md
+
+
+def test_table_states_the_fixed_memory_batch(tmp_path):
+    a = _run(tmp_path, "a.json", "H200", [_row("bf16", 64, 13.9, ratio=1.0, fit=95), _row("atom-kv4", 64, 6.5, fit=408)])
+    md = plot_generate.table(plot_generate.merge([a])[0])
+    assert "largest batch in 80 GB" in md
+    assert "| 1.0 | 408 | a.json |" in md and "| 1.0 | 95 | a.json |" in md
 
 
 def test_mixed_models_or_gpus_are_refused(tmp_path):
