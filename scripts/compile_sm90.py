@@ -17,6 +17,7 @@ gemm = importlib.import_module("atom_ao.ops.w4a4_gemm")  # the package re-export
 unp = importlib.import_module("atom_ao.ops.w4a4_gemm_unpacked")
 swap = importlib.import_module("atom_ao.ops.w4a4_gemm_swap")
 gemv = importlib.import_module("atom_ao.ops.w4a4_gemv")
+qa = importlib.import_module("atom_ao.ops.quantize_activation")
 
 TARGET = GPUTarget("cuda", 90, 32)
 
@@ -31,7 +32,7 @@ def sig_of(fn, types, consts):
     return sig
 
 
-def compile_one(label, fn, types, consts, num_warps=4, num_stages=3):
+def compile_one(label, fn, types, consts, num_warps=4, num_stages=3, ptx_has=None):
     sig = sig_of(fn, types, consts)
     # pointers, and the strides (s_*), which Triton's JIT specializes as multiples of 16 at run time
     ptrs = [i for i, n in enumerate(fn.arg_names) if sig[n].startswith("*") or n.startswith("s_")]
@@ -43,6 +44,9 @@ def compile_one(label, fn, types, consts, num_warps=4, num_stages=3):
         print(f"FAIL {label}: {type(e).__name__}: {str(e)[:2000]}")
         return False
     ptx = c.asm["ptx"]
+    if ptx_has and ptx_has not in ptx:
+        print(f"FAIL {label}: no {ptx_has} in the PTX")
+        return False
     print(f"ok   {label}: shared={c.metadata.shared} wgmma={'wgmma' in ptx} mma={'mma.sync' in ptx} "
           f"ptx_lines={ptx.count(chr(10))}")
     return True
@@ -59,11 +63,12 @@ def gemm_kernels():
             ok &= compile_one(f"gemm out={out} {bm}x{bn} prefetch={pf}", gemm._w4a4_gemm_kernel_jit, types, consts,
                               w, st)
         types = dict(common, a_ptr="*i32", ao_ptr="*i32", w_ptr="*i32", wo_ptr="*i32", out_ptr=out)
-        for even in (False, True):
+        for even, pdl in ((False, False), (True, False), (True, True)):
             bn, chunk, w = gemv.GEMV_CONFIG
             consts = dict(WORDS=16, BLOCK_OW=32, HAS_OUT=True, HAS_BIAS=True, USE_ASM=True, EVEN_N=even, BLOCK_N=bn,
-                          CHUNK=chunk)
-            ok &= compile_one(f"gemv out={out} even={even}", gemv._w4a4_gemv_kernel, types, consts, w, 1)
+                          CHUNK=chunk, PDL=pdl)
+            ok &= compile_one(f"gemv out={out} even={even} pdl={pdl}", gemv._w4a4_gemv_kernel, types, consts, w, 1,
+                              ptx_has="griddepcontrol.wait" if pdl else None)
     types = dict(common, a_ptr="*u8", ao_ptr="*i8", w_ptr="*u8", wo_ptr="*i8", out_ptr="*fp32")
     for bn, bm, w, st in sorted({c for cs in swap._SWAP_REGIMES.values() for c in cs}):
         for even, out_share in ((False, 0), (True, 0), (True, swap.OUT_SHARE or 2)):  # OUT_SHARE: outliers in split 0 only
@@ -71,6 +76,16 @@ def gemm_kernels():
                           EVEN_N=even, EVEN_M=even, OUT_SHARE=out_share)
             ok &= compile_one(f"swap gemm {bn}x{bm} even={even} out_share={out_share}", swap._w4a4_gemm_swap_kernel_jit,
                               types, consts, w, st)
+    # the activation quantizer at decode (its first small config), plain and with PDL
+    qtypes = dict(a_ptr="*bf16", b_ptr="*bf16", w_ptr="*bf16", rstd_ptr="*fp32", perm_ptr="*i32", q_ptr="*u8",
+                  s_ptr="*fp32", qo_ptr="*i8", so_ptr="*fp32", clip_ratio="fp32")
+    cfg = qa._configs(small=True)[0]
+    for pdl in (False, True):
+        consts = dict(MODE=2, X_KIND=2, OUT_KIND=2, CAST_FIRST=False, HALF=64, HALF_P=64, BLOCK_O=128, N_OUT_C=128,
+                      COL_MASK=False, LANES_FIRST=qa._LANES_FIRST, HAS_OUT=True, PTX=True, IDX64=False, PDL=pdl,
+                      **cfg.kwargs)
+        ok &= compile_one(f"quantize_activation {cfg.kwargs} pdl={pdl}", qa._quantize_activation_kernel, qtypes, consts,
+                          cfg.num_warps, cfg.num_stages, ptx_has="griddepcontrol.wait" if pdl else None)
     ok &= compile_one("sum_splits", gemm._sum_splits_kernel, dict(ws_ptr="*fp32", out_ptr="*bf16"),
                       dict(SPLITS_P=8, BLOCK=512))
     # the large-M path: unpack to INT8, then the INT8 group GEMM

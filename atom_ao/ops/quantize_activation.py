@@ -311,10 +311,14 @@ def _quantize_activation_kernel(
     GPB: tl.constexpr,  # groups per program
     PROGS: tl.constexpr,  # launch about this many programs (used by the grid)
     LANES: tl.constexpr,  # lanes along consecutive channels of a half-group
+    PDL: tl.constexpr,  # launched with programmatic dependent launch (launch_streaming's pdl)
 ):
     # programs: (row split, column), columns inner so that programs running together share
     # rows; a column is GPB groups, or (last, with outliers) the outlier channels. a is x, or
     # RMSNorm's input (w its weight, rstd_ptr its M row statistics), or SiLU's gate (b: up)
+    if PDL:  # launched early: wait for the kernel that wrote the input, then let the next one launch
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     pid = tl.program_id(0)
     n_gb = tl.cdiv(G, GPB)
     # Inductor types a Python float argument fp64 (eager Triton: fp32); fp64 would leak into
@@ -420,10 +424,12 @@ def quantize_activation_triton(
 
 
 def launch_streaming(mode: int, a, b, w, rstd, perm, n_outliers: int, group_size: int, clip_ratio: float,
-                     cast_first: bool, out_dtype: torch.dtype, config: triton.Config | None = None):
+                     cast_first: bool, out_dtype: torch.dtype, config: triton.Config | None = None,
+                     pdl: bool = False):
     """This module's kernel with producer ``mode`` in front: ``a`` = x (PLAIN, or RMSNorm with
     weight ``w`` and the row statistics ``rstd``), or gate (SILU_MUL, ``b`` = up, same column
-    stride as ``a``). Arguments are checked by the callers."""
+    stride as ``a``). Arguments are checked by the callers. ``pdl``: programmatic dependent
+    launch (sm90+, eager launches only; benchmarks/explore_pdl.py)."""
     m, k = a.shape
     q, s, qo, so = empty_outputs(a, n_outliers, group_size)
     groups = s.shape[1]
@@ -459,7 +465,8 @@ def launch_streaming(mode: int, a, b, w, rstd, perm, n_outliers: int, group_size
         HAS_OUT=has_out,
         PTX=a.is_cuda and torch.version.hip is None and not _INTERPRET,
         IDX64=(k - 1) * abs(a.stride(1)) >= 2**31,
-        **meta,
+        PDL=pdl,
+        **meta, **({"launch_pdl": True} if pdl else {}),
     )
     return q, s, qo, so
 

@@ -62,17 +62,20 @@ def _dp4a(a, b, c, USE_ASM: tl.constexpr):
 
 
 @triton.jit
-def _chunk(w_ptrs, ws_ptrs, a_ptrs, as_ptrs, slot, n_g, mask_n, EVEN_N: tl.constexpr):
-    """One step's loads: weight words (BLOCK_N, CHUNK, WORDS), weight scales (BLOCK_N, CHUNK),
-    token words (CHUNK, WORDS), token scales (CHUNK,); group slots past the share read nothing."""
+def _chunk_w(w_ptrs, ws_ptrs, slot, n_g, mask_n, EVEN_N: tl.constexpr):
+    """One step's weight loads: words (BLOCK_N, CHUNK, WORDS) and scales (BLOCK_N, CHUNK); group
+    slots past the share read nothing."""
     ok = slot < n_g  # (CHUNK,)
     ok_w = ok[None, :, None] if EVEN_N else ok[None, :, None] & mask_n[:, None, None]
     ok_s = ok[None, :] if EVEN_N else ok[None, :] & mask_n[:, None]
-    w = tl.load(w_ptrs, mask=ok_w, other=0)
-    sw = tl.load(ws_ptrs, mask=ok_s, other=0.0)
-    a = tl.load(a_ptrs, mask=ok[:, None], other=0)
-    sa = tl.load(as_ptrs, mask=ok, other=0.0)
-    return w, sw, a, sa
+    return tl.load(w_ptrs, mask=ok_w, other=0), tl.load(ws_ptrs, mask=ok_s, other=0.0)
+
+
+@triton.jit
+def _chunk_a(a_ptrs, as_ptrs, slot, n_g):
+    """One step's token loads: words (CHUNK, WORDS) and scales (CHUNK,)."""
+    ok = slot < n_g
+    return tl.load(a_ptrs, mask=ok[:, None], other=0), tl.load(as_ptrs, mask=ok, other=0.0)
 
 
 @triton.jit
@@ -98,6 +101,7 @@ def _w4a4_gemv_kernel(
     HAS_OUT: tl.constexpr, HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
     EVEN_N: tl.constexpr,  # N a multiple of BLOCK_N: no row masks
     BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    PDL: tl.constexpr,  # launched with programmatic dependent launch (launch_gemv's pdl)
 ):
     # The row offsets (and so the output store's address) are computed here, not returned by a
     # helper that also takes the weight pointers: Inductor's mutation analysis of the TTIR derives
@@ -117,11 +121,18 @@ def _w4a4_gemv_kernel(
     a_ptrs = a_ptr + (g0 + offs_c)[:, None] * WORDS + offs_w[None, :]
     as_ptrs = as_ptr + g0 + offs_c
     acc = tl.zeros((BLOCK_N, CHUNK), dtype=tl.float32)  # per group slot, summed at the end
-    cur = _chunk(w_ptrs, ws_ptrs, a_ptrs, as_ptrs, offs_c, n_g, mask_n, EVEN_N)
+    w, sw = _chunk_w(w_ptrs, ws_ptrs, offs_c, n_g, mask_n, EVEN_N)
+    if PDL:
+        # launched early (programmatic dependent launch): the first weights are on their way
+        # before waiting for the kernel that wrote the token, and the next kernel may launch
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+    a, sa = _chunk_a(a_ptrs, as_ptrs, offs_c, n_g)
     for c in range(CHUNK, n_g + CHUNK, CHUNK):
-        nxt = _chunk(w_ptrs + c * WORDS, ws_ptrs + c, a_ptrs + c * WORDS, as_ptrs + c, c + offs_c, n_g, mask_n, EVEN_N)
-        acc = _chunk_math(*cur, acc, WORDS, USE_ASM)
-        cur = nxt
+        nw, nsw = _chunk_w(w_ptrs + c * WORDS, ws_ptrs + c, c + offs_c, n_g, mask_n, EVEN_N)
+        na, nsa = _chunk_a(a_ptrs + c * WORDS, as_ptrs + c, c + offs_c, n_g)
+        acc = _chunk_math(w, sw, a, sa, acc, WORDS, USE_ASM)
+        w, sw, a, sa = nw, nsw, na, nsa
     total = tl.sum(acc, axis=1)
 
     if split == 0:  # the outlier block and the bias: first split only
@@ -162,9 +173,12 @@ def gemv_split_k(n: int, groups: int, sms: int, block_n: int | None = None) -> i
 
 
 def launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
-                w_outlier_scale, bias, out, group_size, splits, config=None):
+                w_outlier_scale, bias, out, group_size, splits, config=None, pdl=False):
     """out: the (splits, 1, N) float32 workspace, or the (1, N) output when splits == 1. The format
-    makes every operand whole int32 words (group sizes and outlier counts multiples of 16)."""
+    makes every operand whole int32 words (group sizes and outlier counts multiples of 16).
+    ``pdl``: launch with programmatic dependent launch (sm90+, eager launches only: Inductor's
+    launcher of user kernels sets no launch attributes), so the kernel starts reading its weights
+    while the kernel before it finishes (benchmarks/explore_pdl.py)."""
     n = w_packed.shape[0]
     n_out_w = a_outliers.shape[1] // 4
     block_n, chunk, warps = config or GEMV_CONFIG
@@ -179,6 +193,6 @@ def launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scal
         WORDS=group_size // 8,
         BLOCK_OW=max(4, min(32, triton.next_power_of_2(max(n_out_w, 1)))),
         HAS_OUT=n_out_w > 0, HAS_BIAS=bias is not None, USE_ASM=not INTERPRET,
-        EVEN_N=n % block_n == 0, BLOCK_N=block_n, CHUNK=chunk,
-        num_warps=warps, num_stages=1,
+        EVEN_N=n % block_n == 0, BLOCK_N=block_n, CHUNK=chunk, PDL=pdl,
+        num_warps=warps, num_stages=1, **({"launch_pdl": True} if pdl else {}),
     )

@@ -450,3 +450,34 @@ def test_gemv_split_rule_picks_the_timed_splits():
     assert [gemv_split_k(n, g, 132, block_n=32) for n, g in ((12288, 31), (22016, 31), (4096, 31), (4096, 85))] == \
         [1, 1, 4, 4]
     assert gemv_split_k(64, 7, 132, block_n=32) == 1  # 7 groups: too few to share
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
+                    reason="needs an sm90+ GPU (programmatic dependent launch)")
+@pytest.mark.parametrize("splits", [1, 4])
+def test_gemv_with_pdl_same_bits_gpu(splits):
+    # quantizer and gemv launched with PDL, chained three times through each other's outputs
+    # (benchmarks/explore_pdl.py): the waits must make every read see its producer's writes
+    import importlib
+
+    from atom_ao.ops.producers import PLAIN
+    qa = importlib.import_module("atom_ao.ops.quantize_activation")
+    gemv = importlib.import_module("atom_ao.ops.w4a4_gemv")
+    n = k = 4096
+    *_, wq, ws, wo, wos, _ = _operands(1, n, k, 128, 128, torch.bfloat16, False, device="cuda")
+    perm = torch.randperm(k, generator=torch.Generator().manual_seed(1)).to(torch.int32).cuda()
+    x0, _ = outlier_activations(1, k, dtype=torch.bfloat16, seed=3)
+
+    def chain(pdl):
+        x = x0.cuda()
+        for _ in range(3):
+            a = qa.launch_streaming(PLAIN, x, None, None, None, perm, 128, 128, 0.9, False, x.dtype, pdl=pdl)
+            ws_out = torch.empty((splits, 1, n), dtype=torch.float32, device="cuda")
+            gemv.launch_gemv(*a, wq, ws.contiguous(), wo, wos, None, ws_out, 128, splits, pdl=pdl)
+            x = (ws_out.sum(0) / 64).to(torch.bfloat16)
+        return x
+
+    plain = chain(False)
+    assert plain.abs().max() > 0
+    assert torch.equal(chain(True), plain)
