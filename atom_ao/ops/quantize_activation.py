@@ -41,6 +41,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from atom_ao.format import k_normal_padded, quantize_activation_ref
+from atom_ao.ops import pdl as pdl_switch
 from atom_ao.ops.gemm_tiles import m_bucket
 from atom_ao.ops.producers import KIND, PLAIN, SILU_MUL, _produce_value
 
@@ -425,16 +426,17 @@ def quantize_activation_triton(
 
 def launch_streaming(mode: int, a, b, w, rstd, perm, n_outliers: int, group_size: int, clip_ratio: float,
                      cast_first: bool, out_dtype: torch.dtype, config: triton.Config | None = None,
-                     pdl: bool = False):
+                     pdl: bool | None = None):
     """This module's kernel with producer ``mode`` in front: ``a`` = x (PLAIN, or RMSNorm with
     weight ``w`` and the row statistics ``rstd``), or gate (SILU_MUL, ``b`` = up, same column
     stride as ``a``). Arguments are checked by the callers. ``pdl``: programmatic dependent
-    launch (sm90+, eager launches only; benchmarks/explore_pdl.py)."""
+    launch (sm90+; None: ``atom_ao.ops.pdl``'s switch)."""
     m, k = a.shape
     q, s, qo, so = empty_outputs(a, n_outliers, group_size)
     groups = s.shape[1]
     if m == 0:
         return q, s, qo, so
+    pdl = pdl_switch.wanted(a, pdl)
     perm = perm.to(device=a.device, dtype=torch.int32).contiguous()
     if mode == SILU_MUL and b.stride(1) != a.stride(1):
         raise ValueError("launch_streaming: gate and up must share their column stride")
@@ -466,7 +468,7 @@ def launch_streaming(mode: int, a, b, w, rstd, perm, n_outliers: int, group_size
         PTX=a.is_cuda and torch.version.hip is None and not _INTERPRET,
         IDX64=(k - 1) * abs(a.stride(1)) >= 2**31,
         PDL=pdl,
-        **meta, **({"launch_pdl": True} if pdl else {}),
+        **meta, **pdl_switch.launch_kwargs(pdl, a),
     )
     return q, s, qo, so
 

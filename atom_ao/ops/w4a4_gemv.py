@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from atom_ao.ops import pdl as pdl_switch
 from atom_ao.ops.gemm_tiles import SCALE_256, group_sum_x256_to_f32, no_empty_split, split_share
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -173,14 +174,14 @@ def gemv_split_k(n: int, groups: int, sms: int, block_n: int | None = None) -> i
 
 
 def launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
-                w_outlier_scale, bias, out, group_size, splits, config=None, pdl=False):
+                w_outlier_scale, bias, out, group_size, splits, config=None, pdl=None):
     """out: the (splits, 1, N) float32 workspace, or the (1, N) output when splits == 1. The format
     makes every operand whole int32 words (group sizes and outlier counts multiples of 16).
-    ``pdl``: launch with programmatic dependent launch (sm90+, eager launches only: Inductor's
-    launcher of user kernels sets no launch attributes), so the kernel starts reading its weights
-    while the kernel before it finishes (benchmarks/explore_pdl.py)."""
+    ``pdl``: launch with programmatic dependent launch (sm90+; None: ``atom_ao.ops.pdl``'s
+    switch), so the kernel starts reading its weights while the kernel before it finishes."""
     n = w_packed.shape[0]
     n_out_w = a_outliers.shape[1] // 4
+    pdl = pdl_switch.wanted(out, pdl)
     block_n, chunk, warps = config or GEMV_CONFIG
     words = lambda t: t.view(torch.int32)  # noqa: E731  (4 packed bytes a word)
     grid = (triton.cdiv(n, block_n), splits)
@@ -194,5 +195,5 @@ def launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scal
         BLOCK_OW=max(4, min(32, triton.next_power_of_2(max(n_out_w, 1)))),
         HAS_OUT=n_out_w > 0, HAS_BIAS=bias is not None, USE_ASM=not INTERPRET,
         EVEN_N=n % block_n == 0, BLOCK_N=block_n, CHUNK=chunk, PDL=pdl,
-        num_warps=warps, num_stages=1, **({"launch_pdl": True} if pdl else {}),
+        num_warps=warps, num_stages=1, **pdl_switch.launch_kwargs(pdl, out),
     )

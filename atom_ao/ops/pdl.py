@@ -1,0 +1,90 @@
+"""Programmatic dependent launch (PDL, sm90+) for the batch-1 decode chain: experimental, off by default.
+
+A kernel launched with PDL may start while the kernel before it in the stream still runs. The
+atom_ao kernels that take a ``PDL`` constexpr (the activation quantizer, the one-token gemv)
+then wait (``griddepcontrol.wait``) before they touch anything an earlier kernel wrote, and only
+after that let the next kernel launch, so the chain stays ordered; the gemv issues its first
+weight loads (which no kernel writes) before its wait. ``benchmarks/explore_pdl.py`` times it.
+
+``enable()`` (or ``ATOM_AO_PDL=1``, or setting ``ENABLED``) turns it on for launches from then on:
+
+* eager launches pass ``launch_pdl=True`` to Triton themselves;
+* in compiled graphs Inductor launches the kernels, and its launcher of user Triton kernels sets
+  launch attributes only from the kernel's ``triton_meta``: ``enable()`` wraps Inductor's
+  ``user_autotune`` so that a kernel traced with ``PDL=True`` gets ``launch_pdl`` there. (Set
+  ``torch._inductor.config.triton.enable_pdl`` too for Inductor's own kernels.)
+
+A kernel traced with ``PDL=True`` but launched without the attribute only runs its waits, which
+are then no-ops.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+ENABLED = os.environ.get("ATOM_AO_PDL") == "1"
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def enable(on: bool = True) -> None:
+    """Launch the PDL-aware kernels with programmatic dependent launch from now on (sm90+ only)."""
+    global ENABLED
+    ENABLED = bool(on)
+    if ENABLED:
+        install_inductor_hook()
+
+
+def wanted(t: torch.Tensor, pdl: bool | None) -> bool:
+    """Whether a launch on ``t``'s device takes PDL: ``pdl``, or the module switch when None;
+    never under the interpreter or below sm90 (the kernels' waits need Hopper)."""
+    on = ENABLED if pdl is None else pdl
+    if not on or _INTERPRET or t.device.type != "cuda" or torch.cuda.get_device_capability(t.device)[0] < 9:
+        return False
+    install_inductor_hook()  # a compiled graph tracing this launch needs it (the switch may be set directly)
+    return True
+
+
+def launch_kwargs(pdl: bool, t: torch.Tensor) -> dict:
+    """Triton launch options for a PDL launch: ``launch_pdl`` when the launch runs now (eager);
+    nothing while torch.compile traces it (Inductor's launcher takes it from ``triton_meta``,
+    see ``install_inductor_hook``)."""
+    # a traced launch sees fake / functional tensor subclasses, an eager one plain tensors
+    if not pdl or torch.compiler.is_compiling() or type(t) is not torch.Tensor:
+        return {}
+    return {"launch_pdl": True}
+
+
+def pdl_meta(triton_meta: dict) -> dict:
+    """``triton_meta`` with ``launch_pdl`` set if the kernel was traced with ``PDL=True``."""
+    if triton_meta and (triton_meta.get("constants") or {}).get("PDL") is True:
+        return {**triton_meta, "launch_pdl": True}
+    return triton_meta
+
+
+_hooked = False
+
+
+def install_inductor_hook() -> None:
+    """Wrap ``torch._inductor.runtime.triton_heuristics.user_autotune`` (the decorator Inductor's
+    generated code puts on every user Triton kernel) with ``pdl_meta``. Compiled modules look it
+    up when they load, so this must run before the model is compiled."""
+    global _hooked
+    if _hooked:
+        return
+    from torch._inductor.runtime import triton_heuristics
+
+    original = triton_heuristics.user_autotune
+
+    @functools.wraps(original)
+    def user_autotune(*args, **kwargs):
+        if "triton_meta" in kwargs:
+            kwargs["triton_meta"] = pdl_meta(kwargs["triton_meta"])
+        elif len(args) > 1:
+            args = (args[0], pdl_meta(args[1]), *args[2:])
+        return original(*args, **kwargs)
+
+    triton_heuristics.user_autotune = user_autotune
+    _hooked = True
