@@ -1,6 +1,7 @@
 """atom_ao.ops.pdl: when a launch takes programmatic dependent launch, what it passes to Triton,
 and the Inductor hook that gives kernels traced with PDL=True the launch attribute; on the GPU,
-a compiled one-token linear with it on gives the same bits as with it off."""
+a compiled one-token linear with it on (and Inductor's own PDL: the split-K sum after the gemv)
+gives the same bits as with it off."""
 
 import pytest
 import torch
@@ -46,6 +47,8 @@ def test_meta_and_hook(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
                     reason="needs an sm90+ GPU")
 def test_compiled_one_token_linear_same_bits_gpu(monkeypatch):
+    import torch._inductor.config  # noqa: F401  (torch._inductor.config below)
+
     import atom_ao
     from torch._inductor.utils import run_and_get_code
     from torch.testing import FileCheck
@@ -59,6 +62,9 @@ def test_compiled_one_token_linear_same_bits_gpu(monkeypatch):
     outs = {}
     for on in (False, True):
         monkeypatch.setattr(pdl, "ENABLED", on)
+        if hasattr(torch._inductor.config.triton, "enable_pdl"):  # Inductor's own kernels too (the split sum)
+            monkeypatch.setattr(torch._inductor.config.triton, "enable_pdl", on)
+        monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
         torch._dynamo.reset()
         f = torch.compile(lin)
         out, (code, *_) = run_and_get_code(f, x)
