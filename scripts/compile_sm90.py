@@ -109,9 +109,10 @@ def main():
         types = {n: f"*{dt}" for n in ("k_ptr", "v_ptr")}
         types.update(slot_ptr="*i32", kc_ptr="*u8", vc_ptr="*u8", km_ptr=f"*{dt}", vm_ptr=f"*{dt}")
         for half in (32, 64):
-            for rotate in (False, True):
-                ok &= compile_one(f"kv_write {dt} D={2*half} rotate={rotate}", wr._kv_write_kernel, types,
-                                  dict(HALF=half, BLOCK_R=32, ROTATE_K=rotate, ROTATE_V=rotate, DOT=tdt, PREC="tf32"))
+            for rotate, pdl in ((False, False), (True, False), (False, True)):
+                ok &= compile_one(f"kv_write {dt} D={2*half} rotate={rotate} pdl={pdl}", wr._kv_write_kernel, types,
+                                  dict(HALF=half, BLOCK_R=32, ROTATE_K=rotate, ROTATE_V=rotate, DOT=tdt, PREC="tf32",
+                                       PDL=pdl), ptx_has="griddepcontrol.wait" if pdl else None)
         # the nibble-plane GQA decode kernel (off by default): codes as OFFSET + c
         types = dict(q_ptr=f"*{dt}", kc_ptr="*i32", vc_ptr="*i32", km_ptr=f"*{dt}", vm_ptr=f"*{dt}", bt_ptr="*i32",
                      len_ptr="*i32", start_ptr="*i32", out_ptr=f"*{dt}", part_ptr="*fp32", ml_ptr="*fp32",
@@ -126,9 +127,11 @@ def main():
                     consts = dict(G=g, BLOCK_G=8 if warp else 16, HALF=64, PAGE=page, HAS_START=True, ONE_SPLIT=one,
                                   DOT=tl.float16 if hi16 else tdt, MAGIC=magic,
                                   OFFSET=128.0 if magic == 0x4300 else 1024.0, WARP=warp, ASM=warp, HI16=hi16,
-                                  **cfg.kwargs)
+                                  PDL=hi16 and not one, **cfg.kwargs)  # PDL in one of the forms
                     ok &= compile_one(f"decode gqa {dt} {cfg.kwargs} w{cfg.num_warps} one={one} page={page} warp={warp} "
-                                      f"hi16={hi16}", gqa.decode_gqa_kernel, types, consts, cfg.num_warps, cfg.num_stages)
+                                      f"hi16={hi16} pdl={consts['PDL']}", gqa.decode_gqa_kernel, types, consts,
+                                      cfg.num_warps, cfg.num_stages,
+                                      ptx_has="griddepcontrol.wait" if consts["PDL"] else None)
         # decode split
         types = dict(q_ptr=f"*{dt}", kc_ptr="*u8", vc_ptr="*u8", km_ptr=f"*{dt}", vm_ptr=f"*{dt}", bt_ptr="*i32",
                      len_ptr="*i32", start_ptr="*i32", out_ptr=f"*{dt}", part_ptr="*fp32", ml_ptr="*fp32",
@@ -158,8 +161,10 @@ def main():
                               FOLD=fold, **cfg.kwargs)
                 label = f"decode mha {dt} D={2*half} page={page} one={one} fold={fold} {cfg.kwargs}"
                 ok &= compile_one(label, mha.decode_mha_kernel, mtypes, consts, cfg.num_warps, cfg.num_stages)
-        ok &= compile_one(f"decode reduce {dt}", dec._decode_reduce_kernel,
-                          dict(part_ptr="*fp32", ml_ptr="*fp32", out_ptr=f"*{dt}"), dict(D=128, SPLITS_P=8))
+        for pdl in (False, True):
+            ok &= compile_one(f"decode reduce {dt} pdl={pdl}", dec._decode_reduce_kernel,
+                              dict(part_ptr="*fp32", ml_ptr="*fp32", out_ptr=f"*{dt}"), dict(D=128, SPLITS_P=8, PDL=pdl),
+                              ptx_has="griddepcontrol.wait" if pdl else None)
         for half, splits in ((32, 1), (64, 1), (64, 3), (64, 33), (64, 100)):  # 16 to 1 rows a program
             ok &= compile_one(f"decode reduce rotate {dt} D={2 * half} splits={splits}", dec._decode_reduce_rotate_kernel,
                               dict(part_ptr="*fp32", ml_ptr="*fp32", out_ptr=f"*{dt}"),

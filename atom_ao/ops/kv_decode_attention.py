@@ -34,6 +34,7 @@ from torch.library import triton_op, wrap_triton
 from atom_ao.kv.format import check_cache, check_head_dim
 from atom_ao.kv.reference import decode_attention_ref
 from atom_ao.kv.rope import check_rope_args
+from atom_ao.ops import pdl as pdl_switch
 from atom_ao.ops.kv_decode_gqa import decode_gqa_kernel, gqa_configs
 from atom_ao.ops.kv_decode_mha import ROWS as MHA_ROWS, decode_mha_kernel, mha_configs
 from atom_ao.ops.kv_tiles import (
@@ -192,7 +193,7 @@ def _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_s
     meta = dict(G=g, BLOCK_G=max(8 if warp else 16, triton.next_power_of_2(g)), HALF=d // 2, PAGE=k_cache.shape[2],
                 HAS_START=kv_start is not None, ONE_SPLIT=one, DOT=dot, MAGIC=magic,
                 OFFSET={0x4300: 128.0, 0x6400: 1024.0}.get(magic, 0.0), WARP=warp,
-                ASM=warp and not _INTERPRET, HI16=hi16)  # every constexpr passed
+                ASM=warp and not _INTERPRET, HI16=hi16, **pdl_switch.launch_options(q))  # every constexpr passed
     if _INTERPRET:
         wrap_triton(decode_gqa_kernel)[(b, hkv, splits)](*args, **meta, BLOCK_N=16, num_warps=1 if warp else 4)
     else:
@@ -348,9 +349,10 @@ _decode_split_tuned = triton.autotune(configs=_configs(), key=["G", "HALF", "ONE
 
 @triton.jit
 def _decode_reduce_kernel(part_ptr, ml_ptr, out_ptr, H, num_splits, s_ob, s_oh,
-                          D: tl.constexpr, SPLITS_P: tl.constexpr):
+                          D: tl.constexpr, SPLITS_P: tl.constexpr, PDL: tl.constexpr):
     """Combine the splits of one (sequence, head): out = sum_s w_s acc_s / sum_s w_s l_s with
-    w_s = 2^(m_s - max m); empty splits (m = -inf, l = 0) weigh 0."""
+    w_s = 2^(m_s - max m); empty splits (m = -inf, l = 0) weigh 0. PDL: atom_ao.ops.pdl."""
+    pdl_switch.wait_then_release(PDL)
     pid = tl.program_id(0)
     b = pid // H
     h = pid % H
@@ -568,7 +570,7 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
     elif not one:
         wrap_triton(_decode_reduce_kernel)[(b * h,)](
             part, ml, out, h, splits, out.stride(0), out.stride(1),
-            D=d, SPLITS_P=triton.next_power_of_2(splits), num_warps=4,
+            D=d, SPLITS_P=triton.next_power_of_2(splits), num_warps=4, **pdl_switch.launch_options(out),
         )
     return out
 

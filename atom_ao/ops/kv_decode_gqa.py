@@ -42,6 +42,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from atom_ao.ops import pdl as pdl_switch
 from atom_ao.ops.kv_tiles import load_kv_meta, online_softmax, paged_rows, split_tiles
 
 
@@ -276,7 +277,9 @@ def decode_gqa_kernel(
     ONE_SPLIT: tl.constexpr, DOT: tl.constexpr, MAGIC: tl.constexpr, OFFSET: tl.constexpr,
     BLOCK_N: tl.constexpr, WARP: tl.constexpr, ASM: tl.constexpr,
     HI16: tl.constexpr,  # WARP, fp16 dots: high nibbles in place (``_word_pairs_hi16_asm``)
+    PDL: tl.constexpr,  # launched with programmatic dependent launch (atom_ao.ops.pdl)
 ):
+    pdl_switch.wait_then_release(PDL)
     b = tl.program_id(0)
     hk = tl.program_id(1)
     sp = tl.program_id(2)

@@ -29,6 +29,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from atom_ao.kv.format import check_cache, check_head_dim, hadamard_rows, kv_write_ref
+from atom_ao.ops import pdl as pdl_switch
 from atom_ao.ops.kv_tiles import dot_dtype, dot_precision, sylvester_halves
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -108,7 +109,9 @@ def _kv_write_kernel(
     s_mp, s_mh, s_mw,  # and so do their metas
     HALF: tl.constexpr, BLOCK_R: tl.constexpr,
     ROTATE_K: tl.constexpr, ROTATE_V: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+    PDL: tl.constexpr,  # launched with programmatic dependent launch (atom_ao.ops.pdl)
 ):
+    pdl_switch.wait_then_release(PDL)
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     ok = rows < R
     n = rows // HKV
@@ -167,6 +170,7 @@ def kv_write_triton(k, v, slots, k_cache, v_cache, k_meta, v_meta, rotate_k: boo
         k_meta.stride(0), k_meta.stride(1), k_meta.stride(2),
         HALF=d // 2, BLOCK_R=block_r, ROTATE_K=rotate_k, ROTATE_V=rotate_v,
         DOT=dot_dtype(k.dtype, _INTERPRET), PREC=dot_precision(k.dtype), num_warps=4,
+        **pdl_switch.launch_options(k),
     )
 
 

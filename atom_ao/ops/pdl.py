@@ -1,10 +1,12 @@
 """Programmatic dependent launch (PDL, sm90+) for the batch-1 decode chain: experimental, off by default.
 
 A kernel launched with PDL may start while the kernel before it in the stream still runs. The
-atom_ao kernels that take a ``PDL`` constexpr (the activation quantizer, the one-token gemv)
-then wait (``griddepcontrol.wait``) before they touch anything an earlier kernel wrote, and only
-after that let the next kernel launch, so the chain stays ordered; the gemv issues its first
-weight loads (which no kernel writes) before its wait. ``benchmarks/explore_pdl.py`` times it.
+atom_ao kernels of a batch-1 decode step take a ``PDL`` constexpr (the activation quantizer,
+the one-token gemv, the KV write, the GQA / planes decode attention and its split reduce): they
+wait (``griddepcontrol.wait``, ``wait_then_release``) before they touch anything an earlier
+kernel wrote, and only then let the next kernel launch, so each one's completion still implies
+its predecessor's; the gemv issues its first weight loads (which no kernel writes) before its
+wait. ``benchmarks/explore_pdl.py`` times the quantizer -> gemv chain alone.
 
 ``enable()`` (or ``ATOM_AO_PDL=1``, or setting ``ENABLED``) turns it on for launches from then on:
 
@@ -24,6 +26,8 @@ import functools
 import os
 
 import torch
+import triton
+import triton.language as tl
 
 ENABLED = os.environ.get("ATOM_AO_PDL") == "1"
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -55,6 +59,22 @@ def launch_kwargs(pdl: bool, t: torch.Tensor) -> dict:
     if not pdl or torch.compiler.is_compiling() or type(t) is not torch.Tensor:
         return {}
     return {"launch_pdl": True}
+
+
+def launch_options(t: torch.Tensor, pdl: bool | None = None) -> dict:
+    """The ``PDL`` constexpr and launch options of a kernel launch on ``t``'s device."""
+    on = wanted(t, pdl)
+    return {"PDL": on, **launch_kwargs(on, t)}
+
+
+@triton.jit
+def wait_then_release(PDL: tl.constexpr):
+    """In a kernel launched with PDL: wait until the kernel before it has finished (its writes
+    visible), then let the next kernel launch. Call it before the first load of anything an
+    earlier kernel wrote, and before any store."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
 
 
 def pdl_meta(triton_meta: dict) -> dict:

@@ -317,9 +317,7 @@ def _quantize_activation_kernel(
     # programs: (row split, column), columns inner so that programs running together share
     # rows; a column is GPB groups, or (last, with outliers) the outlier channels. a is x, or
     # RMSNorm's input (w its weight, rstd_ptr its M row statistics), or SiLU's gate (b: up)
-    if PDL:  # launched early: wait for the kernel that wrote the input, then let the next one launch
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_switch.wait_then_release(PDL)  # before any load or store
     pid = tl.program_id(0)
     n_gb = tl.cdiv(G, GPB)
     # Inductor types a Python float argument fp64 (eager Triton: fp32); fp64 would leak into
@@ -436,7 +434,6 @@ def launch_streaming(mode: int, a, b, w, rstd, perm, n_outliers: int, group_size
     groups = s.shape[1]
     if m == 0:
         return q, s, qo, so
-    pdl = pdl_switch.wanted(a, pdl)
     perm = perm.to(device=a.device, dtype=torch.int32).contiguous()
     if mode == SILU_MUL and b.stride(1) != a.stride(1):
         raise ValueError("launch_streaming: gate and up must share their column stride")
@@ -467,8 +464,7 @@ def launch_streaming(mode: int, a, b, w, rstd, perm, n_outliers: int, group_size
         HAS_OUT=has_out,
         PTX=a.is_cuda and torch.version.hip is None and not _INTERPRET,
         IDX64=(k - 1) * abs(a.stride(1)) >= 2**31,
-        PDL=pdl,
-        **meta, **pdl_switch.launch_kwargs(pdl, a),
+        **meta, **pdl_switch.launch_options(a, pdl),
     )
     return q, s, qo, so
 

@@ -123,11 +123,9 @@ def _w4a4_gemv_kernel(
     as_ptrs = as_ptr + g0 + offs_c
     acc = tl.zeros((BLOCK_N, CHUNK), dtype=tl.float32)  # per group slot, summed at the end
     w, sw = _chunk_w(w_ptrs, ws_ptrs, offs_c, n_g, mask_n, EVEN_N)
-    if PDL:
-        # launched early (programmatic dependent launch): the first weights are on their way
-        # before waiting for the kernel that wrote the token, and the next kernel may launch
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    # launched early (programmatic dependent launch): the first weights, which no kernel writes,
+    # are on their way before waiting for the kernel that wrote the token
+    pdl_switch.wait_then_release(PDL)
     a, sa = _chunk_a(a_ptrs, as_ptrs, offs_c, n_g)
     for c in range(CHUNK, n_g + CHUNK, CHUNK):
         nw, nsw = _chunk_w(w_ptrs + c * WORDS, ws_ptrs + c, c + offs_c, n_g, mask_n, EVEN_N)
@@ -181,7 +179,6 @@ def launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scal
     switch), so the kernel starts reading its weights while the kernel before it finishes."""
     n = w_packed.shape[0]
     n_out_w = a_outliers.shape[1] // 4
-    pdl = pdl_switch.wanted(out, pdl)
     block_n, chunk, warps = config or GEMV_CONFIG
     words = lambda t: t.view(torch.int32)  # noqa: E731  (4 packed bytes a word)
     grid = (triton.cdiv(n, block_n), splits)
@@ -194,6 +191,6 @@ def launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scal
         WORDS=group_size // 8,
         BLOCK_OW=max(4, min(32, triton.next_power_of_2(max(n_out_w, 1)))),
         HAS_OUT=n_out_w > 0, HAS_BIAS=bias is not None, USE_ASM=not INTERPRET,
-        EVEN_N=n % block_n == 0, BLOCK_N=block_n, CHUNK=chunk, PDL=pdl,
-        num_warps=warps, num_stages=1, **pdl_switch.launch_kwargs(pdl, out),
+        EVEN_N=n % block_n == 0, BLOCK_N=block_n, CHUNK=chunk,
+        num_warps=warps, num_stages=1, **pdl_switch.launch_options(out, pdl),
     )

@@ -71,3 +71,43 @@ def test_compiled_one_token_linear_same_bits_gpu(monkeypatch):
         FileCheck().check("_w4a4_gemv_kernel").check("'PDL': True" if on else "'PDL': False").run(code)
         outs[on] = out
     assert torch.equal(outs[True], outs[False])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
+                    reason="needs an sm90+ GPU")
+@torch.no_grad()
+def test_compiled_model_decode_same_bits_gpu(monkeypatch):
+    # bench_generate's model (Atom W4A4 + INT4 KV, compiled block, batch 1: quantizer, gemv, KV
+    # write, decode attention and its reduce all PDL-launched, Inductor's kernels too) against
+    # the same model with PDL off: the same logits at every decode step
+    import sys
+    from pathlib import Path
+
+    import torch._inductor.config  # noqa: F401
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from bench_generate import build
+    from gpt import Int4KVCache, LlamaShape
+
+    shape = LlamaShape(dim=1024, n_layers=2, n_heads=8, n_kv_heads=2, intermediate=2816, vocab=1000, fused_qkv=True,
+                       fused_gate_up=True)
+    prompt, steps = 40, 4
+    logits = {}
+    for on in (False, True):
+        monkeypatch.setattr(pdl, "ENABLED", on)
+        if hasattr(torch._inductor.config.triton, "enable_pdl"):
+            monkeypatch.setattr(torch._inductor.config.triton, "enable_pdl", on)
+        monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
+        model = build(shape, "atom-kv4", None, True)
+        s = model.s
+        model.setup_caches(1, prompt + steps, lambda layer: Int4KVCache(1, s.n_kv_heads, prompt + steps, s.head_dim,
+                                                                        torch.bfloat16, "cuda"))
+        gen = torch.Generator().manual_seed(1)
+        ids = torch.randint(0, s.vocab, (1, prompt), generator=gen).cuda()
+        nxt = torch.randint(0, s.vocab, (steps, 1, 1), generator=gen).cuda()
+        out = [model(ids, torch.arange(prompt, device="cuda"))]
+        for i in range(steps):
+            out.append(model(nxt[i], torch.tensor([prompt + i], device="cuda")))
+        logits[on] = torch.stack(out)
+    assert logits[False].abs().max() > 0
+    assert torch.equal(logits[True], logits[False])
