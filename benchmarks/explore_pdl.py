@@ -18,7 +18,8 @@ result; every variant's final output is checked bit for bit against the one with
 
 Variants: "off" (plain launches), "gemv" (the gemvs launched with PDL: they start as the
 quantizer's programs exit), "all" (both kernels with PDL, each letting the next launch once it
-has waited), and the gemvs alone on pre-quantized tokens without / with PDL. Writes JSON +
+has waited), "all" with the gemv also prefetching the next ``--l2-ahead`` steps of its weights
+into L2 before its wait, and the gemvs alone on pre-quantized tokens without / with PDL. Writes JSON +
 markdown (explore_pdl_<gpu>).
 """
 
@@ -104,6 +105,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--splits", type=int, default=1, help="split-K of every gemv (> 1: a torch sum after each)")
+    ap.add_argument("--l2-ahead", default="2,4",
+                    help="comma list: the 'all' variant again with each gemv prefetching that many steps of its "
+                         "weights into L2 before its wait (w4a4_gemv.GEMV_L2_AHEAD)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
         raise SystemExit("explore_pdl: needs an sm90+ GPU (programmatic dependent launch)")
@@ -112,17 +116,18 @@ def main(argv=None):
     x0 = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
     x0[:, :8] *= 60  # outlier channels, as real activations have
     tokens = quantize_all(layers, x0, args.splits)
-    variants = {
-        "off": lambda: run_chain(layers, x0, False, False, args.splits),
-        "gemv": lambda: run_chain(layers, x0, False, True, args.splits),
-        "all": lambda: run_chain(layers, x0, True, True, args.splits),
-        "gemv alone, off": lambda: run_chain(layers, x0, False, False, args.splits, tokens),
-        "gemv alone, pdl": lambda: run_chain(layers, x0, False, True, args.splits, tokens),
-    }
+    gemv = importlib.import_module("atom_ao.ops.w4a4_gemv")
+    chain = lambda q, g, t=None: lambda: run_chain(layers, x0, q, g, args.splits, t)  # noqa: E731
+    # (name, gemv L2 steps ahead, fn)
+    variants = [("off", 0, chain(False, False)), ("gemv", 0, chain(False, True)), ("all", 0, chain(True, True))]
+    variants += [(f"all, L2 ahead {n}", int(n), chain(True, True)) for n in args.l2_ahead.split(",") if int(n) > 0]
+    variants += [("gemv alone, off", 0, chain(False, False, tokens)), ("gemv alone, pdl", 0, chain(False, True, tokens))]
     ref = {}
     rows = []
     n_linears = 4 * args.layers
-    for name, fn in variants.items():
+    default_ahead = gemv.GEMV_L2_AHEAD
+    for name, ahead, fn in variants:
+        gemv.GEMV_L2_AHEAD = ahead
         got = fn()
         torch.cuda.synchronize()
         group = "alone" if "alone" in name else "chain"
@@ -133,6 +138,7 @@ def main(argv=None):
         rows.append({"variant": name, "us_per_step": round(us, 1), "us_per_linear": round(us / n_linears, 2),
                      "vs_off_us": round(us - base, 1), "same_bits": bool(torch.equal(got, ref[group]))})
         print(rows[-1], flush=True)
+    gemv.GEMV_L2_AHEAD = default_ahead
     print(markdown_table(rows, COLUMNS))
     stem = write_results("explore_pdl", rows, COLUMNS, {"layers": args.layers, "splits": args.splits,
                                                         "linears": [n for n, _, _ in LAYER]})

@@ -653,7 +653,9 @@ for what in "${@:-tests}"; do
                  tests/ops/test_w4a4_gemm_triton.py tests/ops/test_pdl.py -k pdl
              T=200 TAIL=20 step explore_pdl_s32 python3 benchmarks/explore_pdl.py --layers 32 ;;
     # the model at batch 1 with it, A/B in one run (Inductor's own PDL on in both rows and for bf16)
-    pdl-gen-s32) T=400 TAIL=40 step generate_pdl_b1_s32 python3 benchmarks/bench_generate.py --batches 1 \
+    # (L2=n: the gemv also prefetches n steps of weights into L2 before its wait, ATOM_AO_GEMV_L2_AHEAD)
+    pdl-gen-s32) ATOM_AO_GEMV_L2_AHEAD=${L2:-0} T=400 TAIL=40 step generate_pdl_b1_l2_${L2:-0}_s32 \
+                 python3 benchmarks/bench_generate.py --batches 1 \
                  --paths bf16,atom-kv4 --gen 256 --steps 16 --profile --inductor-pdl --flag-ab atom_ao.ops.pdl:ENABLED ;;
     # issue 7's configuration on Llama-3-8B shapes; the sweep's missing cells (fp8 batch 1, Atom bf16 KV 8/32/128)
     llama3-gen256-s32) T=560 TAIL=40 step generate_llama3_gen256_s32 python3 benchmarks/bench_generate.py \

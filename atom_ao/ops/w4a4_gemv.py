@@ -73,6 +73,14 @@ def _chunk_w(w_ptrs, ws_ptrs, slot, n_g, mask_n, EVEN_N: tl.constexpr):
 
 
 @triton.jit
+def _prefetch_l2(ptrs):
+    """``prefetch.global.L2`` of each address; returns zeros of the same shape. Marked pure (Inductor's
+    write analysis refuses impure inline asm) and its result is used, so the compiler keeps it."""
+    return tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs],
+                                     dtype=tl.int32, is_pure=True, pack=1)
+
+
+@triton.jit
 def _chunk_a(a_ptrs, as_ptrs, slot, n_g):
     """One step's token loads: words (CHUNK, WORDS) and scales (CHUNK,)."""
     ok = slot < n_g
@@ -103,6 +111,7 @@ def _w4a4_gemv_kernel(
     EVEN_N: tl.constexpr,  # N a multiple of BLOCK_N: no row masks
     BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
     PDL: tl.constexpr,  # launched with programmatic dependent launch (launch_gemv's pdl)
+    L2_AHEAD: tl.constexpr,  # steps of weights prefetched into L2 before the PDL wait (GEMV_L2_AHEAD)
 ):
     # The row offsets (and so the output store's address) are computed here, not returned by a
     # helper that also takes the weight pointers: Inductor's mutation analysis of the TTIR derives
@@ -123,6 +132,14 @@ def _w4a4_gemv_kernel(
     as_ptrs = as_ptr + g0 + offs_c
     acc = tl.zeros((BLOCK_N, CHUNK), dtype=tl.float32)  # per group slot, summed at the end
     w, sw = _chunk_w(w_ptrs, ws_ptrs, offs_c, n_g, mask_n, EVEN_N)
+    if L2_AHEAD > 0:
+        # and the next L2_AHEAD steps' weight words into L2, one address a 64-byte group row
+        rows = tl.where(mask_n, offs_n, 0)
+        zero = tl.zeros((BLOCK_N, CHUNK), tl.int32)
+        for j in tl.static_range(1, L2_AHEAD + 1):
+            slot = tl.maximum(tl.minimum(j * CHUNK + offs_c, n_g - 1), 0)
+            zero += _prefetch_l2(w_ptr + rows[:, None] * stride_wn + (g0 + slot)[None, :] * WORDS)
+        w_ptrs += zero[:, :, None]
     # launched early (programmatic dependent launch): the first weights, which no kernel writes,
     # are on their way before waiting for the kernel that wrote the token
     pdl_switch.wait_then_release(PDL)
@@ -158,6 +175,10 @@ def _w4a4_gemv_kernel(
 # step; its (32, 4) scale tile goes through shared memory (Triton keeps a load with as many elements
 # as threads in its own layout) and it still wins.
 GEMV_CONFIG = (16, 2, 1) if INTERPRET else (32, 4, 4)  # the interpreter: small tiles
+# With PDL: steps of each program's weights prefetched into L2 while it waits for the token
+# (inline PTX: never under the interpreter). Not yet timed (benchmarks/explore_pdl.py --l2-ahead);
+# ATOM_AO_GEMV_L2_AHEAD sets it for a whole run (bench_generate).
+GEMV_L2_AHEAD = int(os.environ.get("ATOM_AO_GEMV_L2_AHEAD", "0"))
 
 
 def gemv_split_k(n: int, groups: int, sms: int, block_n: int | None = None) -> int:
@@ -180,6 +201,7 @@ def launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scal
     n = w_packed.shape[0]
     n_out_w = a_outliers.shape[1] // 4
     block_n, chunk, warps = config or GEMV_CONFIG
+    opts = pdl_switch.launch_options(out, pdl)
     words = lambda t: t.view(torch.int32)  # noqa: E731  (4 packed bytes a word)
     grid = (triton.cdiv(n, block_n), splits)
     wrap_triton(_w4a4_gemv_kernel)[grid](
@@ -192,5 +214,6 @@ def launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scal
         BLOCK_OW=max(4, min(32, triton.next_power_of_2(max(n_out_w, 1)))),
         HAS_OUT=n_out_w > 0, HAS_BIAS=bias is not None, USE_ASM=not INTERPRET,
         EVEN_N=n % block_n == 0, BLOCK_N=block_n, CHUNK=chunk,
-        num_warps=warps, num_stages=1, **pdl_switch.launch_options(out, pdl),
+        L2_AHEAD=GEMV_L2_AHEAD if opts["PDL"] and not INTERPRET else 0,
+        num_warps=warps, num_stages=1, **opts,
     )
