@@ -169,6 +169,34 @@ def _kv_cases():
         _report(f"prefill heads={heads}/{kv_heads} d={d}", [qp, kp, vp, kv_start])
 
 
+def _pdl_cases():
+    """The same launches with programmatic dependent launch on (atom_ao.ops.pdl; the gemv also
+    prefetching into L2): its waits and the prefetch's inline asm must not look like writes."""
+    pdl = importlib.import_module("atom_ao.ops.pdl")
+    pdl.wanted = lambda t, on: True  # CPU tensors: the switch would say no
+    w4a4_gemv.GEMV_L2_AHEAD = 2
+    from test_kv_attention import paged_cache
+    from test_w4a4_gemm_triton import _operands
+
+    for splits in (1, 2):
+        args = _operands(1, 64, 512, 32, 128, torch.bfloat16, True)
+        w4a4_gemm.w4a4_gemm_triton(*args, 128, torch.bfloat16, splits=splits, path="gemv")
+        _report(f"pdl w4a4_gemm m=1 gemv splits={splits}", args)
+    x = torch.randn(1, 512, dtype=torch.bfloat16)
+    perm = torch.randperm(512).to(torch.int32)
+    quantize_activation.quantize_activation_triton(x, perm, 32, 128, 0.9)
+    _report("pdl quantize_activation", [x, perm])
+    caches, table = paged_cache([70, 200], 2, 128, page_size=32)
+    q = torch.randn(2, 8, 128, dtype=torch.bfloat16)
+    seq_lens = torch.tensor([70, 200], dtype=torch.int32)
+    kv_decode_attention.kv_decode_attention_triton(q, *caches, table, seq_lens, None, 128 ** -0.5, 32768)
+    _report("pdl kv_decode heads=8/2 d=128", [q, *caches, table, seq_lens])
+    k, v = torch.randn(2, 2, 128, dtype=torch.bfloat16), torch.randn(2, 2, 128, dtype=torch.bfloat16)
+    slots = torch.tensor([0, 7])
+    kv_write.kv_write_triton(k, v, slots, *caches)
+    _report("pdl kv_write", [k, v, slots])
+
+
 if __name__ == "__main__":
-    for group in sys.argv[1:] or ["gemm", "quantize", "kv"]:
-        {"gemm": _gemm_cases, "quantize": _quantize_cases, "kv": _kv_cases}[group]()
+    for group in sys.argv[1:] or ["gemm", "quantize", "kv", "pdl"]:
+        {"gemm": _gemm_cases, "quantize": _quantize_cases, "kv": _kv_cases, "pdl": _pdl_cases}[group]()

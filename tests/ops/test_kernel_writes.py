@@ -46,6 +46,13 @@ def test_no_kernel_writes_an_input(launches):
     assert not bad, "\n".join(json.dumps(r) for r in bad)
 
 
+def test_pdl_launches_are_analysed(launches):
+    # atom_ao.ops.pdl on: the quantizer, gemv (with its L2 prefetch), decode attention, its reduce, KV write
+    pdl = {r["kernel"] for r in launches if r["case"].startswith("pdl ")}
+    assert {"_w4a4_gemv_kernel", "_quantize_activation_kernel", "decode_gqa_kernel", "_decode_reduce_kernel",
+            "_kv_write_kernel"} <= pdl
+
+
 def test_outputs_are_written(launches):
     """The analysis sees the real stores (an empty answer would also pass the test above)."""
     assert all(r["written"] for r in launches)
