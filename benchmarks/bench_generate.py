@@ -294,6 +294,10 @@ def main():
                     print(f"    {k:32s} {us:10.1f} us")
                 for k, us in prof["top_kernels_us"]:
                     print(f"      {us:10.1f} us  {k}")
+        pdl = sys.modules.get("atom_ao.ops.pdl")
+        if pdl is not None and pdl.ENABLED:  # evidence that the compiled kernels got the launch attribute
+            print(f"  {label}: atom_ao.ops.pdl marked {len(pdl.MARKED)} compiled kernels for PDL launches "
+                  f"({', '.join(sorted(set(pdl.MARKED)))[:300]})")
         for layer in model.layers:
             layer.cache = None
         del model

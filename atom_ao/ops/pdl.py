@@ -85,25 +85,35 @@ def pdl_meta(triton_meta: dict) -> dict:
 
 
 _hooked = False
+MARKED: list[str] = []  # the compiled kernels the hook gave launch_pdl (their Inductor names)
 
 
 def install_inductor_hook() -> None:
     """Wrap ``torch._inductor.runtime.triton_heuristics.user_autotune`` (the decorator Inductor's
     generated code puts on every user Triton kernel) with ``pdl_meta``. Compiled modules look it
-    up when they load, so this must run before the model is compiled."""
+    up when they load, so this must run before the model is compiled. Inductor's compile workers
+    would build the kernels without the wrapper (and hand them back so), so kernels are compiled
+    in this process from then on (``compile_threads = 1``)."""
     global _hooked
     if _hooked:
         return
+    import torch._inductor.config as inductor_config
     from torch._inductor.runtime import triton_heuristics
+
+    inductor_config.compile_threads = 1
 
     original = triton_heuristics.user_autotune
 
     @functools.wraps(original)
     def user_autotune(*args, **kwargs):
         if "triton_meta" in kwargs:
-            kwargs["triton_meta"] = pdl_meta(kwargs["triton_meta"])
+            kwargs["triton_meta"] = meta = pdl_meta(kwargs["triton_meta"])
         elif len(args) > 1:
-            args = (args[0], pdl_meta(args[1]), *args[2:])
+            args = (args[0], meta := pdl_meta(args[1]), *args[2:])
+        else:
+            meta = None
+        if meta and meta.get("launch_pdl"):
+            MARKED.append((kwargs.get("inductor_meta") or {}).get("kernel_name", "?"))
         return original(*args, **kwargs)
 
     triton_heuristics.user_autotune = user_autotune

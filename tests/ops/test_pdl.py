@@ -32,12 +32,16 @@ def test_meta_and_hook(monkeypatch):
     seen = []
     monkeypatch.setattr(triton_heuristics, "user_autotune", lambda *a, **k: seen.append((a, k)))
     monkeypatch.setattr(pdl, "_hooked", False)
+    import torch._inductor.config as inductor_config
+    monkeypatch.setattr(inductor_config, "compile_threads", inductor_config.compile_threads)
     pdl.install_inductor_hook()
+    assert inductor_config.compile_threads == 1  # compile workers would build the kernels unwrapped
     pdl.install_inductor_hook()  # once only
     triton_heuristics.user_autotune(configs=[], triton_meta={"constants": {"PDL": True, "X": 1}})
     triton_heuristics.user_autotune(configs=[], triton_meta={"constants": {"PDL": False}})
     triton_heuristics.user_autotune([], {"constants": {"PDL": True}})
     assert seen[0][1]["triton_meta"]["launch_pdl"] is True
+    assert len(pdl.MARKED) >= 2
     assert "launch_pdl" not in seen[1][1]["triton_meta"]
     assert seen[2][0][1]["launch_pdl"] is True
     assert pdl.pdl_meta({}) == {} and pdl.pdl_meta({"constants": {}}) == {"constants": {}}
@@ -70,6 +74,7 @@ def test_compiled_one_token_linear_same_bits_gpu(monkeypatch):
         out, (code, *_) = run_and_get_code(f, x)
         FileCheck().check("_w4a4_gemv_kernel").check("'PDL': True" if on else "'PDL': False").run(code)
         outs[on] = out
+    assert any("_w4a4_gemv_kernel" in name for name in pdl.MARKED)  # launched with the attribute
     assert torch.equal(outs[True], outs[False])
 
 
