@@ -64,8 +64,9 @@ def quantized_linears(copies: int, shapes=LAYER, device="cuda"):
     return layers
 
 
-def run_chain(layers, x0, pdl_quantize: bool, pdl_gemv: bool, splits: int, tokens=None):
-    """The chain once; ``tokens`` (one per linear, from ``quantize_all``) skips the quantizer."""
+def run_chain(layers, x0, pdl_quantize: bool, pdl_gemv: bool, splits: int, tokens=None, record=None):
+    """The chain once; ``tokens`` (one per linear, from ``quantize_all``) skips the quantizer,
+    ``record`` (a list) collects each linear's quantized token."""
     qa = importlib.import_module("atom_ao.ops.quantize_activation")
     gemv = importlib.import_module("atom_ao.ops.w4a4_gemv")
     from atom_ao.ops.producers import PLAIN
@@ -78,6 +79,8 @@ def run_chain(layers, x0, pdl_quantize: bool, pdl_gemv: bool, splits: int, token
                                         w.act_clip_ratio, False, x.dtype, pdl=pdl_quantize)
             else:
                 a = tokens[i]
+            if record is not None:
+                record.append(a)
             out = torch.empty((1, wq.shape[0]), dtype=torch.bfloat16, device=x.device) if splits == 1 else \
                 torch.empty((splits, 1, wq.shape[0]), dtype=torch.float32, device=x.device)
             gemv.launch_gemv(*a, wq, ws, wo, wos, None, out, w.group_size, splits, pdl=pdl_gemv)
@@ -88,16 +91,8 @@ def run_chain(layers, x0, pdl_quantize: bool, pdl_gemv: bool, splits: int, token
 
 def quantize_all(layers, x0, splits: int):
     """Each linear's quantized token as the plain chain makes them (for the gemv-only variants)."""
-    qa = importlib.import_module("atom_ao.ops.quantize_activation")
-    from atom_ao.ops.producers import PLAIN
-
-    tokens, x = [], x0
-    for layer in layers:
-        for _, k, w, ops in layer:
-            a = qa.launch_streaming(PLAIN, x[:, :k], None, None, None, w.perm, w.n_outliers, w.group_size,
-                                    w.act_clip_ratio, False, x.dtype)
-            tokens.append(a)
-            x = run_chain([[(None, k, w, ops)]], x, False, False, splits, tokens=[a])
+    tokens = []
+    run_chain(layers, x0, False, False, splits, record=tokens)
     return tokens
 
 

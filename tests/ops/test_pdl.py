@@ -47,12 +47,21 @@ def test_meta_and_hook(monkeypatch):
     assert pdl.pdl_meta({}) == {} and pdl.pdl_meta({"constants": {}}) == {"constants": {}}
 
 
+def _switch(monkeypatch, on: bool) -> None:
+    """atom_ao's PDL and Inductor's own (the kernels around ours, e.g. the split-K sum), with
+    compiles for real (a cached graph of the other setting must not serve)."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(pdl, "ENABLED", on)
+    if hasattr(inductor_config.triton, "enable_pdl"):
+        monkeypatch.setattr(inductor_config.triton, "enable_pdl", on)
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
                     reason="needs an sm90+ GPU")
 def test_compiled_one_token_linear_same_bits_gpu(monkeypatch):
-    import torch._inductor.config  # noqa: F401  (torch._inductor.config below)
-
     import atom_ao
     from torch._inductor.utils import run_and_get_code
     from torch.testing import FileCheck
@@ -65,10 +74,7 @@ def test_compiled_one_token_linear_same_bits_gpu(monkeypatch):
     x[:, :8] *= 60
     outs = {}
     for on in (False, True):
-        monkeypatch.setattr(pdl, "ENABLED", on)
-        if hasattr(torch._inductor.config.triton, "enable_pdl"):  # Inductor's own kernels too (the split sum)
-            monkeypatch.setattr(torch._inductor.config.triton, "enable_pdl", on)
-        monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
+        _switch(monkeypatch, on)
         torch._dynamo.reset()
         f = torch.compile(lin)
         out, (code, *_) = run_and_get_code(f, x)
@@ -89,7 +95,6 @@ def test_compiled_model_decode_same_bits_gpu(monkeypatch):
     import sys
     from pathlib import Path
 
-    import torch._inductor.config  # noqa: F401
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from bench_generate import build
     from gpt import Int4KVCache, LlamaShape
@@ -99,10 +104,7 @@ def test_compiled_model_decode_same_bits_gpu(monkeypatch):
     prompt, steps = 40, 4
     logits = {}
     for on in (False, True):
-        monkeypatch.setattr(pdl, "ENABLED", on)
-        if hasattr(torch._inductor.config.triton, "enable_pdl"):
-            monkeypatch.setattr(torch._inductor.config.triton, "enable_pdl", on)
-        monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
+        _switch(monkeypatch, on)
         model = build(shape, "atom-kv4", None, True)
         s = model.s
         model.setup_caches(1, prompt + steps, lambda layer: Int4KVCache(1, s.n_kv_heads, prompt + steps, s.head_dim,
