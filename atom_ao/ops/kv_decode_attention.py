@@ -35,6 +35,7 @@ from atom_ao.kv.format import check_cache, check_head_dim
 from atom_ao.kv.reference import decode_attention_ref
 from atom_ao.kv.rope import check_rope_args
 from atom_ao.ops import pdl as pdl_switch
+from atom_ao.ops.pdl import wait_then_release  # a bare name: Inductor copies the jit helpers a kernel calls by name
 from atom_ao.ops.kv_decode_gqa import decode_gqa_kernel, gqa_configs
 from atom_ao.ops.kv_decode_mha import ROWS as MHA_ROWS, decode_mha_kernel, mha_configs
 from atom_ao.ops.kv_tiles import (
@@ -352,7 +353,7 @@ def _decode_reduce_kernel(part_ptr, ml_ptr, out_ptr, H, num_splits, s_ob, s_oh,
                           D: tl.constexpr, SPLITS_P: tl.constexpr, PDL: tl.constexpr):
     """Combine the splits of one (sequence, head): out = sum_s w_s acc_s / sum_s w_s l_s with
     w_s = 2^(m_s - max m); empty splits (m = -inf, l = 0) weigh 0. PDL: atom_ao.ops.pdl."""
-    pdl_switch.wait_then_release(PDL)
+    wait_then_release(PDL)
     pid = tl.program_id(0)
     b = pid // H
     h = pid % H

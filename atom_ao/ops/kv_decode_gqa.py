@@ -43,6 +43,7 @@ import triton
 import triton.language as tl
 
 from atom_ao.ops import pdl as pdl_switch
+from atom_ao.ops.pdl import wait_then_release  # a bare name: Inductor copies the jit helpers a kernel calls by name
 from atom_ao.ops.kv_tiles import load_kv_meta, online_softmax, paged_rows, split_tiles
 
 
@@ -279,7 +280,7 @@ def decode_gqa_kernel(
     HI16: tl.constexpr,  # WARP, fp16 dots: high nibbles in place (``_word_pairs_hi16_asm``)
     PDL: tl.constexpr,  # launched with programmatic dependent launch (atom_ao.ops.pdl)
 ):
-    pdl_switch.wait_then_release(PDL)
+    wait_then_release(PDL)
     b = tl.program_id(0)
     hk = tl.program_id(1)
     sp = tl.program_id(2)

@@ -30,6 +30,7 @@ from torch.library import triton_op, wrap_triton
 
 from atom_ao.kv.format import check_cache, check_head_dim, hadamard_rows, kv_write_ref
 from atom_ao.ops import pdl as pdl_switch
+from atom_ao.ops.pdl import wait_then_release  # a bare name: Inductor copies the jit helpers a kernel calls by name
 from atom_ao.ops.kv_tiles import dot_dtype, dot_precision, sylvester_halves
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -111,7 +112,7 @@ def _kv_write_kernel(
     ROTATE_K: tl.constexpr, ROTATE_V: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
     PDL: tl.constexpr,  # launched with programmatic dependent launch (atom_ao.ops.pdl)
 ):
-    pdl_switch.wait_then_release(PDL)
+    wait_then_release(PDL)
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     ok = rows < R
     n = rows // HKV

@@ -42,6 +42,7 @@ from torch.library import triton_op, wrap_triton
 
 from atom_ao.format import k_normal_padded, quantize_activation_ref
 from atom_ao.ops import pdl as pdl_switch
+from atom_ao.ops.pdl import wait_then_release  # a bare name: Inductor copies the jit helpers a kernel calls by name
 from atom_ao.ops.gemm_tiles import m_bucket
 from atom_ao.ops.producers import KIND, PLAIN, SILU_MUL, _produce_value
 
@@ -317,7 +318,7 @@ def _quantize_activation_kernel(
     # programs: (row split, column), columns inner so that programs running together share
     # rows; a column is GPB groups, or (last, with outliers) the outlier channels. a is x, or
     # RMSNorm's input (w its weight, rstd_ptr its M row statistics), or SiLU's gate (b: up)
-    pdl_switch.wait_then_release(PDL)  # before any load or store
+    wait_then_release(PDL)  # before any load or store
     pid = tl.program_id(0)
     n_gb = tl.cdiv(G, GPB)
     # Inductor types a Python float argument fp64 (eager Triton: fp32); fp64 would leak into
