@@ -17,10 +17,11 @@ result; every variant's final output is checked bit for bit against the one with
     python benchmarks/explore_pdl.py [--layers 32] [--splits 1]
 
 Variants: "off" (plain launches), "gemv" (the gemvs launched with PDL: they start as the
-quantizer's programs exit), "all" (both kernels with PDL, each letting the next launch once it
-has waited), "all" with the gemv also prefetching the next ``--l2-ahead`` steps of its weights
-into L2 before its wait, and the gemvs alone on pre-quantized tokens without / with PDL. Writes JSON +
-markdown (explore_pdl_<gpu>).
+quantizer's programs exit), "all" (both kernels with PDL, the quantizer letting the next launch
+once it has waited), each with the gemv letting the next kernel launch at its wait ("early") or
+after its K loop ("late", ``w4a4_gemv.GEMV_PDL_RELEASE``); "all" with the gemv also prefetching
+the next ``--l2-ahead`` steps of its weights into L2 before its wait, and the gemvs alone on
+pre-quantized tokens without / with PDL. Writes JSON + markdown (explore_pdl_<gpu>).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--splits", type=int, default=1, help="split-K of every gemv (> 1: a torch sum after each)")
-    ap.add_argument("--l2-ahead", default="2,4",
+    ap.add_argument("--l2-ahead", default="2",
                     help="comma list: the 'all' variant again with each gemv prefetching that many steps of its "
                          "weights into L2 before its wait (w4a4_gemv.GEMV_L2_AHEAD)")
     args = ap.parse_args(argv)
@@ -113,16 +114,21 @@ def main(argv=None):
     tokens = quantize_all(layers, x0, args.splits)
     gemv = importlib.import_module("atom_ao.ops.w4a4_gemv")
     chain = lambda q, g, t=None: lambda: run_chain(layers, x0, q, g, args.splits, t)  # noqa: E731
-    # (name, gemv L2 steps ahead, fn)
-    variants = [("off", 0, chain(False, False)), ("gemv", 0, chain(False, True)), ("all", 0, chain(True, True))]
-    variants += [(f"all, L2 ahead {n}", int(n), chain(True, True)) for n in args.l2_ahead.split(",") if int(n) > 0]
-    variants += [("gemv alone, off", 0, chain(False, False, tokens)), ("gemv alone, pdl", 0, chain(False, True, tokens))]
+    # (name, gemv L2 steps ahead, when the gemv lets the next kernel launch, fn)
+    variants = [("off", 0, "late", chain(False, False))]
+    for release in ("early", "late"):
+        variants += [(f"gemv, releases {release}", 0, release, chain(False, True)),
+                     (f"all, gemv releases {release}", 0, release, chain(True, True))]
+    variants += [(f"all, L2 ahead {n}", int(n), "late", chain(True, True))
+                 for n in args.l2_ahead.split(",") if int(n) > 0]
+    variants += [("gemv alone, off", 0, "late", chain(False, False, tokens))]
+    variants += [(f"gemv alone, pdl, releases {r}", 0, r, chain(False, True, tokens)) for r in ("early", "late")]
     ref = {}
     rows = []
     n_linears = 4 * args.layers
-    default_ahead = gemv.GEMV_L2_AHEAD
-    for name, ahead, fn in variants:
-        gemv.GEMV_L2_AHEAD = ahead
+    default_ahead, default_release = gemv.GEMV_L2_AHEAD, gemv.GEMV_PDL_RELEASE
+    for name, ahead, release, fn in variants:
+        gemv.GEMV_L2_AHEAD, gemv.GEMV_PDL_RELEASE = ahead, release
         got = fn()
         torch.cuda.synchronize()
         group = "alone" if "alone" in name else "chain"
@@ -133,7 +139,7 @@ def main(argv=None):
         rows.append({"variant": name, "us_per_step": round(us, 1), "us_per_linear": round(us / n_linears, 2),
                      "vs_off_us": round(us - base, 1), "same_bits": bool(torch.equal(got, ref[group]))})
         print(rows[-1], flush=True)
-    gemv.GEMV_L2_AHEAD = default_ahead
+    gemv.GEMV_L2_AHEAD, gemv.GEMV_PDL_RELEASE = default_ahead, default_release
     print(markdown_table(rows, COLUMNS))
     stem = write_results("explore_pdl", rows, COLUMNS, {"layers": args.layers, "splits": args.splits,
                                                         "linears": [n for n, _, _ in LAYER]})

@@ -657,9 +657,10 @@ for what in "${@:-tests}"; do
     pdl-gen-s32) ATOM_AO_GEMV_L2_AHEAD=${L2:-0} T=400 TAIL=40 step generate_pdl_b1_l2_${L2:-0}_s32 \
                  python3 benchmarks/bench_generate.py --batches 1 \
                  --paths bf16,atom-kv4 --gen 256 --steps 16 --profile --inductor-pdl --flag-ab atom_ao.ops.pdl:ENABLED ;;
-    # session 33: the PDL tests again after the bare-name fix, then the model at batch 1 with it
+    # session 33: the PDL tests again after the bare-name fix, the chain with the gemv's release early / late, then the model at batch 1 with it (late)
     pdl-s33) T=150 TAIL=5 step pdl_gpu_test_s33 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                  tests/ops/test_w4a4_gemm_triton.py tests/ops/test_pdl.py -k pdl
+             T=150 TAIL=14 step explore_pdl_s33 python3 benchmarks/explore_pdl.py --layers 32
              T=420 TAIL=40 step generate_pdl_b1_s33 python3 benchmarks/bench_generate.py --batches 1 \
                  --paths bf16,atom-kv4 --gen 256 --steps 16 --profile --inductor-pdl --flag-ab atom_ao.ops.pdl:ENABLED ;;
     # issue 7's configuration on Llama-3-8B shapes; the sweep's missing cells (fp8 batch 1, Atom bf16 KV 8/32/128)

@@ -77,6 +77,21 @@ def wait_then_release(PDL: tl.constexpr):
         tl.extra.cuda.gdc_launch_dependents()
 
 
+@triton.jit
+def wait_for_prior(PDL: tl.constexpr):
+    """The wait half of ``wait_then_release``, for a kernel that lets the next one launch later
+    (``release_next``): early-launched programs of the next kernel take SM slots while they wait."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+
+
+@triton.jit
+def release_next(PDL: tl.constexpr):
+    """Let the next kernel launch (after ``wait_for_prior``)."""
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+
+
 def pdl_meta(triton_meta: dict) -> dict:
     """``triton_meta`` with ``launch_pdl`` set if the kernel was traced with ``PDL=True``."""
     if triton_meta and (triton_meta.get("constants") or {}).get("PDL") is True:

@@ -39,7 +39,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from atom_ao.ops import pdl as pdl_switch
-from atom_ao.ops.pdl import wait_then_release  # a bare name: Inductor copies the jit helpers a kernel calls by name
+from atom_ao.ops.pdl import release_next, wait_for_prior, wait_then_release  # bare names: Inductor copies the jit helpers a kernel calls by name
 from atom_ao.ops.gemm_tiles import SCALE_256, group_sum_x256_to_f32, no_empty_split, split_share
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -113,6 +113,7 @@ def _w4a4_gemv_kernel(
     BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
     PDL: tl.constexpr,  # launched with programmatic dependent launch (launch_gemv's pdl)
     L2_AHEAD: tl.constexpr,  # steps of weights prefetched into L2 before the PDL wait (GEMV_L2_AHEAD)
+    RELEASE_LATE: tl.constexpr,  # with PDL: let the next kernel launch after the K loop, not at the wait
 ):
     # The row offsets (and so the output store's address) are computed here, not returned by a
     # helper that also takes the weight pointers: Inductor's mutation analysis of the TTIR derives
@@ -143,13 +144,18 @@ def _w4a4_gemv_kernel(
         w_ptrs += zero[:, :, None]
     # launched early (programmatic dependent launch): the first weights, which no kernel writes,
     # are on their way before waiting for the kernel that wrote the token
-    wait_then_release(PDL)
+    if RELEASE_LATE:
+        wait_for_prior(PDL)
+    else:
+        wait_then_release(PDL)
     a, sa = _chunk_a(a_ptrs, as_ptrs, offs_c, n_g)
     for c in range(CHUNK, n_g + CHUNK, CHUNK):
         nw, nsw = _chunk_w(w_ptrs + c * WORDS, ws_ptrs + c, c + offs_c, n_g, mask_n, EVEN_N)
         na, nsa = _chunk_a(a_ptrs + c * WORDS, as_ptrs + c, c + offs_c, n_g)
         acc = _chunk_math(w, sw, a, sa, acc, WORDS, USE_ASM)
         w, sw, a, sa = nw, nsw, na, nsa
+    if RELEASE_LATE:
+        release_next(PDL)
     total = tl.sum(acc, axis=1)
 
     if split == 0:  # the outlier block and the bias: first split only
@@ -180,6 +186,12 @@ GEMV_CONFIG = (16, 2, 1) if INTERPRET else (32, 4, 4)  # the interpreter: small 
 # (inline PTX: never under the interpreter). Not yet timed (benchmarks/explore_pdl.py --l2-ahead);
 # ATOM_AO_GEMV_L2_AHEAD sets it for a whole run (bench_generate).
 GEMV_L2_AHEAD = int(os.environ.get("ATOM_AO_GEMV_L2_AHEAD", "0"))
+# With PDL: when the gemv lets the next kernel launch. "early" (at its wait) cost 1.4 us a gemv in
+# a gemv -> gemv chain on the H200 (session 33, explore_pdl "gemv alone, pdl"): the next kernel's
+# programs then sit on SM slots while the gemv's own still run. "late": after its K loop.
+GEMV_PDL_RELEASE = os.environ.get("ATOM_AO_GEMV_PDL_RELEASE", "late")
+if GEMV_PDL_RELEASE not in ("early", "late"):
+    raise ValueError(f"ATOM_AO_GEMV_PDL_RELEASE must be 'early' or 'late', got {GEMV_PDL_RELEASE!r}")
 
 
 def gemv_split_k(n: int, groups: int, sms: int, block_n: int | None = None) -> int:
@@ -216,5 +228,6 @@ def launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scal
         HAS_OUT=n_out_w > 0, HAS_BIAS=bias is not None, USE_ASM=not INTERPRET,
         EVEN_N=n % block_n == 0, BLOCK_N=block_n, CHUNK=chunk,
         L2_AHEAD=GEMV_L2_AHEAD if opts["PDL"] and not INTERPRET else 0,
+        RELEASE_LATE=opts["PDL"] and GEMV_PDL_RELEASE == "late",
         num_warps=warps, num_stages=1, **opts,
     )

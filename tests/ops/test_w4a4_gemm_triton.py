@@ -455,8 +455,9 @@ def test_gemv_split_rule_picks_the_timed_splits():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
                     reason="needs an sm90+ GPU (programmatic dependent launch)")
-@pytest.mark.parametrize("splits, l2_ahead", [(1, 0), (4, 0), (1, 2), (4, 3)])
-def test_gemv_with_pdl_same_bits_gpu(monkeypatch, splits, l2_ahead):
+@pytest.mark.parametrize("splits, l2_ahead, release", [(1, 0, "early"), (1, 0, "late"), (4, 0, "early"),
+                                                      (4, 0, "late"), (1, 2, "late"), (4, 3, "early")])
+def test_gemv_with_pdl_same_bits_gpu(monkeypatch, splits, l2_ahead, release):
     # quantizer and gemv launched with PDL, chained three times through each other's outputs
     # (benchmarks/explore_pdl.py): the waits must make every read see its producer's writes
     import importlib
@@ -465,6 +466,7 @@ def test_gemv_with_pdl_same_bits_gpu(monkeypatch, splits, l2_ahead):
     qa = importlib.import_module("atom_ao.ops.quantize_activation")
     gemv = importlib.import_module("atom_ao.ops.w4a4_gemv")
     monkeypatch.setattr(gemv, "GEMV_L2_AHEAD", l2_ahead)  # weights prefetched into L2 before the wait
+    monkeypatch.setattr(gemv, "GEMV_PDL_RELEASE", release)  # when the gemv lets the next kernel launch
     n = k = 4096
     *_, wq, ws, wo, wos, _ = _operands(1, n, k, 128, 128, torch.bfloat16, False, device="cuda")
     perm = torch.randperm(k, generator=torch.Generator().manual_seed(1)).to(torch.int32).cuda()
