@@ -169,7 +169,27 @@ def _kv_cases():
         _report(f"prefill heads={heads}/{kv_heads} d={d}", [qp, kp, vp, kv_start])
 
 
-def _pdl_cases():
+def _triton36_waits(hook: bool):
+    """Lower ``gdc_wait`` / ``gdc_launch_dependents`` as Triton 3.6 does (the GPU machine's Triton:
+    side-effecting inline asm without operands; later Triton has ops for them), and install
+    atom_ao.ops.pdl's Inductor hook (as a PDL launch does) when ``hook``."""
+    from triton.language import core
+    from triton.language.extra import cuda
+
+    def asm(text):
+        @core.extern
+        def lowered(_semantic=None):
+            return core.inline_asm_elementwise(text, "=r", [], dtype=core.int32, is_pure=False, pack=1,
+                                               _semantic=_semantic)
+        return lowered
+
+    cuda.gdc_wait = asm("griddepcontrol.wait; // dummy $0")
+    cuda.gdc_launch_dependents = asm("griddepcontrol.launch_dependents; // dummy $0")
+    if hook:
+        importlib.import_module("atom_ao.ops.pdl").install_inductor_hook()
+
+
+def _pdl_cases(prefix="pdl"):
     """The same launches with programmatic dependent launch on (atom_ao.ops.pdl; the gemv also
     prefetching into L2): its waits and the prefetch's inline asm must not look like writes."""
     pdl = importlib.import_module("atom_ao.ops.pdl")
@@ -181,22 +201,26 @@ def _pdl_cases():
     for splits in (1, 2):
         args = _operands(1, 64, 512, 32, 128, torch.bfloat16, True)
         w4a4_gemm.w4a4_gemm_triton(*args, 128, torch.bfloat16, splits=splits, path="gemv")
-        _report(f"pdl w4a4_gemm m=1 gemv splits={splits}", args)
+        _report(f"{prefix} w4a4_gemm m=1 gemv splits={splits}", args)
     x = torch.randn(1, 512, dtype=torch.bfloat16)
     perm = torch.randperm(512).to(torch.int32)
     quantize_activation.quantize_activation_triton(x, perm, 32, 128, 0.9)
-    _report("pdl quantize_activation", [x, perm])
+    _report(f"{prefix} quantize_activation", [x, perm])
     caches, table = paged_cache([70, 200], 2, 128, page_size=32)
     q = torch.randn(2, 8, 128, dtype=torch.bfloat16)
     seq_lens = torch.tensor([70, 200], dtype=torch.int32)
     kv_decode_attention.kv_decode_attention_triton(q, *caches, table, seq_lens, None, 128 ** -0.5, 32768)
-    _report("pdl kv_decode heads=8/2 d=128", [q, *caches, table, seq_lens])
+    _report(f"{prefix} kv_decode heads=8/2 d=128", [q, *caches, table, seq_lens])
     k, v = torch.randn(2, 2, 128, dtype=torch.bfloat16), torch.randn(2, 2, 128, dtype=torch.bfloat16)
     slots = torch.tensor([0, 7])
     kv_write.kv_write_triton(k, v, slots, *caches)
-    _report("pdl kv_write", [k, v, slots])
+    _report(f"{prefix} kv_write", [k, v, slots])
 
 
 if __name__ == "__main__":
-    for group in sys.argv[1:] or ["gemm", "quantize", "kv", "pdl"]:
-        {"gemm": _gemm_cases, "quantize": _quantize_cases, "kv": _kv_cases, "pdl": _pdl_cases}[group]()
+    # pdl36 last: it replaces Triton's wait lowering for the rest of the process
+    for group in sys.argv[1:] or ["gemm", "quantize", "kv", "pdl", "pdl36"]:
+        if group.startswith("pdl36"):  # pdl36-unhooked: Inductor's analysis as it is (fails)
+            _triton36_waits(hook=group == "pdl36")
+        {"gemm": _gemm_cases, "quantize": _quantize_cases, "kv": _kv_cases, "pdl": _pdl_cases,
+         "pdl36": lambda: _pdl_cases("pdl36"), "pdl36-unhooked": lambda: _pdl_cases("pdl36")}[group]()

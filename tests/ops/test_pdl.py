@@ -32,6 +32,8 @@ def test_meta_and_hook(monkeypatch):
     seen = []
     monkeypatch.setattr(triton_heuristics, "user_autotune", lambda *a, **k: seen.append((a, k)))
     monkeypatch.setattr(pdl, "_hooked", False)
+    from torch._higher_order_ops import triton_kernel_wrap as tkw
+    monkeypatch.setattr(tkw, "ttir_to_functions", tkw.ttir_to_functions)
     import torch._inductor.config as inductor_config
     monkeypatch.setattr(inductor_config, "compile_threads", inductor_config.compile_threads)
     pdl.install_inductor_hook()
@@ -45,6 +47,19 @@ def test_meta_and_hook(monkeypatch):
     assert "launch_pdl" not in seen[1][1]["triton_meta"]
     assert seen[2][0][1]["launch_pdl"] is True
     assert pdl.pdl_meta({}) == {} and pdl.pdl_meta({"constants": {}}) == {"constants": {}}
+    assert tkw.ttir_to_functions._atom_ao_pdl  # Inductor's analysis reads the waits
+
+
+def test_operandless_asm_is_pure():
+    from torch._higher_order_ops.triton_kernel_wrap import Intermediate, Op, Param
+
+    wait = Op("tt.elementwise_inline_asm", None, [], Intermediate(0))
+    dp4a = Op("tt.elementwise_inline_asm", None, [Param(0)], Intermediate(1))
+    store = Op("tt.store", None, [Param(1), Intermediate(1)], Intermediate(-2))
+    got = pdl.operandless_asm_is_pure({"k": {Intermediate(0): [wait], Intermediate(1): [dp4a], Intermediate(-2): [store]}})
+    assert got["k"][Intermediate(0)][0].is_pure  # no operands: can address no argument
+    assert not got["k"][Intermediate(1)][0].is_pure  # may write through its operand: left alone
+    assert got["k"][Intermediate(-2)][0] is store
 
 
 def _switch(monkeypatch, on: bool) -> None:
