@@ -6,7 +6,9 @@ the one-token gemv, the KV write, the GQA / planes decode attention and its spli
 wait (``griddepcontrol.wait``, ``wait_then_release``) before they touch anything an earlier
 kernel wrote, and only then let the next kernel launch, so each one's completion still implies
 its predecessor's; the gemv issues its first weight loads (which no kernel writes) before its
-wait. ``benchmarks/explore_pdl.py`` times the quantizer -> gemv chain alone.
+wait, and lets the next kernel launch only after its K loop (``wait_for_prior`` /
+``release_next``). ``benchmarks/explore_pdl.py`` times the quantizer -> gemv chain alone (H200,
+session 33: 2023 -> 1848 us for 128 linears).
 
 ``enable()`` (or ``ATOM_AO_PDL=1``, or setting ``ENABLED``) turns it on for launches from then on:
 

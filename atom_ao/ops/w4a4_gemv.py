@@ -183,8 +183,8 @@ def _w4a4_gemv_kernel(
 # as threads in its own layout) and it still wins.
 GEMV_CONFIG = (16, 2, 1) if INTERPRET else (32, 4, 4)  # the interpreter: small tiles
 # With PDL: steps of each program's weights prefetched into L2 while it waits for the token
-# (inline PTX: never under the interpreter). Not yet timed (benchmarks/explore_pdl.py --l2-ahead);
-# ATOM_AO_GEMV_L2_AHEAD sets it for a whole run (bench_generate).
+# (inline PTX: never under the interpreter). Off: 2 steps cost 2.1 us a gemv in the H200 chain
+# (session 33, benchmarks/explore_pdl.py); ATOM_AO_GEMV_L2_AHEAD sets it for a whole run.
 GEMV_L2_AHEAD = int(os.environ.get("ATOM_AO_GEMV_L2_AHEAD", "0"))
 # With PDL: when the gemv lets the next kernel launch. "early" (at its wait) cost 1.4 us a gemv in
 # a gemv -> gemv chain on the H200 (session 33, explore_pdl "gemv alone, pdl"): the next kernel's
