@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import warnings
 
 import torch
 import triton
@@ -51,6 +52,12 @@ def wanted(t: torch.Tensor, pdl: bool | None) -> bool:
     if not on or _INTERPRET or t.device.type != "cuda" or torch.cuda.get_device_capability(t.device)[0] < 9:
         return False
     install_inductor_hook()  # a compiled graph tracing this launch needs it (the switch may be set directly)
+    if torch.compiler.is_compiling() and not _analysis_reads_waits:
+        # Inductor would count every argument written and copy weights around the kernel, and the
+        # gemv's early weight loads would race those copies: a wrong answer, so no PDL here
+        warnings.warn("atom_ao.ops.pdl: this torch's Inductor mutation analysis cannot be taught to read "
+                      "the PDL waits; compiled graphs launch without PDL", stacklevel=2)
+        return False
     return True
 
 
@@ -103,6 +110,7 @@ def pdl_meta(triton_meta: dict) -> dict:
 
 
 _hooked = False
+_analysis_reads_waits = False  # Inductor's mutation analysis sees the waits as writing nothing
 MARKED: list[str] = []  # the compiled kernels the hook gave launch_pdl (their Inductor names)
 
 
@@ -158,11 +166,17 @@ def operandless_asm_is_pure(functions: dict) -> dict:
 
 
 def _let_inductor_read_waits() -> None:
-    """Wrap ``triton_kernel_wrap.ttir_to_functions`` with ``operandless_asm_is_pure``."""
+    """Wrap ``triton_kernel_wrap.ttir_to_functions`` with ``operandless_asm_is_pure`` (where this
+    torch has both; ``_analysis_reads_waits`` says whether it worked)."""
+    global _analysis_reads_waits
     from torch._higher_order_ops import triton_kernel_wrap as tkw
 
     original = getattr(tkw, "ttir_to_functions", None)
-    if original is None or getattr(original, "_atom_ao_pdl", False):
+    op_fields = getattr(getattr(tkw, "Op", None), "__dataclass_fields__", {})
+    if original is None or "is_pure" not in op_fields:
+        return
+    _analysis_reads_waits = True
+    if getattr(original, "_atom_ao_pdl", False):
         return
 
     @functools.wraps(original)

@@ -16,6 +16,25 @@ def test_no_pdl_off_hopper_or_off_cuda(monkeypatch):
     assert not pdl.wanted(torch.zeros(1), None)
 
 
+def test_no_pdl_in_graphs_whose_analysis_cannot_read_the_waits(monkeypatch):
+    # else Inductor would copy weights around the kernels and the early weight loads race them
+    class OnHopper:
+        device = torch.device("cuda", 0)
+
+    monkeypatch.setattr(pdl, "_INTERPRET", False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_: (9, 0))
+    monkeypatch.setattr(pdl, "install_inductor_hook", lambda: None)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    monkeypatch.setattr(pdl, "_analysis_reads_waits", False)
+    with pytest.warns(UserWarning, match="without PDL"):
+        assert not pdl.wanted(OnHopper(), True)
+    monkeypatch.setattr(pdl, "_analysis_reads_waits", True)
+    assert pdl.wanted(OnHopper(), True)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+    monkeypatch.setattr(pdl, "_analysis_reads_waits", False)
+    assert pdl.wanted(OnHopper(), True)  # eager: no Inductor analysis involved
+
+
 def test_launch_kwargs_eager_only():
     t = torch.zeros(2)
     assert pdl.launch_kwargs(True, t) == {"launch_pdl": True}
@@ -34,6 +53,7 @@ def test_meta_and_hook(monkeypatch):
     monkeypatch.setattr(pdl, "_hooked", False)
     from torch._higher_order_ops import triton_kernel_wrap as tkw
     monkeypatch.setattr(tkw, "ttir_to_functions", tkw.ttir_to_functions)
+    monkeypatch.setattr(pdl, "_analysis_reads_waits", False)
     import torch._inductor.config as inductor_config
     monkeypatch.setattr(inductor_config, "compile_threads", inductor_config.compile_threads)
     pdl.install_inductor_hook()
@@ -47,7 +67,7 @@ def test_meta_and_hook(monkeypatch):
     assert "launch_pdl" not in seen[1][1]["triton_meta"]
     assert seen[2][0][1]["launch_pdl"] is True
     assert pdl.pdl_meta({}) == {} and pdl.pdl_meta({"constants": {}}) == {"constants": {}}
-    assert tkw.ttir_to_functions._atom_ao_pdl  # Inductor's analysis reads the waits
+    assert tkw.ttir_to_functions._atom_ao_pdl and pdl._analysis_reads_waits  # Inductor's analysis reads the waits
 
 
 def test_operandless_asm_is_pure():
