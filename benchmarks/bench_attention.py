@@ -424,8 +424,10 @@ def explore_stages(models):
 
 def explore_flag_ab(models, spec: str):
     """``--flag-ab MODULE:NAME[+NAME...]``: the INT4 decode with the named boolean flags all False,
-    then all True, at the planes kernel's batch-64 generation contexts and batch 1 / 32768 (the
-    flags restored after)."""
+    then all True, at the planes kernel's batch-64 generation contexts, batch 1 / 32768, and the
+    small-batch cells short of 3x SDPA (batch 1 / 8192, Llama-3 batch 16 / 8192; e.g.
+    ``atom_ao.ops.pdl:ENABLED``: the reduce launched while the split kernel runs) (the flags
+    restored after)."""
     import importlib
 
     module, _, names = spec.partition(":")
@@ -436,7 +438,8 @@ def explore_flag_ab(models, spec: str):
         set_module_flag(module, n, False)  # a bad name stops here, before any timing
     try:
         cases = (("llama2-7b", 64, 1056), ("llama2-7b", 64, 2048), ("llama2-7b", 32, 1056), ("llama2-7b", 1, 32768),
-                 ("llama3-8b", 64, 1056), ("llama3-8b", 64, 8192), ("llama3-8b", 1, 32768))
+                 ("llama2-7b", 1, 8192), ("llama3-8b", 64, 1056), ("llama3-8b", 64, 8192), ("llama3-8b", 1, 32768),
+                 ("llama3-8b", 1, 8192), ("llama3-8b", 16, 8192))
         for model, b, ctx in _cases(models, cases):
             print(f"{model} B={b} ctx={ctx}")
             for value in (False, True):
