@@ -186,9 +186,9 @@ GEMV_CONFIG = (16, 2, 1) if INTERPRET else (32, 4, 4)  # the interpreter: small 
 # (inline PTX: never under the interpreter). Off: 2 steps cost 2.1 us a gemv in the H200 chain
 # (session 33, benchmarks/explore_pdl.py); ATOM_AO_GEMV_L2_AHEAD sets it for a whole run.
 GEMV_L2_AHEAD = int(os.environ.get("ATOM_AO_GEMV_L2_AHEAD", "0"))
-# With PDL: when the gemv lets the next kernel launch. "early" (at its wait) cost 1.4 us a gemv in
-# a gemv -> gemv chain on the H200 (session 33, explore_pdl "gemv alone, pdl"): the next kernel's
-# programs then sit on SM slots while the gemv's own still run. "late": after its K loop.
+# With PDL: when the gemv lets the next kernel launch. In a gemv -> gemv chain on the H200 (session
+# 33, explore_pdl "gemv alone") "early" (at its wait) was 1.3 us a gemv slower than no PDL (the next
+# kernel's programs sit on SM slots while the gemv's own still run), "late" (after the K loop) 0.6 faster.
 GEMV_PDL_RELEASE = os.environ.get("ATOM_AO_GEMV_PDL_RELEASE", "late")
 if GEMV_PDL_RELEASE not in ("early", "late"):
     raise ValueError(f"ATOM_AO_GEMV_PDL_RELEASE must be 'early' or 'late', got {GEMV_PDL_RELEASE!r}")
