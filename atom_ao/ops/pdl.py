@@ -78,28 +78,27 @@ def launch_options(t: torch.Tensor, pdl: bool | None = None) -> dict:
 
 
 @triton.jit
-def wait_then_release(PDL: tl.constexpr):
-    """In a kernel launched with PDL: wait until the kernel before it has finished (its writes
-    visible), then let the next kernel launch. Call it before the first load of anything an
-    earlier kernel wrote, and before any store."""
-    if PDL:
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
-
-
-@triton.jit
 def wait_for_prior(PDL: tl.constexpr):
-    """The wait half of ``wait_then_release``, for a kernel that lets the next one launch later
-    (``release_next``): early-launched programs of the next kernel take SM slots while they wait."""
+    """In a kernel launched with PDL: wait until the kernel before it has finished (its writes
+    visible). Call it before the first load of anything an earlier kernel wrote, and before any
+    store."""
     if PDL:
         tl.extra.cuda.gdc_wait()
 
 
 @triton.jit
 def release_next(PDL: tl.constexpr):
-    """Let the next kernel launch (after ``wait_for_prior``)."""
+    """Let the next kernel launch (after ``wait_for_prior``). Late in a kernel with many programs:
+    early-launched programs of the next kernel take SM slots while they wait."""
     if PDL:
         tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def wait_then_release(PDL: tl.constexpr):
+    """``wait_for_prior``, then ``release_next`` at once (the small kernels)."""
+    wait_for_prior(PDL)
+    release_next(PDL)
 
 
 def pdl_meta(triton_meta: dict) -> dict:

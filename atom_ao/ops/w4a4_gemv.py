@@ -39,7 +39,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from atom_ao.ops import pdl as pdl_switch
-from atom_ao.ops.pdl import release_next, wait_for_prior, wait_then_release  # bare names: Inductor copies the jit helpers a kernel calls by name
+from atom_ao.ops.pdl import release_next, wait_for_prior  # bare names: Inductor copies the jit helpers a kernel calls by name
 from atom_ao.ops.gemm_tiles import SCALE_256, group_sum_x256_to_f32, no_empty_split, split_share
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -144,10 +144,9 @@ def _w4a4_gemv_kernel(
         w_ptrs += zero[:, :, None]
     # launched early (programmatic dependent launch): the first weights, which no kernel writes,
     # are on their way before waiting for the kernel that wrote the token
-    if RELEASE_LATE:
-        wait_for_prior(PDL)
-    else:
-        wait_then_release(PDL)
+    wait_for_prior(PDL)
+    if not RELEASE_LATE:
+        release_next(PDL)
     a, sa = _chunk_a(a_ptrs, as_ptrs, offs_c, n_g)
     for c in range(CHUNK, n_g + CHUNK, CHUNK):
         nw, nsw = _chunk_w(w_ptrs + c * WORDS, ws_ptrs + c, c + offs_c, n_g, mask_n, EVEN_N)

@@ -27,14 +27,20 @@ EXPECTED_KERNELS = {
 }
 
 
-@pytest.fixture(scope="module")
-def launches():
+def _run_kernel_writes(*groups: str):
+    """kernel_writes.py on the given case groups (all without any): the process and its launches."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent.parent), env.get("PYTHONPATH", "")])
-    run = subprocess.run([sys.executable, str(HERE / "kernel_writes.py")], env=env, capture_output=True,
+    run = subprocess.run([sys.executable, str(HERE / "kernel_writes.py"), *groups], env=env, capture_output=True,
                          text=True, timeout=600)
+    return run, [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def launches():
+    run, rows = _run_kernel_writes()
     assert run.returncode == 0, run.stderr[-3000:]
-    return [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    return rows
 
 
 def test_every_kernel_is_analysed(launches):
@@ -62,11 +68,7 @@ def test_pdl_waits_as_triton36_lowers_them(launches):
     pdl36 = {r["kernel"] for r in launches if r["case"].startswith("pdl36 ")}
     assert {"_w4a4_gemv_kernel", "_quantize_activation_kernel", "decode_gqa_kernel", "_decode_reduce_kernel",
             "_kv_write_kernel"} <= pdl36
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent.parent), env.get("PYTHONPATH", "")])
-    run = subprocess.run([sys.executable, str(HERE / "kernel_writes.py"), "pdl36-unhooked"], env=env,
-                         capture_output=True, text=True, timeout=600)
-    unhooked = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    run, unhooked = _run_kernel_writes("pdl36-unhooked")
     assert any(r["bad"] for r in unhooked) or run.returncode != 0, run.stdout[-2000:]
 
 
