@@ -1,0 +1,82 @@
+"""Where do PDL's logits differ? bench_generate's small Atom + INT4 KV model (2 layers, batch 1,
+prompt + 4 decode steps) built under several PDL settings, each compared with a first plain run:
+a second plain run (are the plain runs themselves the same bits?), atom_ao's PDL alone,
+Inductor's own alone, both; compiled blocks and eager. Prints, per setting, the largest
+difference of each step's logits from the first plain run.
+
+    python scripts/pdl_same_bits.py [--deterministic]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+@torch.no_grad()
+def decode_logits(ours: bool, inductors: bool, compiled: bool, steps: int = 4, prompt: int = 40) -> torch.Tensor:
+    import torch._inductor.config as inductor_config
+    from bench_generate import build
+    from gpt import Int4KVCache, LlamaShape
+
+    from atom_ao.ops import pdl
+
+    pdl.ENABLED = ours
+    if ours:
+        pdl.install_inductor_hook()
+    if hasattr(inductor_config.triton, "enable_pdl"):
+        inductor_config.triton.enable_pdl = inductors
+    inductor_config.fx_graph_cache = False
+    shape = LlamaShape(dim=1024, n_layers=2, n_heads=8, n_kv_heads=2, intermediate=2816, vocab=1000,
+                       fused_qkv=True, fused_gate_up=True)
+    model = build(shape, "atom-kv4", None, compiled)
+    s = model.s
+    model.setup_caches(1, prompt + steps, lambda layer: Int4KVCache(1, s.n_kv_heads, prompt + steps, s.head_dim,
+                                                                    torch.bfloat16, "cuda"))
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, s.vocab, (1, prompt), generator=gen).cuda()
+    nxt = torch.randint(0, s.vocab, (steps, 1, 1), generator=gen).cuda()
+    out = [model(ids, torch.arange(prompt, device="cuda"))[:, -1:]]
+    for i in range(steps):
+        out.append(model(nxt[i], torch.tensor([prompt + i], device="cuda")))
+    torch.cuda.synchronize()
+    return torch.stack(out).float()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--deterministic", action="store_true",
+                    help="torch._inductor.config.deterministic (no autotuning between configs that sum differently)")
+    args = ap.parse_args()
+    import torch._inductor.config as inductor_config
+
+    if args.deterministic and hasattr(inductor_config, "deterministic"):
+        inductor_config.deterministic = True
+    settings = [  # (label, ours, Inductor's, compiled)
+        ("plain, again", False, False, True),
+        ("atom_ao PDL only", True, False, True),
+        ("Inductor PDL only", False, True, True),
+        ("both", True, True, True),
+        ("both, again", True, True, True),
+        ("eager plain", False, False, False),
+        ("eager atom_ao PDL", True, False, False),
+    ]
+    base = decode_logits(False, False, True)
+    eager_base = None
+    print(f"{'setting':<22} max |logit - plain| per step (prefill, decode 1..)   same bits")
+    for label, ours, inductors, compiled in settings:
+        got = decode_logits(ours, inductors, compiled)
+        ref = base if compiled else (eager_base if eager_base is not None else got)
+        if not compiled and eager_base is None:
+            eager_base = got
+        diffs = " ".join(f"{(got[i] - ref[i]).abs().max().item():.3g}" for i in range(got.shape[0]))
+        print(f"{label:<22} {diffs:<50} {torch.equal(got, ref)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
