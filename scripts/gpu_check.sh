@@ -669,10 +669,15 @@ for what in "${@:-tests}"; do
                  --flag-ab atom_ao.ops.w4a4_gemm:SPLIT_SUM_IN_GRAPH ;;
     # issue 4's small-batch cells (and the batch-64 ones) with the decode attention and its reduce launched with PDL
     pdl-attn-s34) T=240 TAIL=40 step attention_pdl_ab_s34 python3 benchmarks/bench_attention.py --flag-ab atom_ao.ops.pdl:ENABLED ;;
-    # where PDL's logits differ from the plain model's (plain twice, ours / Inductor's / both, eager), then Llama-3-8B batch 1 with it
+    # where PDL's logits differ from the plain model's (plain twice, ours / Inductor's / both, eager), then Llama-2-7B and Llama-3-8B batch 1 with it
+    # (Inductor's own PDL on in the model runs only if the diagnosis finds it keeps the bits)
     pdl-bits-s34) T=240 TAIL=12 step pdl_same_bits_s34 python3 scripts/pdl_same_bits.py
-                  T=240 TAIL=40 step generate_llama3_pdl_b1_s34 python3 benchmarks/bench_generate.py --model llama3-8b --batches 1 \
-                      --paths bf16,atom-kv4 --gen 256 --steps 16 --profile --inductor-pdl --flag-ab atom_ao.ops.pdl:ENABLED ;;
+                  IPDL=$(grep -qE "^both +.* True$" "$ATOM_AO_RESULTS/pdl_same_bits_s34.log" && echo --inductor-pdl)
+                  echo "Inductor PDL in the model runs: ${IPDL:-off}"
+                  for m in llama2-7b llama3-8b; do
+                    T=200 TAIL=14 step generate_${m/-/_}_pdl_b1_s34 python3 benchmarks/bench_generate.py --model $m --batches 1 \
+                        --paths bf16,atom-kv4 --gen 256 --steps 16 --profile $IPDL --flag-ab atom_ao.ops.pdl:ENABLED
+                  done ;;
     # session 33: the PDL tests again after the bare-name fix, the chain with the gemv's release early / late, then the model at batch 1 with it (late)
     pdl-s33) T=150 TAIL=5 step pdl_gpu_test_s33 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                  tests/ops/test_w4a4_gemm_triton.py tests/ops/test_pdl.py -k pdl
