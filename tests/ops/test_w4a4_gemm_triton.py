@@ -415,7 +415,7 @@ def test_gemv_path_matches_reference(n, k, n_out, gs, splits, dtype, bias):
     _check(1, n, k, n_out, gs, dtype, bias, splits=splits, path="gemv")
 
 
-@pytest.mark.parametrize("config", [(8, 2, 1), (16, 4, 2)])
+@pytest.mark.parametrize("config", [(8, 2, 1), (16, 4, 2), (8, 8, 2)])
 def test_gemv_tiles_match_reference(monkeypatch, config):
     # other row tiles / group steps than the interpreter's default
     import importlib
