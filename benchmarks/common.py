@@ -110,3 +110,32 @@ def per_call_us(events, calls: int) -> dict[str, float]:
         if us > 0:
             out[e.key] = out.get(e.key, 0.0) + us / calls
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def pin_autotuning(setattr_=setattr) -> list:
+    """Same float sums on every build: each ``triton.autotune`` kernel of ``atom_ao.ops`` keeps
+    only its first config, and Inductor's deterministic mode (where this torch has it) stops its
+    reductions tuning RBLOCK / num_warps. Otherwise each build times its configs and may pick
+    another tiling, whose sums round differently (two builds of one model then differ in the
+    low bits without anything being wrong). ``setattr_``: e.g. pytest's ``monkeypatch.setattr``
+    (undone after the test). Returns the pinned kernels' names."""
+    import importlib
+    import pkgutil
+
+    import torch._inductor.config as inductor_config
+    from triton.runtime.autotuner import Autotuner
+
+    import atom_ao.ops
+
+    if hasattr(inductor_config, "deterministic"):
+        setattr_(inductor_config, "deterministic", True)
+    pinned = []
+    for info in pkgutil.iter_modules(atom_ao.ops.__path__):
+        module = importlib.import_module(f"atom_ao.ops.{info.name}")
+        for name, value in vars(module).items():
+            tuners = value.values() if isinstance(value, dict) else [value]
+            for i, tuner in enumerate(tuners):
+                if isinstance(tuner, Autotuner) and len(tuner.configs) > 1:
+                    setattr_(tuner, "configs", tuner.configs[:1])
+                    pinned.append(f"{info.name}.{name}" + (f"[{i}]" if isinstance(value, dict) else ""))
+    return pinned

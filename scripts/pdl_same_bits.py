@@ -2,9 +2,10 @@
 prompt + 4 decode steps) built under several PDL settings, each compared with a first plain run:
 a second plain run (are the plain runs themselves the same bits?), atom_ao's PDL alone,
 Inductor's own alone, both; compiled blocks and eager. Prints, per setting, the largest
-difference of each step's logits from the first plain run.
+difference of each step's logits from the first plain run. Autotuning is pinned unless
+``--tuned`` (with it, two plain builds may already differ: each times its configs).
 
-    python scripts/pdl_same_bits.py [--deterministic]
+    python scripts/pdl_same_bits.py [--tuned]
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def decode_logits(ours: bool, inductors: bool, compiled: bool, steps: int = 4, p
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, s.vocab, (1, prompt), generator=gen).cuda()
     nxt = torch.randint(0, s.vocab, (steps, 1, 1), generator=gen).cuda()
-    out = [model(ids, torch.arange(prompt, device="cuda"))[:, -1:]]
+    out = [model(ids, torch.arange(prompt, device="cuda"))]
     for i in range(steps):
         out.append(model(nxt[i], torch.tensor([prompt + i], device="cuda")))
     torch.cuda.synchronize()
@@ -50,13 +51,14 @@ def decode_logits(ours: bool, inductors: bool, compiled: bool, steps: int = 4, p
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--deterministic", action="store_true",
-                    help="torch._inductor.config.deterministic (no autotuning between configs that sum differently)")
+    ap.add_argument("--tuned", action="store_true",
+                    help="let every build autotune (by default each atom_ao autotuner keeps its first config "
+                         "and Inductor's reductions are untuned: benchmarks/common.pin_autotuning)")
     args = ap.parse_args()
-    import torch._inductor.config as inductor_config
+    if not args.tuned:
+        from common import pin_autotuning
 
-    if args.deterministic and hasattr(inductor_config, "deterministic"):
-        inductor_config.deterministic = True
+        print("pinned:", ", ".join(pin_autotuning()))
     settings = [  # (label, ours, Inductor's, compiled)
         ("plain, again", False, False, True),
         ("atom_ao PDL only", True, False, True),

@@ -213,6 +213,9 @@ def _sum_splits_kernel(ws_ptr, out_ptr, MN, SPLITS, SPLITS_P: tl.constexpr, BLOC
 # the H200 the summing kernel took 311 of 3482 us, ~2.4 us for each of its 128 launches
 # (results/h200/bench_generate_llama2-7b_atomkv4_b1_profile.log). ATOM_AO_SPLIT_SUM=kernel keeps
 # the kernel under compile too (A/B timing). Eager calls always use the kernel (one launch).
+# At batch 64 too, though there the sum slows the residual add + RMSNorm kernel it joins (64 rows,
+# 64 programs): Llama-3-8B, H200, session 34, one run, 4.94 ms a token in the graph against 5.11
+# with the kernel (results/h200/session34_generate_llama3_b64_splitsum_ab_s34.log).
 SPLIT_SUM_IN_GRAPH = os.environ.get("ATOM_AO_SPLIT_SUM", "graph") != "kernel"
 
 

@@ -3,6 +3,7 @@
 from types import SimpleNamespace
 
 from cpu_smoke import run_on_cpu  # noqa: F401  (puts benchmarks/ on the path)
+import common  # noqa: E402
 from common import per_call_us  # noqa: E402
 
 
@@ -16,3 +17,30 @@ def test_per_call_us():
               SimpleNamespace(key="old", cuda_time_total=4.0)]
     assert per_call_us(events, 2) == {"split": 20.0, "reduce": 8.0, "old": 2.0}
     assert list(per_call_us(events, 2)) == ["split", "reduce", "old"]
+
+
+def test_pin_autotuning_keeps_each_tuners_first_config(monkeypatch):
+    # two builds then sum in the same order: every atom_ao autotuner (here one planted in an
+    # atom_ao.ops module, and the dicts of them) down to its first config, undone by monkeypatch;
+    # Inductor's reductions untuned
+    import torch._inductor.config as inductor_config
+    import triton
+
+    from atom_ao.ops import pdl
+
+    @triton.jit
+    def probe(x):
+        pass
+
+    configs = [triton.Config({}, num_warps=w) for w in (1, 2, 4)]
+    tuner = triton.autotune(configs=configs, key=[])(probe)
+    by_regime = {"a": triton.autotune(configs=configs, key=[])(probe)}
+    monkeypatch.setattr(pdl, "_probe_tuner", tuner, raising=False)
+    monkeypatch.setattr(pdl, "_probe_tuners", by_regime, raising=False)
+    with monkeypatch.context() as m:
+        pinned = common.pin_autotuning(m.setattr)
+        assert "pdl._probe_tuner" in pinned and "pdl._probe_tuners[0]" in pinned
+        assert tuner.configs == configs[:1] and by_regime["a"].configs == configs[:1]
+        if hasattr(inductor_config, "deterministic"):
+            assert inductor_config.deterministic
+    assert tuner.configs == configs and by_regime["a"].configs == configs
