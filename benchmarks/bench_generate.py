@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import gpu_name, markdown_table, per_call_us, set_module_flag, write_results  # noqa: E402
+from common import gpu_name, log_autotune_picks, markdown_table, per_call_us, set_module_flag, write_results  # noqa: E402
 from gpt import SHAPES, Llama  # noqa: E402
 
 
@@ -236,11 +236,16 @@ def parse_args(argv=None):
                     help="Inductor's programmatic dependent launch (its kernels wait on their producer inside the "
                          "kernel, so a launch overlaps the previous kernel's tail; Hopper, torch with "
                          "inductor.config.triton.enable_pdl)")
+    ap.add_argument("--log-autotune", action="store_true",
+                    help="print every config's time when a compiled kernel is autotuned, ours and Inductor's (to compare "
+                         "two builds' picks)")
     return ap.parse_args(argv)
 
 
 def main():
     args = parse_args()
+    if args.log_autotune:
+        log_autotune_picks()
     if args.inductor_pdl:
         import torch._inductor.config as inductor_config
 

@@ -139,3 +139,32 @@ def pin_autotuning(setattr_=setattr) -> list:
                     setattr_(tuner, "configs", tuner.configs[:1])
                     pinned.append(f"{info.name}.{name}" + (f"[{i}]" if isinstance(value, dict) else ""))
     return pinned
+
+
+class _AutotunePicks:
+    """A logging filter keeping Inductor's "Benchmark all input configs for <kernel>" records and
+    the per-config timings after them, for kernels whose name contains one of ``names``."""
+
+    def __init__(self, names: tuple[str, ...]):
+        self.names, self.keep = names, False
+
+    def filter(self, record) -> bool:
+        msg = record.getMessage()
+        if msg.startswith("Benchmark all input configs for"):
+            self.keep = any(n in msg for n in self.names)
+        return self.keep
+
+
+def log_autotune_picks(names: tuple[str, ...] = ("",)) -> None:
+    """Print each compiled kernel's autotuning (every config's time, Inductor's debug log) for the
+    kernels whose names contain one of ``names`` (default: all, Inductor's own too), so two builds'
+    picks can be compared."""
+    import logging
+    import sys
+
+    logger = logging.getLogger("torch._inductor.runtime.triton_heuristics")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("  autotune: %(message)s"))
+    handler.addFilter(_AutotunePicks(names))
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)

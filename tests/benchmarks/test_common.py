@@ -44,3 +44,19 @@ def test_pin_autotuning_keeps_each_tuners_first_config(monkeypatch):
         if hasattr(inductor_config, "deterministic"):
             assert inductor_config.deterministic
     assert tuner.configs == configs and by_regime["a"].configs == configs
+
+
+def test_autotune_picks_filter_keeps_named_kernels_blocks():
+    # a header names the kernel; the config lines after it follow the header's verdict
+    import logging
+
+    f = common._AutotunePicks(("_w4a4",))
+
+    def rec(msg, *args):
+        return logging.LogRecord("x", logging.DEBUG, __file__, 1, msg, args, None)
+
+    got = [f.filter(rec("Benchmark all input configs for %s, get:", "_w4a4_gemm_swap_kernel_jit")),
+           f.filter(rec("%s: %f", "BLOCK_N: 64", 1.5)),
+           f.filter(rec("Benchmark all input configs for %s, get:", "triton_red_fused_rms_norm_0")),
+           f.filter(rec("%s: %f", "XBLOCK: 1", 2.0))]
+    assert got == [True, True, False, False]
