@@ -59,7 +59,8 @@ def main():
     ap.add_argument("--gemv", action="store_true",
                     help="M = 1: the dp4a stream kernel (w4a4_gemv) by --gemv-configs and split, beside the swap default")
     ap.add_argument("--gemv-configs", default="32x4x4,16x4x4,16x4x2,8x2x1",
-                    help="BLOCK_N x CHUNK x warps of the gemv kernel")
+                    help="BLOCK_N x CHUNK x warps of the gemv kernel, a trailing s: its weight scales loaded once "
+                         "per thread of their group row (GEMV_SCALE_COPIES), e.g. 32x4x4s")
     ap.add_argument("--no-split-sum", action="store_true",
                     help="time the GEMM kernel alone, without the kernel summing split-K partials (compiled models "
                          "leave that sum to Inductor, which fuses it into the next kernel)")
@@ -239,9 +240,11 @@ def _gemv_rows(args, gemm, gemv, a, wq, w, dtype, groups, sms, per_call, add, sw
     swap_out = gemm.w4a4_gemm_triton(*a, *wq, None, w.group_size, dtype, path="swap").float()
     add("swap default", swap_split, per_call("swap"))
     add("gemv default", gemv.gemv_split_k(wq[0].shape[0], groups, sms), per_call("gemv"))
-    real = gemv.GEMV_CONFIG
+    real, real_copies = gemv.GEMV_CONFIG, gemv.GEMV_SCALE_COPIES
     for cfg in args.gemv_configs.split(","):
-        gemv.GEMV_CONFIG = tuple(int(v) for v in cfg.split("x"))
+        # a trailing "s": each weight scale loaded once per thread of its group row (GEMV_SCALE_COPIES)
+        gemv.GEMV_SCALE_COPIES = cfg.endswith("s")
+        gemv.GEMV_CONFIG = tuple(int(v) for v in cfg.rstrip("s").split("x"))
         try:
             got = gemm.w4a4_gemm_triton(*a, *wq, None, w.group_size, dtype, path="gemv").float()
             err = (got - swap_out).abs().max().item() / swap_out.abs().max().item()
@@ -251,7 +254,7 @@ def _gemv_rows(args, gemm, gemv, a, wq, w, dtype, groups, sms, per_call, add, sw
         except Exception as e:  # noqa: BLE001  (a config that does not compile: say so, go on)
             print(f"  gemv {cfg}: {type(e).__name__} {str(e)[:200]}")
         finally:
-            gemv.GEMV_CONFIG = real
+            gemv.GEMV_CONFIG, gemv.GEMV_SCALE_COPIES = real, real_copies
 
 
 if __name__ == "__main__":

@@ -63,13 +63,15 @@ def gemm_kernels():
             ok &= compile_one(f"gemm out={out} {bm}x{bn} prefetch={pf}", gemm._w4a4_gemm_kernel_jit, types, consts,
                               w, st)
         types = dict(common, a_ptr="*i32", ao_ptr="*i32", w_ptr="*i32", wo_ptr="*i32", out_ptr=out)
-        for even, pdl, l2, late in ((False, False, 0, False), (True, False, 0, False), (True, True, 0, False),
-                                    (True, True, 0, True), (False, True, 2, True)):
+        for even, pdl, l2, late, copies in ((False, False, 0, False, 1), (True, False, 0, False, 1),
+                                            (True, True, 0, False, 1), (True, True, 0, True, 1), (False, True, 2, True, 1),
+                                            (True, False, 0, False, 4), (False, True, 0, True, 4)):
             bn, chunk, w = gemv.GEMV_CONFIG
             consts = dict(WORDS=16, BLOCK_OW=32, HAS_OUT=True, HAS_BIAS=True, USE_ASM=True, EVEN_N=even, BLOCK_N=bn,
-                          CHUNK=chunk, PDL=pdl, L2_AHEAD=l2, RELEASE_LATE=late)
-            ok &= compile_one(f"gemv out={out} even={even} pdl={pdl} l2_ahead={l2} late={late}", gemv._w4a4_gemv_kernel, types,
-                              consts, w, 1, ptx_has="prefetch.global.L2" if l2 else "griddepcontrol.wait" if pdl else None)
+                          CHUNK=chunk, PDL=pdl, L2_AHEAD=l2, RELEASE_LATE=late, SCALE_COPIES=copies)
+            ok &= compile_one(f"gemv out={out} even={even} pdl={pdl} l2_ahead={l2} late={late} scale_copies={copies}",
+                              gemv._w4a4_gemv_kernel, types, consts, w, 1,
+                              ptx_has="prefetch.global.L2" if l2 else "griddepcontrol.wait" if pdl else None)
     types = dict(common, a_ptr="*u8", ao_ptr="*i8", w_ptr="*u8", wo_ptr="*i8", out_ptr="*fp32")
     for bn, bm, w, st in sorted({c for cs in swap._SWAP_REGIMES.values() for c in cs}):
         for even, out_share in ((False, 0), (True, 0), (True, swap.OUT_SHARE or 2)):  # OUT_SHARE: outliers in split 0 only

@@ -679,11 +679,15 @@ for what in "${@:-tests}"; do
                     T=150 TAIL=22 step generate_llama3_b64_build${i}_s35 python3 benchmarks/bench_generate.py \
                         --model llama3-8b --batches 64 --paths atom-kv4 --gen 256 --steps 16 --profile --log-autotune
                   done ;;
-    # the batch-1 gemv with 8 and 16 groups a step (twice / four times the programs of 32 x 4 at the same bytes a
-    # thread: more bytes in flight a SM), split sums left to the graph as in the model
-    gemv-tiles-s34) T=200 TAIL=70 step explore_gemv_tiles_s34 python3 benchmarks/explore_decode_gemm.py --ms 1 --gemv \
-                        --no-split-sum --splits 1,2,4 --gemv-configs 32x4x4,16x8x4,8x16x4,16x8x2,32x8x8,64x4x8 \
-                        --shapes "llama2-7b qkv,llama2-7b o,llama2-7b gate/up,llama2-7b down,llama3-8b qkv,llama3-8b gate/up,llama3-8b down" ;;
+    # the batch-1 gemv with its weight scales loaded in the dots' layout (s: no shared memory or barriers
+    # in the step), and with 8 and 16 groups a step (twice / four times the programs of 32 x 4 at the
+    # same bytes a thread: more bytes in flight a SM), split sums left to the graph as in the model;
+    # then the model at batch 1 with the scale copies off / on
+    gemv-tiles-s34) T=260 TAIL=70 step explore_gemv_tiles_s34 python3 benchmarks/explore_decode_gemm.py --ms 1 --gemv \
+                        --no-split-sum --splits 1,4 --gemv-configs 32x4x4,32x4x4s,64x4x8s,16x8x4,32x8x8 \
+                        --shapes "llama2-7b qkv,llama2-7b o,llama2-7b gate/up,llama2-7b down,llama3-8b gate/up"
+                    T=200 TAIL=14 step generate_gemv_scale_copies_b1_s35 python3 benchmarks/bench_generate.py --batches 1 \
+                        --paths bf16,atom-kv4 --gen 256 --steps 16 --profile --flag-ab atom_ao.ops.w4a4_gemv:GEMV_SCALE_COPIES ;;
     # where PDL's logits differ from the plain model's (plain twice, ours / Inductor's / both, eager), then Llama-2-7B and Llama-3-8B batch 1 with it
     # (Inductor's own PDL on in the model runs only if the diagnosis finds it keeps the bits)
     pdl-bits-s34) T=240 TAIL=12 step pdl_same_bits_s34 python3 scripts/pdl_same_bits.py

@@ -64,13 +64,22 @@ def _dp4a(a, b, c, USE_ASM: tl.constexpr):
 
 
 @triton.jit
-def _chunk_w(w_ptrs, ws_ptrs, slot, n_g, mask_n, EVEN_N: tl.constexpr):
+def _chunk_w(w_ptrs, ws_ptrs, slot, n_g, mask_n, EVEN_N: tl.constexpr, SCALE_COPIES: tl.constexpr):
     """One step's weight loads: words (BLOCK_N, CHUNK, WORDS) and scales (BLOCK_N, CHUNK); group
     slots past the share read nothing."""
     ok = slot < n_g  # (CHUNK,)
     ok_w = ok[None, :, None] if EVEN_N else ok[None, :, None] & mask_n[:, None, None]
-    ok_s = ok[None, :] if EVEN_N else ok[None, :] & mask_n[:, None]
-    return tl.load(w_ptrs, mask=ok_w, other=0), tl.load(ws_ptrs, mask=ok_s, other=0.0)
+    if SCALE_COPIES > 1:
+        # each scale loaded SCALE_COPIES times along a third axis and reduced over it: the load's
+        # layout then follows the word tile's, and the scales reach the group dots' layout by warp
+        # shuffles, not through shared memory between two barriers a step (GEMV_SCALE_COPIES)
+        ok_s = ok[None, :, None] if EVEN_N else ok[None, :, None] & mask_n[:, None, None]
+        copies = tl.zeros((1, 1, SCALE_COPIES), tl.int32)
+        sw = tl.max(tl.load(ws_ptrs[:, :, None] + copies, mask=ok_s, other=0.0), axis=2)
+    else:
+        ok_s = ok[None, :] if EVEN_N else ok[None, :] & mask_n[:, None]
+        sw = tl.load(ws_ptrs, mask=ok_s, other=0.0)
+    return tl.load(w_ptrs, mask=ok_w, other=0), sw
 
 
 @triton.jit
@@ -114,6 +123,7 @@ def _w4a4_gemv_kernel(
     PDL: tl.constexpr,  # launched with programmatic dependent launch (launch_gemv's pdl)
     L2_AHEAD: tl.constexpr,  # steps of weights prefetched into L2 before the PDL wait (GEMV_L2_AHEAD)
     RELEASE_LATE: tl.constexpr,  # with PDL: let the next kernel launch after the K loop, not at the wait
+    SCALE_COPIES: tl.constexpr,  # copies of each weight scale loaded (GEMV_SCALE_COPIES; 1: one load)
 ):
     # The row offsets (and so the output store's address) are computed here, not returned by a
     # helper that also takes the weight pointers: Inductor's mutation analysis of the TTIR derives
@@ -133,7 +143,7 @@ def _w4a4_gemv_kernel(
     a_ptrs = a_ptr + (g0 + offs_c)[:, None] * WORDS + offs_w[None, :]
     as_ptrs = as_ptr + g0 + offs_c
     acc = tl.zeros((BLOCK_N, CHUNK), dtype=tl.float32)  # per group slot, summed at the end
-    w, sw = _chunk_w(w_ptrs, ws_ptrs, offs_c, n_g, mask_n, EVEN_N)
+    w, sw = _chunk_w(w_ptrs, ws_ptrs, offs_c, n_g, mask_n, EVEN_N, SCALE_COPIES)
     if L2_AHEAD > 0:
         # and the next L2_AHEAD steps' weight words into L2, one address a 64-byte group row
         rows = tl.where(mask_n, offs_n, 0)
@@ -149,7 +159,7 @@ def _w4a4_gemv_kernel(
         release_next(PDL)
     a, sa = _chunk_a(a_ptrs, as_ptrs, offs_c, n_g)
     for c in range(CHUNK, n_g + CHUNK, CHUNK):
-        nw, nsw = _chunk_w(w_ptrs + c * WORDS, ws_ptrs + c, c + offs_c, n_g, mask_n, EVEN_N)
+        nw, nsw = _chunk_w(w_ptrs + c * WORDS, ws_ptrs + c, c + offs_c, n_g, mask_n, EVEN_N, SCALE_COPIES)
         na, nsa = _chunk_a(a_ptrs + c * WORDS, as_ptrs + c, c + offs_c, n_g)
         acc = _chunk_math(w, sw, a, sa, acc, WORDS, USE_ASM)
         w, sw, a, sa = nw, nsw, na, nsa
@@ -191,6 +201,19 @@ GEMV_L2_AHEAD = int(os.environ.get("ATOM_AO_GEMV_L2_AHEAD", "0"))
 GEMV_PDL_RELEASE = os.environ.get("ATOM_AO_GEMV_PDL_RELEASE", "late")
 if GEMV_PDL_RELEASE not in ("early", "late"):
     raise ValueError(f"ATOM_AO_GEMV_PDL_RELEASE must be 'early' or 'late', got {GEMV_PDL_RELEASE!r}")
+# Load each weight scale once per thread sharing its group row (WORDS / 4 of them in the 32 x 4 x 16
+# tile), so the scales arrive in the layout of the group dots. With one load a scale, Triton moves
+# each step's dots x token scales through shared memory, two barriers a step holding the program's
+# warps in lockstep (sm_90 PTX: 2 bar.sync, 4 st.shared, 1 ld.shared a step; with the copies none,
+# 3 more loads and 12 more shuffles). Not yet timed: off (ATOM_AO_GEMV_SCALE_COPIES=1 turns it on).
+GEMV_SCALE_COPIES = os.environ.get("ATOM_AO_GEMV_SCALE_COPIES") == "1"
+
+
+def scale_copies(group_size: int) -> int:
+    """SCALE_COPIES for a group size: its threads a group row (WORDS / 4, a power of two) with
+    GEMV_SCALE_COPIES on, else 1."""
+    words = group_size // 8
+    return words // 4 if GEMV_SCALE_COPIES and words >= 8 and words & (words - 1) == 0 else 1
 
 
 def gemv_split_k(n: int, groups: int, sms: int, block_n: int | None = None) -> int:
@@ -228,5 +251,6 @@ def launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scal
         EVEN_N=n % block_n == 0, BLOCK_N=block_n, CHUNK=chunk,
         L2_AHEAD=GEMV_L2_AHEAD if opts["PDL"] and not INTERPRET else 0,
         RELEASE_LATE=opts["PDL"] and GEMV_PDL_RELEASE == "late",
+        SCALE_COPIES=scale_copies(group_size),
         num_warps=warps, num_stages=1, **opts,
     )

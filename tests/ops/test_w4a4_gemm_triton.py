@@ -425,6 +425,17 @@ def test_gemv_tiles_match_reference(monkeypatch, config):
         test_gemv_path_matches_reference(48, 9 * 64 + 32, 32, 64, splits, torch.bfloat16, True)
 
 
+@pytest.mark.parametrize("gs, copies", [(64, 2), (128, 4)])
+def test_gemv_scale_copies_match_reference(monkeypatch, gs, copies):
+    # each weight scale loaded once per thread of its group row (GEMV_SCALE_COPIES), then reduced
+    import importlib
+    gemv = importlib.import_module("atom_ao.ops.w4a4_gemv")
+    monkeypatch.setattr(gemv, "GEMV_SCALE_COPIES", True)
+    assert gemv.scale_copies(gs) == copies and gemv.scale_copies(48) == 1  # 6 words: not a power of two
+    for splits in (1, 2):
+        test_gemv_path_matches_reference(48, 9 * gs + 32, 32, gs, splits, torch.bfloat16, True)
+
+
 def test_gemv_path_takes_one_token():
     args = _operands(2, 32, 256, 32, 128, torch.bfloat16, False)
     with pytest.raises(ValueError, match="gemv"):
@@ -435,7 +446,10 @@ def test_gemv_path_takes_one_token():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("splits", [None, 1, 4])
 @pytest.mark.parametrize("n, k", [(4096, 4096), (12288, 4096), (4096, 11008), (22016, 4096), (1000, 4096 + 128)])
-def test_gemv_path_real_shapes_gpu(n, k, splits):
+@pytest.mark.parametrize("scale_copies", [False, True])
+def test_gemv_path_real_shapes_gpu(monkeypatch, n, k, splits, scale_copies):
+    import importlib
+    monkeypatch.setattr(importlib.import_module("atom_ao.ops.w4a4_gemv"), "GEMV_SCALE_COPIES", scale_copies)
     args = _operands(1, n, k, 128, 128, torch.bfloat16, True, device="cuda")
     gemv = w4a4_gemm_triton(*args, 128, torch.bfloat16, path="gemv", splits=splits)
     swap = w4a4_gemm_triton(*args, 128, torch.bfloat16, path="swap")
