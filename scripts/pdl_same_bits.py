@@ -17,13 +17,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-@torch.no_grad()
-def decode_logits(ours: bool, inductors: bool, compiled: bool, steps: int = 4, prompt: int = 40) -> torch.Tensor:
+def set_pdl(ours: bool, inductors: bool) -> None:
+    """atom_ao's PDL switch and Inductor's own, with compiles for real (no FX graph cache)."""
     import torch._inductor.config as inductor_config
-    from bench_generate import build
-    from gpt import Int4KVCache, LlamaShape
 
     from atom_ao.ops import pdl
 
@@ -33,6 +32,16 @@ def decode_logits(ours: bool, inductors: bool, compiled: bool, steps: int = 4, p
     if hasattr(inductor_config.triton, "enable_pdl"):
         inductor_config.triton.enable_pdl = inductors
     inductor_config.fx_graph_cache = False
+
+
+@torch.no_grad()
+def decode_logits(compiled: bool = True, steps: int = 4, prompt: int = 40) -> torch.Tensor:
+    """bench_generate's Atom + INT4 KV model, 2 small layers (GQA 8 / 2, fused projections), batch
+    1: the logits of the prompt's last token and of ``steps`` decode steps, under the PDL switches
+    as they are now."""
+    from bench_generate import build
+    from gpt import Int4KVCache, LlamaShape
+
     shape = LlamaShape(dim=1024, n_layers=2, n_heads=8, n_kv_heads=2, intermediate=2816, vocab=1000,
                        fused_qkv=True, fused_gate_up=True)
     model = build(shape, "atom-kv4", None, compiled)
@@ -68,11 +77,13 @@ def main() -> None:
         ("eager plain", False, False, False),
         ("eager atom_ao PDL", True, False, False),
     ]
-    base = decode_logits(False, False, True)
+    set_pdl(False, False)
+    base = decode_logits(True)
     eager_base = None
     print(f"{'setting':<22} max |logit - plain| per step (prefill, decode 1..)   same bits")
     for label, ours, inductors, compiled in settings:
-        got = decode_logits(ours, inductors, compiled)
+        set_pdl(ours, inductors)
+        got = decode_logits(compiled)
         ref = base if compiled else (eager_base if eager_base is not None else got)
         if not compiled and eager_base is None:
             eager_base = got

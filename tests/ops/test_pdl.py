@@ -130,30 +130,17 @@ def test_compiled_model_decode_same_bits_gpu(monkeypatch):
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    from bench_generate import build
+    root = Path(__file__).resolve().parents[2]
+    sys.path[:0] = [str(root / "benchmarks"), str(root / "scripts")]
     from common import pin_autotuning
-    from gpt import Int4KVCache, LlamaShape
+    from pdl_same_bits import decode_logits
 
     # each build would time its autotuned kernels' configs (a PDL=True kernel is tuned apart from
     # its PDL=False twin) and might pick a tiling whose float sums round otherwise
     pin_autotuning(monkeypatch.setattr)
-    shape = LlamaShape(dim=1024, n_layers=2, n_heads=8, n_kv_heads=2, intermediate=2816, vocab=1000, fused_qkv=True,
-                       fused_gate_up=True)
-    prompt, steps = 40, 4
     logits = {}
     for on in (False, True):
         _switch(monkeypatch, on)
-        model = build(shape, "atom-kv4", None, True)
-        s = model.s
-        model.setup_caches(1, prompt + steps, lambda layer: Int4KVCache(1, s.n_kv_heads, prompt + steps, s.head_dim,
-                                                                        torch.bfloat16, "cuda"))
-        gen = torch.Generator().manual_seed(1)
-        ids = torch.randint(0, s.vocab, (1, prompt), generator=gen).cuda()
-        nxt = torch.randint(0, s.vocab, (steps, 1, 1), generator=gen).cuda()
-        out = [model(ids, torch.arange(prompt, device="cuda"))]
-        for i in range(steps):
-            out.append(model(nxt[i], torch.tensor([prompt + i], device="cuda")))
-        logits[on] = torch.stack(out)
+        logits[on] = decode_logits()
     assert logits[False].abs().max() > 0
     assert torch.equal(logits[True], logits[False])
