@@ -2,8 +2,13 @@
 
 Catches type / layout / PTX errors before spending GPU time: `PYTHONPATH=. python scripts/compile_sm90.py`.
 Prints each kernel's shared memory, registers-free summary and whether wgmma/mma is used.
+``--loop-stats`` adds what one pass of each of a kernel's loops issues in PTX (instructions,
+``bar.sync``, shared-memory stores / loads, warp shuffles, global loads); ``--only TEXT`` compiles
+only the forms whose label contains TEXT (e.g. ``--only gemv``); ``--gemv-configs 32x4x4,16x8x4``
+compiles the gemv forms with those (BLOCK_N, CHUNK, warps) tiles.
 """
 import importlib
+import re
 import sys
 
 import triton
@@ -20,6 +25,32 @@ gemv = importlib.import_module("atom_ao.ops.w4a4_gemv")
 qa = importlib.import_module("atom_ao.ops.quantize_activation")
 
 TARGET = GPUTarget("cuda", 90, 32)
+LOOP_STATS = "--loop-stats" in sys.argv
+ONLY = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else ""
+# the gemv's (BLOCK_N, CHUNK, warps) tiles to compile, e.g. --gemv-configs 32x4x4,16x8x4 (default: GEMV_CONFIG)
+GEMV_CONFIGS = ([tuple(int(v) for v in c.split("x")) for c in sys.argv[sys.argv.index("--gemv-configs") + 1].split(",")]
+                if "--gemv-configs" in sys.argv else None)
+
+
+def loop_stats(ptx: str) -> str:
+    """Counts over one pass of each loop in ``ptx``, in program order (a loop: from its header
+    label to the last branch back to it)."""
+    lines = ptx.split("\n")
+    heads = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"\s*(\$L__BB\d+_\d+):", line))}
+    ends = {}
+    for j, line in enumerate(lines):
+        m = re.search(r"\bbra(?:\.uni)?\s+(\$L__BB\d+_\d+);", line)
+        if m and heads.get(m.group(1), j) < j:
+            ends[m.group(1)] = j
+    out = []
+    for label, j in sorted(ends.items(), key=lambda kv: heads[kv[0]]):
+        code = [line.strip() for line in lines[heads[label]:j + 1]
+                if line.strip().endswith(";") and not line.strip().startswith("//")]
+        counts = {name: sum(1 for line in code if re.search(pat, line)) for name, pat in (
+            ("bar.sync", r"^bar[.]sync"), ("st.shared", r"st[.]shared"), ("ld.shared", r"ld[.]shared"),
+            ("shfl", r"^shfl"), ("ld.global", r"ld[.]global"))}
+        out.append(f"loop {len(out) + 1}: {len(code)} instructions, " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return "; ".join(out) or "no loop"
 
 
 def sig_of(fn, types, consts):
@@ -32,10 +63,14 @@ def sig_of(fn, types, consts):
     return sig
 
 
-def compile_one(label, fn, types, consts, num_warps=4, num_stages=3, ptx_has=None):
+def compile_one(label, fn, types, consts, num_warps=4, num_stages=3, ptx_has=None, divisible=()):
+    """``divisible``: more int arguments to compile as multiples of 16, as Triton's JIT specializes
+    them at run time when they are (e.g. a K = 4096 linear's strides and group count)."""
+    if ONLY not in label:
+        return True
     sig = sig_of(fn, types, consts)
     # pointers, and the strides (s_*), which Triton's JIT specializes as multiples of 16 at run time
-    ptrs = [i for i, n in enumerate(fn.arg_names) if sig[n].startswith("*") or n.startswith("s_")]
+    ptrs = [i for i, n in enumerate(fn.arg_names) if sig[n].startswith("*") or n.startswith("s_") or n in divisible]
     attrs = {(i,): [["tt.divisibility", 16]] for i in ptrs}
     src = ASTSource(fn, sig, consts, attrs=attrs)
     try:
@@ -48,7 +83,7 @@ def compile_one(label, fn, types, consts, num_warps=4, num_stages=3, ptx_has=Non
         print(f"FAIL {label}: no {ptx_has} in the PTX")
         return False
     print(f"ok   {label}: shared={c.metadata.shared} wgmma={'wgmma' in ptx} mma={'mma.sync' in ptx} "
-          f"ptx_lines={ptx.count(chr(10))}")
+          f"ptx_lines={ptx.count(chr(10))}" + (f" | {loop_stats(ptx)}" if LOOP_STATS else ""))
     return True
 
 
@@ -63,15 +98,23 @@ def gemm_kernels():
             ok &= compile_one(f"gemm out={out} {bm}x{bn} prefetch={pf}", gemm._w4a4_gemm_kernel_jit, types, consts,
                               w, st)
         types = dict(common, a_ptr="*i32", ao_ptr="*i32", w_ptr="*i32", wo_ptr="*i32", out_ptr=out)
-        for even, pdl, l2, late, copies in ((False, False, 0, False, 1), (True, False, 0, False, 1),
-                                            (True, True, 0, False, 1), (True, True, 0, True, 1), (False, True, 2, True, 1),
-                                            (True, False, 0, False, 4), (False, True, 0, True, 4)):
-            bn, chunk, w = gemv.GEMV_CONFIG
-            consts = dict(WORDS=16, BLOCK_OW=32, HAS_OUT=True, HAS_BIAS=True, USE_ASM=True, EVEN_N=even, BLOCK_N=bn,
-                          CHUNK=chunk, PDL=pdl, L2_AHEAD=l2, RELEASE_LATE=late, SCALE_COPIES=copies)
-            ok &= compile_one(f"gemv out={out} even={even} pdl={pdl} l2_ahead={l2} late={late} scale_copies={copies}",
-                              gemv._w4a4_gemv_kernel, types, consts, w, 1,
-                              ptx_has="prefetch.global.L2" if l2 else "griddepcontrol.wait" if pdl else None)
+        # K = 4096 (G = 32: the JIT's ints all multiples of 16) and K = 11008 (G = 86: the scale
+        # stride and group count not), each with one load a weight scale and with the copies
+        k4096 = ("N", "G", "N_OUT_W", "stride_wn", "stride_wsn", "stride_won")
+        k11008 = ("N", "N_OUT_W", "stride_wn", "stride_won")
+        for even, pdl, l2, late, copies, k, div in (
+                (False, False, 0, False, 1, 4096, k4096), (True, False, 0, False, 1, 4096, k4096),
+                (True, True, 0, False, 1, 4096, k4096), (True, True, 0, True, 1, 4096, k4096),
+                (False, True, 2, True, 1, 4096, k4096), (True, False, 0, False, 4, 4096, k4096),
+                (False, True, 0, True, 4, 4096, k4096), (True, False, 0, False, 1, 11008, k11008),
+                (True, False, 0, False, 4, 11008, k11008)):
+            for bn, chunk, w in GEMV_CONFIGS or [gemv.GEMV_CONFIG]:
+                consts = dict(WORDS=16, BLOCK_OW=32, HAS_OUT=True, HAS_BIAS=True, USE_ASM=True, EVEN_N=even,
+                              BLOCK_N=bn, CHUNK=chunk, PDL=pdl, L2_AHEAD=l2, RELEASE_LATE=late, SCALE_COPIES=copies)
+                ok &= compile_one(f"gemv {bn}x{chunk}x{w} out={out} K={k} even={even} pdl={pdl} l2_ahead={l2} "
+                                  f"late={late} scale_copies={copies}", gemv._w4a4_gemv_kernel, types, consts, w, 1,
+                                  ptx_has="prefetch.global.L2" if l2 else "griddepcontrol.wait" if pdl else None,
+                                  divisible=div)
     types = dict(common, a_ptr="*u8", ao_ptr="*i8", w_ptr="*u8", wo_ptr="*i8", out_ptr="*fp32")
     for bn, bm, w, st in sorted({c for cs in swap._SWAP_REGIMES.values() for c in cs}):
         for even, out_share in ((False, 0), (True, 0), (True, swap.OUT_SHARE or 2)):  # OUT_SHARE: outliers in split 0 only

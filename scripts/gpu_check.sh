@@ -683,8 +683,8 @@ for what in "${@:-tests}"; do
     # in the step), and with 8 and 16 groups a step (twice / four times the programs of 32 x 4 at the
     # same bytes a thread: more bytes in flight a SM), split sums left to the graph as in the model;
     # then the model at batch 1 with the scale copies off / on
-    gemv-tiles-s34) T=260 TAIL=70 step explore_gemv_tiles_s34 python3 benchmarks/explore_decode_gemm.py --ms 1 --gemv \
-                        --no-split-sum --splits 1,4 --gemv-configs 32x4x4,32x4x4s,64x4x8s,16x8x4,32x8x8 \
+    gemv-tiles-s34) T=300 TAIL=70 step explore_gemv_tiles_s34 python3 benchmarks/explore_decode_gemm.py --ms 1 --gemv \
+                        --no-split-sum --splits 1,4 --gemv-configs 32x4x4,32x4x4s,64x4x8s,32x8x8,32x8x8s,16x8x4 \
                         --shapes "llama2-7b qkv,llama2-7b o,llama2-7b gate/up,llama2-7b down,llama3-8b gate/up"
                     T=200 TAIL=14 step generate_gemv_scale_copies_b1_s35 python3 benchmarks/bench_generate.py --batches 1 \
                         --paths bf16,atom-kv4 --gen 256 --steps 16 --profile --flag-ab atom_ao.ops.w4a4_gemv:GEMV_SCALE_COPIES ;;
