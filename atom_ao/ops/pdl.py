@@ -15,7 +15,9 @@ session 33: 2016 -> 1841 us for 128 linears).
 * eager launches pass ``launch_pdl=True`` to Triton themselves;
 * in compiled graphs Inductor launches the kernels, and its launcher of user Triton kernels sets
   launch attributes only from the kernel's ``triton_meta``: ``enable()`` wraps Inductor's
-  ``user_autotune`` so that a kernel traced with ``PDL=True`` gets ``launch_pdl`` there. (Set
+  ``user_autotune`` so that a kernel traced with ``PDL=True`` gets ``launch_pdl`` there, and the
+  wrapper codegen's ``define_kernel`` so that the generated source asks for it too (the form
+  compile workers would build from; ``IN_PROCESS``). (Set
   ``torch._inductor.config.triton.enable_pdl`` too for Inductor's own kernels.)
 
 A kernel traced with ``PDL=True`` but launched without the attribute only runs its waits, which
@@ -108,9 +110,31 @@ def pdl_meta(triton_meta: dict) -> dict:
     return triton_meta
 
 
+def with_launch_pdl(kernel_body: str) -> str:
+    """Inductor's generated source of one user Triton kernel, with ``'launch_pdl': True`` added to
+    the ``triton_meta`` of its ``user_autotune`` decorator when the kernel was traced with
+    ``PDL=True`` (its constants say ``'PDL': True``); any other source unchanged. Compile workers
+    build the kernel from this text, so they launch it with PDL too."""
+    head, jit, rest = kernel_body.partition("@triton.jit")
+    if not jit or "user_autotune(" not in head or "triton_meta={" not in head or "'PDL': True" not in head \
+            or "'launch_pdl'" in head:
+        return kernel_body
+    return head.replace("triton_meta={", "triton_meta={'launch_pdl': True, ", 1) + jit + rest
+
+
 _hooked = False
 _analysis_reads_waits = False  # Inductor's mutation analysis sees the waits as writing nothing
 MARKED: list[str] = []  # the compiled kernels the hook gave launch_pdl (their Inductor names)
+# Compile the graph's kernels in this process while PDL is in use (compile_threads = 1), where the
+# user_autotune wrapper sees them. The generated sources carry launch_pdl themselves now
+# (with_launch_pdl), which compile workers would honour too; until that is checked on a GPU,
+# ATOM_AO_PDL_IN_PROCESS=0 leaves Inductor's compile threads alone.
+IN_PROCESS = os.environ.get("ATOM_AO_PDL_IN_PROCESS", "1") == "1"
+
+
+def _mark(name: str) -> None:
+    if name not in MARKED:
+        MARKED.append(name)
 
 
 def install_inductor_hook() -> None:
@@ -118,15 +142,19 @@ def install_inductor_hook() -> None:
     generated code puts on every user Triton kernel) with ``pdl_meta``. Compiled modules look it
     up when they load, so this must run before the model is compiled. Inductor's compile workers
     would build the kernels without the wrapper (and hand them back so), so kernels are compiled
-    in this process from then on (``compile_threads = 1``). It also lets Inductor's mutation
-    analysis read the waits (``operandless_asm_is_pure``)."""
+    in this process from then on (``compile_threads = 1``; ``IN_PROCESS``). It also wraps the
+    wrapper codegen's ``define_kernel`` with ``with_launch_pdl`` (the generated source then asks
+    for the launch attribute itself) and lets Inductor's mutation analysis read the waits
+    (``operandless_asm_is_pure``)."""
     global _hooked
     if _hooked:
         return
     import torch._inductor.config as inductor_config
     from torch._inductor.runtime import triton_heuristics
 
-    inductor_config.compile_threads = 1
+    if IN_PROCESS:
+        inductor_config.compile_threads = 1
+    _patch_define_kernel()
 
     original = triton_heuristics.user_autotune
 
@@ -139,12 +167,36 @@ def install_inductor_hook() -> None:
         else:
             meta = None
         if meta and meta.get("launch_pdl"):
-            MARKED.append((kwargs.get("inductor_meta") or {}).get("kernel_name", "?"))
+            _mark((kwargs.get("inductor_meta") or {}).get("kernel_name", "?"))
         return original(*args, **kwargs)
 
     triton_heuristics.user_autotune = user_autotune
     _let_inductor_read_waits()
     _hooked = True
+
+
+def _patch_define_kernel() -> None:
+    """Wrap ``PythonWrapperCodegen.define_kernel`` (where this torch has it) so every kernel
+    source it is given passes through ``with_launch_pdl``."""
+    try:
+        from torch._inductor.codegen.wrapper import PythonWrapperCodegen
+    except ImportError:
+        return
+    original = getattr(PythonWrapperCodegen, "define_kernel", None)
+    if original is None or getattr(original, "_atom_ao_pdl", False):
+        return
+
+    @functools.wraps(original)
+    def define_kernel(self, kernel_name, kernel_body, *args, **kwargs):
+        if isinstance(kernel_body, str):
+            patched = with_launch_pdl(kernel_body)
+            if patched is not kernel_body:
+                _mark(kernel_name)
+            kernel_body = patched
+        return original(self, kernel_name, kernel_body, *args, **kwargs)
+
+    define_kernel._atom_ao_pdl = True
+    PythonWrapperCodegen.define_kernel = define_kernel
 
 
 def operandless_asm_is_pure(functions: dict) -> dict:

@@ -56,18 +56,74 @@ def test_meta_and_hook(monkeypatch):
     monkeypatch.setattr(pdl, "_analysis_reads_waits", False)
     import torch._inductor.config as inductor_config
     monkeypatch.setattr(inductor_config, "compile_threads", inductor_config.compile_threads)
+    from torch._inductor.codegen.wrapper import PythonWrapperCodegen
+    monkeypatch.setattr(PythonWrapperCodegen, "define_kernel", PythonWrapperCodegen.define_kernel)
+    monkeypatch.setattr(pdl, "MARKED", [])
+    monkeypatch.setattr(pdl, "IN_PROCESS", True)
     pdl.install_inductor_hook()
     assert inductor_config.compile_threads == 1  # compile workers would build the kernels unwrapped
     pdl.install_inductor_hook()  # once only
-    triton_heuristics.user_autotune(configs=[], triton_meta={"constants": {"PDL": True, "X": 1}})
+    triton_heuristics.user_autotune(configs=[], triton_meta={"constants": {"PDL": True, "X": 1}},
+                                    inductor_meta={"kernel_name": "k_0"})
     triton_heuristics.user_autotune(configs=[], triton_meta={"constants": {"PDL": False}})
-    triton_heuristics.user_autotune([], {"constants": {"PDL": True}})
+    triton_heuristics.user_autotune([], {"constants": {"PDL": True}}, inductor_meta={"kernel_name": "k_1"})
+    triton_heuristics.user_autotune([], {"constants": {"PDL": True}}, inductor_meta={"kernel_name": "k_1"})
     assert seen[0][1]["triton_meta"]["launch_pdl"] is True
-    assert len(pdl.MARKED) >= 2
+    assert pdl.MARKED == ["k_0", "k_1"]  # each kernel once
     assert "launch_pdl" not in seen[1][1]["triton_meta"]
     assert seen[2][0][1]["launch_pdl"] is True
     assert pdl.pdl_meta({}) == {} and pdl.pdl_meta({"constants": {}}) == {"constants": {}}
     assert tkw.ttir_to_functions._atom_ao_pdl and pdl._analysis_reads_waits  # Inductor's analysis reads the waits
+
+
+# a user Triton kernel's source as Inductor's wrapper codegen hands it to define_kernel
+_USER_KERNEL_SRC = """async_compile.triton('_w4a4_gemv_kernel_0', '''
+import triton
+from torch._inductor.runtime import triton_helpers, triton_heuristics
+
+@triton_heuristics.user_autotune(
+    configs=[{'num_warps': 4, 'num_stages': 1}],
+    inductor_meta={'kernel_name': '_w4a4_gemv_kernel_0'},
+    triton_meta={'signature': {'a_ptr': '*i32'}, 'constants': {'WORDS': 16, 'PDL': %s}, 'configs': []},
+    filename=__file__,
+    custom_kernel=True,
+)
+@triton.jit
+def _w4a4_gemv_kernel_0(a_ptr, WORDS: tl.constexpr, PDL: tl.constexpr):
+    pass
+''', device_str='cuda')"""
+
+
+def test_with_launch_pdl_marks_the_source_of_pdl_kernels_only():
+    on, off = _USER_KERNEL_SRC % "True", _USER_KERNEL_SRC % "False"
+    got = pdl.with_launch_pdl(on)
+    assert "triton_meta={'launch_pdl': True, 'signature'" in got and got.count("launch_pdl") == 1
+    assert pdl.with_launch_pdl(got) == got  # once
+    assert pdl.with_launch_pdl(off) is off
+    inductors = "@triton_heuristics.pointwise(triton_meta={'constants': {}})\n@triton.jit\ndef k(): pass"
+    assert pdl.with_launch_pdl(inductors) is inductors
+
+
+def test_hook_patches_the_kernel_sources_inductor_defines(monkeypatch):
+    from torch._inductor.codegen.wrapper import PythonWrapperCodegen
+    import torch._inductor.config as inductor_config
+
+    seen = []
+    monkeypatch.setattr(PythonWrapperCodegen, "define_kernel", lambda self, name, body, *a, **k: seen.append(body))
+    monkeypatch.setattr(pdl, "_hooked", False)
+    monkeypatch.setattr(pdl, "IN_PROCESS", False)  # compile workers left alone: the source carries the attribute
+    monkeypatch.setattr(inductor_config, "compile_threads", 7)
+    monkeypatch.setattr(pdl, "MARKED", [])
+    from torch._inductor.runtime import triton_heuristics
+    monkeypatch.setattr(triton_heuristics, "user_autotune", triton_heuristics.user_autotune)
+    from torch._higher_order_ops import triton_kernel_wrap as tkw
+    monkeypatch.setattr(tkw, "ttir_to_functions", tkw.ttir_to_functions)
+    pdl.install_inductor_hook()
+    assert inductor_config.compile_threads == 7
+    PythonWrapperCodegen.define_kernel(None, "_w4a4_gemv_kernel_0", _USER_KERNEL_SRC % "True")
+    PythonWrapperCodegen.define_kernel(None, "_w4a4_gemv_kernel_1", _USER_KERNEL_SRC % "False", "# meta")
+    assert "'launch_pdl': True" in seen[0] and "launch_pdl" not in seen[1]
+    assert pdl.MARKED == ["_w4a4_gemv_kernel_0"]
 
 
 def test_operandless_asm_is_pure():
