@@ -120,8 +120,11 @@ def gemm_kernels():
         for even, out_share in ((False, 0), (True, 0), (True, swap.OUT_SHARE or 2)):  # OUT_SHARE: outliers in split 0 only
             consts = dict(HALF=64, BLOCK_O=64, HAS_OUT=True, HAS_BIAS=True, USE_ASM=True, BLOCK_N=bn, BLOCK_M=bm,
                           EVEN_N=even, EVEN_M=even, OUT_SHARE=out_share)
+            # the ints of an aligned shape (e.g. Llama-2-7B o at M = 64) as the JIT specializes them
             ok &= compile_one(f"swap gemm {bn}x{bm} even={even} out_share={out_share}", swap._w4a4_gemm_swap_kernel_jit,
-                              types, consts, w, st)
+                              types, consts, w, st,
+                              divisible=("N", "G", "N_OUT", "stride_am", "stride_asm", "stride_aom", "stride_wn",
+                                         "stride_wsn", "stride_won", "stride_om"))
     # the activation quantizer at decode (its first small config), plain and with PDL
     qtypes = dict(a_ptr="*bf16", b_ptr="*bf16", w_ptr="*bf16", rstd_ptr="*fp32", perm_ptr="*i32", q_ptr="*u8",
                   s_ptr="*fp32", qo_ptr="*i8", so_ptr="*fp32", clip_ratio="fp32")
