@@ -3,7 +3,8 @@
 Catches type / layout / PTX errors before spending GPU time: `PYTHONPATH=. python scripts/compile_sm90.py`.
 Prints each kernel's shared memory, registers-free summary and whether wgmma/mma is used.
 ``--loop-stats`` adds what one pass of each of a kernel's loops issues in PTX (instructions,
-``bar.sync``, shared-memory stores / loads, warp shuffles, global loads); ``--only TEXT`` compiles
+``bar.sync``, shared-memory stores / loads, warp shuffles, global loads), and of its first loop
+in SASS (Triton's bundled ``nvdisasm``); ``--only TEXT`` compiles
 only the forms whose label contains TEXT (e.g. ``--only gemv``); ``--gemv-configs 32x4x4,16x8x4``
 compiles the gemv forms with those (BLOCK_N, CHUNK, warps) tiles.
 """
@@ -53,6 +54,32 @@ def loop_stats(ptx: str) -> str:
     return "; ".join(out) or "no loop"
 
 
+def sass_loop_stats(cubin: bytes) -> str:
+    """The first loop's SASS (Triton's bundled nvdisasm): instructions, barriers, shuffles and
+    shared-memory accesses in one pass."""
+    import os
+    import subprocess
+    import tempfile
+
+    nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+    if not os.path.exists(nvdisasm):
+        return "sass: no nvdisasm"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        lines = subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True).stdout.split("\n")
+    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"^(\.L_x_\d+):", line))}
+    for j, line in enumerate(lines):
+        m = re.search(r"BRA `\((\.L_x_\d+)\)", line)
+        if m and labels.get(m.group(1), j) < j:
+            ops = [re.sub(r"^\s*/\*[0-9a-f]+\*/\s*(@!?U?P\w+\s+)?", "", x).split()[0]
+                   for x in lines[labels[m.group(1)]:j + 1] if re.match(r"\s*/\*[0-9a-f]+\*/", x)]
+            count = lambda prefix: sum(op.startswith(prefix) for op in ops)  # noqa: E731
+            return (f"sass loop 1: {len(ops)} instructions, BAR {count('BAR')}, SHFL {count('SHFL')}, "
+                    f"LDS {count('LDS')}, STS {count('STS')}")
+    return "sass: no loop"
+
+
 def sig_of(fn, types, consts):
     sig = {}
     for name in fn.arg_names:
@@ -83,7 +110,8 @@ def compile_one(label, fn, types, consts, num_warps=4, num_stages=3, ptx_has=Non
         print(f"FAIL {label}: no {ptx_has} in the PTX")
         return False
     print(f"ok   {label}: shared={c.metadata.shared} wgmma={'wgmma' in ptx} mma={'mma.sync' in ptx} "
-          f"ptx_lines={ptx.count(chr(10))}" + (f" | {loop_stats(ptx)}" if LOOP_STATS else ""))
+          f"ptx_lines={ptx.count(chr(10))}"
+          + (f" | {loop_stats(ptx)} | {sass_loop_stats(c.asm['cubin'])}" if LOOP_STATS else ""))
     return True
 
 

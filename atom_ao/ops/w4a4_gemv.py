@@ -70,12 +70,12 @@ def _chunk_w(w_ptrs, ws_ptrs, slot, n_g, mask_n, EVEN_N: tl.constexpr, SCALE_COP
     ok = slot < n_g  # (CHUNK,)
     ok_w = ok[None, :, None] if EVEN_N else ok[None, :, None] & mask_n[:, None, None]
     if SCALE_COPIES > 1:
-        # each scale loaded SCALE_COPIES times along a third axis and reduced over it: the load's
-        # layout then follows the word tile's, and the scales reach the group dots' layout by warp
-        # shuffles, not through shared memory between two barriers a step (GEMV_SCALE_COPIES)
+        # each scale loaded SCALE_COPIES times along a third axis, one copy for each thread of the
+        # group row: the load's layout follows the word tile's, and each thread scales the dot of
+        # its own word slice (_chunk_math), with no shared memory or barrier (GEMV_SCALE_COPIES)
         ok_s = ok[None, :, None] if EVEN_N else ok[None, :, None] & mask_n[:, None, None]
         copies = tl.zeros((1, 1, SCALE_COPIES), tl.int32)
-        sw = tl.max(tl.load(ws_ptrs[:, :, None] + copies, mask=ok_s, other=0.0), axis=2)
+        sw = tl.load(ws_ptrs[:, :, None] + copies, mask=ok_s, other=0.0)
     else:
         ok_s = ok[None, :] if EVEN_N else ok[None, :] & mask_n[:, None]
         sw = tl.load(ws_ptrs, mask=ok_s, other=0.0)
@@ -98,14 +98,22 @@ def _chunk_a(a_ptrs, as_ptrs, slot, n_g):
 
 
 @triton.jit
-def _chunk_math(w, sw, a, sa, acc, WORDS: tl.constexpr, USE_ASM: tl.constexpr):
-    """acc (BLOCK_N, CHUNK) += each group's INT32 dot (exact in float32) x its token and row scales."""
+def _chunk_math(w, sw, a, sa, acc, WORDS: tl.constexpr, USE_ASM: tl.constexpr, SCALE_COPIES: tl.constexpr):
+    """acc (BLOCK_N, CHUNK) += each group's INT32 dot (exact in float32) x its token and row scales.
+    With SCALE_COPIES: acc (BLOCK_N, CHUNK, SCALE_COPIES) += each of the group's SCALE_COPIES
+    word-slices' dot x the scales (sw its copies), so no step sums across threads."""
     a_lo, a_hi = _nibbles(a)
     w_lo, w_hi = _nibbles(w)
     part = _dp4a(w_lo, a_lo[None, :, :], tl.zeros(w.shape, tl.int32), USE_ASM)
     part = _dp4a(w_hi, a_hi[None, :, :], part, USE_ASM)
-    dot = group_sum_x256_to_f32(tl.sum(part, axis=2), WORDS * 4)  # 256 x the group's dot
-    return acc + dot * (sa * SCALE_256)[None, :] * sw
+    if SCALE_COPIES > 1:
+        slices = tl.reshape(part, (part.shape[0], part.shape[1], SCALE_COPIES, WORDS // SCALE_COPIES))
+        dot3 = group_sum_x256_to_f32(tl.sum(slices, axis=3), WORDS * 4)  # 256 x each slice's dot
+        acc = acc + dot3 * (sa * SCALE_256)[None, :, None] * sw
+    else:
+        dot = group_sum_x256_to_f32(tl.sum(part, axis=2), WORDS * 4)  # 256 x the group's dot
+        acc = acc + dot * (sa * SCALE_256)[None, :] * sw
+    return acc
 
 
 @triton.jit
@@ -142,7 +150,10 @@ def _w4a4_gemv_kernel(
     ws_ptrs = ws_ptr + offs_n[:, None] * stride_wsn + (g0 + offs_c)[None, :]
     a_ptrs = a_ptr + (g0 + offs_c)[:, None] * WORDS + offs_w[None, :]
     as_ptrs = as_ptr + g0 + offs_c
-    acc = tl.zeros((BLOCK_N, CHUNK), dtype=tl.float32)  # per group slot, summed at the end
+    if SCALE_COPIES > 1:  # per group slot and word slice, summed at the end
+        acc = tl.zeros((BLOCK_N, CHUNK, SCALE_COPIES), dtype=tl.float32)
+    else:  # per group slot, summed at the end
+        acc = tl.zeros((BLOCK_N, CHUNK), dtype=tl.float32)
     w, sw = _chunk_w(w_ptrs, ws_ptrs, offs_c, n_g, mask_n, EVEN_N, SCALE_COPIES)
     if L2_AHEAD > 0:
         # and the next L2_AHEAD steps' weight words into L2, one address a 64-byte group row
@@ -161,11 +172,14 @@ def _w4a4_gemv_kernel(
     for c in range(CHUNK, n_g + CHUNK, CHUNK):
         nw, nsw = _chunk_w(w_ptrs + c * WORDS, ws_ptrs + c, c + offs_c, n_g, mask_n, EVEN_N, SCALE_COPIES)
         na, nsa = _chunk_a(a_ptrs + c * WORDS, as_ptrs + c, c + offs_c, n_g)
-        acc = _chunk_math(w, sw, a, sa, acc, WORDS, USE_ASM)
+        acc = _chunk_math(w, sw, a, sa, acc, WORDS, USE_ASM, SCALE_COPIES)
         w, sw, a, sa = nw, nsw, na, nsa
     if RELEASE_LATE:
         release_next(PDL)
-    total = tl.sum(acc, axis=1)
+    if SCALE_COPIES > 1:
+        total = tl.sum(tl.sum(acc, axis=2), axis=1)
+    else:
+        total = tl.sum(acc, axis=1)
 
     if split == 0:  # the outlier block and the bias: first split only
         if HAS_OUT:
@@ -202,11 +216,13 @@ GEMV_PDL_RELEASE = os.environ.get("ATOM_AO_GEMV_PDL_RELEASE", "late")
 if GEMV_PDL_RELEASE not in ("early", "late"):
     raise ValueError(f"ATOM_AO_GEMV_PDL_RELEASE must be 'early' or 'late', got {GEMV_PDL_RELEASE!r}")
 # Load each weight scale once per thread sharing its group row (WORDS / 4 of them in the 32 x 4 x 16
-# tile), so the scales arrive in the layout of the group dots. With one load a scale, Triton moves
-# each step's dots x token scales through shared memory, two barriers a step holding the program's
-# warps in lockstep (sm_90 PTX, `scripts/compile_sm90.py --loop-stats --only gemv`: a step of 208
-# instructions with 2 bar.sync, 1 st.shared, 4 ld.shared; with the copies 230, no barrier or shared
-# memory, 10 global loads against 7, 20 shuffles against 8). Not yet timed: off
+# tile) and let each thread scale the dot of its own 4-word slice of the group, summing the slices
+# once after the K loop. With one load a scale, Triton sums each group's dot across those threads
+# (shuffles) and moves dots x token scales through shared memory into the scales' layout, between
+# two barriers a step that hold the program's warps in lockstep. sm_90, `scripts/compile_sm90.py
+# --loop-stats --only gemv`: a step of 170 SASS instructions with 2 BAR, 8 SHFL, 4 LDS, 1 STS; with
+# the copies 163, no barrier or shared memory, 4 SHFL (3 more scale loads). The float sums differ
+# in rounding (four products a group instead of one). Not yet timed: off
 # (ATOM_AO_GEMV_SCALE_COPIES=1 turns it on).
 GEMV_SCALE_COPIES = os.environ.get("ATOM_AO_GEMV_SCALE_COPIES") == "1"
 
