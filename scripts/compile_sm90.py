@@ -76,7 +76,8 @@ def sass_loop_stats(cubin: bytes) -> str:
                    for x in lines[labels[m.group(1)]:j + 1] if re.match(r"\s*/\*[0-9a-f]+\*/", x)]
             count = lambda prefix: sum(op.startswith(prefix) for op in ops)  # noqa: E731
             return (f"sass loop 1: {len(ops)} instructions, BAR {count('BAR')}, SHFL {count('SHFL')}, "
-                    f"LDS {count('LDS')}, STS {count('STS')}")
+                    f"LDS {count('LDS')}, STS {count('STS')}, I2F {count('I2F')}, FMUL {count('FMUL')}, "
+                    f"FFMA {count('FFMA')}, GMMA {sum('GMMA' in op for op in ops)}, LDG {count('LDG')}")
     return "sass: no loop"
 
 
