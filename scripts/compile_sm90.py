@@ -33,20 +33,23 @@ GEMV_CONFIGS = ([tuple(int(v) for v in c.split("x")) for c in sys.argv[sys.argv.
                 if "--gemv-configs" in sys.argv else None)
 
 
-def loop_stats(ptx: str) -> str:
-    """Counts over one pass of each loop in ``ptx``, in program order (a loop: from its header
-    label to the last branch back to it)."""
-    lines = ptx.split("\n")
-    heads = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"\s*(\$L__BB\d+_\d+):", line))}
+def _loops(lines: list[str], label: str, branch: str) -> list[list[str]]:
+    """The instruction lines of each loop in ``lines`` (PTX or SASS text), in program order: from a
+    label (``label`` matches it, group 1 its name) to the last branch back to it (``branch``)."""
+    heads = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(label, line))}
     ends = {}
     for j, line in enumerate(lines):
-        m = re.search(r"\bbra(?:\.uni)?\s+(\$L__BB\d+_\d+);", line)
+        m = re.search(branch, line)
         if m and heads.get(m.group(1), j) < j:
             ends[m.group(1)] = j
+    return [lines[heads[name]:j + 1] for name, j in sorted(ends.items(), key=lambda kv: heads[kv[0]])]
+
+
+def loop_stats(ptx: str) -> str:
+    """Counts over one pass of each loop in ``ptx``, in program order."""
     out = []
-    for label, j in sorted(ends.items(), key=lambda kv: heads[kv[0]]):
-        code = [line.strip() for line in lines[heads[label]:j + 1]
-                if line.strip().endswith(";") and not line.strip().startswith("//")]
+    for body in _loops(ptx.split("\n"), r"\s*(\$L__BB\d+_\d+):", r"\bbra(?:\.uni)?\s+(\$L__BB\d+_\d+);"):
+        code = [line.strip() for line in body if line.strip().endswith(";") and not line.strip().startswith("//")]
         counts = {name: sum(1 for line in code if re.search(pat, line)) for name, pat in (
             ("bar.sync", r"^bar[.]sync"), ("st.shared", r"st[.]shared"), ("ld.shared", r"ld[.]shared"),
             ("shfl", r"^shfl"), ("ld.global", r"ld[.]global"))}
@@ -68,17 +71,15 @@ def sass_loop_stats(cubin: bytes) -> str:
         f.write(cubin)
         f.flush()
         lines = subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True).stdout.split("\n")
-    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"^(\.L_x_\d+):", line))}
-    for j, line in enumerate(lines):
-        m = re.search(r"BRA `\((\.L_x_\d+)\)", line)
-        if m and labels.get(m.group(1), j) < j:
-            ops = [re.sub(r"^\s*/\*[0-9a-f]+\*/\s*(@!?U?P\w+\s+)?", "", x).split()[0]
-                   for x in lines[labels[m.group(1)]:j + 1] if re.match(r"\s*/\*[0-9a-f]+\*/", x)]
-            count = lambda prefix: sum(op.startswith(prefix) for op in ops)  # noqa: E731
-            return (f"sass loop 1: {len(ops)} instructions, BAR {count('BAR')}, SHFL {count('SHFL')}, "
-                    f"LDS {count('LDS')}, STS {count('STS')}, I2F {count('I2F')}, FMUL {count('FMUL')}, "
-                    f"FFMA {count('FFMA')}, GMMA {sum('GMMA' in op for op in ops)}, LDG {count('LDG')}")
-    return "sass: no loop"
+    loops = _loops(lines, r"^(\.L_x_\d+):", r"BRA `\((\.L_x_\d+)\)")
+    if not loops:
+        return "sass: no loop"
+    ops = [re.sub(r"^\s*/\*[0-9a-f]+\*/\s*(@!?U?P\w+\s+)?", "", x).split()[0]
+           for x in loops[0] if re.match(r"\s*/\*[0-9a-f]+\*/", x)]
+    count = lambda prefix: sum(op.startswith(prefix) for op in ops)  # noqa: E731
+    return (f"sass loop 1: {len(ops)} instructions, BAR {count('BAR')}, SHFL {count('SHFL')}, "
+            f"LDS {count('LDS')}, STS {count('STS')}, I2F {count('I2F')}, FMUL {count('FMUL')}, "
+            f"FFMA {count('FFMA')}, GMMA {sum('GMMA' in op for op in ops)}, LDG {count('LDG')}")
 
 
 def sig_of(fn, types, consts):
