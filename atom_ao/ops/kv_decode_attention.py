@@ -194,7 +194,7 @@ def _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_s
     meta = dict(G=g, BLOCK_G=max(8 if warp else 16, triton.next_power_of_2(g)), HALF=d // 2, PAGE=k_cache.shape[2],
                 HAS_START=kv_start is not None, ONE_SPLIT=one, DOT=dot, MAGIC=magic,
                 OFFSET={0x4300: 128.0, 0x6400: 1024.0}.get(magic, 0.0), WARP=warp,
-                ASM=warp and not _INTERPRET, HI16=hi16, **pdl_switch.launch_options(q))  # every constexpr passed
+                ASM=warp and not _INTERPRET, HI16=hi16, **pdl_switch.launch_options(q, one_token=b == 1))  # every constexpr passed
     if _INTERPRET:
         wrap_triton(decode_gqa_kernel)[(b, hkv, splits)](*args, **meta, BLOCK_N=16, num_warps=1 if warp else 4)
     else:
@@ -571,7 +571,8 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
     elif not one:
         wrap_triton(_decode_reduce_kernel)[(b * h,)](
             part, ml, out, h, splits, out.stride(0), out.stride(1),
-            D=d, SPLITS_P=triton.next_power_of_2(splits), num_warps=4, **pdl_switch.launch_options(out),
+            D=d, SPLITS_P=triton.next_power_of_2(splits), num_warps=4,
+            **pdl_switch.launch_options(out, one_token=b == 1),
         )
     return out
 

@@ -171,7 +171,7 @@ def kv_write_triton(k, v, slots, k_cache, v_cache, k_meta, v_meta, rotate_k: boo
         k_meta.stride(0), k_meta.stride(1), k_meta.stride(2),
         HALF=d // 2, BLOCK_R=block_r, ROTATE_K=rotate_k, ROTATE_V=rotate_v,
         DOT=dot_dtype(k.dtype, _INTERPRET), PREC=dot_precision(k.dtype), num_warps=4,
-        **pdl_switch.launch_options(k),
+        **pdl_switch.launch_options(k, one_token=n == 1),
     )
 
 

@@ -1,4 +1,4 @@
-"""Programmatic dependent launch (PDL, sm90+) for the batch-1 decode chain: experimental, off by default.
+"""Programmatic dependent launch (PDL, sm90+) for the batch-1 decode chain: on by default there.
 
 A kernel launched with PDL may start while the kernel before it in the stream still runs. The
 atom_ao kernels of a batch-1 decode step take a ``PDL`` constexpr (the activation quantizer,
@@ -10,15 +10,19 @@ wait, and lets the next kernel launch only after its K loop (``wait_for_prior`` 
 ``release_next``). ``benchmarks/explore_pdl.py`` times the quantizer -> gemv chain alone (H200,
 session 33: 2016 -> 1841 us for 128 linears).
 
-``enable()`` (or ``ATOM_AO_PDL=1``, or setting ``ENABLED``) turns it on for launches from then on:
+``ENABLED`` says which launches take it: ``AUTO`` (the default) the one-token launches of a
+batch-1 decode step, the configuration timed and checked for the same bits on the H200 (session
+35: Llama-2-7B 2.77 -> 2.31 ms a token, Llama-3-8B 3.30 -> 2.81); ``True`` (``enable()``,
+``ATOM_AO_PDL=1``) every launch of these kernels; ``False`` (``enable(False)``, ``ATOM_AO_PDL=0``)
+none. AMD GPUs and NVIDIA before sm90 never take it. When a launch takes it:
 
 * eager launches pass ``launch_pdl=True`` to Triton themselves;
 * in compiled graphs Inductor launches the kernels, and its launcher of user Triton kernels sets
   launch attributes only from the kernel's ``triton_meta``: ``enable()`` wraps Inductor's
   ``user_autotune`` so that a kernel traced with ``PDL=True`` gets ``launch_pdl`` there, and the
   wrapper codegen's ``define_kernel`` so that the generated source asks for it too (the form
-  compile workers would build from; ``IN_PROCESS``). (Set
-  ``torch._inductor.config.triton.enable_pdl`` too for Inductor's own kernels.)
+  compile workers build from). (Set ``torch._inductor.config.triton.enable_pdl`` too for
+  Inductor's own kernels.)
 
 A kernel traced with ``PDL=True`` but launched without the attribute only runs its waits, which
 are then no-ops.
@@ -35,30 +39,40 @@ import torch
 import triton
 import triton.language as tl
 
-ENABLED = os.environ.get("ATOM_AO_PDL") == "1"
+AUTO = "auto"  # the one-token launches only
+ENABLED: bool | str = {"1": True, "0": False}.get(os.environ.get("ATOM_AO_PDL", ""), AUTO)
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def enable(on: bool = True) -> None:
-    """Launch the PDL-aware kernels with programmatic dependent launch from now on (sm90+ only)."""
+def enable(on: bool | str = True) -> None:
+    """Launch the PDL-aware kernels with programmatic dependent launch from now on: every launch
+    (True), none (False) or the one-token launches (``AUTO``, the default); sm90+ only."""
     global ENABLED
-    ENABLED = bool(on)
+    if on not in (True, False, AUTO):
+        raise ValueError(f"atom_ao.ops.pdl.enable: expected True, False or {AUTO!r}, got {on!r}")
+    ENABLED = on
     if ENABLED:
         install_inductor_hook()
 
 
-def wanted(t: torch.Tensor, pdl: bool | None) -> bool:
-    """Whether a launch on ``t``'s device takes PDL: ``pdl``, or the module switch when None;
-    never under the interpreter or below sm90 (the kernels' waits need Hopper)."""
+def wanted(t: torch.Tensor, pdl: bool | None, one_token: bool = False) -> bool:
+    """Whether a launch on ``t``'s device takes PDL: ``pdl``, or the module switch when None
+    (``AUTO``: when the launch is one token's, ``one_token``); never under the interpreter, on
+    AMD GPUs or below sm90 (the kernels' waits need Hopper)."""
     on = ENABLED if pdl is None else pdl
-    if not on or _INTERPRET or t.device.type != "cuda" or torch.cuda.get_device_capability(t.device)[0] < 9:
+    asked = bool(on) and on != AUTO  # asked for explicitly: say so when it cannot be had
+    if on == AUTO:
+        on = one_token
+    if not on or _INTERPRET or t.device.type != "cuda" or torch.version.hip is not None \
+            or torch.cuda.get_device_capability(t.device)[0] < 9:
         return False
     install_inductor_hook()  # a compiled graph tracing this launch needs it (the switch may be set directly)
     if torch.compiler.is_compiling() and not _analysis_reads_waits:
         # Inductor would count every argument written and copy weights around the kernel, and the
         # gemv's early weight loads would race those copies: a wrong answer, so no PDL here
-        warnings.warn("atom_ao.ops.pdl: this torch's Inductor mutation analysis cannot be taught to read "
-                      "the PDL waits; compiled graphs launch without PDL", stacklevel=2)
+        if asked:
+            warnings.warn("atom_ao.ops.pdl: this torch's Inductor mutation analysis cannot be taught to read "
+                          "the PDL waits; compiled graphs launch without PDL", stacklevel=2)
         return False
     return True
 
@@ -73,9 +87,10 @@ def launch_kwargs(pdl: bool, t: torch.Tensor) -> dict:
     return {"launch_pdl": True}
 
 
-def launch_options(t: torch.Tensor, pdl: bool | None = None) -> dict:
-    """The ``PDL`` constexpr and launch options of a kernel launch on ``t``'s device."""
-    on = wanted(t, pdl)
+def launch_options(t: torch.Tensor, pdl: bool | None = None, one_token: bool = False) -> dict:
+    """The ``PDL`` constexpr and launch options of a kernel launch on ``t``'s device;
+    ``one_token``: the launch works on one token (a batch-1 decode step's)."""
+    on = wanted(t, pdl, one_token)
     return {"PDL": on, **launch_kwargs(on, t)}
 
 
@@ -126,10 +141,10 @@ _hooked = False
 _analysis_reads_waits = False  # Inductor's mutation analysis sees the waits as writing nothing
 MARKED: list[str] = []  # the compiled kernels the hook gave launch_pdl (their Inductor names)
 # Compile the graph's kernels in this process while PDL is in use (compile_threads = 1), where the
-# user_autotune wrapper sees them. The generated sources carry launch_pdl themselves now
-# (with_launch_pdl), which compile workers would honour too; until that is checked on a GPU,
-# ATOM_AO_PDL_IN_PROCESS=0 leaves Inductor's compile threads alone.
-IN_PROCESS = os.environ.get("ATOM_AO_PDL_IN_PROCESS", "1") == "1"
+# user_autotune wrapper sees them: off unless ATOM_AO_PDL_IN_PROCESS=1. The generated sources
+# carry launch_pdl themselves (with_launch_pdl), and compile workers honour it (H200, session 35:
+# the same-bits GPU tests pass and the batch-1 model keeps its PDL speed with the workers on).
+IN_PROCESS = os.environ.get("ATOM_AO_PDL_IN_PROCESS", "0") == "1"
 
 
 def _mark(name: str) -> None:
@@ -141,11 +156,10 @@ def install_inductor_hook() -> None:
     """Wrap ``torch._inductor.runtime.triton_heuristics.user_autotune`` (the decorator Inductor's
     generated code puts on every user Triton kernel) with ``pdl_meta``. Compiled modules look it
     up when they load, so this must run before the model is compiled. Inductor's compile workers
-    would build the kernels without the wrapper (and hand them back so), so kernels are compiled
-    in this process from then on (``compile_threads = 1``; ``IN_PROCESS``). It also wraps the
-    wrapper codegen's ``define_kernel`` with ``with_launch_pdl`` (the generated source then asks
-    for the launch attribute itself) and lets Inductor's mutation analysis read the waits
-    (``operandless_asm_is_pure``)."""
+    build the kernels without that wrapper, so it also wraps the wrapper codegen's
+    ``define_kernel`` with ``with_launch_pdl`` (the generated source then asks for the launch
+    attribute itself; ``IN_PROCESS`` compiles in this process instead), and lets Inductor's
+    mutation analysis read the waits (``operandless_asm_is_pure``)."""
     global _hooked
     if _hooked:
         return

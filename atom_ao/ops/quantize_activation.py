@@ -465,7 +465,7 @@ def launch_streaming(mode: int, a, b, w, rstd, perm, n_outliers: int, group_size
         HAS_OUT=has_out,
         PTX=a.is_cuda and torch.version.hip is None and not _INTERPRET,
         IDX64=(k - 1) * abs(a.stride(1)) >= 2**31,
-        **meta, **pdl_switch.launch_options(a, pdl),
+        **meta, **pdl_switch.launch_options(a, pdl, one_token=m == 1),
     )
     return q, s, qo, so
 

@@ -254,7 +254,7 @@ def launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scal
     n = w_packed.shape[0]
     n_out_w = a_outliers.shape[1] // 4
     block_n, chunk, warps = config or GEMV_CONFIG
-    opts = pdl_switch.launch_options(out, pdl)
+    opts = pdl_switch.launch_options(out, pdl, one_token=True)  # (the gemv is M = 1 only)
     words = lambda t: t.view(torch.int32)  # noqa: E731  (4 packed bytes a word)
     grid = (triton.cdiv(n, block_n), splits)
     wrap_triton(_w4a4_gemv_kernel)[grid](

@@ -193,7 +193,7 @@ def _pdl_cases(prefix="pdl"):
     """The same launches with programmatic dependent launch on (atom_ao.ops.pdl; the gemv also
     prefetching into L2): its waits and the prefetch's inline asm must not look like writes."""
     pdl = importlib.import_module("atom_ao.ops.pdl")
-    pdl.wanted = lambda t, on: True  # CPU tensors: the switch would say no
+    pdl.wanted = lambda t, on, one_token=False: True  # CPU tensors: the switch would say no
     w4a4_gemv.GEMV_L2_AHEAD = 2
     from test_kv_attention import paged_cache
     from test_w4a4_gemm_triton import _operands

@@ -35,6 +35,54 @@ def test_no_pdl_in_graphs_whose_analysis_cannot_read_the_waits(monkeypatch):
     assert pdl.wanted(OnHopper(), True)  # eager: no Inductor analysis involved
 
 
+def test_auto_takes_the_one_token_launches_only(monkeypatch):
+    # the default: a batch-1 decode step's launches (the configuration timed and checked)
+    class OnHopper:
+        device = torch.device("cuda", 0)
+
+    monkeypatch.setattr(pdl, "_INTERPRET", False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_: (9, 0))
+    monkeypatch.setattr(pdl, "install_inductor_hook", lambda: None)
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(pdl, "ENABLED", pdl.AUTO)
+    assert pdl.wanted(OnHopper(), None, one_token=True)
+    assert not pdl.wanted(OnHopper(), None, one_token=False)
+    assert not pdl.wanted(OnHopper(), False, one_token=True)  # an explicit answer wins
+    assert pdl.wanted(OnHopper(), True, one_token=False)
+    monkeypatch.setattr(pdl, "ENABLED", True)
+    assert pdl.wanted(OnHopper(), None, one_token=False)
+    monkeypatch.setattr(torch.version, "hip", "6.2")  # AMD: no griddepcontrol
+    assert not pdl.wanted(OnHopper(), None, one_token=True)
+    monkeypatch.setattr(torch.version, "hip", None)
+    # a torch whose analysis cannot read the waits: AUTO falls back quietly, an explicit ask warns
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    monkeypatch.setattr(pdl, "_analysis_reads_waits", False)
+    monkeypatch.setattr(pdl, "ENABLED", pdl.AUTO)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not pdl.wanted(OnHopper(), None, one_token=True)
+
+
+def test_enable_takes_true_false_or_auto(monkeypatch):
+    monkeypatch.setattr(pdl, "ENABLED", pdl.ENABLED)
+    monkeypatch.setattr(pdl, "install_inductor_hook", lambda: None)
+    for on in (True, False, pdl.AUTO):
+        pdl.enable(on)
+        assert pdl.ENABLED is on
+    with pytest.raises(ValueError, match="True, False or 'auto'"):
+        pdl.enable("yes")
+
+
+def test_default_switch_is_auto_without_workers_pinned():
+    import os
+
+    if "ATOM_AO_PDL" not in os.environ:
+        assert pdl.ENABLED == pdl.AUTO
+    if "ATOM_AO_PDL_IN_PROCESS" not in os.environ:
+        assert not pdl.IN_PROCESS  # Inductor's compile workers stay on
+
+
 def test_launch_kwargs_eager_only():
     t = torch.zeros(2)
     assert pdl.launch_kwargs(True, t) == {"launch_pdl": True}
@@ -138,14 +186,15 @@ def test_operandless_asm_is_pure():
     assert got["k"][Intermediate(-2)][0] is store
 
 
-def _switch(monkeypatch, on: bool) -> None:
-    """atom_ao's PDL and Inductor's own (the kernels around ours, e.g. the split-K sum), with
-    compiles for real (a cached graph of the other setting must not serve)."""
+def _switch(monkeypatch, on) -> None:
+    """atom_ao's PDL (True, False or AUTO) and Inductor's own when ours is True (the kernels
+    around ours, e.g. the split-K sum), with compiles for real (a cached graph of the other
+    setting must not serve)."""
     import torch._inductor.config as inductor_config
 
     monkeypatch.setattr(pdl, "ENABLED", on)
     if hasattr(inductor_config.triton, "enable_pdl"):
-        monkeypatch.setattr(inductor_config.triton, "enable_pdl", on)
+        monkeypatch.setattr(inductor_config.triton, "enable_pdl", on is True)
     monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
 
 
@@ -195,8 +244,11 @@ def test_compiled_model_decode_same_bits_gpu(monkeypatch):
     # its PDL=False twin) and might pick a tiling whose float sums round otherwise
     pin_autotuning(monkeypatch.setattr)
     logits = {}
-    for on in (False, True):
+    for on in (False, True, pdl.AUTO):  # AUTO: the default, atom_ao's decode launches only
         _switch(monkeypatch, on)
+        monkeypatch.setattr(pdl, "MARKED", [])
         logits[on] = decode_logits()
+        assert bool(pdl.MARKED) == bool(on)  # the compiled decode kernels got the launch attribute
     assert logits[False].abs().max() > 0
     assert torch.equal(logits[True], logits[False])
+    assert torch.equal(logits[pdl.AUTO], logits[False])
