@@ -267,6 +267,8 @@ def main():
         for name in flag_names if flag is not None else ():
             set_module_flag(flag_mod, name, flag)
         set_act_scales(layout)
+        if "atom_ao.ops.pdl" in sys.modules:
+            sys.modules["atom_ao.ops.pdl"].MARKED.clear()  # this build's kernels only
         try:
             model = build(shape, path, args.layers, not args.no_compile)
         except Exception as e:
@@ -300,7 +302,7 @@ def main():
                 for k, us in prof["top_kernels_us"]:
                     print(f"      {us:10.1f} us  {k}")
         pdl = sys.modules.get("atom_ao.ops.pdl")
-        if pdl is not None and pdl.ENABLED:  # evidence that the compiled kernels got the launch attribute
+        if pdl is not None and pdl.ENABLED and path.startswith("atom"):  # evidence that the compiled kernels got the launch attribute
             print(f"  {label}: atom_ao.ops.pdl marked {len(pdl.MARKED)} compiled kernels for PDL launches "
                   f"({', '.join(sorted(set(pdl.MARKED)))[:300]})")
         for layer in model.layers:

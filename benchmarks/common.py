@@ -77,11 +77,13 @@ def write_results(name: str, rows: list[dict], columns: list[str], meta: dict) -
 
 
 def set_module_flag(module: str, name: str, value: bool):
-    """A boolean module-level switch (``--flag-ab``), with a clear error for anything else."""
+    """A boolean module-level switch (``--flag-ab``; also one whose default is ``"auto"``, as
+    ``atom_ao.ops.pdl:ENABLED``), with a clear error for anything else."""
     import importlib
 
     mod = importlib.import_module(module)
-    if not isinstance(getattr(mod, name, None), bool):
+    current = getattr(mod, name, None)
+    if not (isinstance(current, bool) or current == "auto"):
         raise SystemExit(f"--flag-ab: {module}:{name} is not a boolean module flag")
     setattr(mod, name, value)
 

@@ -2,6 +2,8 @@
 
 from types import SimpleNamespace
 
+import pytest
+
 from cpu_smoke import run_on_cpu  # noqa: F401  (puts benchmarks/ on the path)
 import common  # noqa: E402
 from common import per_call_us  # noqa: E402
@@ -60,3 +62,15 @@ def test_autotune_picks_filter_keeps_named_kernels_blocks():
            f.filter(rec("Benchmark all input configs for %s, get:", "triton_red_fused_rms_norm_0")),
            f.filter(rec("%s: %f", "XBLOCK: 1", 2.0))]
     assert got == [True, True, False, False]
+
+
+def test_set_module_flag_takes_boolean_and_auto_switches(monkeypatch):
+    from common import set_module_flag
+
+    from atom_ao.ops import pdl
+
+    monkeypatch.setattr(pdl, "ENABLED", pdl.AUTO)  # the PDL switch's default
+    set_module_flag("atom_ao.ops.pdl", "ENABLED", True)
+    assert pdl.ENABLED is True
+    with pytest.raises(SystemExit, match="not a boolean module flag"):
+        set_module_flag("atom_ao.ops.pdl", "IN_PROCESS_NOT_THERE", True)
