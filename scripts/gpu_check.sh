@@ -670,14 +670,15 @@ for what in "${@:-tests}"; do
     # issue 4's small-batch cells (and the batch-64 ones) with the decode attention and its reduce launched with PDL
     pdl-attn-s34) T=240 TAIL=40 step attention_pdl_ab_s34 python3 benchmarks/bench_attention.py --flag-ab atom_ao.ops.pdl:ENABLED ;;
     # session 35: the PDL GPU tests with autotuning pinned, then where (whether) PDL's logits differ
-    # PDL's default (AUTO: batch-1 decode launches, compile workers on): the GPU tests of every kernel
-    # that takes it and of the compiled models, then the batch-1 model as it comes (PDL's default) against bf16
-    pdl-default-s35) T=420 TAIL=30 step gpu_tests_pdl_default_s35 python3 -m pytest -v -m gpu -p no:cacheprovider \
-                         --tb=short tests/ops/test_pdl.py tests/kv/test_compile_kv.py tests/test_compile.py \
-                         tests/ops/test_kv_write.py tests/ops/test_quantize_activation_triton.py tests/ops/test_w4a4_gemm_triton.py \
-                         tests/ops/test_kv_attention.py
+    # PDL's default (AUTO: batch-1 decode launches, compile workers on): the GPU tests of PDL and of the
+    # compiled models, the batch-1 model as it comes against bf16, then the gemv's splits on all seven
+    # Llama linears (session 35's tiles: 4 splits beat the rule's 1 on Llama-2 qkv and Llama-3 gate/up)
+    pdl-default-s35) T=300 TAIL=30 step gpu_tests_pdl_default_s35 python3 -m pytest -v -m gpu -p no:cacheprovider \
+                         --tb=short tests/ops/test_pdl.py tests/kv/test_compile_kv.py tests/test_compile.py
                      T=150 TAIL=14 step generate_pdl_default_b1_s35 python3 benchmarks/bench_generate.py --batches 1 \
-                         --paths bf16,atom-kv4 --gen 256 --steps 16 ;;
+                         --paths bf16,atom-kv4 --gen 256 --steps 16
+                     T=100 TAIL=40 step explore_gemv_splits_s35 python3 benchmarks/explore_decode_gemm.py --ms 1 --gemv \
+                         --no-split-sum --splits 1,2,3,4,8 --gemv-configs 32x4x4 --shapes "llama2-7b qkv,llama2-7b o,llama2-7b gate/up,llama2-7b down,llama3-8b qkv,llama3-8b gate/up,llama3-8b down" ;;
     pdl-pinned-s35) T=200 TAIL=5 step pdl_gpu_test_s35 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                         tests/ops/test_w4a4_gemm_triton.py tests/ops/test_pdl.py -k pdl
                     T=300 TAIL=14 step pdl_same_bits_s35 python3 scripts/pdl_same_bits.py ;;
