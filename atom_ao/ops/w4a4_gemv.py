@@ -234,13 +234,23 @@ def scale_copies(group_size: int) -> int:
     return words // 4 if GEMV_SCALE_COPIES and words >= 8 and words & (words - 1) == 0 else 1
 
 
+# Split the K groups until the programs reach 3.5 a SM (GEMV_MORE_SPLITS, the default), or 2 (before
+# session 35). H200, cold weights, 32-row tiles, us at splits 1 / 2 / 4 / 8 (session 35,
+# results/h200/session35_explore_gemv_splits_s35.log): Llama-2-7B qkv 10.9 / 8.91 / 9.66 / 10.6
+# (384 tiles: 2 splits now, 1 before), Llama-3-8B qkv 8.99 / 6.5 / 5.6 / 5.85 (192 tiles: 4, 2
+# before); o, down and Llama-2 gate/up keep their best (4, 4, 1); Llama-3 gate/up (896 tiles)
+# keeps 1 split, 22.4 against 19.9 at 2 or 4.
+GEMV_MORE_SPLITS = os.environ.get("ATOM_AO_GEMV_MORE_SPLITS", "1") == "1"
+
+
 def gemv_split_k(n: int, groups: int, sms: int, block_n: int | None = None) -> int:
-    """Splits of the K groups: double while the row tiles give fewer than 2 programs a SM, keeping
-    >= 4 groups a share. With the 32-row tiles that is the best split timed for each shape above
-    but Llama-3-8B gate/up (1 split: 23.5 us, best 4: 22.7): qkv and gate/up 1, o and down 4."""
+    """Splits of the K groups: double while the row tiles give fewer than 3.5 programs a SM (2
+    without GEMV_MORE_SPLITS), keeping >= 4 groups a share: qkv 2 (Llama-2-7B) or 4 (Llama-3-8B),
+    gate/up 1, o and down 4."""
     tiles = triton.cdiv(n, block_n or GEMV_CONFIG[0])
+    aim = 3.5 * sms if GEMV_MORE_SPLITS else 2 * sms
     splits = 1
-    while tiles * splits < 2 * sms and splits < 16 and groups >= 2 * splits * 4:
+    while tiles * splits < aim and splits < 16 and groups >= 2 * splits * 4:
         splits *= 2
     return no_empty_split(groups, splits)
 

@@ -457,13 +457,18 @@ def test_gemv_path_real_shapes_gpu(monkeypatch, n, k, splits, scale_copies):
     _check(1, n, k, 128, 128, torch.bfloat16, True, device="cuda", splits=splits)
 
 
-def test_gemv_split_rule_picks_the_timed_splits():
-    # H200 (132 SMs), 32-row tiles: the splits timed best for Llama-2-7B's linears at M = 1
-    # (explore_gemv_ahead_session15): qkv and gate/up none, o and down 4; a share keeps >= 4 groups
+def test_gemv_split_rule_picks_the_timed_splits(monkeypatch):
+    # H200 (132 SMs), 32-row tiles: the splits timed best at M = 1 (session35_explore_gemv_splits_s35):
+    # Llama-2-7B qkv 2, gate/up 1, o and down 4; Llama-3-8B qkv 4, gate/up 1 (2 or 4 were faster,
+    # not taken), down 4; a share keeps >= 4 groups
+    from atom_ao.ops import w4a4_gemv
     from atom_ao.ops.w4a4_gemv import gemv_split_k
-    assert [gemv_split_k(n, g, 132, block_n=32) for n, g in ((12288, 31), (22016, 31), (4096, 31), (4096, 85))] == \
-        [1, 1, 4, 4]
+    shapes = ((12288, 31), (22016, 31), (4096, 31), (4096, 85), (6144, 31), (28672, 31), (4096, 111))
+    monkeypatch.setattr(w4a4_gemv, "GEMV_MORE_SPLITS", True)
+    assert [gemv_split_k(n, g, 132, block_n=32) for n, g in shapes] == [2, 1, 4, 4, 4, 1, 4]
     assert gemv_split_k(64, 7, 132, block_n=32) == 1  # 7 groups: too few to share
+    monkeypatch.setattr(w4a4_gemv, "GEMV_MORE_SPLITS", False)  # the rule before session 35
+    assert [gemv_split_k(n, g, 132, block_n=32) for n, g in shapes] == [1, 1, 4, 4, 2, 1, 4]
 
 
 @pytest.mark.gpu
