@@ -16,14 +16,21 @@ def test_no_pdl_off_hopper_or_off_cuda(monkeypatch):
     assert not pdl.wanted(torch.zeros(1), None)
 
 
-def test_no_pdl_in_graphs_whose_analysis_cannot_read_the_waits(monkeypatch):
-    # else Inductor would copy weights around the kernels and the early weight loads race them
-    class OnHopper:
-        device = torch.device("cuda", 0)
+class OnHopper:
+    """Stands for a tensor on an sm90 GPU (with ``on_hopper``)."""
+    device = torch.device("cuda", 0)
 
+
+@pytest.fixture
+def on_hopper(monkeypatch):
     monkeypatch.setattr(pdl, "_INTERPRET", False)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_: (9, 0))
     monkeypatch.setattr(pdl, "install_inductor_hook", lambda: None)
+    monkeypatch.setattr(torch.version, "hip", None)
+
+
+def test_no_pdl_in_graphs_whose_analysis_cannot_read_the_waits(monkeypatch, on_hopper):
+    # else Inductor would copy weights around the kernels and the early weight loads race them
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     monkeypatch.setattr(pdl, "_analysis_reads_waits", False)
     with pytest.warns(UserWarning, match="without PDL"):
@@ -35,15 +42,8 @@ def test_no_pdl_in_graphs_whose_analysis_cannot_read_the_waits(monkeypatch):
     assert pdl.wanted(OnHopper(), True)  # eager: no Inductor analysis involved
 
 
-def test_auto_takes_the_one_token_launches_only(monkeypatch):
+def test_auto_takes_the_one_token_launches_only(monkeypatch, on_hopper):
     # the default: a batch-1 decode step's launches (the configuration timed and checked)
-    class OnHopper:
-        device = torch.device("cuda", 0)
-
-    monkeypatch.setattr(pdl, "_INTERPRET", False)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_: (9, 0))
-    monkeypatch.setattr(pdl, "install_inductor_hook", lambda: None)
-    monkeypatch.setattr(torch.version, "hip", None)
     monkeypatch.setattr(pdl, "ENABLED", pdl.AUTO)
     assert pdl.wanted(OnHopper(), None, one_token=True)
     assert not pdl.wanted(OnHopper(), None, one_token=False)
