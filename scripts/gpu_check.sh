@@ -669,7 +669,6 @@ for what in "${@:-tests}"; do
                  --flag-ab atom_ao.ops.w4a4_gemm:SPLIT_SUM_IN_GRAPH ;;
     # issue 4's small-batch cells (and the batch-64 ones) with the decode attention and its reduce launched with PDL
     pdl-attn-s34) T=240 TAIL=40 step attention_pdl_ab_s34 python3 benchmarks/bench_attention.py --flag-ab atom_ao.ops.pdl:ENABLED ;;
-    # session 35: the PDL GPU tests with autotuning pinned, then where (whether) PDL's logits differ
     # the gemv's split rule aiming at 3.5 programs a SM (2 before): the batch-1 model both ways
     gemv-splits-s35) T=200 TAIL=8 step generate_gemv_more_splits_b1_s35 python3 benchmarks/bench_generate.py --batches 1 \
                          --paths bf16,atom-kv4 --gen 256 --steps 16 --flag-ab atom_ao.ops.w4a4_gemv:GEMV_MORE_SPLITS ;;
@@ -682,6 +681,7 @@ for what in "${@:-tests}"; do
                          --paths bf16,atom-kv4 --gen 256 --steps 16
                      T=100 TAIL=40 step explore_gemv_splits_s35 python3 benchmarks/explore_decode_gemm.py --ms 1 --gemv \
                          --no-split-sum --splits 1,2,3,4,8 --gemv-configs 32x4x4 --shapes "llama2-7b qkv,llama2-7b o,llama2-7b gate/up,llama2-7b down,llama3-8b qkv,llama3-8b gate/up,llama3-8b down" ;;
+    # session 35: the PDL GPU tests with autotuning pinned, then where (whether) PDL's logits differ
     pdl-pinned-s35) T=200 TAIL=5 step pdl_gpu_test_s35 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
                         tests/ops/test_w4a4_gemm_triton.py tests/ops/test_pdl.py -k pdl
                     T=300 TAIL=14 step pdl_same_bits_s35 python3 scripts/pdl_same_bits.py ;;
