@@ -19,9 +19,10 @@ none. AMD GPUs and NVIDIA before sm90 never take it. When a launch takes it:
 * eager launches pass ``launch_pdl=True`` to Triton themselves;
 * in compiled graphs Inductor launches the kernels, and its launcher of user Triton kernels sets
   launch attributes only from the kernel's ``triton_meta``: ``install_inductor_hook`` (run by
-  ``enable()`` or by the first launch that takes PDL) wraps Inductor's ``user_autotune`` so that a kernel traced with ``PDL=True`` gets ``launch_pdl`` there, and the
-  wrapper codegen's ``define_kernel`` so that the generated source asks for it too (the form
-  compile workers build from). (Set ``torch._inductor.config.triton.enable_pdl`` too for
+  ``enable()`` or by the first launch that takes PDL) wraps Inductor's ``user_autotune`` so that
+  a kernel traced with ``PDL=True`` gets ``launch_pdl`` there, and the wrapper codegen's
+  ``define_kernel`` so that the generated source asks for it too (the form compile workers build
+  from). (Set ``torch._inductor.config.triton.enable_pdl`` too for
   Inductor's own kernels.)
 
 A kernel traced with ``PDL=True`` but launched without the attribute only runs its waits, which

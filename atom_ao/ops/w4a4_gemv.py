@@ -222,7 +222,9 @@ if GEMV_PDL_RELEASE not in ("early", "late"):
 # two barriers a step that hold the program's warps in lockstep. sm_90, `scripts/compile_sm90.py
 # --loop-stats --only gemv`: a step of 170 SASS instructions with 2 BAR, 8 SHFL, 4 LDS, 1 STS; with
 # the copies 163, no barrier or shared memory, 4 SHFL (3 more scale loads). The float sums differ
-# in rounding (four products a group instead of one). Not yet timed: off
+# in rounding (four products a group instead of one). Timed on the H200 (session 35, cold weights,
+# results/h200/session35_explore_gemv_tiles_s34.log): within noise of one load on five Llama
+# linears, and the Llama-2-7B batch-1 model 2.56 -> 2.65 ms a token; so off
 # (ATOM_AO_GEMV_SCALE_COPIES=1 turns it on).
 GEMV_SCALE_COPIES = os.environ.get("ATOM_AO_GEMV_SCALE_COPIES") == "1"
 
