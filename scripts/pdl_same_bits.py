@@ -20,18 +20,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def set_pdl(ours: bool, inductors: bool) -> None:
-    """atom_ao's PDL switch and Inductor's own, with compiles for real (no FX graph cache)."""
+def set_pdl(ours, inductors: bool, setattr_=setattr) -> None:
+    """atom_ao's PDL switch (True, False or ``pdl.AUTO``) and Inductor's own, with compiles for
+    real (no FX graph cache: a cached graph of another setting must not serve). ``setattr_``:
+    e.g. pytest's ``monkeypatch.setattr`` (undone after the test)."""
     import torch._inductor.config as inductor_config
 
     from atom_ao.ops import pdl
 
-    pdl.ENABLED = ours
+    setattr_(pdl, "ENABLED", ours)
     if ours:
         pdl.install_inductor_hook()
     if hasattr(inductor_config.triton, "enable_pdl"):
-        inductor_config.triton.enable_pdl = inductors
-    inductor_config.fx_graph_cache = False
+        setattr_(inductor_config.triton, "enable_pdl", inductors)
+    setattr_(inductor_config, "fx_graph_cache", False)
 
 
 @torch.no_grad()

@@ -186,16 +186,24 @@ def test_operandless_asm_is_pure():
     assert got["k"][Intermediate(-2)][0] is store
 
 
+def _scripts_on_path() -> None:
+    """benchmarks/ and scripts/ importable (pdl_same_bits, common, bench_generate)."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    for d in (str(root / "scripts"), str(root / "benchmarks")):
+        if d not in sys.path:
+            sys.path.insert(0, d)
+
+
 def _switch(monkeypatch, on) -> None:
     """atom_ao's PDL (True, False or AUTO) and Inductor's own when ours is True (the kernels
-    around ours, e.g. the split-K sum), with compiles for real (a cached graph of the other
-    setting must not serve)."""
-    import torch._inductor.config as inductor_config
+    around ours, e.g. the split-K sum): scripts/pdl_same_bits.set_pdl, undone after the test."""
+    _scripts_on_path()
+    from pdl_same_bits import set_pdl
 
-    monkeypatch.setattr(pdl, "ENABLED", on)
-    if hasattr(inductor_config.triton, "enable_pdl"):
-        monkeypatch.setattr(inductor_config.triton, "enable_pdl", on is True)
-    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
+    set_pdl(on, on is True, monkeypatch.setattr)
 
 
 @pytest.mark.gpu
@@ -232,11 +240,7 @@ def test_compiled_model_decode_same_bits_gpu(monkeypatch):
     # bench_generate's model (Atom W4A4 + INT4 KV, compiled block, batch 1: quantizer, gemv, KV
     # write, decode attention and its reduce all PDL-launched, Inductor's kernels too) against
     # the same model with PDL off: the same logits at every decode step
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    sys.path[:0] = [str(root / "benchmarks"), str(root / "scripts")]
+    _scripts_on_path()
     from common import pin_autotuning
     from pdl_same_bits import decode_logits
 
