@@ -678,6 +678,22 @@ for what in "${@:-tests}"; do
     suite-b-s36) T=560 TAIL=40 step gpu_suite_rest_s36 python3 -m pytest -v -m gpu -p no:cacheprovider --tb=short \
                      tests/ops/test_pdl.py tests/test_generation.py tests/test_tensor.py tests/test_fuse.py tests/test_unwrap.py \
                      tests/test_asymmetric.py tests/kv/test_cache.py tests/inductor/test_passes.py tests/benchmarks/test_bench_layer.py ;;
+    # the same suite in one call: four pytest processes at once on the one GPU (the tests check values,
+    # not times; Triton's compiles, most of the wall time, spread over the 16 cores)
+    suite-par-s36) pids=(); i=0
+                   for sel in "tests/ops/test_w4a4_gemm_triton.py -k gemv_or_dispatches" \
+                              "tests/ops/test_w4a4_gemm_triton.py -k not_gemv_and_not_dispatches" \
+                              "tests/ops/test_kv_attention.py tests/ops/test_kv_write.py tests/ops/test_kv_opcheck.py tests/ops/test_kv_attention_rope.py tests/ops/test_quantize_activation_triton.py tests/ops/test_rmsnorm_quantize.py tests/ops/test_silu_mul_quantize.py" \
+                              "tests/ops/test_pdl.py tests/test_generation.py tests/test_tensor.py tests/test_fuse.py tests/test_unwrap.py tests/test_asymmetric.py tests/kv/test_cache.py tests/inductor/test_passes.py tests/benchmarks/test_bench_layer.py"; do
+                     i=$((i + 1)); files=${sel%% -k *}; k=; [ "$files" != "$sel" ] && k=${sel##* -k }
+                     timeout "${T:-540}" python3 -m pytest -v -m gpu -p no:cacheprovider --tb=short $files \
+                         ${k:+-k "${k//_/ }"} > "$ATOM_AO_RESULTS/gpu_suite_part${i}_s36.log" 2>&1 &
+                     pids+=($!)
+                   done
+                   for i in 1 2 3 4; do wait "${pids[$((i - 1))]}"; echo "--- part $i: rc=$?"
+                     grep -E "^(FAILED|ERROR)" "$ATOM_AO_RESULTS/gpu_suite_part${i}_s36.log" | cut -c1-200
+                     tail -n 1 "$ATOM_AO_RESULTS/gpu_suite_part${i}_s36.log"
+                   done ;;
     # the gemv's split rule aiming at 3.5 programs a SM (2 before): the batch-1 model both ways
     gemv-splits-s35) T=200 TAIL=8 step generate_gemv_more_splits_b1_s35 python3 benchmarks/bench_generate.py --batches 1 \
                          --paths bf16,atom-kv4 --gen 256 --steps 16 --flag-ab atom_ao.ops.w4a4_gemv:GEMV_MORE_SPLITS ;;
