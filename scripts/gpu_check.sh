@@ -694,6 +694,18 @@ for what in "${@:-tests}"; do
                      grep -E "^(FAILED|ERROR)" "$ATOM_AO_RESULTS/gpu_suite_part${i}_s36.log" | cut -c1-200
                      tail -n 1 "$ATOM_AO_RESULTS/gpu_suite_part${i}_s36.log"
                    done ;;
+    # the gemv asking the next linear's weights into L2 once its K loop is done (launch_gemv(prefetch=)):
+    # its same-bits GPU tests, then explore_pdl's 32-layer quantize -> gemv chain with MB / hint / evict_first variants
+    prefetch-s36) T=100 TAIL=6 step gemv_prefetch_gpu_tests_s36 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
+                      tests/ops/test_w4a4_gemm_triton.py -k "prefetch or pdl_same_bits"
+                  T=180 TAIL=40 step explore_pdl_prefetch_s36 python3 benchmarks/explore_pdl.py --layers 32 --l2-ahead 0 \
+                      --prefetch "${PF_SPECS:-8,24,48,24:plain,24:ef,48:ef}" ;;
+    # what suite-par-s36 (cut at 600 s) did not reach of the one-token paths: the quantizers' and the
+    # compiled-model files, one process
+    rest-s36) T=${T_REST:-220} TAIL=12 step gpu_suite_rest_after_cut_s36 python3 -m pytest -q -m gpu -p no:cacheprovider \
+                  --tb=short -rf tests/ops/test_quantize_activation_triton.py tests/ops/test_rmsnorm_quantize.py \
+                  tests/ops/test_silu_mul_quantize.py tests/test_unwrap.py tests/test_asymmetric.py tests/kv/test_cache.py \
+                  tests/inductor/test_passes.py tests/benchmarks/test_bench_layer.py ;;
     # the gemv's split rule aiming at 3.5 programs a SM (2 before): the batch-1 model both ways
     gemv-splits-s35) T=200 TAIL=8 step generate_gemv_more_splits_b1_s35 python3 benchmarks/bench_generate.py --batches 1 \
                          --paths bf16,atom-kv4 --gen 256 --steps 16 --flag-ab atom_ao.ops.w4a4_gemv:GEMV_MORE_SPLITS ;;

@@ -503,3 +503,59 @@ def test_gemv_with_pdl_same_bits_gpu(monkeypatch, splits, l2_ahead, release):
     plain = chain(False)
     assert plain.abs().max() > 0
     assert torch.equal(chain(True), plain)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("splits, pdl, keep, evict_first, mb", [(1, False, True, False, 24), (4, True, True, False, 24),
+                                                               (2, True, False, True, 24), (1, True, True, True, 0.01)])
+def test_gemv_prefetch_same_bits_gpu(monkeypatch, splits, pdl, keep, evict_first, mb):
+    # asking the next linear's weights into L2 after the K loop (launch_gemv(prefetch=)) and loading
+    # its own evict_first change where bytes sit, never a value: same bits as without, in a chain
+    # where each gemv asks for the next one's weights (0.01 MB: a share smaller than a program's block)
+    import importlib
+
+    if pdl and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("PDL needs sm90+")
+    from atom_ao.ops.producers import PLAIN
+    qa = importlib.import_module("atom_ao.ops.quantize_activation")
+    gemv = importlib.import_module("atom_ao.ops.w4a4_gemv")
+    monkeypatch.setattr(gemv, "GEMV_PREFETCH_MB", mb)
+    monkeypatch.setattr(gemv, "GEMV_PREFETCH_KEEP", keep)
+    monkeypatch.setattr(gemv, "GEMV_WEIGHTS_EVICT_FIRST", evict_first)
+    n = k = 4096
+    weights = [_operands(1, n, k, 128, 128, torch.bfloat16, False, seed=s, device="cuda")[4:8] for s in range(3)]
+    perm = torch.randperm(k, generator=torch.Generator().manual_seed(1)).to(torch.int32).cuda()
+    x0, _ = outlier_activations(1, k, dtype=torch.bfloat16, seed=3)
+
+    def chain(prefetch):
+        x = x0.cuda()
+        for i, (wq, ws, wo, wos) in enumerate(weights):
+            a = qa.launch_streaming(PLAIN, x, None, None, None, perm, 128, 128, 0.9, False, x.dtype, pdl=pdl)
+            ws_out = torch.empty((splits, 1, n), dtype=torch.float32, device="cuda")
+            nxt = weights[(i + 1) % len(weights)][0] if prefetch else None
+            gemv.launch_gemv(*a, wq, ws.contiguous(), wo, wos, None, ws_out, 128, splits, pdl=pdl, prefetch=nxt)
+            x = (ws_out.sum(0) / 64).to(torch.bfloat16)
+        return x
+
+    plain = chain(False)
+    assert plain.abs().max() > 0
+    assert gemv.prefetch_lines(weights[1][0]) == min(n * k // 2, int(mb * 2 ** 20)) // 128 > 0
+    assert torch.equal(chain(True), plain)
+
+
+def test_gemv_prefetch_checks_its_tensor():
+    import importlib
+
+    gemv = importlib.import_module("atom_ao.ops.w4a4_gemv")
+    w = torch.zeros(64, 256, dtype=torch.uint8)
+    assert gemv.prefetch_lines(None) == 0
+    with pytest.raises(ValueError, match="prefetch must be contiguous"):
+        gemv.prefetch_lines(w.t())
+    # one call with a prefetch tensor gives the result of one without (the interpreter asks nothing)
+    *a, wq, ws, wo, wos, _ = _operands(1, 40, 256, 32, 64, torch.float32, False)
+    outs = []
+    for prefetch in (None, wq.clone()):
+        out = torch.empty((1, 40), dtype=torch.float32)
+        gemv.launch_gemv(*a, wq, ws.contiguous(), wo, wos, None, out, 64, 1, pdl=False, prefetch=prefetch)
+        outs.append(out)
+    assert torch.equal(*outs)
