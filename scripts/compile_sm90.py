@@ -128,7 +128,7 @@ def gemm_kernels():
                           GROUP_M=8, PREFETCH=pf)
             ok &= compile_one(f"gemm out={out} {bm}x{bn} prefetch={pf}", gemm._w4a4_gemm_kernel_jit, types, consts,
                               w, st)
-        types = dict(common, a_ptr="*i32", ao_ptr="*i32", w_ptr="*i32", wo_ptr="*i32", out_ptr=out, pf_ptr="*u8")
+        types = dict(common, a_ptr="*i32", ao_ptr="*i32", w_ptr="*i32", wo_ptr="*i32", out_ptr=out, pf_ptr="*i32")
         # K = 4096 (G = 32: the JIT's ints all multiples of 16) and K = 11008 (G = 86: the scale
         # stride and group count not), each with one load a weight scale and with the copies
         k4096 = ("N", "G", "N_OUT_W", "stride_wn", "stride_wsn", "stride_won")

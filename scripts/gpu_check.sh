@@ -700,6 +700,17 @@ for what in "${@:-tests}"; do
                       tests/ops/test_w4a4_gemm_triton.py -k "prefetch or pdl_same_bits"
                   T=180 TAIL=40 step explore_pdl_prefetch_s36 python3 benchmarks/explore_pdl.py --layers 32 --l2-ahead 0 \
                       --prefetch "${PF_SPECS:-8,24,48,24:plain,24:ef,48:ef}" ;;
+    # the prefetch in the model: atom_ao.inductor.prefetch links each gemv of the compiled block to the next
+    # (qkv -> o across the attention, o -> gate/up, gate/up -> down), 8 MB each, Llama-2-7B batch 1 A/B;
+    # then Llama-3-8B batch 1 as it comes (the gemv split rule of session 35)
+    prefetch-model-s36) export ATOM_AO_GEMV_PREFETCH_MB=8
+                        T=80 TAIL=6 step prefetch_gpu_tests_s36 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
+                            tests/inductor/test_prefetch.py tests/ops/test_w4a4_gemm_triton.py -k "prefetch"
+                        T=170 TAIL=10 step generate_prefetch_ab_b1_s36 python3 benchmarks/bench_generate.py --batches 1 \
+                            --paths atom-kv4 --gen 256 --steps 16 --flag-ab atom_ao.inductor.prefetch:ENABLED
+                        unset ATOM_AO_GEMV_PREFETCH_MB
+                        T=170 TAIL=8 step generate_llama3_b1_s36 python3 benchmarks/bench_generate.py --model llama3-8b \
+                            --batches 1 --paths bf16,atom-kv4 --gen 256 --steps 16 ;;
     # what suite-par-s36 (cut at 600 s) did not reach of the one-token paths: the quantizers' and the
     # compiled-model files, one process
     rest-s36) T=${T_REST:-220} TAIL=12 step gpu_suite_rest_after_cut_s36 python3 -m pytest -q -m gpu -p no:cacheprovider \

@@ -112,7 +112,7 @@ def _prefetch_share(pf_ptr, PF_LINES, PF: tl.constexpr, PF_BLOCK: tl.constexpr):
     z = tl.zeros((PF_BLOCK,), tl.int32)
     for s in range(start, end, PF_BLOCK):
         line = tl.where(s + offs < end, s + offs, s)  # past the share: the share's first line again
-        ptrs = pf_ptr + line.to(tl.int64) * 128  # pf_ptr: bytes
+        ptrs = pf_ptr + line.to(tl.int64) * 32  # 32 int32 words a line
         if PF == 2:
             z += _prefetch_l2_keep(ptrs)
         else:
@@ -151,7 +151,7 @@ def _w4a4_gemv_kernel(
     a_ptr, as_ptr, ao_ptr, aos_ptr,  # a_ptr, ao_ptr, w_ptr, wo_ptr: int32 views (4 bytes a word)
     w_ptr, ws_ptr, wo_ptr, wos_ptr,
     bias_ptr, out_ptr,
-    pf_ptr,  # uint8 view of the next linear's packed weights (PF > 0), prefetched into L2 after the K loop
+    pf_ptr,  # int32 view of the next linear's packed weights (PF > 0), prefetched into L2 after the K loop
     N, G, N_OUT_W, SPLITS, PF_LINES,
     stride_wn, stride_wsn, stride_won,
     WORDS: tl.constexpr,  # int32 words per group and row (group_size / 8)
@@ -298,8 +298,9 @@ def prefetch_lines(prefetch: torch.Tensor | None) -> int:
     GEMV_PREFETCH_MB; 0 without one, or under the interpreter (the request is inline PTX)."""
     if prefetch is None:
         return 0
-    if not prefetch.is_contiguous():
-        raise ValueError(f"w4a4_gemv: prefetch must be contiguous, got strides {prefetch.stride()}")
+    if not prefetch.is_contiguous() or prefetch.shape[-1] * prefetch.element_size() % 4:
+        raise ValueError(f"w4a4_gemv: prefetch must be contiguous whole int32 words (a packed weight), got "
+                         f"shape {tuple(prefetch.shape)} {prefetch.dtype} strides {prefetch.stride()}")
     if INTERPRET or GEMV_PREFETCH_MB <= 0:
         return 0
     nbytes = min(prefetch.numel() * prefetch.element_size(), int(GEMV_PREFETCH_MB * 2 ** 20))
@@ -334,11 +335,10 @@ def launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scal
     pf_lines = prefetch_lines(prefetch)
     if pf_lines and prefetch.device != w_packed.device:
         raise ValueError(f"w4a4_gemv: prefetch is on {prefetch.device}, the weights on {w_packed.device}")
-    pf_bytes = (prefetch if pf_lines else w_packed).reshape(-1).view(torch.uint8)
     wrap_triton(_w4a4_gemv_kernel)[grid](
         words(a_packed), a_scale, words(a_outliers) if n_out_w else a_outliers, a_outlier_scale,
         words(w_packed), w_scale, words(w_outliers) if n_out_w else w_outliers, w_outlier_scale,
-        bias if bias is not None else a_scale, out, pf_bytes,
+        bias if bias is not None else a_scale, out, words(prefetch if pf_lines else w_packed),
         n, a_scale.shape[1], n_out_w, splits, pf_lines,
         w_packed.stride(0) // 4, w_scale.stride(0), max(w_outliers.stride(0) // 4, 1),
         WORDS=group_size // 8,
