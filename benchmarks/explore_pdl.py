@@ -65,18 +65,14 @@ def quantized_linears(copies: int, shapes=LAYER, device="cuda"):
     return layers
 
 
-def run_chain(layers, x0, pdl_quantize: bool, pdl_gemv: bool, splits: int, tokens=None, record=None,
-              prefetch=False):
+def run_chain(layers, x0, pdl_quantize: bool, pdl_gemv: bool, splits: int, tokens=None, record=None):
     """The chain once; ``tokens`` (one per linear, from ``quantize_all``) skips the quantizer,
-    ``record`` (a list) collects each linear's quantized token; ``prefetch``: each gemv asks the
-    next linear's weights into L2 (``launch_gemv(prefetch=)``)."""
+    ``record`` (a list) collects each linear's quantized token."""
     qa = importlib.import_module("atom_ao.ops.quantize_activation")
     gemv = importlib.import_module("atom_ao.ops.w4a4_gemv")
     from atom_ao.ops.producers import PLAIN
 
     x, i = x0, 0
-    flat = [lin for layer in layers for lin in layer]
-    nexts = [lin[3][0] for lin in flat[1:] + flat[:1]]  # the last asks for the first: the next replay's
     for layer in layers:
         for _, k, w, (wq, ws, wo, wos) in layer:
             if tokens is None:
@@ -88,8 +84,7 @@ def run_chain(layers, x0, pdl_quantize: bool, pdl_gemv: bool, splits: int, token
                 record.append(a)
             out = torch.empty((1, wq.shape[0]), dtype=torch.bfloat16, device=x.device) if splits == 1 else \
                 torch.empty((splits, 1, wq.shape[0]), dtype=torch.float32, device=x.device)
-            gemv.launch_gemv(*a, wq, ws, wo, wos, None, out, w.group_size, splits, pdl=pdl_gemv,
-                             prefetch=nexts[i] if prefetch else None)
+            gemv.launch_gemv(*a, wq, ws, wo, wos, None, out, w.group_size, splits, pdl=pdl_gemv)
             x = out if splits == 1 else out.sum(0).to(torch.bfloat16)
             i += 1
     return x
@@ -109,10 +104,6 @@ def main(argv=None):
     ap.add_argument("--l2-ahead", default="2",
                     help="comma list: the 'all' variant again with each gemv prefetching that many steps of its "
                          "weights into L2 before its wait (w4a4_gemv.GEMV_L2_AHEAD)")
-    ap.add_argument("--prefetch", default="",
-                    help="comma list of MB[:plain][:ef]: the 'all, late' chain (and the gemvs alone) again with each "
-                         "gemv asking that many MB of the next linear's weights into L2 after its K loop (evict_last "
-                         "requests; plain: without the hint; ef: its own weights loaded evict_first)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
         raise SystemExit("explore_pdl: needs an sm90+ GPU (programmatic dependent launch)")
@@ -125,30 +116,13 @@ def main(argv=None):
     chain = lambda q, g, t=None: lambda: run_chain(layers, x0, q, g, args.splits, t)  # noqa: E731
     # (name, gemv L2 steps ahead, when the gemv lets the next kernel launch, fn)
     variants = [("off", 0, "late", chain(False, False))]
-    pf_default = gemv.GEMV_PREFETCH_MB, gemv.GEMV_PREFETCH_KEEP, gemv.GEMV_WEIGHTS_EVICT_FIRST
-
-    def with_prefetch(spec, fn):
-        parts = spec.split(":")
-        mb, keep, ef = float(parts[0]), "plain" not in parts, "ef" in parts
-
-        def run():
-            gemv.GEMV_PREFETCH_MB, gemv.GEMV_PREFETCH_KEEP, gemv.GEMV_WEIGHTS_EVICT_FIRST = mb, keep, ef
-            try:
-                return fn()
-            finally:
-                gemv.GEMV_PREFETCH_MB, gemv.GEMV_PREFETCH_KEEP, gemv.GEMV_WEIGHTS_EVICT_FIRST = pf_default
-        return run
     for release in ("early", "late"):
         variants += [(f"gemv, releases {release}", 0, release, chain(False, True)),
                      (f"all, gemv releases {release}", 0, release, chain(True, True))]
     variants += [(f"all, L2 ahead {n}", int(n), "late", chain(True, True))
                  for n in args.l2_ahead.split(",") if int(n) > 0]
-    pf_chain = lambda t=None: lambda: run_chain(layers, x0, True, True, args.splits, t, prefetch=True)  # noqa: E731
-    specs = [p for p in args.prefetch.split(",") if p]
-    variants += [(f"all, late, prefetch {p}", 0, "late", with_prefetch(p, pf_chain())) for p in specs]
     variants += [("gemv alone, off", 0, "late", chain(False, False, tokens))]
     variants += [(f"gemv alone, pdl, releases {r}", 0, r, chain(False, True, tokens)) for r in ("early", "late")]
-    variants += [(f"gemv alone, pdl, late, prefetch {p}", 0, "late", with_prefetch(p, pf_chain(tokens))) for p in specs]
     ref = {}
     rows = []
     n_linears = 4 * args.layers

@@ -108,10 +108,9 @@ def compile_one(label, fn, types, consts, num_warps=4, num_stages=3, ptx_has=Non
         print(f"FAIL {label}: {type(e).__name__}: {str(e)[:2000]}")
         return False
     ptx = c.asm["ptx"]
-    for want in (ptx_has,) if isinstance(ptx_has, str) else ptx_has or ():
-        if want not in ptx:
-            print(f"FAIL {label}: no {want} in the PTX")
-            return False
+    if ptx_has and ptx_has not in ptx:
+        print(f"FAIL {label}: no {ptx_has} in the PTX")
+        return False
     print(f"ok   {label}: shared={c.metadata.shared} wgmma={'wgmma' in ptx} mma={'mma.sync' in ptx} "
           f"ptx_lines={ptx.count(chr(10))}"
           + (f" | {loop_stats(ptx)} | {sass_loop_stats(c.asm['cubin'])}" if LOOP_STATS else ""))
@@ -128,29 +127,24 @@ def gemm_kernels():
                           GROUP_M=8, PREFETCH=pf)
             ok &= compile_one(f"gemm out={out} {bm}x{bn} prefetch={pf}", gemm._w4a4_gemm_kernel_jit, types, consts,
                               w, st)
-        types = dict(common, a_ptr="*i32", ao_ptr="*i32", w_ptr="*i32", wo_ptr="*i32", out_ptr=out, pf_ptr="*i32")
+        types = dict(common, a_ptr="*i32", ao_ptr="*i32", w_ptr="*i32", wo_ptr="*i32", out_ptr=out)
         # K = 4096 (G = 32: the JIT's ints all multiples of 16) and K = 11008 (G = 86: the scale
         # stride and group count not), each with one load a weight scale and with the copies
         k4096 = ("N", "G", "N_OUT_W", "stride_wn", "stride_wsn", "stride_won")
         k11008 = ("N", "N_OUT_W", "stride_wn", "stride_won")
-        # (pf: prefetch of the next weights, 1 plain, 2 evict_last; evict: the weight loads' policy)
-        for even, pdl, l2, late, copies, k, div, pf, evict in (
-                (False, False, 0, False, 1, 4096, k4096, 0, ""), (True, False, 0, False, 1, 4096, k4096, 0, ""),
-                (True, True, 0, False, 1, 4096, k4096, 0, ""), (True, True, 0, True, 1, 4096, k4096, 0, ""),
-                (False, True, 2, True, 1, 4096, k4096, 0, ""), (True, False, 0, False, 4, 4096, k4096, 0, ""),
-                (False, True, 0, True, 4, 4096, k4096, 0, ""), (True, False, 0, False, 1, 11008, k11008, 0, ""),
-                (True, False, 0, False, 4, 11008, k11008, 0, ""), (True, True, 0, True, 1, 4096, k4096, 1, ""),
-                (True, True, 0, True, 1, 4096, k4096, 2, "evict_first"), (True, False, 0, False, 1, 11008, k11008, 2, "")):
+        for even, pdl, l2, late, copies, k, div in (
+                (False, False, 0, False, 1, 4096, k4096), (True, False, 0, False, 1, 4096, k4096),
+                (True, True, 0, False, 1, 4096, k4096), (True, True, 0, True, 1, 4096, k4096),
+                (False, True, 2, True, 1, 4096, k4096), (True, False, 0, False, 4, 4096, k4096),
+                (False, True, 0, True, 4, 4096, k4096), (True, False, 0, False, 1, 11008, k11008),
+                (True, False, 0, False, 4, 11008, k11008)):
             for bn, chunk, w in GEMV_CONFIGS or [gemv.GEMV_CONFIG]:
                 consts = dict(WORDS=16, BLOCK_OW=32, HAS_OUT=True, HAS_BIAS=True, USE_ASM=True, EVEN_N=even,
-                              BLOCK_N=bn, CHUNK=chunk, PDL=pdl, L2_AHEAD=l2, RELEASE_LATE=late, SCALE_COPIES=copies,
-                              PF=pf, PF_BLOCK=gemv.PF_BLOCK, W_EVICT=evict)
-                ptx_has = ("prefetch.global.L2::evict_last" if pf == 2 else "prefetch.global.L2" if l2 or pf
-                           else "griddepcontrol.wait" if pdl else None)
-                ptx_has = (ptx_has, "evict_first") if evict else ptx_has
+                              BLOCK_N=bn, CHUNK=chunk, PDL=pdl, L2_AHEAD=l2, RELEASE_LATE=late, SCALE_COPIES=copies)
                 ok &= compile_one(f"gemv {bn}x{chunk}x{w} out={out} K={k} even={even} pdl={pdl} l2_ahead={l2} "
-                                  f"late={late} scale_copies={copies} prefetch={pf} evict={evict or '-'}",
-                                  gemv._w4a4_gemv_kernel, types, consts, w, 1, ptx_has=ptx_has, divisible=div)
+                                  f"late={late} scale_copies={copies}", gemv._w4a4_gemv_kernel, types, consts, w, 1,
+                                  ptx_has="prefetch.global.L2" if l2 else "griddepcontrol.wait" if pdl else None,
+                                  divisible=div)
     types = dict(common, a_ptr="*u8", ao_ptr="*i8", w_ptr="*u8", wo_ptr="*i8", out_ptr="*fp32")
     for bn, bm, w, st in sorted({c for cs in swap._SWAP_REGIMES.values() for c in cs}):
         for even, out_share in ((False, 0), (True, 0), (True, swap.OUT_SHARE or 2)):  # OUT_SHARE: outliers in split 0 only

@@ -694,6 +694,7 @@ for what in "${@:-tests}"; do
                      grep -E "^(FAILED|ERROR)" "$ATOM_AO_RESULTS/gpu_suite_part${i}_s36.log" | cut -c1-200
                      tail -n 1 "$ATOM_AO_RESULTS/gpu_suite_part${i}_s36.log"
                    done ;;
+    # (prefetch-s36, prefetch-model-s36: the code they ran was dropped after them, see w4a4_gemv's docstring)
     # the gemv asking the next linear's weights into L2 once its K loop is done (launch_gemv(prefetch=)):
     # its same-bits GPU tests, then explore_pdl's 32-layer quantize -> gemv chain with MB / hint / evict_first variants
     prefetch-s36) T=100 TAIL=6 step gemv_prefetch_gpu_tests_s36 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \

@@ -19,13 +19,13 @@ import torch
 from torch._inductor import config as inductor_config
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
-from atom_ao.inductor import passes, prefetch
+from atom_ao.inductor import passes
 from atom_ao.inductor.opaque import keep_quantize_whole
 
 __all__ = ["AtomFusionPass", "install", "uninstall", "is_installed", "auto_install", "ENV_VAR"]
 
 ENV_VAR = "ATOM_AO_INDUCTOR"
-_SOURCES = ("passes.py", "match.py", "rmsnorm.py", "silu_mul.py", "opaque.py", "prefetch.py")
+_SOURCES = ("passes.py", "match.py", "rmsnorm.py", "silu_mul.py", "opaque.py")
 
 
 def _source_hash() -> str:
@@ -47,15 +47,13 @@ class AtomFusionPass(CustomGraphPass):
         if self.previous is not None:
             self.previous(graph)
         passes.run(graph)
-        if prefetch.ENABLED:  # the one-token gemvs chained through L2 (prefetch.py)
-            passes.LAST_COUNTS["prefetch_links"] = prefetch.link_gemvs(graph)
 
     def uuid(self):
         # the FX graph cache keys on this: our sources, and the previous pass's own uuid (a
         # plain callable has none, and then neither do we: Inductor then skips the cache)
         if AtomFusionPass._hash is None:
             AtomFusionPass._hash = _source_hash()
-        own = ("atom_ao", AtomFusionPass._hash, passes.fuse_producers(), prefetch.settings())
+        own = ("atom_ao", AtomFusionPass._hash, passes.fuse_producers())
         if self.previous is None:
             return own
         prev = self.previous.uuid() if isinstance(self.previous, CustomGraphPass) else None

@@ -27,6 +27,14 @@ kernel, each program quantizing its share step by step (one launch instead of th
 ~2.9 us one): slower on all six linears at their default splits (Llama-2-7B gate/up 18.2 -> 30.1
 us, qkv 13.0 -> 14.4, down 13.5 -> 14.9; Llama-3-8B gate/up 26.3 -> 30.7): the quantizer's
 arithmetic in the weight stream's loop costs more issue slots than the launch it saves.
+Also dropped (session 36, results/h200/session36_explore_pdl_prefetch_s36.log and
+session36_generate_prefetch_ab_b1_s36.log): each program, once done with its own weights, asking
+its share of the *next* linear's into L2 (``prefetch.global.L2``, with or without ``evict_last``,
+its own loads ``evict_first`` or not; a post-grad pass linked each gemv launch to the next). In
+explore_pdl's 32-layer quantize -> gemv chain with PDL: 1936 us a step without, 1938 with 8 MB of
+the next weights, 2059 with 24, 2158 with 48 (the requests slow the tail they overlap more than
+they shorten the next kernel); in the Llama-2-7B batch-1 model (8 MB, qkv -> o -> gate/up -> down
+within each layer) 2.17 -> 2.78 ms a token.
 """
 
 from __future__ import annotations
@@ -64,8 +72,7 @@ def _dp4a(a, b, c, USE_ASM: tl.constexpr):
 
 
 @triton.jit
-def _chunk_w(w_ptrs, ws_ptrs, slot, n_g, mask_n, EVEN_N: tl.constexpr, SCALE_COPIES: tl.constexpr,
-             EVICT: tl.constexpr):
+def _chunk_w(w_ptrs, ws_ptrs, slot, n_g, mask_n, EVEN_N: tl.constexpr, SCALE_COPIES: tl.constexpr):
     """One step's weight loads: words (BLOCK_N, CHUNK, WORDS) and scales (BLOCK_N, CHUNK); group
     slots past the share read nothing."""
     ok = slot < n_g  # (CHUNK,)
@@ -80,7 +87,7 @@ def _chunk_w(w_ptrs, ws_ptrs, slot, n_g, mask_n, EVEN_N: tl.constexpr, SCALE_COP
     else:
         ok_s = ok[None, :] if EVEN_N else ok[None, :] & mask_n[:, None]
         sw = tl.load(ws_ptrs, mask=ok_s, other=0.0)
-    return tl.load(w_ptrs, mask=ok_w, other=0, eviction_policy=EVICT), sw
+    return tl.load(w_ptrs, mask=ok_w, other=0), sw
 
 
 @triton.jit
@@ -89,35 +96,6 @@ def _prefetch_l2(ptrs):
     write analysis refuses impure inline asm) and its result is used, so the compiler keeps it."""
     return tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs],
                                      dtype=tl.int32, is_pure=True, pack=1)
-
-
-@triton.jit
-def _prefetch_l2_keep(ptrs):
-    """``prefetch.global.L2::evict_last``: as ``_prefetch_l2``, the lines marked to stay in L2 ahead
-    of lines loaded without a hint (the weights this kernel streams once)."""
-    return tl.inline_asm_elementwise("prefetch.global.L2::evict_last [$1]; mov.u32 $0, 0;", "=r,l", [ptrs],
-                                     dtype=tl.int32, is_pure=True, pack=1)
-
-
-@triton.jit
-def _prefetch_share(pf_ptr, PF_LINES, PF: tl.constexpr, PF_BLOCK: tl.constexpr):
-    """This program's share of the next linear's first PF_LINES 128-byte lines of weights, asked
-    into L2 (PF 1: plain prefetch, 2: evict_last); returns a zero that depends on every request."""
-    programs = tl.num_programs(0) * tl.num_programs(1)
-    pid = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
-    per = tl.cdiv(PF_LINES, programs)
-    start = pid * per
-    end = tl.minimum(start + per, PF_LINES)
-    offs = tl.arange(0, PF_BLOCK)
-    z = tl.zeros((PF_BLOCK,), tl.int32)
-    for s in range(start, end, PF_BLOCK):
-        line = tl.where(s + offs < end, s + offs, s)  # past the share: the share's first line again
-        ptrs = pf_ptr + line.to(tl.int64) * 32  # 32 int32 words a line
-        if PF == 2:
-            z += _prefetch_l2_keep(ptrs)
-        else:
-            z += _prefetch_l2(ptrs)
-    return tl.sum(z, axis=0)
 
 
 @triton.jit
@@ -151,8 +129,7 @@ def _w4a4_gemv_kernel(
     a_ptr, as_ptr, ao_ptr, aos_ptr,  # a_ptr, ao_ptr, w_ptr, wo_ptr: int32 views (4 bytes a word)
     w_ptr, ws_ptr, wo_ptr, wos_ptr,
     bias_ptr, out_ptr,
-    pf_ptr,  # int32 view of the next linear's packed weights (PF > 0), prefetched into L2 after the K loop
-    N, G, N_OUT_W, SPLITS, PF_LINES,
+    N, G, N_OUT_W, SPLITS,
     stride_wn, stride_wsn, stride_won,
     WORDS: tl.constexpr,  # int32 words per group and row (group_size / 8)
     BLOCK_OW: tl.constexpr,  # outlier words per step
@@ -163,9 +140,6 @@ def _w4a4_gemv_kernel(
     L2_AHEAD: tl.constexpr,  # steps of weights prefetched into L2 before the PDL wait (GEMV_L2_AHEAD)
     RELEASE_LATE: tl.constexpr,  # with PDL: let the next kernel launch after the K loop, not at the wait
     SCALE_COPIES: tl.constexpr,  # copies of each weight scale loaded (GEMV_SCALE_COPIES; 1: one load)
-    PF: tl.constexpr,  # 0: no prefetch of the next weights; 1: prefetch.global.L2; 2: its evict_last form
-    PF_BLOCK: tl.constexpr,  # prefetch requests a program issues at once
-    W_EVICT: tl.constexpr,  # the weight loads' eviction_policy ("" or "evict_first", GEMV_WEIGHTS_EVICT_FIRST)
 ):
     # The row offsets (and so the output store's address) are computed here, not returned by a
     # helper that also takes the weight pointers: Inductor's mutation analysis of the TTIR derives
@@ -188,7 +162,7 @@ def _w4a4_gemv_kernel(
         acc = tl.zeros((BLOCK_N, CHUNK, SCALE_COPIES), dtype=tl.float32)
     else:  # per group slot, summed at the end
         acc = tl.zeros((BLOCK_N, CHUNK), dtype=tl.float32)
-    w, sw = _chunk_w(w_ptrs, ws_ptrs, offs_c, n_g, mask_n, EVEN_N, SCALE_COPIES, W_EVICT)
+    w, sw = _chunk_w(w_ptrs, ws_ptrs, offs_c, n_g, mask_n, EVEN_N, SCALE_COPIES)
     if L2_AHEAD > 0:
         # and the next L2_AHEAD steps' weight words into L2, one address a 64-byte group row
         rows = tl.where(mask_n, offs_n, 0)
@@ -204,8 +178,7 @@ def _w4a4_gemv_kernel(
         release_next(PDL)
     a, sa = _chunk_a(a_ptrs, as_ptrs, offs_c, n_g)
     for c in range(CHUNK, n_g + CHUNK, CHUNK):
-        nw, nsw = _chunk_w(w_ptrs + c * WORDS, ws_ptrs + c, c + offs_c, n_g, mask_n, EVEN_N, SCALE_COPIES,
-                           W_EVICT)
+        nw, nsw = _chunk_w(w_ptrs + c * WORDS, ws_ptrs + c, c + offs_c, n_g, mask_n, EVEN_N, SCALE_COPIES)
         na, nsa = _chunk_a(a_ptrs + c * WORDS, as_ptrs + c, c + offs_c, n_g)
         acc = _chunk_math(w, sw, a, sa, acc, WORDS, USE_ASM, SCALE_COPIES)
         w, sw, a, sa = nw, nsw, na, nsa
@@ -215,10 +188,6 @@ def _w4a4_gemv_kernel(
         total = tl.sum(tl.sum(acc, axis=2), axis=1)
     else:
         total = tl.sum(acc, axis=1)
-    if PF > 0:
-        # done with its own weights: ask for a share of the next linear's, so HBM streams them
-        # while this kernel's last programs, the kernels between and the next's launch run
-        total += _prefetch_share(pf_ptr, PF_LINES, PF, PF_BLOCK).to(tl.float32)
 
     if split == 0:  # the outlier block and the bias: first split only
         if HAS_OUT:
@@ -282,29 +251,6 @@ def scale_copies(group_size: int) -> int:
 # before); o, down and Llama-2 gate/up keep their best (4, 4, 1); Llama-3 gate/up (896 tiles)
 # keeps 1 split, 22.4 against 19.9 at 2 or 4.
 GEMV_MORE_SPLITS = os.environ.get("ATOM_AO_GEMV_MORE_SPLITS", "1") == "1"
-# launch_gemv(prefetch=the next linear's packed weights): once a program is done with its own
-# weights it asks for its share of the next linear's first GEMV_PREFETCH_MB into L2 (evict_last
-# with GEMV_PREFETCH_KEEP), so HBM keeps streaming weights through this kernel's tail, the small
-# kernels between the two and the next one's launch. GEMV_WEIGHTS_EVICT_FIRST: the weight loads
-# marked evict_first, so a stream does not push out the lines asked for the next one. Not yet timed.
-GEMV_PREFETCH_MB = float(os.environ.get("ATOM_AO_GEMV_PREFETCH_MB", "24"))
-GEMV_PREFETCH_KEEP = os.environ.get("ATOM_AO_GEMV_PREFETCH_KEEP", "1") == "1"
-GEMV_WEIGHTS_EVICT_FIRST = os.environ.get("ATOM_AO_GEMV_EVICT_FIRST", "0") == "1"
-PF_BLOCK = 512  # prefetch requests a program issues at once (4 a thread at 4 warps)
-
-
-def prefetch_lines(prefetch: torch.Tensor | None) -> int:
-    """128-byte lines of ``prefetch`` (a contiguous tensor) the gemv asks into L2: its first
-    GEMV_PREFETCH_MB; 0 without one, or under the interpreter (the request is inline PTX)."""
-    if prefetch is None:
-        return 0
-    if not prefetch.is_contiguous() or prefetch.shape[-1] * prefetch.element_size() % 4:
-        raise ValueError(f"w4a4_gemv: prefetch must be contiguous whole int32 words (a packed weight), got "
-                         f"shape {tuple(prefetch.shape)} {prefetch.dtype} strides {prefetch.stride()}")
-    if INTERPRET or GEMV_PREFETCH_MB <= 0:
-        return 0
-    nbytes = min(prefetch.numel() * prefetch.element_size(), int(GEMV_PREFETCH_MB * 2 ** 20))
-    return nbytes // 128
 
 
 def gemv_split_k(n: int, groups: int, sms: int, block_n: int | None = None) -> int:
@@ -320,26 +266,22 @@ def gemv_split_k(n: int, groups: int, sms: int, block_n: int | None = None) -> i
 
 
 def launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scale, w_outliers,
-                w_outlier_scale, bias, out, group_size, splits, config=None, pdl=None, prefetch=None):
+                w_outlier_scale, bias, out, group_size, splits, config=None, pdl=None):
     """out: the (splits, 1, N) float32 workspace, or the (1, N) output when splits == 1. The format
     makes every operand whole int32 words (group sizes and outlier counts multiples of 16).
     ``pdl``: launch with programmatic dependent launch (sm90+; None: ``atom_ao.ops.pdl``'s
-    switch), so the kernel starts reading its weights while the kernel before it finishes.
-    ``prefetch``: the next linear's packed weights, asked into L2 after the K loop (GEMV_PREFETCH_MB)."""
+    switch), so the kernel starts reading its weights while the kernel before it finishes."""
     n = w_packed.shape[0]
     n_out_w = a_outliers.shape[1] // 4
     block_n, chunk, warps = config or GEMV_CONFIG
     opts = pdl_switch.launch_options(out, pdl, one_token=True)  # (the gemv is M = 1 only)
     words = lambda t: t.view(torch.int32)  # noqa: E731  (4 packed bytes a word)
     grid = (triton.cdiv(n, block_n), splits)
-    pf_lines = prefetch_lines(prefetch)
-    if pf_lines and prefetch.device != w_packed.device:
-        raise ValueError(f"w4a4_gemv: prefetch is on {prefetch.device}, the weights on {w_packed.device}")
     wrap_triton(_w4a4_gemv_kernel)[grid](
         words(a_packed), a_scale, words(a_outliers) if n_out_w else a_outliers, a_outlier_scale,
         words(w_packed), w_scale, words(w_outliers) if n_out_w else w_outliers, w_outlier_scale,
-        bias if bias is not None else a_scale, out, words(prefetch if pf_lines else w_packed),
-        n, a_scale.shape[1], n_out_w, splits, pf_lines,
+        bias if bias is not None else a_scale, out,
+        n, a_scale.shape[1], n_out_w, splits,
         w_packed.stride(0) // 4, w_scale.stride(0), max(w_outliers.stride(0) // 4, 1),
         WORDS=group_size // 8,
         BLOCK_OW=max(4, min(32, triton.next_power_of_2(max(n_out_w, 1)))),
@@ -348,7 +290,5 @@ def launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scal
         L2_AHEAD=GEMV_L2_AHEAD if opts["PDL"] and not INTERPRET else 0,
         RELEASE_LATE=opts["PDL"] and GEMV_PDL_RELEASE == "late",
         SCALE_COPIES=scale_copies(group_size),
-        PF=(2 if GEMV_PREFETCH_KEEP else 1) if pf_lines else 0, PF_BLOCK=PF_BLOCK,
-        W_EVICT="evict_first" if GEMV_WEIGHTS_EVICT_FIRST and not INTERPRET else "",
         num_warps=warps, num_stages=1, **opts,
     )

@@ -202,13 +202,6 @@ def _pdl_cases(prefix="pdl"):
         args = _operands(1, 64, 512, 32, 128, torch.bfloat16, True)
         w4a4_gemm.w4a4_gemm_triton(*args, 128, torch.bfloat16, splits=splits, path="gemv")
         _report(f"{prefix} w4a4_gemm m=1 gemv splits={splits}", args)
-    # and asking the next linear's weights into L2 (launch_gemv(prefetch=)): they are read-only too
-    args = _operands(1, 64, 512, 32, 128, torch.bfloat16, True)
-    nxt = args[4].clone()
-    out = torch.empty((2, 1, 64), dtype=torch.float32)
-    w4a4_gemv.launch_gemv(*args[:8], args[8], out, 128, 2, pdl=True, prefetch=nxt)
-    assert _LAUNCHES and _LAUNCHES[-1][1]["PF"] > 0, "the gemv was not launched with its prefetch"
-    _report(f"{prefix} w4a4_gemv prefetch", [*args, nxt])
     x = torch.randn(1, 512, dtype=torch.bfloat16)
     perm = torch.randperm(512).to(torch.int32)
     quantize_activation.quantize_activation_triton(x, perm, 32, 128, 0.9)
