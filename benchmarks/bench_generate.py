@@ -33,7 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import gpu_name, log_autotune_picks, markdown_table, per_call_us, set_module_flag, write_results  # noqa: E402
+from common import (device_kernels, exposed_us, gpu_name, log_autotune_picks, markdown_table, per_call_us,  # noqa: E402
+                    set_module_flag, write_results)
 from gpt import SHAPES, Llama  # noqa: E402
 
 
@@ -140,9 +141,18 @@ def profile_step(graph, reps: int = 5) -> dict:
     for k, us in per_kernel.items():
         by_kind[_kind(k)] = by_kind.get(_kind(k), 0.0) + us
     top = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:12]
+    # with PDL a kernel's duration includes its wait for the one before, so the sums above overlap;
+    # the timeline's charges (exposed_us) add up to the step
+    exposed, idle = exposed_us(device_kernels(prof), reps)
+    exposed_kind = {}
+    for k, us in exposed.items():
+        exposed_kind[_kind(k)] = exposed_kind.get(_kind(k), 0.0) + us
     return {"gpu_us_per_step": round(sum(per_kernel.values()), 1),
             "by_kind_us": {k: round(v, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
-            "top_kernels_us": [(k[:90], round(v, 1)) for k, v in top]}
+            "top_kernels_us": [(k[:90], round(v, 1)) for k, v in top],
+            "timeline_us_per_step": round(sum(exposed.values()) + idle, 1), "idle_us": round(idle, 1),
+            "exposed_by_kind_us": {k: round(v, 1) for k, v in sorted(exposed_kind.items(), key=lambda kv: -kv[1])},
+            "exposed_top_us": [(k[:90], round(v, 1)) for k, v in list(exposed.items())[:14]]}
 
 
 def timed_positions(prompt: int, gen: int, steps: int) -> list[int]:
@@ -296,10 +306,17 @@ def main():
             print(row, flush=True)
             if prof:
                 row["profile_by_kind_us"] = prof["by_kind_us"]  # in the JSON, not the table
+                row["timeline_by_kind_us"] = prof["exposed_by_kind_us"]
                 print(f"  profile {label} batch {b}: {prof['gpu_us_per_step']} us of kernels per step")
                 for k, us in prof["by_kind_us"].items():
                     print(f"    {k:32s} {us:10.1f} us")
                 for k, us in prof["top_kernels_us"]:
+                    print(f"      {us:10.1f} us  {k}")
+                print(f"  timeline {label} batch {b}: {prof['timeline_us_per_step']} us a step, "
+                      f"{prof['idle_us']} us of it no kernel running; each kernel charged the time it added")
+                for k, us in prof["exposed_by_kind_us"].items():
+                    print(f"    {k:32s} {us:10.1f} us")
+                for k, us in prof["exposed_top_us"]:
                     print(f"      {us:10.1f} us  {k}")
         pdl = sys.modules.get("atom_ao.ops.pdl")
         if pdl is not None and pdl.ENABLED and path.startswith("atom"):  # evidence that the compiled kernels got the launch attribute

@@ -114,6 +114,38 @@ def per_call_us(events, calls: int) -> dict[str, float]:
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
+def exposed_us(kernels, calls: int, idle_cap_us: float = 50.0) -> tuple[dict[str, float], float]:
+    """Where a step's wall time goes on the GPU when kernels overlap (PDL): kernels as
+    (name, start_us, end_us), a profiler's trace of ``calls`` steps. Walking them by start, each
+    kernel is charged the time it moved the last end forward (end - max(start, the latest end
+    before it)): a PDL kernel that launched early and waited is charged only what it added after
+    its predecessor finished, so the charges plus the idle gaps sum to the span. Returns
+    ({name: us a step, largest first}, idle us a step); gaps over ``idle_cap_us`` (the host between
+    two replays) are left out of the idle time."""
+    out, idle, last = {}, 0.0, None
+    for name, start, end in sorted(kernels, key=lambda k: (k[1], k[2])):
+        if last is None:
+            charged = end - start
+        else:
+            gap = start - last
+            if 0 < gap <= idle_cap_us:
+                idle += gap
+            charged = max(0.0, end - max(start, last))
+        out[name] = out.get(name, 0.0) + charged / calls
+        last = end if last is None else max(last, end)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1])), idle / calls
+
+
+def device_kernels(prof) -> list[tuple[str, float, float]]:
+    """(name, start us, end us) of each GPU kernel of a torch.profiler run."""
+    out = []
+    for e in prof.events():
+        dev = str(getattr(e, "device_type", ""))
+        if dev.endswith("CUDA") and getattr(e, "time_range", None) is not None:
+            out.append((e.name, float(e.time_range.start), float(e.time_range.end)))
+    return out
+
+
 def pin_autotuning(setattr_=setattr) -> list:
     """Same float sums on every build: each ``triton.autotune`` kernel of ``atom_ao.ops`` keeps
     only its first config, and Inductor's deterministic mode (where this torch has it) stops its

@@ -74,3 +74,34 @@ def test_set_module_flag_takes_boolean_and_auto_switches(monkeypatch):
     assert pdl.ENABLED is True
     with pytest.raises(SystemExit, match="not a boolean module flag"):
         set_module_flag("atom_ao.ops.pdl", "IN_PROCESS_NOT_THERE", True)
+
+
+def test_exposed_us_charges_what_each_kernel_adds():
+    from common import exposed_us
+
+    kernels = [
+        ("gemv", 0.0, 10.0),
+        ("quant", 11.0, 13.0),  # 1 us idle before it
+        ("gemv", 12.0, 20.0),  # launched early (PDL), waited: charged 13 -> 20 only
+        ("tiny", 14.0, 15.0),  # wholly inside the one before: charged nothing
+        ("quant", 120.0, 122.0),  # after a 100 us host gap (next replay): not idle
+    ]
+    charged, idle = exposed_us(kernels, calls=2)
+    assert charged == {"gemv": (10.0 + 7.0) / 2, "quant": (2.0 + 2.0) / 2, "tiny": 0.0}
+    assert idle == 0.5
+    # one step: the charges and the idle time make up the span
+    one = kernels[:4]
+    charged, idle = exposed_us(one, calls=1)
+    assert sum(charged.values()) + idle == 20.0
+
+
+def test_device_kernels_keeps_gpu_events():
+    from torch.autograd import DeviceType
+
+    from common import device_kernels
+
+    span = lambda a, b: SimpleNamespace(start=a, end=b)  # noqa: E731
+    prof = SimpleNamespace(events=lambda: [
+        SimpleNamespace(name="k", device_type=DeviceType.CUDA, time_range=span(1, 3)),
+        SimpleNamespace(name="cudaGraphLaunch", device_type=DeviceType.CPU, time_range=span(0, 1))])
+    assert device_kernels(prof) == [("k", 1.0, 3.0)]
