@@ -12,6 +12,8 @@ step's use):
   BLOCK_N rows x STEP words (256 bytes a row at the default 4 groups of 16 words);
 * ``tiles``: the same bytes laid out so each program's step is one contiguous BLOCK_N x STEP
   block (a weight layout the gemv could be given at quantize time);
+* ``tma``: the rows pattern through TMA, several boxes in flight in shared memory (no registers
+  hold the next step);
 * split-K as the gemv does it (``--splits``), programs sharing a row block's K.
 
 Beside them, the real gemv at its default config and split, and ``torch.sum`` over 1 GiB. Each
@@ -78,10 +80,42 @@ def _stream_tiles_kernel(w_ptr, out_ptr, share_words,
              tl.xor_sum(acc2, axis=1))
 
 
+@triton.jit
+def _stream_tma_kernel(w_ptr, out_ptr, N, KW, stride_n, share_words,
+                       BLOCK_N: tl.constexpr, STEP: tl.constexpr, STAGES: tl.constexpr):
+    """The rows pattern through TMA: a (BLOCK_N, STEP) box a step, STAGES boxes in flight in shared
+    memory (Triton's pipeliner on a tensor descriptor), no registers holding the next step."""
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    desc = tl.make_tensor_descriptor(w_ptr, shape=[N, KW], strides=[stride_n, 1], block_shape=[BLOCK_N, STEP])
+    acc = tl.zeros((BLOCK_N, STEP), tl.int32)
+    for k in tl.range(0, share_words, STEP, num_stages=STAGES):
+        acc = acc ^ desc.load([pid_n * BLOCK_N, split * share_words + k])
+    tl.store(out_ptr + (split * tl.num_programs(0) + pid_n) * BLOCK_N + tl.arange(0, BLOCK_N),
+             tl.xor_sum(acc, axis=1))
+
+
+def stream_tma(words: torch.Tensor, block_n: int, step: int, warps: int, splits: int = 1,
+               stages: int = 4) -> torch.Tensor:
+    """As ``stream_rows``, the loads by TMA with ``stages`` boxes in flight (sm90+; the interpreter)."""
+    share = check_stream_args(words, block_n, step, splits)
+    n, kw = words.shape
+    out = torch.empty(splits, n, dtype=torch.int32, device=words.device)
+    _stream_tma_kernel[(n // block_n, splits)](words, out, n, kw, words.stride(0), share, BLOCK_N=block_n, STEP=step,
+                                               STAGES=stages, num_warps=warps)
+    return out
+
+
+def _set_tma_allocator():
+    """Device-side tensor descriptors take their workspace from Triton's allocator."""
+    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+
+
 def check_stream_args(words: torch.Tensor, block_n: int, step: int, splits: int) -> int:
     """K words a share; raises on a shape the unmasked kernels cannot take."""
-    if words.dtype != torch.int32 or words.dim() != 2 or not words.is_contiguous():
-        raise ValueError(f"weight words must be a contiguous 2-D int32 tensor, got {words.dtype} {tuple(words.shape)}")
+    if words.dtype != torch.int32 or words.dim() != 2 or words.stride(1) != 1:
+        raise ValueError(f"weight words must be a 2-D int32 tensor with unit column stride, got {words.dtype} "
+                         f"{tuple(words.shape)} strides {words.stride()}")
     n, kw = words.shape
     if n % block_n or kw % (splits * step):
         raise ValueError(f"({n}, {kw}) words: rows must divide by {block_n} and K words by splits x step "
@@ -102,7 +136,7 @@ def to_tiles(words: torch.Tensor, block_n: int, step: int, splits: int = 1) -> t
     """The tiles layout of ``words``: (row block, split, step, BLOCK_N, STEP) contiguous."""
     share = check_stream_args(words, block_n, step, splits)
     n, _ = words.shape
-    t = words.view(n // block_n, block_n, splits, share // step, step)
+    t = words.contiguous().view(n // block_n, block_n, splits, share // step, step)
     return t.permute(0, 2, 3, 1, 4).contiguous()
 
 
@@ -131,11 +165,13 @@ def main():
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="llama2-7b o,llama2-7b qkv,llama2-7b gate/up,llama2-7b down")
-    ap.add_argument("--configs", default="32x64x4,16x64x4,64x64x8,32x128x4,32x64x8",
+    ap.add_argument("--configs", default="32x64x4,16x64x4,32x128x4,64x64x8",
                     help="BLOCK_N x STEP words x warps of the load-only kernels (the gemv: 32 x 64 x 4)")
-    ap.add_argument("--splits", default="1,2,4")
+    ap.add_argument("--splits", default="1,4")
+    ap.add_argument("--tma-stages", default="3,6", help="TMA boxes in flight a program (the tma rows)")
     args = ap.parse_args()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
+    _set_tma_allocator()
     rows = []
 
     big = torch.empty(1 << 28, dtype=torch.int32, device="cuda")
@@ -151,7 +187,6 @@ def main():
         words = w.qdata.view(torch.int32)  # (N, K_groups / 2 bytes / 4): the gemv's int32 view
         wbytes = words.numel() * 4
         copies = max(2, min(64, int(-(-2 * L2_BYTES // wbytes))))
-        add = lambda **r: rows.append({"shape": label, **r, "TB/s": round(wbytes / r["us"] / 1e6, 2)})  # noqa: E731
 
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
         a = torch.ops.atom_ao.quantize_activation(x, w.perm, w.n_outliers, w.group_size, w.act_clip_ratio)
@@ -163,7 +198,8 @@ def main():
             for q in wq:
                 gemm.w4a4_gemm_triton(*a, *q, None, w.group_size, x.dtype, path="gemv")
         with_split_sum = bench_us(gemv_all) / copies
-        add(kernel="w4a4_gemv (+ split sum)", block_n=gemv.GEMV_CONFIG[0], step_words=gemv.GEMV_CONFIG[1] * w.group_size // 8,
+        gemv_add = lambda **r: rows.append({"shape": label, **r, "TB/s": round(wbytes / r["us"] / 1e6, 2)})  # noqa: E731
+        gemv_add(kernel="w4a4_gemv (+ split sum)", block_n=gemv.GEMV_CONFIG[0], step_words=gemv.GEMV_CONFIG[1] * w.group_size // 8,
             warps=gemv.GEMV_CONFIG[2], splits=split, us=round(with_split_sum, 2))
         wq = None
 
@@ -171,19 +207,28 @@ def main():
         for cfg in args.configs.split(","):
             block_n, step, warps = (int(v) for v in cfg.split("x"))
             for s in (int(v) for v in args.splits.split(",")):
-                try:
-                    check_stream_args(words, block_n, step, s)
-                except ValueError:
+                used = words.shape[1] - words.shape[1] % (s * step)  # whole steps only (Llama-2 down: 1376 words)
+                if n % block_n or used == 0:
                     continue
-                ref = reference_xor(words, s)
-                assert torch.equal(stream_rows(words, block_n, step, warps, s), ref), f"rows {cfg} split {s}"
-                us = bench_us(lambda: [stream_rows(c, block_n, step, warps, s) for c in copies_w]) / copies
+                part = lambda t: t[:, :used]  # noqa: E731
+                add = lambda **r: rows.append({"shape": label, **r, "TB/s": round(4 * n * used / r["us"] / 1e6, 2)})  # noqa: E731
+                ref = reference_xor(part(words).contiguous(), s)
+                assert torch.equal(stream_rows(part(words), block_n, step, warps, s), ref), f"rows {cfg} split {s}"
+                us = bench_us(lambda: [stream_rows(part(c), block_n, step, warps, s) for c in copies_w]) / copies
                 add(kernel="rows (load + xor)", block_n=block_n, step_words=step, warps=warps, splits=s, us=round(us, 2))
-                tiles = [to_tiles(c, block_n, step, s) for c in copies_w]
+                tiles = [to_tiles(part(c), block_n, step, s) for c in copies_w]
                 assert torch.equal(stream_tiles(tiles[0], n, block_n, step, warps, s), ref), f"tiles {cfg} split {s}"
                 us = bench_us(lambda: [stream_tiles(t, n, block_n, step, warps, s) for t in tiles]) / copies
                 add(kernel="tiles (load + xor)", block_n=block_n, step_words=step, warps=warps, splits=s, us=round(us, 2))
                 tiles = None
+                for st in (int(v) for v in args.tma_stages.split(",")):
+                    try:
+                        assert torch.equal(stream_tma(part(words), block_n, step, warps, s, st), ref), f"tma {cfg}"
+                        us = bench_us(lambda: [stream_tma(part(c), block_n, step, warps, s, st) for c in copies_w]) / copies
+                        add(kernel=f"tma {st} stages (load + xor)", block_n=block_n, step_words=step, warps=warps,
+                            splits=s, us=round(us, 2))
+                    except Exception as e:  # noqa: BLE001  (say why, go on)
+                        print(f"  tma {cfg} split {s} stages {st}: {type(e).__name__} {str(e)[:300]}")
         copies_w = None
         torch.cuda.empty_cache()
         mine = [r for r in rows if r["shape"] == label]

@@ -29,3 +29,12 @@ def test_bad_shapes_are_refused():
         es.check_stream_args(torch.zeros(12, 32, dtype=torch.int32), 8, 8, 1)
     with pytest.raises(ValueError, match="int32"):
         es.check_stream_args(torch.zeros(16, 32, dtype=torch.int64), 8, 8, 1)
+
+
+def test_tma_reads_every_word():
+    import triton
+
+    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8))
+    g = torch.Generator().manual_seed(1)
+    words = torch.randint(-2**31, 2**31 - 1, (16, 32), dtype=torch.int32, generator=g)
+    assert torch.equal(es.stream_tma(words, 8, 8, 1, 2, 2), es.reference_xor(words, 2))
