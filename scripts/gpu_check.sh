@@ -719,14 +719,15 @@ for what in "${@:-tests}"; do
                   --tb=short -rf tests/ops/test_quantize_activation_triton.py tests/ops/test_rmsnorm_quantize.py \
                   tests/ops/test_silu_mul_quantize.py tests/test_unwrap.py tests/test_asymmetric.py tests/kv/test_cache.py \
                   tests/inductor/test_passes.py tests/benchmarks/test_bench_layer.py ;;
-    # session 37, one call: the rest of the suite's one-token files; Llama-2-7B batch 1 with the
+    # session 37, one call: the gemv's weight stream without its math (load + xor: the gemv's row
+    # pattern, contiguous tiles, TMA) and its math on TMA-fed weights; Llama-2-7B batch 1 with the
     # timeline profile (each kernel charged the time it adds to the step, PDL overlaps counted once);
-    # the gemv's weight stream without its math (load + xor, the gemv's row pattern vs contiguous tiles)
-    s37a) T=130 TAIL=8 step gpu_suite_rest2_s37 python3 -m pytest -v -m gpu -p no:cacheprovider --tb=short -rf \
-              tests/kv/test_cache.py tests/inductor/test_passes.py tests/benchmarks/test_bench_layer.py
+    # the rest of the suite's one-token files
+    s37a) T=200 TAIL=80 step explore_gemv_stream_s37 python3 benchmarks/explore_gemv_stream.py
           T=160 TAIL=60 step generate_timeline_b1_s37 python3 benchmarks/bench_generate.py --batches 1 \
               --paths bf16,atom-kv4 --gen 256 --steps 16 --profile
-          T=200 TAIL=80 step explore_gemv_stream_s37 python3 benchmarks/explore_gemv_stream.py ;;
+          T=130 TAIL=8 step gpu_suite_rest2_s37 python3 -m pytest -v -m gpu -p no:cacheprovider --tb=short -rf \
+              tests/kv/test_cache.py tests/inductor/test_passes.py tests/benchmarks/test_bench_layer.py ;;
     # Llama-2-7B through transformers' model code at batch 1 (atom_ao.generate's captured step, PDL's
     # default, q/k/v and gate/up fused by atom_ao.fuse_projections): bf16 against Atom + INT4 KV
     hf-b1-s37) T=${HF7B_T:-380} TAIL=14 step hf_decode_llama2_7b_b1_s37 python3 benchmarks/bench_hf_generate.py \
