@@ -190,19 +190,76 @@ def _w4a4_gemv_kernel(
         total = tl.sum(acc, axis=1)
 
     if split == 0:  # the outlier block and the bias: first split only
-        if HAS_OUT:
-            offs_o = tl.arange(0, BLOCK_OW)
-            part_o = tl.zeros((BLOCK_N, BLOCK_OW), tl.int32)
-            for o0 in range(0, N_OUT_W, BLOCK_OW):
-                mask_o = (o0 + offs_o) < N_OUT_W
-                ao = tl.load(ao_ptr + o0 + offs_o, mask=mask_o, other=0)
-                wo = tl.load(wo_ptr + offs_n[:, None] * stride_won + (o0 + offs_o)[None, :],
-                             mask=mask_n[:, None] & mask_o[None, :], other=0)
-                part_o = _dp4a(wo, ao[None, :], part_o, USE_ASM)
-            swo = tl.load(wos_ptr + offs_n, mask=mask_n, other=0.0)
-            total += tl.sum(part_o, axis=1).to(tl.float32) * tl.load(aos_ptr) * swo
-        if HAS_BIAS:
-            total += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        total = _outliers_and_bias(total, ao_ptr, aos_ptr, wo_ptr, wos_ptr, bias_ptr, offs_n, mask_n, N_OUT_W,
+                                   stride_won, BLOCK_N, BLOCK_OW, HAS_OUT, HAS_BIAS, USE_ASM)
+    tl.store(out_ptr + split * N + offs_n, total.to(out_ptr.dtype.element_ty), mask=mask_n)
+
+
+@triton.jit
+def _outliers_and_bias(total, ao_ptr, aos_ptr, wo_ptr, wos_ptr, bias_ptr, offs_n, mask_n, N_OUT_W, stride_won,
+                       BLOCK_N: tl.constexpr, BLOCK_OW: tl.constexpr, HAS_OUT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       USE_ASM: tl.constexpr):
+    """total + the INT8 outlier block's dot x its scales + the bias (the first split's share)."""
+    if HAS_OUT:
+        offs_o = tl.arange(0, BLOCK_OW)
+        part_o = tl.zeros((BLOCK_N, BLOCK_OW), tl.int32)
+        for o0 in range(0, N_OUT_W, BLOCK_OW):
+            mask_o = (o0 + offs_o) < N_OUT_W
+            ao = tl.load(ao_ptr + o0 + offs_o, mask=mask_o, other=0)
+            wo = tl.load(wo_ptr + offs_n[:, None] * stride_won + (o0 + offs_o)[None, :],
+                         mask=mask_n[:, None] & mask_o[None, :], other=0)
+            part_o = _dp4a(wo, ao[None, :], part_o, USE_ASM)
+        swo = tl.load(wos_ptr + offs_n, mask=mask_n, other=0.0)
+        total += tl.sum(part_o, axis=1).to(tl.float32) * tl.load(aos_ptr) * swo
+    if HAS_BIAS:
+        total += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    return total
+
+
+@triton.jit
+def _w4a4_gemv_tma_kernel(
+    a_ptr, as_ptr, ao_ptr, aos_ptr,  # as _w4a4_gemv_kernel's
+    w_ptr, ws_ptr, wo_ptr, wos_ptr,
+    bias_ptr, out_ptr,
+    N, G, N_OUT_W, SPLITS,
+    stride_wn, stride_wsn, stride_won,
+    WORDS: tl.constexpr, BLOCK_OW: tl.constexpr,
+    HAS_OUT: tl.constexpr, HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
+    BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    STAGES: tl.constexpr,  # weight boxes in flight (Triton's pipeliner on the descriptor loads)
+    PDL: tl.constexpr, RELEASE_LATE: tl.constexpr,
+):
+    """``_w4a4_gemv_kernel`` with its weight words brought by TMA (GEMV_TMA): a (BLOCK_N, CHUNK x
+    WORDS) box a step, STAGES of them in flight through shared memory, where the register form keeps
+    one step ahead. A box past the split's share reads words its scales, masked to 0, cancel; rows
+    past N arrive as zeros (the box is clipped)."""
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    g0, n_g = split_share(G, SPLITS, split)
+    desc = tl.make_tensor_descriptor(w_ptr, shape=[N, G * WORDS], strides=[stride_wn, 1],
+                                     block_shape=[BLOCK_N, CHUNK * WORDS])
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    offs_c = tl.arange(0, CHUNK)
+    offs_w = tl.arange(0, WORDS)
+    acc = tl.zeros((BLOCK_N, CHUNK), dtype=tl.float32)
+    wait_for_prior(PDL)
+    if not RELEASE_LATE:
+        release_next(PDL)
+    for c in tl.range(0, n_g, CHUNK, num_stages=STAGES):
+        w = tl.reshape(desc.load([pid_n * BLOCK_N, (g0 + c) * WORDS]), (BLOCK_N, CHUNK, WORDS))
+        ok = (c + offs_c) < n_g
+        sw = tl.load(ws_ptr + offs_n[:, None] * stride_wsn + (g0 + c + offs_c)[None, :],
+                     mask=ok[None, :] & mask_n[:, None], other=0.0)
+        a = tl.load(a_ptr + (g0 + c + offs_c)[:, None] * WORDS + offs_w[None, :], mask=ok[:, None], other=0)
+        sa = tl.load(as_ptr + g0 + c + offs_c, mask=ok, other=0.0)
+        acc = _chunk_math(w, sw, a, sa, acc, WORDS, USE_ASM, 1)
+    if RELEASE_LATE:
+        release_next(PDL)
+    total = tl.sum(acc, axis=1)
+    if split == 0:
+        total = _outliers_and_bias(total, ao_ptr, aos_ptr, wo_ptr, wos_ptr, bias_ptr, offs_n, mask_n, N_OUT_W,
+                                   stride_won, BLOCK_N, BLOCK_OW, HAS_OUT, HAS_BIAS, USE_ASM)
     tl.store(out_ptr + split * N + offs_n, total.to(out_ptr.dtype.element_ty), mask=mask_n)
 
 
@@ -235,6 +292,28 @@ if GEMV_PDL_RELEASE not in ("early", "late"):
 # linears, and the Llama-2-7B batch-1 model 2.56 -> 2.65 ms a token; so off
 # (ATOM_AO_GEMV_SCALE_COPIES=1 turns it on).
 GEMV_SCALE_COPIES = os.environ.get("ATOM_AO_GEMV_SCALE_COPIES") == "1"
+
+
+# The weight words by TMA (``_w4a4_gemv_tma_kernel``), GEMV_TMA_STAGES boxes in flight a program, instead of
+# loads into registers one step ahead. Off until timed (benchmarks/explore_gemv_stream.py, the model
+# with --flag-ab atom_ao.ops.w4a4_gemv:GEMV_TMA); sm_90+ (ATOM_AO_GEMV_TMA=1 turns it on).
+GEMV_TMA = os.environ.get("ATOM_AO_GEMV_TMA") == "1"
+GEMV_TMA_STAGES = int(os.environ.get("ATOM_AO_GEMV_TMA_STAGES", "4"))
+_TMA_ALLOCATOR = []
+
+
+def _tma_allocator_set() -> None:
+    """Device-side tensor descriptors take a small workspace from Triton's allocator: set one (torch's
+    caching allocator, so CUDA-graph captures get it from their pool) unless this module already did."""
+    if not _TMA_ALLOCATOR:
+        triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8,
+                                                                     device="cpu" if INTERPRET else "cuda"))
+        _TMA_ALLOCATOR.append(True)
+
+
+def tma_fits(w_packed: torch.Tensor) -> bool:
+    """TMA reads rows that start on 16-byte boundaries."""
+    return w_packed.data_ptr() % 16 == 0 and w_packed.stride(0) % 16 == 0 and w_packed.stride(1) == 1
 
 
 def scale_copies(group_size: int) -> int:
@@ -277,6 +356,22 @@ def launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scal
     opts = pdl_switch.launch_options(out, pdl, one_token=True)  # (the gemv is M = 1 only)
     words = lambda t: t.view(torch.int32)  # noqa: E731  (4 packed bytes a word)
     grid = (triton.cdiv(n, block_n), splits)
+    if GEMV_TMA and tma_fits(w_packed):
+        _tma_allocator_set()
+        wrap_triton(_w4a4_gemv_tma_kernel)[grid](
+            words(a_packed), a_scale, words(a_outliers) if n_out_w else a_outliers, a_outlier_scale,
+            words(w_packed), w_scale, words(w_outliers) if n_out_w else w_outliers, w_outlier_scale,
+            bias if bias is not None else a_scale, out,
+            n, a_scale.shape[1], n_out_w, splits,
+            w_packed.stride(0) // 4, w_scale.stride(0), max(w_outliers.stride(0) // 4, 1),
+            WORDS=group_size // 8,
+            BLOCK_OW=max(4, min(32, triton.next_power_of_2(max(n_out_w, 1)))),
+            HAS_OUT=n_out_w > 0, HAS_BIAS=bias is not None, USE_ASM=not INTERPRET,
+            BLOCK_N=block_n, CHUNK=chunk, STAGES=GEMV_TMA_STAGES,
+            RELEASE_LATE=opts["PDL"] and GEMV_PDL_RELEASE == "late",
+            num_warps=warps, **opts,
+        )
+        return
     wrap_triton(_w4a4_gemv_kernel)[grid](
         words(a_packed), a_scale, words(a_outliers) if n_out_w else a_outliers, a_outlier_scale,
         words(w_packed), w_scale, words(w_outliers) if n_out_w else w_outliers, w_outlier_scale,
