@@ -16,8 +16,7 @@ step's use):
   hold the next step);
 * split-K as the gemv does it (``--splits``), programs sharing a row block's K.
 
-``gemv math, TMA``: the gemv's own group math (``_chunk_math``) on TMA-fed weights, to see
-whether a TMA stream keeps its speed once the math is back (groups only: no outlier block).
+``w4a4_gemv TMA``: the gemv itself with its weights by TMA (``GEMV_TMA``), by config and stages.
 Beside them, the real gemv at its default config and split, and ``torch.sum`` over 1 GiB. Each
 time is per call over enough copies of the weight to exceed 2x L2 (cold, as in a model).
 Writes explore_gemv_stream_<gpu>.json/.md.
@@ -38,9 +37,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_linear import SHAPES  # noqa: E402
 from common import bench_us, markdown_table, write_results  # noqa: E402
-
-from atom_ao.ops.gemm_tiles import split_share  # noqa: E402
-from atom_ao.ops.w4a4_gemv import _chunk_math  # noqa: E402
 
 L2_BYTES = 60e6
 COLUMNS = ["shape", "kernel", "block_n", "step_words", "warps", "splits", "us", "TB/s"]
@@ -116,51 +112,6 @@ def _set_tma_allocator():
     triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
 
 
-@triton.jit
-def _gemv_tma_kernel(a_ptr, as_ptr, w_ptr, ws_ptr, out_ptr, N, G, SPLITS, stride_wn, stride_wsn,
-                     WORDS: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr,
-                     USE_ASM: tl.constexpr):
-    """The gemv's group math (``w4a4_gemv._chunk_math``) on weight words brought by TMA, STAGES
-    boxes of (BLOCK_N, CHUNK x WORDS) in flight; the groups only (no outlier block, no bias),
-    split partials to (SPLITS, N) float32. A chunk past the split's share reads words its scales,
-    masked to 0, cancel; rows past N arrive as zeros (the box is clipped)."""
-    pid_n = tl.program_id(0)
-    split = tl.program_id(1)
-    g0, n_g = split_share(G, SPLITS, split)
-    desc = tl.make_tensor_descriptor(w_ptr, shape=[N, G * WORDS], strides=[stride_wn, 1],
-                                     block_shape=[BLOCK_N, CHUNK * WORDS])
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    offs_c = tl.arange(0, CHUNK)
-    offs_w = tl.arange(0, WORDS)
-    acc = tl.zeros((BLOCK_N, CHUNK), dtype=tl.float32)
-    for c in tl.range(0, n_g, CHUNK, num_stages=STAGES):
-        w = tl.reshape(desc.load([pid_n * BLOCK_N, (g0 + c) * WORDS]), (BLOCK_N, CHUNK, WORDS))
-        ok = (c + offs_c) < n_g
-        sw = tl.load(ws_ptr + offs_n[:, None] * stride_wsn + (g0 + c + offs_c)[None, :],
-                     mask=ok[None, :] & mask_n[:, None], other=0.0)
-        a = tl.load(a_ptr + (g0 + c + offs_c)[:, None] * WORDS + offs_w[None, :], mask=ok[:, None], other=0)
-        sa = tl.load(as_ptr + g0 + c + offs_c, mask=ok, other=0.0)
-        acc = _chunk_math(w, sw, a, sa, acc, WORDS, USE_ASM, 1)
-    tl.store(out_ptr + split * N + offs_n, tl.sum(acc, axis=1), mask=mask_n)
-
-
-def gemv_tma(a_packed, a_scale, w_packed, w_scale, group_size: int, splits: int, block_n: int = 32,
-             chunk: int = 4, warps: int = 4, stages: int = 4) -> torch.Tensor:
-    """(splits, N) float32 partials of the token's groups times the weight's (no outliers)."""
-    n = w_packed.shape[0]
-    g = a_scale.shape[1]
-    words = w_packed.view(torch.int32)
-    if words.stride(0) * 4 % 16 or words.data_ptr() % 16:
-        raise ValueError("gemv_tma: weight rows must start on 16-byte boundaries (TMA)")
-    out = torch.empty(splits, n, dtype=torch.float32, device=w_packed.device)
-    interp = not w_packed.is_cuda
-    _gemv_tma_kernel[(triton.cdiv(n, block_n), splits)](
-        a_packed.view(torch.int32), a_scale, words, w_scale, out, n, g, splits, words.stride(0), w_scale.stride(0),
-        WORDS=group_size // 8, BLOCK_N=block_n, CHUNK=chunk, STAGES=stages, USE_ASM=not interp, num_warps=warps)
-    return out
-
-
 def check_stream_args(words: torch.Tensor, block_n: int, step: int, splits: int) -> int:
     """K words a share; raises on a shape the unmasked kernels cannot take."""
     if words.dtype != torch.int32 or words.dim() != 2 or words.stride(1) != 1:
@@ -220,7 +171,7 @@ def main():
     ap.add_argument("--splits", default="1,4")
     ap.add_argument("--tma-stages", default="3,6", help="TMA boxes in flight a program (the tma rows)")
     ap.add_argument("--tma-gemv", default="32x4x4x3,32x4x4x6,64x4x8x4",
-                    help="BLOCK_N x CHUNK groups x warps x stages of the gemv math on TMA-fed weights")
+                    help="BLOCK_N x CHUNK groups x warps x stages of the gemv with its weights by TMA")
     args = ap.parse_args()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     _set_tma_allocator()
@@ -253,22 +204,26 @@ def main():
         gemv_add = lambda **r: rows.append({"shape": label, **r, "TB/s": round(wbytes / r["us"] / 1e6, 2)})  # noqa: E731
         gemv_add(kernel="w4a4_gemv (+ split sum)", block_n=gemv.GEMV_CONFIG[0], step_words=gemv.GEMV_CONFIG[1] * w.group_size // 8,
             warps=gemv.GEMV_CONFIG[2], splits=split, us=round(with_split_sum, 2))
-        # the gemv's math on TMA-fed weights (groups only: no outlier block, no split sum)
-        zero_out = torch.zeros_like(w.outlier_qdata)
-        want = gemm.w4a4_gemm_triton(*a[:2], a[2], a[3], w.qdata, w.scale, zero_out, w.outlier_scale, None,
-                                     w.group_size, torch.float32, path="gemv", splits=1).float()[0]
+        # the same gemv with its weights by TMA (w4a4_gemv.GEMV_TMA), by config and stages
+        want = gemm.w4a4_gemm_triton(*a, w.qdata, w.scale, w.outlier_qdata, w.outlier_scale, None, w.group_size,
+                                     x.dtype, path="gemv")
+        real = gemv.GEMV_TMA, gemv.GEMV_TMA_STAGES, gemv.GEMV_CONFIG
         for cfg in args.tma_gemv.split(","):
             block_n, chunk, warps, st = (int(v) for v in cfg.split("x"))
-            for s in sorted({1, split, 4}):
-                try:
-                    got = gemv_tma(a[0], a[1], w.qdata, w.scale, w.group_size, s, block_n, chunk, warps, st).sum(0)
-                    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3 * want.abs().max().item())
-                    us = bench_us(lambda: [gemv_tma(a[0], a[1], q[0], q[1], w.group_size, s, block_n, chunk, warps, st)
-                                           for q in wq]) / copies
-                    gemv_add(kernel=f"gemv math, TMA {st} stages (groups only)", block_n=block_n,
-                             step_words=chunk * w.group_size // 8, warps=warps, splits=s, us=round(us, 2))
-                except Exception as e:  # noqa: BLE001
-                    print(f"  gemv tma {cfg} split {s}: {type(e).__name__} {str(e)[:300]}")
+            gemv.GEMV_TMA, gemv.GEMV_TMA_STAGES, gemv.GEMV_CONFIG = True, st, (block_n, chunk, warps)
+            try:
+                got = gemm.w4a4_gemm_triton(*a, w.qdata, w.scale, w.outlier_qdata, w.outlier_scale, None,
+                                            w.group_size, x.dtype, path="gemv")
+                if (block_n, chunk) == real[2][:2]:
+                    assert torch.equal(got, want), "the TMA gemv's bits differ from the register form's"
+                us = bench_us(gemv_all) / copies
+                gemv_add(kernel=f"w4a4_gemv TMA {st} stages (+ split sum)", block_n=block_n,
+                         step_words=chunk * w.group_size // 8, warps=warps, splits=gemv.gemv_split_k(n, groups, sms),
+                         us=round(us, 2))
+            except Exception as e:  # noqa: BLE001  (say why, go on)
+                print(f"  gemv tma {cfg}: {type(e).__name__} {str(e)[:300]}")
+            finally:
+                gemv.GEMV_TMA, gemv.GEMV_TMA_STAGES, gemv.GEMV_CONFIG = real
         wq = None
 
         copies_w = [words.clone() for _ in range(copies)]

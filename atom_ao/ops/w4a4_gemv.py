@@ -356,34 +356,19 @@ def launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scal
     opts = pdl_switch.launch_options(out, pdl, one_token=True)  # (the gemv is M = 1 only)
     words = lambda t: t.view(torch.int32)  # noqa: E731  (4 packed bytes a word)
     grid = (triton.cdiv(n, block_n), splits)
-    if GEMV_TMA and tma_fits(w_packed):
-        _tma_allocator_set()
-        wrap_triton(_w4a4_gemv_tma_kernel)[grid](
-            words(a_packed), a_scale, words(a_outliers) if n_out_w else a_outliers, a_outlier_scale,
+    args = (words(a_packed), a_scale, words(a_outliers) if n_out_w else a_outliers, a_outlier_scale,
             words(w_packed), w_scale, words(w_outliers) if n_out_w else w_outliers, w_outlier_scale,
             bias if bias is not None else a_scale, out,
             n, a_scale.shape[1], n_out_w, splits,
-            w_packed.stride(0) // 4, w_scale.stride(0), max(w_outliers.stride(0) // 4, 1),
-            WORDS=group_size // 8,
-            BLOCK_OW=max(4, min(32, triton.next_power_of_2(max(n_out_w, 1)))),
-            HAS_OUT=n_out_w > 0, HAS_BIAS=bias is not None, USE_ASM=not INTERPRET,
-            BLOCK_N=block_n, CHUNK=chunk, STAGES=GEMV_TMA_STAGES,
-            RELEASE_LATE=opts["PDL"] and GEMV_PDL_RELEASE == "late",
-            num_warps=warps, **opts,
-        )
+            w_packed.stride(0) // 4, w_scale.stride(0), max(w_outliers.stride(0) // 4, 1))
+    meta = dict(WORDS=group_size // 8, BLOCK_OW=max(4, min(32, triton.next_power_of_2(max(n_out_w, 1)))),
+                HAS_OUT=n_out_w > 0, HAS_BIAS=bias is not None, USE_ASM=not INTERPRET, BLOCK_N=block_n, CHUNK=chunk,
+                RELEASE_LATE=opts["PDL"] and GEMV_PDL_RELEASE == "late", num_warps=warps, **opts)
+    if GEMV_TMA and tma_fits(w_packed):
+        _tma_allocator_set()
+        wrap_triton(_w4a4_gemv_tma_kernel)[grid](*args, **meta, STAGES=GEMV_TMA_STAGES)
         return
     wrap_triton(_w4a4_gemv_kernel)[grid](
-        words(a_packed), a_scale, words(a_outliers) if n_out_w else a_outliers, a_outlier_scale,
-        words(w_packed), w_scale, words(w_outliers) if n_out_w else w_outliers, w_outlier_scale,
-        bias if bias is not None else a_scale, out,
-        n, a_scale.shape[1], n_out_w, splits,
-        w_packed.stride(0) // 4, w_scale.stride(0), max(w_outliers.stride(0) // 4, 1),
-        WORDS=group_size // 8,
-        BLOCK_OW=max(4, min(32, triton.next_power_of_2(max(n_out_w, 1)))),
-        HAS_OUT=n_out_w > 0, HAS_BIAS=bias is not None, USE_ASM=not INTERPRET,
-        EVEN_N=n % block_n == 0, BLOCK_N=block_n, CHUNK=chunk,
-        L2_AHEAD=GEMV_L2_AHEAD if opts["PDL"] and not INTERPRET else 0,
-        RELEASE_LATE=opts["PDL"] and GEMV_PDL_RELEASE == "late",
-        SCALE_COPIES=scale_copies(group_size),
-        num_warps=warps, num_stages=1, **opts,
+        *args, **meta, EVEN_N=n % block_n == 0, L2_AHEAD=GEMV_L2_AHEAD if opts["PDL"] and not INTERPRET else 0,
+        SCALE_COPIES=scale_copies(group_size), num_stages=1,
     )
