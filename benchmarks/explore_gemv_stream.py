@@ -160,9 +160,13 @@ def reference_xor(words: torch.Tensor, splits: int) -> torch.Tensor:
 
 
 def main():
+    import importlib
+
     import atom_ao
-    from atom_ao.ops import w4a4_gemm as gemm, w4a4_gemv as gemv
     from torchao.quantization import quantize_
+
+    gemm = importlib.import_module("atom_ao.ops.w4a4_gemm")  # (atom_ao.ops re-exports the op under this name)
+    gemv = importlib.import_module("atom_ao.ops.w4a4_gemv")
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="llama2-7b o,llama2-7b qkv,llama2-7b gate/up,llama2-7b down")

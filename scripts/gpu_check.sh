@@ -738,7 +738,7 @@ for what in "${@:-tests}"; do
     # linears, the TMA gemv's same-bits GPU tests, the batch-1 model without / with GEMV_TMA profiled
     s37-one) T=170 TAIL=80 step explore_gemv_stream_s37 python3 benchmarks/explore_gemv_stream.py \
                  --shapes "llama2-7b o,llama2-7b gate/up,llama2-7b down"
-             T=70 TAIL=6 step gemv_tma_gpu_tests_s37 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short -rf \
+             T=100 TAIL=6 step gemv_tma_gpu_tests_s37 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short -rf \
                  tests/ops/test_w4a4_gemm_triton.py -k "tma"
              T=260 TAIL=70 step generate_gemv_tma_ab_b1_s37 python3 benchmarks/bench_generate.py --batches 1 \
                  --paths bf16,atom-kv4 --gen 256 --steps 16 --profile --flag-ab atom_ao.ops.w4a4_gemv:GEMV_TMA ;;

@@ -312,8 +312,10 @@ def _tma_allocator_set() -> None:
 
 
 def tma_fits(w_packed: torch.Tensor) -> bool:
-    """TMA reads rows that start on 16-byte boundaries."""
-    return w_packed.data_ptr() % 16 == 0 and w_packed.stride(0) % 16 == 0 and w_packed.stride(1) == 1
+    """TMA reads rows that start on 16-byte boundaries. From the storage offset, not the address:
+    torch.compile traces this with fake tensors (allocations themselves are aligned)."""
+    return (w_packed.storage_offset() % 16 == 0 and w_packed.stride(0) % 16 == 0 and w_packed.stride(1) == 1
+            and w_packed.element_size() == 1)
 
 
 def scale_copies(group_size: int) -> int:
