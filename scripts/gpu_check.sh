@@ -731,7 +731,7 @@ for what in "${@:-tests}"; do
     # the gemv with its weights by TMA (GEMV_TMA, 4 boxes in flight): same bits on the GPU, then the
     # Llama-2-7B batch-1 model without / with it (PDL's default), timeline profiles
     tma-s37) T=120 TAIL=6 step gemv_tma_gpu_tests_s37 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short -rf \
-                 tests/ops/test_w4a4_gemm_triton.py -k "tma"
+                 tests/ops/test_w4a4_gemm_triton.py -k "gemv_tma"
              T=260 TAIL=70 step generate_gemv_tma_ab_b1_s37 python3 benchmarks/bench_generate.py --batches 1 \
                  --paths bf16,atom-kv4 --gen 256 --steps 16 --profile --flag-ab atom_ao.ops.w4a4_gemv:GEMV_TMA ;;
     # s37a's exploration and tma-s37 in one call (machines are scarce): the stream on three Llama-2
@@ -739,7 +739,7 @@ for what in "${@:-tests}"; do
     s37-one) T=170 TAIL=80 step explore_gemv_stream_s37 python3 benchmarks/explore_gemv_stream.py \
                  --shapes "llama2-7b o,llama2-7b gate/up,llama2-7b down"
              T=100 TAIL=6 step gemv_tma_gpu_tests_s37 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short -rf \
-                 tests/ops/test_w4a4_gemm_triton.py -k "tma"
+                 tests/ops/test_w4a4_gemm_triton.py -k "gemv_tma"
              T=260 TAIL=70 step generate_gemv_tma_ab_b1_s37 python3 benchmarks/bench_generate.py --batches 1 \
                  --paths bf16,atom-kv4 --gen 256 --steps 16 --profile --flag-ab atom_ao.ops.w4a4_gemv:GEMV_TMA ;;
     # Llama-2-7B through transformers' model code at batch 1 (atom_ao.generate's captured step, PDL's
