@@ -735,13 +735,16 @@ for what in "${@:-tests}"; do
              T=260 TAIL=70 step generate_gemv_tma_ab_b1_s37 python3 benchmarks/bench_generate.py --batches 1 \
                  --paths bf16,atom-kv4 --gen 256 --steps 16 --profile --flag-ab atom_ao.ops.w4a4_gemv:GEMV_TMA ;;
     # s37a's exploration and tma-s37 in one call (machines are scarce): the stream on three Llama-2
-    # linears, the TMA gemv's same-bits GPU tests, the batch-1 model without / with GEMV_TMA profiled
+    # linears, the TMA gemv's same-bits GPU tests, the batch-1 model without / with GEMV_TMA profiled,
+    # then (as far as the call's time goes) the one-token suite files not yet run under PDL's default
     s37-one) T=170 TAIL=80 step explore_gemv_stream_s37 python3 benchmarks/explore_gemv_stream.py \
                  --shapes "llama2-7b o,llama2-7b gate/up,llama2-7b down"
              T=100 TAIL=6 step gemv_tma_gpu_tests_s37 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short -rf \
                  tests/ops/test_w4a4_gemm_triton.py -k "gemv_tma"
              T=260 TAIL=70 step generate_gemv_tma_ab_b1_s37 python3 benchmarks/bench_generate.py --batches 1 \
-                 --paths bf16,atom-kv4 --gen 256 --steps 16 --profile --flag-ab atom_ao.ops.w4a4_gemv:GEMV_TMA ;;
+                 --paths bf16,atom-kv4 --gen 256 --steps 16 --profile --flag-ab atom_ao.ops.w4a4_gemv:GEMV_TMA
+             T=110 TAIL=8 step gpu_suite_rest2_s37 python3 -m pytest -v -m gpu -p no:cacheprovider --tb=short -rf \
+                 tests/kv/test_cache.py tests/inductor/test_passes.py tests/benchmarks/test_bench_layer.py ;;
     # Llama-2-7B through transformers' model code at batch 1 (atom_ao.generate's captured step, PDL's
     # default, q/k/v and gate/up fused by atom_ao.fuse_projections): bf16 against Atom + INT4 KV
     hf-b1-s37) T=${HF7B_T:-380} TAIL=14 step hf_decode_llama2_7b_b1_s37 python3 benchmarks/bench_hf_generate.py \
