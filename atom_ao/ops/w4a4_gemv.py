@@ -35,6 +35,19 @@ explore_pdl's 32-layer quantize -> gemv chain with PDL: 1936 us a step without, 
 the next weights, 2059 with 24, 2158 with 48 (which kernels lost the time was not measured); in
 the Llama-2-7B batch-1 model (8 MB, qkv -> o -> gate/up -> down within each layer) 2.17 -> 2.78 ms
 a token, though the pass's compiled same-bits GPU test also failed there (cause not known).
+Also dropped (session 37, results/h200/session37_explore_gemv_stream_s37.log and
+session37_generate_gemv_tma_ab_b1_s37.log): the weight words by TMA (a device-side tensor
+descriptor, a (32, 64-word) box a step, 3-6 boxes in flight through shared memory by Triton's
+pipeliner) instead of registers one step ahead. Cold weights, eager calls with their split sum,
+Llama-2-7B gate/up 14.9 -> 16.6 us (3 boxes) / 19.9 (6), down 12.0 -> 12.5 / 13.4, o 7.35 -> 8.79
+(64-row tiles); the batch-1 model
+2.42 -> 2.78 ms a token; its bits also differed from this kernel's on two of four GPU shapes (the
+same sums in the same order under the interpreter). A load-only kernel with this tile (xor of the
+words, benchmarks/explore_gemv_stream.py) reads gate/up at 3.45 TB/s (11.4 us against this kernel's
+14.7), down at 3.0, o at 1.5 (this kernel: 1.74): the small linears pay the stream's ramp, not the
+math; a contiguous weight layout (each step one block) gained 1-6%. 8 groups a step in this kernel
+(32 x 8 x 4, 16 x 8 x 4; session37_explore_gemv_chunk8_s37.log) were slower on the four Llama-2
+linears but down (8.78 against 8.93 us, within noise).
 """
 
 from __future__ import annotations
@@ -190,76 +203,19 @@ def _w4a4_gemv_kernel(
         total = tl.sum(acc, axis=1)
 
     if split == 0:  # the outlier block and the bias: first split only
-        total = _outliers_and_bias(total, ao_ptr, aos_ptr, wo_ptr, wos_ptr, bias_ptr, offs_n, mask_n, N_OUT_W,
-                                   stride_won, BLOCK_N, BLOCK_OW, HAS_OUT, HAS_BIAS, USE_ASM)
-    tl.store(out_ptr + split * N + offs_n, total.to(out_ptr.dtype.element_ty), mask=mask_n)
-
-
-@triton.jit
-def _outliers_and_bias(total, ao_ptr, aos_ptr, wo_ptr, wos_ptr, bias_ptr, offs_n, mask_n, N_OUT_W, stride_won,
-                       BLOCK_N: tl.constexpr, BLOCK_OW: tl.constexpr, HAS_OUT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                       USE_ASM: tl.constexpr):
-    """total + the INT8 outlier block's dot x its scales + the bias (the first split's share)."""
-    if HAS_OUT:
-        offs_o = tl.arange(0, BLOCK_OW)
-        part_o = tl.zeros((BLOCK_N, BLOCK_OW), tl.int32)
-        for o0 in range(0, N_OUT_W, BLOCK_OW):
-            mask_o = (o0 + offs_o) < N_OUT_W
-            ao = tl.load(ao_ptr + o0 + offs_o, mask=mask_o, other=0)
-            wo = tl.load(wo_ptr + offs_n[:, None] * stride_won + (o0 + offs_o)[None, :],
-                         mask=mask_n[:, None] & mask_o[None, :], other=0)
-            part_o = _dp4a(wo, ao[None, :], part_o, USE_ASM)
-        swo = tl.load(wos_ptr + offs_n, mask=mask_n, other=0.0)
-        total += tl.sum(part_o, axis=1).to(tl.float32) * tl.load(aos_ptr) * swo
-    if HAS_BIAS:
-        total += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    return total
-
-
-@triton.jit
-def _w4a4_gemv_tma_kernel(
-    a_ptr, as_ptr, ao_ptr, aos_ptr,  # as _w4a4_gemv_kernel's
-    w_ptr, ws_ptr, wo_ptr, wos_ptr,
-    bias_ptr, out_ptr,
-    N, G, N_OUT_W, SPLITS,
-    stride_wn, stride_wsn, stride_won,
-    WORDS: tl.constexpr, BLOCK_OW: tl.constexpr,
-    HAS_OUT: tl.constexpr, HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
-    BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
-    STAGES: tl.constexpr,  # weight boxes in flight (Triton's pipeliner on the descriptor loads)
-    PDL: tl.constexpr, RELEASE_LATE: tl.constexpr,
-):
-    """``_w4a4_gemv_kernel`` with its weight words brought by TMA (GEMV_TMA): a (BLOCK_N, CHUNK x
-    WORDS) box a step, STAGES of them in flight through shared memory, where the register form keeps
-    one step ahead. A box past the split's share reads words its scales, masked to 0, cancel; rows
-    past N arrive as zeros (the box is clipped)."""
-    pid_n = tl.program_id(0)
-    split = tl.program_id(1)
-    g0, n_g = split_share(G, SPLITS, split)
-    desc = tl.make_tensor_descriptor(w_ptr, shape=[N, G * WORDS], strides=[stride_wn, 1],
-                                     block_shape=[BLOCK_N, CHUNK * WORDS])
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    offs_c = tl.arange(0, CHUNK)
-    offs_w = tl.arange(0, WORDS)
-    acc = tl.zeros((BLOCK_N, CHUNK), dtype=tl.float32)
-    wait_for_prior(PDL)
-    if not RELEASE_LATE:
-        release_next(PDL)
-    for c in tl.range(0, n_g, CHUNK, num_stages=STAGES):
-        w = tl.reshape(desc.load([pid_n * BLOCK_N, (g0 + c) * WORDS]), (BLOCK_N, CHUNK, WORDS))
-        ok = (c + offs_c) < n_g
-        sw = tl.load(ws_ptr + offs_n[:, None] * stride_wsn + (g0 + c + offs_c)[None, :],
-                     mask=ok[None, :] & mask_n[:, None], other=0.0)
-        a = tl.load(a_ptr + (g0 + c + offs_c)[:, None] * WORDS + offs_w[None, :], mask=ok[:, None], other=0)
-        sa = tl.load(as_ptr + g0 + c + offs_c, mask=ok, other=0.0)
-        acc = _chunk_math(w, sw, a, sa, acc, WORDS, USE_ASM, 1)
-    if RELEASE_LATE:
-        release_next(PDL)
-    total = tl.sum(acc, axis=1)
-    if split == 0:
-        total = _outliers_and_bias(total, ao_ptr, aos_ptr, wo_ptr, wos_ptr, bias_ptr, offs_n, mask_n, N_OUT_W,
-                                   stride_won, BLOCK_N, BLOCK_OW, HAS_OUT, HAS_BIAS, USE_ASM)
+        if HAS_OUT:
+            offs_o = tl.arange(0, BLOCK_OW)
+            part_o = tl.zeros((BLOCK_N, BLOCK_OW), tl.int32)
+            for o0 in range(0, N_OUT_W, BLOCK_OW):
+                mask_o = (o0 + offs_o) < N_OUT_W
+                ao = tl.load(ao_ptr + o0 + offs_o, mask=mask_o, other=0)
+                wo = tl.load(wo_ptr + offs_n[:, None] * stride_won + (o0 + offs_o)[None, :],
+                             mask=mask_n[:, None] & mask_o[None, :], other=0)
+                part_o = _dp4a(wo, ao[None, :], part_o, USE_ASM)
+            swo = tl.load(wos_ptr + offs_n, mask=mask_n, other=0.0)
+            total += tl.sum(part_o, axis=1).to(tl.float32) * tl.load(aos_ptr) * swo
+        if HAS_BIAS:
+            total += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     tl.store(out_ptr + split * N + offs_n, total.to(out_ptr.dtype.element_ty), mask=mask_n)
 
 
@@ -292,30 +248,6 @@ if GEMV_PDL_RELEASE not in ("early", "late"):
 # linears, and the Llama-2-7B batch-1 model 2.56 -> 2.65 ms a token; so off
 # (ATOM_AO_GEMV_SCALE_COPIES=1 turns it on).
 GEMV_SCALE_COPIES = os.environ.get("ATOM_AO_GEMV_SCALE_COPIES") == "1"
-
-
-# The weight words by TMA (``_w4a4_gemv_tma_kernel``), GEMV_TMA_STAGES boxes in flight a program, instead of
-# loads into registers one step ahead. Off until timed (benchmarks/explore_gemv_stream.py, the model
-# with --flag-ab atom_ao.ops.w4a4_gemv:GEMV_TMA); sm_90+ (ATOM_AO_GEMV_TMA=1 turns it on).
-GEMV_TMA = os.environ.get("ATOM_AO_GEMV_TMA") == "1"
-GEMV_TMA_STAGES = int(os.environ.get("ATOM_AO_GEMV_TMA_STAGES", "4"))
-_TMA_ALLOCATOR = []
-
-
-def _tma_allocator_set() -> None:
-    """Device-side tensor descriptors take a small workspace from Triton's allocator: set one (torch's
-    caching allocator, so CUDA-graph captures get it from their pool) unless this module already did."""
-    if not _TMA_ALLOCATOR:
-        triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8,
-                                                                     device="cpu" if INTERPRET else "cuda"))
-        _TMA_ALLOCATOR.append(True)
-
-
-def tma_fits(w_packed: torch.Tensor) -> bool:
-    """TMA reads rows that start on 16-byte boundaries. From the storage offset, not the address:
-    torch.compile traces this with fake tensors (allocations themselves are aligned)."""
-    return (w_packed.storage_offset() % 16 == 0 and w_packed.stride(0) % 16 == 0 and w_packed.stride(1) == 1
-            and w_packed.element_size() == 1)
 
 
 def scale_copies(group_size: int) -> int:
@@ -358,19 +290,18 @@ def launch_gemv(a_packed, a_scale, a_outliers, a_outlier_scale, w_packed, w_scal
     opts = pdl_switch.launch_options(out, pdl, one_token=True)  # (the gemv is M = 1 only)
     words = lambda t: t.view(torch.int32)  # noqa: E731  (4 packed bytes a word)
     grid = (triton.cdiv(n, block_n), splits)
-    args = (words(a_packed), a_scale, words(a_outliers) if n_out_w else a_outliers, a_outlier_scale,
-            words(w_packed), w_scale, words(w_outliers) if n_out_w else w_outliers, w_outlier_scale,
-            bias if bias is not None else a_scale, out,
-            n, a_scale.shape[1], n_out_w, splits,
-            w_packed.stride(0) // 4, w_scale.stride(0), max(w_outliers.stride(0) // 4, 1))
-    meta = dict(WORDS=group_size // 8, BLOCK_OW=max(4, min(32, triton.next_power_of_2(max(n_out_w, 1)))),
-                HAS_OUT=n_out_w > 0, HAS_BIAS=bias is not None, USE_ASM=not INTERPRET, BLOCK_N=block_n, CHUNK=chunk,
-                RELEASE_LATE=opts["PDL"] and GEMV_PDL_RELEASE == "late", num_warps=warps, **opts)
-    if GEMV_TMA and tma_fits(w_packed):
-        _tma_allocator_set()
-        wrap_triton(_w4a4_gemv_tma_kernel)[grid](*args, **meta, STAGES=GEMV_TMA_STAGES)
-        return
     wrap_triton(_w4a4_gemv_kernel)[grid](
-        *args, **meta, EVEN_N=n % block_n == 0, L2_AHEAD=GEMV_L2_AHEAD if opts["PDL"] and not INTERPRET else 0,
-        SCALE_COPIES=scale_copies(group_size), num_stages=1,
+        words(a_packed), a_scale, words(a_outliers) if n_out_w else a_outliers, a_outlier_scale,
+        words(w_packed), w_scale, words(w_outliers) if n_out_w else w_outliers, w_outlier_scale,
+        bias if bias is not None else a_scale, out,
+        n, a_scale.shape[1], n_out_w, splits,
+        w_packed.stride(0) // 4, w_scale.stride(0), max(w_outliers.stride(0) // 4, 1),
+        WORDS=group_size // 8,
+        BLOCK_OW=max(4, min(32, triton.next_power_of_2(max(n_out_w, 1)))),
+        HAS_OUT=n_out_w > 0, HAS_BIAS=bias is not None, USE_ASM=not INTERPRET,
+        EVEN_N=n % block_n == 0, BLOCK_N=block_n, CHUNK=chunk,
+        L2_AHEAD=GEMV_L2_AHEAD if opts["PDL"] and not INTERPRET else 0,
+        RELEASE_LATE=opts["PDL"] and GEMV_PDL_RELEASE == "late",
+        SCALE_COPIES=scale_copies(group_size),
+        num_warps=warps, num_stages=1, **opts,
     )

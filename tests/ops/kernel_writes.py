@@ -108,20 +108,6 @@ def _gemm_cases():
         args = _operands(m, 64, 512, 32, 128, torch.bfloat16, True)
         w4a4_gemm.w4a4_gemm_triton(*args, 128, torch.bfloat16, splits=splits, path=path)
         _report(f"w4a4_gemm m={m} path={path} splits={splits}", args)
-    _tma_gemv_case("")
-
-
-def _tma_gemv_case(prefix: str) -> None:
-    """The gemv with its weights by TMA (GEMV_TMA: a device-side tensor descriptor)."""
-    from test_w4a4_gemm_triton import _operands
-
-    w4a4_gemv.GEMV_TMA = True
-    try:
-        args = _operands(1, 64, 512, 32, 128, torch.bfloat16, True)
-        w4a4_gemm.w4a4_gemm_triton(*args, 128, torch.bfloat16, splits=2, path="gemv")
-        _report(f"{prefix}w4a4_gemm m=1 gemv tma splits=2", args)
-    finally:
-        w4a4_gemv.GEMV_TMA = False
 
 
 def _quantize_cases():
@@ -216,7 +202,6 @@ def _pdl_cases(prefix="pdl"):
         args = _operands(1, 64, 512, 32, 128, torch.bfloat16, True)
         w4a4_gemm.w4a4_gemm_triton(*args, 128, torch.bfloat16, splits=splits, path="gemv")
         _report(f"{prefix} w4a4_gemm m=1 gemv splits={splits}", args)
-    _tma_gemv_case(f"{prefix} ")
     x = torch.randn(1, 512, dtype=torch.bfloat16)
     perm = torch.randperm(512).to(torch.int32)
     quantize_activation.quantize_activation_triton(x, perm, 32, 128, 0.9)

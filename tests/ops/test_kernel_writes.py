@@ -20,7 +20,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 
 EXPECTED_KERNELS = {
-    "_w4a4_gemv_kernel", "_w4a4_gemv_tma_kernel", "_w4a4_gemm_swap_kernel_jit", "_w4a4_gemm_kernel_jit",
+    "_w4a4_gemv_kernel", "_w4a4_gemm_swap_kernel_jit", "_w4a4_gemm_kernel_jit",
     "_sum_splits_kernel", "_unpack_rows_kernel", "_int8_group_gemm_kernel_jit", "_quantize_activation_kernel",
     "_row_rstd_kernel", "_fused_quantize_kernel", "decode_gqa_kernel", "decode_mha_kernel", "_decode_split_kernel",
     "_decode_reduce_kernel", "_decode_reduce_rotate_kernel", "_kv_write_kernel", "_prefill_kernel",
@@ -55,8 +55,8 @@ def test_no_kernel_writes_an_input(launches):
 def test_pdl_launches_are_analysed(launches):
     # atom_ao.ops.pdl on: the quantizer, gemv (with its L2 prefetch), decode attention, its reduce, KV write
     pdl = {r["kernel"] for r in launches if r["case"].startswith("pdl ")}
-    assert {"_w4a4_gemv_kernel", "_w4a4_gemv_tma_kernel", "_quantize_activation_kernel", "decode_gqa_kernel",
-            "_decode_reduce_kernel", "_kv_write_kernel"} <= pdl
+    assert {"_w4a4_gemv_kernel", "_quantize_activation_kernel", "decode_gqa_kernel", "_decode_reduce_kernel",
+            "_kv_write_kernel"} <= pdl
 
 
 def test_pdl_waits_as_triton36_lowers_them(launches):
@@ -66,8 +66,8 @@ def test_pdl_waits_as_triton36_lowers_them(launches):
     # operand-less asm pure; here the waits are lowered as 3.6 does, and without the hook the
     # analysis must fail as it did on the GPU (else this would test nothing).
     pdl36 = {r["kernel"] for r in launches if r["case"].startswith("pdl36 ")}
-    assert {"_w4a4_gemv_kernel", "_w4a4_gemv_tma_kernel", "_quantize_activation_kernel", "decode_gqa_kernel",
-            "_decode_reduce_kernel", "_kv_write_kernel"} <= pdl36
+    assert {"_w4a4_gemv_kernel", "_quantize_activation_kernel", "decode_gqa_kernel", "_decode_reduce_kernel",
+            "_kv_write_kernel"} <= pdl36
     run, unhooked = _run_kernel_writes("pdl36-unhooked")
     assert any(r["bad"] for r in unhooked) or run.returncode != 0, run.stdout[-2000:]
 

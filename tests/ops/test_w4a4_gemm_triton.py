@@ -436,38 +436,6 @@ def test_gemv_scale_copies_match_reference(monkeypatch, gs, copies):
         test_gemv_path_matches_reference(48, 9 * gs + 32, 32, gs, splits, torch.bfloat16, True)
 
 
-@pytest.mark.parametrize("n, k, n_out, gs, splits", [
-    (40, 200, 32, 64, 1),        # N off the row tile: the TMA box clipped
-    (48, 5 * 64 + 32, 32, 64, 2),  # a box half past a split's share (its scales masked)
-    (64, 7 * 64 + 16, 16, 64, 3),
-    (32, 320, 0, 128, 1),        # no outliers
-])
-def test_gemv_tma_same_bits(monkeypatch, n, k, n_out, gs, splits):
-    # the weight words by TMA (GEMV_TMA): the same float32 sums in the same order as the register form
-    import importlib
-    gemv = importlib.import_module("atom_ao.ops.w4a4_gemv")
-    args = _operands(1, n, k, n_out, gs, torch.bfloat16, True, device=DEVICE)
-    want = w4a4_gemm_triton(*args, gs, torch.bfloat16, path="gemv", splits=splits)
-    monkeypatch.setattr(gemv, "GEMV_TMA", True)
-    assert gemv.tma_fits(args[4])
-    got = w4a4_gemm_triton(*args, gs, torch.bfloat16, path="gemv", splits=splits)
-    assert torch.equal(got, want)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("splits", [None, 4])
-@pytest.mark.parametrize("n, k", [(12288, 4096), (4096, 11008), (22016, 4096), (1000, 4096 + 128)])
-def test_gemv_tma_same_bits_gpu(monkeypatch, n, k, splits):
-    import importlib
-    gemv = importlib.import_module("atom_ao.ops.w4a4_gemv")
-    args = _operands(1, n, k, 128, 128, torch.bfloat16, True, device="cuda")
-    want = w4a4_gemm_triton(*args, 128, torch.bfloat16, path="gemv", splits=splits)
-    monkeypatch.setattr(gemv, "GEMV_TMA", True)
-    got = w4a4_gemm_triton(*args, 128, torch.bfloat16, path="gemv", splits=splits)
-    assert torch.equal(got, want)
-
-
 def test_gemv_path_takes_one_token():
     args = _operands(2, 32, 256, 32, 128, torch.bfloat16, False)
     with pytest.raises(ValueError, match="gemv"):
