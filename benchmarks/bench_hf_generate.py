@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import gpu_name, markdown_table, results_dir, write_results  # noqa: E402
+from common import device_kernels, exposed_us, gpu_name, markdown_table, results_dir, write_results  # noqa: E402
 
 from atom_ao.eval.methods import decoder_linears  # noqa: E402  (quantize_'s filter: the LM head stays float)
 
@@ -183,9 +183,26 @@ def run_path(model, path: str, prompt_len: int, short: int, long: int, profile: 
         print("\n".join(table.splitlines()[:20]))
         row["kernels_us_per_token"] = kernels_per_token(events, long)
         print("GPU time a token by kernel (the prompt's forward included):", row["kernels_us_per_token"], flush=True)
+        row["timeline_us_per_token"] = timeline_per_token(p, long)
+        print("the same, each kernel charged only the time it adds (PDL overlaps once; host gaps over 50 us out):",
+              row["timeline_us_per_token"], flush=True)
     print({k: v for k, v in row.items() if k != "tokens"}, {k: v - before.get(k, 0) for k, v in after.items()},
           flush=True)
     return row
+
+
+def timeline_per_token(prof, tokens: int, top: int = 10) -> dict:
+    """``common.exposed_us`` over the run's kernels: us a token by kind, the top kernels, idle."""
+    from bench_generate import _kind
+
+    charged, idle = exposed_us(device_kernels(prof), tokens)
+    by_kind = {}
+    for k, us in charged.items():
+        by_kind[_kind(k)] = by_kind.get(_kind(k), 0.0) + us
+    out = {"total": round(sum(charged.values()) + idle, 1), "idle": round(idle, 1)}
+    out.update({k: round(v, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])})
+    out["top"] = [(k[:60], round(v, 1)) for k, v in list(charged.items())[:top]]
+    return out
 
 
 def kernels_per_token(events, tokens: int, top: int = 15) -> dict:

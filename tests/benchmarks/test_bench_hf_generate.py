@@ -24,6 +24,7 @@ def test_bench_hf_generate_cpu(tmp_path, monkeypatch):
     assert [r["path"] for r in saved["rows"]] == ["bf16", "atom", "atom-kv4"]
     assert saved["rows"][0]["speedup_vs_bf16"] == 1.0
     assert all(r["guards_us"] > 0 and r["wrapper_us"] >= 0 for r in rows)  # the compiled step's CPU split
+    assert all(r["timeline_us_per_token"] == {"total": 0.0, "idle": 0.0, "top": []} for r in rows)  # no GPU kernels
 
 
 def test_bench_hf_generate_unwrapped_and_freezing_cpu(tmp_path, monkeypatch):
