@@ -32,16 +32,17 @@ def test_decode_and_chunks_match_one_int4_forward(shape, max_cache_len, rotate):
     """Decode steps (one token) and chunks (several, after others) read the same INT4 cache a
     one-shot forward with prefill="int4" reads. Not bit-identical: a later layer's K / V come out
     of matmuls over other shapes, and a scale or zero point can round to the next fp16 value
-    (transformers 5.24, MHA without rotation: one in layer 1, logits 3.6e-4 apart); the INT4
-    cache itself moves them by ~0.5 against the float cache."""
+    (transformers 5.24, MHA without rotation: one in layer 1, logits 3.6e-4 apart; session 37's
+    CPU machine, MHA with rotation: 3.9e-3 apart, at the session's start commit too); the INT4
+    cache itself moves them by ~0.5 against the float cache, so 1e-2 still catches a wrong read."""
     model = tiny_llama(**shape)
     ids = _ids(2, 20)
     kw = dict(max_cache_len=max_cache_len, rotate=rotate, prefill="int4", page_size=8)
     with torch.no_grad():
         full = model(ids, **with_cache(model, AtomKVCache(model, **kw)), use_cache=True).logits
-    torch.testing.assert_close(_stepwise_logits(model, ids, 6, AtomKVCache(model, **kw)), full, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(_stepwise_logits(model, ids, 6, AtomKVCache(model, **kw)), full, atol=1e-2, rtol=1e-4)
     torch.testing.assert_close(_stepwise_logits(model, ids, 6, AtomKVCache(model, **kw), chunk=5), full,
-                               atol=1e-3, rtol=1e-4)
+                               atol=1e-2, rtol=1e-4)
 
 
 def test_int4_forward_is_fake_quantized_attention():
