@@ -127,6 +127,14 @@ def _kind(name: str) -> str:
     return next((k for k, keys in _KINDS if any(x in low for x in keys)), "other")
 
 
+def by_kind(per_kernel: dict[str, float]) -> dict[str, float]:
+    """{kernel name: us} -> {kind (``_kind``): us}, largest first, rounded to 0.1 us."""
+    kinds = {}
+    for k, us in per_kernel.items():
+        kinds[_kind(k)] = kinds.get(_kind(k), 0.0) + us
+    return {k: round(v, 1) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}
+
+
 def profile_step(graph, reps: int = 5) -> dict:
     """GPU time per decode step by kernel (a profiler trace of CUDA-graph replays)."""
     from torch.profiler import ProfilerActivity, profile
@@ -137,21 +145,15 @@ def profile_step(graph, reps: int = 5) -> dict:
             graph.replay()
         torch.cuda.synchronize()
     per_kernel = per_call_us(prof.key_averages(), reps)
-    by_kind = {}
-    for k, us in per_kernel.items():
-        by_kind[_kind(k)] = by_kind.get(_kind(k), 0.0) + us
     top = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:12]
     # with PDL a kernel's duration includes its wait for the one before, so the sums above overlap;
     # the timeline's charges (exposed_us) add up to the step
     exposed, idle = exposed_us(device_kernels(prof), reps)
-    exposed_kind = {}
-    for k, us in exposed.items():
-        exposed_kind[_kind(k)] = exposed_kind.get(_kind(k), 0.0) + us
     return {"gpu_us_per_step": round(sum(per_kernel.values()), 1),
-            "by_kind_us": {k: round(v, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+            "by_kind_us": by_kind(per_kernel),
             "top_kernels_us": [(k[:90], round(v, 1)) for k, v in top],
             "timeline_us_per_step": round(sum(exposed.values()) + idle, 1), "idle_us": round(idle, 1),
-            "exposed_by_kind_us": {k: round(v, 1) for k, v in sorted(exposed_kind.items(), key=lambda kv: -kv[1])},
+            "exposed_by_kind_us": by_kind(exposed),
             "exposed_top_us": [(k[:90], round(v, 1)) for k, v in list(exposed.items())[:14]]}
 
 
@@ -307,17 +309,17 @@ def main():
             if prof:
                 row["profile_by_kind_us"] = prof["by_kind_us"]  # in the JSON, not the table
                 row["timeline_by_kind_us"] = prof["exposed_by_kind_us"]
-                print(f"  profile {label} batch {b}: {prof['gpu_us_per_step']} us of kernels per step")
-                for k, us in prof["by_kind_us"].items():
-                    print(f"    {k:32s} {us:10.1f} us")
-                for k, us in prof["top_kernels_us"]:
-                    print(f"      {us:10.1f} us  {k}")
-                print(f"  timeline {label} batch {b}: {prof['timeline_us_per_step']} us a step, "
-                      f"{prof['idle_us']} us of it no kernel running; each kernel charged the time it added")
-                for k, us in prof["exposed_by_kind_us"].items():
-                    print(f"    {k:32s} {us:10.1f} us")
-                for k, us in prof["exposed_top_us"]:
-                    print(f"      {us:10.1f} us  {k}")
+                for title, kinds, top in (
+                        (f"profile {label} batch {b}: {prof['gpu_us_per_step']} us of kernels per step",
+                         prof["by_kind_us"], prof["top_kernels_us"]),
+                        (f"timeline {label} batch {b}: {prof['timeline_us_per_step']} us a step, {prof['idle_us']} us "
+                         "of it no kernel running; each kernel charged the time it added",
+                         prof["exposed_by_kind_us"], prof["exposed_top_us"])):
+                    print(f"  {title}")
+                    for k, us in kinds.items():
+                        print(f"    {k:32s} {us:10.1f} us")
+                    for k, us in top:
+                        print(f"      {us:10.1f} us  {k}")
         pdl = sys.modules.get("atom_ao.ops.pdl")
         if pdl is not None and pdl.ENABLED and path.startswith("atom"):  # evidence that the compiled kernels got the launch attribute
             print(f"  {label}: atom_ao.ops.pdl marked {len(pdl.MARKED)} compiled kernels for PDL launches "

@@ -193,32 +193,23 @@ def run_path(model, path: str, prompt_len: int, short: int, long: int, profile: 
 
 def timeline_per_token(prof, tokens: int, top: int = 10) -> dict:
     """``common.exposed_us`` over the run's kernels: us a token by kind, the top kernels, idle."""
-    from bench_generate import _kind
+    from bench_generate import by_kind
 
     charged, idle = exposed_us(device_kernels(prof), tokens)
-    by_kind = {}
-    for k, us in charged.items():
-        by_kind[_kind(k)] = by_kind.get(_kind(k), 0.0) + us
-    out = {"total": round(sum(charged.values()) + idle, 1), "idle": round(idle, 1)}
-    out.update({k: round(v, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])})
-    out["top"] = [(k[:60], round(v, 1)) for k, v in list(charged.items())[:top]]
-    return out
+    return {"total": round(sum(charged.values()) + idle, 1), "idle": round(idle, 1), **by_kind(charged),
+            "top": [(k[:60], round(v, 1)) for k, v in list(charged.items())[:top]]}
 
 
 def kernels_per_token(events, tokens: int, top: int = 15) -> dict:
     """GPU microseconds a token by kernel kind (bench_generate's grouping), then the top kernels."""
-    from bench_generate import _kind
+    from bench_generate import by_kind
 
     per_kernel = {}
     for e in events:
         us = getattr(e, "self_device_time_total", 0) or 0
         if us > 0 and e.device_type == torch.autograd.DeviceType.CUDA:
             per_kernel[e.key] = per_kernel.get(e.key, 0.0) + us / tokens
-    by_kind = {}
-    for k, us in per_kernel.items():
-        by_kind[_kind(k)] = by_kind.get(_kind(k), 0.0) + us
-    return {"total": round(sum(per_kernel.values()), 1),
-            **{k: round(v, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+    return {"total": round(sum(per_kernel.values()), 1), **by_kind(per_kernel),
             "top": [(k[:80], round(v, 1)) for k, v in sorted(per_kernel.items(), key=lambda kv: -kv[1])[:top]]}
 
 

@@ -453,11 +453,13 @@ COMBINE_SPLITS = os.environ.get("ATOM_AO_COMBINE_SPLITS") == "1"
 _COUNTERS: dict = {}
 
 
-def _split_counters(n: int, device: torch.device, traced: bool) -> torch.Tensor | None:
-    """At least n int32 zeros on ``device``, kept for every later call (the kernel returns them to
-    zero); None when COMBINE_SPLITS is off or the call is being traced."""
-    if not COMBINE_SPLITS or traced:
+def _split_counters(n: int, q: torch.Tensor, k_cache: torch.Tensor) -> torch.Tensor | None:
+    """At least n int32 zeros on q's device, kept for every later call (the kernel returns them to
+    zero); None when COMBINE_SPLITS is off (checked first: no cost on the decode path) or the call
+    is being traced."""
+    if not COMBINE_SPLITS or _traced(q, k_cache):
         return None
+    device = q.device
     key = (device.type, device.index)
     buf = _COUNTERS.get(key)
     if buf is None or buf.numel() < n:
@@ -566,8 +568,7 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
         out.stride(0), out.stride(1),
     )
     planes_kernel = (one_warp and warp_planes) or (gqa_planes and not mha)
-    counters = (_split_counters(b * hkv, q.device, _traced(q, k_cache))
-                if planes_kernel and not one and not v_rotated else None)
+    counters = _split_counters(b * hkv, q, k_cache) if planes_kernel and not one and not v_rotated else None
     if one_warp and warp_planes:
         _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
                     sm_scale * _LOG2E, splits, one, warp=True, counters=counters)

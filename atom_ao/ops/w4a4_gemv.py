@@ -41,10 +41,11 @@ descriptor, a (32, 64-word) box a step, 3-6 boxes in flight through shared memor
 pipeliner) instead of registers one step ahead. Cold weights, eager calls with their split sum,
 Llama-2-7B gate/up 14.9 -> 16.6 us (3 boxes) / 19.9 (6), down 12.0 -> 12.5 / 13.4, o 7.35 -> 8.79
 (64-row tiles); the batch-1 model 2.42 -> 2.78 ms a token; its bits also differed from this
-kernel's on two of four GPU shapes (the same sums in the same order under the interpreter). A load-only kernel with this tile (xor of the
-words, benchmarks/explore_gemv_stream.py) reads gate/up at 3.45 TB/s (11.4 us against this kernel's
-14.7), down at 3.0, o at 1.5 (this kernel: 1.74): the small linears pay the stream's ramp, not the
-math; a contiguous weight layout (each step one block) gained 1-6%. 8 groups a step in this kernel
+kernel's on two of four GPU shapes (the same sums in the same order under the interpreter). A
+load-only kernel with this tile (xor of the words, benchmarks/explore_gemv_stream.py) reads
+gate/up at 3.45 TB/s (11.4 us against this kernel's 14.7), down at 3.0, o at 1.5 (this kernel:
+1.74): the small linears pay the stream's ramp, not the math; a contiguous weight layout (each
+step one block) gained 1-6%. 8 groups a step in this kernel
 (32 x 8 x 4, 16 x 8 x 4; session37_explore_gemv_chunk8_s37.log) were slower on the four Llama-2
 linears but down (8.78 against 8.93 us, within noise).
 """

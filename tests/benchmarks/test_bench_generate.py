@@ -51,3 +51,13 @@ def test_run_batch_runs_without_grad():
     import bench_generate
 
     assert getattr(bench_generate.run_batch, "__wrapped__", None) is not None
+
+
+def test_by_kind_groups_kernels_largest_first():
+    from bench_generate import by_kind
+
+    got = by_kind({"_w4a4_gemv_kernel": 10.04, "_quantize_activation_kernel": 3.0, "decode_gqa_kernel": 2.0,
+                   "_kv_write_kernel": 1.5, "triton_poi_fused_add": 0.5, "mystery": 0.25})
+    assert got == {"atom gemm": 10.0, "attention": 3.5, "atom quantize": 3.0,
+                   "fused elementwise (Inductor)": 0.5, "other": 0.2}
+    assert list(got) == ["atom gemm", "attention", "atom quantize", "fused elementwise (Inductor)", "other"]

@@ -38,4 +38,3 @@ def test_tma_reads_every_word():
     g = torch.Generator().manual_seed(1)
     words = torch.randint(-2**31, 2**31 - 1, (16, 32), dtype=torch.int32, generator=g)
     assert torch.equal(es.stream_tma(words, 8, 8, 1, 2, 2), es.reference_xor(words, 2))
-
