@@ -159,12 +159,14 @@ def gemm_kernels():
     qtypes = dict(a_ptr="*bf16", b_ptr="*bf16", w_ptr="*bf16", rstd_ptr="*fp32", perm_ptr="*i32", q_ptr="*u8",
                   s_ptr="*fp32", qo_ptr="*i8", so_ptr="*fp32", clip_ratio="fp32")
     cfg = qa._configs(small=True)[0]
-    for pdl in (False, True):
-        consts = dict(MODE=2, X_KIND=2, OUT_KIND=2, CAST_FIRST=False, HALF=64, HALF_P=64, BLOCK_O=128, N_OUT_C=128,
+    # (producer, PDL, perm and RMSNorm's weight loaded before the wait): plain, RMSNorm
+    for mode, pdl, const_first in ((2, False, False), (2, True, False), (2, True, True), (0, True, True)):
+        consts = dict(MODE=mode, X_KIND=2, OUT_KIND=2, CAST_FIRST=False, HALF=64, HALF_P=64, BLOCK_O=128, N_OUT_C=128,
                       COL_MASK=False, LANES_FIRST=qa._LANES_FIRST, HAS_OUT=True, PTX=True, IDX64=False, PDL=pdl,
-                      **cfg.kwargs)
-        ok &= compile_one(f"quantize_activation {cfg.kwargs} pdl={pdl}", qa._quantize_activation_kernel, qtypes, consts,
-                          cfg.num_warps, cfg.num_stages, ptx_has="griddepcontrol.wait" if pdl else None)
+                      CONST_FIRST=const_first, **cfg.kwargs)
+        ok &= compile_one(f"quantize_activation {cfg.kwargs} mode={mode} pdl={pdl} const_first={const_first}",
+                          qa._quantize_activation_kernel, qtypes, consts, cfg.num_warps, cfg.num_stages,
+                          ptx_has="griddepcontrol.wait" if pdl else None)
     ok &= compile_one("sum_splits", gemm._sum_splits_kernel, dict(ws_ptr="*fp32", out_ptr="*bf16"),
                       dict(SPLITS_P=8, BLOCK=512))
     # the large-M path: unpack to INT8, then the INT8 group GEMM

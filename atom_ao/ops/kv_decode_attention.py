@@ -177,15 +177,14 @@ def _launch_mha(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_s
 
 
 def _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml, qk_scale,
-                splits, one, warp=False, counters=None):
+                splits, one, warp=False):
     """Grouped queries, head_dim 128: ``kv_decode_gqa.decode_gqa_kernel`` on the caches viewed
-    as int32 words (as ``_launch_mha``); ``warp``: its one-warp form (WARP). ``counters``: the
-    splits are combined in the kernel (COMBINE_SPLITS), no reduce kernel after it."""
+    as int32 words (as ``_launch_mha``); ``warp``: its one-warp form (WARP)."""
     b, h, d = q.shape
     hkv = k_cache.shape[1]
     g = h // hkv
     args = _word_view_args(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
-                           qk_scale, splits) + (counters if counters is not None else ml,)
+                           qk_scale, splits)
     magic = magic_bits(q.dtype, _INTERPRET) & 0xFFFF  # the 16-bit pattern only (no pairs flag here)
     dot = dot_dtype(q.dtype, _INTERPRET)
     hi16 = warp and PLANES_HI16 and magic in (0x4300, 0x6400)
@@ -195,8 +194,7 @@ def _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_s
     meta = dict(G=g, BLOCK_G=max(8 if warp else 16, triton.next_power_of_2(g)), HALF=d // 2, PAGE=k_cache.shape[2],
                 HAS_START=kv_start is not None, ONE_SPLIT=one, DOT=dot, MAGIC=magic,
                 OFFSET={0x4300: 128.0, 0x6400: 1024.0}.get(magic, 0.0), WARP=warp,
-                ASM=warp and not _INTERPRET, HI16=hi16, COMBINE=counters is not None,
-                **pdl_switch.launch_options(q, one_token=b == 1))  # every constexpr passed
+                ASM=warp and not _INTERPRET, HI16=hi16, **pdl_switch.launch_options(q, one_token=b == 1))  # every constexpr passed
     if _INTERPRET:
         wrap_triton(decode_gqa_kernel)[(b, hkv, splits)](*args, **meta, BLOCK_N=16, num_warps=1 if warp else 4)
     else:
@@ -443,37 +441,6 @@ def _times_signs(x, sgn, DOT: tl.constexpr, SPLIT_HI_LO: tl.constexpr):
     return y
 
 
-# Experimental, off: the last split program of each (sequence, KV head) combines the splits itself
-# (``kv_decode_gqa``'s COMBINE: an atomic count per (sequence, KV head)), so no reduce kernel runs
-# after the split kernel (H200, Llama-2-7B batch 1: the reduce added 116 us to a 2311 us step,
-# session 37). Eager calls only: the counters are a module-held buffer the kernel leaves zeroed,
-# which a compiled graph would not see; timed by ``bench_attention.py --flag-ab
-# atom_ao.ops.kv_decode_attention:COMBINE_SPLITS``. Not yet run on a GPU.
-COMBINE_SPLITS = os.environ.get("ATOM_AO_COMBINE_SPLITS") == "1"
-_COUNTERS: dict = {}
-
-
-def _split_counters(n: int, q: torch.Tensor, k_cache: torch.Tensor) -> torch.Tensor | None:
-    """At least n int32 zeros on q's device, kept for every later call (the kernel returns them to
-    zero); None when COMBINE_SPLITS is off (checked first: no cost on the decode path) or the call
-    is being traced."""
-    if not COMBINE_SPLITS or _traced(q, k_cache):
-        return None
-    device = q.device
-    key = (device.type, device.index)
-    buf = _COUNTERS.get(key)
-    if buf is None or buf.numel() < n:
-        buf = _COUNTERS[key] = torch.zeros(max(n, 64), dtype=torch.int32, device=device)
-    return buf
-
-
-def _traced(*tensors) -> bool:
-    """Whether this call runs under torch.compile's tracing (fake tensors, no storage)."""
-    from torch._guards import detect_fake_mode
-
-    return torch.compiler.is_compiling() or detect_fake_mode(list(tensors)) is not None
-
-
 @functools.lru_cache(maxsize=None)
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
@@ -567,17 +534,15 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
         block_table.stride(0),
         out.stride(0), out.stride(1),
     )
-    planes_kernel = (one_warp and warp_planes) or (gqa_planes and not mha)
-    counters = _split_counters(b * hkv, q, k_cache) if planes_kernel and not one and not v_rotated else None
     if one_warp and warp_planes:
         _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
-                    sm_scale * _LOG2E, splits, one, warp=True, counters=counters)
+                    sm_scale * _LOG2E, splits, one, warp=True)
     elif mha:
         _launch_mha(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
                     sm_scale * _LOG2E, splits, one)
     elif gqa_planes:
         _launch_gqa(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start, out, part, ml,
-                    sm_scale * _LOG2E, splits, one, counters=counters)
+                    sm_scale * _LOG2E, splits, one)
     else:
         fma = g <= FMA_MAX_G
         if fma:  # float32 operands on the CUDA cores, codes by the float32 mantissa trick
@@ -603,7 +568,7 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
             part, ml, out, rows, h, splits, out.stride(0), out.stride(1),
             HALF=d // 2, **tiling, DOT=tl.float32 if whole else tl.bfloat16, SPLIT_HI_LO=not whole, num_warps=4,
         )
-    elif not one and counters is None:
+    elif not one:
         wrap_triton(_decode_reduce_kernel)[(b * h,)](
             part, ml, out, h, splits, out.stride(0), out.stride(1),
             D=d, SPLITS_P=triton.next_power_of_2(splits), num_warps=4,

@@ -23,6 +23,13 @@ step ahead (with 3, Triton's pipeliner gave the block-table lookup its own stage
 were issued after a step's math and waited for at once). H200, Llama-3-8B heads: batch 64,
 context 8192 218 us (94% of copy) against 416 for the generic one-warp kernel.
 
+Tried and dropped (session 38, ``results/h200/session38_attention_combine_ab_s38.log``): the
+splits combined by the last split program of each (sequence, KV head), found by an atomic count,
+instead of the reduce kernel after this one. In a CUDA graph, us: Llama-2-7B batch 1 context
+32768 61.2 -> 57.5, 8192 20.0 -> 25.3; Llama-3-8B batch 1 8192 10.6 -> 50.3, 32768 21.1 -> 59.0
+(the last program reads every split's partials back and combines the group's heads alone);
+batch 16-64 within 1%.
+
 The 4-warp form (wgmma, 64-token steps; ``GQA_KERNEL``, off; P.V takes the 8 value planes
 joined along N in one dot, output channels in that joined order, put back in place by the
 store): offline 844 instructions a step against the generic kernel's 898, but its softmax runs
@@ -274,13 +281,11 @@ def decode_gqa_kernel(
     q_ptr, kc_ptr, vc_ptr, km_ptr, vm_ptr, bt_ptr, len_ptr, start_ptr, out_ptr, part_ptr, ml_ptr,
     qk_scale, num_splits, H,
     s_qb, s_qh, s_cp, s_ch, s_ct, s_mp, s_mh, s_mw, s_btb, s_ob, s_oh,
-    cnt_ptr,  # COMBINE: (batch x kv_heads) int32 zeros, left zero (the last program of each resets its own)
     G: tl.constexpr, BLOCK_G: tl.constexpr, HALF: tl.constexpr, PAGE: tl.constexpr, HAS_START: tl.constexpr,
     ONE_SPLIT: tl.constexpr, DOT: tl.constexpr, MAGIC: tl.constexpr, OFFSET: tl.constexpr,
     BLOCK_N: tl.constexpr, WARP: tl.constexpr, ASM: tl.constexpr,
     HI16: tl.constexpr,  # WARP, fp16 dots: high nibbles in place (``_word_pairs_hi16_asm``)
     PDL: tl.constexpr,  # launched with programmatic dependent launch (atom_ao.ops.pdl)
-    COMBINE: tl.constexpr,  # the last split program of each (sequence, KV head) combines its heads' splits
 ):
     wait_then_release(PDL)
     b = tl.program_id(0)
@@ -393,39 +398,3 @@ def decode_gqa_kernel(
         o = (acc + corr[:, None]) * inv[:, None]
         tl.store(o_base + heads[:, None] * o_stride + ch[None, :], o.to(o_base.dtype.element_ty),
                  mask=g_ok[:, None])
-    if COMBINE:
-        # every thread's partial stores before one thread's release; the last of the num_splits
-        # programs to arrive reads them all back from L2 (.cg) and writes the output
-        tl.debug_barrier()
-        cnt = cnt_ptr + b * tl.num_programs(1) + hk
-        arrived = tl.atomic_add(cnt, 1, sem="acq_rel", scope="gpu")
-        if arrived == num_splits - 1:
-            _combine_splits(part_ptr, ml_ptr, out_ptr, b, heads, g_ok, H, num_splits, s_ob, s_oh, 2 * HALF, BLOCK_G)
-            tl.atomic_xchg(cnt, 0, sem="relaxed", scope="gpu")
-
-
-@triton.jit
-def _combine_splits(part_ptr, ml_ptr, out_ptr, b, heads, g_ok, H, num_splits, s_ob, s_oh,
-                    D: tl.constexpr, BLOCK_G: tl.constexpr):
-    """``_decode_reduce_kernel``'s log-sum-exp combine for the (BLOCK_G,) heads of one KV head, a
-    split at a time (one warp holds a (BLOCK_G, D) tile, not all the splits')."""
-    rows = (b.to(tl.int64) * H + heads) * num_splits  # each head's first split row
-    m_max = tl.full([BLOCK_G], float("-inf"), tl.float32)
-    for s in range(num_splits):
-        m_max = tl.maximum(m_max, tl.load(ml_ptr + (rows + s) * 2, mask=g_ok, other=float("-inf"),
-                                          cache_modifier=".cg"))
-    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
-    d = tl.arange(0, D)
-    acc = tl.zeros([BLOCK_G, D], tl.float32)
-    denom = tl.zeros([BLOCK_G], tl.float32)
-    for s in range(num_splits):
-        m = tl.load(ml_ptr + (rows + s) * 2, mask=g_ok, other=float("-inf"), cache_modifier=".cg")
-        l_s = tl.load(ml_ptr + (rows + s) * 2 + 1, mask=g_ok, other=0.0, cache_modifier=".cg")
-        w = tl.exp2(m - m_max)  # an empty split (m = -inf) weighs 0
-        denom += w * l_s
-        part = tl.load(part_ptr + (rows + s)[:, None] * D + d[None, :], mask=g_ok[:, None], other=0.0,
-                       cache_modifier=".cg")
-        acc += part * w[:, None]
-    o = tl.where(denom[:, None] > 0, acc / tl.where(denom > 0, denom, 1.0)[:, None], 0.0)  # nothing attended: 0
-    tl.store(out_ptr + b.to(tl.int64) * s_ob + heads[:, None] * s_oh + d[None, :], o.to(out_ptr.dtype.element_ty),
-             mask=g_ok[:, None])

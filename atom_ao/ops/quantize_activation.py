@@ -185,7 +185,7 @@ def _int4_groups(a_ptr, b_ptr, w_ptr, rstd_ptr, perm_ptr, q_ptr, s_ptr, pid_c, r
                  MODE: tl.constexpr, X_KIND: tl.constexpr, OUT_KIND: tl.constexpr, CAST_FIRST: tl.constexpr,
                  HALF: tl.constexpr, HALF_P: tl.constexpr, GPB: tl.constexpr, BLOCK_M: tl.constexpr,
                  LANES: tl.constexpr, PTX: tl.constexpr, IDX64: tl.constexpr, COL_MASK: tl.constexpr,
-                 LANES_FIRST: tl.constexpr):
+                 LANES_FIRST: tl.constexpr, PDL: tl.constexpr, CONST_FIRST: tl.constexpr):
     # groups g of this program: each half-group is a tile of HALF_P // LANES x LANES channels
     # (see _tile_index) by BLOCK_M rows by GPB groups; perm (and RMSNorm's weight) is loaded
     # once, for all row blocks
@@ -202,6 +202,8 @@ def _int4_groups(a_ptr, b_ptr, w_ptr, rstd_ptr, perm_ptr, q_ptr, s_ptr, pid_c, r
     if MODE == 0:
         w_lo = tl.load(w_ptr + c_lo, mask=m_lo, other=0.0).to(tl.float32)
         w_hi = tl.load(w_ptr + c_hi, mask=m_hi, other=0.0).to(tl.float32)
+    if CONST_FIRST:  # perm and the weight are on their way: now wait for the kernel that wrote x
+        wait_then_release(PDL)
     if IDX64:
         c_lo = c_lo.to(tl.int64)
         c_hi = c_hi.to(tl.int64)
@@ -252,7 +254,8 @@ def _int8_outliers(a_ptr, b_ptr, w_ptr, rstd_ptr, perm_ptr, qo_ptr, so_ptr, rb_s
                    stride_am, stride_ak, stride_bm, stride_qom, unit,
                    MODE: tl.constexpr, X_KIND: tl.constexpr, OUT_KIND: tl.constexpr, CAST_FIRST: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_O: tl.constexpr, LANES: tl.constexpr,
-                   PTX: tl.constexpr, IDX64: tl.constexpr, N_OUT_C: tl.constexpr, LANES_FIRST: tl.constexpr):
+                   PTX: tl.constexpr, IDX64: tl.constexpr, N_OUT_C: tl.constexpr, LANES_FIRST: tl.constexpr,
+                   PDL: tl.constexpr, CONST_FIRST: tl.constexpr):
     # the INT8 outlier channels of these row blocks, all in one tile of BLOCK_O // LANES x LANES
     # channels by BLOCK_M rows
     o, _ = _tile_index(LANES, BLOCK_O // LANES, 1, LANES_FIRST)
@@ -261,6 +264,8 @@ def _int8_outliers(a_ptr, b_ptr, w_ptr, rstd_ptr, perm_ptr, qo_ptr, so_ptr, rb_s
     w = 0.0
     if MODE == 0:
         w = tl.load(w_ptr + c, mask=ok_o, other=0.0).to(tl.float32)
+    if CONST_FIRST:
+        wait_then_release(PDL)
     if IDX64:
         c = c.to(tl.int64)
     c = c * stride_ak
@@ -314,11 +319,13 @@ def _quantize_activation_kernel(
     PROGS: tl.constexpr,  # launch about this many programs (used by the grid)
     LANES: tl.constexpr,  # lanes along consecutive channels of a half-group
     PDL: tl.constexpr,  # launched with programmatic dependent launch (launch_streaming's pdl)
+    CONST_FIRST: tl.constexpr,  # with PDL: perm and RMSNorm's weight loaded before the wait (PERM_BEFORE_WAIT)
 ):
     # programs: (row split, column), columns inner so that programs running together share
     # rows; a column is GPB groups, or (last, with outliers) the outlier channels. a is x, or
     # RMSNorm's input (w its weight, rstd_ptr its M row statistics), or SiLU's gate (b: up)
-    wait_then_release(PDL)  # before any load or store
+    if not CONST_FIRST:
+        wait_then_release(PDL)  # before any load or store
     pid = tl.program_id(0)
     n_gb = tl.cdiv(G, GPB)
     # Inductor types a Python float argument fp64 (eager Triton: fp32); fp64 would leak into
@@ -337,11 +344,11 @@ def _quantize_activation_kernel(
         _int4_groups(a_ptr, b_ptr, w_ptr, rstd_ptr, perm_ptr, q_ptr, s_ptr, pid_c, rb_start, rb_end, M, K_NORMAL, G,
                      stride_am, stride_ak, stride_bm, stride_qm, stride_sm, stride_sg, unit, clip_ratio,
                      MODE, X_KIND, OUT_KIND, CAST_FIRST, HALF, HALF_P, GPB, BLOCK_M, min(LANES, HALF_P), PTX, IDX64,
-                     COL_MASK, LANES_FIRST)
+                     COL_MASK, LANES_FIRST, PDL, CONST_FIRST)
     elif HAS_OUT:
         _int8_outliers(a_ptr, b_ptr, w_ptr, rstd_ptr, perm_ptr, qo_ptr, so_ptr, rb_start, rb_end, M, K_NORMAL, N_OUT,
                        stride_am, stride_ak, stride_bm, stride_qom, unit, MODE, X_KIND, OUT_KIND, CAST_FIRST,
-                       BLOCK_M, BLOCK_O, min(LANES, BLOCK_O), PTX, IDX64, N_OUT_C, LANES_FIRST)
+                       BLOCK_M, BLOCK_O, min(LANES, BLOCK_O), PTX, IDX64, N_OUT_C, LANES_FIRST, PDL, CONST_FIRST)
 
 
 _TUNE_KEY = ["M_BUCKET", "K_NORMAL", "N_OUT", "HALF", "MODE"]
@@ -423,6 +430,13 @@ def quantize_activation_triton(
                             config)
 
 
+# With PDL: each program loads its part of perm (and of RMSNorm's weight, gathered through perm)
+# before it waits for the kernel that wrote x, so those two dependent reads (from HBM: the weight
+# stream of a decode step evicts them from L2) are off the chain between the two kernels. They
+# are model constants no kernel of a decode step writes; read at each launch (flag-ab).
+PERM_BEFORE_WAIT = os.environ.get("ATOM_AO_PERM_BEFORE_WAIT", "1") == "1"
+
+
 def launch_streaming(mode: int, a, b, w, rstd, perm, n_outliers: int, group_size: int, clip_ratio: float,
                      cast_first: bool, out_dtype: torch.dtype, config: triton.Config | None = None,
                      pdl: bool | None = None):
@@ -435,6 +449,9 @@ def launch_streaming(mode: int, a, b, w, rstd, perm, n_outliers: int, group_size
     groups = s.shape[1]
     if m == 0:
         return q, s, qo, so
+    # perm (and RMSNorm's weight) may be read before the PDL wait only when they are the caller's
+    # own tensors, which no kernel of the step writes, not a conversion launched just before
+    consts_as_given = perm.dtype == torch.int32 and perm.is_contiguous() and perm.device == a.device
     perm = perm.to(device=a.device, dtype=torch.int32).contiguous()
     if mode == SILU_MUL and b.stride(1) != a.stride(1):
         raise ValueError("launch_streaming: gate and up must share their column stride")
@@ -447,6 +464,7 @@ def launch_streaming(mode: int, a, b, w, rstd, perm, n_outliers: int, group_size
         kernel = _quantize_activation_kernel
         meta = dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
     grid = _grid(m, groups, has_out)
+    opts = pdl_switch.launch_options(a, pdl, one_token=m == 1)
     wrap_triton(kernel)[grid if config is None else grid(meta)](
         a, b, a if w is None else w, s if rstd is None else rstd, perm, q, s, qo, so,
         m, k - n_outliers, groups, n_outliers, m_bucket(m, 4096),
@@ -465,7 +483,7 @@ def launch_streaming(mode: int, a, b, w, rstd, perm, n_outliers: int, group_size
         HAS_OUT=has_out,
         PTX=a.is_cuda and torch.version.hip is None and not _INTERPRET,
         IDX64=(k - 1) * abs(a.stride(1)) >= 2**31,
-        **meta, **pdl_switch.launch_options(a, pdl, one_token=m == 1),
+        **meta, **opts, CONST_FIRST=bool(opts["PDL"] and PERM_BEFORE_WAIT and consts_as_given),
     )
     return q, s, qo, so
 

@@ -355,39 +355,6 @@ def test_decode_gqa_kernel(monkeypatch, heads, kv_heads, page, dtype, warp):
         _close(got, want, dtype)
 
 
-@pytest.mark.parametrize("heads, kv_heads, warp", [(8, 2, False), (8, 2, True), (4, 4, True)])
-def test_decode_combine_splits_in_kernel(monkeypatch, heads, kv_heads, warp):
-    # COMBINE_SPLITS: the last split program of each (sequence, KV head) combines its heads' splits
-    # (an atomic count, left zero), no reduce kernel: the reference, and the reduce kernel's
-    # result to float rounding (its sums run in another order)
-    if warp:
-        monkeypatch.setattr(dec, "ONE_WARP_PLANES", True)
-        monkeypatch.setattr(dec, "MHA_PLANES", True)
-        monkeypatch.setattr(dec, "one_warp_splits", lambda *_a: 3)
-    else:
-        monkeypatch.setattr(dec, "GQA_KERNEL", True)
-        monkeypatch.setattr(dec, "num_splits", lambda *_a: 3)
-    lens = [1, 37, 70, 16]  # the first: two of its three splits empty
-    caches, table = paged_cache(lens, kv_heads, 128, page_size=24, seed=31)
-    g = torch.Generator().manual_seed(32)
-    q = torch.randn(len(lens), heads, 128, generator=g)
-    q[:, :, 7] *= 60
-    q = q.to(torch.bfloat16)
-    seq_lens = torch.tensor(lens, dtype=torch.int32)
-    base = kv_decode_attention_triton(q, *caches, table, seq_lens, None, 128 ** -0.5, 0)
-    launched = []
-    real_wrap = dec.wrap_triton
-    monkeypatch.setattr(dec, "wrap_triton", lambda k: launched.append(getattr(k, "__name__", str(k))) or real_wrap(k))
-    monkeypatch.setattr(dec, "COMBINE_SPLITS", True)
-    monkeypatch.setattr(dec, "_COUNTERS", {})
-    for _ in range(2):  # the counters come back to zero for the next call
-        got = kv_decode_attention_triton(q, *caches, table, seq_lens, None, 128 ** -0.5, 0)
-        _close(got, decode_attention_ref(q, *caches, table, seq_lens, None, 128 ** -0.5), torch.bfloat16)
-        torch.testing.assert_close(got, base, rtol=0, atol=2 ** -7 * base.abs().max().item())
-        assert not dec._COUNTERS[("cpu", None)].any()
-    assert not any("reduce" in name for name in launched), launched
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter's stand-in for the GPU operand types")
 @pytest.mark.parametrize("warp", [False, True])
 def test_decode_gqa_kernel_offset_codes(monkeypatch, warp):
@@ -470,32 +437,6 @@ def test_decode_gqa_kernel_gpu(monkeypatch, batch, ctx, heads, kv_heads):
                 _close(got, want, dtype)
     finally:
         dec._decode_gqa_tuned.configs, dec._decode_gqa_tuned.cache = configs, {}
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("batch, ctx, heads, kv_heads", [(1, 8192, 32, 8), (1, 8192, 32, 32), (1, 1100, 32, 32),
-                                                          (16, 8192, 32, 8), (3, 33000, 32, 8)])
-def test_decode_combine_splits_gpu(monkeypatch, batch, ctx, heads, kv_heads):
-    """COMBINE_SPLITS at real sizes (the default split rules): the reduce kernel's result to float
-    rounding, the float32 reference, the counters back to zero, every call (CUDA graphs replay it)."""
-    g = torch.Generator().manual_seed(batch + ctx)
-    lens = torch.randint(ctx // 2, ctx + 1, (batch,), generator=g)
-    lens[0] = ctx
-    caches, table = paged_cache(lens.tolist(), kv_heads, 128, page_size=64, device="cuda")
-    seq_lens = lens.to(torch.int32).cuda()
-    q = torch.randn(batch, heads, 128, generator=g)
-    q[:, :, 5] *= 70
-    q = q.to(torch.bfloat16).cuda()
-    base = kv_decode_attention_triton(q, *caches, table, seq_lens, None, 128 ** -0.5, ctx)
-    monkeypatch.setattr(dec, "COMBINE_SPLITS", True)
-    monkeypatch.setattr(dec, "_COUNTERS", {})
-    want = decode_attention_ref(q.cpu(), *[c.cpu() for c in caches], table.cpu(), seq_lens.cpu(), None, 128 ** -0.5)
-    for _ in range(3):
-        got = kv_decode_attention_triton(q, *caches, table, seq_lens, None, 128 ** -0.5, ctx)
-        torch.testing.assert_close(got.float(), base.float(), rtol=0, atol=2 ** -7 * base.float().abs().max().item())
-        _close(got.cpu(), want, torch.bfloat16)
-        assert dec._COUNTERS and not any(c.any() for c in dec._COUNTERS.values())  # the planes kernel ran, combined
 
 
 def test_one_warp_split_rule():
