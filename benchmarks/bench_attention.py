@@ -360,6 +360,23 @@ def _timed_splits(dec, model, b, ctx, splits: dict[str, int]):
         dec.one_warp_splits = rule
 
 
+def explore_long_splits(models):
+    """Small batches: the planes kernel's split rule (enough splits for a wave, 64 tokens and up)
+    against fewer, longer splits (a half, a quarter, an eighth of the rule's), each program then
+    walking several steps with its loads pipelined, and the reduce combining fewer partials."""
+    import atom_ao.ops.kv_decode_attention as dec
+
+    cases = (("llama2-7b", 1, 1280), ("llama2-7b", 1, 8192), ("llama2-7b", 1, 32768), ("llama3-8b", 1, 1280),
+             ("llama3-8b", 1, 4096), ("llama3-8b", 1, 8192), ("llama3-8b", 1, 32768), ("llama3-8b", 16, 8192))
+    for model, b, ctx in _cases(models, cases):
+        _rule_case(dec, model, b, ctx)
+        h, hkv, d = MODELS[model]
+        rule = dec.one_warp_splits(b, hkv, ctx, d // 2, torch.device("cuda"), dec.ONE_WARP_PLANES_RESIDENT,
+                                   dec.PLANES_MIN_SPLIT_TOKENS, dec.PLANES_LEAST_WAVE)
+        fewer = sorted({max(1, rule // f) for f in (2, 4, 8, 16)} - {rule}, reverse=True)
+        _timed_splits(dec, model, b, ctx, {f"{n} splits ({-(-ctx // n)} tokens each)": n for n in fewer})
+
+
 def explore_mha_batch(models):
     """MHA decode at a large batch and a generation's context (Llama-2-7B heads, as bench_generate's
     batch-64 step): the planes kernel's split rule gives one split (2048 one-warp programs, ~1.4
@@ -540,6 +557,8 @@ def main():
     ap.add_argument("--explore-stages", action="store_true",
                     help="the planes kernel at 7 and 9 pipeline stages (2-3 steps of loads in flight), with and "
                          "without a register cap, then exit")
+    ap.add_argument("--explore-long-splits", action="store_true",
+                    help="small batches: the planes kernel's split rule against fewer, longer splits, then exit")
     ap.add_argument("--explore-fill", action="store_true",
                     help="the planes kernel's split rule against splits filling 12 and 16 a SM, "
                          "then exit")
@@ -559,7 +578,8 @@ def main():
         "explore": explore, "explore_warps": explore_warps,
         "explore_planes_small": functools.partial(explore_planes, small_only=True), "explore_planes": explore_planes,
         "explore_mha_planes": explore_mha_planes, "explore_splits": explore_splits,
-        "explore_mha_batch": explore_mha_batch, "explore_fill": explore_fill, "explore_stages": explore_stages,
+        "explore_mha_batch": explore_mha_batch, "explore_long_splits": explore_long_splits,
+        "explore_fill": explore_fill, "explore_stages": explore_stages,
         "breakdown": breakdown,
     }
     if args.flag_ab:
