@@ -159,7 +159,7 @@ def gemm_kernels():
     qtypes = dict(a_ptr="*bf16", b_ptr="*bf16", w_ptr="*bf16", rstd_ptr="*fp32", perm_ptr="*i32", q_ptr="*u8",
                   s_ptr="*fp32", qo_ptr="*i8", so_ptr="*fp32", clip_ratio="fp32")
     cfg = qa._configs(small=True)[0]
-    # (producer, PDL, perm and RMSNorm's weight loaded before the wait): plain, RMSNorm
+    # (producer, PDL, perm loaded before the wait): plain, RMSNorm
     for mode, pdl, const_first in ((2, False, False), (2, True, False), (2, True, True), (0, True, True)):
         consts = dict(MODE=mode, X_KIND=2, OUT_KIND=2, CAST_FIRST=False, HALF=64, HALF_P=64, BLOCK_O=128, N_OUT_C=128,
                       COL_MASK=False, LANES_FIRST=qa._LANES_FIRST, HAS_OUT=True, PTX=True, IDX64=False, PDL=pdl,

@@ -197,13 +197,13 @@ def _int4_groups(a_ptr, b_ptr, w_ptr, rstd_ptr, perm_ptr, q_ptr, s_ptr, pid_c, r
     m_hi = (pos_lo + HALF < K_NORMAL) & ok_j
     c_lo = tl.load(perm_ptr + pos_lo, mask=m_lo, other=0)
     c_hi = tl.load(perm_ptr + pos_lo + HALF, mask=m_hi, other=0)
+    if CONST_FIRST:  # perm is on its way: now wait for the kernel that wrote x
+        wait_then_release(PDL)
     w_lo = 0.0
     w_hi = 0.0
     if MODE == 0:
         w_lo = tl.load(w_ptr + c_lo, mask=m_lo, other=0.0).to(tl.float32)
         w_hi = tl.load(w_ptr + c_hi, mask=m_hi, other=0.0).to(tl.float32)
-    if CONST_FIRST:  # perm and the weight are on their way: now wait for the kernel that wrote x
-        wait_then_release(PDL)
     if IDX64:
         c_lo = c_lo.to(tl.int64)
         c_hi = c_hi.to(tl.int64)
@@ -261,11 +261,11 @@ def _int8_outliers(a_ptr, b_ptr, w_ptr, rstd_ptr, perm_ptr, qo_ptr, so_ptr, rb_s
     o, _ = _tile_index(LANES, BLOCK_O // LANES, 1, LANES_FIRST)
     ok_o = o < N_OUT
     c = tl.load(perm_ptr + K_NORMAL + o, mask=ok_o, other=0)
+    if CONST_FIRST:
+        wait_then_release(PDL)
     w = 0.0
     if MODE == 0:
         w = tl.load(w_ptr + c, mask=ok_o, other=0.0).to(tl.float32)
-    if CONST_FIRST:
-        wait_then_release(PDL)
     if IDX64:
         c = c.to(tl.int64)
     c = c * stride_ak
@@ -319,7 +319,7 @@ def _quantize_activation_kernel(
     PROGS: tl.constexpr,  # launch about this many programs (used by the grid)
     LANES: tl.constexpr,  # lanes along consecutive channels of a half-group
     PDL: tl.constexpr,  # launched with programmatic dependent launch (launch_streaming's pdl)
-    CONST_FIRST: tl.constexpr,  # with PDL: perm and RMSNorm's weight loaded before the wait (PERM_BEFORE_WAIT)
+    CONST_FIRST: tl.constexpr,  # with PDL: perm loaded before the wait (PERM_BEFORE_WAIT)
 ):
     # programs: (row split, column), columns inner so that programs running together share
     # rows; a column is GPB groups, or (last, with outliers) the outlier channels. a is x, or
@@ -430,11 +430,21 @@ def quantize_activation_triton(
                             config)
 
 
-# With PDL: each program loads its part of perm (and of RMSNorm's weight, gathered through perm)
-# before it waits for the kernel that wrote x, so those two dependent reads (from HBM: the weight
-# stream of a decode step evicts them from L2) are off the chain between the two kernels. They
-# are model constants no kernel of a decode step writes; read at each launch (flag-ab).
+# With PDL: each program loads its part of perm before it waits for the kernel that wrote x, so
+# that read (from HBM at batch 1: the weight stream of a decode step evicts it from L2) is off
+# the chain between the two kernels. perm is a model constant no kernel of a decode step writes.
+# RMSNorm's weight is read after the wait: a graph may compute it (Gemma's 1 + weight) in the
+# kernel just before. H200, Llama-2-7B batch 1 (session 38, with the weight read early too):
+# 2.48 -> 2.47 ms a token, within the spread (results/h200/session38_perm_*). Read at each launch.
 PERM_BEFORE_WAIT = os.environ.get("ATOM_AO_PERM_BEFORE_WAIT", "1") == "1"
+
+
+def perm_before_wait(perm: torch.Tensor, device: torch.device) -> bool:
+    """Whether a PDL launch may read ``perm`` before its wait: with PERM_BEFORE_WAIT on, and only
+    when perm is passed as the kernel reads it (int32, contiguous, on the device); otherwise the
+    launcher converts it first, and that conversion is the kernel just before, which the wait is
+    there for."""
+    return PERM_BEFORE_WAIT and perm.dtype == torch.int32 and perm.is_contiguous() and perm.device == device
 
 
 def launch_streaming(mode: int, a, b, w, rstd, perm, n_outliers: int, group_size: int, clip_ratio: float,
@@ -449,9 +459,7 @@ def launch_streaming(mode: int, a, b, w, rstd, perm, n_outliers: int, group_size
     groups = s.shape[1]
     if m == 0:
         return q, s, qo, so
-    # perm (and RMSNorm's weight) may be read before the PDL wait only when they are the caller's
-    # own tensors, which no kernel of the step writes, not a conversion launched just before
-    consts_as_given = perm.dtype == torch.int32 and perm.is_contiguous() and perm.device == a.device
+    reads_perm_early = perm_before_wait(perm, a.device)
     perm = perm.to(device=a.device, dtype=torch.int32).contiguous()
     if mode == SILU_MUL and b.stride(1) != a.stride(1):
         raise ValueError("launch_streaming: gate and up must share their column stride")
@@ -483,7 +491,7 @@ def launch_streaming(mode: int, a, b, w, rstd, perm, n_outliers: int, group_size
         HAS_OUT=has_out,
         PTX=a.is_cuda and torch.version.hip is None and not _INTERPRET,
         IDX64=(k - 1) * abs(a.stride(1)) >= 2**31,
-        **meta, **opts, CONST_FIRST=bool(opts["PDL"] and PERM_BEFORE_WAIT and consts_as_given),
+        **meta, **opts, CONST_FIRST=bool(opts["PDL"] and reads_perm_early),
     )
     return q, s, qo, so
 

@@ -152,6 +152,23 @@ def test_both_tile_arrangements(monkeypatch, lanes_first):
     _check(x[:, :320], _perm(320, 16, seed=3), 16, 96)
 
 
+def test_perm_read_before_the_pdl_wait_only_as_given(monkeypatch):
+    # a perm the launcher must convert is written by the kernel just before the quantizer: read
+    # after the wait then
+    import importlib
+
+    qa = importlib.import_module("atom_ao.ops.quantize_activation")
+    dev = torch.device(DEVICE)
+    perm = torch.arange(256, dtype=torch.int32, device=dev)
+    monkeypatch.setattr(qa, "PERM_BEFORE_WAIT", True)
+    assert qa.perm_before_wait(perm, dev)
+    assert not qa.perm_before_wait(perm.long(), dev)  # converted to int32 first
+    assert not qa.perm_before_wait(torch.arange(512, dtype=torch.int32, device=dev)[::2], dev)  # made contiguous
+    assert not qa.perm_before_wait(perm, torch.device("meta"))  # copied to the device
+    monkeypatch.setattr(qa, "PERM_BEFORE_WAIT", False)
+    assert not qa.perm_before_wait(perm, dev)
+
+
 def test_no_rows():
     x = torch.empty(0, 200, dtype=torch.bfloat16)
     got = quantize_activation_triton(x.to(DEVICE), _perm(200, 32).to(DEVICE), 32, 64, 0.9)
