@@ -158,8 +158,8 @@ def test_perm_read_before_the_pdl_wait_only_as_given(monkeypatch):
     import importlib
 
     qa = importlib.import_module("atom_ao.ops.quantize_activation")
-    dev = torch.device(DEVICE)
-    perm = torch.arange(256, dtype=torch.int32, device=dev)
+    perm = torch.arange(256, dtype=torch.int32, device=DEVICE)
+    dev = perm.device  # with its index, as a launch's input has it
     monkeypatch.setattr(qa, "PERM_BEFORE_WAIT", True)
     assert qa.perm_before_wait(perm, dev)
     assert not qa.perm_before_wait(perm.long(), dev)  # converted to int32 first
