@@ -160,11 +160,11 @@ def gemm_kernels():
                   s_ptr="*fp32", qo_ptr="*i8", so_ptr="*fp32", clip_ratio="fp32")
     cfg = qa._configs(small=True)[0]
     # (producer, PDL, perm loaded before the wait): plain, RMSNorm
-    for mode, pdl, const_first in ((2, False, False), (2, True, False), (2, True, True), (0, True, True)):
+    for mode, pdl, perm_first in ((2, False, False), (2, True, False), (2, True, True), (0, True, True)):
         consts = dict(MODE=mode, X_KIND=2, OUT_KIND=2, CAST_FIRST=False, HALF=64, HALF_P=64, BLOCK_O=128, N_OUT_C=128,
                       COL_MASK=False, LANES_FIRST=qa._LANES_FIRST, HAS_OUT=True, PTX=True, IDX64=False, PDL=pdl,
-                      CONST_FIRST=const_first, **cfg.kwargs)
-        ok &= compile_one(f"quantize_activation {cfg.kwargs} mode={mode} pdl={pdl} const_first={const_first}",
+                      PERM_FIRST=perm_first, **cfg.kwargs)
+        ok &= compile_one(f"quantize_activation {cfg.kwargs} mode={mode} pdl={pdl} perm_first={perm_first}",
                           qa._quantize_activation_kernel, qtypes, consts, cfg.num_warps, cfg.num_stages,
                           ptx_has="griddepcontrol.wait" if pdl else None)
     ok &= compile_one("sum_splits", gemm._sum_splits_kernel, dict(ws_ptr="*fp32", out_ptr="*bf16"),

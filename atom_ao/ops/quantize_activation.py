@@ -185,7 +185,7 @@ def _int4_groups(a_ptr, b_ptr, w_ptr, rstd_ptr, perm_ptr, q_ptr, s_ptr, pid_c, r
                  MODE: tl.constexpr, X_KIND: tl.constexpr, OUT_KIND: tl.constexpr, CAST_FIRST: tl.constexpr,
                  HALF: tl.constexpr, HALF_P: tl.constexpr, GPB: tl.constexpr, BLOCK_M: tl.constexpr,
                  LANES: tl.constexpr, PTX: tl.constexpr, IDX64: tl.constexpr, COL_MASK: tl.constexpr,
-                 LANES_FIRST: tl.constexpr, PDL: tl.constexpr, CONST_FIRST: tl.constexpr):
+                 LANES_FIRST: tl.constexpr, PDL: tl.constexpr, PERM_FIRST: tl.constexpr):
     # groups g of this program: each half-group is a tile of HALF_P // LANES x LANES channels
     # (see _tile_index) by BLOCK_M rows by GPB groups; perm (and RMSNorm's weight) is loaded
     # once, for all row blocks
@@ -197,7 +197,7 @@ def _int4_groups(a_ptr, b_ptr, w_ptr, rstd_ptr, perm_ptr, q_ptr, s_ptr, pid_c, r
     m_hi = (pos_lo + HALF < K_NORMAL) & ok_j
     c_lo = tl.load(perm_ptr + pos_lo, mask=m_lo, other=0)
     c_hi = tl.load(perm_ptr + pos_lo + HALF, mask=m_hi, other=0)
-    if CONST_FIRST:  # perm is on its way: now wait for the kernel that wrote x
+    if PERM_FIRST:  # perm is on its way: now wait for the kernel that wrote x
         wait_then_release(PDL)
     w_lo = 0.0
     w_hi = 0.0
@@ -255,13 +255,13 @@ def _int8_outliers(a_ptr, b_ptr, w_ptr, rstd_ptr, perm_ptr, qo_ptr, so_ptr, rb_s
                    MODE: tl.constexpr, X_KIND: tl.constexpr, OUT_KIND: tl.constexpr, CAST_FIRST: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_O: tl.constexpr, LANES: tl.constexpr,
                    PTX: tl.constexpr, IDX64: tl.constexpr, N_OUT_C: tl.constexpr, LANES_FIRST: tl.constexpr,
-                   PDL: tl.constexpr, CONST_FIRST: tl.constexpr):
+                   PDL: tl.constexpr, PERM_FIRST: tl.constexpr):
     # the INT8 outlier channels of these row blocks, all in one tile of BLOCK_O // LANES x LANES
     # channels by BLOCK_M rows
     o, _ = _tile_index(LANES, BLOCK_O // LANES, 1, LANES_FIRST)
     ok_o = o < N_OUT
     c = tl.load(perm_ptr + K_NORMAL + o, mask=ok_o, other=0)
-    if CONST_FIRST:
+    if PERM_FIRST:
         wait_then_release(PDL)
     w = 0.0
     if MODE == 0:
@@ -319,12 +319,12 @@ def _quantize_activation_kernel(
     PROGS: tl.constexpr,  # launch about this many programs (used by the grid)
     LANES: tl.constexpr,  # lanes along consecutive channels of a half-group
     PDL: tl.constexpr,  # launched with programmatic dependent launch (launch_streaming's pdl)
-    CONST_FIRST: tl.constexpr,  # with PDL: perm loaded before the wait (PERM_BEFORE_WAIT)
+    PERM_FIRST: tl.constexpr,  # with PDL: perm loaded before the wait (PERM_BEFORE_WAIT)
 ):
     # programs: (row split, column), columns inner so that programs running together share
     # rows; a column is GPB groups, or (last, with outliers) the outlier channels. a is x, or
     # RMSNorm's input (w its weight, rstd_ptr its M row statistics), or SiLU's gate (b: up)
-    if not CONST_FIRST:
+    if not PERM_FIRST:
         wait_then_release(PDL)  # before any load or store
     pid = tl.program_id(0)
     n_gb = tl.cdiv(G, GPB)
@@ -344,11 +344,11 @@ def _quantize_activation_kernel(
         _int4_groups(a_ptr, b_ptr, w_ptr, rstd_ptr, perm_ptr, q_ptr, s_ptr, pid_c, rb_start, rb_end, M, K_NORMAL, G,
                      stride_am, stride_ak, stride_bm, stride_qm, stride_sm, stride_sg, unit, clip_ratio,
                      MODE, X_KIND, OUT_KIND, CAST_FIRST, HALF, HALF_P, GPB, BLOCK_M, min(LANES, HALF_P), PTX, IDX64,
-                     COL_MASK, LANES_FIRST, PDL, CONST_FIRST)
+                     COL_MASK, LANES_FIRST, PDL, PERM_FIRST)
     elif HAS_OUT:
         _int8_outliers(a_ptr, b_ptr, w_ptr, rstd_ptr, perm_ptr, qo_ptr, so_ptr, rb_start, rb_end, M, K_NORMAL, N_OUT,
                        stride_am, stride_ak, stride_bm, stride_qom, unit, MODE, X_KIND, OUT_KIND, CAST_FIRST,
-                       BLOCK_M, BLOCK_O, min(LANES, BLOCK_O), PTX, IDX64, N_OUT_C, LANES_FIRST, PDL, CONST_FIRST)
+                       BLOCK_M, BLOCK_O, min(LANES, BLOCK_O), PTX, IDX64, N_OUT_C, LANES_FIRST, PDL, PERM_FIRST)
 
 
 _TUNE_KEY = ["M_BUCKET", "K_NORMAL", "N_OUT", "HALF", "MODE"]
@@ -491,7 +491,7 @@ def launch_streaming(mode: int, a, b, w, rstd, perm, n_outliers: int, group_size
         HAS_OUT=has_out,
         PTX=a.is_cuda and torch.version.hip is None and not _INTERPRET,
         IDX64=(k - 1) * abs(a.stride(1)) >= 2**31,
-        **meta, **opts, CONST_FIRST=bool(opts["PDL"] and reads_perm_early),
+        **meta, **opts, PERM_FIRST=bool(opts["PDL"] and reads_perm_early),
     )
     return q, s, qo, so
 
