@@ -117,9 +117,9 @@ PLANES_HI16 = True
 # stays; at batch 1 / 4096 (GQA, half a wave) the planes took 10.1 against 10.8, and MHA at batch 1
 # / 1024 (16 splits) 8.09 against 9.75 for ``kv_decode_mha``. Fewer, longer splits than the rule's
 # (session 38, ``--explore-long-splits``, results/h200/session38_attention_long_splits_s38.log):
-# half as many within 5% (Llama-3-8B batch 1 / 8192 10.5 -> 10.7 us), and beyond two 64-token
-# steps a program the time grows with the steps (one warp takes ~1.5 us a step; a quarter as many
-# there: 17.1 us).
+# half as many moved batch-1 cases by -5% to +16% (Llama-3-8B batch 1 / 32768 21.1 -> 24.5 us);
+# from 256 tokens a program on, each further 32-token step adds ~0.7 us (Llama-3-8B batch 1 /
+# 8192: 32 splits 11.1, 16 splits 17.1).
 ONE_WARP_PLANES_RESIDENT = 8
 PLANES_MIN_SPLIT_TOKENS = 64
 PLANES_LEAST_WAVE = 0.25
