@@ -341,12 +341,14 @@ def _cases(models, cases):
 
 
 def _rule_case(dec, model, b, ctx):
-    """A case's header with the planes kernel's split rule, then the default timed."""
+    """A case's header with the planes kernel's split rule, then the default timed; returns the
+    rule's split count."""
     h, hkv, d = MODELS[model]
     picked = dec.one_warp_splits(b, hkv, ctx, d // 2, torch.device("cuda"), dec.ONE_WARP_PLANES_RESIDENT,
                                  dec.PLANES_MIN_SPLIT_TOKENS, dec.PLANES_LEAST_WAVE)
     print(f"{model} B={b} ctx={ctx} (rule: {picked} splits)")
     _timed("default", model, b, ctx)
+    return picked
 
 
 def _timed_splits(dec, model, b, ctx, splits: dict[str, int]):
@@ -369,10 +371,7 @@ def explore_long_splits(models):
     cases = (("llama2-7b", 1, 1280), ("llama2-7b", 1, 8192), ("llama2-7b", 1, 32768), ("llama3-8b", 1, 1280),
              ("llama3-8b", 1, 4096), ("llama3-8b", 1, 8192), ("llama3-8b", 1, 32768), ("llama3-8b", 16, 8192))
     for model, b, ctx in _cases(models, cases):
-        _rule_case(dec, model, b, ctx)
-        h, hkv, d = MODELS[model]
-        rule = dec.one_warp_splits(b, hkv, ctx, d // 2, torch.device("cuda"), dec.ONE_WARP_PLANES_RESIDENT,
-                                   dec.PLANES_MIN_SPLIT_TOKENS, dec.PLANES_LEAST_WAVE)
+        rule = _rule_case(dec, model, b, ctx)
         fewer = sorted({max(1, rule // f) for f in (2, 4, 8, 16)} - {rule}, reverse=True)
         _timed_splits(dec, model, b, ctx, {f"{n} splits ({-(-ctx // n)} tokens each)": n for n in fewer})
 
@@ -425,10 +424,7 @@ def explore_stages(models):
         cases = (("llama2-7b", 64, 1056), ("llama2-7b", 64, 2048), ("llama2-7b", 1, 32768),
                  ("llama3-8b", 64, 1056), ("llama3-8b", 64, 8192), ("llama3-8b", 1, 32768))
         for model, b, ctx in _cases(models, cases):
-            _rule_case(dec, model, b, ctx)
-            splits = dec.one_warp_splits(b, MODELS[model][1], ctx, MODELS[model][2] // 2, torch.device("cuda"),
-                                         dec.ONE_WARP_PLANES_RESIDENT, dec.PLANES_MIN_SPLIT_TOKENS,
-                                         dec.PLANES_LEAST_WAVE)
+            splits = _rule_case(dec, model, b, ctx)
             for label, st, cap in forms:
                 reg_cap = (128 if splits <= 1 else 152) if cap else None
                 cfgs = [triton.Config({"BLOCK_N": 32}, num_warps=1, num_stages=st, maxnreg=reg_cap)]
