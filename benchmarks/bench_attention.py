@@ -364,7 +364,7 @@ def _timed_splits(dec, model, b, ctx, splits: dict[str, int]):
 
 def explore_long_splits(models):
     """Small batches: the planes kernel's split rule (enough splits for a wave, 64 tokens and up)
-    against fewer, longer splits (a half, a quarter, an eighth of the rule's), each program then
+    against fewer, longer splits (a half down to a sixteenth of the rule's), each program then
     walking several steps with its loads pipelined, and the reduce combining fewer partials."""
     import atom_ao.ops.kv_decode_attention as dec
 
