@@ -45,6 +45,26 @@ def test_timed_positions_spread_over_the_generation():
     assert timed_positions(10, 32, 1) == [10]
 
 
+def test_decode_loop_feeds_each_argmax_back_at_consecutive_positions():
+    import torch
+    from bench_generate import decode_loop
+
+    vocab = 11
+    tok = torch.tensor([[3]])
+    step_pos = torch.tensor([0])
+    out = torch.zeros(1, vocab)  # the step returns the last position's logits
+    seen = []
+
+    def replay():  # a "model" whose next token is (token + position) % vocab
+        seen.append((int(tok), int(step_pos)))
+        out.zero_()
+        out[0, (int(tok) + int(step_pos)) % vocab] = 1.0
+
+    decode_loop(replay, out, tok, step_pos, [5, 6, 7])
+    assert seen == [(3, 5), (8, 6), (3, 7)]
+    assert int(tok) == 10
+
+
 def test_run_batch_runs_without_grad():
     # run_batch needs a GPU; its no_grad wrapper is what keeps torch.compile from tracing a joint
     # (training) graph, which fails on the custom ops and keeps activations (session 29 lost it once)
