@@ -391,9 +391,14 @@ def empty_outputs(x: torch.Tensor, n_outliers: int, group_size: int, asymmetric:
     each thread's 16 token scales sit at immediate offsets of one pointer instead of 16
     pointers: offline 286 -> 241 instructions a group; H200, cold weights, Llama-2-7B (session 27,
     ``explore_decode_gemm.py --scales-ab``): 2-5% faster (qkv 20.0 -> 19.0 us, gate/up 34.3 -> 32.6)."""
-    m, k = x.shape
+    return empty_outputs_for(*x.shape, x.device, n_outliers, group_size, asymmetric)
+
+
+def empty_outputs_for(m: int, k: int, device: torch.device, n_outliers: int, group_size: int,
+                      asymmetric: bool = False):
+    """``empty_outputs`` for an (m, k) input that is never materialised (a fused producer's)."""
     kp = k_normal_padded(k, n_outliers, group_size)
-    dev = x.device
+    dev = device
     groups = kp // group_size
     if asymmetric:
         scales = torch.empty((m, 2 * groups), dtype=torch.float32, device=dev)
