@@ -48,7 +48,10 @@ def _keeps_order(src: Node, chain: list[Node]) -> bool:
     for n in chain:
         if any(isinstance(a, Node) for a in n.args[1:]) or any(isinstance(a, Node) for a in n.kwargs.values()):
             return False
-        t = n.target(t, *n.args[1:], **n.kwargs)
+        try:
+            t = n.target(t, *n.args[1:], **n.kwargs)
+        except Exception:  # noqa: BLE001  (symbolic sizes, or a view this replay cannot redo: leave it)
+            return False
     return torch.equal(t.reshape(-1), torch.arange(t.numel()))
 
 
