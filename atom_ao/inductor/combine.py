@@ -18,8 +18,10 @@ from torch.fx import Node
 from atom_ao.inductor.match import aten, is_call, val
 
 # views that may sit between the attention output and the quantizer's (M, K) input
+# (the replay in _keeps_order and the shape checks of match_combine rule out any that reorders or drops)
 _CHAIN = (aten.reshape.default, aten.view.default, aten._unsafe_view.default, aten.unsqueeze.default,
-          aten.squeeze.dim, aten.squeeze.default, aten.transpose.int, aten.permute.default, aten.clone.default)
+          aten.squeeze.dim, aten.squeeze.default, aten.transpose.int, aten.permute.default, aten.clone.default,
+          aten.slice.Tensor, aten.alias.default)
 
 
 def _reduce_kernel():

@@ -34,8 +34,17 @@ def layer_view(out, perm):  # a decoder layer's: (B, H, D) -> (B, H, 1, D) -> (B
     return _quantize(out.unsqueeze(2).transpose(1, 2).reshape(b, 1, h * d).reshape(-1, h * d), perm)
 
 
+def transformers_view(out, perm):
+    # atom_ao.kv.attention's out[:, None] (a full slice, then unsqueeze: written out, as indexing a
+    # fake CUDA tensor asks for CUDA), then the layer's reshape + contiguous
+    b, h, d = out.shape
+    y = torch.ops.aten.slice.Tensor(out, 0, 0, 9223372036854775807).unsqueeze(1)
+    return _quantize(y.reshape(b, 1, h * d).contiguous().reshape(-1, h * d), perm)
+
+
 VIEWS = {
     "layer": layer_view,
+    "transformers": transformers_view,
     "also_read": lambda out, perm: (layer_view(out, perm), out.sum()),
     # (B, H, D) -> (B, D, H): channel h * D + d would be read as d * H + h
     "reordered": lambda out, perm: _quantize(out.transpose(1, 2).reshape(out.shape[0], -1), perm),
@@ -83,6 +92,7 @@ def main():
     results = {}
     for b, heads, kv_heads, ctx in ((1, 32, 32, 1280), (1, 32, 8, 8192), (4, 8, 2, 4096), (64, 32, 8, 64)):
         results[f"layer-{b}-{heads}-{kv_heads}-{ctx}"] = case(b, heads, kv_heads, ctx, "layer")
+    results["transformers"] = case(1, 32, 32, 1280, "transformers")
     results["also_read"] = case(1, 32, 32, 1280, "also_read")
     results["reordered"] = case(1, 32, 32, 1280, "reordered")
     passes.FUSE_COMBINE = False

@@ -36,6 +36,12 @@ def test_reduce_and_quantizer_become_one_op(found, case):
     assert f["scales_shape"] == [b, heads - 1]  # (B, groups): heads x 128 channels, 128 of them outliers
 
 
+def test_transformers_attention_views_are_fused(found):
+    # atom_ao.kv.attention's decode output (out[:, None]) through a transformers layer's reshape
+    f = found["transformers"]
+    assert (f["reduces_before"], f["fused"], f["reduces_after"], f["quantizers_after"]) == (1, 1, 0, 0)
+
+
 def test_one_split_has_nothing_to_fuse(found):
     assert found["layer-64-32-8-64"] == {"reduces_before": 0, "fused": 0, "reduces_after": 0, "quantizers_after": 1}
 
