@@ -11,9 +11,10 @@ each of its channels' splits as the reduce kernel does (``out = sum_s w_s acc_s 
 output's dtype, and quantizes exactly as ``quantize_activation``: one launch and one pass less a
 decode step, and the (B, H, D) output is never written.
 
-Same values as the two kernels up to the order of the float32 sums over the splits (taken
-``SPLIT_CHUNK`` at a time here, a whole tree in the reduce kernel); tests compare with the
-quantizers' tolerance (codes within one at rare rounding boundaries). The Inductor pass
+Same values as the two kernels up to the order of the float32 sums over the splits (here a
+tree over a (splits, channels) tile, or ``SPLIT_CHUNK`` splits at a time beyond that many; in the
+reduce kernel a tree over the head's splits); tests compare with the quantizers' tolerance (codes
+within one at rare rounding boundaries). The Inductor pass
 (``atom_ao.inductor.combine``) puts it in place of the reduce kernel and the quantizer.
 """
 
@@ -75,33 +76,46 @@ def check_combine_args(part, ml, perm, n_outliers, group_size, out_dtype) -> Non
 
 @triton.jit
 def _combined(part_ptr, ml_ptr, row, c, ok, S, stride_pb, stride_mb,
-              D: tl.constexpr, CHUNK: tl.constexpr, OUT_KIND: tl.constexpr):
+              D: tl.constexpr, CHUNK: tl.constexpr, ONE_CHUNK: tl.constexpr, OUT_KIND: tl.constexpr):
     """The combined attention output at channels c (any shape; ok masks them) of one row, rounded
-    to the output dtype: channel c is head c // D, dim c % D. Two passes over the splits, CHUNK
-    at a time: the max, then the weighted sums."""
+    to the output dtype: channel c is head c // D, dim c % D. Up to CHUNK splits (ONE_CHUNK) one
+    pass, every load issued at once; more: two passes, CHUNK at a time, the max and then the
+    weighted sums."""
     h = c // D
     d = c - h * D
     m_row = ml_ptr + row.to(tl.int64) * stride_mb + h * (S * 2)
     p_row = part_ptr + row.to(tl.int64) * stride_pb + h * (S * D) + d
     s = tl.arange(0, CHUNK)
-    m_max = tl.full(c.shape, float("-inf"), tl.float32)
-    for s0 in range(0, S, CHUNK):
-        sp = (s0 + s)[:, None]
-        okc = (sp < S) & ok[None, :]
-        m = tl.load(m_row[None, :] + sp * 2, mask=okc, other=float("-inf"))
-        m_max = tl.maximum(m_max, tl.max(m, axis=0))
-    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
-    denom = tl.zeros(c.shape, tl.float32)
-    o = tl.zeros(c.shape, tl.float32)
-    for s0 in range(0, S, CHUNK):
-        sp = (s0 + s)[:, None]
+    if ONE_CHUNK:
+        sp = s[:, None]
         okc = (sp < S) & ok[None, :]
         m = tl.load(m_row[None, :] + sp * 2, mask=okc, other=float("-inf"))
         l_s = tl.load(m_row[None, :] + sp * 2 + 1, mask=okc, other=0.0)
-        w = tl.exp2(m - m_max[None, :])
-        denom += tl.sum(w * l_s, axis=0)
         acc = tl.load(p_row[None, :] + sp * D, mask=okc, other=0.0)
-        o += tl.sum(acc * w, axis=0)
+        m_max = tl.max(m, axis=0)
+        m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
+        w = tl.exp2(m - m_max[None, :])
+        denom = tl.sum(w * l_s, axis=0)
+        o = tl.sum(acc * w, axis=0)
+    else:
+        m_max = tl.full(c.shape, float("-inf"), tl.float32)
+        for s0 in range(0, S, CHUNK):
+            sp = (s0 + s)[:, None]
+            okc = (sp < S) & ok[None, :]
+            m = tl.load(m_row[None, :] + sp * 2, mask=okc, other=float("-inf"))
+            m_max = tl.maximum(m_max, tl.max(m, axis=0))
+        m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
+        denom = tl.zeros(c.shape, tl.float32)
+        o = tl.zeros(c.shape, tl.float32)
+        for s0 in range(0, S, CHUNK):
+            sp = (s0 + s)[:, None]
+            okc = (sp < S) & ok[None, :]
+            m = tl.load(m_row[None, :] + sp * 2, mask=okc, other=float("-inf"))
+            l_s = tl.load(m_row[None, :] + sp * 2 + 1, mask=okc, other=0.0)
+            w = tl.exp2(m - m_max[None, :])
+            denom += tl.sum(w * l_s, axis=0)
+            acc = tl.load(p_row[None, :] + sp * D, mask=okc, other=0.0)
+            o += tl.sum(acc * w, axis=0)
     o = tl.where(denom > 0, o / tl.where(denom > 0, denom, 1.0), 0.0)
     return tl.where(ok, _round_to(o, OUT_KIND), 0.0)
 
@@ -117,6 +131,7 @@ def _combine_quantize_kernel(
     HALF_P: tl.constexpr,  # HALF rounded up to a power of two
     BLOCK_O: tl.constexpr,  # outlier channels, rounded up to a power of two
     CHUNK: tl.constexpr,  # splits a step (SPLIT_CHUNK, at most the splits rounded up)
+    ONE_CHUNK: tl.constexpr,  # all splits in one step (S <= CHUNK): one pass
     OUT_KIND: tl.constexpr,  # the attention output's dtype (producers.KIND)
     PTX: tl.constexpr,  # compiled for NVIDIA (the interpreter runs the portable rounding)
     PDL: tl.constexpr,  # launched with programmatic dependent launch
@@ -135,8 +150,8 @@ def _combine_quantize_kernel(
         c_lo = tl.load(perm_ptr + pos_lo, mask=m_lo, other=0)  # a model constant: before the wait
         c_hi = tl.load(perm_ptr + pos_lo + HALF, mask=m_hi, other=0)
         wait_then_release(PDL)
-        xl = _combined(part_ptr, ml_ptr, row, c_lo, m_lo, S, stride_pb, stride_mb, D, CHUNK, OUT_KIND)
-        xh = _combined(part_ptr, ml_ptr, row, c_hi, m_hi, S, stride_pb, stride_mb, D, CHUNK, OUT_KIND)
+        xl = _combined(part_ptr, ml_ptr, row, c_lo, m_lo, S, stride_pb, stride_mb, D, CHUNK, ONE_CHUNK, OUT_KIND)
+        xh = _combined(part_ptr, ml_ptr, row, c_hi, m_hi, S, stride_pb, stride_mb, D, CHUNK, ONE_CHUNK, OUT_KIND)
         amax = tl.maximum(tl.max(_abs_bits(xl), axis=0), tl.max(_abs_bits(xh), axis=0)).to(tl.float32,
                                                                                              bitcast=True)
         scale = tl.math.div_rn(amax * clip_ratio, 7.0)
@@ -151,7 +166,7 @@ def _combine_quantize_kernel(
         ok_o = o < N_OUT
         c = tl.load(perm_ptr + K_NORMAL + o, mask=ok_o, other=0)
         wait_then_release(PDL)
-        v = _combined(part_ptr, ml_ptr, row, c, ok_o, S, stride_pb, stride_mb, D, CHUNK, OUT_KIND)
+        v = _combined(part_ptr, ml_ptr, row, c, ok_o, S, stride_pb, stride_mb, D, CHUNK, ONE_CHUNK, OUT_KIND)
         scale = tl.math.div_rn(tl.max(_abs_bits(v), axis=0).to(tl.float32, bitcast=True), 127.0)
         q = _round_clamp(v * _safe_inverse(scale), -127, 127, PTX).to(tl.int8)
         tl.store(qo_ptr + row.to(tl.int64) * stride_qom + o, q, mask=ok_o)
@@ -179,7 +194,7 @@ def combine_quantize_triton(part, ml, perm, n_outliers, group_size, clip_ratio, 
         float(clip_ratio),
         D=d, HALF=half, HALF_P=triton.next_power_of_2(half),
         BLOCK_O=max(16, triton.next_power_of_2(max(n_outliers, 1))),
-        CHUNK=min(SPLIT_CHUNK, triton.next_power_of_2(splits)),
+        CHUNK=min(SPLIT_CHUNK, triton.next_power_of_2(splits)), ONE_CHUNK=splits <= SPLIT_CHUNK,
         OUT_KIND=KIND[out_dtype], PTX=part.is_cuda and torch.version.hip is None and not _INTERPRET,
         num_warps=4, **opts,
     )
