@@ -345,6 +345,9 @@ def main():
                         print(f"    {k:32s} {us:10.1f} us")
                     for k, us in top:
                         print(f"      {us:10.1f} us  {k}")
+        passes = sys.modules.get("atom_ao.inductor.passes")
+        if passes is not None and path.startswith("atom") and passes.LAST_COUNTS:  # what the pass did to the last graph
+            print(f"  {label}: atom_ao's Inductor pass on the last graph compiled: {dict(passes.LAST_COUNTS)}")
         pdl = sys.modules.get("atom_ao.ops.pdl")
         if pdl is not None and pdl.ENABLED and path.startswith("atom"):  # evidence that the compiled kernels got the launch attribute
             print(f"  {label}: atom_ao.ops.pdl marked {len(pdl.MARKED)} compiled kernels for PDL launches "
