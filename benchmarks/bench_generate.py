@@ -17,7 +17,7 @@ paths' SDPA reads the whole static cache, prompt + gen, at every step, with a ma
 does, while the INT4 kernel reads each sequence's filled length, so a step's cost there grows
 along the generation), decode tokens/s, the same as a generation loop runs it (``loop_tpot_ms``:
 all --gen positions back to back, the argmax fed back on the device, one sync at the end, so each
-graph launch is queued behind the step before instead of timed), peak memory, and the largest batch whose weights
+replay is queued while the step before still runs), peak memory, and the largest batch whose weights
 + KV cache fit --budget-gb (computed from the bytes per token of each KV format).
 """
 
@@ -219,8 +219,9 @@ def run_batch(model, path, batch, prompt, gen, steps, profile=False):
         tok.copy_(out.argmax(-1, keepdim=True))
     tpot = sorted(times)[len(times) // 2]
     # the same steps in a loop: every generated position once, one sync at the end. The timing
-    # above syncs each step, so it also counts the graph's launch (CPU submission) latency, which
-    # grows with the graph's kernel count; a generation loop hides it behind the step before.
+    # above waits for each step alone; in a loop each replay is queued while the step before still
+    # runs, which is where programmatic dependent launch pays (session 39: the Atom batch-1 step
+    # 2.49 ms alone with PDL and without, 2.36 in the loop with it).
     loop_positions = list(range(prompt, prompt + gen))
     decode_loop(graph.replay, out, tok, step_pos, loop_positions[:2])  # warm
     torch.cuda.synchronize()
