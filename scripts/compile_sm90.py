@@ -171,9 +171,11 @@ def gemm_kernels():
     # the decode split combine fused with o_proj's quantizer (Llama-2-7B: 32 heads of 128, 20 splits)
     ctypes = dict(part_ptr="*fp32", ml_ptr="*fp32", perm_ptr="*i32", q_ptr="*u8", s_ptr="*fp32", qo_ptr="*i8",
                   so_ptr="*fp32", clip_ratio="fp32")
-    for pdl, one in ((False, True), (True, True), (True, False)):
-        ok &= compile_one(f"combine_quantize pdl={pdl} one_chunk={one}", cq._combine_quantize_kernel, ctypes,
-                          dict(D=128, HALF=64, HALF_P=64, BLOCK_O=128, CHUNK=32, ONE_CHUNK=one, OUT_KIND=2, PTX=True, PDL=pdl), 4, 1,
+    for pdl, one, perm_first in ((False, True, False), (True, True, True), (True, False, True), (True, True, False)):
+        ok &= compile_one(f"combine_quantize pdl={pdl} one_chunk={one} perm_first={perm_first}",
+                          cq._combine_quantize_kernel, ctypes,
+                          dict(D=128, HALF=64, HALF_P=64, BLOCK_O=128, CHUNK=32, ONE_CHUNK=one, OUT_KIND=2, PTX=True,
+                               PDL=pdl, PERM_FIRST=perm_first), 4, 1,
                           ptx_has="griddepcontrol.wait" if pdl else None)
     ok &= compile_one("sum_splits", gemm._sum_splits_kernel, dict(ws_ptr="*fp32", out_ptr="*bf16"),
                       dict(SPLITS_P=8, BLOCK=512))

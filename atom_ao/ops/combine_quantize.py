@@ -31,7 +31,7 @@ from atom_ao.format import k_normal_padded, quantize_activation_ref
 from atom_ao.ops import pdl as pdl_switch
 from atom_ao.ops.pdl import wait_then_release  # a bare name: Inductor copies the jit helpers a kernel calls by name
 from atom_ao.ops.producers import KIND, _round_to
-from atom_ao.ops.quantize_activation import _abs_bits, _round_clamp, _safe_inverse, empty_outputs_for
+from atom_ao.ops.quantize_activation import _abs_bits, _round_clamp, _safe_inverse, empty_outputs_for, perm_before_wait
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 SPLIT_CHUNK = 32  # splits combined a step: bounds the (splits, channels) tiles' registers
@@ -135,9 +135,12 @@ def _combine_quantize_kernel(
     OUT_KIND: tl.constexpr,  # the attention output's dtype (producers.KIND)
     PTX: tl.constexpr,  # compiled for NVIDIA (the interpreter runs the portable rounding)
     PDL: tl.constexpr,  # launched with programmatic dependent launch
+    PERM_FIRST: tl.constexpr,  # with PDL: perm loaded before the wait (quantize_activation.perm_before_wait)
 ):
     """Program (row, column): column g < G quantizes group g of the permuted normal channels to
     INT4 (the ``quantize_activation`` kernel's math and layout), column G the outliers to INT8."""
+    if not PERM_FIRST:
+        wait_then_release(PDL)  # before any load or store
     row = tl.program_id(0)
     col = tl.program_id(1)
     clip_ratio = tl.cast(clip_ratio, tl.float32)  # Inductor passes Python floats as fp64
@@ -147,9 +150,10 @@ def _combine_quantize_kernel(
         ok_j = j < HALF
         m_lo = (pos_lo < K_NORMAL) & ok_j  # padding positions are 0, as the reference pads
         m_hi = (pos_lo + HALF < K_NORMAL) & ok_j
-        c_lo = tl.load(perm_ptr + pos_lo, mask=m_lo, other=0)  # a model constant: before the wait
+        c_lo = tl.load(perm_ptr + pos_lo, mask=m_lo, other=0)
         c_hi = tl.load(perm_ptr + pos_lo + HALF, mask=m_hi, other=0)
-        wait_then_release(PDL)
+        if PERM_FIRST:  # perm is on its way: now wait for the split kernel's partials
+            wait_then_release(PDL)
         xl = _combined(part_ptr, ml_ptr, row, c_lo, m_lo, S, stride_pb, stride_mb, D, CHUNK, ONE_CHUNK, OUT_KIND)
         xh = _combined(part_ptr, ml_ptr, row, c_hi, m_hi, S, stride_pb, stride_mb, D, CHUNK, ONE_CHUNK, OUT_KIND)
         amax = tl.maximum(tl.max(_abs_bits(xl), axis=0), tl.max(_abs_bits(xh), axis=0)).to(tl.float32,
@@ -165,7 +169,8 @@ def _combine_quantize_kernel(
         o = tl.arange(0, BLOCK_O)
         ok_o = o < N_OUT
         c = tl.load(perm_ptr + K_NORMAL + o, mask=ok_o, other=0)
-        wait_then_release(PDL)
+        if PERM_FIRST:
+            wait_then_release(PDL)
         v = _combined(part_ptr, ml_ptr, row, c, ok_o, S, stride_pb, stride_mb, D, CHUNK, ONE_CHUNK, OUT_KIND)
         scale = tl.math.div_rn(tl.max(_abs_bits(v), axis=0).to(tl.float32, bitcast=True), 127.0)
         q = _round_clamp(v * _safe_inverse(scale), -127, 127, PTX).to(tl.int8)
@@ -182,6 +187,7 @@ def combine_quantize_triton(part, ml, perm, n_outliers, group_size, clip_ratio, 
     if b == 0:
         return q, s, qo, so
     part, ml = part.contiguous(), ml.contiguous()
+    reads_perm_early = perm_before_wait(perm, part.device)
     perm = perm.to(torch.int32).contiguous()
     groups = k_normal_padded(k, n_outliers, group_size) // group_size
     half = group_size // 2
@@ -196,7 +202,7 @@ def combine_quantize_triton(part, ml, perm, n_outliers, group_size, clip_ratio, 
         BLOCK_O=max(16, triton.next_power_of_2(max(n_outliers, 1))),
         CHUNK=min(SPLIT_CHUNK, triton.next_power_of_2(splits)), ONE_CHUNK=splits <= SPLIT_CHUNK,
         OUT_KIND=KIND[out_dtype], PTX=part.is_cuda and torch.version.hip is None and not _INTERPRET,
-        num_warps=4, **opts,
+        num_warps=4, **opts, PERM_FIRST=bool(opts["PDL"] and reads_perm_early),
     )
     return q, s, qo, so
 
