@@ -398,19 +398,18 @@ def empty_outputs_for(m: int, k: int, device: torch.device, n_outliers: int, gro
                       asymmetric: bool = False):
     """``empty_outputs`` for an (m, k) input that is never materialised (a fused producer's)."""
     kp = k_normal_padded(k, n_outliers, group_size)
-    dev = device
     groups = kp // group_size
     if asymmetric:
-        scales = torch.empty((m, 2 * groups), dtype=torch.float32, device=dev)
+        scales = torch.empty((m, 2 * groups), dtype=torch.float32, device=device)
     elif GROUP_MAJOR_SCALES:
-        scales = torch.empty((groups, m), dtype=torch.float32, device=dev).t()
+        scales = torch.empty((groups, m), dtype=torch.float32, device=device).t()
     else:
-        scales = torch.empty((m, groups), dtype=torch.float32, device=dev)
-    return (torch.empty((m, kp // 2), dtype=torch.uint8, device=dev),
+        scales = torch.empty((m, groups), dtype=torch.float32, device=device)
+    return (torch.empty((m, kp // 2), dtype=torch.uint8, device=device),
             scales,
-            torch.empty((m, n_outliers), dtype=torch.int8, device=dev),
+            torch.empty((m, n_outliers), dtype=torch.int8, device=device),
             # no outlier channels: the reference's scale is 0 (and nothing is launched for them)
-            (torch.empty if n_outliers else torch.zeros)((m,), dtype=torch.float32, device=dev))
+            (torch.empty if n_outliers else torch.zeros)((m,), dtype=torch.float32, device=device))
 
 
 def quantize_activation_triton(
