@@ -31,10 +31,15 @@ from atom_ao.format import k_normal_padded, quantize_activation_ref
 from atom_ao.ops import pdl as pdl_switch
 from atom_ao.ops.pdl import wait_then_release  # a bare name: Inductor copies the jit helpers a kernel calls by name
 from atom_ao.ops.producers import KIND, _round_to
-from atom_ao.ops.quantize_activation import _abs_bits, _round_clamp, _safe_inverse, empty_outputs_for, perm_before_wait
+from atom_ao.ops.quantize_activation import (_LANES_FIRST, _abs_bits, _round_clamp, _safe_inverse, empty_outputs_for,
+                                             perm_before_wait)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 SPLIT_CHUNK = 32  # splits combined a step: bounds the (splits, channels) tiles' registers
+# the tiles' channels along the warps' lanes (``_split_tile``); False: along the splits (session
+# 39's form, kept for benchmarks/explore_combine_quantize.py's A/B)
+CHANNELS_ON_LANES = True
+NUM_WARPS = 4  # a program's warps (the explore script times others)
 
 
 def combine_splits_ref(part: torch.Tensor, ml: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
@@ -75,47 +80,65 @@ def check_combine_args(part, ml, perm, n_outliers, group_size, out_dtype) -> Non
 
 
 @triton.jit
-def _combined(part_ptr, ml_ptr, row, c, ok, S, stride_pb, stride_mb,
-              D: tl.constexpr, CHUNK: tl.constexpr, ONE_CHUNK: tl.constexpr, OUT_KIND: tl.constexpr):
-    """The combined attention output at channels c (any shape; ok masks them) of one row, rounded
-    to the output dtype: channel c is head c // D, dim c % D. Up to CHUNK splits (ONE_CHUNK) one
-    pass, every load issued at once; more: two passes, CHUNK at a time, the max and then the
-    weighted sums."""
-    h = c // D
-    d = c - h * D
-    m_row = ml_ptr + row.to(tl.int64) * stride_mb + h * (S * 2)
-    p_row = part_ptr + row.to(tl.int64) * stride_pb + h * (S * D) + d
-    s = tl.arange(0, CHUNK)
-    if ONE_CHUNK:
-        sp = s[:, None]
-        okc = (sp < S) & ok[None, :]
-        m = tl.load(m_row[None, :] + sp * 2, mask=okc, other=float("-inf"))
-        l_s = tl.load(m_row[None, :] + sp * 2 + 1, mask=okc, other=0.0)
-        acc = tl.load(p_row[None, :] + sp * D, mask=okc, other=0.0)
-        m_max = tl.max(m, axis=0)
-        m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
-        w = tl.exp2(m - m_max[None, :])
-        denom = tl.sum(w * l_s, axis=0)
-        o = tl.sum(acc * w, axis=0)
+def _split_tile(c, ok, s0, S, CHUNK: tl.constexpr, CH_FIRST: tl.constexpr):
+    """Index parts of a (channels, splits) tile (CH_FIRST) or a (splits, channels) one: the
+    channels cc, the splits sp and the mask, each broadcastable to it. The gathers have no
+    provable contiguity, so Triton lays the tile out by dimension index, its lanes along the
+    first dimension before 3.9 and along the last from 3.9 on (``_LANES_FIRST``); the channels go
+    where the lanes are, so a warp reads consecutive channels of one split. (With the lanes
+    along the splits, each lane read its own 32-byte sector: ~20 us a launch at batch 1 on the
+    H200, session 40, against ~7 for the reduce kernel and quantizer it replaces.)"""
+    s = s0 + tl.arange(0, CHUNK)
+    if CH_FIRST:
+        cc = c[:, None]
+        okc = ok[:, None]
+        sp = s[None, :]
     else:
-        m_max = tl.full(c.shape, float("-inf"), tl.float32)
-        for s0 in range(0, S, CHUNK):
-            sp = (s0 + s)[:, None]
-            okc = (sp < S) & ok[None, :]
-            m = tl.load(m_row[None, :] + sp * 2, mask=okc, other=float("-inf"))
-            m_max = tl.maximum(m_max, tl.max(m, axis=0))
+        cc = c[None, :]
+        okc = ok[None, :]
+        sp = s[:, None]
+    return cc, sp, okc & (sp < S)
+
+
+@triton.jit
+def _combined(part_ptr, ml_ptr, row, c, ok, S, stride_pb, stride_mb,
+              D: tl.constexpr, CHUNK: tl.constexpr, ONE_CHUNK: tl.constexpr, OUT_KIND: tl.constexpr,
+              CH_FIRST: tl.constexpr):
+    """The combined attention output at channels c (1-D; ok masks them) of one row, rounded to
+    the output dtype: channel c is head c // D, dim c % D. Up to CHUNK splits (ONE_CHUNK) one
+    pass, every load issued at once; more: two passes, CHUNK at a time, the max and then the
+    weighted sums. The reductions run over the tile's split axis (``_split_tile``)."""
+    AX: tl.constexpr = 1 if CH_FIRST else 0
+    cc, sp, okc = _split_tile(c, ok, 0, S, CHUNK, CH_FIRST)
+    h = cc // D
+    m_row = ml_ptr + row.to(tl.int64) * stride_mb + h * (S * 2)
+    p_row = part_ptr + row.to(tl.int64) * stride_pb + h * (S * D) + (cc - h * D)
+    if ONE_CHUNK:
+        m = tl.load(m_row + sp * 2, mask=okc, other=float("-inf"))
+        l_s = tl.load(m_row + sp * 2 + 1, mask=okc, other=0.0)
+        acc = tl.load(p_row + sp * D, mask=okc, other=0.0)
+        m_max = tl.max(m, axis=AX)
         m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
-        denom = tl.zeros(c.shape, tl.float32)
-        o = tl.zeros(c.shape, tl.float32)
+        w = tl.exp2(m - tl.expand_dims(m_max, AX))
+        denom = tl.sum(w * l_s, axis=AX)
+        o = tl.sum(acc * w, axis=AX)
+    else:
+        m_max = tl.max(tl.full(cc.shape, float("-inf"), tl.float32), axis=AX)  # (the reductions' layout)
         for s0 in range(0, S, CHUNK):
-            sp = (s0 + s)[:, None]
-            okc = (sp < S) & ok[None, :]
-            m = tl.load(m_row[None, :] + sp * 2, mask=okc, other=float("-inf"))
-            l_s = tl.load(m_row[None, :] + sp * 2 + 1, mask=okc, other=0.0)
-            w = tl.exp2(m - m_max[None, :])
-            denom += tl.sum(w * l_s, axis=0)
-            acc = tl.load(p_row[None, :] + sp * D, mask=okc, other=0.0)
-            o += tl.sum(acc * w, axis=0)
+            _, sp, okc = _split_tile(c, ok, s0, S, CHUNK, CH_FIRST)
+            m = tl.load(m_row + sp * 2, mask=okc, other=float("-inf"))
+            m_max = tl.maximum(m_max, tl.max(m, axis=AX))
+        m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
+        denom = tl.zeros_like(m_max)
+        o = tl.zeros_like(m_max)
+        for s0 in range(0, S, CHUNK):
+            _, sp, okc = _split_tile(c, ok, s0, S, CHUNK, CH_FIRST)
+            m = tl.load(m_row + sp * 2, mask=okc, other=float("-inf"))
+            l_s = tl.load(m_row + sp * 2 + 1, mask=okc, other=0.0)
+            w = tl.exp2(m - tl.expand_dims(m_max, AX))
+            denom += tl.sum(w * l_s, axis=AX)
+            acc = tl.load(p_row + sp * D, mask=okc, other=0.0)
+            o += tl.sum(acc * w, axis=AX)
     o = tl.where(denom > 0, o / tl.where(denom > 0, denom, 1.0), 0.0)
     return tl.where(ok, _round_to(o, OUT_KIND), 0.0)
 
@@ -133,6 +156,7 @@ def _combine_quantize_kernel(
     CHUNK: tl.constexpr,  # splits a step (SPLIT_CHUNK, at most the splits rounded up)
     ONE_CHUNK: tl.constexpr,  # all splits in one step (S <= CHUNK): one pass
     OUT_KIND: tl.constexpr,  # the attention output's dtype (producers.KIND)
+    CH_FIRST: tl.constexpr,  # tiles (channels, splits), else (splits, channels): see _split_tile
     PTX: tl.constexpr,  # compiled for NVIDIA (the interpreter runs the portable rounding)
     PDL: tl.constexpr,  # launched with programmatic dependent launch
     PERM_FIRST: tl.constexpr,  # with PDL: perm loaded before the wait (quantize_activation.perm_before_wait)
@@ -154,8 +178,10 @@ def _combine_quantize_kernel(
         c_hi = tl.load(perm_ptr + pos_lo + HALF, mask=m_hi, other=0)
         if PERM_FIRST:  # perm is on its way: now wait for the split kernel's partials
             wait_then_release(PDL)
-        xl = _combined(part_ptr, ml_ptr, row, c_lo, m_lo, S, stride_pb, stride_mb, D, CHUNK, ONE_CHUNK, OUT_KIND)
-        xh = _combined(part_ptr, ml_ptr, row, c_hi, m_hi, S, stride_pb, stride_mb, D, CHUNK, ONE_CHUNK, OUT_KIND)
+        xl = _combined(part_ptr, ml_ptr, row, c_lo, m_lo, S, stride_pb, stride_mb, D, CHUNK,
+                       ONE_CHUNK, OUT_KIND, CH_FIRST)
+        xh = _combined(part_ptr, ml_ptr, row, c_hi, m_hi, S, stride_pb, stride_mb, D, CHUNK,
+                       ONE_CHUNK, OUT_KIND, CH_FIRST)
         amax = tl.maximum(tl.max(_abs_bits(xl), axis=0), tl.max(_abs_bits(xh), axis=0)).to(tl.float32,
                                                                                              bitcast=True)
         scale = tl.math.div_rn(amax * clip_ratio, 7.0)
@@ -171,7 +197,8 @@ def _combine_quantize_kernel(
         c = tl.load(perm_ptr + K_NORMAL + o, mask=ok_o, other=0)
         if PERM_FIRST:
             wait_then_release(PDL)
-        v = _combined(part_ptr, ml_ptr, row, c, ok_o, S, stride_pb, stride_mb, D, CHUNK, ONE_CHUNK, OUT_KIND)
+        v = _combined(part_ptr, ml_ptr, row, c, ok_o, S, stride_pb, stride_mb, D, CHUNK, ONE_CHUNK, OUT_KIND,
+                      CH_FIRST)
         scale = tl.math.div_rn(tl.max(_abs_bits(v), axis=0).to(tl.float32, bitcast=True), 127.0)
         q = _round_clamp(v * _safe_inverse(scale), -127, 127, PTX).to(tl.int8)
         tl.store(qo_ptr + row.to(tl.int64) * stride_qom + o, q, mask=ok_o)
@@ -201,8 +228,9 @@ def combine_quantize_triton(part, ml, perm, n_outliers, group_size, clip_ratio, 
         D=d, HALF=half, HALF_P=triton.next_power_of_2(half),
         BLOCK_O=max(16, triton.next_power_of_2(max(n_outliers, 1))),
         CHUNK=min(SPLIT_CHUNK, triton.next_power_of_2(splits)), ONE_CHUNK=splits <= SPLIT_CHUNK,
-        OUT_KIND=KIND[out_dtype], PTX=part.is_cuda and torch.version.hip is None and not _INTERPRET,
-        num_warps=4, **opts, PERM_FIRST=bool(opts["PDL"] and reads_perm_early),
+        OUT_KIND=KIND[out_dtype], CH_FIRST=_LANES_FIRST if CHANNELS_ON_LANES else not _LANES_FIRST,
+        PTX=part.is_cuda and torch.version.hip is None and not _INTERPRET,
+        num_warps=NUM_WARPS, **opts, PERM_FIRST=bool(opts["PDL"] and reads_perm_early),
     )
     return q, s, qo, so
 

@@ -5,6 +5,7 @@ Triton's interpreter on CPU (on the GPU with one). Codes match up to rare roundi
 the float32 sums over the splits run in another order (fused_compare)."""
 
 import os
+import sys
 
 import pytest
 import torch
@@ -54,6 +55,19 @@ def test_triton_matches_reference(b, h, splits, d, n_out, gs, dtype):
     want = combine_quantize_ref(part, ml, perm, n_out, gs, 0.9, dtype)
     got = combine_quantize_triton(part.to(DEVICE), ml.to(DEVICE), perm.to(DEVICE), n_out, gs, 0.9, dtype)
     assert_quantized_close(got, want, gs, producer_ulp=0.0 if dtype == torch.float32 else torch.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("channels_on_lanes", [False, True])
+@pytest.mark.parametrize("splits", [20, 37])  # one pass; two passes (more than SPLIT_CHUNK)
+def test_both_tile_layouts(monkeypatch, channels_on_lanes, splits):
+    """The (channels, splits) and (splits, channels) tiles (which one a Triton lays out with the
+    channels on its lanes differs by version) give the reference's codes."""
+    monkeypatch.setattr(sys.modules["atom_ao.ops.combine_quantize"], "CHANNELS_ON_LANES", channels_on_lanes)
+    part, ml = partials(1, 4, splits, 64, seed=splits, empty=[(0, 1, 3)])
+    perm = _perm(256, seed=splits)
+    want = combine_quantize_ref(part, ml, perm, 64, 64, 0.9, torch.bfloat16)
+    got = combine_quantize_triton(part.to(DEVICE), ml.to(DEVICE), perm.to(DEVICE), 64, 64, 0.9, torch.bfloat16)
+    assert_quantized_close(got, want, 64, producer_ulp=torch.finfo(torch.bfloat16).eps)
 
 
 def test_all_splits_empty_gives_zero_codes():
