@@ -24,7 +24,6 @@ unp = importlib.import_module("atom_ao.ops.w4a4_gemm_unpacked")
 swap = importlib.import_module("atom_ao.ops.w4a4_gemm_swap")
 gemv = importlib.import_module("atom_ao.ops.w4a4_gemv")
 qa = importlib.import_module("atom_ao.ops.quantize_activation")
-cq = importlib.import_module("atom_ao.ops.combine_quantize")
 
 TARGET = GPUTarget("cuda", 90, 32)
 LOOP_STATS = "--loop-stats" in sys.argv
@@ -167,15 +166,6 @@ def gemm_kernels():
                       PERM_FIRST=perm_first, **cfg.kwargs)
         ok &= compile_one(f"quantize_activation {cfg.kwargs} mode={mode} pdl={pdl} perm_first={perm_first}",
                           qa._quantize_activation_kernel, qtypes, consts, cfg.num_warps, cfg.num_stages,
-                          ptx_has="griddepcontrol.wait" if pdl else None)
-    # the decode split combine fused with o_proj's quantizer (Llama-2-7B: 32 heads of 128, 20 splits)
-    ctypes = dict(part_ptr="*fp32", ml_ptr="*fp32", perm_ptr="*i32", q_ptr="*u8", s_ptr="*fp32", qo_ptr="*i8",
-                  so_ptr="*fp32", clip_ratio="fp32")
-    for pdl, one, perm_first in ((False, True, False), (True, True, True), (True, False, True), (True, True, False)):
-        ok &= compile_one(f"combine_quantize pdl={pdl} one_chunk={one} perm_first={perm_first}",
-                          cq._combine_quantize_kernel, ctypes,
-                          dict(D=128, HALF=64, HALF_P=64, BLOCK_O=128, CHUNK=32, ONE_CHUNK=one, OUT_KIND=2, PTX=True,
-                               PDL=pdl, PERM_FIRST=perm_first), 4, 1,
                           ptx_has="griddepcontrol.wait" if pdl else None)
     ok &= compile_one("sum_splits", gemm._sum_splits_kernel, dict(ws_ptr="*fp32", out_ptr="*bf16"),
                       dict(SPLITS_P=8, BLOCK=512))

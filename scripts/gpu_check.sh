@@ -743,6 +743,7 @@ for what in "${@:-tests}"; do
     # the batch-1 model with and without it
     # session 40: the fused combine + quantizer alone (its tile's channels on the lanes, warps, splits a
     # step) against the reduce + quantizer; its GPU tests; then the batch-1 model with / without it
+    # (combine-s39 / combine-s40: combine_quantize, removed in session 40)
     combine-s40) T=100 TAIL=6 step combine_gpu_tests_s40 python3 -m pytest -q -p no:cacheprovider --tb=short -rf \
                     tests/ops/test_combine_quantize.py
                  T=300 TAIL=100 step explore_combine_quantize_s40 python3 benchmarks/explore_combine_quantize.py

@@ -25,7 +25,7 @@ from atom_ao.inductor.opaque import keep_quantize_whole
 __all__ = ["AtomFusionPass", "install", "uninstall", "is_installed", "auto_install", "ENV_VAR"]
 
 ENV_VAR = "ATOM_AO_INDUCTOR"
-_SOURCES = ("passes.py", "match.py", "rmsnorm.py", "silu_mul.py", "combine.py", "opaque.py")
+_SOURCES = ("passes.py", "match.py", "rmsnorm.py", "silu_mul.py", "opaque.py")
 
 
 def _source_hash() -> str:
@@ -53,7 +53,7 @@ class AtomFusionPass(CustomGraphPass):
         # plain callable has none, and then neither do we: Inductor then skips the cache)
         if AtomFusionPass._hash is None:
             AtomFusionPass._hash = _source_hash()
-        own = ("atom_ao", AtomFusionPass._hash, passes.fuse_producers(), passes.FUSE_COMBINE)
+        own = ("atom_ao", AtomFusionPass._hash, passes.fuse_producers())
         if self.previous is None:
             return own
         prev = self.previous.uuid() if isinstance(self.previous, CustomGraphPass) else None

@@ -13,8 +13,10 @@ the torch releases whose decompositions differ in detail.
    Inductor fuses that reduction into the kernel producing x (a residual add), so the fused op
    reads x once.
 3. silu(gate) * up -> quantize  =>  ``atom_ao.silu_mul_quantize``.
-4. the decode attention's split combine (its reduce kernel) -> quantize  =>
-   ``atom_ao.combine_quantize`` on the split kernel's partials (``FUSE_COMBINE``).
+
+(The decode attention's split combine + o_proj's quantizer as one kernel on the split partials was
+tried in sessions 39-40 and dropped: at best even with the reduce kernel and quantizer on the
+H200, see docs/speed_history.md.)
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import os
 import torch
 from torch.fx import Graph, Node
 
-from atom_ao.inductor.combine import match_combine
 from atom_ao.inductor.match import aten, is_call, only_used_by, through_views, val
 from atom_ao.inductor.rmsnorm import match_rmsnorm
 from atom_ao.inductor.silu_mul import match_silu_mul
@@ -32,7 +33,6 @@ from atom_ao.inductor.silu_mul import match_silu_mul
 QUANTIZE = torch.ops.atom_ao.quantize_activation.default
 RMSNORM_QUANTIZE = torch.ops.atom_ao.rmsnorm_quantize.default
 SILU_MUL_QUANTIZE = torch.ops.atom_ao.silu_mul_quantize.default
-COMBINE_QUANTIZE = torch.ops.atom_ao.combine_quantize.default
 
 
 def _set_val(node: Node) -> None:
@@ -134,30 +134,6 @@ def fuse(graph: Graph) -> dict[str, int]:
     return counts
 
 
-def fuse_combine(graph: Graph) -> int:
-    """Replace each decode reduce launch feeding only a quantizer, and that quantizer, with
-    ``combine_quantize`` on the partials; returns how many."""
-    graph.eliminate_dead_code()  # views left unused by earlier passes would count as readers
-    done = 0
-    for q in _quantize_nodes(graph):
-        x, perm, n_out, gs, clip, asym = _quantize_args(q)
-        found = None if asym else match_combine(x)
-        if found is None:
-            continue
-        part, ml, out_dtype = found
-        with graph.inserting_before(q):
-            fused = _call(graph, COMBINE_QUANTIZE, (part, ml, perm, n_out, gs, clip, out_dtype))
-        q.replace_all_uses_with(fused)
-        graph.erase_node(q)
-        done += 1
-    return done
-
-
-# The decode reduce + o_proj quantizer as one kernel (fuse_combine). Read at each compile (and in
-# the pass's cache key).
-FUSE_COMBINE = os.environ.get("ATOM_AO_FUSE_COMBINE", "0") == "1"
-
-
 # ``ATOM_AO_FUSE_PRODUCERS=0``: dedupe only, no producer fusion (an A/B switch for the batch-1 decode
 # step, where a fused quantizer's extra reads may cost more than the launch it saves: session 24's
 # profile had transformers' Llama at 23.4 us a layer of quantizer and elementwise kernels against
@@ -172,8 +148,6 @@ def fuse_producers() -> bool:
 def run(graph: Graph) -> dict[str, int]:
     """The whole pass; returns what it did (also kept in ``LAST_COUNTS`` for tests and logs)."""
     stats = {"deduped": dedupe(graph), **(fuse(graph) if fuse_producers() else {})}
-    if FUSE_COMBINE and fuse_producers():
-        stats["combine_quantize"] = fuse_combine(graph)
     graph.eliminate_dead_code()
     LAST_COUNTS.clear()
     LAST_COUNTS.update(stats)

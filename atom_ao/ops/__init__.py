@@ -8,6 +8,5 @@ from atom_ao.ops.quantize_activation import quantize_activation
 from atom_ao.ops.w4a4_gemm import w4a4_gemm
 from atom_ao.ops.rmsnorm_quantize import rmsnorm_quantize
 from atom_ao.ops.silu_mul_quantize import silu_mul_quantize
-from atom_ao.ops.combine_quantize import combine_quantize
 
-__all__ = ["quantize_activation", "w4a4_gemm", "rmsnorm_quantize", "silu_mul_quantize", "combine_quantize"]
+__all__ = ["quantize_activation", "w4a4_gemm", "rmsnorm_quantize", "silu_mul_quantize"]

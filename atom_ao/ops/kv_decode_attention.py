@@ -500,10 +500,8 @@ def check_decode_args(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens
 
 def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table, seq_lens, kv_start,
                                sm_scale: float, max_seq_len: int = 0, k_rope=None, k_bias=None,
-                               v_rotated: bool = False, return_partials: bool = False):
-    """Launch the Triton kernels (CUDA, or CPU tensors under TRITON_INTERPRET=1). With
-    ``return_partials`` (tests; not with ``v_rotated``): (out, part, ml), the split kernel's
-    partials beside the combined output."""
+                               v_rotated: bool = False) -> torch.Tensor:
+    """Launch the Triton kernels (CUDA, or CPU tensors under TRITON_INTERPRET=1)."""
     b, h, d = q.shape
     hkv = k_cache.shape[1]
     g = h // hkv
@@ -580,7 +578,7 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
             D=d, SPLITS_P=triton.next_power_of_2(splits), num_warps=4,
             **pdl_switch.launch_options(out, one_token=b == 1),
         )
-    return (out, part, ml) if return_partials else out
+    return out
 
 
 @triton_op("atom_ao::kv_decode_attention", mutates_args=())

@@ -391,25 +391,21 @@ def empty_outputs(x: torch.Tensor, n_outliers: int, group_size: int, asymmetric:
     each thread's 16 token scales sit at immediate offsets of one pointer instead of 16
     pointers: offline 286 -> 241 instructions a group; H200, cold weights, Llama-2-7B (session 27,
     ``explore_decode_gemm.py --scales-ab``): 2-5% faster (qkv 20.0 -> 19.0 us, gate/up 34.3 -> 32.6)."""
-    return empty_outputs_for(*x.shape, x.device, n_outliers, group_size, asymmetric)
-
-
-def empty_outputs_for(m: int, k: int, device: torch.device, n_outliers: int, group_size: int,
-                      asymmetric: bool = False):
-    """``empty_outputs`` for an (m, k) input that is never materialised (a fused producer's)."""
+    m, k = x.shape
     kp = k_normal_padded(k, n_outliers, group_size)
+    dev = x.device
     groups = kp // group_size
     if asymmetric:
-        scales = torch.empty((m, 2 * groups), dtype=torch.float32, device=device)
+        scales = torch.empty((m, 2 * groups), dtype=torch.float32, device=dev)
     elif GROUP_MAJOR_SCALES:
-        scales = torch.empty((groups, m), dtype=torch.float32, device=device).t()
+        scales = torch.empty((groups, m), dtype=torch.float32, device=dev).t()
     else:
-        scales = torch.empty((m, groups), dtype=torch.float32, device=device)
-    return (torch.empty((m, kp // 2), dtype=torch.uint8, device=device),
+        scales = torch.empty((m, groups), dtype=torch.float32, device=dev)
+    return (torch.empty((m, kp // 2), dtype=torch.uint8, device=dev),
             scales,
-            torch.empty((m, n_outliers), dtype=torch.int8, device=device),
+            torch.empty((m, n_outliers), dtype=torch.int8, device=dev),
             # no outlier channels: the reference's scale is 0 (and nothing is launched for them)
-            (torch.empty if n_outliers else torch.zeros)((m,), dtype=torch.float32, device=device))
+            (torch.empty if n_outliers else torch.zeros)((m,), dtype=torch.float32, device=dev))
 
 
 def quantize_activation_triton(

@@ -42,10 +42,10 @@ import atom_ao.ops  # noqa: E402,F401
 
 # the modules (atom_ao.ops re-exports some ops under their module's name)
 (kv_decode_attention, kv_prefill_attention, kv_write, quantize_activation, w4a4_gemm, w4a4_gemm_swap,
- w4a4_gemm_unpacked, w4a4_gemv, fused_quantize, combine_quantize) = (
+ w4a4_gemm_unpacked, w4a4_gemv, fused_quantize) = (
     importlib.import_module(f"atom_ao.ops.{m}") for m in (
         "kv_decode_attention", "kv_prefill_attention", "kv_write", "quantize_activation", "w4a4_gemm",
-        "w4a4_gemm_swap", "w4a4_gemm_unpacked", "w4a4_gemv", "fused_quantize", "combine_quantize"))
+        "w4a4_gemm_swap", "w4a4_gemm_unpacked", "w4a4_gemv", "fused_quantize"))
 from torch._higher_order_ops import triton_kernel_wrap as tkw  # noqa: E402
 
 _LAUNCHES: list = []
@@ -64,7 +64,7 @@ class _Recorder:
 
 
 for _m in (kv_decode_attention, kv_prefill_attention, kv_write, quantize_activation, w4a4_gemm, w4a4_gemm_swap,
-           w4a4_gemm_unpacked, w4a4_gemv, fused_quantize, combine_quantize):
+           w4a4_gemm_unpacked, w4a4_gemv, fused_quantize):
     if hasattr(_m, "wrap_triton"):
         _m.wrap_triton = _Recorder
 for _m in (w4a4_gemm, kv_decode_attention):
@@ -131,14 +131,6 @@ def _quantize_cases():
         for kernel in ("stream", "tile"):
             silu_mul_quantize_triton(xm, up, perm, 32, 128, 0.9, kernel=kernel)
             _report(f"silu_mul_quantize m={m} {kernel}", [xm, up, perm])
-    _combine_case("combine_quantize")
-
-
-def _combine_case(case: str):
-    part, ml = torch.randn(2, 4, 5, 128), torch.rand(2, 4, 5, 2)
-    perm = torch.randperm(512).to(torch.int32)
-    combine_quantize.combine_quantize_triton(part, ml, perm, 32, 128, 0.9, torch.bfloat16)
-    _report(case, [part, ml, perm])
 
 
 def _kv_cases():
@@ -223,7 +215,6 @@ def _pdl_cases(prefix="pdl"):
     slots = torch.tensor([0, 7])
     kv_write.kv_write_triton(k, v, slots, *caches)
     _report(f"{prefix} kv_write", [k, v, slots])
-    _combine_case(f"{prefix} combine_quantize")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ EXPECTED_KERNELS = {
     "_sum_splits_kernel", "_unpack_rows_kernel", "_int8_group_gemm_kernel_jit", "_quantize_activation_kernel",
     "_row_rstd_kernel", "_fused_quantize_kernel", "decode_gqa_kernel", "decode_mha_kernel", "_decode_split_kernel",
     "_decode_reduce_kernel", "_decode_reduce_rotate_kernel", "_kv_write_kernel", "_prefill_kernel",
-    "_combine_quantize_kernel",
 }
 
 
@@ -57,7 +56,7 @@ def test_pdl_launches_are_analysed(launches):
     # atom_ao.ops.pdl on: the quantizer, gemv (with its L2 prefetch), decode attention, its reduce, KV write
     pdl = {r["kernel"] for r in launches if r["case"].startswith("pdl ")}
     assert {"_w4a4_gemv_kernel", "_quantize_activation_kernel", "decode_gqa_kernel", "_decode_reduce_kernel",
-            "_kv_write_kernel", "_combine_quantize_kernel"} <= pdl
+            "_kv_write_kernel"} <= pdl
 
 
 def test_pdl_waits_as_triton36_lowers_them(launches):
