@@ -1,6 +1,6 @@
 """The activation quantizers, kernel by kernel and config by config.
 
-    python benchmarks/explore_quantize.py [--ms 1,64,1024,8192] [--ks 4096,11008] [--no-configs]
+    python benchmarks/explore_quantize.py [--ms 1,64,1024,8192] [--ks 4096,11008] [--no-configs] [--all-configs]
 
 For each K and M (bf16 activations, the permutation ``outlier_permutation`` builds, 128
 outliers, groups of 128; identity for silu_mul_quantize, as after fold_mlp_permutations): each
@@ -63,6 +63,8 @@ def main():
     ap.add_argument("--ms", default="1,64,1024,8192")
     ap.add_argument("--ks", default="4096,11008")
     ap.add_argument("--no-configs", action="store_true", help="skip the per-config timings")
+    ap.add_argument("--all-configs", action="store_true",
+                    help="time the decode configs and the prefill ones at every M above 32")
     args = ap.parse_args()
     from atom_ao.format import quantize_activation_ref
     from atom_ao.ops.rmsnorm_quantize import rmsnorm_quantize_ref, rmsnorm_quantize_triton
@@ -105,7 +107,8 @@ def main():
                         mismatches.append(f"K={k} M={m} {op} {kern}: {diff}")
                     times[f"{op}, {kern} kernel"] = (bench_us(lambda fn=fn, kern=kern: fn(kern)), op_bytes)
             want = qa.quantize_activation_triton(x, perm, N_OUT, GS, CLIP)
-            for c in ([] if args.no_configs or m <= 32 else qa.configs_for(m)):
+            every = qa._configs(small=True) + qa._configs(small=False) if args.all_configs else qa.configs_for(m)
+            for c in ([] if args.no_configs or m <= 32 else every):
                 got = qa.quantize_activation_triton(x, perm, N_OUT, GS, CLIP, config=c)
                 assert all(torch.equal(a, b) for a, b in zip(got, want)), config_name(c)  # same bits, any config
                 times["quantize_activation " + config_name(c)] = (
