@@ -743,6 +743,7 @@ for what in "${@:-tests}"; do
     # the batch-1 model with and without it
     # session 40: the activation quantizer at 64 rows (batch-64 decode), every decode and prefill config;
     # then Llama-3-8B batch 64 with the autotuner choosing among both sets at 33..64 rows against not
+    # (MID_M_ALL_CONFIGS: no gain, removed in session 40)
     mid-m-s40) T=150 TAIL=60 step explore_quantize_m64_s40 python3 benchmarks/explore_quantize.py --ms 64 \
                    --ks 4096,14336 --all-configs
                T=420 TAIL=40 step generate_llama3_mid_m_b64_s40 python3 benchmarks/bench_generate.py --model llama3-8b \

@@ -354,19 +354,6 @@ def _quantize_activation_kernel(
 _TUNE_KEY = ["M_BUCKET", "K_NORMAL", "N_OUT", "HALF", "MODE"]
 _tuned_small = triton.autotune(configs=_configs(small=True), key=_TUNE_KEY)(_quantize_activation_kernel)
 _tuned_large = triton.autotune(configs=_configs(small=False), key=_TUNE_KEY)(_quantize_activation_kernel)
-# 33..64 rows (a batch-64 decode step's quantizers, ~4 us a call on the H200, 3-4x a clone of x):
-# the autotuner picks among the decode configs and the prefill ones. Off until timed (session 40,
-# ``ATOM_AO_QUANTIZE_MID_ALL=1``, ``gpu_check.sh mid-m-s40``). Read at each launch.
-MID_M_ALL_CONFIGS = os.environ.get("ATOM_AO_QUANTIZE_MID_ALL", "0") == "1"
-_MID_CONFIGS = list({(tuple(sorted(c.kwargs.items())), c.num_warps): c  # (one config under the interpreter)
-                     for c in _configs(small=True) + _configs(small=False)}.values())
-_tuned_mid = triton.autotune(configs=_MID_CONFIGS, key=_TUNE_KEY)(_quantize_activation_kernel)
-
-
-def _autotuner(m: int):
-    if m <= _SMALL_M:
-        return _tuned_small
-    return _tuned_mid if MID_M_ALL_CONFIGS and m <= 2 * _SMALL_M else _tuned_large
 
 
 def _grid(m: int, groups: int, has_out: bool):
@@ -479,7 +466,7 @@ def launch_streaming(mode: int, a, b, w, rstd, perm, n_outliers: int, group_size
     b = a if b is None else b
     has_out = n_outliers > 0
     half = group_size // 2
-    kernel = _autotuner(m)
+    kernel = _tuned_small if m <= _SMALL_M else _tuned_large
     meta = {}
     if config is not None:
         kernel = _quantize_activation_kernel
@@ -511,7 +498,7 @@ def launch_streaming(mode: int, a, b, w, rstd, perm, n_outliers: int, group_size
 
 def configs_for(m: int) -> list[triton.Config]:
     """The configs the autotuner chooses among for m rows."""
-    return _autotuner(m).configs
+    return (_tuned_small if m <= _SMALL_M else _tuned_large).configs
 
 
 @triton_op("atom_ao::quantize_activation", mutates_args=())

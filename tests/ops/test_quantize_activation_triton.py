@@ -219,19 +219,3 @@ def test_config_launch_same_bits(explicit):
     got = quantize_activation_triton(x, perm, 64, 128, 0.9, config=config)
     for g, w in zip(got, want):
         assert torch.equal(g.cpu(), w)
-
-
-@pytest.mark.parametrize("mid_all", [False, True])
-def test_mid_rows_autotuner(monkeypatch, mid_all):
-    """33..64 rows: the prefill configs' autotuner, or (MID_M_ALL_CONFIGS) one choosing among the
-    decode and prefill configs; the bits are the reference's either way."""
-    qa = sys.modules["atom_ao.ops.quantize_activation"]
-    monkeypatch.setattr(qa, "MID_M_ALL_CONFIGS", mid_all)
-    assert qa._autotuner(32) is qa._tuned_small and qa._autotuner(65) is qa._tuned_large
-    assert qa._autotuner(48) is (qa._tuned_mid if mid_all else qa._tuned_large)
-    x, _ = outlier_activations(48, 640, dtype=torch.bfloat16, seed=7)
-    perm = outlier_permutation(x.float().pow(2).sum(0), 64)
-    want = quantize_activation_ref(x, perm, 64, 128, 0.9)
-    got = quantize_activation_triton(x.to(DEVICE), perm.to(DEVICE), 64, 128, 0.9)
-    for g, w in zip(got, want):
-        assert torch.equal(g.cpu(), w)
