@@ -77,19 +77,26 @@ def build(shape, path: str, n_layers: int | None, compile_blocks: bool = True):
 
 def run_plan(args) -> list[tuple[str, str, bool | None, str]]:
     """(path, activation-scale layout, --flag-ab value or None, row label) of each build, in order:
-    every atom path once per layout of --act-scales and per value of --flag-ab (False, then
-    True); other paths once, with the first layout and the flag left alone."""
+    every atom path once per layout of --act-scales and per value of --flag-ab (in --ab-order:
+    False, then True by default); other paths once, with the first layout and the flag left alone.
+    A value built a second time gets its build's number in the label (``=0#2``)."""
     layouts = args.act_scales.split(",")
     if any(v not in ("group", "row") for v in layouts):
         raise SystemExit(f"--act-scales: group and/or row, got {args.act_scales!r}")
     flag_name = args.flag_ab.split(":")[1] if args.flag_ab else None
+    order = getattr(args, "ab_order", "01")
+    if not order or set(order) - {"0", "1"}:
+        raise SystemExit(f"--ab-order: a string of 0 and 1 (e.g. 01, 10, 0110), got {order!r}")
     plan = []
     for path in args.paths.split(","):
         atom = path.startswith("atom")
         for layout in layouts if atom else layouts[:1]:
-            for flag in ([False, True] if atom and flag_name else [None]):
+            seen = {}
+            for flag in ([c == "1" for c in order] if atom and flag_name else [None]):
                 label = f"{path}/{layout}-scales" if atom and len(layouts) > 1 else path
                 label += "" if flag is None else f"/{flag_name}={int(flag)}"
+                seen[flag] = seen.get(flag, 0) + 1
+                label += f"#{seen[flag]}" if seen[flag] > 1 else ""
                 plan.append((path, layout, flag, label))
     return plan
 
@@ -270,6 +277,11 @@ def parse_args(argv=None):
                     help="boolean module flags (e.g. atom_ao.ops.kv_decode_attention:MHA_PLANES+ONE_WARP_PLANES): each "
                          "atom path runs with them all False, then all True (rows <path>/NAME=0|1; Inductor's FX "
                          "graph cache off)")
+    ap.add_argument("--ab-order", default="01",
+                    help="the --flag-ab builds' order, a string of 0 (all False) and 1 (all True), e.g. 10 or "
+                         "0110. A later build of one process can time differently from an earlier one on the "
+                         "same code (H200, session 40: an A/A of two identical builds at batch 1, 2.17 against "
+                         "2.30 ms a token), so an A/B needs both orders")
     ap.add_argument("--inductor-pdl", action="store_true",
                     help="Inductor's programmatic dependent launch (its kernels wait on their producer inside the "
                          "kernel, so a launch overlaps the previous kernel's tail; Hopper, torch with "

@@ -1,6 +1,7 @@
 """bench_generate's profile sorts kernels into kinds; a copy back into a graph input is its own."""
 
 import cpu_smoke  # noqa: F401  (puts benchmarks/ on the path)
+import pytest
 from bench_generate import _form_tag, _kind, parse_args, run_plan  # noqa: E402
 
 
@@ -34,6 +35,11 @@ def test_run_plan_ab_forms_only_for_atom_paths():
     assert [label for *_, label in run_plan(parse_args(["--paths", "bf16,fp8,atom"]))] == ["bf16", "fp8", "atom"]
     both = run_plan(parse_args(["--paths", "atom-kv4", "--flag-ab", "m:A+B"]))  # flags flipped together
     assert [label for *_, label in both] == ["atom-kv4/A+B=0", "atom-kv4/A+B=1"]
+    abba = run_plan(parse_args(["--paths", "atom-kv4", "--flag-ab", "m:A", "--ab-order", "0110"]))
+    assert [(flag, label) for _, _, flag, label in abba] == [
+        (False, "atom-kv4/A=0"), (True, "atom-kv4/A=1"), (True, "atom-kv4/A=1#2"), (False, "atom-kv4/A=0#2")]
+    with pytest.raises(SystemExit, match="ab-order"):
+        run_plan(parse_args(["--paths", "atom-kv4", "--flag-ab", "m:A", "--ab-order", "0x"]))
 
 
 def test_timed_positions_spread_over_the_generation():
