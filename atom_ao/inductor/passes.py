@@ -15,8 +15,8 @@ the torch releases whose decompositions differ in detail.
 3. silu(gate) * up -> quantize  =>  ``atom_ao.silu_mul_quantize``.
 
 (The decode attention's split combine + o_proj's quantizer as one kernel on the split partials was
-tried in sessions 39-40 and dropped: at best even with the reduce kernel and quantizer on the
-H200, see docs/speed_history.md.)
+tried in sessions 39-40 and dropped: on the H200 it was at best a tie with the reduce kernel and
+quantizer it replaced; see docs/speed_history.md.)
 """
 
 from __future__ import annotations
