@@ -84,7 +84,7 @@ def run_plan(args) -> list[tuple[str, str, bool | None, str]]:
     if any(v not in ("group", "row") for v in layouts):
         raise SystemExit(f"--act-scales: group and/or row, got {args.act_scales!r}")
     flag_name = args.flag_ab.split(":")[1] if args.flag_ab else None
-    order = getattr(args, "ab_order", "01")
+    order = args.ab_order
     if not order or set(order) - {"0", "1"}:
         raise SystemExit(f"--ab-order: a string of 0 and 1 (e.g. 01, 10, 0110), got {order!r}")
     plan = []
