@@ -35,8 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (device_kernels, exposed_us, gpu_name, log_autotune_picks, markdown_table, per_call_us,  # noqa: E402
-                    set_module_flag, write_results)
+from common import (device_kernels, exposed_us, gpu_name, gpu_state, log_autotune_picks, markdown_table,  # noqa: E402
+                    per_call_us, set_module_flag, write_results)
 from gpt import SHAPES, Llama  # noqa: E402
 
 
@@ -238,10 +238,11 @@ def run_batch(model, path, batch, prompt, gen, steps, profile=False):
     end.record()
     end.synchronize()
     loop_tpot = start.elapsed_time(end) / len(loop_positions)
+    state = gpu_state()  # right after the loop: tells a slow build from a hot or throttled GPU
     out = {"prefill_ms": round(prefill_ms, 2), "tpot_ms": round(tpot, 3),
            "tokens_per_s": round(batch * 1e3 / tpot, 1), "loop_tpot_ms": round(loop_tpot, 3),
            "loop_tokens_per_s": round(batch * 1e3 / loop_tpot, 1),
-           "peak_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+           "peak_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2), "gpu_state": state}
     if profile:  # at the middle timed position
         positions = timed_positions(prompt, gen, steps)
         step_pos.fill_(positions[len(positions) // 2])

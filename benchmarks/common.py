@@ -20,6 +20,24 @@ def gpu_name() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
+def gpu_state() -> dict | None:
+    """The GPU's SM and memory clocks (MHz), temperature (C) and power (W) now, from nvidia-smi
+    (None without it): read beside a timing, so two timings of one run can be told apart by
+    the GPU's state."""
+    import subprocess
+
+    if not torch.cuda.is_available():
+        return None
+    try:
+        line = subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm,clocks.mem,temperature.gpu,power.draw",
+                               "--format=csv,noheader,nounits", f"--id={torch.cuda.current_device()}"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        sm, mem, temp, power = (float(v) for v in line.split(","))
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+    return {"sm_mhz": sm, "mem_mhz": mem, "temp_c": temp, "power_w": power}
+
+
 def gpu_tag() -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", gpu_name()).strip("-").lower()
 
