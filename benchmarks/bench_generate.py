@@ -288,10 +288,24 @@ def parse_args(argv=None):
                     help="Inductor's programmatic dependent launch (its kernels wait on their producer inside the "
                          "kernel, so a launch overlaps the previous kernel's tail; Hopper, torch with "
                          "inductor.config.triton.enable_pdl)")
+    ap.add_argument("--pre-alloc-gb", type=float, default=0.0,
+                    help="before the first build, fill and free this many GiB of GPU memory in 64 MiB blocks (as a "
+                         "bf16 model built first would): does a later build time differently because of "
+                         "where its memory lands?")
     ap.add_argument("--log-autotune", action="store_true",
                     help="print every config's time when a compiled kernel is autotuned, ours and Inductor's (to compare "
                          "two builds' picks)")
     return ap.parse_args(argv)
+
+
+def pre_alloc(gib: float) -> None:
+    """Fill ``gib`` GiB of GPU memory in 64 MiB blocks, then free it and return it to the driver."""
+    blocks = [torch.ones(16 << 20, dtype=torch.float32, device="cuda") for _ in range(int(gib * 16))]
+    torch.cuda.synchronize()
+    print(f"pre-alloc: {len(blocks)} blocks of 64 MiB filled and freed", flush=True)
+    del blocks
+    gc.collect()
+    torch.cuda.empty_cache()
 
 
 def main():
@@ -304,6 +318,8 @@ def main():
         if not hasattr(inductor_config.triton, "enable_pdl"):
             raise SystemExit(f"--inductor-pdl: torch {torch.__version__} has no inductor.config.triton.enable_pdl")
         inductor_config.triton.enable_pdl = True
+    if args.pre_alloc_gb > 0:
+        pre_alloc(args.pre_alloc_gb)
     shape = replace(SHAPES[args.model], fused_qkv=args.fused_qkv, fused_gate_up=args.fused_gate_up)
     rows = []
     plan = run_plan(args)
