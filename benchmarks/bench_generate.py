@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (device_kernels, exposed_us, gpu_name, gpu_state, log_autotune_picks, markdown_table,  # noqa: E402
-                    per_call_us, set_module_flag, write_results)
+                    pdl_launch_report, per_call_us, set_module_flag, write_results)
 from gpt import SHAPES, Llama  # noqa: E402
 
 
@@ -292,6 +292,9 @@ def parse_args(argv=None):
                     help="before the first build, fill and free this many GiB of GPU memory in 64 MiB blocks (as a "
                          "bf16 model built first would): does a later build time differently because of "
                          "where its memory lands?")
+    ap.add_argument("--pdl-report", action="store_true",
+                    help="after each atom build, how Inductor launches each compiled kernel that asks for PDL "
+                         "(common.pdl_launch_report)")
     ap.add_argument("--log-autotune", action="store_true",
                     help="print every config's time when a compiled kernel is autotuned, ours and Inductor's (to compare "
                          "two builds' picks)")
@@ -383,6 +386,8 @@ def main():
         if pdl is not None and pdl.ENABLED and path.startswith("atom"):  # evidence that the compiled kernels got the launch attribute
             print(f"  {label}: atom_ao.ops.pdl marked {len(pdl.MARKED)} compiled kernels for PDL launches "
                   f"({', '.join(sorted(set(pdl.MARKED)))[:300]})")
+        if args.pdl_report and path.startswith("atom"):
+            print(f"  {label}: Inductor's launchers of the kernels asking for PDL: {pdl_launch_report()}")
         for layer in model.layers:
             layer.cache = None
         del model

@@ -220,3 +220,40 @@ def log_autotune_picks(names: tuple[str, ...] = ("",)) -> None:
     handler.addFilter(_AutotunePicks(names))
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
+
+
+def pdl_launch_report() -> dict[str, list[str]]:
+    """How Inductor launches the live compiled kernels whose ``triton_meta`` asks for PDL
+    (``atom_ao.ops.pdl``): {kernel name: one word a launcher}. "pdl": Triton's launcher of a binary
+    compiled with ``launch_pdl``; "static": Inductor's static launcher (no launch attributes);
+    "plain": a binary compiled without it; "?": neither could be read."""
+    import gc
+    import warnings
+
+    try:
+        from torch._inductor.runtime.triton_heuristics import CachingAutotuner
+    except ImportError:
+        return {}
+    report = {}
+    with warnings.catch_warnings():  # isinstance on some of gc's objects warns of deprecated names
+        warnings.simplefilter("ignore")
+        live = [obj for obj in gc.get_objects() if isinstance(obj, CachingAutotuner)]
+    for obj in live:
+        if not (getattr(obj, "triton_meta", None) or {}).get("launch_pdl"):
+            continue
+        kinds = []
+        for launcher in getattr(obj, "launchers", []):
+            if getattr(launcher, "_is_static", False):
+                kinds.append("static")
+                continue
+            meta = getattr(getattr(launcher, "bin", None), "metadata", None)
+            kinds.append("?" if meta is None else "pdl" if getattr(meta, "launch_pdl", False) else "plain")
+        for result in getattr(obj, "compile_results", None) or []:
+            kernel = getattr(result, "kernel", None)
+            meta = getattr(kernel, "metadata", None)
+            kinds.append("result:" + ("static" if meta is None else "pdl" if getattr(meta, "launch_pdl", False)
+                                      else "plain"))
+        name = (getattr(obj, "inductor_meta", None) or {}).get("kernel_name") or getattr(getattr(obj, "fn", None),
+                                                                                          "__name__", "?")
+        report.setdefault(f"{name}@{id(obj):x}", kinds)
+    return report
