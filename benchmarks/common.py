@@ -223,8 +223,9 @@ def log_autotune_picks(names: tuple[str, ...] = ("",)) -> None:
 
 
 def pdl_launch_report() -> dict[str, list[str]]:
-    """How Inductor launches the live compiled kernels whose ``triton_meta`` asks for PDL
-    (``atom_ao.ops.pdl``): {kernel name: one word a launcher}. "pdl": Triton's launcher of a binary
+    """How Inductor launches the live compiled kernels that take a ``PDL`` constexpr
+    (``atom_ao.ops.pdl``): {kernel name: one word a launcher, after a note if its ``triton_meta``
+    does not ask for the launch attribute}. "pdl": Triton's launcher of a binary
     compiled with ``launch_pdl``; "static": Inductor's static launcher (no launch attributes);
     "plain": a binary compiled without it; "?": neither could be read."""
     import gc
@@ -237,11 +238,19 @@ def pdl_launch_report() -> dict[str, list[str]]:
     report = {}
     with warnings.catch_warnings():  # isinstance on some of gc's objects warns of deprecated names
         warnings.simplefilter("ignore")
-        live = [obj for obj in gc.get_objects() if isinstance(obj, CachingAutotuner)]
+        live = []
+        for obj in gc.get_objects():
+            try:
+                if isinstance(obj, CachingAutotuner):
+                    live.append(obj)
+            except ReferenceError:  # a dead weak proxy
+                continue
     for obj in live:
-        if not (getattr(obj, "triton_meta", None) or {}).get("launch_pdl"):
+        meta = getattr(obj, "triton_meta", None) or {}
+        traced = (meta.get("constants") or {}).get("PDL")
+        if not meta.get("launch_pdl") and traced is None:
             continue
-        kinds = []
+        kinds = [] if meta.get("launch_pdl") else [f"no launch_pdl (traced PDL={traced})"]
         for launcher in getattr(obj, "launchers", []):
             if getattr(launcher, "_is_static", False):
                 kinds.append("static")

@@ -763,7 +763,7 @@ for what in "${@:-tests}"; do
     launchers-s41) T=150 TAIL=12 step generate_aa_pdl_report_s41 python3 benchmarks/bench_generate.py \
                        --batches 1 --paths atom-kv4 --gen 256 --steps 16 --pdl-report \
                        --flag-ab torch._inductor.config:verbose_progress
-                   T=150 TAIL=12 step generate_aa_no_static_launcher_s41 env TORCHINDUCTOR_USE_STATIC_CUDA_LAUNCHER=0 \
+                   [ -n "${REPORT_ONLY:-}" ] || T=150 TAIL=12 step generate_aa_no_static_launcher_s41 env TORCHINDUCTOR_USE_STATIC_CUDA_LAUNCHER=0 \
                        python3 benchmarks/bench_generate.py --batches 1 --paths atom-kv4 --gen 256 --steps 16 \
                        --pdl-report --flag-ab torch._inductor.config:verbose_progress ;;
     # session 40: an A/A of --flag-ab (verbose_progress changes no generated code, only the compile's
