@@ -44,7 +44,7 @@ def _not_head(module, fqn):
     return isinstance(module, torch.nn.Linear) and "lm_head" not in fqn
 
 
-def build(shape, path: str, n_layers: int | None, compile_blocks: bool = True):
+def build(shape, path: str, n_layers: int | None, compile_blocks: bool = True, pack: bool = False):
     from torchao.quantization import quantize_
 
     s = replace(shape, n_layers=n_layers or shape.n_layers)
@@ -67,12 +67,49 @@ def build(shape, path: str, n_layers: int | None, compile_blocks: bool = True):
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig
 
         quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=_not_head)
+    if pack:
+        print(f"{path}: weights packed into one allocation of {pack_weights(model):.2f} GiB", flush=True)
     # every path alike: one compiled decoder block shared by all layers (Inductor fuses the
     # norms, RoPE and each path's activation quantization), then a CUDA graph around the step
     torch._dynamo.reset()
     Llama._COMPILED = None
     model.compile_blocks = compile_blocks
     return model
+
+
+def pack_weights(model: torch.nn.Module, align: int = 512) -> float:
+    """Move every parameter's data (a tensor subclass's inner tensors too) into one new allocation,
+    each storage at an ``align``-byte offset, and return its GiB. A process's later builds lost most
+    of PDL's gain at batch 1 (session 41): this tests whether where the weights land is why."""
+    owners = []  # (parameter or subclass, attribute or None for .data, tensor)
+    for p in model.parameters():
+        names = getattr(p, "tensor_data_names", None)
+        if names:
+            owners += [(p, n, getattr(p, n)) for n in names if isinstance(getattr(p, n, None), torch.Tensor)]
+        else:
+            owners.append((p, None, p.data))
+    spans, total = {}, 0  # storage pointer -> (offset in the arena, bytes)
+    for _, _, t in owners:
+        key = t.untyped_storage().data_ptr()
+        if key not in spans:
+            n = t.untyped_storage().nbytes()
+            spans[key] = (total, n)
+            total += -(-n // align) * align
+    arena = torch.empty(total, dtype=torch.uint8, device="cuda")
+    for key, (off, n) in spans.items():
+        src = next(t for _, _, t in owners if t.untyped_storage().data_ptr() == key)
+        whole = torch.empty(0, dtype=torch.uint8, device="cuda").set_(src.untyped_storage())
+        arena[off:off + n].copy_(whole)
+    for owner, name, t in owners:
+        off = spans[t.untyped_storage().data_ptr()][0]  # a multiple of align, so of the element size
+        moved = torch.as_strided(arena.view(t.dtype), t.shape, t.stride(), off // t.element_size() + t.storage_offset())
+        if name is None:
+            owner.data = moved
+        else:
+            setattr(owner, name, moved)
+    gc.collect()
+    torch.cuda.empty_cache()
+    return total / 2**30
 
 
 def run_plan(args) -> list[tuple[str, str, bool | None, str]]:
@@ -292,6 +329,8 @@ def parse_args(argv=None):
                     help="before the first build, fill and free this many GiB of GPU memory in 64 MiB blocks (as a "
                          "bf16 model built first would): does a later build time differently because of "
                          "where its memory lands?")
+    ap.add_argument("--pack-weights", action="store_true",
+                    help="every path's weights moved into one allocation after quantization (pack_weights)")
     ap.add_argument("--pdl-report", action="store_true",
                     help="after each atom build, how Inductor launches each compiled kernel that asks for PDL "
                          "(common.pdl_launch_report)")
@@ -341,7 +380,7 @@ def main():
         if "atom_ao.ops.pdl" in sys.modules:
             sys.modules["atom_ao.ops.pdl"].MARKED.clear()  # this build's kernels only
         try:
-            model = build(shape, path, args.layers, not args.no_compile)
+            model = build(shape, path, args.layers, not args.no_compile, args.pack_weights)
         except Exception as e:
             print(f"{label}: cannot build ({type(e).__name__}: {str(e)[:160]})")
             continue
