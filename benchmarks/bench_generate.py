@@ -25,8 +25,11 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
+import subprocess
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -325,6 +328,14 @@ def parse_args(argv=None):
                     help="Inductor's programmatic dependent launch (its kernels wait on their producer inside the "
                          "kernel, so a launch overlaps the previous kernel's tail; Hopper, torch with "
                          "inductor.config.triton.enable_pdl)")
+    # on by default (session 41): with PDL, a process's second Atom build timed 0.1-0.2 ms a token slower at
+    # batch 1 than its first (H200: 2.10-2.21 against 2.24-2.32, five A/A runs; none without PDL), and
+    # Atom built after bf16 took 2.31 against 2.11 first
+    ap.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
+                    help="each build (path, --act-scales layout, --flag-ab form) in its own Python process, in "
+                         "plan order; --no-isolate builds them all in this one")
+    ap.add_argument("--plan-index", type=int, default=None, help=argparse.SUPPRESS)  # a child of --isolate
+    ap.add_argument("--rows-json", default=None, help=argparse.SUPPRESS)  # where a child writes its rows
     ap.add_argument("--pre-alloc-gb", type=float, default=0.0,
                     help="before the first build, fill and free this many GiB of GPU memory in 64 MiB blocks (as a "
                          "bf16 model built first would): does a later build time differently because of "
@@ -350,8 +361,41 @@ def pre_alloc(gib: float) -> None:
     torch.cuda.empty_cache()
 
 
-def main():
-    args = parse_args()
+def isolated_argv(argv: list[str], index: int, rows_json: str) -> list[str]:
+    """The command line of the child process that runs plan entry ``index`` alone (``--isolate``):
+    the parent's own options, then the child's (argparse keeps the last of a repeated option)."""
+    return [*argv, "--no-isolate", "--plan-index", str(index), "--rows-json", rows_json]
+
+
+def run_isolated(argv: list[str], n_builds: int, run=subprocess.run) -> list[dict]:
+    """Each build of the plan in its own Python process, one after another; their rows in plan order.
+    A child that fails leaves its rows out (its output says why)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(n_builds):
+            rows_json = os.path.join(tmp, f"rows{i}.json")
+            done = run([sys.executable, str(Path(__file__).resolve()), *isolated_argv(argv, i, rows_json)])
+            if done.returncode != 0:
+                print(f"build {i} of the plan: its process exited with {done.returncode}", flush=True)
+            if os.path.exists(rows_json):
+                with open(rows_json) as f:
+                    rows += json.load(f)
+    return rows
+
+
+def main(argv: list[str] | None = None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    plan = run_plan(args)
+    if args.isolate and len(plan) > 1:
+        rows = run_isolated(argv, len(plan))
+        stem = _write(rows, args)
+        print(markdown_table(rows, _columns(args)))
+        _plot(rows, stem.with_name(stem.name + ".png"), args.model)
+        print(f"wrote {stem}.json/.md/.png (each build in its own process)")
+        return
+    if args.plan_index is not None:
+        plan = plan[args.plan_index:args.plan_index + 1]
     if args.log_autotune:
         log_autotune_picks()
     if args.inductor_pdl:
@@ -364,7 +408,6 @@ def main():
         pre_alloc(args.pre_alloc_gb)
     shape = replace(SHAPES[args.model], fused_qkv=args.fused_qkv, fused_gate_up=args.fused_gate_up)
     rows = []
-    plan = run_plan(args)
     if any(layout != plan[0][1] or flag is not None for _, layout, flag, _ in plan):
         import torch._inductor.config as inductor_config
 
@@ -432,7 +475,13 @@ def main():
         del model
         gc.collect()
         torch.cuda.empty_cache()
+        if args.rows_json:  # a child of --isolate: its rows go to its parent
+            with open(args.rows_json, "w") as f:
+                json.dump(rows, f)
+            continue
         stem = _write(rows, args)  # after every path: a run cut short keeps what it measured
+    if args.rows_json:
+        return
     print(markdown_table(rows, _columns(args)))
     _plot(rows, stem.with_name(stem.name + ".png"), args.model)
     print(f"wrote {stem}.json/.md/.png")

@@ -2,7 +2,10 @@
 
 import cpu_smoke  # noqa: F401  (puts benchmarks/ on the path)
 import pytest
-from bench_generate import _form_tag, _kind, parse_args, run_plan  # noqa: E402
+import json
+import subprocess
+
+from bench_generate import _form_tag, _kind, isolated_argv, parse_args, run_isolated, run_plan  # noqa: E402
 
 
 def test_profile_kinds():
@@ -40,6 +43,35 @@ def test_run_plan_ab_forms_only_for_atom_paths():
         (False, "atom-kv4/A=0"), (True, "atom-kv4/A=1"), (True, "atom-kv4/A=1#2"), (False, "atom-kv4/A=0#2")]
     with pytest.raises(SystemExit, match="ab-order"):
         run_plan(parse_args(["--paths", "atom-kv4", "--flag-ab", "m:A", "--ab-order", "0x"]))
+
+
+def test_isolate_is_the_default_and_a_child_runs_one_plan_entry():
+    """Each build in its own process by default (a process's second Atom build times slower with
+    PDL); the child's command line turns isolation off and names its entry and rows file."""
+    assert parse_args([]).isolate and not parse_args(["--no-isolate"]).isolate
+    argv = ["--paths", "bf16,atom-kv4", "--isolate"]
+    child = parse_args(isolated_argv(argv, 1, "/tmp/r.json"))
+    assert (child.isolate, child.plan_index, child.rows_json, child.paths) == (False, 1, "/tmp/r.json", "bf16,atom-kv4")
+    assert run_plan(child)[child.plan_index][3] == "atom-kv4"
+
+
+def test_run_isolated_collects_each_childs_rows_in_plan_order():
+    calls = []
+
+    def fake_run(cmd):
+        calls.append(cmd)
+        args = parse_args(cmd[2:])
+        if args.plan_index == 1:  # a child that dies writes nothing: its rows are left out
+            return subprocess.CompletedProcess(cmd, 1)
+        with open(args.rows_json, "w") as f:
+            json.dump([{"path": run_plan(args)[args.plan_index][3], "batch": 1}], f)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    argv = ["--paths", "atom-kv4,bf16,fp8"]
+    rows = run_isolated(argv, 3, run=fake_run)
+    assert [r["path"] for r in rows] == ["atom-kv4", "fp8"]
+    assert [parse_args(c[2:]).plan_index for c in calls] == [0, 1, 2]
+    assert all(c[1].endswith("bench_generate.py") for c in calls)
 
 
 def test_timed_positions_spread_over_the_generation():
