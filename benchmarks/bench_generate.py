@@ -267,9 +267,8 @@ def run_batch(model, path, batch, prompt, gen, steps, profile=False):
     tpot = sorted(times)[len(times) // 2]
     # the same steps in a loop: every generated position once, one sync at the end. The timing
     # above waits for each step alone; in a loop each replay is queued while the step before still
-    # runs, which is where programmatic dependent launch pays (session 39: the Atom batch-1 step
-    # 2.49 ms alone with PDL and without, 2.36 in the loop with it; PDL on was the process's second
-    # build, which session 40's A/A found slower by itself, so how much of that holds is open).
+    # runs (session 39 found PDL paying only there, on a process's second build; session 41, each
+    # build in its own process: Atom batch 1 2.09 ms a step alone, 2.10 in the loop).
     loop_positions = list(range(prompt, prompt + gen))
     decode_loop(graph.replay, out, tok, step_pos, loop_positions[:2])  # warm
     torch.cuda.synchronize()
