@@ -119,3 +119,24 @@ def test_by_kind_groups_kernels_largest_first():
     assert got == {"atom gemm": 10.0, "attention": 3.5, "atom quantize": 3.0,
                    "fused elementwise (Inductor)": 0.5, "other": 0.2}
     assert list(got) == ["atom gemm", "attention", "atom quantize", "fused elementwise (Inductor)", "other"]
+
+
+def test_drop_caches_leaves_no_layer_alive():
+    """A finished build must free all its weights (session 41: a loop variable kept the last layer)."""
+    import gc
+    import weakref
+    from dataclasses import replace
+
+    import torch
+    from bench_generate import drop_caches
+    from gpt import SHAPES, Llama
+
+    s = replace(SHAPES["llama2-7b"], dim=64, n_layers=2, n_heads=2, n_kv_heads=2, intermediate=128, vocab=32)
+    model = Llama(s)
+    model.setup_caches(1, 8)
+    last = weakref.ref(model.layers[-1].wo.weight)
+    drop_caches(model)
+    assert all(layer.cache is None for layer in model.layers)
+    del model
+    gc.collect()
+    assert last() is None
