@@ -47,7 +47,8 @@ def _not_head(module, fqn):
     return isinstance(module, torch.nn.Linear) and "lm_head" not in fqn
 
 
-def build(shape, path: str, n_layers: int | None, compile_blocks: bool = True, pack: bool = False):
+def build(shape, path: str, n_layers: int | None, compile_blocks: bool = True, pack: bool = False,
+          compile_scope: str = "block"):
     from torchao.quantization import quantize_
 
     s = replace(shape, n_layers=n_layers or shape.n_layers)
@@ -75,8 +76,9 @@ def build(shape, path: str, n_layers: int | None, compile_blocks: bool = True, p
     # every path alike: one compiled decoder block shared by all layers (Inductor fuses the
     # norms, RoPE and each path's activation quantization), then a CUDA graph around the step
     torch._dynamo.reset()
-    Llama._COMPILED = None
+    Llama.reset_compiled()
     model.compile_blocks = compile_blocks
+    model.compile_scope = compile_scope
     return model
 
 
@@ -301,6 +303,9 @@ def parse_args(argv=None):
     ap.add_argument("--layers", type=int, default=None, help="fewer decoder layers (all layers are alike)")
     ap.add_argument("--budget-gb", type=float, default=80.0)
     ap.add_argument("--no-compile", action="store_true", help="eager blocks (still inside a CUDA graph)")
+    ap.add_argument("--compile-scope", default="block", choices=("block", "step"),
+                    help="block: one compiled decoder block shared by all layers; step: all layers as one graph "
+                         "(gpt-fast's whole step: fusions across layers, a longer compile)")
     # on by default (session 25): what gpt-fast and serving engines run; --no-fused-qkv --no-fused-gate-up
     # give the seven linears a layer of a transformers Llama (earlier sessions' figures)
     ap.add_argument("--fused-qkv", action=argparse.BooleanOptionalAction, default=True,
@@ -430,7 +435,7 @@ def main(argv: list[str] | None = None):
         if "atom_ao.ops.pdl" in sys.modules:
             sys.modules["atom_ao.ops.pdl"].MARKED.clear()  # this build's kernels only
         try:
-            model = build(shape, path, args.layers, not args.no_compile, args.pack_weights)
+            model = build(shape, path, args.layers, not args.no_compile, args.pack_weights, args.compile_scope)
         except Exception as e:
             print(f"{label}: cannot build ({type(e).__name__}: {str(e)[:160]})")
             continue

@@ -208,6 +208,11 @@ class Llama(nn.Module):
         self.lm_head = nn.Linear(s.dim, s.vocab, bias=False)
         self.max_len = 0
         self.compile_blocks = False  # torch.compile one Block forward, shared by every layer
+        # what compile_blocks compiles: "block" (one Block forward, one graph shared by every layer)
+        # or "step" (all the layers as one graph, as gpt-fast compiles its whole decode step: Inductor
+        # can then fuse across layers, e.g. a layer's last residual add with the next one's RMSNorm
+        # statistic, at the price of a compile that grows with the layer count)
+        self.compile_scope = "block"
 
     @staticmethod
     def _block_forward(layer, x, pos, cos, sin, mask, step=None):
@@ -223,7 +228,26 @@ class Llama(nn.Module):
         self.causal = torch.ones(max_len, max_len, dtype=torch.bool, device=dev).tril()
         self.max_len = max_len
 
+    @staticmethod
+    def _layers_forward(layers, x, pos, cos, sin, mask, step=None):
+        for layer in layers:
+            x = layer(x, pos, cos, sin, mask, step)
+        return x
+
     _COMPILED = None
+    _COMPILED_STEP = None
+
+    @classmethod
+    def _compiled_layers(cls):
+        # every layer in one graph (compile_scope "step"); one graph per input shape
+        if cls._COMPILED_STEP is None:
+            cls._COMPILED_STEP = torch.compile(cls._layers_forward, fullgraph=True, dynamic=False)
+        return cls._COMPILED_STEP
+
+    @classmethod
+    def reset_compiled(cls) -> None:
+        """Forget the compiled functions (with torch._dynamo.reset(): a fresh build)."""
+        cls._COMPILED = cls._COMPILED_STEP = None
 
     @classmethod
     def _compiled_block(cls):
@@ -243,7 +267,12 @@ class Llama(nn.Module):
         # these, made in every layer; not yet re-timed)
         cache = self.layers[0].cache
         step = cache.step_inputs(pos, ids.shape[0]) if hasattr(cache, "step_inputs") else None
-        block = self._compiled_block() if self.compile_blocks else self._block_forward
-        for layer in self.layers:
-            x = block(layer, x, pos, cos, sin, mask, step)
+        if self.compile_scope not in ("block", "step"):
+            raise ValueError(f"Llama.compile_scope must be 'block' or 'step', got {self.compile_scope!r}")
+        if self.compile_blocks and self.compile_scope == "step":
+            x = self._compiled_layers()(self.layers, x, pos, cos, sin, mask, step)
+        else:
+            block = self._compiled_block() if self.compile_blocks else self._block_forward
+            for layer in self.layers:
+                x = block(layer, x, pos, cos, sin, mask, step)
         return self.lm_head(self.norm(x[:, -1]))

@@ -20,6 +20,7 @@ def test_profile_kinds():
 
 def test_projections_are_fused_by_default():
     args = parse_args([])
+    assert args.compile_scope == "block" and parse_args(["--compile-scope", "step"]).compile_scope == "step"
     assert args.fused_qkv and args.fused_gate_up and _form_tag(args) == ""
     args = parse_args(["--no-fused-qkv", "--no-fused-gate-up"])
     assert not args.fused_qkv and not args.fused_gate_up

@@ -78,7 +78,7 @@ def test_fused_qkv_computes_what_the_three_linears_do(int4, compiled):
     from dataclasses import replace
 
     torch._dynamo.reset()  # fused and unfused blocks, prompt and decode shapes: a fresh recompile budget
-    Llama._COMPILED = None
+    Llama.reset_compiled()
     torch.manual_seed(0)
     model = Llama(SHAPE).eval()
     fused = Llama(replace(SHAPE, fused_qkv=True)).eval()
@@ -134,17 +134,17 @@ def test_fused_gate_up_quantized_with_atom_keeps_the_silu_mul_quantizer():
     for m in (model, fused):
         quantize_(m, atom_ao.atom_config(), filter_fn=not_head)
     torch._dynamo.reset()
-    Llama._COMPILED = None
+    Llama.reset_compiled()
     model.compile_blocks = fused.compile_blocks = True
     ref = _decode(model, 1, 4, 1, int4=False)
     torch._dynamo.reset()
-    Llama._COMPILED = None
+    Llama.reset_compiled()
     got, codes = run_and_get_code(_decode, fused, 1, 4, 1, False)
     code = "\n".join(codes)
     assert code.count("torch.ops.atom_ao.silu_mul_quantize.default(") >= 1, "silu * up not fused into the quantizer"
     torch.testing.assert_close(got, ref, rtol=0, atol=0)
     torch._dynamo.reset()
-    Llama._COMPILED = None
+    Llama.reset_compiled()
 
 
 @torch.no_grad()
@@ -163,3 +163,31 @@ def test_cache_step_inputs_made_once_a_step(monkeypatch):
     assert slots.tolist() == [9, 9 + cache.pages_per_seq * cache.PAGE, 9 + 2 * cache.pages_per_seq * cache.PAGE]
     assert seq_lens.dtype == torch.int32 and seq_lens.tolist() == [10, 10, 10]
     assert real(cache, torch.arange(4), 3)[1] is None  # a prompt has no decode lengths
+
+
+@torch.no_grad()
+def test_step_scope_compiles_all_layers_as_one_graph():
+    # compile_scope "step": one graph holds every layer (gpt-fast's whole step), so Inductor may fuse
+    # across layers; the logits stay those of the shared compiled block
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+    model = Llama(SHAPE).eval()
+    model.compile_blocks = True
+    torch._dynamo.reset()
+    Llama.reset_compiled()
+    ref, block_codes = run_and_get_code(_decode, model, 1, 4, 2, True)
+    torch._dynamo.reset()
+    Llama.reset_compiled()
+    model.compile_scope = "step"
+    got, step_codes = run_and_get_code(_decode, model, 1, 4, 2, True)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    assert Llama._COMPILED is None and Llama._COMPILED_STEP is not None
+    # the decode graph (the last compiled) calls each layer's linears: n_layers times the block's
+    mms = lambda code: code.count("extern_kernels.mm(")  # noqa: E731
+    assert mms(block_codes[-1]) > 0 and mms(step_codes[-1]) == SHAPE.n_layers * mms(block_codes[-1])
+    model.compile_scope = "layer"
+    with pytest.raises(ValueError, match="compile_scope"):
+        model(torch.zeros(1, 1, dtype=torch.long), torch.tensor([5]))
+    torch._dynamo.reset()
+    Llama.reset_compiled()
