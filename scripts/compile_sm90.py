@@ -226,9 +226,11 @@ def main():
                           HALF=half, PAGE=page, HAS_START=True, ONE_SPLIT=one,
                           DOT=tl.float32 if fma else tdt,
                           MAGIC=dec.F32_MAGIC.value if fma else dec.magic_bits(tdtype, False),
-                          PREC="tf32", FMA=fma, ROPE=rope, HAS_KBIAS=rope, BLOCK_N=bn, PREFETCH=bn == 64)
+                          PREC="tf32", FMA=fma, ROPE=rope, HAS_KBIAS=rope, BLOCK_N=bn, PREFETCH=bn == 64,
+                          PDL=g == 4)  # PDL in two of the forms
             ok &= compile_one(f"decode {dt} G={g} D={2*half} one={one} page={page} BN={bn} rope={rope} "
-                              f"prefetch={bn == 64}", dec._decode_split_kernel, types, consts, w, st)
+                              f"prefetch={bn == 64} pdl={g == 4}", dec._decode_split_kernel, types, consts, w, st,
+                              ptx_has="griddepcontrol.wait" if g == 4 else None)
             if not fma:  # the codes unpacked two per instruction (kv_tiles.UNPACK_BY_PAIRS)
                 consts["MAGIC"] = consts["MAGIC"] | tiles.BY_PAIRS.value
                 ok &= compile_one(f"decode {dt} G={g} D={2*half} BN={bn} rope={rope} pairs", dec._decode_split_kernel,

@@ -246,7 +246,9 @@ def _decode_split_kernel(
     ONE_SPLIT: tl.constexpr, DOT: tl.constexpr, MAGIC: tl.constexpr, PREC: tl.constexpr, FMA: tl.constexpr,
     ROPE: tl.constexpr, HAS_KBIAS: tl.constexpr,
     BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
+    PDL: tl.constexpr,  # launched with programmatic dependent launch (atom_ao.ops.pdl): all it reads is written before
 ):
+    wait_then_release(PDL)
     b = tl.program_id(0)
     hk = tl.program_id(1)
     sp = tl.program_id(2)
@@ -556,9 +558,12 @@ def kv_decode_attention_triton(q, k_cache, v_cache, k_meta, v_meta, block_table,
             block_g, dot = max(16, triton.next_power_of_2(g)), dot_dtype(op_dtype, _INTERPRET)
             # the one-warp path unpacks two codes per instruction (kv_tiles' inline asm): 5% on the H200
             magic = magic_bits(op_dtype, _INTERPRET, pairs=True if one_warp else None) if UNPACK_MAGIC else 0
+        # PDL at batch 1 (session 41: Llama-3-8B's batch-1 decode at context 1280 runs this kernel,
+        # the one launch of its step without PDL; not yet timed with it)
         meta = dict(G=g, BLOCK_G=block_g, HALF=d // 2, PAGE=k_cache.shape[2], HAS_START=kv_start is not None,
                     ONE_SPLIT=one, DOT=dot, MAGIC=magic, PREC=dot_precision(q.dtype), FMA=fma,
-                    ROPE=k_rope is not None, HAS_KBIAS=k_bias is not None)
+                    ROPE=k_rope is not None, HAS_KBIAS=k_bias is not None,
+                    **pdl_switch.launch_options(q, one_token=b == 1))
         if _INTERPRET:
             wrap_triton(_decode_split_kernel)[(b, hkv, splits)](*args, **meta, BLOCK_N=16, PREFETCH=INTERPRET_PREFETCH)
         else:

@@ -259,6 +259,27 @@ def test_decode_real_sizes_gpu(batch, ctx, heads, kv_heads):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
+                    reason="needs an sm90+ GPU (PDL)")
+def test_split_kernel_with_pdl_same_bits_gpu(monkeypatch):
+    # batch 1, Llama-3-8B heads at context 1280: fewer programs than the planes rule wants, so the
+    # 4-warp split kernel runs, launched with PDL at batch 1 since session 41: the same bits as without
+    from atom_ao.ops import pdl
+
+    rule = (dec.ONE_WARP_PLANES_RESIDENT, dec.PLANES_MIN_SPLIT_TOKENS, dec.PLANES_LEAST_WAVE)
+    assert dec.one_warp_splits(1, 8, 1280, 64, torch.device("cuda"), *rule) == 0
+    assert dec.one_warp_splits(1, 8, 1280, 64, torch.device("cuda")) == 0
+    caches, table, q, seq_lens = real_size_case(1, 1280, 32, 8, 128)
+    outs = {}
+    for on in (False, True):
+        monkeypatch.setattr(pdl, "ENABLED", on)
+        outs[on] = torch.ops.atom_ao.kv_decode_attention(q.cuda(), *caches, table, seq_lens.cuda(), None,
+                                                         128 ** -0.5, 1280)
+    assert outs[False].abs().max() > 0
+    assert torch.equal(outs[True], outs[False])
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("mha, pairs, one_warp", [(True, False, False), (False, False, False), (False, True, False),
                                                   (False, False, True)])
 def test_every_decode_config_gpu(monkeypatch, mha, pairs, one_warp):
