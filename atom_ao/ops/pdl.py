@@ -2,8 +2,8 @@
 
 A kernel launched with PDL may start while the kernel before it in the stream still runs. The
 atom_ao kernels of a batch-1 decode step take a ``PDL`` constexpr (the activation quantizer,
-the one-token gemv, the KV write, the GQA / planes decode attention and its split reduce): they
-wait (``griddepcontrol.wait``, ``wait_then_release``) before they touch anything an earlier
+the one-token gemv, the KV write, the decode attention's split kernels, planes and 4-warp, and
+their reduce): they wait (``griddepcontrol.wait``, ``wait_then_release``) before they touch anything an earlier
 kernel wrote, and only then let the next kernel launch, so each one's completion still implies
 its predecessor's; the gemv issues its first weight loads (which no kernel writes) before its
 wait, and lets the next kernel launch only after its K loop (``wait_for_prior`` /
