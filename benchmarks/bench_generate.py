@@ -401,6 +401,8 @@ def main(argv: list[str] | None = None):
     plan = run_plan(args)
     if args.isolate and len(plan) > 1:
         rows = run_isolated(argv, len(plan))
+        if not rows:
+            raise SystemExit("bench_generate: no build of the plan gave a row")
         stem = _write(rows, args)
         print(markdown_table(rows, _columns(args)))
         _plot(rows, stem.with_name(stem.name + ".png"), args.model)

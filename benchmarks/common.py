@@ -225,9 +225,10 @@ def log_autotune_picks(names: tuple[str, ...] = ("",)) -> None:
 def pdl_launch_report() -> dict[str, list[str]]:
     """How Inductor launches the live compiled kernels that take a ``PDL`` constexpr
     (``atom_ao.ops.pdl``): {kernel name: one word a launcher, after a note if its ``triton_meta``
-    does not ask for the launch attribute}. "pdl": Triton's launcher of a binary
-    compiled with ``launch_pdl``; "static": Inductor's static launcher (no launch attributes);
-    "plain": a binary compiled without it; "?": neither could be read."""
+    does not ask for the launch attribute}. A launcher: "static" (Inductor's static launcher, which
+    sets no launch attributes), else "pdl" or "plain" by whether its binary was compiled with
+    ``launch_pdl``, or "?" when the binary is not kept; then a compile result ("result:pdl",
+    "result:plain", "result:?") the same way."""
     import gc
     import warnings
 
@@ -260,7 +261,7 @@ def pdl_launch_report() -> dict[str, list[str]]:
         for result in getattr(obj, "compile_results", None) or []:
             kernel = getattr(result, "kernel", None)
             meta = getattr(kernel, "metadata", None)
-            kinds.append("result:" + ("static" if meta is None else "pdl" if getattr(meta, "launch_pdl", False)
+            kinds.append("result:" + ("?" if meta is None else "pdl" if getattr(meta, "launch_pdl", False)
                                       else "plain"))
         name = (getattr(obj, "inductor_meta", None) or {}).get("kernel_name") or getattr(getattr(obj, "fn", None),
                                                                                           "__name__", "?")

@@ -105,3 +105,30 @@ def test_device_kernels_keeps_gpu_events():
         SimpleNamespace(name="k", device_type=DeviceType.CUDA, time_range=span(1, 3)),
         SimpleNamespace(name="cudaGraphLaunch", device_type=DeviceType.CPU, time_range=span(0, 1))])
     assert device_kernels(prof) == [("k", 1.0, 3.0)]
+
+
+def test_pdl_launch_report_reads_each_kernels_launchers():
+    from torch._inductor.runtime.triton_heuristics import CachingAutotuner
+
+    def tuner(name, meta, launchers, results):
+        t = object.__new__(CachingAutotuner)  # the fields the report reads, nothing compiled
+        t.triton_meta, t.inductor_meta, t.launchers, t.compile_results = meta, {"kernel_name": name}, launchers, results
+        return t
+
+    def launcher(**attrs):
+        f = lambda: None  # noqa: E731  (launchers are functions with attributes)
+        f.__dict__.update(attrs)
+        return f
+
+    pdl_bin = SimpleNamespace(metadata=SimpleNamespace(launch_pdl=True))
+    keep = [  # alive while the report walks the heap
+        tuner("gemv_0", {"launch_pdl": True, "constants": {"PDL": True}}, [launcher(bin=pdl_bin)],
+              [SimpleNamespace(kernel=pdl_bin)]),
+        tuner("kv_write_3", {"constants": {"PDL": False}}, [launcher(_is_static=True)], []),
+        tuner("inductor_poi_1", {"constants": {}}, [launcher()], []),
+    ]
+    report = {k.split("@")[0]: v for k, v in common.pdl_launch_report().items() if "@" in k}
+    assert report["gemv_0"] == ["pdl", "result:pdl"]
+    assert report["kv_write_3"] == ["no launch_pdl (traced PDL=False)", "static"]
+    assert "inductor_poi_1" not in report  # takes no PDL constexpr
+    del keep
