@@ -27,6 +27,7 @@ import argparse
 import gc
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -39,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (device_kernels, exposed_us, gpu_name, gpu_state, log_autotune_picks, markdown_table,  # noqa: E402
-                    pdl_launch_report, per_call_us, set_module_flag, write_results)
+                    pdl_launch_report, per_call_us, results_dir, set_module_flag, summarize_graph_dot,
+                    write_results)
 from gpt import SHAPES, Llama  # noqa: E402
 
 
@@ -228,7 +230,9 @@ def timed_positions(prompt: int, gen: int, steps: int) -> list[int]:
 
 
 @torch.no_grad()  # compiled for inference: with grad on, AOTAutograd traces a joint graph
-def run_batch(model, path, batch, prompt, gen, steps, profile=False):
+def run_batch(model, path, batch, prompt, gen, steps, profile=False, graph_dump: str | None = None):
+    """Prefill, then decode steps captured in a CUDA graph, timed alone and as a loop. ``graph_dump``:
+    a DOT file to write the captured graph to (``CUDAGraph.debug_dump``); its counts are returned."""
     max_len = prompt + gen
     kv4 = path.startswith("atom-kv4")
     cache = int4_cache_factory(model, batch, max_len, path == "atom-kv4-rope", path == "atom-kv4-hadamard")
@@ -249,6 +253,8 @@ def run_batch(model, path, batch, prompt, gen, steps, profile=False):
     for _ in range(2):  # warm the decode shapes before capture
         model(tok, step_pos)
     graph = torch.cuda.CUDAGraph()
+    if graph_dump:
+        graph.enable_debug_mode()
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -257,6 +263,10 @@ def run_batch(model, path, batch, prompt, gen, steps, profile=False):
         with torch.cuda.graph(graph):
             out = model(tok, step_pos)
     torch.cuda.current_stream().wait_stream(stream)
+    dot = None
+    if graph_dump:
+        graph.debug_dump(graph_dump)
+        dot = summarize_graph_dot(Path(graph_dump).read_text())
     times = []
     for p in timed_positions(prompt, gen, steps):
         step_pos.fill_(p)
@@ -284,6 +294,8 @@ def run_batch(model, path, batch, prompt, gen, steps, profile=False):
            "tokens_per_s": round(batch * 1e3 / tpot, 1), "loop_tpot_ms": round(loop_tpot, 3),
            "loop_tokens_per_s": round(batch * 1e3 / loop_tpot, 1),
            "peak_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2), "gpu_state": state}
+    if dot is not None:
+        out["graph"] = dot
     if profile:  # at the middle timed position
         positions = timed_positions(prompt, gen, steps)
         step_pos.fill_(positions[len(positions) // 2])
@@ -349,6 +361,9 @@ def parse_args(argv=None):
     ap.add_argument("--pdl-report", action="store_true",
                     help="after each atom build, how Inductor launches each compiled kernel that asks for PDL "
                          "(common.pdl_launch_report)")
+    ap.add_argument("--graph-dump", action="store_true",
+                    help="write each captured decode step's CUDA graph as DOT (results dir, graph_*.dot) and put its "
+                         "node and edge counts in the row (programmatic edges: PDL)")
     ap.add_argument("--log-autotune", action="store_true",
                     help="print every config's time when a compiled kernel is autotuned, ours and Inductor's (to compare "
                          "two builds' picks)")
@@ -451,7 +466,9 @@ def main(argv: list[str] | None = None):
                       "more than 16 rows)")
                 continue
             try:
-                r = run_batch(model, path, b, args.prompt, args.gen, args.steps, args.profile)
+                tag = re.sub(r"[^A-Za-z0-9]+", "_", label)
+                dump = str(results_dir() / f"graph_{args.model}_{tag}_b{b}.dot") if args.graph_dump else None
+                r = run_batch(model, path, b, args.prompt, args.gen, args.steps, args.profile, dump)
             except Exception as e:
                 print(f"{label} batch {b}: failed ({type(e).__name__}: {str(e)[:800]})")
                 torch.cuda.empty_cache()

@@ -267,3 +267,20 @@ def pdl_launch_report() -> dict[str, list[str]]:
                                                                                           "__name__", "?")
         report.setdefault(f"{name}@{id(obj):x}", kinds)
     return report
+
+
+def summarize_graph_dot(text: str) -> dict:
+    """Counts from a CUDA graph's DOT dump (``CUDAGraph.debug_dump``, cudaGraphDebugDotPrint): nodes
+    by the type their label starts with (KERNEL, MEMSET, MEMCPY, ...), edges, and the edges whose
+    attributes mention a programmatic dependency (PDL) or a port."""
+    kinds = ("KERNEL", "MEMSET", "MEMCPY", "HOST", "EMPTY", "EVENT_RECORD", "WAIT_EVENT", "EVENT_WAIT", "MEM_ALLOC",
+             "MEM_FREE", "CHILD_GRAPH", "GRAPH", "CONDITIONAL", "BATCH_MEM_OP")
+    nodes = {}
+    for block in re.findall(r'^\s*"[^"]+"\s*\[(.*?)\];?\s*$', text, flags=re.M | re.S):
+        block = block.replace("\\n", " ")  # DOT's escaped line breaks inside labels
+        kind = next((k for k in re.findall(r"\b[A-Z][A-Z_]+\b", block) if k in kinds), "other")
+        nodes[kind] = nodes.get(kind, 0) + 1
+    edges = [line for line in text.splitlines() if "->" in line]
+    return {"nodes": dict(sorted(nodes.items(), key=lambda kv: -kv[1])), "edges": len(edges),
+            "programmatic_edges": sum("rogrammatic" in e for e in edges),
+            "edges_with_ports": sum("port" in e.lower() for e in edges)}

@@ -778,9 +778,11 @@ for what in "${@:-tests}"; do
     isolate-s41) T=300 TAIL=40 step generate_isolated_b1_s41 python3 benchmarks/bench_generate.py --batches 1 \
                      --paths bf16,atom-kv4 --gen 256 --steps 16 --profile ;;
     # for session 42: the A/A in one process again, now that a build no longer leaves its last layer alive
-    # (bench_generate.drop_caches): is a later build still slower with PDL?
+    # (bench_generate.drop_caches): is a later build still slower with PDL? Each build's CUDA graph is dumped
+    # (--graph-dump): do the later build's nodes or programmatic edges differ?
     aa-s42) T=200 TAIL=8 step generate_aa_no_leak_s42 python3 benchmarks/bench_generate.py --batches 1 \
-                --paths atom-kv4 --gen 256 --steps 16 --no-isolate --flag-ab torch._inductor.config:verbose_progress ;;
+                --paths atom-kv4 --gen 256 --steps 16 --no-isolate --graph-dump \
+                --flag-ab torch._inductor.config:verbose_progress ;;
     # for session 42: the whole decode step as one graph (--compile-scope step, gpt-fast's way: Inductor may
     # fuse a layer's last residual add with the next layer's RMSNorm statistic) against the shared compiled
     # block, Llama-2-7B batch 1, each build in its own process

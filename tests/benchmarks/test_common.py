@@ -132,3 +132,19 @@ def test_pdl_launch_report_reads_each_kernels_launchers():
     assert report["kv_write_3"] == ["no launch_pdl (traced PDL=False)", "static"]
     assert "inductor_poi_1" not in report  # takes no PDL constexpr
     del keep
+
+
+def test_summarize_graph_dot_counts_nodes_and_programmatic_edges():
+    dot = "\n".join([
+        "digraph dot {",
+        'subgraph cluster_1 {',
+        '"graph_1_node_0"[',
+        '\tstyle="solid" shape="record" label="{KERNEL\\n| {ID | 0 | _w4a4_gemv_kernel}',
+        '}"];',
+        '"graph_1_node_1"[style="solid" label="1\\nMEMSET\\n"];',
+        '"graph_1_node_2"[style="solid" label="{KERNEL\\n| {ID | 2 | _decode_reduce_kernel}}"];',
+        '"graph_1_node_0" -> "graph_1_node_1";',
+        '"graph_1_node_1" -> "graph_1_node_2" [label="type: programmatic, from port: 1"];',
+        "}", "}"])
+    got = common.summarize_graph_dot(dot)
+    assert got == {"nodes": {"KERNEL": 2, "MEMSET": 1}, "edges": 2, "programmatic_edges": 1, "edges_with_ports": 1}
