@@ -95,18 +95,16 @@ def pack_weights(model: torch.nn.Module, align: int = 512) -> float:
             owners += [(p, n, getattr(p, n)) for n in names if isinstance(getattr(p, n, None), torch.Tensor)]
         else:
             owners.append((p, None, p.data))
-    spans, total = {}, 0  # storage pointer -> (offset in the arena, bytes)
+    spans, total = {}, 0  # storage pointer -> (offset in the arena, the storage)
     for _, _, t in owners:
-        key = t.untyped_storage().data_ptr()
-        if key not in spans:
-            n = t.untyped_storage().nbytes()
-            spans[key] = (total, n)
-            total += -(-n // align) * align
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in spans:
+            spans[storage.data_ptr()] = (total, storage)
+            total += -(-storage.nbytes() // align) * align
     arena = torch.empty(total, dtype=torch.uint8, device="cuda")
-    for key, (off, n) in spans.items():
-        src = next(t for _, _, t in owners if t.untyped_storage().data_ptr() == key)
-        whole = torch.empty(0, dtype=torch.uint8, device="cuda").set_(src.untyped_storage())
-        arena[off:off + n].copy_(whole)
+    for off, storage in spans.values():
+        whole = torch.empty(0, dtype=torch.uint8, device="cuda").set_(storage)
+        arena[off:off + storage.nbytes()].copy_(whole)
     for owner, name, t in owners:
         off = spans[t.untyped_storage().data_ptr()][0]  # a multiple of align, so of the element size
         moved = torch.as_strided(arena.view(t.dtype), t.shape, t.stride(), off // t.element_size() + t.storage_offset())
@@ -374,10 +372,11 @@ def pre_alloc(gib: float) -> None:
     """Fill ``gib`` GiB of GPU memory in 64 MiB blocks, then free it and return it to the driver."""
     blocks = [torch.ones(16 << 20, dtype=torch.float32, device="cuda") for _ in range(int(gib * 16))]
     torch.cuda.synchronize()
-    print(f"pre-alloc: {len(blocks)} blocks of 64 MiB filled and freed", flush=True)
+    n = len(blocks)
     del blocks
     gc.collect()
     torch.cuda.empty_cache()
+    print(f"pre-alloc: {n} blocks of 64 MiB filled and freed", flush=True)
 
 
 def drop_caches(model) -> None:
@@ -418,10 +417,7 @@ def main(argv: list[str] | None = None):
         rows = run_isolated(argv, len(plan))
         if not rows:
             raise SystemExit("bench_generate: no build of the plan gave a row")
-        stem = _write(rows, args)
-        print(markdown_table(rows, _columns(args)))
-        _plot(rows, stem.with_name(stem.name + ".png"), args.model)
-        print(f"wrote {stem}.json/.md/.png (each build in its own process)")
+        _report(rows, args, _write(rows, args), " (each build in its own process)")
         return
     if args.plan_index is not None:
         plan = plan[args.plan_index:args.plan_index + 1]
@@ -466,8 +462,8 @@ def main(argv: list[str] | None = None):
                       "more than 16 rows)")
                 continue
             try:
-                tag = re.sub(r"[^A-Za-z0-9]+", "_", label)
-                dump = str(results_dir() / f"graph_{args.model}_{tag}_b{b}.dot") if args.graph_dump else None
+                dump = (str(results_dir() / f"graph_{args.model}_{re.sub(r'[^A-Za-z0-9]+', '_', label)}_b{b}.dot")
+                        if args.graph_dump else None)
                 r = run_batch(model, path, b, args.prompt, args.gen, args.steps, args.profile, dump)
             except Exception as e:
                 print(f"{label} batch {b}: failed ({type(e).__name__}: {str(e)[:800]})")
@@ -510,11 +506,15 @@ def main(argv: list[str] | None = None):
                 json.dump(rows, f)
             continue
         stem = _write(rows, args)  # after every path: a run cut short keeps what it measured
-    if args.rows_json:
-        return
+    if not args.rows_json:
+        _report(rows, args, stem)
+
+
+def _report(rows, args, stem, how: str = "") -> None:
+    """The table on stdout and the plot beside the result files ``_write`` wrote at ``stem``."""
     print(markdown_table(rows, _columns(args)))
     _plot(rows, stem.with_name(stem.name + ".png"), args.model)
-    print(f"wrote {stem}.json/.md/.png")
+    print(f"wrote {stem}.json/.md/.png{how}")
 
 
 def _columns(args):

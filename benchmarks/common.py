@@ -236,6 +236,10 @@ def pdl_launch_report() -> dict[str, list[str]]:
         from torch._inductor.runtime.triton_heuristics import CachingAutotuner
     except ImportError:
         return {}
+    def compiled_with(binary) -> str:
+        metadata = getattr(binary, "metadata", None)
+        return "?" if metadata is None else "pdl" if getattr(metadata, "launch_pdl", False) else "plain"
+
     report = {}
     with warnings.catch_warnings():  # isinstance on some of gc's objects warns of deprecated names
         warnings.simplefilter("ignore")
@@ -252,17 +256,10 @@ def pdl_launch_report() -> dict[str, list[str]]:
         if not meta.get("launch_pdl") and traced is None:
             continue
         kinds = [] if meta.get("launch_pdl") else [f"no launch_pdl (traced PDL={traced})"]
-        for launcher in getattr(obj, "launchers", []):
-            if getattr(launcher, "_is_static", False):
-                kinds.append("static")
-                continue
-            meta = getattr(getattr(launcher, "bin", None), "metadata", None)
-            kinds.append("?" if meta is None else "pdl" if getattr(meta, "launch_pdl", False) else "plain")
-        for result in getattr(obj, "compile_results", None) or []:
-            kernel = getattr(result, "kernel", None)
-            meta = getattr(kernel, "metadata", None)
-            kinds.append("result:" + ("?" if meta is None else "pdl" if getattr(meta, "launch_pdl", False)
-                                      else "plain"))
+        kinds += ["static" if getattr(launcher, "_is_static", False) else compiled_with(getattr(launcher, "bin", None))
+                  for launcher in getattr(obj, "launchers", [])]
+        kinds += ["result:" + compiled_with(getattr(result, "kernel", None))
+                  for result in getattr(obj, "compile_results", None) or []]
         name = (getattr(obj, "inductor_meta", None) or {}).get("kernel_name") or getattr(getattr(obj, "fn", None),
                                                                                           "__name__", "?")
         report.setdefault(f"{name}@{id(obj):x}", kinds)

@@ -234,28 +234,22 @@ class Llama(nn.Module):
             x = layer(x, pos, cos, sin, mask, step)
         return x
 
-    _COMPILED = None
-    _COMPILED_STEP = None
+    # the compiled function of each scope: "block" (_block_forward, one call a layer: parameters and
+    # cache buffers are graph inputs of inlined nn modules, so the 32 layers share one graph per input
+    # shape) and "step" (_layers_forward, every layer in one graph per input shape)
+    _COMPILED: dict = {}
 
     @classmethod
-    def _compiled_layers(cls):
-        # every layer in one graph (compile_scope "step"); one graph per input shape
-        if cls._COMPILED_STEP is None:
-            cls._COMPILED_STEP = torch.compile(cls._layers_forward, fullgraph=True, dynamic=False)
-        return cls._COMPILED_STEP
+    def _compiled(cls, scope: str):
+        if scope not in cls._COMPILED:
+            fn = cls._block_forward if scope == "block" else cls._layers_forward
+            cls._COMPILED[scope] = torch.compile(fn, fullgraph=True, dynamic=False)
+        return cls._COMPILED[scope]
 
     @classmethod
     def reset_compiled(cls) -> None:
         """Forget the compiled functions (with torch._dynamo.reset(): a fresh build)."""
-        cls._COMPILED = cls._COMPILED_STEP = None
-
-    @classmethod
-    def _compiled_block(cls):
-        # one compiled function for all layers: parameters and cache buffers are graph inputs
-        # (inlined nn modules), so the 32 layers share one graph per input shape
-        if cls._COMPILED is None:
-            cls._COMPILED = torch.compile(cls._block_forward, fullgraph=True, dynamic=False)
-        return cls._COMPILED
+        cls._COMPILED = {}
 
     def forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """ids (b, t) at positions pos (t,) -> logits of the last position (b, vocab)."""
@@ -270,9 +264,9 @@ class Llama(nn.Module):
         if self.compile_scope not in ("block", "step"):
             raise ValueError(f"Llama.compile_scope must be 'block' or 'step', got {self.compile_scope!r}")
         if self.compile_blocks and self.compile_scope == "step":
-            x = self._compiled_layers()(self.layers, x, pos, cos, sin, mask, step)
+            x = self._compiled("step")(self.layers, x, pos, cos, sin, mask, step)
         else:
-            block = self._compiled_block() if self.compile_blocks else self._block_forward
+            block = self._compiled("block") if self.compile_blocks else self._block_forward
             for layer in self.layers:
                 x = block(layer, x, pos, cos, sin, mask, step)
         return self.lm_head(self.norm(x[:, -1]))
